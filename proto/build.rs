@@ -1,0 +1,18 @@
+//! Compiles `proto/*.proto` into Rust at build time.
+//!
+//! We parse the `.proto` files with `protox`, a pure-Rust protobuf compiler, rather
+//! than requiring `protoc`: a fresh machine then builds with nothing but cargo, and
+//! CI needs no system package for code generation.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/ranger.proto", "proto/kv.proto"];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! Checked conversions between the generated wire types ([`crate::pb`]) and the
+//! domain types. Wire data from a peer may be anything: a missing message, a zero
+//! id, inverted bounds, an enum number from a newer peer. Each becomes a
+//! [`ConversionError`] here, so that nothing past this module has to re-check it.
+
+use crate::pb::ranger as pb;
+use crate::{InvalidBounds, Key, LoadInfo, PlacementState, RangeId, RangeMeta, RemoteState};
+
+/// Why wire data could not become a domain value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConversionError {
+    #[error("range id must not be 0")]
+    ZeroRangeId,
+    #[error("not a range id: {0:?}")]
+    BadRangeId(String),
+    #[error("node id must not be empty")]
+    EmptyNodeId,
+    #[error("required field `{0}` is missing")]
+    MissingField(&'static str),
+    #[error("unknown {enumeration} value {value}")]
+    UnknownEnumValue {
+        enumeration: &'static str,
+        value: i32,
+    },
+    #[error(transparent)]
+    InvalidBounds(#[from] InvalidBounds),
+}
+
+/// Unwraps an optional message field, naming it in the error.
+pub fn require<T>(field: Option<T>, name: &'static str) -> Result<T, ConversionError> {
+    field.ok_or(ConversionError::MissingField(name))
+}
+
+impl TryFrom<pb::RangeMeta> for RangeMeta {
+    type Error = ConversionError;
+
+    fn try_from(value: pb::RangeMeta) -> Result<Self, Self::Error> {
+        let id = RangeId::new(value.ident)?;
+        Ok(RangeMeta::new(id, Key::new(value.start), Key::new(value.end))?)
+    }
+}
+
+impl From<&RangeMeta> for pb::RangeMeta {
+    fn from(value: &RangeMeta) -> Self {
+        pb::RangeMeta {
+            ident: value.id().get(),
+            start: value.start().as_bytes().to_vec(),
+            end: value.end().as_bytes().to_vec(),
+        }
+    }
+}
+
+impl From<RangeMeta> for pb::RangeMeta {
+    fn from(value: RangeMeta) -> Self {
+        pb::RangeMeta::from(&value)
+    }
+}
+
+impl From<pb::LoadInfo> for LoadInfo {
+    /// Takes the raw `split_keys` when present (our nodes), else the string
+    /// `splits` (reference nodes).
+    fn from(value: pb::LoadInfo) -> Self {
+        let split_keys = if value.split_keys.is_empty() {
+            value.splits.into_iter().map(Key::from).collect()
+        } else {
+            value.split_keys.into_iter().map(Key::new).collect()
+        };
+        LoadInfo {
+            keys: value.keys,
+            bytes: value.bytes,
+            reads_per_second: value.reads_per_second,
+            writes_per_second: value.writes_per_second,
+            split_keys,
+        }
+    }
+}
+
+impl From<&LoadInfo> for pb::LoadInfo {
+    /// Fills both `splits` (for reference controllers, UTF-8 keys only) and
+    /// `split_keys` (every key, as bytes).
+    fn from(value: &LoadInfo) -> Self {
+        pb::LoadInfo {
+            keys: value.keys,
+            splits: value
+                .split_keys
+                .iter()
+                .filter_map(|k| std::str::from_utf8(k.as_bytes()).ok().map(str::to_owned))
+                .collect(),
+            bytes: value.bytes,
+            reads_per_second: value.reads_per_second,
+            writes_per_second: value.writes_per_second,
+            split_keys: value
+                .split_keys
+                .iter()
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
+        }
+    }
+}
+
+/// A node's view of one of its ranges (the wire's `RangeInfo`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeInfo {
+    pub meta: RangeMeta,
+    pub state: RemoteState,
+    pub load: LoadInfo,
+}
+
+impl TryFrom<pb::RangeInfo> for RangeInfo {
+    type Error = ConversionError;
+
+    fn try_from(value: pb::RangeInfo) -> Result<Self, Self::Error> {
+        Ok(RangeInfo {
+            meta: require(value.meta, "RangeInfo.meta")?.try_into()?,
+            state: RemoteState::try_from(value.state)?,
+            load: value.info.map(LoadInfo::from).unwrap_or_default(),
+        })
+    }
+}
+
+impl From<&RangeInfo> for pb::RangeInfo {
+    fn from(value: &RangeInfo) -> Self {
+        pb::RangeInfo {
+            meta: Some((&value.meta).into()),
+            state: value.state.into(),
+            info: Some((&value.load).into()),
+        }
+    }
+}
+
+/// One placement of a parent range, as sent in Prepare: where the data is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentPlacement {
+    /// The node's address, `host:port`.
+    pub node_addr: String,
+    pub state: PlacementState,
+}
+
+/// A range that the prepared range descends from, or the range itself (first in
+/// Prepare's list, with its current placements: for a move, that is where the data
+/// is now). Storage systems use it to find where to copy data from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    pub meta: RangeMeta,
+    /// Ids of this range's own parents.
+    pub parents: Vec<RangeId>,
+    pub placements: Vec<ParentPlacement>,
+}
+
+impl TryFrom<pb::Parent> for Parent {
+    type Error = ConversionError;
+
+    fn try_from(value: pb::Parent) -> Result<Self, Self::Error> {
+        Ok(Parent {
+            meta: require(value.range, "Parent.range")?.try_into()?,
+            parents: value
+                .parent
+                .into_iter()
+                .map(RangeId::new)
+                .collect::<Result<_, _>>()?,
+            placements: value
+                .placements
+                .into_iter()
+                .map(|p| {
+                    Ok(ParentPlacement {
+                        node_addr: p.node,
+                        state: PlacementState::try_from(p.state)?,
+                    })
+                })
+                .collect::<Result<_, ConversionError>>()?,
+        })
+    }
+}
+
+impl From<&Parent> for pb::Parent {
+    fn from(value: &Parent) -> Self {
+        pb::Parent {
+            range: Some((&value.meta).into()),
+            parent: value.parents.iter().map(|id| id.get()).collect(),
+            placements: value
+                .placements
+                .iter()
+                .map(|p| pb::Placement {
+                    node: p.node_addr.clone(),
+                    state: p.state.into(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_meta_rejects_zero_id_and_bad_bounds() {
+        let zero = pb::RangeMeta {
+            ident: 0,
+            start: vec![],
+            end: vec![],
+        };
+        assert_eq!(
+            RangeMeta::try_from(zero),
+            Err(ConversionError::ZeroRangeId)
+        );
+        let inverted = pb::RangeMeta {
+            ident: 3,
+            start: b"z".to_vec(),
+            end: b"a".to_vec(),
+        };
+        assert!(matches!(
+            RangeMeta::try_from(inverted),
+            Err(ConversionError::InvalidBounds(_))
+        ));
+    }
+
+    #[test]
+    fn range_meta_round_trips() {
+        let meta = RangeMeta::new(RangeId::new(9).unwrap(), "a".into(), "m".into()).unwrap();
+        let wire = pb::RangeMeta::from(&meta);
+        assert_eq!(RangeMeta::try_from(wire), Ok(meta));
+    }
+
+    #[test]
+    fn range_info_requires_meta_and_known_state() {
+        let missing = pb::RangeInfo {
+            meta: None,
+            state: 2,
+            info: None,
+        };
+        assert_eq!(
+            RangeInfo::try_from(missing),
+            Err(ConversionError::MissingField("RangeInfo.meta"))
+        );
+        let unknown_state = pb::RangeInfo {
+            meta: Some(pb::RangeMeta {
+                ident: 1,
+                start: vec![],
+                end: vec![],
+            }),
+            state: 0,
+            info: None,
+        };
+        assert!(matches!(
+            RangeInfo::try_from(unknown_state),
+            Err(ConversionError::UnknownEnumValue { .. })
+        ));
+    }
+
+    #[test]
+    fn parent_rejects_missing_range_and_zero_parent_ids() {
+        let missing = pb::Parent {
+            range: None,
+            parent: vec![],
+            placements: vec![],
+        };
+        assert_eq!(
+            Parent::try_from(missing),
+            Err(ConversionError::MissingField("Parent.range"))
+        );
+        let zero_parent = pb::Parent {
+            range: Some(pb::RangeMeta {
+                ident: 2,
+                start: vec![],
+                end: vec![],
+            }),
+            parent: vec![0],
+            placements: vec![],
+        };
+        assert_eq!(
+            Parent::try_from(zero_parent),
+            Err(ConversionError::ZeroRangeId)
+        );
+    }
+
+    #[test]
+    fn load_info_carries_binary_split_keys_and_utf8_copies() {
+        let load = LoadInfo {
+            keys: 10,
+            bytes: 100,
+            reads_per_second: 1.5,
+            writes_per_second: 2.5,
+            split_keys: vec![Key::from("m"), Key::new(vec![0xff])],
+        };
+        let wire = pb::LoadInfo::from(&load);
+        assert_eq!(wire.splits, vec!["m".to_owned()]);
+        assert_eq!(wire.split_keys.len(), 2);
+        assert_eq!(LoadInfo::from(wire), load);
+        let reference = pb::LoadInfo {
+            keys: 1,
+            splits: vec!["k".into()],
+            ..Default::default()
+        };
+        assert_eq!(LoadInfo::from(reference).split_keys, vec![Key::from("k")]);
+    }
+}

@@ -1,0 +1,37 @@
+//! Ranger's wire contract and the domain types that the controller, the node SDK and
+//! storage systems share.
+//!
+//! The generated code lives in [`pb`]; it mirrors the wire exactly and is awkward to
+//! use (every message field is optional, ids may be zero). The domain types beside it
+//! ([`Key`], [`RangeId`], [`NodeId`], [`RangeMeta`], the state enums, [`LoadInfo`])
+//! are what the rest of the code works with: they cannot hold an invalid value, and
+//! the fallible conversions in [`convert`] are the one place where wire data is
+//! checked.
+
+pub mod convert;
+mod ids;
+mod key;
+mod load;
+mod meta;
+mod state;
+
+pub use convert::{ConversionError, Parent, ParentPlacement, RangeInfo};
+pub use ids::{NodeId, RangeId};
+pub use key::Key;
+pub use load::LoadInfo;
+pub use meta::{InvalidBounds, RangeMeta};
+pub use state::{PlacementState, RangeState, RemoteState};
+
+/// Code generated from `proto/*.proto` by `build.rs`.
+pub mod pb {
+    /// Package `ranger`: the Node, Orchestrator and Debug services.
+    #[allow(missing_debug_implementations, clippy::all)]
+    pub mod ranger {
+        tonic::include_proto!("ranger");
+    }
+    /// Package `kv`: the example key-value store's service.
+    #[allow(missing_debug_implementations, clippy::all)]
+    pub mod kv {
+        tonic::include_proto!("kv");
+    }
+}
