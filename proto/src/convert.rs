@@ -36,7 +36,11 @@ impl TryFrom<pb::RangeMeta> for RangeMeta {
 
     fn try_from(value: pb::RangeMeta) -> Result<Self, Self::Error> {
         let id = RangeId::new(value.ident)?;
-        Ok(RangeMeta::new(id, Key::new(value.start), Key::new(value.end))?)
+        Ok(RangeMeta::new(
+            id,
+            Key::new(value.start),
+            Key::new(value.end),
+        )?)
     }
 }
 
@@ -200,10 +204,7 @@ mod tests {
             start: vec![],
             end: vec![],
         };
-        assert_eq!(
-            RangeMeta::try_from(zero),
-            Err(ConversionError::ZeroRangeId)
-        );
+        assert_eq!(RangeMeta::try_from(zero), Err(ConversionError::ZeroRangeId));
         let inverted = pb::RangeMeta {
             ident: 3,
             start: b"z".to_vec(),

@@ -16,6 +16,9 @@ impl RangeId {
     /// Range 1 is the whole keyspace when a keyspace is created.
     pub const FIRST: RangeId = RangeId(NonZeroU64::MIN);
 
+    /// The largest id: an upper bound for ordered lookups.
+    pub const MAX: RangeId = RangeId(NonZeroU64::MAX);
+
     /// Checks that `id` is not zero.
     pub fn new(id: u64) -> Result<Self, ConversionError> {
         NonZeroU64::new(id)

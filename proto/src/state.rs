@@ -78,16 +78,18 @@ impl TryFrom<i32> for RemoteState {
             enumeration: "RemoteState",
             value,
         };
-        Ok(match pb::RemoteState::try_from(value).map_err(|_| unknown.clone())? {
-            pb::RemoteState::RemoteUnknown => return Err(unknown),
-            pb::RemoteState::RemotePreparing => RemoteState::Preparing,
-            pb::RemoteState::RemoteInactive => RemoteState::Inactive,
-            pb::RemoteState::RemoteActivating => RemoteState::Activating,
-            pb::RemoteState::RemoteActive => RemoteState::Active,
-            pb::RemoteState::RemoteDeactivating => RemoteState::Deactivating,
-            pb::RemoteState::RemoteDropping => RemoteState::Dropping,
-            pb::RemoteState::RemoteNotFound => RemoteState::NotFound,
-        })
+        Ok(
+            match pb::RemoteState::try_from(value).map_err(|_| unknown.clone())? {
+                pb::RemoteState::RemoteUnknown => return Err(unknown),
+                pb::RemoteState::RemotePreparing => RemoteState::Preparing,
+                pb::RemoteState::RemoteInactive => RemoteState::Inactive,
+                pb::RemoteState::RemoteActivating => RemoteState::Activating,
+                pb::RemoteState::RemoteActive => RemoteState::Active,
+                pb::RemoteState::RemoteDeactivating => RemoteState::Deactivating,
+                pb::RemoteState::RemoteDropping => RemoteState::Dropping,
+                pb::RemoteState::RemoteNotFound => RemoteState::NotFound,
+            },
+        )
     }
 }
 
@@ -126,12 +128,14 @@ impl TryFrom<i32> for RangeState {
             enumeration: "RangeState",
             value,
         };
-        Ok(match pb::RangeState::try_from(value).map_err(|_| unknown.clone())? {
-            pb::RangeState::RangeUnknown => return Err(unknown),
-            pb::RangeState::RangeActive => RangeState::Active,
-            pb::RangeState::RangeSubsuming => RangeState::Subsuming,
-            pb::RangeState::RangeObsolete => RangeState::Obsolete,
-        })
+        Ok(
+            match pb::RangeState::try_from(value).map_err(|_| unknown.clone())? {
+                pb::RangeState::RangeUnknown => return Err(unknown),
+                pb::RangeState::RangeActive => RangeState::Active,
+                pb::RangeState::RangeSubsuming => RangeState::Subsuming,
+                pb::RangeState::RangeObsolete => RangeState::Obsolete,
+            },
+        )
     }
 }
 

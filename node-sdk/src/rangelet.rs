@@ -1,0 +1,858 @@
+//! The node-side state machine: the rangelet.
+//!
+//! It sits between the controller's commands and the storage system's callbacks.
+//! Each range moves through the remote states of PROTOCOL.md:
+//!
+//! ```text
+//!   NotFound --Prepare--> Preparing --ok--> Inactive --Activate--> Activating --ok--> Active
+//!       ^                     | fail                ^                  | fail           |
+//!       +---------------------+                     +------------------+   Deactivate   |
+//!       |                                           ^                                   v
+//!       +--ok-- Dropping <--Drop-- Inactive         +----------ok------------ Deactivating
+//! ```
+//!
+//! A command starts a transition (the in-between state), calls the storage system's
+//! callback in a task of its own, and waits up to the grace period for it. If the
+//! callback finishes in time the command answers with the outcome; if not, it answers
+//! with the in-between state and the work goes on, and the controller learns the
+//! outcome from its next command or from `Info`. A repeated command during a
+//! transition waits on the same transition; it never calls the storage system again.
+//!
+//! A callback failure rolls the range back to its previous state and is reported as
+//! a [`Outcome::failure`] to the command that started it, or, if that command had
+//! already answered, to the next command of the same kind for that range.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ranger_proto::{Key, LoadInfo, Parent, RangeId, RangeInfo, RangeMeta, RemoteState};
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::node::{CallbackError, Node};
+use crate::state_store::{StateStore, StateStoreError, StoredRange, lock};
+
+/// Tunables of the rangelet.
+#[derive(Debug, Clone)]
+pub struct RangeletConfig {
+    /// How long a command waits for its callback before answering with the
+    /// in-between state. Keep it well below the controller's RPC deadline.
+    pub grace_period: Duration,
+    /// How many changes a `Ranges` subscriber may fall behind before it is
+    /// resynchronised from a snapshot instead (it never slows commands down).
+    pub change_buffer: usize,
+}
+
+impl Default for RangeletConfig {
+    fn default() -> Self {
+        RangeletConfig {
+            grace_period: Duration::from_millis(500),
+            change_buffer: 1024,
+        }
+    }
+}
+
+/// The four commands the controller sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Command {
+    Prepare,
+    Activate,
+    Deactivate,
+    Drop,
+}
+
+/// What a command answers: the range's state on this node after the command, and
+/// the storage system's error if its callback failed (the state is then the
+/// rolled-back one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub state: RemoteState,
+    pub failure: Option<String>,
+}
+
+/// Why a command was refused without calling the storage system.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("range {0} is not on this node")]
+    UnknownRange(RangeId),
+    #[error("cannot {command:?} range {range}: it is {state}")]
+    WrongState {
+        command: Command,
+        range: RangeId,
+        state: RemoteState,
+    },
+    #[error("range {requested:?} conflicts with {existing:?}, already on this node")]
+    MetaMismatch {
+        existing: RangeMeta,
+        requested: RangeMeta,
+    },
+    #[error("could not persist the state of range {range}: {source}")]
+    Persist {
+        range: RangeId,
+        #[source]
+        source: StateStoreError,
+    },
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a key cannot be served here (see [`Rangelet::serving_range`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KeyRejection {
+    #[error("no range on this node contains key {0}")]
+    NotOwned(Key),
+    #[error("range {range} holds the key but is {state}, not Active")]
+    NotActive { range: RangeId, state: RemoteState },
+    #[error("range {range} is Active but the controller's lease expired; refusing to serve")]
+    LeaseExpired { range: RangeId },
+}
+
+/// One change of a range's state, as the `Ranges` stream sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeChange {
+    pub meta: RangeMeta,
+    pub state: RemoteState,
+}
+
+/// A transition: the state it starts from, the one it shows while the callback
+/// runs, and where it lands on success or failure.
+#[derive(Debug, Clone, Copy)]
+struct Transition {
+    command: Command,
+    during: RemoteState,
+    success: RemoteState,
+    rollback: RemoteState,
+}
+
+const PREPARE: Transition = Transition {
+    command: Command::Prepare,
+    during: RemoteState::Preparing,
+    success: RemoteState::Inactive,
+    rollback: RemoteState::NotFound,
+};
+const ACTIVATE: Transition = Transition {
+    command: Command::Activate,
+    during: RemoteState::Activating,
+    success: RemoteState::Active,
+    rollback: RemoteState::Inactive,
+};
+const DEACTIVATE: Transition = Transition {
+    command: Command::Deactivate,
+    during: RemoteState::Deactivating,
+    success: RemoteState::Inactive,
+    rollback: RemoteState::Active,
+};
+/// Drop of an Inactive range (or a forced drop of an Active one: it rolls back to
+/// where it was, see `start_drop`).
+const DROP: Transition = Transition {
+    command: Command::Drop,
+    during: RemoteState::Dropping,
+    success: RemoteState::NotFound,
+    rollback: RemoteState::Inactive,
+};
+
+/// What a command does after its synchronous part: answer now, or wait on a
+/// transition (the lock is released before waiting).
+enum Begin {
+    Answer(Outcome),
+    Wait(RemoteState),
+}
+
+type CallbackFuture = Pin<Box<dyn Future<Output = Result<(), CallbackError>> + Send>>;
+
+struct Entry {
+    meta: RangeMeta,
+    state: RemoteState,
+    /// Bumped whenever a transition starts, so a callback finishing late cannot
+    /// overwrite the outcome of a newer transition.
+    epoch: u64,
+    /// Set while a Prepare runs: firing it asks the prepare task to abandon the
+    /// callback and drop the range instead (a controller that gave up on it).
+    cancel_prepare: Option<oneshot::Sender<()>>,
+}
+
+struct PendingFailure {
+    command: Command,
+    message: String,
+}
+
+/// Everything guarded by the one lock. Held only for short, non-async sections.
+struct Table {
+    ranges: BTreeMap<RangeId, Entry>,
+    /// Ranges by start key, for key lookups.
+    by_start: BTreeSet<(Key, RangeId)>,
+    failures: HashMap<RangeId, PendingFailure>,
+    next_epoch: u64,
+}
+
+impl Table {
+    fn state(&self, id: RangeId) -> RemoteState {
+        self.ranges
+            .get(&id)
+            .map_or(RemoteState::NotFound, |e| e.state)
+    }
+
+    fn snapshot(&self) -> Vec<RangeChange> {
+        self.ranges
+            .values()
+            .map(|e| RangeChange {
+                meta: e.meta.clone(),
+                state: e.state,
+            })
+            .collect()
+    }
+}
+
+struct Inner<N> {
+    node: N,
+    config: RangeletConfig,
+    store: Box<dyn StateStore>,
+    table: Mutex<Table>,
+    /// Every state change, in order, for `Ranges` subscribers.
+    changes: broadcast::Sender<RangeChange>,
+    /// Bumped on every change; commands wait on it for their transition to end.
+    version: watch::Sender<u64>,
+    want_drain: AtomicBool,
+    /// Until when the controller's last probe allows serving writes; `None` until a
+    /// controller grants a lease (the reference controller never does).
+    lease_until: Mutex<Option<Instant>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The rangelet: the node SDK's state machine around a storage system's [`Node`].
+///
+/// Cheap to clone (a handle). Serve it over gRPC with [`crate::NodeService`], or call
+/// its methods directly (in-process tests do).
+pub struct Rangelet<N> {
+    inner: Arc<Inner<N>>,
+}
+
+impl<N> Clone for Rangelet<N> {
+    fn clone(&self) -> Self {
+        Rangelet {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<N> std::fmt::Debug for Rangelet<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rangelet")
+            .field("ranges", &lock(&self.inner.table).ranges.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<N: Node> Rangelet<N> {
+    /// Opens a rangelet over `node`, restoring the ranges that `store` kept.
+    ///
+    /// A restarted node must not serve writes the controller may have handed to
+    /// another node while it was down, so every restored range comes back
+    /// **Inactive**: the controller activates it again if it still wants it here.
+    /// A range that was Preparing or Dropping when the node stopped may be half
+    /// written; it is dropped (the storage system's `drop` cleans up) and forgotten.
+    pub async fn open(
+        node: N,
+        store: impl StateStore,
+        config: RangeletConfig,
+    ) -> Result<Self, StateStoreError> {
+        let stored = store.load()?;
+        let mut table = Table {
+            ranges: BTreeMap::new(),
+            by_start: BTreeSet::new(),
+            failures: HashMap::new(),
+            next_epoch: 1,
+        };
+        for range in stored {
+            let id = range.meta.id();
+            match range.state {
+                RemoteState::Preparing | RemoteState::Dropping | RemoteState::NotFound => {
+                    tracing::info!(range = %id, state = %range.state, "dropping half-done range left by the last run");
+                    if let Err(e) = node.drop(id).await {
+                        tracing::warn!(range = %id, error = %e, "cleanup drop failed; forgetting the range anyway");
+                    }
+                    store.remove(id)?;
+                }
+                _ => {
+                    let restored = StoredRange {
+                        meta: range.meta.clone(),
+                        state: RemoteState::Inactive,
+                    };
+                    store.put(&restored)?;
+                    table.by_start.insert((range.meta.start().clone(), id));
+                    table.ranges.insert(
+                        id,
+                        Entry {
+                            meta: range.meta,
+                            state: RemoteState::Inactive,
+                            epoch: 0,
+                            cancel_prepare: None,
+                        },
+                    );
+                }
+            }
+        }
+        let (changes, _) = broadcast::channel(config.change_buffer.max(1));
+        Ok(Rangelet {
+            inner: Arc::new(Inner {
+                node,
+                config,
+                store: Box::new(store),
+                table: Mutex::new(table),
+                changes,
+                version: watch::Sender::new(0),
+                want_drain: AtomicBool::new(false),
+                lease_until: Mutex::new(None),
+                shutdown: watch::Sender::new(false),
+            }),
+        })
+    }
+
+    /// The storage system this rangelet drives.
+    pub fn node(&self) -> &N {
+        &self.inner.node
+    }
+
+    /// Prepare: load `meta` from the placements named in `parents`.
+    pub async fn prepare(
+        &self,
+        meta: RangeMeta,
+        parents: Vec<Parent>,
+    ) -> Result<Outcome, CommandError> {
+        let id = meta.id();
+        match self.begin_prepare(meta, parents)? {
+            Begin::Answer(outcome) => Ok(outcome),
+            Begin::Wait(seen) => Ok(self.await_transition(id, seen, Command::Prepare).await),
+        }
+    }
+
+    fn begin_prepare(&self, meta: RangeMeta, parents: Vec<Parent>) -> Result<Begin, CommandError> {
+        let id = meta.id();
+        let mut table = self.lock_for_command()?;
+        if let Some(outcome) = take_failure(&mut table, id, Command::Prepare) {
+            return Ok(Begin::Answer(outcome));
+        }
+        if let Some(entry) = table.ranges.get(&id) {
+            if entry.meta != meta {
+                return Err(CommandError::MetaMismatch {
+                    existing: entry.meta.clone(),
+                    requested: meta,
+                });
+            }
+            // Already here (or on its way): a repeat. Never prepare twice.
+            return Ok(Begin::Wait(entry.state));
+        }
+        let epoch = next_epoch(&mut table);
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        self.persist(id, &meta, RemoteState::Preparing)?;
+        table.by_start.insert((meta.start().clone(), id));
+        table.ranges.insert(
+            id,
+            Entry {
+                meta: meta.clone(),
+                state: RemoteState::Preparing,
+                epoch,
+                cancel_prepare: Some(cancel_tx),
+            },
+        );
+        table.failures.remove(&id);
+        self.publish(&table, id);
+        let inner = Arc::clone(&self.inner);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = tokio::select! {
+                result = inner.node.prepare(meta, parents) => Some(result),
+                _ = cancel_rx => None,
+            };
+            this.finish_prepare(id, epoch, result).await;
+        });
+        tracing::debug!(range = %id, epoch, "prepare started");
+        Ok(Begin::Wait(RemoteState::Preparing))
+    }
+
+    /// Activate: start serving a prepared or deactivated range.
+    pub async fn activate(&self, id: RangeId) -> Result<Outcome, CommandError> {
+        self.simple_command(id, ACTIVATE, RemoteState::Inactive)
+            .await
+    }
+
+    /// Deactivate: stop serving writes, keep the data.
+    pub async fn deactivate(&self, id: RangeId) -> Result<Outcome, CommandError> {
+        self.simple_command(id, DEACTIVATE, RemoteState::Active)
+            .await
+    }
+
+    /// Drop: forget the range. Dropping an unknown range succeeds (NotFound).
+    /// A Preparing range has its prepare abandoned, then is dropped. An Active
+    /// range is dropped only with `force` (the node's own decision, or a controller
+    /// that knows the range is served elsewhere).
+    pub async fn drop_range(&self, id: RangeId, force: bool) -> Result<Outcome, CommandError> {
+        match self.begin_drop(id, force)? {
+            Begin::Answer(outcome) => Ok(outcome),
+            Begin::Wait(seen) => Ok(self.await_transition(id, seen, Command::Drop).await),
+        }
+    }
+
+    fn begin_drop(&self, id: RangeId, force: bool) -> Result<Begin, CommandError> {
+        let mut table = self.lock_for_command()?;
+        if let Some(outcome) = take_failure(&mut table, id, Command::Drop) {
+            return Ok(Begin::Answer(outcome));
+        }
+        let Some(entry) = table.ranges.get_mut(&id) else {
+            return Ok(Begin::Answer(Outcome {
+                state: RemoteState::NotFound,
+                failure: None,
+            }));
+        };
+        if entry.state == RemoteState::Preparing {
+            // Ask the prepare task to abandon its callback and drop instead.
+            if let Some(cancel) = entry.cancel_prepare.take() {
+                let _ = cancel.send(());
+            }
+            return Ok(Begin::Wait(RemoteState::Dropping));
+        }
+        if force && entry.state == RemoteState::Active {
+            // A forced drop may start from Active; on failure it rolls back there.
+            let transition = Transition {
+                rollback: RemoteState::Active,
+                ..DROP
+            };
+            return self.begin_simple(&mut table, id, transition, RemoteState::Active, true);
+        }
+        self.begin_simple(&mut table, id, DROP, RemoteState::Inactive, true)
+    }
+
+    /// Activate/Deactivate/Drop share one shape: start from `from`, or answer a
+    /// repeat, or refuse.
+    async fn simple_command(
+        &self,
+        id: RangeId,
+        transition: Transition,
+        from: RemoteState,
+    ) -> Result<Outcome, CommandError> {
+        let begin = {
+            let mut table = self.lock_for_command()?;
+            match take_failure(&mut table, id, transition.command) {
+                Some(outcome) => Begin::Answer(outcome),
+                None => self.begin_simple(&mut table, id, transition, from, false)?,
+            }
+        };
+        match begin {
+            Begin::Answer(outcome) => Ok(outcome),
+            Begin::Wait(seen) => Ok(self.await_transition(id, seen, transition.command).await),
+        }
+    }
+
+    fn begin_simple(
+        &self,
+        table: &mut Table,
+        id: RangeId,
+        transition: Transition,
+        from: RemoteState,
+        absent_is_success: bool,
+    ) -> Result<Begin, CommandError> {
+        let command = transition.command;
+        let Some(entry) = table.ranges.get(&id) else {
+            if absent_is_success {
+                return Ok(Begin::Answer(Outcome {
+                    state: RemoteState::NotFound,
+                    failure: None,
+                }));
+            }
+            return Err(CommandError::UnknownRange(id));
+        };
+        let state = entry.state;
+        if state == transition.during || state == transition.success {
+            // A repeat: wait on the transition already running (if any).
+            return Ok(Begin::Wait(state));
+        }
+        if state != from {
+            return Err(CommandError::WrongState {
+                command,
+                range: id,
+                state,
+            });
+        }
+        let meta = entry.meta.clone();
+        let epoch = next_epoch(table);
+        self.persist(id, &meta, transition.during)?;
+        if let Some(entry) = table.ranges.get_mut(&id) {
+            entry.state = transition.during;
+            entry.epoch = epoch;
+        }
+        table.failures.remove(&id);
+        self.publish(table, id);
+        let callback = self.callback(command, id);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = callback.await;
+            this.finish(id, epoch, transition, result);
+        });
+        tracing::debug!(range = %id, ?command, "transition started");
+        Ok(Begin::Wait(transition.during))
+    }
+
+    fn callback(&self, command: Command, id: RangeId) -> CallbackFuture {
+        let inner = Arc::clone(&self.inner);
+        match command {
+            Command::Activate => Box::pin(async move { inner.node.activate(id).await }),
+            Command::Deactivate => Box::pin(async move { inner.node.deactivate(id).await }),
+            Command::Drop => Box::pin(async move { inner.node.drop(id).await }),
+            // Prepare needs its arguments; it is spawned by `prepare` itself.
+            Command::Prepare => Box::pin(async move {
+                Err(CallbackError::refused(format!(
+                    "internal: prepare of {id} without its arguments"
+                )))
+            }),
+        }
+    }
+
+    /// Runs after a prepare callback finished or was abandoned.
+    async fn finish_prepare(
+        &self,
+        id: RangeId,
+        epoch: u64,
+        result: Option<Result<(), CallbackError>>,
+    ) {
+        let drop_epoch = {
+            let mut table = lock(&self.inner.table);
+            let Some(entry) = table.ranges.get_mut(&id) else {
+                return;
+            };
+            if entry.epoch != epoch {
+                return;
+            }
+            // A Drop that arrived while the callback was finishing still wins: the
+            // controller has given up on this placement.
+            let abandoned = result.is_none() || entry.cancel_prepare.is_none();
+            if !abandoned {
+                entry.cancel_prepare = None;
+                drop(table);
+                if let Some(result) = result {
+                    self.finish(id, epoch, PREPARE, result);
+                }
+                return;
+            }
+            let meta = entry.meta.clone();
+            let drop_epoch = next_epoch(&mut table);
+            if let Some(entry) = table.ranges.get_mut(&id) {
+                entry.state = RemoteState::Dropping;
+                entry.epoch = drop_epoch;
+                entry.cancel_prepare = None;
+            }
+            if let Err(e) = self.persist(id, &meta, RemoteState::Dropping) {
+                tracing::error!(range = %id, error = %e, "could not persist Dropping");
+            }
+            self.publish(&table, id);
+            drop_epoch
+        };
+        tracing::info!(range = %id, "prepare abandoned; dropping what it wrote");
+        let result = self.inner.node.drop(id).await;
+        // A drop of an abandoned prepare that fails leaves nothing to roll back to:
+        // the range is forgotten either way, and the failure reported.
+        let transition = Transition {
+            rollback: RemoteState::NotFound,
+            ..DROP
+        };
+        self.finish(id, drop_epoch, transition, result);
+    }
+
+    /// Lands a transition: success or rollback state, persisted and published; a
+    /// failure is kept for the command that reports it.
+    fn finish(
+        &self,
+        id: RangeId,
+        epoch: u64,
+        transition: Transition,
+        result: Result<(), CallbackError>,
+    ) {
+        let mut table = lock(&self.inner.table);
+        let Some(entry) = table.ranges.get_mut(&id) else {
+            return;
+        };
+        if entry.epoch != epoch {
+            tracing::debug!(range = %id, "stale callback result ignored");
+            return;
+        }
+        let target = match &result {
+            Ok(()) => transition.success,
+            Err(_) => transition.rollback,
+        };
+        let meta = entry.meta.clone();
+        if target == RemoteState::NotFound {
+            table.ranges.remove(&id);
+            table.by_start.remove(&(meta.start().clone(), id));
+        } else {
+            entry.state = target;
+        }
+        match &result {
+            Ok(()) => {
+                tracing::info!(range = %id, command = ?transition.command, state = %target, "transition done")
+            }
+            Err(e) => {
+                tracing::warn!(range = %id, command = ?transition.command, error = %e, state = %target, "callback failed; rolled back");
+                table.failures.insert(
+                    id,
+                    PendingFailure {
+                        command: transition.command,
+                        message: e.to_string(),
+                    },
+                );
+            }
+        }
+        // The callback's effect already happened; a failure to record it is loud
+        // but cannot undo it. On restart the stored in-between state is resolved
+        // conservatively (see `open`).
+        if let Err(e) = self.persist(id, &meta, target) {
+            tracing::error!(range = %id, error = %e, "could not persist state after transition");
+        }
+        publish_change(&self.inner, &table, &meta, target);
+    }
+
+    /// Waits (up to the grace period) while `id` is in a transitional state, then
+    /// answers with its state and any failure pending for `command`.
+    async fn await_transition(&self, id: RangeId, seen: RemoteState, command: Command) -> Outcome {
+        if !seen.is_transitional() {
+            return Outcome {
+                state: seen,
+                failure: None,
+            };
+        }
+        let deadline = Instant::now() + self.inner.config.grace_period;
+        let mut version = self.inner.version.subscribe();
+        loop {
+            {
+                let mut table = lock(&self.inner.table);
+                let state = table.state(id);
+                if !state.is_transitional() {
+                    let failure = match table.failures.get(&id) {
+                        Some(f) if f.command == command => {
+                            table.failures.remove(&id).map(|f| f.message)
+                        }
+                        _ => None,
+                    };
+                    return Outcome { state, failure };
+                }
+            }
+            tokio::select! {
+                changed = version.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        Outcome {
+            state: self.state(id),
+            failure: None,
+        }
+    }
+
+    /// Every range with its load, for the controller's probe. Granting a lease
+    /// (`Some`) extends the period during which Active ranges may serve writes.
+    pub async fn info(&self, lease: Option<Duration>) -> Vec<RangeInfo> {
+        if let Some(lease) = lease {
+            *lock(&self.inner.lease_until) = Some(Instant::now() + lease);
+        }
+        let ranges: Vec<RangeChange> = lock(&self.inner.table).snapshot();
+        let loads = futures::future::join_all(ranges.iter().map(|r| async {
+            match self.inner.node.load_info(r.meta.id()).await {
+                Ok(load) => load,
+                Err(e) => {
+                    tracing::debug!(range = %r.meta.id(), error = %e, "load_info failed; reporting no load");
+                    LoadInfo::default()
+                }
+            }
+        }))
+        .await;
+        ranges
+            .into_iter()
+            .zip(loads)
+            .map(|(r, load)| RangeInfo {
+                meta: r.meta,
+                state: r.state,
+                load,
+            })
+            .collect()
+    }
+
+    /// The range's state on this node (NotFound if absent).
+    pub fn state(&self, id: RangeId) -> RemoteState {
+        lock(&self.inner.table).state(id)
+    }
+
+    /// Every range with its state.
+    pub fn ranges(&self) -> Vec<RangeChange> {
+        lock(&self.inner.table).snapshot()
+    }
+
+    /// The ranges on this node containing `key`, with their states. Usually one;
+    /// two during a split or join whose parent and child share this node.
+    pub fn ranges_containing(&self, key: &[u8]) -> Vec<RangeChange> {
+        let table = lock(&self.inner.table);
+        let upper = (Key::from(key), RangeId::MAX);
+        table
+            .by_start
+            .range(..=upper)
+            .rev()
+            .filter_map(|(_, id)| table.ranges.get(id))
+            .filter(|e| e.meta.contains(key))
+            .map(|e| RangeChange {
+                meta: e.meta.clone(),
+                state: e.state,
+            })
+            .collect()
+    }
+
+    /// The range that may serve `key` right now: Active, and within the lease the
+    /// controller granted. A storage system calls this on every read and write.
+    pub fn serving_range(&self, key: &[u8]) -> Result<RangeId, KeyRejection> {
+        let candidates = self.ranges_containing(key);
+        let Some(best) = candidates
+            .iter()
+            .find(|c| c.state == RemoteState::Active)
+            .or_else(|| candidates.first())
+        else {
+            return Err(KeyRejection::NotOwned(Key::from(key)));
+        };
+        let id = best.meta.id();
+        if best.state != RemoteState::Active {
+            return Err(KeyRejection::NotActive {
+                range: id,
+                state: best.state,
+            });
+        }
+        if !self.lease_valid() {
+            return Err(KeyRejection::LeaseExpired { range: id });
+        }
+        Ok(id)
+    }
+
+    /// Whether the controller's lease (if one was ever granted) still holds.
+    pub fn lease_valid(&self) -> bool {
+        lock(&self.inner.lease_until).is_none_or(|until| Instant::now() < until)
+    }
+
+    /// Asks the controller to move every range away (reported by `Info`).
+    pub fn request_drain(&self, drain: bool) {
+        self.inner.want_drain.store(drain, Ordering::SeqCst);
+        self.inner.version.send_modify(|v| *v += 1);
+    }
+
+    pub fn wants_drain(&self) -> bool {
+        self.inner.want_drain.load(Ordering::SeqCst)
+    }
+
+    /// Drops a range the storage system decided to abandon (e.g. a corrupt copy),
+    /// whatever its state; the controller sees it gone and places it again. A range
+    /// with a callback running is refused (try again when it ends), except Preparing,
+    /// whose prepare is abandoned.
+    pub async fn force_drop(&self, id: RangeId) -> Result<Outcome, CommandError> {
+        self.drop_range(id, true).await
+    }
+
+    /// Asks the controller to drain this node, then waits until it holds no ranges
+    /// or `timeout` passes. Returns whether the node ended empty.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.request_drain(true);
+        let deadline = Instant::now() + timeout;
+        let mut version = self.inner.version.subscribe();
+        loop {
+            if lock(&self.inner.table).ranges.is_empty() {
+                return true;
+            }
+            tokio::select! {
+                changed = version.changed() => if changed.is_err() { return false },
+                _ = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+    }
+
+    /// Refuses new commands and ends every `Ranges` stream, so that a server's
+    /// graceful shutdown can complete.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Resolves once [`Rangelet::shutdown`] was called.
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|down| *down).await;
+        }
+    }
+
+    /// The current ranges and a receiver of every later change, taken atomically so
+    /// that no change falls between the two.
+    pub fn subscribe(&self) -> (Vec<RangeChange>, broadcast::Receiver<RangeChange>) {
+        let table = lock(&self.inner.table);
+        (table.snapshot(), self.inner.changes.subscribe())
+    }
+
+    fn lock_for_command(&self) -> Result<std::sync::MutexGuard<'_, Table>, CommandError> {
+        if *self.inner.shutdown.borrow() {
+            return Err(CommandError::ShuttingDown);
+        }
+        Ok(lock(&self.inner.table))
+    }
+
+    fn persist(
+        &self,
+        id: RangeId,
+        meta: &RangeMeta,
+        state: RemoteState,
+    ) -> Result<(), CommandError> {
+        let result = if state == RemoteState::NotFound {
+            self.inner.store.remove(id)
+        } else {
+            self.inner.store.put(&StoredRange {
+                meta: meta.clone(),
+                state,
+            })
+        };
+        result.map_err(|source| CommandError::Persist { range: id, source })
+    }
+
+    fn publish(&self, table: &Table, id: RangeId) {
+        if let Some(entry) = table.ranges.get(&id) {
+            publish_change(&self.inner, table, &entry.meta, entry.state);
+        }
+    }
+}
+
+/// Sends a change to subscribers and wakes waiting commands. Called with the table
+/// locked, so subscribers see changes in the order they happened.
+fn publish_change<N>(inner: &Inner<N>, _locked: &Table, meta: &RangeMeta, state: RemoteState) {
+    // No receivers is fine: nobody is streaming.
+    let _ = inner.changes.send(RangeChange {
+        meta: meta.clone(),
+        state,
+    });
+    inner.version.send_modify(|v| *v += 1);
+}
+
+fn next_epoch(table: &mut Table) -> u64 {
+    table.next_epoch += 1;
+    table.next_epoch
+}
+
+/// A failure of `command` that its own RPC did not report (it had answered with
+/// the in-between state): the next command of the same kind reports it instead of
+/// starting again.
+fn take_failure(table: &mut Table, id: RangeId, command: Command) -> Option<Outcome> {
+    match table.failures.get(&id) {
+        Some(f) if f.command == command => {
+            let message = table.failures.remove(&id).map(|f| f.message);
+            Some(Outcome {
+                state: table.state(id),
+                failure: message,
+            })
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,151 @@
+//! A storage system for tests: every callback can be scripted to succeed, fail,
+//! take a while, or never finish, per command and per range, and every call is
+//! recorded. The controller's tests run real rangelets over it, so they exercise the
+//! same state machine as production nodes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta};
+
+use crate::node::{CallbackError, Node};
+use crate::rangelet::Command;
+use crate::state_store::lock;
+
+/// What one callback does when called.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Behaviour {
+    /// Succeeds at once.
+    Succeed,
+    /// Fails at once with this message.
+    Fail(String),
+    /// Waits, then succeeds.
+    SucceedAfter(Duration),
+    /// Waits, then fails.
+    FailAfter(Duration, String),
+    /// Never completes (until the future is dropped).
+    Stall,
+}
+
+/// One recorded callback call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub command: Command,
+    pub range: RangeId,
+    /// For Prepare: the parents it was given.
+    pub parents: Vec<Parent>,
+}
+
+#[derive(Debug, Default)]
+struct Script {
+    /// Behaviour per (command, range); `None` as the range means any range.
+    rules: HashMap<(Command, Option<RangeId>), Behaviour>,
+    calls: Vec<Call>,
+    loads: HashMap<RangeId, LoadInfo>,
+}
+
+/// A scriptable [`Node`]. Clones share the script, so a test keeps one handle to
+/// steer a node that a rangelet owns.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptedNode {
+    script: Arc<Mutex<Script>>,
+}
+
+impl ScriptedNode {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets what `command` does for every range (unless a per-range rule exists).
+    pub fn on(&self, command: Command, behaviour: Behaviour) {
+        lock(&self.script).rules.insert((command, None), behaviour);
+    }
+
+    /// Sets what `command` does for `range`.
+    pub fn on_range(&self, command: Command, range: RangeId, behaviour: Behaviour) {
+        lock(&self.script)
+            .rules
+            .insert((command, Some(range)), behaviour);
+    }
+
+    /// Sets the load reported for `range`.
+    pub fn set_load(&self, range: RangeId, load: LoadInfo) {
+        lock(&self.script).loads.insert(range, load);
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.script).calls.clone()
+    }
+
+    /// How many times `command` was called for `range`.
+    pub fn count(&self, command: Command, range: RangeId) -> usize {
+        lock(&self.script)
+            .calls
+            .iter()
+            .filter(|c| c.command == command && c.range == range)
+            .count()
+    }
+
+    async fn run(
+        &self,
+        command: Command,
+        range: RangeId,
+        parents: Vec<Parent>,
+    ) -> Result<(), CallbackError> {
+        let behaviour = {
+            let mut script = lock(&self.script);
+            script.calls.push(Call {
+                command,
+                range,
+                parents,
+            });
+            script
+                .rules
+                .get(&(command, Some(range)))
+                .or_else(|| script.rules.get(&(command, None)))
+                .cloned()
+                .unwrap_or(Behaviour::Succeed)
+        };
+        match behaviour {
+            Behaviour::Succeed => Ok(()),
+            Behaviour::Fail(message) => Err(CallbackError::Refused(message)),
+            Behaviour::SucceedAfter(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            Behaviour::FailAfter(delay, message) => {
+                tokio::time::sleep(delay).await;
+                Err(CallbackError::Refused(message))
+            }
+            Behaviour::Stall => std::future::pending().await,
+        }
+    }
+}
+
+impl Node for ScriptedNode {
+    async fn prepare(&self, meta: RangeMeta, parents: Vec<Parent>) -> Result<(), CallbackError> {
+        self.run(Command::Prepare, meta.id(), parents).await
+    }
+
+    async fn activate(&self, id: RangeId) -> Result<(), CallbackError> {
+        self.run(Command::Activate, id, Vec::new()).await
+    }
+
+    async fn deactivate(&self, id: RangeId) -> Result<(), CallbackError> {
+        self.run(Command::Deactivate, id, Vec::new()).await
+    }
+
+    async fn drop(&self, id: RangeId) -> Result<(), CallbackError> {
+        self.run(Command::Drop, id, Vec::new()).await
+    }
+
+    async fn load_info(&self, id: RangeId) -> Result<LoadInfo, CallbackError> {
+        Ok(lock(&self.script)
+            .loads
+            .get(&id)
+            .cloned()
+            .unwrap_or_default())
+    }
+}

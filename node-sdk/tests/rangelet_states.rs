@@ -1,0 +1,536 @@
+//! Every row of the rangelet's state table, driven in-process with a scripted
+//! storage system and paused time (so "slow" is exact and the tests are fast).
+
+use std::time::Duration;
+
+use ranger_node_sdk::testing::{Behaviour, ScriptedNode};
+use ranger_node_sdk::{
+    Command, CommandError, FileStateStore, KeyRejection, MemoryStateStore, Outcome, Rangelet,
+    RangeletConfig, StateStore, StateStoreError, StoredRange,
+};
+use ranger_proto::{RangeId, RangeMeta, RemoteState};
+
+const GRACE: Duration = Duration::from_millis(500);
+/// Longer than two grace periods, shorter than three.
+const SLOW: Duration = Duration::from_millis(1200);
+
+fn id(n: u64) -> RangeId {
+    RangeId::new(n).unwrap()
+}
+
+fn meta(n: u64, start: &str, end: &str) -> RangeMeta {
+    RangeMeta::new(id(n), start.into(), end.into()).unwrap()
+}
+
+fn config() -> RangeletConfig {
+    RangeletConfig {
+        grace_period: GRACE,
+        ..RangeletConfig::default()
+    }
+}
+
+async fn rangelet() -> (ScriptedNode, Rangelet<ScriptedNode>) {
+    let node = ScriptedNode::new();
+    let rangelet = Rangelet::open(node.clone(), MemoryStateStore::new(), config())
+        .await
+        .unwrap();
+    (node, rangelet)
+}
+
+fn ok(state: RemoteState) -> Outcome {
+    Outcome {
+        state,
+        failure: None,
+    }
+}
+
+fn failed(state: RemoteState, message: &str) -> Outcome {
+    Outcome {
+        state,
+        failure: Some(message.to_owned()),
+    }
+}
+
+/// Prepares and activates range 1 `[-inf, +inf)`.
+async fn active_range(rangelet: &Rangelet<ScriptedNode>) {
+    assert_eq!(
+        rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap(),
+        ok(RemoteState::Inactive)
+    );
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Active)
+    );
+}
+
+// --- Prepare -----------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn prepare_fast_lands_inactive() {
+    let (node, rangelet) = rangelet().await;
+    let outcome = rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    assert_eq!(outcome, ok(RemoteState::Inactive));
+    assert_eq!(node.count(Command::Prepare, id(1)), 1);
+    // A repeat after it landed answers the same and does not call again.
+    let again = rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    assert_eq!(again, ok(RemoteState::Inactive));
+    assert_eq!(node.count(Command::Prepare, id(1)), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn prepare_slow_answers_preparing_and_repeats_never_call_twice() {
+    let (node, rangelet) = rangelet().await;
+    node.on(Command::Prepare, Behaviour::SucceedAfter(SLOW));
+    let start = tokio::time::Instant::now();
+    let first = rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    assert_eq!(first, ok(RemoteState::Preparing));
+    assert_eq!(
+        start.elapsed(),
+        GRACE,
+        "answered after exactly the grace period"
+    );
+    // A repeat during the transition waits on it (up to the grace period again).
+    let repeat = rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    assert_eq!(repeat, ok(RemoteState::Preparing));
+    assert_eq!(node.count(Command::Prepare, id(1)), 1);
+    // The third lands within its grace period, at 1.2 s.
+    let third = rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    assert_eq!(third, ok(RemoteState::Inactive));
+    assert_eq!(node.count(Command::Prepare, id(1)), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn prepare_fails_fast_reports_failure_and_retries_on_next_command() {
+    let (node, rangelet) = rangelet().await;
+    node.on(Command::Prepare, Behaviour::Fail("disk full".into()));
+    let outcome = rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    assert_eq!(outcome, failed(RemoteState::NotFound, "disk full"));
+    assert_eq!(rangelet.state(id(1)), RemoteState::NotFound);
+    // The failure was reported; the next Prepare is a fresh attempt.
+    node.on(Command::Prepare, Behaviour::Succeed);
+    let retry = rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    assert_eq!(retry, ok(RemoteState::Inactive));
+    assert_eq!(node.count(Command::Prepare, id(1)), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn prepare_fails_slow_reports_failure_to_the_next_prepare_once() {
+    let (node, rangelet) = rangelet().await;
+    node.on(
+        Command::Prepare,
+        Behaviour::FailAfter(SLOW, "source died".into()),
+    );
+    let first = rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    assert_eq!(first, ok(RemoteState::Preparing));
+    tokio::time::sleep(SLOW).await;
+    assert_eq!(rangelet.state(id(1)), RemoteState::NotFound);
+    // The failure, not a silent NotFound, is what the next Prepare hears...
+    let next = rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    assert_eq!(next, failed(RemoteState::NotFound, "source died"));
+    assert_eq!(node.count(Command::Prepare, id(1)), 1);
+    // ...and only once: the one after that tries again.
+    node.on(Command::Prepare, Behaviour::Succeed);
+    let retry = rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    assert_eq!(retry, ok(RemoteState::Inactive));
+    assert_eq!(node.count(Command::Prepare, id(1)), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn prepare_with_other_bounds_for_a_known_id_is_refused() {
+    let (_, rangelet) = rangelet().await;
+    rangelet.prepare(meta(1, "", "m"), vec![]).await.unwrap();
+    let err = rangelet
+        .prepare(meta(1, "", "z"), vec![])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::MetaMismatch { .. }), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn drop_of_a_stalled_prepare_abandons_it_and_cleans_up() {
+    let (node, rangelet) = rangelet().await;
+    node.on(Command::Prepare, Behaviour::Stall);
+    let first = rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    assert_eq!(first, ok(RemoteState::Preparing));
+    let dropped = rangelet.drop_range(id(1), false).await.unwrap();
+    assert_eq!(dropped, ok(RemoteState::NotFound));
+    assert_eq!(node.count(Command::Drop, id(1)), 1, "drop cleans up");
+    assert_eq!(rangelet.state(id(1)), RemoteState::NotFound);
+}
+
+// --- Activate ------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn activate_fast_slow_and_repeats() {
+    let (node, rangelet) = rangelet().await;
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    node.on(Command::Activate, Behaviour::SucceedAfter(SLOW));
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Activating)
+    );
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Activating)
+    );
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Active)
+    );
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Active)
+    );
+    assert_eq!(node.count(Command::Activate, id(1)), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn activate_failing_fast_rolls_back_to_inactive() {
+    let (node, rangelet) = rangelet().await;
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    node.on(Command::Activate, Behaviour::Fail("nope".into()));
+    let outcome = rangelet.activate(id(1)).await.unwrap();
+    assert_eq!(outcome, failed(RemoteState::Inactive, "nope"));
+    // Next attempt calls again (the failure was reported).
+    node.on(Command::Activate, Behaviour::Succeed);
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Active)
+    );
+    assert_eq!(node.count(Command::Activate, id(1)), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn activate_failing_slow_is_reported_to_the_next_activate() {
+    let (node, rangelet) = rangelet().await;
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    node.on(
+        Command::Activate,
+        Behaviour::FailAfter(SLOW, "slow no".into()),
+    );
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Activating)
+    );
+    tokio::time::sleep(SLOW).await;
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        failed(RemoteState::Inactive, "slow no")
+    );
+    assert_eq!(node.count(Command::Activate, id(1)), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn activate_refuses_unknown_and_wrong_states() {
+    let (node, rangelet) = rangelet().await;
+    assert!(matches!(
+        rangelet.activate(id(9)).await,
+        Err(CommandError::UnknownRange(_))
+    ));
+    node.on(Command::Prepare, Behaviour::Stall);
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    let err = rangelet.activate(id(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CommandError::WrongState {
+                state: RemoteState::Preparing,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+// --- Deactivate ----------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn deactivate_fast_slow_fail_and_repeat() {
+    let (node, rangelet) = rangelet().await;
+    active_range(&rangelet).await;
+    node.on(Command::Deactivate, Behaviour::SucceedAfter(SLOW));
+    assert_eq!(
+        rangelet.deactivate(id(1)).await.unwrap(),
+        ok(RemoteState::Deactivating)
+    );
+    tokio::time::sleep(SLOW).await;
+    assert_eq!(
+        rangelet.deactivate(id(1)).await.unwrap(),
+        ok(RemoteState::Inactive)
+    );
+    assert_eq!(node.count(Command::Deactivate, id(1)), 1);
+
+    rangelet.activate(id(1)).await.unwrap();
+    node.on(Command::Deactivate, Behaviour::Fail("busy".into()));
+    assert_eq!(
+        rangelet.deactivate(id(1)).await.unwrap(),
+        failed(RemoteState::Active, "busy")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn deactivate_refuses_unknown_and_wrong_states() {
+    let (node, rangelet) = rangelet().await;
+    assert!(matches!(
+        rangelet.deactivate(id(9)).await,
+        Err(CommandError::UnknownRange(_))
+    ));
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    // Deactivating an Inactive range is a no-op success (idempotent).
+    assert_eq!(
+        rangelet.deactivate(id(1)).await.unwrap(),
+        ok(RemoteState::Inactive)
+    );
+    assert_eq!(node.count(Command::Deactivate, id(1)), 0);
+    node.on(Command::Activate, Behaviour::Stall);
+    rangelet.activate(id(1)).await.unwrap();
+    assert!(matches!(
+        rangelet.deactivate(id(1)).await,
+        Err(CommandError::WrongState {
+            state: RemoteState::Activating,
+            ..
+        })
+    ));
+}
+
+// --- Drop ------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn drop_fast_slow_unknown_and_failures() {
+    let (node, rangelet) = rangelet().await;
+    // Unknown: success, NotFound, no call.
+    assert_eq!(
+        rangelet.drop_range(id(9), false).await.unwrap(),
+        ok(RemoteState::NotFound)
+    );
+    assert_eq!(node.count(Command::Drop, id(9)), 0);
+
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    node.on(Command::Drop, Behaviour::FailAfter(SLOW, "io".into()));
+    assert_eq!(
+        rangelet.drop_range(id(1), false).await.unwrap(),
+        ok(RemoteState::Dropping)
+    );
+    tokio::time::sleep(SLOW).await;
+    assert_eq!(
+        rangelet.drop_range(id(1), false).await.unwrap(),
+        failed(RemoteState::Inactive, "io")
+    );
+    node.on(Command::Drop, Behaviour::Succeed);
+    assert_eq!(
+        rangelet.drop_range(id(1), false).await.unwrap(),
+        ok(RemoteState::NotFound)
+    );
+    assert_eq!(node.count(Command::Drop, id(1)), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drop_of_an_active_range_needs_force() {
+    let (node, rangelet) = rangelet().await;
+    active_range(&rangelet).await;
+    assert!(matches!(
+        rangelet.drop_range(id(1), false).await,
+        Err(CommandError::WrongState {
+            state: RemoteState::Active,
+            ..
+        })
+    ));
+    node.on(Command::Drop, Behaviour::Fail("no".into()));
+    assert_eq!(
+        rangelet.force_drop(id(1)).await.unwrap(),
+        failed(RemoteState::Active, "no"),
+        "a failed forced drop rolls back to Active"
+    );
+    node.on(Command::Drop, Behaviour::Succeed);
+    assert_eq!(
+        rangelet.force_drop(id(1)).await.unwrap(),
+        ok(RemoteState::NotFound)
+    );
+}
+
+// --- Concurrency -------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn commands_on_different_ranges_do_not_wait_for_each_other() {
+    let (node, rangelet) = rangelet().await;
+    node.on_range(Command::Prepare, id(1), Behaviour::Stall);
+    let slow = {
+        let rangelet = rangelet.clone();
+        tokio::spawn(async move { rangelet.prepare(meta(1, "", "m"), vec![]).await })
+    };
+    tokio::task::yield_now().await;
+    let start = tokio::time::Instant::now();
+    let fast = rangelet.prepare(meta(2, "m", ""), vec![]).await.unwrap();
+    assert_eq!(fast, ok(RemoteState::Inactive));
+    assert!(start.elapsed() < GRACE, "range 2 did not wait for range 1");
+    assert_eq!(slow.await.unwrap().unwrap(), ok(RemoteState::Preparing));
+}
+
+// --- Helpers for storage systems --------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn serving_range_checks_ownership_state_and_lease() {
+    let (_, rangelet) = rangelet().await;
+    assert_eq!(
+        rangelet.serving_range(b"k"),
+        Err(KeyRejection::NotOwned("k".into()))
+    );
+    rangelet.prepare(meta(1, "a", "m"), vec![]).await.unwrap();
+    assert_eq!(
+        rangelet.serving_range(b"k"),
+        Err(KeyRejection::NotActive {
+            range: id(1),
+            state: RemoteState::Inactive
+        })
+    );
+    assert_eq!(
+        rangelet.serving_range(b"m"),
+        Err(KeyRejection::NotOwned("m".into())),
+        "end is exclusive"
+    );
+    rangelet.activate(id(1)).await.unwrap();
+    assert_eq!(rangelet.serving_range(b"a"), Ok(id(1)));
+    // A controller grants a 1 s lease; after it lapses, writes stop.
+    rangelet.info(Some(Duration::from_secs(1))).await;
+    assert_eq!(rangelet.serving_range(b"k"), Ok(id(1)));
+    tokio::time::sleep(Duration::from_millis(1001)).await;
+    assert_eq!(
+        rangelet.serving_range(b"k"),
+        Err(KeyRejection::LeaseExpired { range: id(1) })
+    );
+    rangelet.info(Some(Duration::from_secs(1))).await;
+    assert_eq!(rangelet.serving_range(b"k"), Ok(id(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ranges_containing_sees_parent_and_child_on_one_node() {
+    let (_, rangelet) = rangelet().await;
+    active_range(&rangelet).await;
+    rangelet.prepare(meta(2, "", "m"), vec![]).await.unwrap();
+    let mut found: Vec<u64> = rangelet
+        .ranges_containing(b"c")
+        .iter()
+        .map(|c| c.meta.id().get())
+        .collect();
+    found.sort();
+    assert_eq!(found, vec![1, 2]);
+    // The Active parent serves, not the Inactive child.
+    assert_eq!(rangelet.serving_range(b"c"), Ok(id(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn info_reports_states_load_and_drain() {
+    let (node, rangelet) = rangelet().await;
+    active_range(&rangelet).await;
+    node.set_load(
+        id(1),
+        ranger_proto::LoadInfo {
+            keys: 42,
+            ..Default::default()
+        },
+    );
+    let info = rangelet.info(None).await;
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].state, RemoteState::Active);
+    assert_eq!(info[0].load.keys, 42);
+    assert!(!rangelet.wants_drain());
+    rangelet.request_drain(true);
+    assert!(rangelet.wants_drain());
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_waits_until_the_node_is_empty() {
+    let (_, rangelet) = rangelet().await;
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    let waiter = {
+        let rangelet = rangelet.clone();
+        tokio::spawn(async move { rangelet.drain(Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(rangelet.wants_drain());
+    rangelet.drop_range(id(1), false).await.unwrap();
+    assert!(waiter.await.unwrap(), "drained");
+    // With a range that never leaves, drain times out.
+    rangelet.prepare(meta(2, "", ""), vec![]).await.unwrap();
+    assert!(!rangelet.drain(Duration::from_secs(1)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_refuses_new_commands() {
+    let (_, rangelet) = rangelet().await;
+    rangelet.shutdown();
+    assert!(matches!(
+        rangelet.prepare(meta(1, "", ""), vec![]).await,
+        Err(CommandError::ShuttingDown)
+    ));
+}
+
+// --- Persistence across restarts ----------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn restart_restores_ranges_inactive_and_drops_half_prepared_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ranges.json");
+    {
+        let node = ScriptedNode::new();
+        let rangelet = Rangelet::open(node.clone(), FileStateStore::open(&path).unwrap(), config())
+            .await
+            .unwrap();
+        active_range(&rangelet).await;
+        rangelet.prepare(meta(2, "x", "y"), vec![]).await.unwrap();
+        node.on(Command::Prepare, Behaviour::Stall);
+        rangelet.prepare(meta(3, "y", "z"), vec![]).await.unwrap();
+        assert_eq!(rangelet.state(id(3)), RemoteState::Preparing);
+        // "Crash": the rangelet goes away with range 3 half prepared.
+    }
+    let node = ScriptedNode::new();
+    let rangelet = Rangelet::open(node.clone(), FileStateStore::open(&path).unwrap(), config())
+        .await
+        .unwrap();
+    // Active comes back Inactive: the controller may have moved it meanwhile.
+    assert_eq!(rangelet.state(id(1)), RemoteState::Inactive);
+    assert_eq!(rangelet.state(id(2)), RemoteState::Inactive);
+    assert_eq!(rangelet.state(id(3)), RemoteState::NotFound);
+    assert_eq!(
+        node.count(Command::Drop, id(3)),
+        1,
+        "half-prepared range cleaned up"
+    );
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Active)
+    );
+}
+
+/// A store whose writes fail, like a full disk.
+#[derive(Debug)]
+struct FullDisk;
+
+impl StateStore for FullDisk {
+    fn load(&self) -> Result<Vec<StoredRange>, StateStoreError> {
+        Ok(vec![])
+    }
+    fn put(&self, _: &StoredRange) -> Result<(), StateStoreError> {
+        Err(StateStoreError::Backend("no space left on device".into()))
+    }
+    fn remove(&self, _: RangeId) -> Result<(), StateStoreError> {
+        Err(StateStoreError::Backend("no space left on device".into()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_that_cannot_be_persisted_fails_the_command_and_changes_nothing() {
+    let node = ScriptedNode::new();
+    let rangelet = Rangelet::open(node.clone(), FullDisk, config())
+        .await
+        .unwrap();
+    let err = rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap_err();
+    assert!(matches!(err, CommandError::Persist { .. }), "{err}");
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert_eq!(rangelet.state(id(1)), RemoteState::NotFound);
+    assert_eq!(
+        node.count(Command::Prepare, id(1)),
+        0,
+        "storage never called"
+    );
+}
