@@ -1,6 +1,9 @@
 //! Every row of the rangelet's state table, driven in-process with a scripted
 //! storage system and paused time (so "slow" is exact and the tests are fast).
 
+// Tests fail by panicking: unwrapping is the point.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use ranger_node_sdk::testing::{Behaviour, ScriptedNode};

@@ -3,6 +3,9 @@
 //! numbers and wire types. A renumbered or retyped field breaks one of these, which
 //! is what keeps us wire-compatible with the Go reference.
 
+// Tests fail by panicking: unwrapping is the point.
+#![allow(clippy::unwrap_used)]
+
 use prost::Message;
 use ranger_proto::pb::kv;
 use ranger_proto::pb::ranger as pb;
