@@ -1,0 +1,105 @@
+//! The controller's tunables, with the defaults a local cluster wants.
+
+use std::time::Duration;
+
+/// How many placements each range should have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// Active placements wanted in the steady state (R1: 1, R3: 3).
+    pub target: usize,
+    /// Active placements allowed at once. R1 keeps this at 1: one writer per key
+    /// (DESIGN.md invariant 1). R3 allows one extra during a move, so the
+    /// destination activates before the source deactivates (SCENARIOS.md #8).
+    pub max_active: usize,
+    /// Live placements allowed at once (bounds how many moves of one range run
+    /// together; SCENARIOS.md #14).
+    pub max_placements: usize,
+}
+
+impl Replication {
+    /// One active placement per range.
+    pub const R1: Replication = Replication {
+        target: 1,
+        max_active: 1,
+        max_placements: 2,
+    };
+
+    /// Three active placements per range.
+    pub const R3: Replication = Replication {
+        target: 3,
+        max_active: 4,
+        max_placements: 4,
+    };
+
+    /// `target` replicas, with the limits above (R1 for 1, one spare otherwise).
+    pub fn with_target(target: usize) -> Replication {
+        let target = target.max(1);
+        if target == 1 {
+            Replication::R1
+        } else {
+            Replication {
+                target,
+                max_active: target + 1,
+                max_placements: target + 1,
+            }
+        }
+    }
+}
+
+/// Timings and limits of the orchestrator.
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    pub replication: Replication,
+    /// How long a placement may stay Pending/Loading (Prepare answered Preparing)
+    /// before the controller gives up on it (GiveUp).
+    pub prepare_deadline: Duration,
+    /// Failed attempts of Prepare or Activate before giving up on that node.
+    pub max_attempts: u32,
+    /// Backoff after the first failure of a command; doubled per failure.
+    pub backoff_initial: Duration,
+    /// Cap on the backoff (Drop retries forever at this pace).
+    pub backoff_max: Duration,
+    /// How long an operation may take before it is rolled back (while it still
+    /// can be: before the first activation of a destination).
+    pub op_deadline: Duration,
+    /// How long a node that failed a range's Prepare or Activate is not chosen for
+    /// that range again.
+    pub exclusion: Duration,
+    /// The write lease granted to nodes with every probe (DESIGN.md section 6).
+    pub lease: Duration,
+    /// Extra time after a lease would have expired before a silent node's
+    /// placements are declared Missing (clock drift, probe in flight).
+    pub lease_margin: Duration,
+    /// How often every node is probed with `Info`.
+    pub probe_interval: Duration,
+    /// Deadline of one RPC to a node (must exceed the rangelet's grace period).
+    pub rpc_timeout: Duration,
+    /// Moves started at once to drain nodes, across the cluster.
+    pub max_drain_moves: usize,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            replication: Replication::R1,
+            prepare_deadline: Duration::from_secs(60),
+            max_attempts: 3,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            op_deadline: Duration::from_secs(30),
+            exclusion: Duration::from_secs(30),
+            lease: Duration::from_secs(4),
+            lease_margin: Duration::from_secs(2),
+            probe_interval: Duration::from_millis(500),
+            rpc_timeout: Duration::from_secs(3),
+            max_drain_moves: 4,
+        }
+    }
+}
+
+impl OrchestratorConfig {
+    /// After how long without a successful probe a node's placements are lost.
+    pub fn node_loss_after(&self) -> Duration {
+        self.lease + self.lease_margin
+    }
+}

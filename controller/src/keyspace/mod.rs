@@ -1,0 +1,314 @@
+//! The keyspace: the controller's durable desired state of every range and placement.
+//!
+//! # The current tiling
+//!
+//! Ranges are never deleted: a split or join keeps its parents as history. The
+//! *current* ranges are the ones responsible for the keys right now, and they tile
+//! the keyspace (DESIGN.md invariant 2). A range is current when
+//!
+//! - it is not Obsolete,
+//! - it has not *handed over* to its children, and
+//! - every one of its parents has handed over to it.
+//!
+//! A range has handed over when it is Obsolete, or when it is Subsuming and every
+//! one of its children has had an Active placement ([`Range::ever_activated`]).
+//!
+//! So during a split or join the parents stay current (they serve; the children are
+//! being prepared), and the children become current at the moment the last of them
+//! is first activated: that is also the moment after which the operation can no
+//! longer be rolled back. The parents may then stay Subsuming for as long as their
+//! drops take (SCENARIOS.md #21, #28) without hiding the children that serve.
+//! [`Keyspace::finish_subsume`] hands over unconditionally (a split of a range that
+//! was never placed has nothing to activate).
+//!
+//! The current ranges are indexed by start key, so [`Keyspace::range_for_key`] is
+//! O(log n); every operation touches O(1) ranges, and none scans the keyspace, so
+//! a million ranges are fine.
+//!
+//! # Persistence
+//!
+//! Each mutation records the ids of the ranges it changed; [`Keyspace::take_changes`]
+//! hands their full records to a persister. Loading goes through
+//! [`Keyspace::from_records`], which validates everything and names what is wrong.
+
+mod error;
+mod invariants;
+mod placements;
+mod range;
+mod record;
+mod subsume;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+
+use ranger_proto::{RangeId, RangeMeta, RangeState};
+
+pub use error::KeyspaceError;
+pub use range::{Placement, PlacementId, Range, placement_transition_allowed};
+pub use record::{ChangeSet, Counters, RECORD_VERSION, RangeRecord, RecordError};
+
+type Result<T, E = KeyspaceError> = std::result::Result<T, E>;
+
+/// The desired state of the keyspace: every range (current and historical) with its
+/// placements, and the id counters.
+///
+/// Every mutation either applies completely or returns a [`KeyspaceError`] and
+/// changes nothing. In debug builds each mutation re-checks the invariants around
+/// the ranges it touched, and panics if they broke, because that is a bug here.
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    ranges: HashMap<RangeId, Range>,
+    /// The current tiling, by start key.
+    index: BTreeMap<Vec<u8>, RangeId>,
+    next_range_id: u64,
+    next_placement_id: u64,
+    /// Ranges changed since the last `take_changes`, in id order for the records.
+    dirty: BTreeSet<RangeId>,
+}
+
+impl Default for Keyspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Keyspace {
+    /// A new keyspace: range 1 covers everything, Active, not placed yet. Range 1 is
+    /// marked changed, so the first save persists it.
+    pub fn new() -> Self {
+        let first = Range {
+            meta: RangeMeta::whole(RangeId::FIRST),
+            state: RangeState::Active,
+            parents: Vec::new(),
+            children: Vec::new(),
+            placements: Vec::new(),
+            ever_activated: false,
+        };
+        let mut keyspace = Keyspace {
+            ranges: HashMap::from([(RangeId::FIRST, first)]),
+            index: BTreeMap::from([(Vec::new(), RangeId::FIRST)]),
+            next_range_id: RangeId::FIRST.get() + 1,
+            next_placement_id: 1,
+            dirty: BTreeSet::new(),
+        };
+        keyspace.touched(&[RangeId::FIRST]);
+        keyspace
+    }
+
+    /// Rebuilds a keyspace from persisted records and validates all of it: bounds,
+    /// counters, unique ids, parent/child links, placements, and full cover. The
+    /// error names the first problem found (SCENARIOS.md #35), so a controller with
+    /// a corrupt store refuses to start and says why.
+    pub fn from_records(counters: Counters, records: Vec<RangeRecord>) -> Result<Self> {
+        let mut ranges = HashMap::with_capacity(records.len());
+        for record in records {
+            if record.v != RECORD_VERSION {
+                return Err(KeyspaceError::Malformed {
+                    range: record.id,
+                    detail: format!("record schema version {} is not supported", record.v),
+                });
+            }
+            let meta = RangeMeta::new(record.id, record.start, record.end)?;
+            let range = Range {
+                meta,
+                state: record.state,
+                parents: record.parents,
+                children: record.children,
+                placements: record.placements,
+                ever_activated: record.ever_activated,
+            };
+            if ranges.insert(record.id, range).is_some() {
+                return Err(KeyspaceError::DuplicateRange(record.id));
+            }
+        }
+        let mut keyspace = Keyspace {
+            ranges,
+            index: BTreeMap::new(),
+            next_range_id: counters.next_range_id,
+            next_placement_id: counters.next_placement_id,
+            dirty: BTreeSet::new(),
+        };
+        keyspace.check_records()?;
+        keyspace.build_index()?;
+        keyspace.check_invariants()?;
+        tracing::info!(
+            ranges = keyspace.ranges.len(),
+            current = keyspace.index.len(),
+            "keyspace loaded"
+        );
+        Ok(keyspace)
+    }
+
+    /// The id counters, as they would be persisted now.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            next_range_id: self.next_range_id,
+            next_placement_id: self.next_placement_id,
+        }
+    }
+
+    /// The range with this id, current or historical.
+    pub fn range(&self, id: RangeId) -> Result<&Range> {
+        self.ranges.get(&id).ok_or(KeyspaceError::UnknownRange(id))
+    }
+
+    /// Every range, current and historical, in no particular order.
+    pub fn ranges(&self) -> impl Iterator<Item = &Range> {
+        self.ranges.values()
+    }
+
+    /// How many ranges the keyspace holds, history included.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Always false: a keyspace holds at least its current tiling.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// The current tiling, in key order.
+    pub fn current_ranges(&self) -> impl Iterator<Item = &Range> {
+        self.index.values().filter_map(|id| self.ranges.get(id))
+    }
+
+    /// How many ranges the current tiling has.
+    pub fn current_len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether the range is part of the current tiling (see the module docs).
+    pub fn is_current(&self, id: RangeId) -> bool {
+        self.ranges
+            .get(&id)
+            .is_some_and(|r| self.index.get(r.meta.start().as_bytes()) == Some(&id))
+    }
+
+    /// The current range that holds `key`. `None` only if the keyspace's invariants
+    /// are broken, which [`Keyspace::check_invariants`] would report.
+    pub fn range_for_key(&self, key: &[u8]) -> Option<&Range> {
+        let (_, id) = self
+            .index
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()?;
+        self.ranges.get(id).filter(|r| r.meta.contains(key))
+    }
+
+    /// The records of every range changed since the last call, with the counters;
+    /// clears the change set. If saving them fails, hand them back with
+    /// [`Keyspace::requeue`] so that the next save includes them again.
+    pub fn take_changes(&mut self) -> ChangeSet {
+        let dirty = std::mem::take(&mut self.dirty);
+        let upserts = dirty
+            .into_iter()
+            .filter_map(|id| self.ranges.get(&id).map(to_record))
+            .collect();
+        ChangeSet {
+            counters: self.counters(),
+            upserts,
+        }
+    }
+
+    /// Marks the ranges of a change set that could not be saved as changed again.
+    /// Their records are rebuilt from the current state at the next `take_changes`,
+    /// so later changes to the same ranges are not lost either.
+    pub fn requeue(&mut self, changes: &ChangeSet) {
+        self.dirty.extend(changes.upserts.iter().map(|r| r.id));
+    }
+
+    /// The records of every range, in id order: a full snapshot, for a first save
+    /// to a new store or a dump. Does not touch the change set.
+    pub fn to_records(&self) -> Vec<RangeRecord> {
+        let mut records: Vec<RangeRecord> = self.ranges.values().map(to_record).collect();
+        records.sort_by_key(|r| r.id);
+        records
+    }
+
+    /// Whether some change has not been taken for saving yet.
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    // ---- helpers ----
+
+    fn range_mut(&mut self, id: RangeId) -> Result<&mut Range> {
+        self.ranges
+            .get_mut(&id)
+            .ok_or(KeyspaceError::UnknownRange(id))
+    }
+
+    /// Whether `r` has handed the keys over to its children (module docs).
+    fn handed_over(&self, r: &Range) -> bool {
+        match r.state {
+            RangeState::Obsolete => true,
+            RangeState::Active => false,
+            RangeState::Subsuming => {
+                !r.children.is_empty()
+                    && r.children
+                        .iter()
+                        .all(|c| self.ranges.get(c).is_some_and(|c| c.ever_activated))
+            }
+        }
+    }
+
+    /// Whether `r` belongs to the current tiling, computed from the states (the
+    /// index caches this).
+    fn computes_current(&self, r: &Range) -> bool {
+        r.state != RangeState::Obsolete
+            && !self.handed_over(r)
+            && r.parents
+                .iter()
+                .all(|p| self.ranges.get(p).is_none_or(|p| self.handed_over(p)))
+    }
+
+    /// Brings the index up to date for these ranges: removals first, because a
+    /// child may start where its parent does.
+    fn reindex(&mut self, ids: &[RangeId]) {
+        let (current, stale): (Vec<&Range>, Vec<&Range>) = ids
+            .iter()
+            .filter_map(|id| self.ranges.get(id))
+            .partition(|r| self.computes_current(r));
+        let stale: Vec<(Vec<u8>, RangeId)> = stale
+            .into_iter()
+            .map(|r| (r.meta.start().as_bytes().to_vec(), r.id()))
+            .collect();
+        let current: Vec<(Vec<u8>, RangeId)> = current
+            .into_iter()
+            .map(|r| (r.meta.start().as_bytes().to_vec(), r.id()))
+            .collect();
+        for (start, id) in stale {
+            if self.index.get(&start) == Some(&id) {
+                self.index.remove(&start);
+            }
+        }
+        for (start, id) in current {
+            self.index.insert(start, id);
+        }
+    }
+
+    /// Records a mutation of these ranges; in debug builds, checks the invariants
+    /// around them.
+    fn touched(&mut self, ids: &[RangeId]) {
+        self.dirty.extend(ids.iter().copied());
+        #[cfg(debug_assertions)]
+        if let Err(error) = self.check_around(ids) {
+            panic!("keyspace invariant broken by a mutation of {ids:?}: {error}");
+        }
+    }
+}
+
+fn to_record(r: &Range) -> RangeRecord {
+    RangeRecord {
+        v: RECORD_VERSION,
+        id: r.id(),
+        start: r.meta.start().clone(),
+        end: r.meta.end().clone(),
+        state: r.state,
+        parents: r.parents.clone(),
+        children: r.children.clone(),
+        ever_activated: r.ever_activated,
+        placements: r.placements.clone(),
+    }
+}

@@ -1,0 +1,10 @@
+//! Ranger's controller: the keyspace (desired state), its persistence, and (to come)
+//! the roster, orchestrator, actuator and services.
+
+pub mod config;
+pub mod keyspace;
+pub mod orchestrator;
+pub mod persist;
+pub mod roster;
+pub mod runtime;
+pub mod transport;

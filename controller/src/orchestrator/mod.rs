@@ -1,0 +1,515 @@
+//! The orchestrator: decides, from the keyspace (what we want) and the roster
+//! (what nodes say), which commands to send and how the keyspace moves on.
+//!
+//! It is pure, like openraft's `Engine`: events go in ([`Engine::on_answer`],
+//! [`Engine::on_probe`], operator requests), [`Engine::step`] reconciles, and
+//! [`Effect`]s come out for the runtime to execute. It never does I/O or reads a
+//! clock, so tests drive it step by step with paused time.
+//!
+//! Reconciliation is level-triggered: each step looks at every range in play and
+//! does what its current state calls for, so a controller restarted at any instant
+//! picks up where the durable keyspace says it was (DESIGN.md invariant 4).
+//! Operations (move, split, join) are durable through the keyspace itself: a move
+//! is a placement that `replaces` another, a split or join is a Subsuming range
+//! with children. Only deadlines and waiters are volatile.
+//!
+//! The rules, per placement (see `reconcile.rs` for the exact conditions):
+//! - Pending/Loading: Prepare until Inactive; too many failures, or Preparing past
+//!   the prepare deadline: GiveUp, exclude the node for a while, place elsewhere.
+//! - Inactive: Activate when the range needs it and no overlapping placement
+//!   (this range's, its parents', its children's) may be serving; a move
+//!   destination first waits for its source to be deactivated (R1). Too many
+//!   failed activations: retire it (roll back or forward, see below).
+//! - Active: Deactivate when a move destination or a split/join's children are
+//!   prepared and waiting, or when retiring.
+//! - Retiring Inactive, GiveUp: Drop until gone (forever, with backoff).
+//! - Missing (the node lost it, or its lease ran out): Dropped; place again.
+
+mod attempts;
+mod reconcile;
+mod types;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ranger_proto::{Key, NodeId, RangeId, RangeInfo, RangeState};
+use tokio::time::Instant;
+
+pub use attempts::{Attempt, Subject};
+pub use types::{
+    Answer, Call, CallError, Dispatch, Effect, Event, OpError, OpId, OpKind, OpPhase, Operation,
+};
+
+use crate::config::OrchestratorConfig;
+use crate::keyspace::Keyspace;
+use crate::roster::Roster;
+use attempts::Attempts;
+
+/// The orchestrator's state: the keyspace it owns, the roster it reads, and the
+/// volatile bookkeeping of commands and operations.
+#[derive(Debug)]
+pub struct Engine {
+    keyspace: Keyspace,
+    roster: Roster,
+    config: OrchestratorConfig,
+    /// When this controller started: a placement on a node it never heard from is
+    /// lost once the loss period has passed since then.
+    started: Instant,
+    attempts: Attempts,
+    ops: BTreeMap<OpId, Operation>,
+    next_op: u64,
+    /// (range, node) pairs not to choose again until the instant given.
+    exclusions: HashMap<(RangeId, NodeId), Instant>,
+    /// The latest problem per range, for operators ("why is it unplaced?").
+    notes: HashMap<RangeId, String>,
+    /// Parents of splits and joins in progress: they stay in play even after they
+    /// leave the current tiling, until their placements are dropped.
+    subsuming: BTreeSet<RangeId>,
+    effects: Vec<Effect>,
+}
+
+impl Engine {
+    /// An engine over a loaded (or new) keyspace. Operations found in flight in the
+    /// keyspace (moves, splits, joins) are resumed with fresh deadlines.
+    pub fn new(keyspace: Keyspace, config: OrchestratorConfig, now: Instant) -> Self {
+        let subsuming = keyspace
+            .ranges()
+            .filter(|r| r.state() == RangeState::Subsuming)
+            .map(|r| r.id())
+            .collect();
+        let mut engine = Engine {
+            keyspace,
+            roster: Roster::new(),
+            config,
+            started: now,
+            attempts: Attempts::default(),
+            ops: BTreeMap::new(),
+            next_op: 1,
+            exclusions: HashMap::new(),
+            notes: HashMap::new(),
+            subsuming,
+            effects: Vec::new(),
+        };
+        engine.resume_operations(now);
+        engine
+    }
+
+    /// Rebuilds operation records for what the keyspace shows in flight.
+    fn resume_operations(&mut self, now: Instant) {
+        let mut found = Vec::new();
+        for parent in &self.subsuming {
+            let Ok(range) = self.keyspace.range(*parent) else {
+                continue;
+            };
+            match range.children() {
+                [left, right] => found.push(OpKind::Split {
+                    range: *parent,
+                    key: self
+                        .keyspace
+                        .range(*right)
+                        .map(|r| r.meta().start().clone())
+                        .unwrap_or_default(),
+                    left_node: None,
+                    right_node: None,
+                    children: Some((*left, *right)),
+                }),
+                [child] => {
+                    let parents = self
+                        .keyspace
+                        .range(*child)
+                        .map(|c| c.parents().to_vec())
+                        .unwrap_or_default();
+                    if let [left, right] = parents[..]
+                        && left == *parent
+                    {
+                        found.push(OpKind::Join {
+                            left,
+                            right,
+                            node: None,
+                            child: Some(*child),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        for range in self.keyspace.current_ranges() {
+            for dest in range.placements() {
+                if let Some(source) = dest.replaces()
+                    && dest.is_live()
+                    && !dest.retiring()
+                {
+                    found.push(OpKind::Move {
+                        range: range.id(),
+                        to: Some(dest.node().clone()),
+                        from: None,
+                        source: Some(source),
+                        dest: Some(dest.id()),
+                    });
+                }
+            }
+        }
+        for kind in found {
+            tracing::info!(op = %kind, "resuming operation found in the keyspace");
+            let id = self.new_op(kind, OpPhase::Running, now, false);
+            tracing::debug!(%id, "resumed");
+        }
+    }
+
+    fn new_op(&mut self, kind: OpKind, phase: OpPhase, now: Instant, drain: bool) -> OpId {
+        let id = OpId(self.next_op);
+        self.next_op += 1;
+        self.ops.insert(
+            id,
+            Operation {
+                id,
+                kind,
+                phase,
+                started: now,
+                deadline: now + self.config.op_deadline,
+                rollback_reason: None,
+                drain,
+            },
+        );
+        id
+    }
+
+    // ---- read access ----
+
+    pub fn keyspace(&self) -> &Keyspace {
+        &self.keyspace
+    }
+
+    /// For the runtime: take the keyspace's changes to persist them.
+    pub fn keyspace_mut(&mut self) -> &mut Keyspace {
+        &mut self.keyspace
+    }
+
+    pub fn roster(&self) -> &Roster {
+        &self.roster
+    }
+
+    pub fn config(&self) -> &OrchestratorConfig {
+        &self.config
+    }
+
+    /// Operations in flight (and queued), oldest first.
+    pub fn operations(&self) -> impl Iterator<Item = &Operation> {
+        self.ops.values()
+    }
+
+    /// The latest problem noted for a range.
+    pub fn note(&self, range: RangeId) -> Option<&str> {
+        self.notes.get(&range).map(String::as_str)
+    }
+
+    pub fn attempt(
+        &self,
+        subject: &Subject,
+        command: ranger_node_sdk::Command,
+    ) -> Option<&Attempt> {
+        self.attempts.get(subject, command)
+    }
+
+    // ---- events in ----
+
+    /// Discovery lists a node.
+    pub fn node_registered(&mut self, id: NodeId, addr: String, now: Instant) {
+        self.roster.register(id, addr, now);
+    }
+
+    /// Discovery stopped listing a node. Its placements are lost only when its lease
+    /// runs out.
+    pub fn node_deregistered(&mut self, id: &NodeId) {
+        self.roster.deregister(id);
+    }
+
+    /// A probe (`Info`) sent at `sent_at` answered, or failed.
+    pub fn on_probe(
+        &mut self,
+        node: &NodeId,
+        sent_at: Instant,
+        result: Result<(Vec<RangeInfo>, bool), String>,
+    ) {
+        match result {
+            Ok((ranges, wants_drain)) => self.roster.probe_ok(node, sent_at, ranges, wants_drain),
+            Err(error) => {
+                tracing::debug!(%node, %error, "probe failed");
+                self.roster.probe_failed(node, error);
+            }
+        }
+    }
+
+    /// A command answered (or failed to).
+    pub fn on_answer(&mut self, dispatch: &Dispatch, answer: Answer, now: Instant) {
+        let command = dispatch.call.command();
+        self.attempts.end(&dispatch.node, dispatch.range);
+        let failure = match answer {
+            Ok(outcome) => {
+                self.roster
+                    .command_answered(&dispatch.node, dispatch.range, outcome.state, now);
+                match outcome.failure {
+                    Some(message) => Some(format!(
+                        "{command:?} of {} failed on {}: {message}",
+                        dispatch.range, dispatch.node
+                    )),
+                    None => {
+                        if outcome.state == reconcile::goal(command) {
+                            self.attempts.succeeded(&dispatch.subject, command);
+                        }
+                        None
+                    }
+                }
+            }
+            Err(error) => {
+                if matches!(error, CallError::UnknownRange(_)) {
+                    self.roster.command_answered(
+                        &dispatch.node,
+                        dispatch.range,
+                        ranger_proto::RemoteState::NotFound,
+                        now,
+                    );
+                }
+                Some(format!(
+                    "{command:?} of {} on {}: {error}",
+                    dispatch.range, dispatch.node
+                ))
+            }
+        };
+        if let Some(message) = failure {
+            tracing::warn!(%message, "command failed");
+            let failures = self.attempts.failed(
+                &dispatch.subject,
+                command,
+                message.clone(),
+                now,
+                self.config.backoff_initial,
+                self.config.backoff_max,
+            );
+            self.emit(dispatch.range, format!("{message} (attempt {failures})"));
+            self.notes.insert(dispatch.range, message);
+        }
+    }
+
+    // ---- operator requests ----
+
+    /// Moves `range` to `to` (any eligible node if `None`). Returns the operation,
+    /// whose end the runtime reports through [`Effect::Finished`].
+    pub fn request_move(
+        &mut self,
+        range: RangeId,
+        to: Option<NodeId>,
+        now: Instant,
+    ) -> Result<OpId, OpError> {
+        let r = self
+            .keyspace
+            .range(range)
+            .map_err(|_| OpError::UnknownRange(range))?;
+        if r.state() != RangeState::Active || !self.keyspace.is_current(range) {
+            return Err(OpError::FailedPrecondition(format!(
+                "range {range} is {} and cannot be moved",
+                r.state()
+            )));
+        }
+        if let Some(node) = &to {
+            self.check_node(node)?;
+            if r.placements()
+                .iter()
+                .any(|p| p.is_live() && !p.retiring() && p.node() == node)
+            {
+                return Err(OpError::FailedPrecondition(format!(
+                    "range {range} is already on node {node}"
+                )));
+            }
+        }
+        if !r.placements().iter().any(|p| p.is_live() && !p.retiring()) {
+            return Err(OpError::FailedPrecondition(format!(
+                "range {range} is not placed anywhere yet; nothing to move"
+            )));
+        }
+        let kind = OpKind::Move {
+            range,
+            to,
+            from: None,
+            source: None,
+            dest: None,
+        };
+        Ok(self.new_op(kind, OpPhase::Queued, now, false))
+    }
+
+    /// Splits `range` at `key`, placing the halves on the nodes given (or any).
+    pub fn request_split(
+        &mut self,
+        range: RangeId,
+        key: Key,
+        left_node: Option<NodeId>,
+        right_node: Option<NodeId>,
+        now: Instant,
+    ) -> Result<OpId, OpError> {
+        let r = self
+            .keyspace
+            .range(range)
+            .map_err(|_| OpError::UnknownRange(range))?;
+        if key.is_empty() {
+            return Err(OpError::InvalidArgument(
+                "split key must not be empty".into(),
+            ));
+        }
+        if !r.meta().can_split_at(key.as_bytes()) {
+            return Err(OpError::InvalidArgument(format!(
+                "split key {key} is not strictly inside range {}",
+                r.meta()
+            )));
+        }
+        if r.state() != RangeState::Active || !self.keyspace.is_current(range) {
+            return Err(OpError::FailedPrecondition(format!(
+                "range {range} is {} and cannot be split",
+                r.state()
+            )));
+        }
+        for node in [&left_node, &right_node].into_iter().flatten() {
+            self.check_node(node)?;
+        }
+        let kind = OpKind::Split {
+            range,
+            key,
+            left_node,
+            right_node,
+            children: None,
+        };
+        Ok(self.new_op(kind, OpPhase::Queued, now, false))
+    }
+
+    /// Joins two adjacent ranges onto `node` (or any).
+    pub fn request_join(
+        &mut self,
+        left: RangeId,
+        right: RangeId,
+        node: Option<NodeId>,
+        now: Instant,
+    ) -> Result<OpId, OpError> {
+        let l = self
+            .keyspace
+            .range(left)
+            .map_err(|_| OpError::UnknownRange(left))?;
+        let r = self
+            .keyspace
+            .range(right)
+            .map_err(|_| OpError::UnknownRange(right))?;
+        for range in [l, r] {
+            if range.state() != RangeState::Active || !self.keyspace.is_current(range.id()) {
+                return Err(OpError::FailedPrecondition(format!(
+                    "range {} is {} and cannot be joined",
+                    range.id(),
+                    range.state()
+                )));
+            }
+        }
+        if !l.meta().is_left_neighbour_of(r.meta()) {
+            return Err(OpError::FailedPrecondition(format!(
+                "ranges {left} and {right} are not adjacent ({} then {})",
+                l.meta(),
+                r.meta()
+            )));
+        }
+        if let Some(node) = &node {
+            self.check_node(node)?;
+        }
+        let kind = OpKind::Join {
+            left,
+            right,
+            node,
+            child: None,
+        };
+        Ok(self.new_op(kind, OpPhase::Queued, now, false))
+    }
+
+    /// Cancels an operation before its point of no return (the first activation of
+    /// a destination). The operation then ends with [`OpError::Cancelled`].
+    pub fn cancel(&mut self, op: OpId) -> Result<(), OpError> {
+        let operation = self.ops.get(&op).ok_or(OpError::UnknownOp(op))?;
+        if operation.phase == OpPhase::Queued {
+            self.ops.remove(&op);
+            self.effects.push(Effect::Finished {
+                op,
+                result: Err(OpError::Cancelled("cancelled before it started".into())),
+            });
+            return Ok(());
+        }
+        if self.past_point_of_no_return(operation) {
+            return Err(OpError::FailedPrecondition(format!(
+                "{op} ({}) is past its point of no return: a destination was activated",
+                operation.kind
+            )));
+        }
+        if let Some(operation) = self.ops.get_mut(&op) {
+            operation.rollback_reason = Some("cancelled by operator".into());
+        }
+        Ok(())
+    }
+
+    /// Asks for `node` to be drained (or no longer).
+    pub fn drain(&mut self, node: &NodeId, drain: bool) -> Result<(), OpError> {
+        if self.roster.set_operator_drain(node, drain) {
+            Ok(())
+        } else {
+            Err(OpError::UnknownNode(node.clone()))
+        }
+    }
+
+    fn check_node(&self, node: &NodeId) -> Result<(), OpError> {
+        match self.roster.get(node) {
+            None => Err(OpError::UnknownNode(node.clone())),
+            Some(n) if n.draining() => Err(OpError::FailedPrecondition(format!(
+                "node {node} is draining"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn emit(&mut self, range: RangeId, message: String) {
+        self.effects.push(Effect::Event(Event { range, message }));
+    }
+
+    /// Whether a destination of the operation was ever asked to activate.
+    fn past_point_of_no_return(&self, op: &Operation) -> bool {
+        match &op.kind {
+            OpKind::Move {
+                dest: Some(dest), ..
+            } => self
+                .attempts
+                .get(
+                    &Subject::Placement(*dest),
+                    ranger_node_sdk::Command::Activate,
+                )
+                .is_some(),
+            OpKind::Split {
+                children: Some((l, r)),
+                ..
+            } => [l, r].iter().any(|c| self.child_activation_started(**c)),
+            OpKind::Join {
+                child: Some(child), ..
+            } => self.child_activation_started(*child),
+            _ => false,
+        }
+    }
+
+    fn child_activation_started(&self, child: RangeId) -> bool {
+        self.keyspace.range(child).is_ok_and(|c| {
+            c.ever_activated()
+                || c.placements().iter().any(|p| {
+                    self.attempts
+                        .get(
+                            &Subject::Placement(p.id()),
+                            ranger_node_sdk::Command::Activate,
+                        )
+                        .is_some()
+                })
+        })
+    }
+
+    /// A dispatch the runtime could not send (its keyspace change did not persist):
+    /// free its (node, range) slot without counting a failure against the node.
+    pub fn dispatch_abandoned(&mut self, dispatch: &Dispatch) {
+        self.attempts.end(&dispatch.node, dispatch.range);
+    }
+}

@@ -1,0 +1,187 @@
+//! What the orchestrator consumes and produces: commands to send, their answers,
+//! operations and their outcomes, and events for operators.
+
+use std::fmt;
+
+use ranger_node_sdk::{Command, Outcome};
+use ranger_proto::{Key, NodeId, Parent, RangeId, RangeMeta};
+use tokio::time::Instant;
+
+use super::attempts::Subject;
+use crate::keyspace::PlacementId;
+
+/// A command for a node, as the orchestrator decided it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    Prepare {
+        meta: RangeMeta,
+        parents: Vec<Parent>,
+    },
+    Activate,
+    Deactivate,
+    Drop {
+        force: bool,
+    },
+}
+
+impl Call {
+    pub fn command(&self) -> Command {
+        match self {
+            Call::Prepare { .. } => Command::Prepare,
+            Call::Activate => Command::Activate,
+            Call::Deactivate => Command::Deactivate,
+            Call::Drop { .. } => Command::Drop,
+        }
+    }
+}
+
+/// One command to send: to which node, about what.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dispatch {
+    pub node: NodeId,
+    pub addr: String,
+    pub range: RangeId,
+    pub subject: Subject,
+    pub call: Call,
+}
+
+/// Why a command got no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The node does not know the range (INVALID_ARGUMENT for Activate/Deactivate).
+    #[error("node does not know the range: {0}")]
+    UnknownRange(String),
+    /// The node refused: the range is in a state where the command cannot run.
+    #[error("wrong state on the node: {0}")]
+    WrongState(String),
+    /// No answer: connection refused, timeout, node shutting down.
+    #[error("node unreachable: {0}")]
+    Unreachable(String),
+    /// Anything else the node answered.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A command's answer.
+pub type Answer = Result<Outcome, CallError>;
+
+/// An operator-visible operation's id. Volatile: operations found in flight after
+/// a restart get new ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpId(pub u64);
+
+impl fmt::Display for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "op{}", self.0)
+    }
+}
+
+/// What an operation does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpKind {
+    Move {
+        range: RangeId,
+        /// Destination asked for; `None`: any eligible node.
+        to: Option<NodeId>,
+        /// Which placement to move (R3); `None`: the orchestrator picks one.
+        from: Option<NodeId>,
+        source: Option<PlacementId>,
+        dest: Option<PlacementId>,
+    },
+    Split {
+        range: RangeId,
+        key: Key,
+        left_node: Option<NodeId>,
+        right_node: Option<NodeId>,
+        children: Option<(RangeId, RangeId)>,
+    },
+    Join {
+        left: RangeId,
+        right: RangeId,
+        node: Option<NodeId>,
+        child: Option<RangeId>,
+    },
+}
+
+impl OpKind {
+    /// The ranges the operation is about, for conflicts and listings.
+    pub fn ranges(&self) -> Vec<RangeId> {
+        match self {
+            OpKind::Move { range, .. } | OpKind::Split { range, .. } => vec![*range],
+            OpKind::Join { left, right, .. } => vec![*left, *right],
+        }
+    }
+}
+
+impl fmt::Display for OpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let node = |n: &Option<NodeId>| n.as_ref().map_or("any".to_owned(), |n| n.to_string());
+        match self {
+            OpKind::Move { range, to, .. } => write!(f, "move {range} to {}", node(to)),
+            OpKind::Split { range, key, .. } => write!(f, "split {range} at {key}"),
+            OpKind::Join { left, right, .. } => write!(f, "join {left} + {right}"),
+        }
+    }
+}
+
+/// Where an operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpPhase {
+    /// Waiting for another operation on the same range to end.
+    Queued,
+    Running,
+    /// Undoing (a split or join rolled back before any child was activated).
+    RollingBack,
+}
+
+/// An operation in flight.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub id: OpId,
+    pub kind: OpKind,
+    pub phase: OpPhase,
+    pub started: Instant,
+    pub deadline: Instant,
+    /// Why it is being rolled back (deadline, cancel, failure), if it is.
+    pub rollback_reason: Option<String>,
+    /// Started by a drain, not by an operator.
+    pub drain: bool,
+}
+
+/// Why an operator request was refused at once, or why an operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("range {0} does not exist")]
+    UnknownRange(RangeId),
+    #[error("node {0} is not known to the controller")]
+    UnknownNode(NodeId),
+    #[error("operation {0} does not exist (finished, or never started)")]
+    UnknownOp(OpId),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Aborted(String),
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+}
+
+/// Something an operator may want to watch, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub range: RangeId,
+    pub message: String,
+}
+
+/// What the runtime must do after a step, in order. Keyspace changes made by the
+/// step are persisted by the runtime before any `Send` is executed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Send(Dispatch),
+    Finished {
+        op: OpId,
+        result: Result<(), OpError>,
+    },
+    Event(Event),
+}

@@ -1,0 +1,298 @@
+//! The roster: the controller's volatile view of the nodes, built from discovery
+//! and from what nodes answer (probes and commands).
+//!
+//! Pure data and rules, no I/O: the runtime feeds it and the orchestrator reads it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use ranger_proto::{LoadInfo, NodeId, RangeId, RangeInfo, RemoteState};
+use tokio::time::Instant;
+
+/// What a node last said about one of its ranges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteView {
+    pub state: RemoteState,
+    pub load: LoadInfo,
+    /// When the node was in that state at the latest: the answer's arrival for a
+    /// command, the request's departure for a probe (conservative, so that an old
+    /// probe answer never overrides a newer command answer).
+    pub as_of: Instant,
+}
+
+/// One node as the controller knows it.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub addr: String,
+    /// Whether discovery lists the node right now.
+    pub registered: bool,
+    /// When this controller first heard of the node.
+    pub first_seen: Instant,
+    /// When a probe last succeeded.
+    pub last_ok: Option<Instant>,
+    pub last_error: Option<String>,
+    /// The node asked to be drained (Info `want_drain`).
+    pub wants_drain: bool,
+    /// An operator asked to drain the node (`rangerctl drain`).
+    pub operator_drain: bool,
+    pub ranges: HashMap<RangeId, RemoteView>,
+}
+
+impl NodeStatus {
+    /// Whether new placements must avoid the node.
+    pub fn draining(&self) -> bool {
+        self.wants_drain || self.operator_drain
+    }
+
+    /// Whether the node has been silent so long that its leases have run out: its
+    /// placements are then lost (DESIGN.md section 6).
+    pub fn is_lost(&self, now: Instant, loss_after: Duration) -> bool {
+        let since = self.last_ok.unwrap_or(self.first_seen);
+        now.saturating_duration_since(since) > loss_after
+    }
+
+    /// Sum of the load the node reports, for choosing the least loaded.
+    pub fn reported_bytes(&self) -> u64 {
+        self.ranges.values().map(|v| v.load.bytes).sum()
+    }
+}
+
+/// Every node the controller knows.
+#[derive(Debug, Default)]
+pub struct Roster {
+    nodes: BTreeMap<NodeId, NodeStatus>,
+}
+
+impl Roster {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Discovery lists the node (new, or back, or at a new address).
+    pub fn register(&mut self, id: NodeId, addr: String, now: Instant) {
+        match self.nodes.get_mut(&id) {
+            Some(node) => {
+                if node.addr != addr {
+                    tracing::info!(node = %id, old = %node.addr, new = %addr, "node moved");
+                    node.addr = addr;
+                    node.ranges.clear();
+                }
+                node.registered = true;
+            }
+            None => {
+                tracing::info!(node = %id, %addr, "node discovered");
+                self.nodes.insert(
+                    id.clone(),
+                    NodeStatus {
+                        id,
+                        addr,
+                        registered: true,
+                        first_seen: now,
+                        last_ok: None,
+                        last_error: None,
+                        wants_drain: false,
+                        operator_drain: false,
+                        ranges: HashMap::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Discovery no longer lists the node. It stays known (its placements are not
+    /// lost before its lease ran out) until [`Roster::forget_lost`].
+    pub fn deregister(&mut self, id: &NodeId) {
+        if let Some(node) = self.nodes.get_mut(id) {
+            node.registered = false;
+        }
+    }
+
+    /// Drops nodes that are deregistered and lost: nothing refers to them anymore.
+    pub fn forget_lost(&mut self, now: Instant, loss_after: Duration) {
+        self.nodes
+            .retain(|_, n| n.registered || !n.is_lost(now, loss_after));
+    }
+
+    pub fn get(&self, id: &NodeId) -> Option<&NodeStatus> {
+        self.nodes.get(id)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeStatus> {
+        self.nodes.values()
+    }
+
+    /// Every registered node to probe, with its address.
+    pub fn probe_targets(&self) -> Vec<(NodeId, String)> {
+        self.nodes
+            .values()
+            .filter(|n| n.registered)
+            .map(|n| (n.id.clone(), n.addr.clone()))
+            .collect()
+    }
+
+    /// A probe answered. `sent_at` is when it was sent: its view is as of then.
+    pub fn probe_ok(
+        &mut self,
+        id: &NodeId,
+        sent_at: Instant,
+        ranges: Vec<RangeInfo>,
+        wants_drain: bool,
+    ) {
+        let Some(node) = self.nodes.get_mut(id) else {
+            return;
+        };
+        node.last_ok = Some(node.last_ok.map_or(sent_at, |t| t.max(sent_at)));
+        node.last_error = None;
+        if node.wants_drain != wants_drain {
+            tracing::info!(node = %id, wants_drain, "node drain wish changed");
+        }
+        node.wants_drain = wants_drain;
+        let reported: HashMap<RangeId, RangeInfo> =
+            ranges.into_iter().map(|r| (r.meta.id(), r)).collect();
+        // Ranges the node no longer lists are NotFound as of this probe.
+        for (id, view) in node.ranges.iter_mut() {
+            if !reported.contains_key(id) && view.as_of <= sent_at {
+                view.state = RemoteState::NotFound;
+                view.as_of = sent_at;
+            }
+        }
+        for (id, info) in reported {
+            let newer = node.ranges.get(&id).is_none_or(|v| v.as_of <= sent_at);
+            if newer {
+                node.ranges.insert(
+                    id,
+                    RemoteView {
+                        state: info.state,
+                        load: info.load,
+                        as_of: sent_at,
+                    },
+                );
+            } else if let Some(view) = node.ranges.get_mut(&id) {
+                view.load = info.load;
+            }
+        }
+        node.ranges
+            .retain(|_, v| v.state != RemoteState::NotFound || v.as_of >= sent_at);
+    }
+
+    pub fn probe_failed(&mut self, id: &NodeId, error: String) {
+        if let Some(node) = self.nodes.get_mut(id) {
+            node.last_error = Some(error);
+        }
+    }
+
+    /// A command answered with the range's state on the node.
+    pub fn command_answered(
+        &mut self,
+        id: &NodeId,
+        range: RangeId,
+        state: RemoteState,
+        now: Instant,
+    ) {
+        if let Some(node) = self.nodes.get_mut(id) {
+            let load = node
+                .ranges
+                .get(&range)
+                .map(|v| v.load.clone())
+                .unwrap_or_default();
+            node.ranges.insert(
+                range,
+                RemoteView {
+                    state,
+                    load,
+                    as_of: now,
+                },
+            );
+        }
+    }
+
+    /// Forgets what the node said about `range` (a new placement starts fresh).
+    pub fn forget_range(&mut self, id: &NodeId, range: RangeId) {
+        if let Some(node) = self.nodes.get_mut(id) {
+            node.ranges.remove(&range);
+        }
+    }
+
+    /// The range's state on the node, if the node said anything about it.
+    pub fn remote(&self, id: &NodeId, range: RangeId) -> Option<RemoteState> {
+        self.nodes
+            .get(id)
+            .and_then(|n| n.ranges.get(&range))
+            .map(|v| v.state)
+    }
+
+    /// Marks a node drained (or not) by an operator. False if unknown.
+    pub fn set_operator_drain(&mut self, id: &NodeId, drain: bool) -> bool {
+        match self.nodes.get_mut(id) {
+            Some(node) => {
+                node.operator_drain = drain;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ranger_proto::RangeMeta;
+
+    fn node(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn info(id: u64, state: RemoteState) -> RangeInfo {
+        RangeInfo {
+            meta: RangeMeta::whole(RangeId::new(id).unwrap()),
+            state,
+            load: LoadInfo::default(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_old_probe_never_overrides_a_newer_command_answer() {
+        let mut roster = Roster::new();
+        let t0 = Instant::now();
+        roster.register(node("a"), "a:1".into(), t0);
+        let r1 = RangeId::new(1).unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        roster.command_answered(&node("a"), r1, RemoteState::Active, Instant::now());
+        // A probe sent before the answer says the range is not there.
+        roster.probe_ok(&node("a"), t0, vec![], false);
+        assert_eq!(roster.remote(&node("a"), r1), Some(RemoteState::Active));
+        // A newer probe wins.
+        roster.probe_ok(
+            &node("a"),
+            Instant::now(),
+            vec![info(1, RemoteState::Inactive)],
+            false,
+        );
+        assert_eq!(roster.remote(&node("a"), r1), Some(RemoteState::Inactive));
+        let later = Instant::now() + Duration::from_millis(1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        roster.probe_ok(&node("a"), later, vec![], false);
+        assert_eq!(roster.remote(&node("a"), r1), Some(RemoteState::NotFound));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_node_is_lost_after_the_lease_and_margin() {
+        let mut roster = Roster::new();
+        let t0 = Instant::now();
+        roster.register(node("a"), "a:1".into(), t0);
+        let loss = Duration::from_secs(6);
+        assert!(!roster.get(&node("a")).unwrap().is_lost(t0 + loss, loss));
+        assert!(
+            roster
+                .get(&node("a"))
+                .unwrap()
+                .is_lost(t0 + loss + Duration::from_millis(1), loss)
+        );
+        roster.probe_ok(&node("a"), t0 + loss, vec![], false);
+        assert!(!roster.get(&node("a")).unwrap().is_lost(t0 + loss * 2, loss));
+        roster.deregister(&node("a"));
+        roster.forget_lost(t0 + loss * 3, loss);
+        assert!(roster.get(&node("a")).is_none());
+    }
+}

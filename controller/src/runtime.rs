@@ -1,0 +1,408 @@
+//! The runtime around the [`Engine`]: one task that owns it, feeds it events
+//! (command answers, probe results, discovery changes, operator requests), runs
+//! its steps, persists the keyspace changes each step made, and only then sends
+//! the commands that depend on them (DESIGN.md invariant 4).
+//!
+//! Every I/O happens in tasks of its own (one per command or probe), so one slow
+//! node never delays the loop, other nodes' probes, or other ranges' commands.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ranger_proto::{Key, NodeId, RangeId};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::orchestrator::{Answer, Dispatch, Effect, Engine, Event, OpError, OpId};
+use crate::persist::{PersistError, Persister};
+use crate::transport::{NodeTransport, ProbeAnswer};
+
+/// The nodes discovery lists: id to address.
+pub type Membership = BTreeMap<NodeId, String>;
+
+/// An operator's request for an operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpRequest {
+    Move {
+        range: RangeId,
+        node: Option<NodeId>,
+    },
+    Split {
+        range: RangeId,
+        key: Key,
+        left: Option<NodeId>,
+        right: Option<NodeId>,
+    },
+    Join {
+        left: RangeId,
+        right: RangeId,
+        node: Option<NodeId>,
+    },
+}
+
+/// Resolves when an operation ends.
+pub type Completion = oneshot::Receiver<Result<(), OpError>>;
+
+type Inspector = Box<dyn FnOnce(&Engine) + Send>;
+
+enum Request {
+    Submit {
+        op: OpRequest,
+        reply: oneshot::Sender<Result<(OpId, Completion), OpError>>,
+    },
+    Cancel {
+        op: OpId,
+        reply: oneshot::Sender<Result<(), OpError>>,
+    },
+    Drain {
+        node: NodeId,
+        drain: bool,
+        reply: oneshot::Sender<Result<(), OpError>>,
+    },
+    Inspect(Inspector),
+}
+
+enum Internal {
+    Answer(Dispatch, Answer),
+    Probe(NodeId, Instant, ProbeAnswer),
+}
+
+/// Why the controller loop stopped other than by a shutdown request.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The store refused a write for good (fenced by another leader, a conflict,
+    /// or corrupt data): this controller must stop acting.
+    #[error("persistence failed permanently: {0}")]
+    Persist(#[from] PersistError),
+}
+
+/// Why a request to the controller could not be answered.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum HandleError {
+    #[error("the controller is not running")]
+    Stopped,
+    #[error(transparent)]
+    Op(#[from] OpError),
+}
+
+/// A cheap, clonable handle to a running controller.
+#[derive(Debug, Clone)]
+pub struct ControllerHandle {
+    requests: mpsc::Sender<Request>,
+    events: broadcast::Sender<Event>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Request")
+    }
+}
+
+impl ControllerHandle {
+    /// Starts an operation; returns its id and a receiver for its end.
+    pub async fn submit(&self, op: OpRequest) -> Result<(OpId, Completion), HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Submit { op, reply }).await?;
+        Ok(rx.await.map_err(|_| HandleError::Stopped)??)
+    }
+
+    /// Starts an operation and waits for its end.
+    pub async fn run(&self, op: OpRequest) -> Result<(), HandleError> {
+        let (_, done) = self.submit(op).await?;
+        Ok(done.await.map_err(|_| HandleError::Stopped)??)
+    }
+
+    pub async fn cancel(&self, op: OpId) -> Result<(), HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Cancel { op, reply }).await?;
+        Ok(rx.await.map_err(|_| HandleError::Stopped)??)
+    }
+
+    pub async fn drain(&self, node: NodeId, drain: bool) -> Result<(), HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Drain { node, drain, reply }).await?;
+        Ok(rx.await.map_err(|_| HandleError::Stopped)??)
+    }
+
+    /// Runs `f` against the engine (read-only) inside the loop and returns its
+    /// result: how the Debug service and tests look at the controller's state.
+    pub async fn inspect<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Engine) -> R + Send + 'static,
+    ) -> Result<R, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        let inspector: Inspector = Box::new(move |engine| {
+            let _ = reply.send(f(engine));
+        });
+        self.send(Request::Inspect(inspector)).await?;
+        rx.await.map_err(|_| HandleError::Stopped)
+    }
+
+    /// Every event from now on (placement transitions, failures, operations).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    async fn send(&self, request: Request) -> Result<(), HandleError> {
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| HandleError::Stopped)
+    }
+}
+
+/// Tunables of the loop itself.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// How often the loop steps without any event (backoffs, deadlines).
+    pub tick: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            tick: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Spawns the controller loop. It runs until `shutdown` resolves or persistence
+/// fails permanently.
+pub fn spawn<P, T>(
+    engine: Engine,
+    persister: P,
+    transport: Arc<T>,
+    membership: watch::Receiver<Membership>,
+    config: RuntimeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (ControllerHandle, JoinHandle<Result<(), RuntimeError>>)
+where
+    P: Persister + 'static,
+    T: NodeTransport,
+{
+    let (requests_tx, requests) = mpsc::channel(256);
+    let (events, _) = broadcast::channel(4096);
+    let (internal_tx, internal) = mpsc::unbounded_channel();
+    let runtime = Runtime {
+        engine,
+        persister,
+        transport,
+        membership,
+        config,
+        requests,
+        internal,
+        internal_tx,
+        events: events.clone(),
+        waiters: HashMap::new(),
+        probing: HashSet::new(),
+        known: Membership::new(),
+    };
+    let task = tokio::spawn(runtime.run(shutdown));
+    (
+        ControllerHandle {
+            requests: requests_tx,
+            events,
+        },
+        task,
+    )
+}
+
+struct Runtime<P, T> {
+    engine: Engine,
+    persister: P,
+    transport: Arc<T>,
+    membership: watch::Receiver<Membership>,
+    config: RuntimeConfig,
+    requests: mpsc::Receiver<Request>,
+    internal: mpsc::UnboundedReceiver<Internal>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    events: broadcast::Sender<Event>,
+    waiters: HashMap<OpId, Vec<oneshot::Sender<Result<(), OpError>>>>,
+    probing: HashSet<NodeId>,
+    known: Membership,
+}
+
+impl<P: Persister, T: NodeTransport> Runtime<P, T> {
+    async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), RuntimeError> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe = tokio::time::interval(self.engine.config().probe_interval);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.apply_membership();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("controller loop stopping");
+                    return Ok(());
+                }
+                request = self.requests.recv() => match request {
+                    Some(request) => self.handle_request(request),
+                    None => return Ok(()),
+                },
+                Some(internal) = self.internal.recv() => self.handle_internal(internal),
+                changed = self.membership.changed() => {
+                    if changed.is_ok() {
+                        self.apply_membership();
+                    }
+                }
+                _ = probe.tick() => self.probe_all(),
+                _ = tick.tick() => {}
+            }
+            // Take everything else that is ready, then step once for the batch.
+            while let Ok(internal) = self.internal.try_recv() {
+                self.handle_internal(internal);
+            }
+            self.step().await?;
+        }
+    }
+
+    fn handle_request(&mut self, request: Request) {
+        let now = Instant::now();
+        match request {
+            Request::Submit { op, reply } => {
+                let started = match op {
+                    OpRequest::Move { range, node } => self.engine.request_move(range, node, now),
+                    OpRequest::Split {
+                        range,
+                        key,
+                        left,
+                        right,
+                    } => self.engine.request_split(range, key, left, right, now),
+                    OpRequest::Join { left, right, node } => {
+                        self.engine.request_join(left, right, node, now)
+                    }
+                };
+                let answer = started.map(|id| {
+                    let (done_tx, done_rx) = oneshot::channel();
+                    self.waiters.entry(id).or_default().push(done_tx);
+                    (id, done_rx)
+                });
+                let _ = reply.send(answer);
+            }
+            Request::Cancel { op, reply } => {
+                let _ = reply.send(self.engine.cancel(op));
+            }
+            Request::Drain { node, drain, reply } => {
+                let _ = reply.send(self.engine.drain(&node, drain));
+            }
+            Request::Inspect(inspect) => inspect(&self.engine),
+        }
+    }
+
+    fn handle_internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::Answer(dispatch, answer) => {
+                self.engine.on_answer(&dispatch, answer, Instant::now());
+            }
+            Internal::Probe(node, sent_at, result) => {
+                self.probing.remove(&node);
+                self.engine.on_probe(&node, sent_at, result);
+            }
+        }
+    }
+
+    /// Applies discovery's latest node set; new nodes are probed at once, so they
+    /// are eligible for placements within one round trip (SCENARIOS.md #33).
+    fn apply_membership(&mut self) {
+        let now = Instant::now();
+        let current = self.membership.borrow_and_update().clone();
+        for (id, addr) in &current {
+            if self.known.get(id) != Some(addr) {
+                self.engine.node_registered(id.clone(), addr.clone(), now);
+                self.probe(id.clone(), addr.clone());
+            }
+        }
+        for id in self.known.keys() {
+            if !current.contains_key(id) {
+                tracing::info!(node = %id, "node left discovery");
+                self.engine.node_deregistered(id);
+            }
+        }
+        self.known = current;
+    }
+
+    fn probe_all(&mut self) {
+        for (id, addr) in self.engine.roster().probe_targets() {
+            self.probe(id, addr);
+        }
+    }
+
+    fn probe(&mut self, node: NodeId, addr: String) {
+        if !self.probing.insert(node.clone()) {
+            return;
+        }
+        let transport = Arc::clone(&self.transport);
+        let tx = self.internal_tx.clone();
+        let lease = self.engine.config().lease;
+        let timeout = self.engine.config().rpc_timeout;
+        tokio::spawn(async move {
+            let sent_at = Instant::now();
+            let result = transport.probe(&addr, lease, timeout).await;
+            let _ = tx.send(Internal::Probe(node, sent_at, result));
+        });
+    }
+
+    /// Steps the engine until it has nothing more to do right now: each round
+    /// persists what changed, then sends what depends on it.
+    async fn step(&mut self) -> Result<(), RuntimeError> {
+        for _ in 0..8 {
+            let effects = self.engine.step(Instant::now());
+            let changes = self.engine.keyspace_mut().take_changes();
+            let changed = !changes.is_empty();
+            let mut persisted = true;
+            if changed && let Err(e) = self.persister.save(&changes).await {
+                if !e.is_retryable() {
+                    tracing::error!(error = %e, "persistence failed permanently; stopping");
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, "could not persist the keyspace; commands held back");
+                self.engine.keyspace_mut().requeue(&changes);
+                persisted = false;
+            }
+            let acted = !effects.is_empty();
+            for effect in effects {
+                match effect {
+                    Effect::Send(dispatch) if persisted => self.dispatch(dispatch),
+                    Effect::Send(dispatch) => self.engine.dispatch_abandoned(&dispatch),
+                    Effect::Finished { op, result } => {
+                        for waiter in self.waiters.remove(&op).unwrap_or_default() {
+                            let _ = waiter.send(result.clone());
+                        }
+                    }
+                    Effect::Event(event) => {
+                        tracing::info!(range = %event.range, "{}", event.message);
+                        let _ = self.events.send(event);
+                    }
+                }
+            }
+            if !persisted || (!changed && !acted) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch(&self, dispatch: Dispatch) {
+        let transport = Arc::clone(&self.transport);
+        let tx = self.internal_tx.clone();
+        let timeout = self.engine.config().rpc_timeout;
+        tokio::spawn(async move {
+            tracing::debug!(node = %dispatch.node, range = %dispatch.range, call = ?dispatch.call.command(), "sending");
+            let answer = transport
+                .call(
+                    &dispatch.addr,
+                    dispatch.range,
+                    dispatch.call.clone(),
+                    timeout,
+                )
+                .await;
+            let _ = tx.send(Internal::Answer(dispatch, answer));
+        });
+    }
+}

@@ -1,0 +1,137 @@
+//! The production transport: tonic clients, one lazily connected channel per node.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ranger_node_sdk::Outcome;
+use ranger_proto::pb::ranger as pb;
+use ranger_proto::pb::ranger::node_client::NodeClient;
+use ranger_proto::{RangeId, RangeInfo, RemoteState};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::{NodeTransport, ProbeAnswer};
+use crate::orchestrator::{Answer, Call, CallError};
+
+/// gRPC to `ranger.Node`. Channels are cached per address; tonic reconnects them
+/// on its own after a failure.
+#[derive(Debug, Default)]
+pub struct GrpcTransport {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl GrpcTransport {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn client(&self, addr: &str) -> Result<NodeClient<Channel>, CallError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(channel) = channels.get(addr) {
+            return Ok(NodeClient::new(channel.clone()));
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| CallError::Unreachable(format!("bad address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2));
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(NodeClient::new(channel))
+    }
+}
+
+fn call_error(status: Status) -> CallError {
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::InvalidArgument if message.contains("not on this node") => {
+            CallError::UnknownRange(message)
+        }
+        Code::FailedPrecondition => CallError::WrongState(message),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            CallError::Unreachable(format!("{:?}: {message}", status.code()))
+        }
+        code => CallError::Other(format!("{code:?}: {message}")),
+    }
+}
+
+fn outcome(state: i32, failure: Option<pb::CallbackFailure>) -> Answer {
+    let state = RemoteState::try_from(state)
+        .map_err(|e| CallError::Other(format!("node answered a bad state: {e}")))?;
+    Ok(Outcome {
+        state,
+        failure: failure.map(|f| f.message),
+    })
+}
+
+impl NodeTransport for GrpcTransport {
+    async fn call(&self, addr: &str, range: RangeId, call: Call, timeout: Duration) -> Answer {
+        let mut client = self.client(addr)?;
+        let id = range.get();
+        let request = async {
+            match call {
+                Call::Prepare { meta, parents } => {
+                    let response = client
+                        .prepare(pb::PrepareRequest {
+                            range: Some((&meta).into()),
+                            parents: parents.iter().map(pb::Parent::from).collect(),
+                        })
+                        .await?
+                        .into_inner();
+                    let state = response.range_info.map_or(0, |i| i.state);
+                    Ok::<_, Status>(outcome(state, response.failure))
+                }
+                Call::Activate => {
+                    let r = client
+                        .activate(pb::ActivateRequest {
+                            range: id,
+                            force: false,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok(outcome(r.state, r.failure))
+                }
+                Call::Deactivate => {
+                    let r = client
+                        .deactivate(pb::DeactivateRequest { range: id })
+                        .await?
+                        .into_inner();
+                    Ok(outcome(r.state, r.failure))
+                }
+                Call::Drop { force } => {
+                    let r = client
+                        .drop(pb::DropRequest { range: id, force })
+                        .await?
+                        .into_inner();
+                    Ok(outcome(r.state, r.failure))
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, request).await {
+            Err(_) => Err(CallError::Unreachable(format!(
+                "no answer within {timeout:?}"
+            ))),
+            Ok(Err(status)) => Err(call_error(status)),
+            Ok(Ok(answer)) => answer,
+        }
+    }
+
+    async fn probe(&self, addr: &str, lease: Duration, timeout: Duration) -> ProbeAnswer {
+        let mut client = self.client(addr).map_err(|e| e.to_string())?;
+        let lease_millis = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let response = tokio::time::timeout(timeout, client.info(pb::InfoRequest { lease_millis }))
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|s| call_error(s).to_string())?
+            .into_inner();
+        let ranges = response
+            .ranges
+            .into_iter()
+            .map(RangeInfo::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("node sent a bad range: {e}"))?;
+        Ok((ranges, response.want_drain))
+    }
+}

@@ -1,0 +1,40 @@
+//! How the controller talks to nodes. The orchestrator decides [`Call`]s; a
+//! transport carries them: over gRPC in production ([`GrpcTransport`]), or straight
+//! into in-process rangelets in tests ([`InProcessTransport`]), which exercises the
+//! same node-side state machine without sockets.
+
+mod grpc;
+mod in_process;
+
+use std::future::Future;
+use std::time::Duration;
+
+use ranger_proto::{RangeId, RangeInfo};
+
+pub use grpc::GrpcTransport;
+pub use in_process::InProcessTransport;
+
+use crate::orchestrator::{Answer, Call};
+
+/// A node's answer to a probe: its ranges and whether it wants to be drained.
+pub type ProbeAnswer = Result<(Vec<RangeInfo>, bool), String>;
+
+/// Carries commands and probes to nodes by address.
+pub trait NodeTransport: Send + Sync + 'static {
+    /// Sends one command about `range` to the node at `addr`.
+    fn call(
+        &self,
+        addr: &str,
+        range: RangeId,
+        call: Call,
+        timeout: Duration,
+    ) -> impl Future<Output = Answer> + Send;
+
+    /// Probes the node at `addr` with `Info`, granting it a write lease.
+    fn probe(
+        &self,
+        addr: &str,
+        lease: Duration,
+        timeout: Duration,
+    ) -> impl Future<Output = ProbeAnswer> + Send;
+}
