@@ -1,6 +1,7 @@
 //! Ranger's controller: the keyspace (desired state), its persistence, and (to come)
 //! the roster, orchestrator, actuator and services.
 
+pub mod bootstrap;
 pub mod config;
 pub mod keyspace;
 pub mod orchestrator;

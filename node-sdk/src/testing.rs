@@ -37,6 +37,44 @@ pub struct Call {
     pub parents: Vec<Parent>,
 }
 
+/// A log shared by several scripted nodes, so a test can check the order of
+/// callbacks across nodes (`P(b,2) D(a,1) A(b,2) X(a,1)`).
+#[derive(Debug, Clone, Default)]
+pub struct CallLog {
+    entries: Arc<Mutex<Vec<(String, Command, RangeId)>>>,
+}
+
+impl CallLog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every call so far as `P(node,range)`, `A(..)`, `D(..)`, `X(..)` (Drop).
+    pub fn render(&self) -> Vec<String> {
+        lock(&self.entries)
+            .iter()
+            .map(|(node, command, range)| {
+                let letter = match command {
+                    Command::Prepare => 'P',
+                    Command::Activate => 'A',
+                    Command::Deactivate => 'D',
+                    Command::Drop => 'X',
+                };
+                format!("{letter}({node},{range})")
+            })
+            .collect()
+    }
+
+    /// Forgets the calls so far (e.g. after a test's setup).
+    pub fn clear(&self) {
+        lock(&self.entries).clear();
+    }
+
+    fn push(&self, node: &str, command: Command, range: RangeId) {
+        lock(&self.entries).push((node.to_owned(), command, range));
+    }
+}
+
 #[derive(Debug, Default)]
 struct Script {
     /// Behaviour per (command, range); `None` as the range means any range.
@@ -50,11 +88,22 @@ struct Script {
 #[derive(Debug, Clone, Default)]
 pub struct ScriptedNode {
     script: Arc<Mutex<Script>>,
+    name: String,
+    log: Option<CallLog>,
 }
 
 impl ScriptedNode {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A node that also records its calls, under `name`, in a shared log.
+    pub fn named(name: impl Into<String>, log: CallLog) -> Self {
+        ScriptedNode {
+            script: Arc::default(),
+            name: name.into(),
+            log: Some(log),
+        }
     }
 
     /// Sets what `command` does for every range (unless a per-range rule exists).
@@ -94,6 +143,9 @@ impl ScriptedNode {
         range: RangeId,
         parents: Vec<Parent>,
     ) -> Result<(), CallbackError> {
+        if let Some(log) = &self.log {
+            log.push(&self.name, command, range);
+        }
         let behaviour = {
             let mut script = lock(&self.script);
             script.calls.push(Call {

@@ -38,6 +38,7 @@ fn sync_path(
         }
         (P::Inactive, R::Active) => &[P::Active],
         (P::Active, R::Inactive) => &[P::Inactive],
+        (P::Inactive, R::NotFound) if retiring => &[P::Dropped],
         (P::Inactive | P::Active, R::NotFound) => &[P::Missing],
         (P::GiveUp, R::NotFound) => &[P::Dropped],
         (P::Pending | P::Loading, R::NotFound) if retiring => &[P::Dropped],
@@ -825,17 +826,24 @@ impl Engine {
             .placements()
             .iter()
             .filter(|p| p.is_live() && !p.retiring() && p.replaces().is_none());
+        let load = self.placements_per_node();
+        // Without a named source, move the copy on the busiest node (oldest first).
         let source = match &from {
             Some(node) => candidates.filter(|p| p.node() == node).last(),
             None => candidates
                 .filter(|p| Some(p.node()) != to.as_ref())
-                .max_by_key(|p| (p.state() == PlacementState::Active, p.id())),
+                .max_by_key(|p| {
+                    (
+                        p.state() == PlacementState::Active,
+                        load.get(p.node()).copied().unwrap_or(0),
+                        std::cmp::Reverse(p.id()),
+                    )
+                }),
         }
         .cloned()
         .ok_or_else(|| {
             OpError::FailedPrecondition(format!("range {range} has no placement to move"))
         })?;
-        let load = self.placements_per_node();
         let avoid = [source.node().clone()];
         let dest_node = match &to {
             Some(node) => {
