@@ -1,0 +1,457 @@
+//! SCENARIOS.md: split (#16-#22) and join (#23-#29).
+
+mod support;
+
+use ranger_controller::config::Replication;
+use ranger_controller::orchestrator::OpError;
+use ranger_controller::runtime::{HandleError, OpRequest};
+use ranger_node_sdk::Command;
+use ranger_node_sdk::testing::Behaviour;
+use ranger_proto::{Key, RangeState};
+use support::*;
+
+fn split(left: &str, right: &str) -> OpRequest {
+    OpRequest::Split {
+        range: id(1),
+        key: Key::from("m"),
+        left: Some(node_id(left)),
+        right: Some(node_id(right)),
+    }
+}
+
+fn join(node: Option<&str>) -> OpRequest {
+    OpRequest::Join {
+        left: id(2),
+        right: id(3),
+        node: node.map(node_id),
+    }
+}
+
+/// Asserts `calls` is `groups` in order, each group in any order.
+#[track_caller]
+fn assert_phases(calls: &[String], groups: &[&[&str]]) {
+    let mut at = 0;
+    for group in groups {
+        let mut got: Vec<&str> = calls
+            .get(at..at + group.len())
+            .unwrap_or_else(|| panic!("too few calls: {calls:?}"))
+            .iter()
+            .map(String::as_str)
+            .collect();
+        got.sort();
+        let mut want = group.to_vec();
+        want.sort();
+        assert_eq!(got, want, "calls: {calls:?}");
+        at += group.len();
+    }
+    assert_eq!(at, calls.len(), "extra calls: {calls:?}");
+}
+
+/// Range 1 on a, split at m: 2 on b, 3 on c.
+async fn split_cluster(nodes: &[&str]) -> Cluster {
+    let cluster = Cluster::start(nodes, Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    cluster
+}
+
+#[tokio::test(start_paused = true)]
+async fn s16_split_in_the_reference_order() {
+    let cluster = split_cluster(&["a", "b", "c"]).await;
+    cluster.handle.run(split("b", "c")).await.unwrap();
+    cluster.wait_active_on(id(2), &["b"]).await;
+    cluster.wait_active_on(id(3), &["c"]).await;
+    cluster
+        .wait_for("parent obsolete", |e| {
+            e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
+        })
+        .await;
+    assert_phases(
+        &cluster.calls(),
+        &[
+            &["P(b,2)", "P(c,3)"],
+            &["D(a,1)"],
+            &["A(b,2)", "A(c,3)"],
+            &["X(a,1)"],
+        ],
+    );
+    // The boundary: 2 is [-inf, m), 3 is [m, +inf).
+    let (left, right) = cluster
+        .handle
+        .inspect(|e| {
+            (
+                e.keyspace().range_for_key(b"l").map(|r| r.id()),
+                e.keyspace().range_for_key(b"m").map(|r| r.id()),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!((left, right), (Some(id(2)), Some(id(3))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn s17_r3_split_on_six_empty_nodes() {
+    let nodes = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    let cluster = Cluster::start(&nodes, Replication::R3).await;
+    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
+    cluster.log.clear();
+    cluster
+        .handle
+        .run(OpRequest::Split {
+            range: id(1),
+            key: Key::from("m"),
+            left: None,
+            right: None,
+        })
+        .await
+        .unwrap();
+    cluster
+        .wait_for("parent obsolete", |e| {
+            e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
+        })
+        .await;
+    let calls = cluster.calls();
+    let count = |letter: char| calls.iter().filter(|c| c.starts_with(letter)).count();
+    assert_eq!(
+        (count('P'), count('D'), count('A'), count('X')),
+        (6, 3, 6, 3),
+        "{calls:?}"
+    );
+    let mut child_nodes: Vec<String> = Vec::new();
+    for child in [2, 3] {
+        for (node, _) in cluster.placements(id(child)).await {
+            child_nodes.push(node);
+        }
+    }
+    child_nodes.sort();
+    assert_eq!(
+        child_nodes,
+        vec!["d", "e", "f", "g", "h", "i"],
+        "distinct, none on the parent's nodes"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn s18_child_prepare_fails_placed_elsewhere() {
+    let cluster = split_cluster(&["a", "b", "c", "d"]).await;
+    cluster
+        .node("b")
+        .on(Command::Prepare, Behaviour::Fail("no space".into()));
+    cluster.handle.run(split("b", "c")).await.unwrap();
+    cluster.wait_active_on(id(2), &["d"]).await;
+    cluster.wait_active_on(id(3), &["c"]).await;
+    let calls = cluster.calls();
+    assert_eq!(
+        calls.iter().filter(|c| *c == "P(b,2)").count(),
+        3,
+        "{calls:?}"
+    );
+    assert!(calls.contains(&"P(d,2)".to_owned()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn s19_parent_will_not_deactivate_split_rolls_back() {
+    let cluster = split_cluster(&["a", "b", "c"]).await;
+    cluster
+        .node("a")
+        .on(Command::Deactivate, Behaviour::Fail("busy".into()));
+    let result = cluster.handle.run(split("b", "c")).await;
+    let Err(HandleError::Op(OpError::Aborted(message))) = result else {
+        panic!("expected rollback, got {result:?}");
+    };
+    assert!(message.contains("rolled back"), "{message}");
+    cluster.wait_active_on(id(1), &["a"]).await;
+    assert_eq!(cluster.range_state(id(1)).await, RangeState::Active);
+    assert_eq!(cluster.range_state(id(2)).await, RangeState::Obsolete);
+    assert_eq!(cluster.range_state(id(3)).await, RangeState::Obsolete);
+    let calls = cluster.calls();
+    assert!(
+        calls.contains(&"X(b,2)".to_owned()) && calls.contains(&"X(c,3)".to_owned()),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.starts_with("A(")),
+        "no child activated: {calls:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn s20_one_child_activated_the_other_fails_rolls_forward() {
+    let cluster = split_cluster(&["a", "b", "c", "d"]).await;
+    cluster
+        .node("b")
+        .on(Command::Activate, Behaviour::Fail("corrupt".into()));
+    cluster.handle.run(split("b", "c")).await.unwrap();
+    cluster.wait_active_on(id(2), &["d"]).await;
+    cluster.wait_active_on(id(3), &["c"]).await;
+    let calls = cluster.calls();
+    // c kept serving [m, +inf) throughout: it was never deactivated or dropped.
+    assert!(
+        !calls.contains(&"D(c,3)".to_owned()) && !calls.contains(&"X(c,3)".to_owned()),
+        "{calls:?}"
+    );
+    // The replacement for 2 was prepared from the frozen parent on a.
+    let prepare_d = cluster
+        .node("d")
+        .calls()
+        .into_iter()
+        .find(|c| c.command == Command::Prepare)
+        .unwrap();
+    let parent = prepare_d
+        .parents
+        .iter()
+        .find(|p| p.meta.id() == id(1))
+        .unwrap();
+    assert_eq!(parent.placements[0].node_addr, addr("a"));
+    assert!(calls.contains(&"X(b,2)".to_owned()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn s21_parent_drop_fails_children_serve_parent_subsuming_until_dropped() {
+    let cluster = split_cluster(&["a", "b", "c"]).await;
+    cluster
+        .node("a")
+        .on(Command::Drop, Behaviour::Fail("io".into()));
+    cluster.handle.run(split("b", "c")).await.unwrap();
+    cluster.wait_active_on(id(2), &["b"]).await;
+    cluster.wait_active_on(id(3), &["c"]).await;
+    let node = cluster.node("a").clone();
+    cluster
+        .wait_for("drop retried", move |_| {
+            node.count(Command::Drop, id(1)) >= 3
+        })
+        .await;
+    assert_eq!(cluster.range_state(id(1)).await, RangeState::Subsuming);
+    cluster.node("a").on(Command::Drop, Behaviour::Succeed);
+    cluster
+        .wait_for("parent obsolete", |e| {
+            e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn s22_bad_boundaries_are_refused_at_once() {
+    let cluster = split_cluster(&["a", "b", "c"]).await;
+    // Empty key: INVALID_ARGUMENT.
+    let empty = cluster
+        .handle
+        .run(OpRequest::Split {
+            range: id(1),
+            key: Key::empty(),
+            left: None,
+            right: None,
+        })
+        .await;
+    assert!(
+        matches!(empty, Err(HandleError::Op(OpError::InvalidArgument(_)))),
+        "{empty:?}"
+    );
+    // Split 1 into [-inf,m) and [m,+inf), then try the start of 3, and a key of 2's in 3.
+    cluster.handle.run(split("b", "c")).await.unwrap();
+    cluster
+        .wait_for("parent obsolete", |e| {
+            e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
+        })
+        .await;
+    let calls_before = cluster.calls().len();
+    for (range, key) in [(3, "m"), (3, "a"), (2, "z")] {
+        let result = cluster
+            .handle
+            .run(OpRequest::Split {
+                range: id(range),
+                key: Key::from(key),
+                left: None,
+                right: None,
+            })
+            .await;
+        assert!(
+            matches!(result, Err(HandleError::Op(OpError::InvalidArgument(_)))),
+            "split {range} at {key}: {result:?}"
+        );
+    }
+    // An obsolete range or an unknown one.
+    let obsolete = cluster.handle.run(split("b", "c")).await;
+    assert!(
+        matches!(
+            obsolete,
+            Err(HandleError::Op(OpError::FailedPrecondition(_)))
+        ),
+        "{obsolete:?}"
+    );
+    let unknown = cluster
+        .handle
+        .run(OpRequest::Split {
+            range: id(99),
+            key: Key::from("x"),
+            left: None,
+            right: None,
+        })
+        .await;
+    assert!(matches!(
+        unknown,
+        Err(HandleError::Op(OpError::UnknownRange(_)))
+    ));
+    assert_eq!(cluster.calls().len(), calls_before, "no command sent");
+}
+
+/// 2 [-inf, m) on a and 3 [m, +inf) on b, log cleared.
+async fn join_cluster(nodes: &[&str]) -> Cluster {
+    let cluster = Cluster::start(nodes, Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.handle.run(split("a", "b")).await.unwrap();
+    cluster.wait_active_on(id(2), &["a"]).await;
+    cluster.wait_active_on(id(3), &["b"]).await;
+    cluster
+        .wait_for("1 obsolete", |e| {
+            e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
+        })
+        .await;
+    cluster.log.clear();
+    cluster
+}
+
+#[tokio::test(start_paused = true)]
+async fn s23_join_in_the_reference_order() {
+    let cluster = join_cluster(&["a", "b", "c"]).await;
+    cluster.handle.run(join(Some("c"))).await.unwrap();
+    cluster.wait_active_on(id(4), &["c"]).await;
+    cluster
+        .wait_for("parents obsolete", |e| {
+            [2, 3]
+                .iter()
+                .all(|n| e.keyspace().range(id(*n)).unwrap().state() == RangeState::Obsolete)
+        })
+        .await;
+    assert_phases(
+        &cluster.calls(),
+        &[
+            &["P(c,4)"],
+            &["D(a,2)", "D(b,3)"],
+            &["A(c,4)"],
+            &["X(a,2)", "X(b,3)"],
+        ],
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn s24_join_onto_a_parents_node_or_any() {
+    let cluster = join_cluster(&["a", "b", "c"]).await;
+    cluster.handle.run(join(Some("a"))).await.unwrap();
+    cluster.wait_active_on(id(4), &["a"]).await;
+    let cluster = join_cluster(&["a", "b", "c"]).await;
+    cluster.handle.run(join(None)).await.unwrap();
+    cluster.wait_active_on(id(4), &["c"]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn s25_join_destination_prepare_fails_placed_elsewhere() {
+    let cluster = join_cluster(&["a", "b", "c", "d"]).await;
+    cluster
+        .node("c")
+        .on(Command::Prepare, Behaviour::Fail("no".into()));
+    cluster.handle.run(join(Some("c"))).await.unwrap();
+    cluster.wait_active_on(id(4), &["d"]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn s26_one_parent_will_not_deactivate_join_rolls_back() {
+    let cluster = join_cluster(&["a", "b", "c"]).await;
+    cluster
+        .node("a")
+        .on(Command::Deactivate, Behaviour::Fail("busy".into()));
+    let result = cluster.handle.run(join(Some("c"))).await;
+    assert!(
+        matches!(result, Err(HandleError::Op(OpError::Aborted(_)))),
+        "{result:?}"
+    );
+    cluster.wait_active_on(id(2), &["a"]).await;
+    cluster.wait_active_on(id(3), &["b"]).await;
+    assert_eq!(cluster.range_state(id(4)).await, RangeState::Obsolete);
+    let calls = cluster.calls();
+    assert!(calls.contains(&"D(b,3)".to_owned()), "{calls:?}");
+    assert!(
+        calls.contains(&"A(b,3)".to_owned()),
+        "b re-activated: {calls:?}"
+    );
+    assert!(calls.contains(&"X(c,4)".to_owned()), "{calls:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn s27_join_destination_activate_fails_goes_forward_elsewhere() {
+    let cluster = join_cluster(&["a", "b", "c", "d"]).await;
+    cluster
+        .node("c")
+        .on(Command::Activate, Behaviour::Fail("corrupt".into()));
+    cluster.handle.run(join(Some("c"))).await.unwrap();
+    cluster.wait_active_on(id(4), &["d"]).await;
+    let calls = cluster.calls();
+    assert!(calls.contains(&"X(c,4)".to_owned()), "{calls:?}");
+    assert!(calls.contains(&"P(d,4)".to_owned()), "{calls:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn s28_parent_drop_fails_join_ok_parent_subsuming_until_dropped() {
+    let cluster = join_cluster(&["a", "b", "c"]).await;
+    cluster
+        .node("a")
+        .on(Command::Drop, Behaviour::Fail("io".into()));
+    cluster.handle.run(join(Some("c"))).await.unwrap();
+    cluster.wait_active_on(id(4), &["c"]).await;
+    let node = cluster.node("a").clone();
+    cluster
+        .wait_for("drop retried", move |_| {
+            node.count(Command::Drop, id(2)) >= 3
+        })
+        .await;
+    assert_eq!(cluster.range_state(id(2)).await, RangeState::Subsuming);
+    cluster.node("a").on(Command::Drop, Behaviour::Succeed);
+    cluster
+        .wait_for("parents obsolete", |e| {
+            [2, 3]
+                .iter()
+                .all(|n| e.keyspace().range(id(*n)).unwrap().state() == RangeState::Obsolete)
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn s29_join_of_non_adjacent_or_inactive_ranges_is_refused() {
+    let cluster = join_cluster(&["a", "b", "c"]).await;
+    let backwards = cluster
+        .handle
+        .run(OpRequest::Join {
+            left: id(3),
+            right: id(2),
+            node: None,
+        })
+        .await;
+    assert!(
+        matches!(
+            backwards,
+            Err(HandleError::Op(OpError::FailedPrecondition(_)))
+        ),
+        "{backwards:?}"
+    );
+    let obsolete = cluster
+        .handle
+        .run(OpRequest::Join {
+            left: id(1),
+            right: id(3),
+            node: None,
+        })
+        .await;
+    assert!(
+        matches!(
+            obsolete,
+            Err(HandleError::Op(OpError::FailedPrecondition(_)))
+        ),
+        "{obsolete:?}"
+    );
+    let unknown_node = cluster.handle.run(join(Some("zz"))).await;
+    assert!(
+        matches!(unknown_node, Err(HandleError::Op(OpError::UnknownNode(_)))),
+        "{unknown_node:?}"
+    );
+    assert!(cluster.calls().is_empty(), "{:?}", cluster.calls());
+}
