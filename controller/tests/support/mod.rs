@@ -296,3 +296,42 @@ async fn spawn_controller(
     );
     (handle, task, stop)
 }
+
+impl Cluster {
+    /// What every node holds, straight from the rangelets: (node, range, state,
+    /// whether its lease still lets it write).
+    pub fn ground_truth(
+        &self,
+    ) -> Vec<(
+        String,
+        ranger_proto::RangeMeta,
+        ranger_proto::RemoteState,
+        bool,
+    )> {
+        let mut out = Vec::new();
+        for (name, rangelet) in &self.rangelets {
+            let lease = rangelet.lease_valid();
+            for change in rangelet.ranges() {
+                out.push((name.clone(), change.meta, change.state, lease));
+            }
+        }
+        out
+    }
+
+    /// Invariant 1 (R1): no key is in two placements that may be taking writes.
+    pub fn assert_one_writer(&self) {
+        let writers: Vec<_> = self
+            .ground_truth()
+            .into_iter()
+            .filter(|(_, _, state, lease)| state.may_serve_writes() && *lease)
+            .collect();
+        for (i, (n1, m1, s1, _)) in writers.iter().enumerate() {
+            for (n2, m2, s2, _) in &writers[i + 1..] {
+                assert!(
+                    !m1.overlaps(m2),
+                    "two writers: {m1} {s1} on {n1} and {m2} {s2} on {n2}"
+                );
+            }
+        }
+    }
+}
