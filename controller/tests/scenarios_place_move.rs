@@ -1,6 +1,9 @@
 //! SCENARIOS.md: place (#1-#6) and move (#7-#15), in-process with real rangelets
 //! over scripted storage, paused time.
 
+// Tests fail by panicking: unwrapping is the point.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

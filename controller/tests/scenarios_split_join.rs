@@ -1,5 +1,8 @@
 //! SCENARIOS.md: split (#16-#22) and join (#23-#29).
 
+// Tests fail by panicking: unwrapping is the point.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use ranger_controller::config::Replication;

@@ -187,6 +187,11 @@ struct Table {
     by_start: BTreeSet<(Key, RangeId)>,
     failures: HashMap<RangeId, PendingFailure>,
     next_epoch: u64,
+    /// Ranges that were Active when the controller's lease lapsed. They serve
+    /// nothing until the controller activates them again, even if a later probe
+    /// renews the lease: by then the controller may have given them to another
+    /// node (see `expire_lease`).
+    fenced: BTreeSet<RangeId>,
 }
 
 impl Table {
@@ -217,9 +222,11 @@ struct Inner<N> {
     /// Bumped on every change; commands wait on it for their transition to end.
     version: watch::Sender<u64>,
     want_drain: AtomicBool,
+    /// Whether a task is deactivating fenced ranges (at most one at a time).
+    deactivating_fenced: AtomicBool,
     /// Until when the controller's last probe allows serving writes; `None` until a
     /// controller grants a lease (the reference controller never does).
-    lease_until: Mutex<Option<Instant>>,
+    lease_until: watch::Sender<Option<Instant>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -266,6 +273,7 @@ impl<N: Node> Rangelet<N> {
             by_start: BTreeSet::new(),
             failures: HashMap::new(),
             next_epoch: 1,
+            fenced: BTreeSet::new(),
         };
         for range in stored {
             let id = range.meta.id();
@@ -306,7 +314,8 @@ impl<N: Node> Rangelet<N> {
                 changes,
                 version: watch::Sender::new(0),
                 want_drain: AtomicBool::new(false),
-                lease_until: Mutex::new(None),
+                deactivating_fenced: AtomicBool::new(false),
+                lease_until: watch::Sender::new(None),
                 shutdown: watch::Sender::new(false),
             }),
         })
@@ -467,6 +476,10 @@ impl<N: Node> Rangelet<N> {
         };
         let state = entry.state;
         if state == transition.during || state == transition.success {
+            if command == Command::Activate && state == RemoteState::Active {
+                // The controller re-asserts this copy as the writer.
+                table.fenced.remove(&id);
+            }
             // A repeat: wait on the transition already running (if any).
             return Ok(Begin::Wait(state));
         }
@@ -589,6 +602,11 @@ impl<N: Node> Rangelet<N> {
         } else {
             entry.state = target;
         }
+        if target == RemoteState::NotFound
+            || (transition.command == Command::Activate && result.is_ok())
+        {
+            table.fenced.remove(&id);
+        }
         match &result {
             Ok(()) => {
                 tracing::info!(range = %id, command = ?transition.command, state = %target, "transition done")
@@ -657,7 +675,17 @@ impl<N: Node> Rangelet<N> {
     /// (`Some`) extends the period during which Active ranges may serve writes.
     pub async fn info(&self, lease: Option<Duration>) -> Vec<RangeInfo> {
         if let Some(lease) = lease {
-            *lock(&self.inner.lease_until) = Some(Instant::now() + lease);
+            let now = Instant::now();
+            match self.inner.lease_until.send_replace(Some(now + lease)) {
+                // The first lease: from now on a lapse must fence this node.
+                None => {
+                    tokio::spawn(self.clone().watch_lease());
+                }
+                // The lease had lapsed before this renewal (the watchdog may not
+                // have run yet): fence now, before anything can write again.
+                Some(until) if until <= now => self.expire_lease(),
+                Some(_) => {}
+            }
         }
         let ranges: Vec<RangeChange> = lock(&self.inner.table).snapshot();
         let loads = futures::future::join_all(ranges.iter().map(|r| async {
@@ -727,15 +755,116 @@ impl<N: Node> Rangelet<N> {
                 state: best.state,
             });
         }
-        if !self.lease_valid() {
+        if !self.may_write(id) {
             return Err(KeyRejection::LeaseExpired { range: id });
         }
         Ok(id)
     }
 
+    /// Whether range `id` may accept writes right now: Active, within the
+    /// controller's lease, and not fenced by an earlier lapse of it.
+    pub fn may_write(&self, id: RangeId) -> bool {
+        let table = lock(&self.inner.table);
+        table.state(id) == RemoteState::Active && !table.fenced.contains(&id) && self.lease_valid()
+    }
+
     /// Whether the controller's lease (if one was ever granted) still holds.
     pub fn lease_valid(&self) -> bool {
-        lock(&self.inner.lease_until).is_none_or(|until| Instant::now() < until)
+        self.inner
+            .lease_until
+            .borrow()
+            .is_none_or(|until| Instant::now() < until)
+    }
+
+    /// Follows the controller's lease. When it lapses without renewal, the node
+    /// fences every Active range (see [`Rangelet::may_write`]) and deactivates it:
+    /// a controller that lost touch with this node may already have activated the
+    /// range elsewhere, so only an explicit Activate (sent after the controller
+    /// checked) may bring it back.
+    async fn watch_lease(self) {
+        let mut lease = self.inner.lease_until.subscribe();
+        let shutdown = self.shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            let Some(until) = *lease.borrow_and_update() else {
+                return;
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep_until(until) => {
+                    if *lease.borrow() == Some(until) {
+                        self.expire_lease();
+                        tokio::select! {
+                            _ = &mut shutdown => return,
+                            changed = lease.changed() => if changed.is_err() { return },
+                        }
+                    }
+                }
+                changed = lease.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    /// Fences every range that may be serving, then deactivates them in the
+    /// background until it sticks, so that the node reports them Inactive and the
+    /// controller can re-activate whichever it still wants here.
+    fn expire_lease(&self) {
+        let fenced = {
+            let mut table = lock(&self.inner.table);
+            let active: Vec<RangeId> = table
+                .ranges
+                .iter()
+                .filter(|(_, e)| e.state.may_serve_writes())
+                .map(|(id, _)| *id)
+                .collect();
+            table.fenced.extend(active.iter().copied());
+            active.len()
+        };
+        if fenced == 0 || self.inner.deactivating_fenced.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(
+            ranges = fenced,
+            "controller lease lapsed: fenced active ranges; deactivating them"
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.deactivate_fenced().await;
+            this.inner
+                .deactivating_fenced
+                .store(false, Ordering::SeqCst);
+        });
+    }
+
+    async fn deactivate_fenced(&self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let still_active: Vec<RangeId> = {
+                let table = lock(&self.inner.table);
+                table
+                    .fenced
+                    .iter()
+                    .filter(|id| table.state(**id) == RemoteState::Active)
+                    .copied()
+                    .collect()
+            };
+            if still_active.is_empty() || *self.inner.shutdown.borrow() {
+                return;
+            }
+            for id in still_active {
+                match self.deactivate(id).await {
+                    Ok(outcome) if outcome.failure.is_none() => {}
+                    Ok(outcome) => {
+                        tracing::warn!(range = %id, failure = ?outcome.failure, "deactivate after lease lapse failed; retrying")
+                    }
+                    Err(e) => {
+                        tracing::warn!(range = %id, error = %e, "deactivate after lease lapse refused; retrying")
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Asks the controller to move every range away (reported by `Info`).

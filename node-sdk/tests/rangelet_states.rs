@@ -396,13 +396,14 @@ async fn serving_range_checks_ownership_state_and_lease() {
     // A controller grants a 1 s lease; after it lapses, writes stop.
     rangelet.info(Some(Duration::from_secs(1))).await;
     assert_eq!(rangelet.serving_range(b"k"), Ok(id(1)));
-    tokio::time::sleep(Duration::from_millis(1001)).await;
-    assert_eq!(
-        rangelet.serving_range(b"k"),
-        Err(KeyRejection::LeaseExpired { range: id(1) })
-    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
     rangelet.info(Some(Duration::from_secs(1))).await;
-    assert_eq!(rangelet.serving_range(b"k"), Ok(id(1)));
+    assert_eq!(rangelet.serving_range(b"k"), Ok(id(1)), "renewed in time");
+    tokio::time::sleep(Duration::from_millis(1001)).await;
+    assert!(matches!(
+        rangelet.serving_range(b"k"),
+        Err(KeyRejection::LeaseExpired { .. } | KeyRejection::NotActive { .. })
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -536,4 +537,46 @@ async fn a_state_that_cannot_be_persisted_fails_the_command_and_changes_nothing(
         0,
         "storage never called"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lapsed_lease_fences_active_ranges_until_the_controller_reactivates_them() {
+    let (node, rangelet) = rangelet().await;
+    active_range(&rangelet).await;
+    rangelet.info(Some(Duration::from_secs(1))).await;
+    assert!(rangelet.may_write(id(1)));
+    // No probe for longer than the lease: the node deactivates the range itself.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(!rangelet.may_write(id(1)));
+    assert_eq!(rangelet.state(id(1)), RemoteState::Inactive);
+    assert_eq!(node.count(Command::Deactivate, id(1)), 1);
+    // A renewed lease alone does not bring it back.
+    rangelet.info(Some(Duration::from_secs(1))).await;
+    assert!(!rangelet.may_write(id(1)));
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Active)
+    );
+    assert!(rangelet.may_write(id(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_renewed_after_it_lapsed_fences_even_before_the_watchdog_runs() {
+    let (node, rangelet) = rangelet().await;
+    active_range(&rangelet).await;
+    // Deactivation fails, so the range stays Active but must stay fenced.
+    node.on(Command::Deactivate, Behaviour::Fail("stuck".into()));
+    rangelet.info(Some(Duration::from_secs(1))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rangelet.info(Some(Duration::from_secs(10))).await;
+    assert_eq!(rangelet.state(id(1)), RemoteState::Active);
+    assert!(rangelet.lease_valid());
+    assert!(!rangelet.may_write(id(1)), "fenced despite a valid lease");
+    assert_eq!(
+        rangelet.serving_range(b"k"),
+        Err(KeyRejection::LeaseExpired { range: id(1) })
+    );
+    // An explicit Activate from the controller re-asserts it.
+    rangelet.activate(id(1)).await.unwrap();
+    assert!(rangelet.may_write(id(1)));
 }

@@ -829,7 +829,7 @@ impl Engine {
         let load = self.placements_per_node();
         // Without a named source, move the copy on the busiest node (oldest first).
         let source = match &from {
-            Some(node) => candidates.filter(|p| p.node() == node).last(),
+            Some(node) => candidates.clone().rfind(|p| p.node() == node),
             None => candidates
                 .filter(|p| Some(p.node()) != to.as_ref())
                 .max_by_key(|p| {

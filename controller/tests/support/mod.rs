@@ -68,6 +68,13 @@ impl Cluster {
     }
 
     pub async fn start_with(nodes: &[&str], config: OrchestratorConfig) -> Cluster {
+        // Logs for debugging a failing test: RUST_LOG=ranger_controller=debug.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let (membership, _) = watch::channel(Membership::new());
         let transport = InProcessTransport::new();
         let log = CallLog::new();
@@ -310,9 +317,14 @@ impl Cluster {
     )> {
         let mut out = Vec::new();
         for (name, rangelet) in &self.rangelets {
-            let lease = rangelet.lease_valid();
             for change in rangelet.ranges() {
-                out.push((name.clone(), change.meta, change.state, lease));
+                // Whether it may accept writes: Active, leased and not fenced; a
+                // range mid-transition counts while the node's lease holds.
+                let writable = match change.state {
+                    ranger_proto::RemoteState::Active => rangelet.may_write(change.meta.id()),
+                    state => state.may_serve_writes() && rangelet.lease_valid(),
+                };
+                out.push((name.clone(), change.meta, change.state, writable));
             }
         }
         out
@@ -329,7 +341,11 @@ impl Cluster {
             for (n2, m2, s2, _) in &writers[i + 1..] {
                 assert!(
                     !m1.overlaps(m2),
-                    "two writers: {m1} {s1} on {n1} and {m2} {s2} on {n2}"
+                    "two writers: {m1} {s1} on {n1} (may_write {}, lease {}) and {m2} {s2} on {n2} (may_write {}, lease {})",
+                    self.rangelets[n1].may_write(m1.id()),
+                    self.rangelets[n1].lease_valid(),
+                    self.rangelets[n2].may_write(m2.id()),
+                    self.rangelets[n2].lease_valid(),
                 );
             }
         }
