@@ -3,9 +3,11 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod discovery;
 pub mod keyspace;
 pub mod orchestrator;
 pub mod persist;
 pub mod roster;
 pub mod runtime;
+pub mod service;
 pub mod transport;

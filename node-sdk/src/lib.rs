@@ -12,6 +12,7 @@
 
 mod node;
 mod rangelet;
+mod registration;
 mod routing;
 mod service;
 mod state_store;
@@ -21,6 +22,7 @@ pub use node::{CallbackError, Node};
 pub use rangelet::{
     Command, CommandError, KeyRejection, Outcome, RangeChange, Rangelet, RangeletConfig,
 };
+pub use registration::{Registration, RegistrationError};
 pub use routing::{Route, RoutingConfig, RoutingTable};
 pub use service::NodeService;
 pub use state_store::{FileStateStore, MemoryStateStore, StateStore, StateStoreError, StoredRange};

@@ -1,0 +1,452 @@
+//! `rangerctl`: the operator's client for `rangerd`.
+//!
+//! Reads with `ranges`, `range`, `nodes`, `node`, `ops`; acts with `move`, `split`,
+//! `join`, `drain`, `cancel`. Operations print each placement transition as it
+//! happens and exit non-zero with the reason if they fail. `--json` prints
+//! machine-readable output instead of tables.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use clap::{Parser, Subcommand};
+use ranger_proto::pb::ranger as pb;
+use ranger_proto::pb::ranger::control_client::ControlClient;
+use ranger_proto::pb::ranger::debug_client::DebugClient;
+use ranger_proto::pb::ranger::orchestrator_client::OrchestratorClient;
+use ranger_proto::{Key, PlacementState, RangeState};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(name = "rangerctl", version, about = "Operate a Ranger controller")]
+struct Cli {
+    /// The controller's address.
+    #[arg(
+        long,
+        env = "RANGERCTL_ADDR",
+        default_value = "127.0.0.1:5000",
+        global = true
+    )]
+    addr: String,
+
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Every range with its state and placements.
+    Ranges,
+    /// One range.
+    Range { id: u64 },
+    /// Every node with its ranges.
+    Nodes,
+    /// One node.
+    Node { id: String },
+    /// Operations in flight.
+    Ops,
+    /// Move a range to a node (any node if omitted).
+    Move { id: u64, node: Option<String> },
+    /// Split a range at KEY (text, or hex:..., or b64:...).
+    Split {
+        id: u64,
+        key: String,
+        node_left: Option<String>,
+        node_right: Option<String>,
+    },
+    /// Join two adjacent ranges onto a node (any node if omitted).
+    Join {
+        left: u64,
+        right: u64,
+        node: Option<String>,
+    },
+    /// Move every range off a node and place nothing new on it.
+    Drain {
+        node: String,
+        /// Undo an earlier drain.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Cancel an operation (see `ops`) before its point of no return.
+    Cancel { op: u64 },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses a key given as text, `hex:6162`, or `b64:YWI=`.
+fn parse_key(text: &str) -> anyhow::Result<Vec<u8>> {
+    if let Some(hex) = text.strip_prefix("hex:") {
+        return hex::decode(hex).with_context(|| format!("bad hex key {hex:?}"));
+    }
+    if let Some(b64) = text.strip_prefix("b64:") {
+        return base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .with_context(|| format!("bad base64 key {b64:?}"));
+    }
+    Ok(text.as_bytes().to_vec())
+}
+
+fn show_key(bytes: &[u8], infinity: &str) -> String {
+    if bytes.is_empty() {
+        infinity.to_owned()
+    } else {
+        Key::from(bytes).to_string()
+    }
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .context("bad --addr")?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach rangerd at {addr}"))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let channel = channel(&cli.addr).await?;
+    let mut debug = DebugClient::new(channel.clone());
+    let mut control = ControlClient::new(channel.clone());
+    let mut orchestrator = OrchestratorClient::new(channel);
+    match cli.command {
+        Cmd::Ranges => {
+            let ranges = debug
+                .ranges_list(pb::RangesListRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .ranges;
+            print_ranges(&ranges, cli.json);
+        }
+        Cmd::Range { id } => {
+            let range = debug
+                .range(pb::RangeRequest { range: id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_ranges(&[range], cli.json);
+        }
+        Cmd::Nodes => {
+            let nodes = debug
+                .nodes_list(pb::NodesListRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .nodes;
+            print_nodes(&nodes, cli.json);
+        }
+        Cmd::Node { id } => {
+            let node = debug
+                .node(pb::NodeRequest { node: id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_nodes(&[node], cli.json);
+        }
+        Cmd::Ops => {
+            let ops = control
+                .operations(pb::OperationsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .operations;
+            print_ops(&ops, cli.json);
+        }
+        Cmd::Move { id, node } => {
+            let request = pb::MoveRequest {
+                range: id,
+                node: node.unwrap_or_default(),
+            };
+            let call = async move { orchestrator.r#move(request).await.map(|_| ()) };
+            watch_while(&mut control, call, cli.json, &format!("move {id}")).await?;
+        }
+        Cmd::Split {
+            id,
+            key,
+            node_left,
+            node_right,
+        } => {
+            let boundary = parse_key(&key)?;
+            if boundary.is_empty() {
+                bail!("the split key must not be empty");
+            }
+            let request = pb::SplitRequest {
+                range: id,
+                boundary,
+                node_left: node_left.unwrap_or_default(),
+                node_right: node_right.unwrap_or_default(),
+            };
+            let call = async move { orchestrator.split(request).await.map(|_| ()) };
+            watch_while(&mut control, call, cli.json, &format!("split {id}")).await?;
+        }
+        Cmd::Join { left, right, node } => {
+            let request = pb::JoinRequest {
+                range_left: left,
+                range_right: right,
+                node: node.unwrap_or_default(),
+            };
+            let call = async move { orchestrator.join(request).await.map(|_| ()) };
+            watch_while(
+                &mut control,
+                call,
+                cli.json,
+                &format!("join {left} {right}"),
+            )
+            .await?;
+        }
+        Cmd::Drain { node, undo } => {
+            control
+                .drain(pb::DrainRequest {
+                    node: node.clone(),
+                    drain: !undo,
+                })
+                .await
+                .map_err(status_error)?;
+            let what = if undo {
+                "no longer draining"
+            } else {
+                "draining"
+            };
+            if cli.json {
+                println!("{}", json!({"ok": true, "node": node, "draining": !undo}));
+            } else {
+                println!("node {node}: {what}");
+            }
+        }
+        Cmd::Cancel { op } => {
+            control
+                .cancel(pb::CancelRequest { operation: op })
+                .await
+                .map_err(status_error)?;
+            if cli.json {
+                println!("{}", json!({"ok": true, "operation": op}));
+            } else {
+                println!("op{op}: cancel requested");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs an operation call while printing the controller's events, live.
+async fn watch_while(
+    control: &mut ControlClient<Channel>,
+    call: impl std::future::Future<Output = Result<(), tonic::Status>>,
+    json: bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    let mut events = control
+        .watch(pb::WatchRequest { ranges: vec![] })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let started = std::time::Instant::now();
+    tokio::pin!(call);
+    let result = loop {
+        tokio::select! {
+            result = &mut call => break result,
+            event = events.message() => match event {
+                Ok(Some(event)) => {
+                    let ms = started.elapsed().as_millis();
+                    if json {
+                        println!("{}", json!({"event": {"ms": ms, "range": event.range, "message": event.message}}));
+                    } else {
+                        println!("{ms:>6} ms  range {:<4} {}", event.range, event.message);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    // The watch ended (controller restarting?): keep waiting for the call.
+                    break (&mut call).await;
+                }
+            },
+        }
+    };
+    let ms = started.elapsed().as_millis();
+    match result {
+        Ok(()) => {
+            if json {
+                println!("{}", json!({"ok": true, "operation": what, "ms": ms}));
+            } else {
+                println!("{what}: done in {ms} ms");
+            }
+            Ok(())
+        }
+        Err(status) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"ok": false, "operation": what, "code": format!("{:?}", status.code()), "error": status.message()})
+                );
+            }
+            Err(status_error(status)).with_context(|| format!("{what} failed"))
+        }
+    }
+}
+
+fn range_state(state: i32) -> String {
+    RangeState::try_from(state).map_or_else(|_| format!("?{state}"), |s| s.to_string())
+}
+
+fn placement_state(state: i32) -> String {
+    PlacementState::try_from(state).map_or_else(|_| format!("?{state}"), |s| s.to_string())
+}
+
+fn range_json(r: &pb::RangeResponse) -> Value {
+    let meta = r.meta.clone().unwrap_or_default();
+    json!({
+        "id": meta.ident,
+        "start": hex::encode(&meta.start),
+        "end": hex::encode(&meta.end),
+        "start_text": show_key(&meta.start, "-inf"),
+        "end_text": show_key(&meta.end, "+inf"),
+        "state": range_state(r.state),
+        "parents": r.parents,
+        "children": r.children,
+        "placements": r.placements.iter().map(|p| {
+            let placement = p.placement.clone().unwrap_or_default();
+            json!({
+                "node": placement.node,
+                "state": placement_state(placement.state),
+                "remote_state": p.range_info.as_ref().map(|i| {
+                    ranger_proto::RemoteState::try_from(i.state).map_or_else(|_| "?".to_owned(), |s| s.to_string())
+                }),
+                "keys": p.range_info.as_ref().and_then(|i| i.info.as_ref()).map(|l| l.keys),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+fn print_ranges(ranges: &[pb::RangeResponse], json: bool) {
+    if json {
+        let all: Vec<Value> = ranges.iter().map(range_json).collect();
+        println!("{}", Value::Array(all));
+        return;
+    }
+    println!(
+        "{:<6} {:<16} {:<16} {:<10} PLACEMENTS",
+        "ID", "START", "END", "STATE"
+    );
+    for r in ranges {
+        let meta = r.meta.clone().unwrap_or_default();
+        let placements: Vec<String> = r
+            .placements
+            .iter()
+            .filter_map(|p| p.placement.as_ref())
+            .map(|p| format!("{}:{}", p.node, placement_state(p.state)))
+            .collect();
+        println!(
+            "{:<6} {:<16} {:<16} {:<10} {}",
+            meta.ident,
+            show_key(&meta.start, "-inf"),
+            show_key(&meta.end, "+inf"),
+            range_state(r.state),
+            if placements.is_empty() {
+                "-".to_owned()
+            } else {
+                placements.join(" ")
+            }
+        );
+    }
+}
+
+fn print_nodes(nodes: &[pb::NodeResponse], json: bool) {
+    if json {
+        let all: Vec<Value> = nodes
+            .iter()
+            .map(|n| {
+                let meta = n.node.clone().unwrap_or_default();
+                json!({
+                    "id": meta.ident,
+                    "address": meta.address,
+                    "draining": meta.want_drain,
+                    "ranges": n.ranges.iter().map(|r| json!({
+                        "id": r.meta.as_ref().map_or(0, |m| m.ident),
+                        "state": placement_state(r.state),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", Value::Array(all));
+        return;
+    }
+    println!("{:<12} {:<22} {:<9} RANGES", "NODE", "ADDRESS", "DRAINING");
+    for n in nodes {
+        let meta = n.node.clone().unwrap_or_default();
+        let ranges: Vec<String> = n
+            .ranges
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}:{}",
+                    r.meta.as_ref().map_or(0, |m| m.ident),
+                    placement_state(r.state)
+                )
+            })
+            .collect();
+        println!(
+            "{:<12} {:<22} {:<9} {}",
+            meta.ident,
+            meta.address,
+            if meta.want_drain { "yes" } else { "no" },
+            if ranges.is_empty() {
+                "-".to_owned()
+            } else {
+                ranges.join(" ")
+            }
+        );
+    }
+}
+
+fn print_ops(ops: &[pb::OperationInfo], json: bool) {
+    if json {
+        let all: Vec<Value> = ops
+            .iter()
+            .map(|o| json!({"id": o.id, "description": o.description, "phase": o.phase, "ranges": o.ranges, "age_ms": o.age_millis}))
+            .collect();
+        println!("{}", Value::Array(all));
+        return;
+    }
+    if ops.is_empty() {
+        println!("no operations in flight");
+        return;
+    }
+    println!("{:<6} {:<14} {:>9}  WHAT", "OP", "PHASE", "AGE");
+    for o in ops {
+        println!(
+            "{:<6} {:<14} {:>7}ms  {}",
+            o.id, o.phase, o.age_millis, o.description
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_as_text_hex_or_base64() {
+        assert_eq!(parse_key("abc").unwrap(), b"abc");
+        assert_eq!(parse_key("hex:00ff").unwrap(), vec![0, 255]);
+        assert_eq!(parse_key("b64:YWI=").unwrap(), b"ab");
+        assert!(parse_key("hex:zz").is_err());
+        assert!(parse_key("b64:***").is_err());
+    }
+}

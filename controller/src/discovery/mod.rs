@@ -1,0 +1,69 @@
+//! Which nodes exist. A backend publishes the full set of nodes (id to address)
+//! through a watch channel; the runtime diffs consecutive sets.
+//!
+//! Backends: [`StaticDiscovery`] (a fixed list from flags) and [`Registry`] (nodes
+//! register with the controller and renew before their registration expires).
+//! Consul's catalog arrives in its own module.
+
+mod registry;
+
+use std::collections::BTreeMap;
+
+use ranger_proto::{ConversionError, NodeId};
+use tokio::sync::watch;
+
+pub use registry::{Registry, RegistryService};
+
+use crate::runtime::Membership;
+
+/// A source of the node set.
+pub trait Discovery: Send + Sync + 'static {
+    /// The current node set, updated as it changes.
+    fn membership(&self) -> watch::Receiver<Membership>;
+}
+
+/// A fixed list of nodes, e.g. from `--nodes a=127.0.0.1:7001,b=127.0.0.1:7002`.
+#[derive(Debug)]
+pub struct StaticDiscovery {
+    nodes: watch::Sender<Membership>,
+}
+
+impl StaticDiscovery {
+    pub fn new(nodes: Membership) -> Self {
+        StaticDiscovery {
+            nodes: watch::Sender::new(nodes),
+        }
+    }
+
+    /// Parses `id=host:port` items separated by commas; a bare `host:port` is its
+    /// own id.
+    pub fn parse(list: &str) -> Result<Self, ConversionError> {
+        let mut nodes = BTreeMap::new();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (id, addr) = item.split_once('=').unwrap_or((item, item));
+            nodes.insert(NodeId::new(id.trim())?, addr.trim().to_owned());
+        }
+        Ok(StaticDiscovery::new(nodes))
+    }
+}
+
+impl Discovery for StaticDiscovery {
+    fn membership(&self) -> watch::Receiver<Membership> {
+        self.nodes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ids_and_bare_addresses() {
+        let d = StaticDiscovery::parse("a=127.0.0.1:1, 127.0.0.1:2 ,").unwrap();
+        let m = d.membership().borrow().clone();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&NodeId::new("a").unwrap()], "127.0.0.1:1");
+        assert_eq!(m[&NodeId::new("127.0.0.1:2").unwrap()], "127.0.0.1:2");
+        assert!(StaticDiscovery::parse("=x").is_err());
+    }
+}

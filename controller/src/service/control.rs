@@ -1,0 +1,135 @@
+//! `ranger.Control`: drain, cancel, list operations, watch events.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+
+use futures::Stream;
+use ranger_proto::pb::ranger as pb;
+use ranger_proto::{NodeId, RangeId};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{bad_request, status};
+use crate::orchestrator::{OpId, OpPhase};
+use crate::runtime::ControllerHandle;
+
+#[derive(Debug)]
+pub struct ControlService {
+    handle: ControllerHandle,
+}
+
+impl ControlService {
+    pub fn new(handle: ControllerHandle) -> Self {
+        ControlService { handle }
+    }
+
+    pub fn into_server(self) -> pb::control_server::ControlServer<Self> {
+        pb::control_server::ControlServer::new(self)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let request = request.into_inner();
+        let node = NodeId::new(request.node).map_err(bad_request)?;
+        self.handle
+            .drain(node, request.drain)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DrainResponse {}))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::CancelResponse>, Status> {
+        let op = OpId(request.into_inner().operation);
+        self.handle.cancel(op).await.map_err(status)?;
+        Ok(Response::new(pb::CancelResponse {}))
+    }
+
+    async fn operations(
+        &self,
+        _request: Request<pb::OperationsRequest>,
+    ) -> Result<Response<pb::OperationsResponse>, Status> {
+        let operations = self
+            .handle
+            .inspect(|engine| {
+                let now = tokio::time::Instant::now();
+                engine
+                    .operations()
+                    .map(|op| pb::OperationInfo {
+                        id: op.id.0,
+                        description: op.kind.to_string(),
+                        phase: match op.phase {
+                            OpPhase::Queued => "queued",
+                            OpPhase::Running => "running",
+                            OpPhase::RollingBack => "rolling back",
+                        }
+                        .to_owned(),
+                        ranges: op.kind.ranges().iter().map(|r| r.get()).collect(),
+                        age_millis: u64::try_from(
+                            now.saturating_duration_since(op.started).as_millis(),
+                        )
+                        .unwrap_or(u64::MAX),
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::OperationsResponse { operations }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let ranges: HashSet<RangeId> = request
+            .into_inner()
+            .ranges
+            .into_iter()
+            .map(RangeId::new)
+            .collect::<Result<_, _>>()
+            .map_err(bad_request)?;
+        let mut events = self.handle.events();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(event) => event,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let note = pb::WatchEvent {
+                            range: 0,
+                            message: format!("({n} events skipped: watcher too slow)"),
+                        };
+                        if tx.send(Ok(note)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if !ranges.is_empty() && !ranges.contains(&event.range) {
+                    continue;
+                }
+                let message = pb::WatchEvent {
+                    range: event.range.get(),
+                    message: event.message,
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,277 @@
+//! `rangerd` and `rangerctl` as processes: nodes (real rangelets over scripted
+//! storage, served over gRPC in this test) register with rangerd's embedded
+//! registry; rangerctl reads and acts; errors exit non-zero with the reason; the
+//! keyspace survives a kill -9 of rangerd.
+
+// Tests fail by panicking: unwrapping is the point.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use ranger_node_sdk::testing::ScriptedNode;
+use ranger_node_sdk::{MemoryStateStore, Rangelet, RangeletConfig, Registration, node_router};
+use ranger_proto::NodeId;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Rangerd {
+    child: Child,
+    addr: String,
+}
+
+impl Rangerd {
+    fn start(store: &Path, port: u16) -> Rangerd {
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(store.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_rangerd"))
+            .args(["--listen", &addr, "--store"])
+            .arg(store)
+            .args([
+                "--probe-ms",
+                "100",
+                "--registry-ttl-ms",
+                "3000",
+                "--lease-ms",
+                "2000",
+                "--lease-margin-ms",
+                "1000",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Rangerd { child, addr }
+    }
+}
+
+impl Drop for Rangerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ctl(addr: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rangerctl"))
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ctl_json(addr: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = ctl(addr, &all);
+    assert!(
+        out.status.success(),
+        "rangerctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Serves a rangelet on 127.0.0.1 and registers it with rangerd.
+async fn start_node(
+    name: &str,
+    controller: &str,
+) -> (Rangelet<ScriptedNode>, Registration, SocketAddr) {
+    let rangelet = Rangelet::open(
+        ScriptedNode::new(),
+        MemoryStateStore::new(),
+        RangeletConfig::default(),
+    )
+    .await
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = node_router(&rangelet).await;
+    tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        rangelet.shutdown_signal(),
+    ));
+    let registration =
+        Registration::start(controller, NodeId::new(name).unwrap(), addr.to_string()).unwrap();
+    (rangelet, registration, addr)
+}
+
+/// Polls `rangerctl ranges --json` until `check` holds.
+async fn wait_ranges(addr: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ctl(addr, &["--json", "ranges"]);
+        if out.status.success() {
+            let ranges: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if check(&ranges) {
+                return ranges;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}: {ranges}");
+            }
+        } else if std::time::Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn range<'a>(ranges: &'a Value, id: u64) -> &'a Value {
+    ranges
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap()
+}
+
+fn active_on(ranges: &Value, id: u64) -> Vec<String> {
+    range(ranges, id)["placements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "Active")
+        .map(|p| p["node"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rangerctl_drives_rangerd_and_reports_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("keyspace.redb");
+    let port = free_port();
+    let mut rangerd = Rangerd::start(&store, port);
+    let addr = rangerd.addr.clone();
+    let (_a, _reg_a, _) = start_node("a", &addr).await;
+    let (_b, _reg_b, _) = start_node("b", &addr).await;
+
+    let ranges = wait_ranges(&addr, "range 1 placed", |r| active_on(r, 1).len() == 1).await;
+    let first = active_on(&ranges, 1)[0].clone();
+    let other = if first == "a" { "b" } else { "a" };
+
+    // Tables for people.
+    let out = ctl(&addr, &["ranges"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().next().unwrap().starts_with("ID"), "{table}");
+    assert!(table.contains("-inf") && table.contains("+inf"), "{table}");
+    let nodes = ctl_json(&addr, &["nodes"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 2, "{nodes}");
+
+    // A move shows its transitions live and ends ok.
+    let out = ctl(&addr, &["move", "1", other]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Pending") && text.contains("-> Active"),
+        "{text}"
+    );
+    assert!(text.contains("move 1: done"), "{text}");
+    let ranges = wait_ranges(&addr, "moved", |r| {
+        active_on(r, 1) == vec![other.to_owned()]
+    })
+    .await;
+    assert_eq!(range(&ranges, 1)["state"], "Active");
+
+    // Split with a hex key, then join back, with JSON results.
+    let out = ctl(&addr, &["--json", "split", "1", "hex:6d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last: Value = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["ok"], true);
+    let ranges = wait_ranges(&addr, "split", |r| r.as_array().unwrap().len() == 3).await;
+    assert_eq!(range(&ranges, 2)["end_text"], "m");
+    assert_eq!(range(&ranges, 3)["start_text"], "m");
+    let out = ctl(&addr, &["join", "2", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Errors: non-zero exit and the reason.
+    for (args, reason) in [
+        (vec!["move", "99"], "NotFound"),
+        (vec!["range", "0"], "InvalidArgument"),
+        (vec!["split", "4", "hex:zz"], "bad hex key"),
+        (vec!["split", "1", "x"], "FailedPrecondition"),
+        (vec!["join", "4", "1"], "FailedPrecondition"),
+        (vec!["move", "4", "nobody"], "NotFound"),
+        (vec!["cancel", "12345"], "NotFound"),
+        (vec!["drain", "nobody"], "NotFound"),
+    ] {
+        let out = ctl(&addr, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+    assert_eq!(ctl_json(&addr, &["ops"]), Value::Array(vec![]));
+
+    // Drain the node holding range 4: it moves away.
+    let holder = active_on(&ctl_json(&addr, &["ranges"]), 4)[0].clone();
+    let out = ctl(&addr, &["drain", &holder]);
+    assert!(out.status.success());
+    let ranges = wait_ranges(&addr, "drained", |r| {
+        let on = active_on(r, 4);
+        on.len() == 1 && on[0] != holder
+    })
+    .await;
+    let survivor = active_on(&ranges, 4)[0].clone();
+
+    // kill -9 and restart: the keyspace comes back from the embedded store.
+    rangerd.child.kill().unwrap();
+    rangerd.child.wait().unwrap();
+    let rangerd2 = Rangerd::start(&store, port);
+    let ranges = wait_ranges(&rangerd2.addr, "restarted with the same keyspace", |r| {
+        r.as_array().unwrap().len() == 4 && active_on(r, 4) == vec![survivor.clone()]
+    })
+    .await;
+    assert_eq!(range(&ranges, 1)["state"], "Obsolete");
+    drop(rangerd);
+
+    // SIGTERM: a clean exit.
+    let pid = rangerd2.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let mut rangerd2 = rangerd2;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = rangerd2.child.try_wait().unwrap() {
+            assert!(status.success(), "rangerd exited with {status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rangerd did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
