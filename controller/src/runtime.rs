@@ -301,6 +301,7 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
                 self.engine.on_answer(&dispatch, answer, Instant::now());
             }
             Internal::Probe(node, sent_at, result) => {
+                tracing::trace!(%node, ok = result.is_ok(), "probe answered");
                 self.probing.remove(&node);
                 self.engine.on_probe(&node, sent_at, result);
             }
@@ -341,6 +342,7 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
         let tx = self.internal_tx.clone();
         let lease = self.engine.config().lease;
         let timeout = self.engine.config().rpc_timeout;
+        tracing::trace!(%node, %addr, "probing");
         tokio::spawn(async move {
             let sent_at = Instant::now();
             let result = transport.probe(&addr, lease, timeout).await;
