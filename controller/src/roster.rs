@@ -3,7 +3,7 @@
 //!
 //! Pure data and rules, no I/O: the runtime feeds it and the orchestrator reads it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use ranger_proto::{LoadInfo, NodeId, RangeId, RangeInfo, RemoteState};
@@ -37,6 +37,8 @@ pub struct NodeStatus {
     /// An operator asked to drain the node (`rangerctl drain`).
     pub operator_drain: bool,
     pub ranges: HashMap<RangeId, RemoteView>,
+    /// Total bytes reported by the last probe.
+    bytes: u64,
 }
 
 impl NodeStatus {
@@ -52,16 +54,18 @@ impl NodeStatus {
         now.saturating_duration_since(since) > loss_after
     }
 
-    /// Sum of the load the node reports, for choosing the least loaded.
+    /// Sum of the bytes the node reported in its last probe, for choosing the
+    /// least loaded (kept as a sum so choosing a node does not walk every range).
     pub fn reported_bytes(&self) -> u64 {
-        self.ranges.values().map(|v| v.load.bytes).sum()
+        self.bytes
     }
 }
 
-/// Every node the controller knows.
+/// Every node the controller knows. Hashed by id: the orchestrator looks nodes up
+/// once per placement per pass, so this is on its hot path.
 #[derive(Debug, Default)]
 pub struct Roster {
-    nodes: BTreeMap<NodeId, NodeStatus>,
+    nodes: HashMap<NodeId, NodeStatus>,
 }
 
 impl Roster {
@@ -94,6 +98,7 @@ impl Roster {
                         wants_drain: false,
                         operator_drain: false,
                         ranges: HashMap::new(),
+                        bytes: 0,
                     },
                 );
             }
@@ -118,6 +123,7 @@ impl Roster {
         self.nodes.get(id)
     }
 
+    /// Every node, in no particular order.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeStatus> {
         self.nodes.values()
     }
@@ -132,15 +138,18 @@ impl Roster {
     }
 
     /// A probe answered. `sent_at` is when it was sent: its view is as of then.
+    /// Returns the ranges whose state on the node changed (or appeared), so the
+    /// orchestrator looks only at those.
     pub fn probe_ok(
         &mut self,
         id: &NodeId,
         sent_at: Instant,
         ranges: Vec<RangeInfo>,
         wants_drain: bool,
-    ) {
+    ) -> Vec<RangeId> {
+        let mut changed = Vec::new();
         let Some(node) = self.nodes.get_mut(id) else {
-            return;
+            return changed;
         };
         node.last_ok = Some(node.last_ok.map_or(sent_at, |t| t.max(sent_at)));
         node.last_error = None;
@@ -153,13 +162,21 @@ impl Roster {
         // Ranges the node no longer lists are NotFound as of this probe.
         for (id, view) in node.ranges.iter_mut() {
             if !reported.contains_key(id) && view.as_of <= sent_at {
+                if view.state != RemoteState::NotFound {
+                    changed.push(*id);
+                }
                 view.state = RemoteState::NotFound;
                 view.as_of = sent_at;
             }
         }
+        node.bytes = reported.values().map(|r| r.load.bytes).sum();
         for (id, info) in reported {
-            let newer = node.ranges.get(&id).is_none_or(|v| v.as_of <= sent_at);
+            let previous = node.ranges.get(&id);
+            let newer = previous.is_none_or(|v| v.as_of <= sent_at);
             if newer {
+                if previous.is_none_or(|v| v.state != info.state) {
+                    changed.push(id);
+                }
                 node.ranges.insert(
                     id,
                     RemoteView {
@@ -174,6 +191,7 @@ impl Roster {
         }
         node.ranges
             .retain(|_, v| v.state != RemoteState::NotFound || v.as_of >= sent_at);
+        changed
     }
 
     pub fn probe_failed(&mut self, id: &NodeId, error: String) {

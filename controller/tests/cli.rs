@@ -131,7 +131,7 @@ async fn wait_ranges(addr: &str, what: &str, check: impl Fn(&Value) -> bool) -> 
     }
 }
 
-fn range<'a>(ranges: &'a Value, id: u64) -> &'a Value {
+fn range(ranges: &Value, id: u64) -> &Value {
     ranges
         .as_array()
         .unwrap()
@@ -201,8 +201,7 @@ async fn rangerctl_drives_rangerd_and_reports_errors() {
     let last: Value = serde_json::from_slice(
         out.stdout
             .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .last()
+            .rfind(|l| !l.is_empty())
             .unwrap(),
     )
     .unwrap();

@@ -95,8 +95,14 @@ async fn s16_split_in_the_reference_order() {
     let on_c = cluster.rangelets["c"].ranges();
     assert_eq!(on_b.len(), 1);
     assert_eq!(on_c.len(), 1);
-    assert_eq!((on_b[0].meta.start(), on_b[0].meta.end()), (&Key::empty(), &Key::from("m")));
-    assert_eq!((on_c[0].meta.start(), on_c[0].meta.end()), (&Key::from("m"), &Key::empty()));
+    assert_eq!(
+        (on_b[0].meta.start(), on_b[0].meta.end()),
+        (&Key::empty(), &Key::from("m"))
+    );
+    assert_eq!(
+        (on_c[0].meta.start(), on_c[0].meta.end()),
+        (&Key::from("m"), &Key::empty())
+    );
     assert_eq!(cluster.rangelets["b"].serving_range(b"l"), Ok(id(2)));
     assert!(cluster.rangelets["b"].serving_range(b"m").is_err());
     assert_eq!(cluster.rangelets["c"].serving_range(b"m"), Ok(id(3)));

@@ -264,14 +264,8 @@ async fn watch_while(
         tokio::select! {
             result = &mut call => break result,
             event = events.message() => match event {
-                Ok(Some(event)) => {
-                    let ms = started.elapsed().as_millis();
-                    if json {
-                        println!("{}", json!({"event": {"ms": ms, "range": event.range, "message": event.message}}));
-                    } else {
-                        println!("{ms:>6} ms  range {:<4} {}", event.range, event.message);
-                    }
-                }
+                Ok(Some(event)) => print_event(&event, started, json),
+
                 Ok(None) | Err(_) => {
                     // The watch ended (controller restarting?): keep waiting for the call.
                     break (&mut call).await;
@@ -279,6 +273,13 @@ async fn watch_while(
             },
         }
     };
+    // The call's answer and the last events travel on different streams: print
+    // the events that were already on their way.
+    while let Ok(Ok(Some(event))) =
+        tokio::time::timeout(std::time::Duration::from_millis(150), events.message()).await
+    {
+        print_event(&event, started, json);
+    }
     let ms = started.elapsed().as_millis();
     match result {
         Ok(()) => {
@@ -298,6 +299,18 @@ async fn watch_while(
             }
             Err(status_error(status)).with_context(|| format!("{what} failed"))
         }
+    }
+}
+
+fn print_event(event: &pb::WatchEvent, started: std::time::Instant, json: bool) {
+    let ms = started.elapsed().as_millis();
+    if json {
+        println!(
+            "{}",
+            json!({"event": {"ms": ms, "range": event.range, "message": event.message}})
+        );
+    } else {
+        println!("{ms:>6} ms  range {:<4} {}", event.range, event.message);
     }
 }
 

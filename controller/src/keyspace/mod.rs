@@ -174,6 +174,14 @@ impl Keyspace {
         self.index.values().filter_map(|id| self.ranges.get(id))
     }
 
+    /// The current ranges starting at or after `start`, in key order: lets a caller
+    /// walk the tiling a chunk at a time.
+    pub fn current_ranges_from(&self, start: &[u8]) -> impl Iterator<Item = &Range> {
+        self.index
+            .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+            .filter_map(|(_, id)| self.ranges.get(id))
+    }
+
     /// How many ranges the current tiling has.
     pub fn current_len(&self) -> usize {
         self.index.len()

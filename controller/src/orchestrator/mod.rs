@@ -29,7 +29,7 @@ mod attempts;
 mod reconcile;
 mod types;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ranger_proto::{Key, NodeId, RangeId, RangeInfo, RangeState};
 use tokio::time::Instant;
@@ -64,8 +64,27 @@ pub struct Engine {
     /// Parents of splits and joins in progress: they stay in play even after they
     /// leave the current tiling, until their placements are dropped.
     subsuming: BTreeSet<RangeId>,
+    /// Ranges to look at in the next step: touched by an answer, a probe, an
+    /// operation, or not settled yet. A settled range is left alone, so a step
+    /// costs what changed, not the size of the keyspace.
+    dirty: HashSet<RangeId>,
+    /// Look at every range in the next step (start-up, a node appearing, leaving,
+    /// being lost or draining: events that concern many ranges at once).
+    full_sweep: bool,
+    /// Where the background sweep resumes: each step also re-checks a chunk of
+    /// the tiling in key order, so nothing is missed for long even if an event was.
+    sweep_cursor: Key,
+    /// Nodes known to be lost, to notice the moment one becomes lost.
+    lost_nodes: HashSet<NodeId>,
+    /// Whether placements on nodes this controller never heard from are lost yet.
+    unknown_nodes_lost: bool,
+    /// (node, range) pairs a node reports that no live placement accounts for.
+    orphans: HashSet<(NodeId, RangeId)>,
     effects: Vec<Effect>,
 }
+
+/// How many ranges of the tiling the background sweep re-checks per step.
+const SWEEP_CHUNK: usize = 1000;
 
 impl Engine {
     /// An engine over a loaded (or new) keyspace. Operations found in flight in the
@@ -87,6 +106,12 @@ impl Engine {
             exclusions: HashMap::new(),
             notes: HashMap::new(),
             subsuming,
+            dirty: HashSet::new(),
+            full_sweep: true,
+            sweep_cursor: Key::empty(),
+            lost_nodes: HashSet::new(),
+            unknown_nodes_lost: false,
+            orphans: HashSet::new(),
             effects: Vec::new(),
         };
         engine.resume_operations(now);
@@ -215,12 +240,14 @@ impl Engine {
     /// Discovery lists a node.
     pub fn node_registered(&mut self, id: NodeId, addr: String, now: Instant) {
         self.roster.register(id, addr, now);
+        self.full_sweep = true;
     }
 
     /// Discovery stopped listing a node. Its placements are lost only when its lease
     /// runs out.
     pub fn node_deregistered(&mut self, id: &NodeId) {
         self.roster.deregister(id);
+        self.full_sweep = true;
     }
 
     /// A probe (`Info`) sent at `sent_at` answered, or failed.
@@ -231,7 +258,24 @@ impl Engine {
         result: Result<(Vec<RangeInfo>, bool), String>,
     ) {
         match result {
-            Ok((ranges, wants_drain)) => self.roster.probe_ok(node, sent_at, ranges, wants_drain),
+            Ok((ranges, wants_drain)) => {
+                for info in &ranges {
+                    let accounted = self.keyspace.range(info.meta.id()).is_ok_and(|r| {
+                        r.placements()
+                            .iter()
+                            .any(|p| p.is_live() && p.node() == node)
+                    });
+                    if !accounted && info.state != ranger_proto::RemoteState::NotFound {
+                        self.orphans.insert((node.clone(), info.meta.id()));
+                    }
+                }
+                let was_draining = self.roster.get(node).map(|n| n.draining());
+                let changed = self.roster.probe_ok(node, sent_at, ranges, wants_drain);
+                self.dirty.extend(changed);
+                if was_draining != self.roster.get(node).map(|n| n.draining()) {
+                    self.full_sweep = true;
+                }
+            }
             Err(error) => {
                 tracing::debug!(%node, %error, "probe failed");
                 self.roster.probe_failed(node, error);
@@ -243,6 +287,7 @@ impl Engine {
     pub fn on_answer(&mut self, dispatch: &Dispatch, answer: Answer, now: Instant) {
         let command = dispatch.call.command();
         self.attempts.end(&dispatch.node, dispatch.range);
+        self.dirty.insert(dispatch.range);
         let failure = match answer {
             Ok(outcome) => {
                 self.roster
@@ -450,6 +495,7 @@ impl Engine {
     /// Asks for `node` to be drained (or no longer).
     pub fn drain(&mut self, node: &NodeId, drain: bool) -> Result<(), OpError> {
         if self.roster.set_operator_drain(node, drain) {
+            self.full_sweep = true;
             Ok(())
         } else {
             Err(OpError::UnknownNode(node.clone()))
@@ -511,5 +557,12 @@ impl Engine {
     /// free its (node, range) slot without counting a failure against the node.
     pub fn dispatch_abandoned(&mut self, dispatch: &Dispatch) {
         self.attempts.end(&dispatch.node, dispatch.range);
+        self.dirty.insert(dispatch.range);
+    }
+
+    /// Makes the next step look at every range (for benchmarks and operators
+    /// who want a full reconciliation now).
+    pub fn request_full_sweep(&mut self) {
+        self.full_sweep = true;
     }
 }

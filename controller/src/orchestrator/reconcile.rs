@@ -1,6 +1,6 @@
 //! One reconciliation step: what every range in play needs next.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ranger_node_sdk::Command;
 use ranger_proto::{
@@ -9,7 +9,7 @@ use ranger_proto::{
 use tokio::time::Instant;
 
 use super::types::{Call, Dispatch, Effect, OpError, OpId, OpKind, OpPhase};
-use super::{Engine, Subject};
+use super::{Engine, SWEEP_CHUNK, Subject};
 use crate::keyspace::{Placement, PlacementId, Range};
 
 /// The remote state a command aims for.
@@ -53,14 +53,73 @@ impl Engine {
         let loss_after = self.config.node_loss_after();
         self.exclusions.retain(|_, until| *until > now);
         self.roster.forget_lost(now, loss_after);
+        self.notice_lost_nodes(now);
         self.drive_operations(now);
         self.start_drain_moves(now);
-        let mut load = self.placements_per_node();
-        for id in self.ranges_in_play() {
-            self.reconcile_range(id, now, &mut load);
+        let mut load = None;
+        for id in self.ranges_to_reconcile() {
+            let settled = self.reconcile_range(id, now, &mut load);
+            if !settled {
+                self.dirty.insert(id);
+            }
         }
         self.drop_orphans(now);
         std::mem::take(&mut self.effects)
+    }
+
+    /// Nodes that just became lost (or came back) concern all their ranges: look
+    /// at everything once.
+    fn notice_lost_nodes(&mut self, now: Instant) {
+        let loss_after = self.config.node_loss_after();
+        let lost: HashSet<NodeId> = self
+            .roster
+            .nodes()
+            .filter(|n| n.is_lost(now, loss_after))
+            .map(|n| n.id.clone())
+            .collect();
+        if lost != self.lost_nodes {
+            self.lost_nodes = lost;
+            self.full_sweep = true;
+        }
+        if !self.unknown_nodes_lost && now.saturating_duration_since(self.started) > loss_after {
+            self.unknown_nodes_lost = true;
+            self.full_sweep = true;
+        }
+    }
+
+    /// The ranges this step looks at: everything on a full sweep; otherwise what
+    /// changed, what operations are working on, and the next chunk of the
+    /// background sweep.
+    fn ranges_to_reconcile(&mut self) -> Vec<RangeId> {
+        if std::mem::take(&mut self.full_sweep) {
+            self.dirty.clear();
+            return self.ranges_in_play();
+        }
+        let mut ids: Vec<RangeId> = self.dirty.drain().collect();
+        for parent in &self.subsuming {
+            ids.push(*parent);
+            if let Ok(range) = self.keyspace.range(*parent) {
+                ids.extend(range.children().iter().copied());
+            }
+        }
+        for op in self.ops.values() {
+            ids.extend(op.kind.ranges());
+        }
+        let chunk: Vec<&Range> = self
+            .keyspace
+            .current_ranges_from(self.sweep_cursor.as_bytes())
+            .take(SWEEP_CHUNK + 1)
+            .collect();
+        let next = if chunk.len() > SWEEP_CHUNK {
+            chunk[SWEEP_CHUNK].meta().start().clone()
+        } else {
+            ranger_proto::Key::empty()
+        };
+        ids.extend(chunk.iter().take(SWEEP_CHUNK).map(|r| r.id()));
+        self.sweep_cursor = next;
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Current ranges, plus the parents and children of splits and joins under
@@ -128,18 +187,29 @@ impl Engine {
             })
     }
 
-    fn reconcile_range(&mut self, id: RangeId, now: Instant, load: &mut HashMap<NodeId, usize>) {
+    /// Does what the range needs next. Returns whether it was settled (nothing to
+    /// do); a range that is not stays under watch until it is.
+    fn reconcile_range(
+        &mut self,
+        id: RangeId,
+        now: Instant,
+        load: &mut Option<HashMap<NodeId, usize>>,
+    ) -> bool {
         let Ok(range) = self.keyspace.range(id) else {
-            return;
+            return true;
         };
+        if range.state() == RangeState::Obsolete && range.first_live_placement().is_none() {
+            return true;
+        }
         if self.is_steady(range, now) {
-            return;
+            return true;
         }
         self.sync_placements(id, now);
         self.hand_over(id);
         self.act_on_placements(id, now);
         self.finish_subsume_if_done(id);
         self.place_if_needed(id, now, load);
+        false
     }
 
     /// Brings placement states in line with node reports and lost nodes.
@@ -591,7 +661,12 @@ impl Engine {
     }
 
     /// Adds a placement if the range has fewer than it should.
-    fn place_if_needed(&mut self, id: RangeId, now: Instant, load: &mut HashMap<NodeId, usize>) {
+    fn place_if_needed(
+        &mut self,
+        id: RangeId,
+        now: Instant,
+        load: &mut Option<HashMap<NodeId, usize>>,
+    ) {
         let Ok(range) = self.keyspace.range(id) else {
             return;
         };
@@ -618,6 +693,10 @@ impl Engine {
             return;
         }
         let hint = self.placement_hint(id);
+        let load = load.get_or_insert_with(|| self.placements_per_node());
+        let Ok(range) = self.keyspace.range(id) else {
+            return;
+        };
         let Some(node) = self.choose_node(range, hint.as_ref(), &[], now, load) else {
             let why = format!("{id} is unplaced: no eligible node");
             if self.notes.get(&id) != Some(&why) {
@@ -704,27 +783,27 @@ impl Engine {
     }
 
     /// Ranges that nodes hold but no live placement accounts for are dropped.
+    /// Candidates come from probes (see `on_probe`); each is re-checked here.
     fn drop_orphans(&mut self, now: Instant) {
-        let mut orphans: Vec<(NodeId, RangeId)> = Vec::new();
-        for node in self.roster.nodes() {
-            if !node.registered || node.is_lost(now, self.config.node_loss_after()) {
+        let candidates: Vec<(NodeId, RangeId)> = self.orphans.iter().cloned().collect();
+        for (node, range) in candidates {
+            let reachable = self
+                .roster
+                .get(&node)
+                .is_some_and(|n| n.registered && !n.is_lost(now, self.config.node_loss_after()));
+            let held = self
+                .roster
+                .remote(&node, range)
+                .is_some_and(|s| s != RemoteState::NotFound);
+            let accounted = self.keyspace.range(range).is_ok_and(|r| {
+                r.placements()
+                    .iter()
+                    .any(|p| p.is_live() && p.node() == &node)
+            });
+            if !reachable || !held || accounted {
+                self.orphans.remove(&(node, range));
                 continue;
             }
-            for (range, view) in &node.ranges {
-                if view.state == RemoteState::NotFound {
-                    continue;
-                }
-                let accounted = self.keyspace.range(*range).is_ok_and(|r| {
-                    r.placements()
-                        .iter()
-                        .any(|p| p.is_live() && p.node() == &node.id)
-                });
-                if !accounted {
-                    orphans.push((node.id.clone(), *range));
-                }
-            }
-        }
-        for (node, range) in orphans {
             let subject = Subject::Orphan(node.clone(), range);
             self.send_to(range, node, subject, Call::Drop { force: true }, now);
         }
