@@ -1,0 +1,128 @@
+//! `kv-proxy`: the KV store's routing proxy. Serves `kv.KV` and forwards every
+//! request to the node serving its key, retrying through handoffs.
+//!
+//! ```text
+//! kv-proxy --listen 127.0.0.1:5100 --controller 127.0.0.1:5000
+//! kv-proxy --nodes 127.0.0.1:5101,127.0.0.1:5102      # no controller
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use ranger_kv::proxy::{ControllerConfig, Proxy, ProxyConfig, RetryPolicy, parse_node_list};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// The KV routing proxy.
+#[derive(Debug, Parser)]
+#[command(name = "kv-proxy", version, about)]
+struct Args {
+    /// Address to serve `kv.KV` on.
+    #[arg(long, env = "KV_PROXY_LISTEN", default_value = "127.0.0.1:5100")]
+    listen: SocketAddr,
+
+    /// The controller (`rangerd`) to learn the node list from.
+    #[arg(long, env = "KV_PROXY_CONTROLLER", default_value = "127.0.0.1:5000")]
+    controller: String,
+
+    /// A fixed node list, `host:port,...`, instead of asking the controller.
+    #[arg(long, env = "KV_PROXY_NODES", conflicts_with = "controller")]
+    nodes: Option<String>,
+
+    /// How often the controller is asked for the node list, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    poll_ms: u64,
+
+    /// How long one request may wait and retry (e.g. through a handoff) before
+    /// the client gets UNAVAILABLE, in milliseconds.
+    #[arg(long, env = "KV_PROXY_DEADLINE_MS", default_value_t = 5000)]
+    deadline_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "KV_PROXY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+
+    let proxy = Proxy::new(ProxyConfig {
+        retry: RetryPolicy {
+            deadline: Duration::from_millis(args.deadline_ms),
+            ..RetryPolicy::default()
+        },
+        ..ProxyConfig::default()
+    });
+    // Held until shutdown: dropping it stops the polling.
+    let _discovery = match &args.nodes {
+        Some(list) => {
+            let nodes = parse_node_list(list).context("parsing --nodes")?;
+            tracing::info!(?nodes, "static node list");
+            proxy.set_nodes(nodes);
+            None
+        }
+        None => {
+            let config = ControllerConfig {
+                poll_interval: Duration::from_millis(args.poll_ms.max(1)),
+                ..ControllerConfig::new(args.controller.clone())
+            };
+            tracing::info!(controller = %args.controller, "following the controller's node list");
+            Some(proxy.follow_controller(config).context("--controller")?)
+        }
+    };
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, deadline_ms = args.deadline_ms, "kv-proxy serving");
+    tonic::transport::Server::builder()
+        .add_service(proxy.service())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("kv-proxy stopped");
+    Ok(())
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}

@@ -1,0 +1,368 @@
+//! The node's RocksDB: data keys stored as they are in the default column family,
+//! and the node's own bookkeeping (range states, transfers awaiting their delta)
+//! in a `ranger` column family, so that both survive a restart together.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ranger_node_sdk::{StateStore, StateStoreError, StoredRange};
+use ranger_proto::RangeId;
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+use super::spans::Span;
+
+const RANGER_CF: &str = "ranger";
+const RANGE_PREFIX: &[u8] = b"range/";
+const PENDING_PREFIX: &[u8] = b"pending/";
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {context}: {source}")]
+    Rocks {
+        context: &'static str,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("the `{0}` column family is missing")]
+    MissingColumnFamily(&'static str),
+    #[error("corrupt bookkeeping record under {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+fn rocks(context: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
+    move |source| StoreError::Rocks { context, source }
+}
+
+/// A delta the node still has to fetch from a source when it activates a range:
+/// where the snapshot came from and the source's transfer id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingTransfer {
+    pub source_addr: String,
+    pub transfer: u64,
+}
+
+/// A checksum over pairs in order, so a receiver can verify it got exactly what
+/// the sender read. Lengths are included so that ("ab","c") and ("a","bc") differ.
+#[derive(Debug, Default)]
+pub struct PairChecksum {
+    hasher: crc32fast::Hasher,
+    count: u64,
+}
+
+impl PairChecksum {
+    pub fn add(&mut self, key: &[u8], value: &[u8], deleted: bool) {
+        self.hasher.update(&(key.len() as u64).to_le_bytes());
+        self.hasher.update(key);
+        self.hasher.update(&[u8::from(deleted)]);
+        self.hasher.update(&(value.len() as u64).to_le_bytes());
+        self.hasher.update(value);
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn value(&self) -> u64 {
+        u64::from(self.hasher.clone().finalize())
+    }
+}
+
+/// One RocksDB per node.
+#[derive(Debug)]
+pub struct Store {
+    db: DB,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = [
+            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, Options::default()),
+            ColumnFamilyDescriptor::new(RANGER_CF, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&options, path, cfs).map_err(rocks("open"))?;
+        Ok(Arc::new(Store { db }))
+    }
+
+    fn ranger_cf(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(RANGER_CF)
+            .ok_or(StoreError::MissingColumnFamily(RANGER_CF))
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get(key).map_err(rocks("get"))
+    }
+
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.db.put(key, value).map_err(rocks("put"))
+    }
+
+    pub fn delete(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.db.delete(key).map_err(rocks("delete"))
+    }
+
+    pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.db.write(batch).map_err(rocks("write batch"))
+    }
+
+    fn read_options(span: &Span) -> ReadOptions {
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(span.start.clone());
+        if let Some(end) = &span.end {
+            options.set_iterate_upper_bound(end.clone());
+        }
+        options
+    }
+
+    /// Up to `limit` pairs of `span` in key order, and the key to continue from
+    /// if the span has more.
+    pub fn scan(
+        &self,
+        span: &Span,
+        limit: usize,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>), StoreError> {
+        let mut pairs = Vec::new();
+        let iter = self.db.iterator_opt(
+            IteratorMode::From(&span.start, rocksdb::Direction::Forward),
+            Self::read_options(span),
+        );
+        for item in iter {
+            let (key, value) = item.map_err(rocks("scan"))?;
+            if pairs.len() == limit {
+                return Ok((pairs, Some(key.to_vec())));
+            }
+            pairs.push((key.to_vec(), value.to_vec()));
+        }
+        Ok((pairs, None))
+    }
+
+    /// Streams a consistent snapshot of `span` to `emit` in chunks of about
+    /// `chunk_bytes`; `emit` returns false to stop (the receiver went away).
+    /// Returns the checksum of everything emitted. Blocking: call it from
+    /// `spawn_blocking`. `before_snapshot` runs right before the snapshot is taken
+    /// (the source starts tracking writes there, so nothing falls between).
+    pub fn stream_snapshot(
+        &self,
+        span: &Span,
+        chunk_bytes: usize,
+        before_snapshot: impl FnOnce(),
+        mut emit: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> bool,
+    ) -> Result<PairChecksum, StoreError> {
+        before_snapshot();
+        let snapshot = self.db.snapshot();
+        let iter = snapshot.iterator_opt(
+            IteratorMode::From(&span.start, rocksdb::Direction::Forward),
+            Self::read_options(span),
+        );
+        let mut checksum = PairChecksum::default();
+        let mut chunk = Vec::new();
+        let mut size = 0;
+        for item in iter {
+            let (key, value) = item.map_err(rocks("snapshot scan"))?;
+            checksum.add(&key, &value, false);
+            size += key.len() + value.len();
+            chunk.push((key.to_vec(), value.to_vec()));
+            if size >= chunk_bytes {
+                if !emit(std::mem::take(&mut chunk)) {
+                    return Ok(checksum);
+                }
+                size = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            emit(chunk);
+        }
+        Ok(checksum)
+    }
+
+    /// Deletes every key of `span` and compacts it away, freeing the space.
+    pub fn clear(&self, span: &Span) -> Result<(), StoreError> {
+        let end = match &span.end {
+            Some(end) => end.clone(),
+            None => {
+                // DeleteRange needs an end: use the last key, deleted on its own.
+                let mut iter = self.db.iterator(IteratorMode::End);
+                match iter.next() {
+                    Some(item) => {
+                        let (last, _) = item.map_err(rocks("find last key"))?;
+                        if last.as_ref() < span.start.as_slice() {
+                            return Ok(());
+                        }
+                        self.db.delete(&last).map_err(rocks("delete last key"))?;
+                        last.to_vec()
+                    }
+                    None => return Ok(()),
+                }
+            }
+        };
+        if end.as_slice() > span.start.as_slice() {
+            let cf = self
+                .db
+                .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+                .ok_or(StoreError::MissingColumnFamily("default"))?;
+            self.db
+                .delete_range_cf(cf, &span.start, &end)
+                .map_err(rocks("delete range"))?;
+            self.db.compact_range(Some(&span.start), Some(&end));
+        }
+        Ok(())
+    }
+
+    /// Counts and sizes `span` by walking it (at most `cap` keys), keeping a
+    /// sample of keys to suggest the median as a split point.
+    pub fn measure(&self, span: &Span, cap: usize) -> Result<Measure, StoreError> {
+        let iter = self.db.iterator_opt(
+            IteratorMode::From(&span.start, rocksdb::Direction::Forward),
+            Self::read_options(span),
+        );
+        let mut measure = Measure::default();
+        // Keep every `stride`-th key, doubling the stride when the sample fills:
+        // bounded memory, and the middle sample stays near the median key.
+        let mut sample: Vec<Vec<u8>> = Vec::new();
+        let mut stride = 1u64;
+        for item in iter {
+            let (key, value) = item.map_err(rocks("measure"))?;
+            if measure.keys % stride == 0 {
+                sample.push(key.to_vec());
+                if sample.len() >= 1024 {
+                    sample = sample.into_iter().step_by(2).collect();
+                    stride *= 2;
+                }
+            }
+            measure.keys += 1;
+            measure.bytes += (key.len() + value.len()) as u64;
+            if measure.keys as usize >= cap {
+                measure.truncated = true;
+                break;
+            }
+        }
+        measure.median = sample.get(sample.len() / 2).cloned();
+        Ok(measure)
+    }
+
+    // ---- bookkeeping ----
+
+    fn sync_write() -> WriteOptions {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        options
+    }
+
+    fn put_meta(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.db
+            .put_cf_opt(self.ranger_cf()?, key, value, &Self::sync_write())
+            .map_err(rocks("put bookkeeping"))
+    }
+
+    fn delete_meta(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.db
+            .delete_cf_opt(self.ranger_cf()?, key, &Self::sync_write())
+            .map_err(rocks("delete bookkeeping"))
+    }
+
+    fn scan_meta(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let iter = self.db.iterator_cf(
+            self.ranger_cf()?,
+            IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(rocks("scan bookkeeping"))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn key(prefix: &[u8], range: RangeId) -> Vec<u8> {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(&range.get().to_be_bytes());
+        key
+    }
+
+    /// Deltas still to fetch for `range`.
+    pub fn pending(&self, range: RangeId) -> Result<Vec<PendingTransfer>, StoreError> {
+        let key = Self::key(PENDING_PREFIX, range);
+        match self
+            .db
+            .get_cf(self.ranger_cf()?, &key)
+            .map_err(rocks("get pending"))?
+        {
+            None => Ok(Vec::new()),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                key: format!("pending/{range}"),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn set_pending(&self, range: RangeId, pending: &[PendingTransfer]) -> Result<(), StoreError> {
+        let key = Self::key(PENDING_PREFIX, range);
+        if pending.is_empty() {
+            return self.delete_meta(&key);
+        }
+        let bytes = serde_json::to_vec(pending).map_err(|e| StoreError::Corrupt {
+            key: format!("pending/{range}"),
+            reason: e.to_string(),
+        })?;
+        self.put_meta(&key, &bytes)
+    }
+}
+
+/// What [`Store::measure`] found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Measure {
+    pub keys: u64,
+    pub bytes: u64,
+    /// Stopped at the cap: the figures are lower bounds.
+    pub truncated: bool,
+    /// A key near the middle of the span.
+    pub median: Option<Vec<u8>>,
+}
+
+/// The rangelet's [`StateStore`] in the node's RocksDB, written with fsync.
+#[derive(Debug, Clone)]
+pub struct RangeStates(pub Arc<Store>);
+
+fn state_error(e: StoreError) -> StateStoreError {
+    StateStoreError::Backend(e.to_string())
+}
+
+impl StateStore for RangeStates {
+    fn load(&self) -> Result<Vec<StoredRange>, StateStoreError> {
+        self.0
+            .scan_meta(RANGE_PREFIX)
+            .map_err(state_error)?
+            .into_iter()
+            .map(|(key, value)| {
+                serde_json::from_slice(&value).map_err(|e| StateStoreError::Corrupt {
+                    path: String::from_utf8_lossy(&key).into_owned().into(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn put(&self, range: &StoredRange) -> Result<(), StateStoreError> {
+        let bytes = serde_json::to_vec(range).map_err(|e| StateStoreError::Backend(e.to_string()))?;
+        self.0
+            .put_meta(&Store::key(RANGE_PREFIX, range.meta.id()), &bytes)
+            .map_err(state_error)
+    }
+
+    fn remove(&self, id: RangeId) -> Result<(), StateStoreError> {
+        self.0
+            .delete_meta(&Store::key(RANGE_PREFIX, id))
+            .map_err(state_error)
+    }
+}

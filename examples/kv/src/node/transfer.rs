@@ -1,0 +1,243 @@
+//! State transfer between nodes, in two phases so that the window in which nobody
+//! serves writes is bounded by what changed, not by the range's size:
+//!
+//! 1. **Snapshot** (during the destination's `prepare`, while the source still
+//!    serves): the source starts tracking writes to the span, takes a RocksDB
+//!    snapshot, and streams it in chunks; the destination writes the chunks and
+//!    verifies the count and checksum at the end.
+//! 2. **Delta** (during the destination's `activate`, once the source is
+//!    Inactive, so frozen): the source sends the current value (or a deletion) of
+//!    every key written since the snapshot; the destination applies them.
+//!
+//! Streams are gRPC server streams: HTTP/2 flow control plus a small bounded
+//! channel on the source side keep memory bounded on both ends. A source that
+//! dies mid-way breaks the stream; the destination's callback then fails, clears
+//! what it wrote, and the controller rolls back or retries.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ranger_proto::RangeId;
+use ranger_proto::pb::kv as pb;
+use ranger_proto::pb::kv::kv_client::KvClient;
+use rocksdb::WriteBatch;
+use tonic::transport::Channel;
+
+use super::spans::Span;
+use super::store::{PairChecksum, Store, StoreError};
+
+/// Why a transfer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("source {addr}: {status}")]
+    Rpc { addr: String, status: tonic::Status },
+    #[error("source {addr} went away mid-transfer (the stream ended without its last chunk)")]
+    Truncated { addr: String },
+    #[error("source {addr} sent key {key:?} outside the requested span")]
+    OutOfSpan { addr: String, key: String },
+    #[error("verification failed from {addr}: got {got_pairs} pairs (checksum {got_sum:x}), source sent {want_pairs} (checksum {want_sum:x})")]
+    Mismatch {
+        addr: String,
+        got_pairs: u64,
+        got_sum: u64,
+        want_pairs: u64,
+        want_sum: u64,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A transfer the source is tracking writes for.
+#[derive(Debug)]
+struct Tracker {
+    source_range: RangeId,
+    span: Span,
+    changed: BTreeSet<Vec<u8>>,
+}
+
+/// The source side's memory of transfers in progress: which keys changed in
+/// each transferred span since its snapshot.
+#[derive(Debug)]
+pub struct Trackers {
+    trackers: Mutex<HashMap<u64, Tracker>>,
+    next: AtomicU64,
+}
+
+impl Default for Trackers {
+    fn default() -> Self {
+        // Start ids from the clock so that ids from before a restart are not
+        // reused: a destination asking for an old transfer gets "unknown".
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        Trackers {
+            trackers: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(seed),
+        }
+    }
+}
+
+impl Trackers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Tracker>> {
+        self.trackers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts tracking writes to `span` of `source_range`; returns the id.
+    pub fn begin(&self, source_range: RangeId, span: Span) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        self.lock().insert(
+            id,
+            Tracker {
+                source_range,
+                span,
+                changed: BTreeSet::new(),
+            },
+        );
+        id
+    }
+
+    /// Notes a write (put or delete) of `key`. Called on every write, so it is
+    /// cheap when no transfer runs.
+    pub fn record(&self, key: &[u8]) {
+        let mut trackers = self.lock();
+        for tracker in trackers.values_mut() {
+            if tracker.span.contains(key) {
+                tracker.changed.insert(key.to_vec());
+            }
+        }
+    }
+
+    /// The keys changed since the snapshot, and the source range and span.
+    pub fn changes(&self, transfer: u64) -> Option<(RangeId, Span, Vec<Vec<u8>>)> {
+        self.lock().get(&transfer).map(|t| {
+            (
+                t.source_range,
+                t.span.clone(),
+                t.changed.iter().cloned().collect(),
+            )
+        })
+    }
+
+    pub fn end(&self, transfer: u64) {
+        self.lock().remove(&transfer);
+    }
+
+    /// Forgets every transfer out of `range` (dropped, or serving again after a
+    /// rolled-back handoff: its trackers no longer describe a frozen source).
+    pub fn forget_range(&self, range: RangeId) {
+        self.lock().retain(|_, t| t.source_range != range);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Fetches a snapshot of `span` of `source_range` from `addr` into `store`.
+/// Returns the source's transfer id, for the delta.
+pub async fn fetch_snapshot(
+    client: &mut KvClient<Channel>,
+    addr: &str,
+    store: &Store,
+    source_range: RangeId,
+    span: &Span,
+) -> Result<u64, TransferError> {
+    let rpc = |status| TransferError::Rpc {
+        addr: addr.to_owned(),
+        status,
+    };
+    let mut stream = client
+        .snapshot(pb::SnapshotRequest {
+            source_range: source_range.get(),
+            start: span.start.clone(),
+            end: span.end_for_wire(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let mut checksum = PairChecksum::default();
+    while let Some(chunk) = stream.message().await.map_err(rpc)? {
+        let mut batch = WriteBatch::default();
+        for pair in &chunk.pairs {
+            if !span.contains(&pair.key) {
+                return Err(TransferError::OutOfSpan {
+                    addr: addr.to_owned(),
+                    key: String::from_utf8_lossy(&pair.key).into_owned(),
+                });
+            }
+            checksum.add(&pair.key, &pair.value, false);
+            batch.put(&pair.key, &pair.value);
+        }
+        store.write(batch)?;
+        if chunk.last {
+            if chunk.total_pairs != checksum.count() || chunk.checksum != checksum.value() {
+                return Err(TransferError::Mismatch {
+                    addr: addr.to_owned(),
+                    got_pairs: checksum.count(),
+                    got_sum: checksum.value(),
+                    want_pairs: chunk.total_pairs,
+                    want_sum: chunk.checksum,
+                });
+            }
+            return Ok(chunk.transfer);
+        }
+    }
+    Err(TransferError::Truncated {
+        addr: addr.to_owned(),
+    })
+}
+
+/// Fetches and applies what changed since the snapshot of `transfer`.
+/// Idempotent: applying the same delta twice leaves the same values.
+pub async fn fetch_delta(
+    client: &mut KvClient<Channel>,
+    addr: &str,
+    store: &Store,
+    transfer: u64,
+) -> Result<u64, TransferError> {
+    let rpc = |status| TransferError::Rpc {
+        addr: addr.to_owned(),
+        status,
+    };
+    let mut stream = client
+        .delta(pb::DeltaRequest { transfer })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let mut checksum = PairChecksum::default();
+    while let Some(chunk) = stream.message().await.map_err(rpc)? {
+        let mut batch = WriteBatch::default();
+        for change in &chunk.changes {
+            checksum.add(&change.key, &change.value, change.deleted);
+            if change.deleted {
+                batch.delete(&change.key);
+            } else {
+                batch.put(&change.key, &change.value);
+            }
+        }
+        store.write(batch)?;
+        if chunk.last {
+            if chunk.total_changes != checksum.count() || chunk.checksum != checksum.value() {
+                return Err(TransferError::Mismatch {
+                    addr: addr.to_owned(),
+                    got_pairs: checksum.count(),
+                    got_sum: checksum.value(),
+                    want_pairs: chunk.total_changes,
+                    want_sum: chunk.checksum,
+                });
+            }
+            return Ok(checksum.count());
+        }
+    }
+    Err(TransferError::Truncated {
+        addr: addr.to_owned(),
+    })
+}

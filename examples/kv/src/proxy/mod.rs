@@ -1,0 +1,109 @@
+//! The routing proxy: the `kv.KV` service in front of every KV node.
+//!
+//! Clients talk to one address and never learn where ranges live. The proxy keeps
+//! a [`RoutingTable`] fed by every node's `ranger.Node/Ranges` stream, forwards each
+//! keyed request to the node whose range holding the key is Active, and, while a
+//! range is being handed off (or its node is down), waits for the table to move and
+//! retries within a per-request deadline, so that clients see latency, not errors.
+//!
+//! Which nodes exist comes either from the controller ([`Proxy::follow_controller`],
+//! polling `ranger.Debug/NodesList`) or from a fixed list ([`Proxy::set_nodes`]).
+//!
+//! - [`error`]: what can go wrong, typed.
+//! - [`retry`]: the retry policy and which node answers are worth retrying.
+//! - `pool`: one cached gRPC channel per node address.
+//! - `forward`: the route-call-wait-retry loop.
+//! - [`service`]: the `kv.KV` implementation on top of it.
+//! - [`discovery`]: node addresses from the controller or a static list.
+
+pub mod discovery;
+pub mod error;
+mod forward;
+mod pool;
+pub mod retry;
+pub mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ranger_node_sdk::{RoutingConfig, RoutingTable};
+use ranger_proto::pb::kv::kv_server::KvServer;
+
+pub use discovery::{ControllerConfig, NodeDiscovery, parse_node_list};
+pub use error::ProxyError;
+pub use retry::RetryPolicy;
+pub use service::ProxyService;
+
+use forward::Forwarder;
+use pool::ChannelPool;
+
+/// Tunables of the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// How long one request may wait and retry before the client gets UNAVAILABLE.
+    pub retry: RetryPolicy,
+    /// Deadline for opening a connection to a node; a node that cannot be reached
+    /// in this time counts as down for that attempt.
+    pub connect_timeout: Duration,
+    /// How the routing table follows (and reconnects to) nodes' `Ranges` streams.
+    pub routing: RoutingConfig,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(1),
+            routing: RoutingConfig::default(),
+        }
+    }
+}
+
+/// The proxy: a routing table, a channel per node, and the retry policy.
+///
+/// Cheap to clone (a handle); the binary and the tests share it. Feed it node
+/// addresses with [`Proxy::set_nodes`] or [`Proxy::follow_controller`], and serve
+/// [`Proxy::service`].
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    forwarder: Arc<Forwarder>,
+}
+
+impl Proxy {
+    /// A proxy that knows no node yet. Must be called inside a Tokio runtime
+    /// before nodes are added (the routing table spawns a task per node).
+    pub fn new(config: ProxyConfig) -> Self {
+        let table = RoutingTable::new(config.routing);
+        let pool = ChannelPool::new(config.connect_timeout);
+        Proxy {
+            forwarder: Arc::new(Forwarder::new(table, pool, config.retry)),
+        }
+    }
+
+    /// Follows exactly these node addresses (`host:port`): new ones are
+    /// connected to, missing ones forgotten along with their ranges and channels.
+    pub fn set_nodes<I, S>(&self, addrs: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.forwarder.set_nodes(addrs);
+    }
+
+    /// Polls the controller for the node list and follows it, until the returned
+    /// handle is dropped. Fails only on an unusable controller address; an
+    /// unreachable controller is logged and retried, keeping the last known nodes.
+    pub fn follow_controller(&self, config: ControllerConfig) -> Result<NodeDiscovery, ProxyError> {
+        NodeDiscovery::spawn(self.clone(), config)
+    }
+
+    /// The routing table, for inspection (which node serves what, as last seen).
+    pub fn routing(&self) -> &RoutingTable {
+        self.forwarder.table()
+    }
+
+    /// The `kv.KV` service to add to a tonic server.
+    pub fn service(&self) -> KvServer<ProxyService> {
+        KvServer::new(ProxyService::new(Arc::clone(&self.forwarder)))
+    }
+}

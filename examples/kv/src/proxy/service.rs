@@ -1,0 +1,146 @@
+//! The `kv.KV` service the proxy serves: each client method forwarded to the
+//! right node, the node-to-node transfer methods refused.
+
+use std::sync::Arc;
+
+use ranger_proto::RangeId;
+use ranger_proto::pb::kv::{self as pb, kv_server::Kv};
+use tonic::{Request, Response, Status};
+
+use super::forward::Forwarder;
+
+/// The proxy's `kv.KV` implementation; get one from [`super::Proxy::service`].
+#[derive(Debug, Clone)]
+pub struct ProxyService {
+    forwarder: Arc<Forwarder>,
+}
+
+impl ProxyService {
+    pub(crate) fn new(forwarder: Arc<Forwarder>) -> Self {
+        ProxyService { forwarder }
+    }
+}
+
+/// Refuses an empty key before any node sees it (PROTOCOL.md: INVALID_ARGUMENT).
+fn require_key<'a>(method: &str, key: &'a str) -> Result<&'a [u8], Status> {
+    if key.is_empty() {
+        return Err(Status::invalid_argument(format!("{method}: empty key")));
+    }
+    Ok(key.as_bytes())
+}
+
+/// Transfers run between nodes directly; through the proxy they would be routed
+/// by a range the proxy cannot vouch for.
+fn node_to_node(method: &str) -> Status {
+    Status::unimplemented(format!(
+        "{method} is node-to-node; call the source node directly, not the proxy"
+    ))
+}
+
+#[tonic::async_trait]
+impl Kv for ProxyService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let request = request.into_inner();
+        let key = require_key("Get", &request.key)?;
+        self.forwarder
+            .by_key("Get", key, |mut client| {
+                let request = request.clone();
+                async move { client.get(request).await }
+            })
+            .await
+    }
+
+    // A Put is retried after UNAVAILABLE or a lost answer even though the first
+    // attempt may have been applied: harmless here, because it sets the key to
+    // the same value again (last write wins).
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let request = request.into_inner();
+        let key = require_key("Put", &request.key)?;
+        self.forwarder
+            .by_key("Put", key, |mut client| {
+                let request = request.clone();
+                async move { client.put(request).await }
+            })
+            .await
+    }
+
+    async fn dump(
+        &self,
+        request: Request<pb::DumpRequest>,
+    ) -> Result<Response<pb::DumpResponse>, Status> {
+        let request = request.into_inner();
+        let id = RangeId::new(request.range_ident)
+            .map_err(|e| Status::invalid_argument(format!("Dump: {e}")))?;
+        self.forwarder
+            .by_range(id, |mut client| async move {
+                client
+                    .dump(pb::DumpRequest {
+                        range_ident: id.get(),
+                    })
+                    .await
+            })
+            .await
+    }
+
+    // Like Put, safe to retry: removing an absent key succeeds.
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let request = request.into_inner();
+        let key = require_key("Delete", &request.key)?;
+        self.forwarder
+            .by_key("Delete", key, |mut client| {
+                let request = request.clone();
+                async move { client.delete(request).await }
+            })
+            .await
+    }
+
+    /// Goes to the node holding `start` (an empty start is the first range), which
+    /// stops at its range's end and says where to continue in `next`.
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        let request = request.into_inner();
+        let start = request.start.as_bytes();
+        self.forwarder
+            .by_key("Scan", start, |mut client| {
+                let request = request.clone();
+                async move { client.scan(request).await }
+            })
+            .await
+    }
+
+    type SnapshotStream = tokio_stream::Empty<Result<pb::SnapshotChunk, Status>>;
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(node_to_node("Snapshot"))
+    }
+
+    type DeltaStream = tokio_stream::Empty<Result<pb::DeltaChunk, Status>>;
+
+    async fn delta(
+        &self,
+        _request: Request<pb::DeltaRequest>,
+    ) -> Result<Response<Self::DeltaStream>, Status> {
+        Err(node_to_node("Delta"))
+    }
+
+    async fn end_transfer(
+        &self,
+        _request: Request<pb::EndTransferRequest>,
+    ) -> Result<Response<pb::EndTransferResponse>, Status> {
+        Err(node_to_node("EndTransfer"))
+    }
+}
