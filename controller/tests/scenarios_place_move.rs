@@ -350,3 +350,28 @@ async fn s15_cancel_after_prepare_drops_the_destination() {
         Err(HandleError::Op(OpError::UnknownOp(_)))
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn r3_place_with_one_failing_node_uses_another() {
+    let mut cluster = Cluster::start(&[], Replication::R3).await;
+    for name in ["a", "b", "c", "d"] {
+        cluster.add_node(name).await;
+    }
+    cluster
+        .node("a")
+        .on(Command::Prepare, Behaviour::Fail("broken".into()));
+    cluster.wait_active_on(id(1), &["b", "c", "d"]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn r3_move_destination_activate_fails_rolls_back() {
+    let cluster = Cluster::start(&["a", "b", "c", "d"], Replication::R3).await;
+    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
+    cluster
+        .node("d")
+        .on(Command::Activate, Behaviour::Fail("corrupt".into()));
+    let message = aborted(cluster.handle.run(move_to("d")).await);
+    assert!(message.contains("activate failed on d"), "{message}");
+    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
+    assert!(cluster.calls().contains(&"X(d,1)".to_owned()));
+}

@@ -475,3 +475,82 @@ async fn s29_join_of_non_adjacent_or_inactive_ranges_is_refused() {
     );
     assert!(cluster.calls().is_empty(), "{:?}", cluster.calls());
 }
+
+#[tokio::test(start_paused = true)]
+async fn r3_join_in_the_reference_order() {
+    // 2 and 3 each on a, b, c; join onto three nodes.
+    let nodes = ["a", "b", "c", "d", "e", "f"];
+    let cluster = Cluster::start(&nodes, Replication::R3).await;
+    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
+    cluster
+        .handle
+        .run(OpRequest::Split {
+            range: id(1),
+            key: Key::from("m"),
+            left: None,
+            right: None,
+        })
+        .await
+        .unwrap();
+    cluster
+        .wait_for("split done", |e| {
+            e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
+        })
+        .await;
+    cluster.log.clear();
+    cluster.handle.run(join(None)).await.unwrap();
+    cluster
+        .wait_for("parents obsolete, child on three nodes", |e| {
+            [2, 3]
+                .iter()
+                .all(|n| e.keyspace().range(id(*n)).unwrap().state() == RangeState::Obsolete)
+                && placements_of(e, id(4))
+                    .iter()
+                    .filter(|(_, s)| *s == ranger_proto::PlacementState::Active)
+                    .count()
+                    == 3
+        })
+        .await;
+    let calls = cluster.calls();
+    let count = |letter: char| calls.iter().filter(|c| c.starts_with(letter)).count();
+    assert_eq!(
+        (count('P'), count('D'), count('A'), count('X')),
+        (3, 6, 3, 6),
+        "{calls:?}"
+    );
+    // Every Deactivate of a parent came before any Activate of the child.
+    let last_d = calls.iter().rposition(|c| c.starts_with('D')).unwrap();
+    let first_a = calls.iter().position(|c| c.starts_with('A')).unwrap();
+    assert!(last_d < first_a, "{calls:?}");
+    cluster.assert_one_writer();
+}
+
+#[tokio::test(start_paused = true)]
+async fn r3_split_child_prepare_fails_on_one_node_placed_elsewhere() {
+    let nodes = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    let cluster = Cluster::start(&nodes, Replication::R3).await;
+    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
+    cluster
+        .node("d")
+        .on(Command::Prepare, Behaviour::Fail("disk".into()));
+    cluster
+        .handle
+        .run(OpRequest::Split {
+            range: id(1),
+            key: Key::from("m"),
+            left: None,
+            right: None,
+        })
+        .await
+        .unwrap();
+    for child in [2, 3] {
+        cluster
+            .wait_for("child on three nodes, none on d", move |e| {
+                let p = placements_of(e, id(child));
+                p.len() == 3
+                    && p.iter()
+                        .all(|(n, s)| n != "d" && *s == ranger_proto::PlacementState::Active)
+            })
+            .await;
+    }
+}
