@@ -178,12 +178,18 @@ impl Engine {
         range.state() == RangeState::Active
             && range.placements().len() == self.config.replication.target
             && range.placements().iter().all(|p| {
+                // One roster lookup per placement: this runs for every range on
+                // a full pass.
+                let node = self.roster.get(p.node());
                 p.state() == PlacementState::Active
                     && !p.retiring()
                     && p.replaces().is_none()
-                    && self.roster.remote(p.node(), range.id()) == Some(RemoteState::Active)
-                    && !self.node_lost(p.node(), now)
-                    && !self.roster.get(p.node()).is_some_and(|n| n.draining())
+                    && node.is_some_and(|n| {
+                        !n.draining()
+                            && !n.is_lost(now, self.config.node_loss_after())
+                            && n.ranges.get(&range.id()).map(|v| v.state)
+                                == Some(RemoteState::Active)
+                    })
             })
     }
 

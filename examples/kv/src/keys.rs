@@ -25,6 +25,7 @@ pub fn parse_key(text: &str) -> Result<Vec<u8>, KeyParseError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -9,9 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ranger_kv::hammer::{self, HammerConfig, Report};
@@ -28,8 +27,9 @@ struct Faults {
     drop_every: u64,
     /// Flip the last byte of one returned value in this many (0: never).
     corrupt_every: u64,
-    /// Answer UNAVAILABLE (without doing anything) during this span after start.
-    outage: Option<(Duration, Duration)>,
+    /// Answer UNAVAILABLE (without doing anything) for this long, from the
+    /// put number `.0` on (deletes clear the keys first, so puts mean load).
+    outage: Option<(u64, Duration)>,
 }
 
 /// `kv.KV` over a map, with injected faults.
@@ -37,18 +37,18 @@ struct Faults {
 struct Fake {
     data: Mutex<BTreeMap<String, Vec<u8>>>,
     faults: Faults,
-    started: Instant,
+    outage_start: OnceLock<Instant>,
+    put_calls: AtomicU64,
     puts: AtomicU64,
     gets: AtomicU64,
 }
 
 impl Fake {
     fn check(&self, key: &str) -> Result<(), Status> {
-        if let Some((from, to)) = self.faults.outage {
-            let now = self.started.elapsed();
-            if from <= now && now < to {
-                return Err(Status::unavailable("fake outage"));
-            }
+        if let (Some((_, length)), Some(start)) = (self.faults.outage, self.outage_start.get())
+            && start.elapsed() < length
+        {
+            return Err(Status::unavailable("fake outage"));
         }
         if key.is_empty() {
             return Err(Status::invalid_argument("empty key"));
@@ -81,6 +81,11 @@ impl Kv for Fake {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let PutRequest { key, value } = request.into_inner();
+        if let Some((after, _)) = self.faults.outage
+            && self.put_calls.fetch_add(1, Ordering::Relaxed) == after
+        {
+            let _ = self.outage_start.set(Instant::now());
+        }
         self.check(&key)?;
         if !every(self.faults.drop_every, &self.puts) {
             self.data.lock().unwrap().insert(key, value);
@@ -136,7 +141,8 @@ async fn serve(faults: Faults) -> (SocketAddr, Arc<Fake>) {
     let fake = Arc::new(Fake {
         data: Mutex::default(),
         faults,
-        started: Instant::now(),
+        outage_start: OnceLock::new(),
+        put_calls: AtomicU64::new(0),
         puts: AtomicU64::new(0),
         gets: AtomicU64::new(0),
     });
@@ -151,7 +157,7 @@ fn config(addr: SocketAddr, duration_ms: u64) -> HammerConfig {
         keys_per_worker: 50,
         duration: Duration::from_millis(duration_ms),
         request_timeout: Duration::from_secs(2),
-        verify_timeout: Duration::from_secs(5),
+        settle_timeout: Duration::from_secs(5),
         seed: 7,
         ..HammerConfig::new(addr.to_string())
     }
@@ -244,7 +250,7 @@ async fn corrupted_values_are_unexpected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_costs_errors_and_a_window_but_no_writes() {
     let faults = Faults {
-        outage: Some((Duration::from_millis(300), Duration::from_millis(900))),
+        outage: Some((100, Duration::from_millis(600))),
         ..Faults::default()
     };
     let (addr, _fake) = serve(faults).await;

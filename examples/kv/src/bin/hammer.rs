@@ -9,6 +9,9 @@
 //! acknowledged write was lost and no unexpected value was read, even if requests
 //! failed (the errors are reported); 1 otherwise, with the reasons on stderr; 2
 //! when the run could not start. Ctrl-C stops the load early and still verifies.
+//!
+//! The hammer first deletes every key it owns (`{prefix}{worker}-{n}`), so keep
+//! the prefix clear of data you care about.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -56,9 +59,10 @@ struct Cli {
     /// Seed of the operation choices (random when omitted; printed in the report).
     #[arg(long)]
     seed: Option<u64>,
-    /// Seconds the final verification may spend retrying failed reads.
+    /// Seconds that clearing the keys (before) and verifying them (after) may
+    /// spend retrying failed requests.
     #[arg(long, default_value_t = 30.0)]
-    verify_secs: f64,
+    settle_secs: f64,
     /// Print a progress line every second on stderr (default: when it is a terminal).
     #[arg(long)]
     progress: bool,
@@ -82,7 +86,7 @@ impl Cli {
             value_size: self.value_size,
             request_timeout: Duration::from_millis(self.timeout_ms),
             seed: self.seed.unwrap_or_else(rand::random),
-            verify_timeout: secs("verify-secs", self.verify_secs)?,
+            settle_timeout: secs("settle-secs", self.settle_secs)?,
             progress: self.progress || std::io::stderr().is_terminal(),
             ..HammerConfig::new(self.addr.clone())
         })

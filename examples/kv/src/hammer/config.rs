@@ -35,8 +35,9 @@ pub struct HammerConfig {
     pub request_timeout: Duration,
     /// Seed of the operation choices, so that a run can be replayed.
     pub seed: u64,
-    /// How long the final verification keeps retrying a key whose read fails.
-    pub verify_timeout: Duration,
+    /// How long clearing the keys (before the load) and verifying them (after)
+    /// keep retrying failed requests.
+    pub settle_timeout: Duration,
     /// Print a progress line on stderr every second.
     pub progress: bool,
 }
@@ -55,7 +56,7 @@ impl HammerConfig {
             value_size: 64,
             request_timeout: Duration::from_secs(5),
             seed: 0,
-            verify_timeout: Duration::from_secs(30),
+            settle_timeout: Duration::from_secs(30),
             progress: false,
         }
     }
@@ -212,6 +213,7 @@ impl fmt::Display for OpMix {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -11,7 +11,9 @@
 //! - a write that failed without a clear answer (timeout, UNAVAILABLE, broken
 //!   connection) leaves the key *uncertain*: its next read may return the state
 //!   before or after that write, and settles it;
-//! - when the load stops, every written key is read once more (verification).
+//! - before the load, every worker deletes its keys, so that a run does not
+//!   depend on earlier ones; when the load stops, every written key is read once
+//!   more (verification).
 //!
 //! Values name their key and write number ([`value`]), so the hammer stores
 //! write numbers, not values. [`run`] is the whole thing as a function, for the
@@ -54,19 +56,27 @@ pub enum HammerError {
         /// Why it was refused.
         source: tonic::transport::Error,
     },
+    /// A key could not be cleared before the load (is the target up?).
+    #[error("cannot clear key {key:?} before the run: {status}")]
+    Clear {
+        /// The key.
+        key: String,
+        /// The last failure.
+        status: tonic::Status,
+    },
     /// A worker task panicked or was cancelled.
     #[error("a hammer worker failed: {0}")]
     Worker(#[from] tokio::task::JoinError),
 }
 
-/// Hammers `config.target` until `config.duration` has passed or `shutdown`
-/// resolves, whichever comes first, then verifies every written key and
-/// reports.
+/// Deletes every key the workers own, hammers `config.target` until
+/// `config.duration` has passed or `shutdown` resolves, whichever comes first,
+/// then verifies every written key and reports.
 ///
-/// Returns `Ok` whatever the server did: look at [`Report::passed`]. Errors are
-/// only for runs that could not happen (bad configuration or address). The
-/// target need not be up: connections are made lazily and retried, and failures
-/// are counted.
+/// Returns `Ok` whatever the server did during the load: look at
+/// [`Report::passed`]. Errors are for runs that could not happen: bad
+/// configuration or address, or keys that could not be cleared within
+/// `settle_timeout`.
 pub async fn run(config: HammerConfig, shutdown: impl Future) -> Result<Report, HammerError> {
     config.validate()?;
     let endpoint = endpoint(&config)?;
@@ -75,13 +85,16 @@ pub async fn run(config: HammerConfig, shutdown: impl Future) -> Result<Report, 
     let (stop, stopped) = watch::channel(false);
     tracing::info!(target = %config.target, workers = config.workers, "hammer starting");
 
+    // One connection per worker, like independent clients.
+    let mut workers: Vec<Worker> = (0..config.workers)
+        .map(|index| Worker::new(index, config.clone(), endpoint.connect_lazy(), live.clone()))
+        .collect();
+    futures::future::try_join_all(workers.iter_mut().map(Worker::clear)).await?;
+
     let started = Instant::now();
-    let workers: Vec<_> = (0..config.workers)
-        .map(|index| {
-            // One connection per worker, like independent clients.
-            let worker = Worker::new(index, config.clone(), endpoint.connect_lazy(), live.clone());
-            tokio::spawn(worker.run(stopped.clone()))
-        })
+    let workers: Vec<_> = workers
+        .into_iter()
+        .map(|worker| tokio::spawn(worker.run(stopped.clone())))
         .collect();
     let progress = config.progress.then(|| {
         let live = live.clone();

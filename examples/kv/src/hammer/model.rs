@@ -83,11 +83,6 @@ impl Default for KeyModel {
 }
 
 impl KeyModel {
-    /// The last acknowledged state.
-    pub fn expected(&self) -> Stored {
-        self.expected
-    }
-
     /// Whether a write with unknown outcome is pending resolution.
     pub fn is_uncertain(&self) -> bool {
         !self.uncertain.is_empty()

@@ -355,8 +355,10 @@ mod tests {
             (w.count, w.p50_ms, w.p99_ms, w.max_ms, w.open),
             (100, 50.0, 99.0, 100.0, 2)
         );
-        let mut tally = Tally::default();
-        tally.lost = 1;
+        let tally = Tally {
+            lost: 1,
+            ..Tally::default()
+        };
         let report = Tally::into_report(vec![tally], "t".into(), 1, Duration::from_secs(1));
         assert!(!report.passed());
         assert!(report.to_string().contains("FAIL"));

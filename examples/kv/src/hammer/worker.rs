@@ -13,6 +13,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use super::HammerError;
 use super::config::{HammerConfig, OpKind};
 use super::model::{KeyModel, Stored, Verdict};
 use super::progress::Live;
@@ -26,8 +27,8 @@ const PICK_TRIES: usize = 16;
 /// down server is not spun on (and the windows keep this resolution).
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
-/// Pause between retries of a failed read during verification.
-const VERIFY_RETRY: Duration = Duration::from_millis(100);
+/// Pause between retries while clearing keys or verifying them.
+const SETTLE_RETRY: Duration = Duration::from_millis(100);
 
 /// A worker and everything it knows about its keys.
 #[derive(Debug)]
@@ -84,6 +85,32 @@ impl Worker {
             live,
             config,
         }
+    }
+
+    /// Deletes every key of this worker, so that a run does not depend on what
+    /// earlier runs left behind. Failed deletes are retried until the settle
+    /// timeout; past it the run cannot start.
+    pub async fn clear(&mut self) -> Result<(), HammerError> {
+        let deadline = Instant::now() + self.config.settle_timeout;
+        for key in &self.names {
+            loop {
+                let call = self.client.delete(DeleteRequest { key: key.clone() });
+                match within(self.config.request_timeout, call).await {
+                    Ok(_) => break,
+                    Err(status) if Instant::now() >= deadline => {
+                        return Err(HammerError::Clear {
+                            key: key.clone(),
+                            status,
+                        });
+                    }
+                    Err(status) => {
+                        tracing::debug!(%key, %status, "clearing failed; retrying");
+                        sleep(SETTLE_RETRY).await;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs operations until `stop` turns true, then verifies.
@@ -164,7 +191,10 @@ impl Worker {
         let started = Instant::now();
         let (state, result) = if kind == OpKind::Delete {
             let call = self.client.delete(DeleteRequest { key: key.clone() });
-            (Stored::Absent, within(request_timeout, call).await.map(|_| ()))
+            (
+                Stored::Absent,
+                within(request_timeout, call).await.map(|_| ()),
+            )
         } else {
             let seq = self.keys[k].next_put();
             let value = value::encode(&key, seq, self.config.value_size);
@@ -172,7 +202,10 @@ impl Worker {
                 key: key.clone(),
                 value,
             });
-            (Stored::Value(seq), within(request_timeout, call).await.map(|_| ()))
+            (
+                Stored::Value(seq),
+                within(request_timeout, call).await.map(|_| ()),
+            )
         };
         let now = Instant::now();
         match result {
@@ -222,7 +255,7 @@ impl Worker {
     /// Reads every key this worker wrote. Failed reads are retried until the
     /// verification timeout; past it, each key gets one attempt.
     async fn verify(&mut self) {
-        let deadline = Instant::now() + self.config.verify_timeout;
+        let deadline = Instant::now() + self.config.settle_timeout;
         for k in 0..self.keys.len() {
             if !self.keys[k].was_written() {
                 continue;
@@ -234,7 +267,7 @@ impl Worker {
                     Err(_) if Instant::now() >= deadline => break None,
                     Err(status) => {
                         tracing::debug!(key = %self.names[k], %status, "verification read failed");
-                        sleep(VERIFY_RETRY).await;
+                        sleep(SETTLE_RETRY).await;
                     }
                 }
             };
