@@ -15,6 +15,7 @@ mod rangelet;
 mod registration;
 mod routing;
 mod service;
+mod signals;
 mod state_store;
 pub mod testing;
 
@@ -25,6 +26,7 @@ pub use rangelet::{
 pub use registration::{Registration, RegistrationError};
 pub use routing::{Route, RoutingConfig, RoutingTable};
 pub use service::NodeService;
+pub use signals::shutdown_signal;
 pub use state_store::{FileStateStore, MemoryStateStore, StateStore, StateStoreError, StoredRange};
 
 use ranger_proto::pb::ranger::node_server::NodeServer;

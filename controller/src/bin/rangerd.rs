@@ -18,6 +18,7 @@ use ranger_controller::persist::{DynPersister, MemoryPersister, RedbPersister};
 use ranger_controller::runtime::{self, RuntimeConfig};
 use ranger_controller::service;
 use ranger_controller::transport::GrpcTransport;
+use ranger_node_sdk::shutdown_signal;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -187,30 +188,5 @@ fn init_logging(format: &str) {
         builder.json().init();
     } else {
         builder.init();
-    }
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }

@@ -16,6 +16,7 @@ use ranger_kv::node::store::{RangeStates, Store};
 use ranger_kv::node::{KvNode, KvNodeConfig};
 use ranger_node_sdk::{Rangelet, RangeletConfig, Registration, node_router};
 use ranger_proto::NodeId;
+use ranger_node_sdk::shutdown_signal;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -101,22 +102,4 @@ async fn main() -> anyhow::Result<()> {
     server.await.context("server task")?.context("server")?;
     tracing::info!("kv-node stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }
