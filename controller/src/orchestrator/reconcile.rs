@@ -1249,12 +1249,32 @@ impl Engine {
             return;
         }
         let running = self.ops.values().filter(|op| op.drain).count();
+        if running >= self.config.max_drain_moves {
+            return;
+        }
+        // Candidates are what the draining nodes report holding: no walk of the
+        // whole tiling, however large the keyspace.
+        let mut candidates: Vec<RangeId> = draining
+            .iter()
+            .filter_map(|n| self.roster.get(n))
+            .flat_map(|n| {
+                n.ranges
+                    .iter()
+                    .filter(|(_, view)| view.state != RemoteState::NotFound)
+                    .map(|(id, _)| *id)
+            })
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
         let mut wanted: Vec<(RangeId, NodeId)> = Vec::new();
-        for range in self.keyspace.current_ranges() {
+        for id in candidates {
             if running + wanted.len() >= self.config.max_drain_moves {
                 break;
             }
-            if range.state() != RangeState::Active {
+            let Ok(range) = self.keyspace.range(id) else {
+                continue;
+            };
+            if range.state() != RangeState::Active || !self.keyspace.is_current(id) {
                 continue;
             }
             for p in range.placements() {
