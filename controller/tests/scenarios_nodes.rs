@@ -267,11 +267,7 @@ async fn s34_controller_killed_after_each_command_of_a_join() {
                     })
                     .await
                     .unwrap();
-                cluster
-                    .wait_for("split done", |e| {
-                        e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
-                    })
-                    .await;
+                cluster.wait_obsolete(&[1]).await;
             },
         )
         .await;

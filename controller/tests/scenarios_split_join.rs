@@ -64,11 +64,7 @@ async fn s16_split_in_the_reference_order() {
     cluster.handle.run(split("b", "c")).await.unwrap();
     cluster.wait_active_on(id(2), &["b"]).await;
     cluster.wait_active_on(id(3), &["c"]).await;
-    cluster
-        .wait_for("parent obsolete", |e| {
-            e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
-        })
-        .await;
+    cluster.wait_obsolete(&[1]).await;
     assert_phases(
         &cluster.calls(),
         &[
@@ -125,11 +121,7 @@ async fn s17_r3_split_on_six_empty_nodes() {
         })
         .await
         .unwrap();
-    cluster
-        .wait_for("parent obsolete", |e| {
-            e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
-        })
-        .await;
+    cluster.wait_obsolete(&[1]).await;
     let calls = cluster.calls();
     let count = |letter: char| calls.iter().filter(|c| c.starts_with(letter)).count();
     assert_eq!(
@@ -243,11 +235,7 @@ async fn s21_parent_drop_fails_children_serve_parent_subsuming_until_dropped() {
         .await;
     assert_eq!(cluster.range_state(id(1)).await, RangeState::Subsuming);
     cluster.node("a").on(Command::Drop, Behaviour::Succeed);
-    cluster
-        .wait_for("parent obsolete", |e| {
-            e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
-        })
-        .await;
+    cluster.wait_obsolete(&[1]).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -269,11 +257,7 @@ async fn s22_bad_boundaries_are_refused_at_once() {
     );
     // Split 1 into [-inf,m) and [m,+inf), then try the start of 3, and a key of 2's in 3.
     cluster.handle.run(split("b", "c")).await.unwrap();
-    cluster
-        .wait_for("parent obsolete", |e| {
-            e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
-        })
-        .await;
+    cluster.wait_obsolete(&[1]).await;
     let calls_before = cluster.calls().len();
     for (range, key) in [(3, "m"), (3, "a"), (2, "z")] {
         let result = cluster
@@ -322,11 +306,7 @@ async fn join_cluster(nodes: &[&str]) -> Cluster {
     cluster.handle.run(split("a", "b")).await.unwrap();
     cluster.wait_active_on(id(2), &["a"]).await;
     cluster.wait_active_on(id(3), &["b"]).await;
-    cluster
-        .wait_for("1 obsolete", |e| {
-            e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
-        })
-        .await;
+    cluster.wait_obsolete(&[1]).await;
     cluster.log.clear();
     cluster
 }
@@ -336,13 +316,7 @@ async fn s23_join_in_the_reference_order() {
     let cluster = join_cluster(&["a", "b", "c"]).await;
     cluster.handle.run(join(Some("c"))).await.unwrap();
     cluster.wait_active_on(id(4), &["c"]).await;
-    cluster
-        .wait_for("parents obsolete", |e| {
-            [2, 3]
-                .iter()
-                .all(|n| e.keyspace().range(id(*n)).unwrap().state() == RangeState::Obsolete)
-        })
-        .await;
+    cluster.wait_obsolete(&[2, 3]).await;
     assert_phases(
         &cluster.calls(),
         &[
@@ -426,13 +400,7 @@ async fn s28_parent_drop_fails_join_ok_parent_subsuming_until_dropped() {
         .await;
     assert_eq!(cluster.range_state(id(2)).await, RangeState::Subsuming);
     cluster.node("a").on(Command::Drop, Behaviour::Succeed);
-    cluster
-        .wait_for("parents obsolete", |e| {
-            [2, 3]
-                .iter()
-                .all(|n| e.keyspace().range(id(*n)).unwrap().state() == RangeState::Obsolete)
-        })
-        .await;
+    cluster.wait_obsolete(&[2, 3]).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -492,11 +460,7 @@ async fn r3_join_in_the_reference_order() {
         })
         .await
         .unwrap();
-    cluster
-        .wait_for("split done", |e| {
-            e.keyspace().range(id(1)).unwrap().state() == RangeState::Obsolete
-        })
-        .await;
+    cluster.wait_obsolete(&[1]).await;
     cluster.log.clear();
     cluster.handle.run(join(None)).await.unwrap();
     cluster

@@ -186,6 +186,19 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Waits until every one of `ranges` is Obsolete (a split or join finished).
+    pub async fn wait_obsolete(&self, ranges: &[u64]) {
+        let ids: Vec<RangeId> = ranges.iter().map(|n| id(*n)).collect();
+        self.wait_for(&format!("{ranges:?} obsolete"), move |e| {
+            ids.iter().all(|r| {
+                e.keyspace()
+                    .range(*r)
+                    .is_ok_and(|r| r.state() == RangeState::Obsolete)
+            })
+        })
+        .await;
+    }
+
     pub async fn range_state(&self, range: RangeId) -> RangeState {
         self.handle
             .inspect(move |e| e.keyspace().range(range).map(|r| r.state()).unwrap())
