@@ -1,6 +1,16 @@
 use std::fmt;
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+
+/// Why a key written by a person (a command-line argument) could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyParseError {
+    #[error("bad hex key {0:?}: {1}")]
+    Hex(String, String),
+    #[error("bad base64 key {0:?}: {1}")]
+    Base64(String, String),
+}
 
 /// A key of the keyspace: any byte string, ordered bytewise.
 ///
@@ -31,6 +41,23 @@ impl Key {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Reads a key as operators write it: text, `hex:6162`, or `b64:YWI=` (for
+    /// binary keys). The inverse of [`fmt::Display`] for text and hex keys.
+    pub fn parse(text: &str) -> Result<Key, KeyParseError> {
+        if let Some(hex) = text.strip_prefix("hex:") {
+            return hex::decode(hex)
+                .map(Key)
+                .map_err(|e| KeyParseError::Hex(hex.to_owned(), e.to_string()));
+        }
+        if let Some(b64) = text.strip_prefix("b64:") {
+            return base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map(Key)
+                .map_err(|e| KeyParseError::Base64(b64.to_owned(), e.to_string()));
+        }
+        Ok(Key::from(text))
     }
 }
 
@@ -95,6 +122,17 @@ mod tests {
         assert!(Key::from("a") < Key::from("b"));
         assert!(Key::from("a") < Key::from("aa"));
         assert!(Key::empty() < Key::from("\0"));
+    }
+
+    #[test]
+    fn parses_text_hex_and_base64() {
+        assert_eq!(Key::parse("abc"), Ok(Key::from("abc")));
+        assert_eq!(Key::parse("hex:00ff"), Ok(Key::new(vec![0, 255])));
+        assert_eq!(Key::parse("b64:YWI="), Ok(Key::from("ab")));
+        assert!(Key::parse("hex:zz").is_err());
+        assert!(Key::parse("b64:***").is_err());
+        let binary = Key::new(vec![0u8, 1]);
+        assert_eq!(Key::parse(&binary.to_string()), Ok(binary));
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod state;
 
 pub use convert::{ConversionError, Parent, ParentPlacement, RangeInfo};
 pub use ids::{NodeId, RangeId};
-pub use key::Key;
+pub use key::{Key, KeyParseError};
 pub use load::LoadInfo;
 pub use meta::{InvalidBounds, RangeMeta};
 pub use state::{PlacementState, RangeState, RemoteState};

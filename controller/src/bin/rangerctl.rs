@@ -8,7 +8,6 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use ranger_proto::pb::ranger as pb;
 use ranger_proto::pb::ranger::control_client::ControlClient;
@@ -86,19 +85,6 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Parses a key given as text, `hex:6162`, or `b64:YWI=`.
-fn parse_key(text: &str) -> anyhow::Result<Vec<u8>> {
-    if let Some(hex) = text.strip_prefix("hex:") {
-        return hex::decode(hex).with_context(|| format!("bad hex key {hex:?}"));
-    }
-    if let Some(b64) = text.strip_prefix("b64:") {
-        return base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .with_context(|| format!("bad base64 key {b64:?}"));
-    }
-    Ok(text.as_bytes().to_vec())
 }
 
 fn show_key(bytes: &[u8], infinity: &str) -> String {
@@ -184,7 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node_left,
             node_right,
         } => {
-            let boundary = parse_key(&key)?;
+            let boundary = Key::parse(&key)?.into_bytes();
             if boundary.is_empty() {
                 bail!("the split key must not be empty");
             }
@@ -447,19 +433,5 @@ fn print_ops(ops: &[pb::OperationInfo], json: bool) {
             "{:<6} {:<14} {:>7}ms  {}",
             o.id, o.phase, o.age_millis, o.description
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_parse_as_text_hex_or_base64() {
-        assert_eq!(parse_key("abc").unwrap(), b"abc");
-        assert_eq!(parse_key("hex:00ff").unwrap(), vec![0, 255]);
-        assert_eq!(parse_key("b64:YWI=").unwrap(), b"ab");
-        assert!(parse_key("hex:zz").is_err());
-        assert!(parse_key("b64:***").is_err());
     }
 }
