@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ranger_node_sdk::Outcome;
+use ranger_node_sdk::{Command, Outcome};
 use ranger_proto::pb::ranger as pb;
 use ranger_proto::pb::ranger::node_client::NodeClient;
 use ranger_proto::{RangeId, RangeInfo, RemoteState};
@@ -43,10 +43,16 @@ impl GrpcTransport {
     }
 }
 
-fn call_error(status: Status) -> CallError {
+/// Maps a node's status to what the orchestrator acts on. PROTOCOL.md: an
+/// Activate or Deactivate of a range the node does not hold is INVALID_ARGUMENT
+/// (the controller's requests are otherwise always well-formed), so for those
+/// two commands the code alone says "unknown range", whatever the node's text.
+fn call_error(status: Status, command: Option<Command>) -> CallError {
     let message = status.message().to_owned();
     match status.code() {
-        Code::InvalidArgument if message.contains("not on this node") => {
+        Code::InvalidArgument
+            if matches!(command, Some(Command::Activate | Command::Deactivate)) =>
+        {
             CallError::UnknownRange(message)
         }
         Code::FailedPrecondition => CallError::WrongState(message),
@@ -70,6 +76,7 @@ impl NodeTransport for GrpcTransport {
     async fn call(&self, addr: &str, range: RangeId, call: Call, timeout: Duration) -> Answer {
         let mut client = self.client(addr)?;
         let id = range.get();
+        let command = call.command();
         let request = async {
             match call {
                 Call::Prepare { meta, parents } => {
@@ -113,7 +120,7 @@ impl NodeTransport for GrpcTransport {
             Err(_) => Err(CallError::Unreachable(format!(
                 "no answer within {timeout:?}"
             ))),
-            Ok(Err(status)) => Err(call_error(status)),
+            Ok(Err(status)) => Err(call_error(status, Some(command))),
             Ok(Ok(answer)) => answer,
         }
     }
@@ -124,7 +131,7 @@ impl NodeTransport for GrpcTransport {
         let response = tokio::time::timeout(timeout, client.info(pb::InfoRequest { lease_millis }))
             .await
             .map_err(|_| format!("no answer within {timeout:?}"))?
-            .map_err(|s| call_error(s).to_string())?
+            .map_err(|s| call_error(s, None).to_string())?
             .into_inner();
         let ranges = response
             .ranges
@@ -133,5 +140,31 @@ impl NodeTransport for GrpcTransport {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("node sent a bad range: {e}"))?;
         Ok((ranges, response.want_drain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_by_code_and_command() {
+        let unknown = Status::invalid_argument("whatever a Go node says");
+        assert!(matches!(
+            call_error(unknown.clone(), Some(Command::Activate)),
+            CallError::UnknownRange(_)
+        ));
+        assert!(matches!(
+            call_error(unknown, Some(Command::Prepare)),
+            CallError::Other(_)
+        ));
+        assert!(matches!(
+            call_error(Status::failed_precondition("x"), Some(Command::Drop)),
+            CallError::WrongState(_)
+        ));
+        assert!(matches!(
+            call_error(Status::unavailable("x"), None),
+            CallError::Unreachable(_)
+        ));
     }
 }
