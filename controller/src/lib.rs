@@ -4,6 +4,8 @@
 pub mod bootstrap;
 pub mod config;
 pub mod discovery;
+pub mod election;
+pub mod ha;
 pub mod keyspace;
 pub mod orchestrator;
 pub mod persist;

@@ -2,6 +2,12 @@
 //!
 //! Runs with nothing else installed: the keyspace lives in an embedded database
 //! file, and nodes register with `rangerd` itself (or come from `--nodes`).
+//!
+//! With `--consul`, several `rangerd` share one keyspace in Consul's KV store:
+//! they elect a leader through a Consul lock, only the leader runs the
+//! controller loop (every write fenced by its session), nodes are found in
+//! Consul's catalog, and standbys refuse RPCs with UNAVAILABLE naming the
+//! leader (see `ranger_controller::election` and `ranger_controller::ha`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,13 +36,37 @@ struct Args {
     #[arg(long, env = "RANGERD_LISTEN", default_value = "127.0.0.1:5000")]
     listen: SocketAddr,
 
-    /// Embedded keyspace database file (created if missing).
+    /// Embedded keyspace database file (created if missing; unused with --consul).
     #[arg(long, env = "RANGERD_STORE", default_value = "rangerd.redb")]
     store: PathBuf,
 
     /// Keep the keyspace in memory only (lost on exit; for experiments).
-    #[arg(long, conflicts_with = "store")]
+    #[arg(long, conflicts_with_all = ["store", "consul"])]
     memory: bool,
+
+    /// Consul HTTP address (e.g. http://127.0.0.1:8500): keep the keyspace in
+    /// Consul, find nodes in its catalog, and elect one leader among the
+    /// rangerd processes sharing the prefix.
+    #[arg(long, env = "RANGERD_CONSUL")]
+    consul: Option<String>,
+
+    /// Consul ACL token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    consul_token: Option<String>,
+
+    /// Consul KV prefix of this cluster: `<prefix>leader` is the leader lock,
+    /// `<prefix>keyspace/` the keyspace.
+    #[arg(long, env = "RANGERD_CONSUL_PREFIX", default_value = "ranger/")]
+    consul_prefix: String,
+
+    /// Consul service name the nodes register as (ignored with --nodes).
+    #[arg(long, env = "RANGERD_CONSUL_SERVICE", default_value = "node")]
+    consul_service: String,
+
+    /// Address other processes reach this rangerd at, written in the leader lock
+    /// and named by standbys (default: --listen).
+    #[arg(long, env = "RANGERD_ADVERTISE")]
+    advertise: Option<String>,
 
     /// A fixed node list, `id=host:port,...`, instead of nodes registering.
     #[arg(long, env = "RANGERD_NODES")]
@@ -87,8 +117,16 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
+    let config = orchestrator_config(&args);
+    if args.consul.is_some() {
+        consul_mode::run(&args, config).await
+    } else {
+        run_embedded(&args, config).await
+    }
+}
 
-    let config = OrchestratorConfig {
+fn orchestrator_config(args: &Args) -> OrchestratorConfig {
+    OrchestratorConfig {
         replication: Replication::with_target(args.replication),
         prepare_deadline: Duration::from_secs(args.prepare_deadline_s),
         op_deadline: Duration::from_secs(args.op_deadline_s),
@@ -97,8 +135,12 @@ async fn main() -> anyhow::Result<()> {
         probe_interval: Duration::from_millis(args.probe_ms),
         rpc_timeout: Duration::from_millis(args.rpc_timeout_ms),
         ..OrchestratorConfig::default()
-    };
+    }
+}
 
+/// One controller, keyspace in an embedded database (or memory), nodes from the
+/// embedded registry or `--nodes`.
+async fn run_embedded(args: &Args, config: OrchestratorConfig) -> anyhow::Result<()> {
     let persister: Arc<dyn DynPersister> = if args.memory {
         Arc::new(MemoryPersister::new())
     } else {
@@ -188,5 +230,111 @@ fn init_logging(format: &str) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// `--consul`: keyspace in Consul, nodes from its catalog (or `--nodes`), and the
+/// controller loop only while this process holds the leader lock.
+mod consul_mode {
+    use ranger_consul::{Client, ClientConfig};
+    use ranger_controller::discovery::ConsulDiscovery;
+    use ranger_controller::election::{Candidate, ElectionConfig, LeaderElection};
+    use ranger_controller::ha::{self, LeaderSetup};
+    use ranger_controller::service::{ControllerSlot, SlotState};
+    use tokio::sync::watch;
+
+    use super::*;
+
+    pub async fn run(args: &Args, config: OrchestratorConfig) -> anyhow::Result<()> {
+        let address = args.consul.as_deref().context("--consul is required")?;
+        let mut client_config = ClientConfig::new(address);
+        if let Some(token) = &args.consul_token {
+            client_config = client_config.with_token(token);
+        }
+        let client = Client::new(client_config).context("configuring the Consul client")?;
+        let mut prefix = args.consul_prefix.clone();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        let advertise = args
+            .advertise
+            .clone()
+            .unwrap_or_else(|| args.listen.to_string());
+        if args.advertise.is_none() && args.listen.ip().is_unspecified() {
+            tracing::warn!(listen = %args.listen, "advertising an unspecified address; set --advertise");
+        }
+
+        // Kept alive for as long as rangerd runs: dropping it stops following Consul.
+        let (_discovery, membership) = match &args.nodes {
+            Some(list) => {
+                let discovery = StaticDiscovery::parse(list).context("parsing --nodes")?;
+                (None, discovery.membership())
+            }
+            None => {
+                let discovery = ConsulDiscovery::spawn(client.clone(), &args.consul_service);
+                let membership = discovery.membership();
+                (Some(discovery), membership)
+            }
+        };
+
+        // Serve before campaigning, so that the address in the lock answers.
+        let (slot_tx, slot) = ControllerSlot::channel(SlotState::Standby { leader: None });
+        let router = service::router(slot, Duration::from_secs(args.max_wait_s));
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server_stop = {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let server = tokio::spawn(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), server_stop),
+        );
+
+        let candidate = Candidate {
+            id: format!("{advertise}/pid-{}", std::process::id()),
+            addr: advertise.clone(),
+        };
+        let election =
+            LeaderElection::start(client.clone(), ElectionConfig::new(&prefix, candidate))
+                .await
+                .context("joining the leader election")?;
+        tracing::info!(listen = %args.listen, %advertise, consul = %address, %prefix, "rangerd serving (Consul mode)");
+
+        let setup = LeaderSetup {
+            client,
+            keyspace_prefix: format!("{prefix}keyspace/"),
+            orchestrator: config,
+            runtime: RuntimeConfig::default(),
+        };
+        let result = {
+            let ha = ha::run_when_leader(
+                setup,
+                &election,
+                Arc::new(GrpcTransport::new()),
+                membership,
+                slot_tx,
+                stop_rx,
+            );
+            tokio::pin!(ha);
+            tokio::select! {
+                _ = shutdown_signal() => {
+                    tracing::info!("shutting down");
+                    let _ = stop_tx.send(true);
+                    (&mut ha).await
+                }
+                ended = &mut ha => ended,
+            }
+        };
+        let _ = stop_tx.send(true);
+        // The controller loop has stopped: only now let a standby take over.
+        let left = election.shutdown().await;
+        let _ = server.await;
+        result.context("running under leader election")?;
+        left.context("leaving the leader election")?;
+        Ok(())
     }
 }

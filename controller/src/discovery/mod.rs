@@ -1,10 +1,13 @@
 //! Which nodes exist. A backend publishes the full set of nodes (id to address)
 //! through a watch channel; the runtime diffs consecutive sets.
 //!
-//! Backends: [`StaticDiscovery`] (a fixed list from flags) and [`Registry`] (nodes
-//! register with the controller and renew before their registration expires).
-//! Consul's catalog arrives in its own module.
+//! Backends: [`StaticDiscovery`] (a fixed list from flags), [`Registry`] (nodes
+//! register with the controller and renew before their registration expires) and
+//! [`ConsulDiscovery`] (the passing instances of a Consul service, which nodes
+//! register with their local agent along with a gRPC health check, followed with
+//! blocking queries).
 
+mod consul;
 mod registry;
 
 use std::collections::BTreeMap;
@@ -12,6 +15,7 @@ use std::collections::BTreeMap;
 use ranger_proto::{ConversionError, NodeId};
 use tokio::sync::watch;
 
+pub use consul::ConsulDiscovery;
 pub use registry::{Registry, RegistryService};
 
 use crate::runtime::Membership;

@@ -4,14 +4,19 @@
 //!
 //! A backend implements [`Persister`]: load everything once at start-up, then save
 //! [`ChangeSet`]s, each atomically. Backends: [`MemoryPersister`] (tests),
-//! [`RedbPersister`] (the embedded default). A Consul backend fits the same trait:
-//! it would remember each key's ModifyIndex from `load` and its own saves, write a
-//! change set as CAS transactions guarded by a session check, and report a lost
-//! race as [`PersistError::Conflict`] and a lost session as [`PersistError::Fenced`].
+//! [`RedbPersister`] (the embedded default, one controller), and
+//! [`ConsulPersister`] (production, several controllers): one Consul key per
+//! range, written in compare-and-set transactions on the ModifyIndex it
+//! remembers from `load` and its own saves, each transaction checking the
+//! leader's session ([`Fence`]). A change set larger than one Consul transaction
+//! is staged, then committed by one write of the counters, so it is still all or
+//! nothing. A lost race is [`PersistError::Conflict`], a lost session
+//! [`PersistError::Fenced`]. All backends pass one conformance suite.
 
 mod codec;
 #[cfg(test)]
 mod conformance;
+pub mod consul;
 mod memory;
 mod redb_store;
 
@@ -19,6 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use consul::{ConsulPersister, DEFAULT_PREFIX as DEFAULT_CONSUL_PREFIX, Fence, InvalidPrefix};
 pub use memory::MemoryPersister;
 pub use redb_store::RedbPersister;
 

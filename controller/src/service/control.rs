@@ -10,18 +10,18 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::ControllerSlot;
 use super::{bad_request, status};
 use crate::orchestrator::{OpId, OpPhase};
-use crate::runtime::ControllerHandle;
 
 #[derive(Debug)]
 pub struct ControlService {
-    handle: ControllerHandle,
+    slot: ControllerSlot,
 }
 
 impl ControlService {
-    pub fn new(handle: ControllerHandle) -> Self {
-        ControlService { handle }
+    pub fn new(slot: impl Into<ControllerSlot>) -> Self {
+        ControlService { slot: slot.into() }
     }
 
     pub fn into_server(self) -> pb::control_server::ControlServer<Self> {
@@ -39,7 +39,8 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let request = request.into_inner();
         let node = NodeId::new(request.node).map_err(bad_request)?;
-        self.handle
+        self.slot
+            .handle()?
             .drain(node, request.drain)
             .await
             .map_err(status)?;
@@ -51,7 +52,7 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
         let op = OpId(request.into_inner().operation);
-        self.handle.cancel(op).await.map_err(status)?;
+        self.slot.handle()?.cancel(op).await.map_err(status)?;
         Ok(Response::new(pb::CancelResponse {}))
     }
 
@@ -60,7 +61,8 @@ impl pb::control_server::Control for ControlService {
         _request: Request<pb::OperationsRequest>,
     ) -> Result<Response<pb::OperationsResponse>, Status> {
         let operations = self
-            .handle
+            .slot
+            .handle()?
             .inspect(|engine| {
                 let now = tokio::time::Instant::now();
                 engine
@@ -100,7 +102,7 @@ impl pb::control_server::Control for ControlService {
             .map(RangeId::new)
             .collect::<Result<_, _>>()
             .map_err(bad_request)?;
-        let mut events = self.handle.events();
+        let mut events = self.slot.handle()?.events();
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             loop {

@@ -4,20 +4,20 @@ use ranger_proto::pb::ranger as pb;
 use ranger_proto::{NodeId, RangeId, RangeInfo};
 use tonic::{Request, Response, Status};
 
+use super::ControllerSlot;
 use super::{bad_request, status};
 use crate::keyspace::Range;
 use crate::orchestrator::Engine;
 use crate::roster::NodeStatus;
-use crate::runtime::ControllerHandle;
 
 #[derive(Debug)]
 pub struct DebugService {
-    handle: ControllerHandle,
+    slot: ControllerSlot,
 }
 
 impl DebugService {
-    pub fn new(handle: ControllerHandle) -> Self {
-        DebugService { handle }
+    pub fn new(slot: impl Into<ControllerSlot>) -> Self {
+        DebugService { slot: slot.into() }
     }
 
     pub fn into_server(self) -> pb::debug_server::DebugServer<Self> {
@@ -89,7 +89,8 @@ impl pb::debug_server::Debug for DebugService {
         _request: Request<pb::RangesListRequest>,
     ) -> Result<Response<pb::RangesListResponse>, Status> {
         let ranges = self
-            .handle
+            .slot
+            .handle()?
             .inspect(|engine| {
                 let mut ranges: Vec<&Range> = engine.keyspace().ranges().collect();
                 ranges.sort_by_key(|r| r.id());
@@ -109,7 +110,8 @@ impl pb::debug_server::Debug for DebugService {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let id = RangeId::new(request.into_inner().range).map_err(bad_request)?;
         let response = self
-            .handle
+            .slot
+            .handle()?
             .inspect(move |engine| {
                 engine
                     .keyspace()
@@ -128,7 +130,8 @@ impl pb::debug_server::Debug for DebugService {
         _request: Request<pb::NodesListRequest>,
     ) -> Result<Response<pb::NodesListResponse>, Status> {
         let nodes = self
-            .handle
+            .slot
+            .handle()?
             .inspect(|engine| {
                 engine
                     .roster()
@@ -147,7 +150,8 @@ impl pb::debug_server::Debug for DebugService {
     ) -> Result<Response<pb::NodeResponse>, Status> {
         let id = NodeId::new(request.into_inner().node).map_err(bad_request)?;
         let response = self
-            .handle
+            .slot
+            .handle()?
             .inspect({
                 let id = id.clone();
                 move |engine| engine.roster().get(&id).map(|n| node_response(engine, n))

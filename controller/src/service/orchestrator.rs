@@ -9,18 +9,22 @@ use ranger_proto::pb::ranger as pb;
 use ranger_proto::{Key, NodeId, RangeId};
 use tonic::{Request, Response, Status};
 
+use super::ControllerSlot;
 use super::{bad_request, status};
-use crate::runtime::{ControllerHandle, HandleError, OpRequest};
+use crate::runtime::{HandleError, OpRequest};
 
 #[derive(Debug)]
 pub struct OrchestratorService {
-    handle: ControllerHandle,
+    slot: ControllerSlot,
     max_wait: Duration,
 }
 
 impl OrchestratorService {
-    pub fn new(handle: ControllerHandle, max_wait: Duration) -> Self {
-        OrchestratorService { handle, max_wait }
+    pub fn new(slot: impl Into<ControllerSlot>, max_wait: Duration) -> Self {
+        OrchestratorService {
+            slot: slot.into(),
+            max_wait,
+        }
     }
 
     pub fn into_server(self) -> pb::orchestrator_server::OrchestratorServer<Self> {
@@ -28,7 +32,7 @@ impl OrchestratorService {
     }
 
     async fn run(&self, op: OpRequest) -> Result<(), Status> {
-        let (id, done) = self.handle.submit(op).await.map_err(status)?;
+        let (id, done) = self.slot.handle()?.submit(op).await.map_err(status)?;
         match tokio::time::timeout(self.max_wait, done).await {
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "{id} is still running after {:?}; cancel it with `rangerctl cancel {}`",

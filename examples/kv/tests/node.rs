@@ -40,7 +40,6 @@ struct TestNode {
 impl TestNode {
     async fn start(dir: &Path, chunk_bytes: usize) -> TestNode {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         Self::serve(dir, listener, chunk_bytes).await
     }
 
@@ -70,7 +69,9 @@ impl TestNode {
     }
 
     async fn client(&self) -> KvClient<Channel> {
-        KvClient::connect(format!("http://{}", self.addr)).await.unwrap()
+        KvClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
     }
 
     /// Prepares and activates `meta` with no parents (a brand-new range).
@@ -138,19 +139,38 @@ async fn refuses_keys_it_does_not_serve_with_clear_codes() {
     let dir = tempfile::tempdir().unwrap();
     let a = TestNode::start(dir.path(), 1 << 20).await;
     let mut c = a.client().await;
-    assert_eq!(put(&mut c, "k", "v").await.unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(
+        put(&mut c, "k", "v").await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
     a.own(meta(1, "a", "m")).await;
     put(&mut c, "k", "v").await.unwrap();
     assert_eq!(get(&mut c, "k").await.unwrap(), "v");
-    assert_eq!(get(&mut c, "missing").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        get(&mut c, "missing").await.unwrap_err().code(),
+        Code::NotFound
+    );
     let outside = put(&mut c, "z", "v").await.unwrap_err();
     assert_eq!(outside.code(), Code::FailedPrecondition);
-    assert!(outside.message().contains("no range"), "{}", outside.message());
-    assert_eq!(put(&mut c, "", "v").await.unwrap_err().code(), Code::InvalidArgument);
+    assert!(
+        outside.message().contains("no range"),
+        "{}",
+        outside.message()
+    );
+    assert_eq!(
+        put(&mut c, "", "v").await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     // Inactive: neither reads nor writes (the copy may be stale).
     a.rangelet.deactivate(id(1)).await.unwrap();
-    assert_eq!(put(&mut c, "k", "w").await.unwrap_err().code(), Code::FailedPrecondition);
-    assert_eq!(get(&mut c, "k").await.unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(
+        put(&mut c, "k", "w").await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        get(&mut c, "k").await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
     // Nothing was written by the refused calls.
     assert_eq!(all_pairs(&a.node), vec![("k".to_owned(), "v".to_owned())]);
 }
@@ -240,22 +260,35 @@ async fn delta_catches_up_updates_and_deletions_after_the_snapshot() {
         put(&mut ca, &format!("k{i:03}"), "old").await.unwrap();
     }
     // The move's prepare: snapshot while a serves.
-    let outcome = b.rangelet.prepare(range.clone(), moving(&range, a.addr)).await.unwrap();
+    let outcome = b
+        .rangelet
+        .prepare(range.clone(), moving(&range, a.addr))
+        .await
+        .unwrap();
     assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
     assert_eq!(all_pairs(&b.node).len(), 100);
     // a keeps serving: updates, a new key, a deletion.
     put(&mut ca, "k007", "new").await.unwrap();
     put(&mut ca, "k999", "added").await.unwrap();
-    ca.delete(pb::DeleteRequest { key: "k042".into() }).await.unwrap();
+    ca.delete(pb::DeleteRequest { key: "k042".into() })
+        .await
+        .unwrap();
     // Handoff: a freezes, b catches up and serves.
     a.rangelet.deactivate(id(1)).await.unwrap();
     let outcome = b.rangelet.activate(id(1)).await.unwrap();
     assert_eq!(outcome.state, RemoteState::Active, "{outcome:?}");
-    assert_eq!(all_pairs(&b.node), all_pairs(&a.node), "b holds exactly a's final state");
+    assert_eq!(
+        all_pairs(&b.node),
+        all_pairs(&a.node),
+        "b holds exactly a's final state"
+    );
     let mut cb = b.client().await;
     assert_eq!(get(&mut cb, "k007").await.unwrap(), "new");
     assert_eq!(get(&mut cb, "k999").await.unwrap(), "added");
-    assert_eq!(get(&mut cb, "k042").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        get(&mut cb, "k042").await.unwrap_err().code(),
+        Code::NotFound
+    );
     assert!(a.node.trackers().is_empty(), "the transfer was ended");
     // Dropping a's copy leaves nothing behind there.
     a.rangelet.drop_range(id(1), false).await.unwrap();
@@ -284,18 +317,31 @@ async fn a_source_dying_mid_transfer_fails_prepare_and_leaves_nothing() {
     let b_node = b.node.clone();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while all_pairs(&b_node).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "transfer never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "transfer never started"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
     a.server.abort();
     let mut outcome = prepare.await.unwrap().unwrap();
     while outcome.state == RemoteState::Preparing {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        outcome = b.rangelet.prepare(range.clone(), moving(&range, a.addr)).await.unwrap();
+        outcome = b
+            .rangelet
+            .prepare(range.clone(), moving(&range, a.addr))
+            .await
+            .unwrap();
     }
     assert_eq!(outcome.state, RemoteState::NotFound, "{outcome:?}");
-    assert!(outcome.failure.is_some(), "the failure reaches the controller");
-    assert!(all_pairs(&b.node).is_empty(), "no half-written range left behind");
+    assert!(
+        outcome.failure.is_some(),
+        "the failure reaches the controller"
+    );
+    assert!(
+        all_pairs(&b.node).is_empty(),
+        "no half-written range left behind"
+    );
 }
 
 #[tokio::test]
@@ -307,7 +353,10 @@ async fn a_source_can_serve_again_after_a_rolled_back_handoff() {
     a.own(range.clone()).await;
     let mut ca = a.client().await;
     put(&mut ca, "k", "1").await.unwrap();
-    b.rangelet.prepare(range.clone(), moving(&range, a.addr)).await.unwrap();
+    b.rangelet
+        .prepare(range.clone(), moving(&range, a.addr))
+        .await
+        .unwrap();
     a.rangelet.deactivate(id(1)).await.unwrap();
     // The destination fails (here: dropped by the controller); the source returns.
     b.rangelet.drop_range(id(1), false).await.unwrap();
@@ -315,7 +364,10 @@ async fn a_source_can_serve_again_after_a_rolled_back_handoff() {
     assert_eq!(outcome.state, RemoteState::Active);
     put(&mut ca, "k", "2").await.unwrap();
     assert_eq!(get(&mut ca, "k").await.unwrap(), "2");
-    assert!(a.node.trackers().is_empty(), "a serving source keeps no stale transfer");
+    assert!(
+        a.node.trackers().is_empty(),
+        "a serving source keeps no stale transfer"
+    );
     assert!(all_pairs(&b.node).is_empty());
 }
 
@@ -326,7 +378,9 @@ async fn load_info_reports_keys_bytes_and_a_median_split_key() {
     a.own(meta(1, "", "")).await;
     let mut c = a.client().await;
     for i in 0..1000 {
-        put(&mut c, &format!("k{i:04}"), "0123456789").await.unwrap();
+        put(&mut c, &format!("k{i:04}"), "0123456789")
+            .await
+            .unwrap();
     }
     let load = a.node.load_info(id(1)).await.unwrap();
     assert_eq!(load.keys, 1000);

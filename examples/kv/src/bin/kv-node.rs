@@ -11,17 +11,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use ranger_kv::node::service::KvService;
-use ranger_kv::node::store::{RangeStates, Store};
-use ranger_kv::node::{KvNode, KvNodeConfig};
-use ranger_node_sdk::{Rangelet, RangeletConfig, Registration, node_router};
+use ranger_consul::discovery::ServiceRegistration;
+use ranger_consul::{ClientConfig, RegistrationConfig};
+use ranger_kv::node::KvNodeConfig;
+use ranger_kv::node::server::NodeServer;
+use ranger_node_sdk::{Registration, shutdown_signal};
 use ranger_proto::NodeId;
-use ranger_node_sdk::shutdown_signal;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 #[derive(Debug, Parser)]
-#[command(name = "kv-node", version, about = "A node of the example range-sharded KV store")]
+#[command(
+    name = "kv-node",
+    version,
+    about = "A node of the example range-sharded KV store"
+)]
 struct Args {
     /// Address to serve on.
     #[arg(long, env = "KV_NODE_LISTEN", default_value = "127.0.0.1:7001")]
@@ -41,6 +44,16 @@ struct Args {
     /// Do not register with the controller (it lists nodes statically).
     #[arg(long)]
     no_register: bool,
+    /// Register in Consul at this agent (`http://127.0.0.1:8500`), with a gRPC
+    /// health check, instead of with the controller.
+    #[arg(long, env = "KV_NODE_CONSUL", conflicts_with = "no_register")]
+    consul: Option<String>,
+    /// ACL token for Consul.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    consul_token: Option<String>,
+    /// The Consul service name to register under (PROTOCOL.md: `node`).
+    #[arg(long, env = "KV_NODE_CONSUL_SERVICE", default_value = "node")]
+    consul_service: String,
     /// On SIGTERM, ask to be drained and wait up to this long before stopping.
     #[arg(long, default_value_t = 0)]
     drain_on_shutdown_s: u64,
@@ -55,51 +68,94 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.log_format == "json" {
-        tracing_subscriber::fmt().with_env_filter(filter).json().init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
 
-    let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.to_string());
-    let id = NodeId::new(args.id.clone().unwrap_or_else(|| advertise.clone()))
-        .context("node id")?;
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| args.listen.to_string());
+    let id =
+        NodeId::new(args.id.clone().unwrap_or_else(|| advertise.clone())).context("node id")?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
-    let store = Store::open(&args.data).with_context(|| format!("opening RocksDB at {}", args.data.display()))?;
-    let node = KvNode::open(store.clone(), KvNodeConfig::new(advertise.clone()))?;
-    let rangelet = Rangelet::open(node.clone(), RangeStates(store), RangeletConfig::default())
-        .await
-        .context("restoring range states")?;
-    tracing::info!(node = %id, ranges = rangelet.ranges().len(), "node state restored");
-
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let router = node_router(&rangelet)
+    let server = NodeServer::start(&args.data, listener, KvNodeConfig::new(advertise.clone()))
         .await
-        .add_service(KvService::new(node, rangelet.clone()).into_server());
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        rangelet.shutdown_signal(),
-    ));
+        .with_context(|| format!("starting the node on {}", args.data.display()))?;
+    tracing::info!(node = %id, ranges = server.rangelet.ranges().len(), "node state restored");
     let registration = if args.no_register {
-        None
+        Joined::Nothing
+    } else if let Some(address) = &args.consul {
+        Joined::Consul(register_in_consul(&args, address, &advertise)?)
     } else {
-        Some(Registration::start(&args.controller, id.clone(), advertise.clone())?)
+        Joined::Controller(Registration::start(
+            &args.controller,
+            id.clone(),
+            advertise.clone(),
+        )?)
     };
     tracing::info!(node = %id, listen = %args.listen, %advertise, "kv-node serving");
 
     shutdown_signal().await;
     if args.drain_on_shutdown_s > 0 {
         tracing::info!("draining before shutdown");
-        let drained = rangelet.drain(Duration::from_secs(args.drain_on_shutdown_s)).await;
+        let drained = server
+            .rangelet
+            .drain(Duration::from_secs(args.drain_on_shutdown_s))
+            .await;
         tracing::info!(drained, "drain finished");
     }
-    if let Some(registration) = registration {
-        registration.deregister().await;
+    match registration {
+        Joined::Nothing => {}
+        Joined::Controller(registration) => registration.deregister().await,
+        Joined::Consul(registration) => {
+            if let Err(e) = registration.deregister().await {
+                tracing::warn!(error = %e, "could not deregister from Consul; its health check will fail");
+            }
+        }
     }
-    rangelet.shutdown();
-    server.await.context("server task")?.context("server")?;
+    server.shutdown().await.context("stopping the server")?;
     tracing::info!("kv-node stopped");
     Ok(())
+}
+
+/// Where this node announced itself, to take it back on a clean shutdown.
+enum Joined {
+    Nothing,
+    Controller(Registration),
+    Consul(ServiceRegistration),
+}
+
+/// Registers `advertise` (`host:port`) in Consul per PROTOCOL.md's conventions,
+/// re-registering in the background whenever the agent forgets it.
+fn register_in_consul(
+    args: &Args,
+    address: &str,
+    advertise: &str,
+) -> anyhow::Result<ServiceRegistration> {
+    let (host, port) = advertise
+        .rsplit_once(':')
+        .context("the advertised address must be host:port")?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("bad port in the advertised address {advertise}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut config = ClientConfig::new(address.to_owned());
+    if let Some(token) = &args.consul_token {
+        config = config.with_token(token.clone());
+    }
+    let client = ranger_consul::Client::new(config).context("--consul")?;
+    let registration = RegistrationConfig::new(host, port).with_service_name(&args.consul_service);
+    let registration =
+        ServiceRegistration::spawn(client, registration).context("registering in Consul")?;
+    tracing::info!(consul = %address, service_id = registration.service_id(), "registering in Consul");
+    Ok(registration)
 }

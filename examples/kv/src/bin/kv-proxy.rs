@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use ranger_kv::proxy::{ControllerConfig, Proxy, ProxyConfig, RetryPolicy, parse_node_list};
+use ranger_consul::ClientConfig;
+use ranger_kv::proxy::{
+    ConsulNodes, ControllerConfig, NodeDiscovery, Proxy, ProxyConfig, RetryPolicy, parse_node_list,
+};
 use ranger_node_sdk::shutdown_signal;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -29,8 +32,21 @@ struct Args {
     controller: String,
 
     /// A fixed node list, `host:port,...`, instead of asking the controller.
-    #[arg(long, env = "KV_PROXY_NODES", conflicts_with = "controller")]
+    #[arg(long, env = "KV_PROXY_NODES", conflicts_with_all = ["controller", "consul"])]
     nodes: Option<String>,
+
+    /// Learn the nodes from Consul's catalog at this agent (`http://127.0.0.1:8500`)
+    /// instead of asking the controller.
+    #[arg(long, env = "KV_PROXY_CONSUL", conflicts_with = "controller")]
+    consul: Option<String>,
+
+    /// ACL token for Consul.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    consul_token: Option<String>,
+
+    /// The Consul service name the nodes register under.
+    #[arg(long, env = "KV_PROXY_CONSUL_SERVICE", default_value = "node")]
+    consul_service: String,
 
     /// How often the controller is asked for the node list, in milliseconds.
     #[arg(long, default_value_t = 1000)]
@@ -58,22 +74,27 @@ async fn main() -> anyhow::Result<()> {
         },
         ..ProxyConfig::default()
     });
-    // Held until shutdown: dropping it stops the polling.
-    let _discovery = match &args.nodes {
-        Some(list) => {
-            let nodes = parse_node_list(list).context("parsing --nodes")?;
-            tracing::info!(?nodes, "static node list");
-            proxy.set_nodes(nodes);
-            None
+    // Held until shutdown: dropping it stops following the node list.
+    let _following = if let Some(list) = &args.nodes {
+        let nodes = parse_node_list(list).context("parsing --nodes")?;
+        tracing::info!(?nodes, "static node list");
+        proxy.set_nodes(nodes);
+        Following::Static
+    } else if let Some(address) = &args.consul {
+        let mut config = ClientConfig::new(address.clone());
+        if let Some(token) = &args.consul_token {
+            config = config.with_token(token.clone());
         }
-        None => {
-            let config = ControllerConfig {
-                poll_interval: Duration::from_millis(args.poll_ms.max(1)),
-                ..ControllerConfig::new(args.controller.clone())
-            };
-            tracing::info!(controller = %args.controller, "following the controller's node list");
-            Some(proxy.follow_controller(config).context("--controller")?)
-        }
+        let client = ranger_consul::Client::new(config).context("--consul")?;
+        tracing::info!(consul = %address, service = %args.consul_service, "following Consul's catalog");
+        Following::Consul(proxy.follow_consul(client, &args.consul_service))
+    } else {
+        let config = ControllerConfig {
+            poll_interval: Duration::from_millis(args.poll_ms.max(1)),
+            ..ControllerConfig::new(args.controller.clone())
+        };
+        tracing::info!(controller = %args.controller, "following the controller's node list");
+        Following::Controller(proxy.follow_controller(config).context("--controller")?)
     };
 
     let listener = TcpListener::bind(args.listen)
@@ -87,6 +108,16 @@ async fn main() -> anyhow::Result<()> {
         .context("serving")?;
     tracing::info!("kv-proxy stopped");
     Ok(())
+}
+
+/// Where the node list comes from. The handles are held, never read: dropping
+/// one stops the task that follows the list.
+#[derive(Debug)]
+#[allow(dead_code)]
+enum Following {
+    Static,
+    Controller(NodeDiscovery),
+    Consul(ConsulNodes),
 }
 
 fn init_logging(format: &str) {

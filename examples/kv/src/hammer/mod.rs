@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use tonic::transport::Endpoint;
 
 pub use config::{HammerConfig, OpKind, OpMix};
+pub use histogram::Histogram;
 pub use report::{Latencies, LatencySummary, Report, Verification, WindowSummary};
 
 use progress::Live;

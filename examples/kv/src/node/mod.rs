@@ -16,6 +16,7 @@
 //! node copies nothing. [`service::KvService`] serves `kv.KV`.
 
 mod load;
+pub mod server;
 pub mod service;
 pub mod spans;
 pub mod store;
@@ -34,7 +35,7 @@ use tonic::transport::{Channel, Endpoint};
 use load::LoadTracker;
 use spans::Span;
 use store::{PendingTransfer, RangeStates, Store, StoreError};
-use transfer::{TransferError, Trackers};
+use transfer::{Trackers, TransferError};
 
 /// Tunables of a KV node.
 #[derive(Debug, Clone)]
@@ -82,10 +83,50 @@ struct Inner {
     loads: LoadTracker,
     /// One channel per peer node, for transfers.
     peers: Mutex<HashMap<String, Channel>>,
+    /// The last snapshot copies into this node, for operators and benchmarks.
+    transfers_in: TransferLog,
+}
+
+/// One completed snapshot copy into this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransferRecord {
+    /// The range being prepared here.
+    pub range: RangeId,
+    /// Where the data came from.
+    pub source_addr: String,
+    pub pairs: u64,
+    /// Key and value bytes copied.
+    pub bytes: u64,
+    /// From the request to the verified last chunk.
+    pub elapsed: Duration,
+}
+
+impl TransferRecord {
+    pub fn megabytes_per_second(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The last [`TransferLog::KEEP`] transfer records, newest last.
+#[derive(Debug, Default)]
+struct TransferLog(Mutex<std::collections::VecDeque<TransferRecord>>);
+
+impl TransferLog {
+    const KEEP: usize = 32;
+
+    fn record(&self, record: TransferRecord) {
+        let mut log = lock(&self.0);
+        if log.len() == Self::KEEP {
+            log.pop_front();
+        }
+        log.push_back(record);
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn failed(e: impl std::fmt::Display) -> CallbackError {
@@ -113,6 +154,7 @@ impl KvNode {
                 gates: Mutex::new(HashMap::new()),
                 loads: LoadTracker::default(),
                 peers: Mutex::new(HashMap::new()),
+                transfers_in: TransferLog::default(),
             }),
         })
     }
@@ -127,6 +169,11 @@ impl KvNode {
 
     pub fn config(&self) -> &KvNodeConfig {
         &self.inner.config
+    }
+
+    /// The most recent snapshot copies into this node, oldest first.
+    pub fn recent_transfers(&self) -> Vec<TransferRecord> {
+        lock(&self.inner.transfers_in.0).iter().cloned().collect()
     }
 
     /// The range's write gate (see `Inner::gates`).
@@ -220,19 +267,46 @@ impl KvNode {
         sources
     }
 
-    async fn copy_in(&self, meta: &RangeMeta, parents: &[Parent]) -> Result<Vec<PendingTransfer>, CallbackError> {
+    async fn copy_in(
+        &self,
+        meta: &RangeMeta,
+        parents: &[Parent],
+    ) -> Result<Vec<PendingTransfer>, CallbackError> {
         let mut pending = Vec::new();
         for (addr, source_range, span) in self.sources(meta, parents) {
             let mut client = self.peer(&addr)?;
             // Stale keys from an earlier copy must not survive.
             self.clear_unshared(meta.id(), &span).map_err(failed)?;
-            let transfer = transfer::fetch_snapshot(&mut client, &addr, &self.inner.store, source_range, &span)
-                .await
-                .map_err(failed)?;
-            tracing::info!(range = %meta.id(), %addr, %source_range, transfer, "snapshot copied");
+            let began = std::time::Instant::now();
+            let copied = transfer::fetch_snapshot(
+                &mut client,
+                &addr,
+                &self.inner.store,
+                source_range,
+                &span,
+            )
+            .await
+            .map_err(failed)?;
+            let record = TransferRecord {
+                range: meta.id(),
+                source_addr: addr.clone(),
+                pairs: copied.pairs,
+                bytes: copied.bytes,
+                elapsed: began.elapsed(),
+            };
+            tracing::info!(
+                range = %meta.id(),
+                %addr,
+                %source_range,
+                pairs = record.pairs,
+                bytes = record.bytes,
+                mb_per_s = record.megabytes_per_second(),
+                "snapshot copied"
+            );
+            self.inner.transfers_in.record(record);
             pending.push(PendingTransfer {
                 source_addr: addr,
-                transfer,
+                transfer: copied.transfer,
             });
         }
         Ok(pending)
@@ -276,9 +350,10 @@ impl Node for KvNode {
         let pending = self.inner.store.pending(id).map_err(failed)?;
         for p in &pending {
             let mut client = self.peer(&p.source_addr)?;
-            let changes = transfer::fetch_delta(&mut client, &p.source_addr, &self.inner.store, p.transfer)
-                .await
-                .map_err(|e: TransferError| failed(e))?;
+            let changes =
+                transfer::fetch_delta(&mut client, &p.source_addr, &self.inner.store, p.transfer)
+                    .await
+                    .map_err(|e: TransferError| failed(e))?;
             tracing::info!(range = %id, addr = %p.source_addr, changes, "delta applied");
         }
         self.end_transfers(&pending).await;
@@ -328,7 +403,9 @@ impl Node for KvNode {
         self.inner
             .loads
             .load_info(&meta, self.inner.config.load_cache, move |span| {
-                node.inner.store.measure(span, node.inner.config.measure_cap)
+                node.inner
+                    .store
+                    .measure(span, node.inner.config.measure_cap)
             })
             .await
             .map_err(failed)

@@ -63,7 +63,11 @@ impl KvService {
 
     /// Runs a write under the range's gate, re-checking that it may still be
     /// written once inside (a deactivation may have begun meanwhile).
-    async fn write(&self, key: &str, apply: impl FnOnce(&[u8]) -> Result<(), super::store::StoreError>) -> Result<(), Status> {
+    async fn write(
+        &self,
+        key: &str,
+        apply: impl FnOnce(&[u8]) -> Result<(), super::store::StoreError>,
+    ) -> Result<(), Status> {
         let range = self.route(key)?;
         let gate = self.node.gate(range);
         let _writing = gate.read().await;
@@ -100,7 +104,10 @@ type DeltaStream = Pin<Box<dyn Stream<Item = Result<pb::DeltaChunk, Status>> + S
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         let key = request.into_inner().key;
         let range = self.route(&key)?;
         self.node.read(range);
@@ -111,7 +118,10 @@ impl pb::kv_server::Kv for KvService {
         }
     }
 
-    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
         let request = request.into_inner();
         let store = self.node.store().clone();
         self.write(&request.key, |key| store.put(key, &request.value))
@@ -129,7 +139,10 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(pb::DeleteResponse {}))
     }
 
-    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
         let request = request.into_inner();
         let range = self.route(&request.start)?;
         self.node.read(range);
@@ -160,13 +173,19 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(pb::ScanResponse {
             pairs: pairs
                 .into_iter()
-                .map(|(k, v)| pb::Pair { key: text(&k), value: v })
+                .map(|(k, v)| pb::Pair {
+                    key: text(&k),
+                    value: v,
+                })
                 .collect(),
             next,
         }))
     }
 
-    async fn dump(&self, request: Request<pb::DumpRequest>) -> Result<Response<pb::DumpResponse>, Status> {
+    async fn dump(
+        &self,
+        request: Request<pb::DumpRequest>,
+    ) -> Result<Response<pb::DumpResponse>, Status> {
         let range = range_id(request.into_inner().range_ident)?;
         let span = self.held_span(range)?;
         let (pairs, more) = self
@@ -182,7 +201,10 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(pb::DumpResponse {
             pairs: pairs
                 .into_iter()
-                .map(|(k, v)| pb::Pair { key: text(&k), value: v })
+                .map(|(k, v)| pb::Pair {
+                    key: text(&k),
+                    value: v,
+                })
                 .collect(),
         }))
     }
@@ -242,7 +264,10 @@ impl pb::kv_server::Kv for KvService {
 
     type DeltaStream = DeltaStream;
 
-    async fn delta(&self, request: Request<pb::DeltaRequest>) -> Result<Response<Self::DeltaStream>, Status> {
+    async fn delta(
+        &self,
+        request: Request<pb::DeltaRequest>,
+    ) -> Result<Response<Self::DeltaStream>, Status> {
         let transfer = request.into_inner().transfer;
         let (source, _span, keys) = self.node.trackers().changes(transfer).ok_or_else(|| {
             Status::not_found(format!(

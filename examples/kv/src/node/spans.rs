@@ -45,7 +45,9 @@ impl Span {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.end.as_deref().is_some_and(|e| e <= self.start.as_slice())
+        self.end
+            .as_deref()
+            .is_some_and(|e| e <= self.start.as_slice())
     }
 
     /// Whether `self` lies entirely within `outer`.
@@ -115,7 +117,10 @@ mod tests {
 
     #[test]
     fn intersections() {
-        assert_eq!(s("a", Some("m")).intersect(&s("k", None)), Some(s("k", Some("m"))));
+        assert_eq!(
+            s("a", Some("m")).intersect(&s("k", None)),
+            Some(s("k", Some("m")))
+        );
         assert_eq!(s("a", Some("k")).intersect(&s("k", None)), None);
         assert_eq!(s("", None).intersect(&s("", None)), Some(s("", None)));
     }
@@ -130,6 +135,9 @@ mod tests {
             vec![s("", Some("a")), s("b", Some("c")), s("e", None)]
         );
         assert_eq!(s("a", Some("z")).subtract(&[s("", None)]), vec![]);
-        assert_eq!(s("a", Some("z")).subtract(&[s("m", None)]), vec![s("a", Some("m"))]);
+        assert_eq!(
+            s("a", Some("z")).subtract(&[s("m", None)]),
+            vec![s("a", Some("m"))]
+        );
     }
 }

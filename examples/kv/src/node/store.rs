@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use ranger_node_sdk::{StateStore, StateStoreError, StoredRange};
 use ranger_proto::RangeId;
-use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+};
 use serde::{Deserialize, Serialize};
 
 use super::spans::Span;
@@ -70,6 +72,9 @@ impl PairChecksum {
     }
 }
 
+/// A key and its value, as stored.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// One RocksDB per node.
 #[derive(Debug)]
 pub struct Store {
@@ -128,7 +133,7 @@ impl Store {
         &self,
         span: &Span,
         limit: usize,
-    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>), StoreError> {
+    ) -> Result<(Vec<Pair>, Option<Vec<u8>>), StoreError> {
         let mut pairs = Vec::new();
         let iter = self.db.iterator_opt(
             IteratorMode::From(&span.start, rocksdb::Direction::Forward),
@@ -154,7 +159,7 @@ impl Store {
         span: &Span,
         chunk_bytes: usize,
         before_snapshot: impl FnOnce(),
-        mut emit: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> bool,
+        mut emit: impl FnMut(Vec<Pair>) -> bool,
     ) -> Result<PairChecksum, StoreError> {
         before_snapshot();
         let snapshot = self.db.snapshot();
@@ -268,7 +273,7 @@ impl Store {
             .map_err(rocks("delete bookkeeping"))
     }
 
-    fn scan_meta(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_meta(&self, prefix: &[u8]) -> Result<Vec<Pair>, StoreError> {
         let iter = self.db.iterator_cf(
             self.ranger_cf()?,
             IteratorMode::From(prefix, rocksdb::Direction::Forward),
@@ -306,7 +311,11 @@ impl Store {
         }
     }
 
-    pub fn set_pending(&self, range: RangeId, pending: &[PendingTransfer]) -> Result<(), StoreError> {
+    pub fn set_pending(
+        &self,
+        range: RangeId,
+        pending: &[PendingTransfer],
+    ) -> Result<(), StoreError> {
         let key = Self::key(PENDING_PREFIX, range);
         if pending.is_empty() {
             return self.delete_meta(&key);
@@ -354,7 +363,8 @@ impl StateStore for RangeStates {
     }
 
     fn put(&self, range: &StoredRange) -> Result<(), StateStoreError> {
-        let bytes = serde_json::to_vec(range).map_err(|e| StateStoreError::Backend(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(range).map_err(|e| StateStoreError::Backend(e.to_string()))?;
         self.0
             .put_meta(&Store::key(RANGE_PREFIX, range.meta.id()), &bytes)
             .map_err(state_error)

@@ -36,7 +36,9 @@ pub enum TransferError {
     Truncated { addr: String },
     #[error("source {addr} sent key {key:?} outside the requested span")]
     OutOfSpan { addr: String, key: String },
-    #[error("verification failed from {addr}: got {got_pairs} pairs (checksum {got_sum:x}), source sent {want_pairs} (checksum {want_sum:x})")]
+    #[error(
+        "verification failed from {addr}: got {got_pairs} pairs (checksum {got_sum:x}), source sent {want_pairs} (checksum {want_sum:x})"
+    )]
     Mismatch {
         addr: String,
         got_pairs: u64,
@@ -141,15 +143,25 @@ impl Trackers {
     }
 }
 
+/// What a snapshot copy brought in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotCopied {
+    /// The source's transfer id, to ask for the delta.
+    pub transfer: u64,
+    /// Pairs written.
+    pub pairs: u64,
+    /// Key and value bytes written.
+    pub bytes: u64,
+}
+
 /// Fetches a snapshot of `span` of `source_range` from `addr` into `store`.
-/// Returns the source's transfer id, for the delta.
 pub async fn fetch_snapshot(
     client: &mut KvClient<Channel>,
     addr: &str,
     store: &Store,
     source_range: RangeId,
     span: &Span,
-) -> Result<u64, TransferError> {
+) -> Result<SnapshotCopied, TransferError> {
     let rpc = |status| TransferError::Rpc {
         addr: addr.to_owned(),
         status,
@@ -164,9 +176,11 @@ pub async fn fetch_snapshot(
         .map_err(rpc)?
         .into_inner();
     let mut checksum = PairChecksum::default();
+    let mut bytes = 0u64;
     while let Some(chunk) = stream.message().await.map_err(rpc)? {
         let mut batch = WriteBatch::default();
         for pair in &chunk.pairs {
+            bytes += (pair.key.len() + pair.value.len()) as u64;
             if !span.contains(&pair.key) {
                 return Err(TransferError::OutOfSpan {
                     addr: addr.to_owned(),
@@ -187,7 +201,11 @@ pub async fn fetch_snapshot(
                     want_sum: chunk.checksum,
                 });
             }
-            return Ok(chunk.transfer);
+            return Ok(SnapshotCopied {
+                transfer: chunk.transfer,
+                pairs: checksum.count(),
+                bytes,
+            });
         }
     }
     Err(TransferError::Truncated {

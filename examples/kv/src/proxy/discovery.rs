@@ -125,6 +125,49 @@ async fn poll_controller(proxy: Proxy, mut client: DebugClient<Channel>, config:
     }
 }
 
+/// Follows the passing instances of a service in Consul's catalog (nodes register
+/// themselves there with a gRPC health check); dropping this handle stops it.
+///
+/// Like the controller poll, it keeps the last known nodes while Consul is
+/// unreachable: the nodes' own `Ranges` streams keep the routing table right.
+#[derive(Debug)]
+pub struct ConsulNodes {
+    /// Holds the blocking-query task alive.
+    _watch: ranger_consul::ServiceWatch,
+    task: JoinHandle<()>,
+}
+
+impl ConsulNodes {
+    pub(crate) fn spawn(proxy: Proxy, client: ranger_consul::Client, service: &str) -> Self {
+        let (mut instances, watch) = ranger_consul::watch_service(client, service);
+        let service = service.to_owned();
+        let task = tokio::spawn(async move {
+            loop {
+                let nodes: BTreeSet<String> = instances
+                    .borrow_and_update()
+                    .iter()
+                    .map(ranger_consul::ServiceInstance::addr)
+                    .collect();
+                tracing::info!(%service, nodes = ?nodes, "node list from Consul");
+                proxy.set_nodes(nodes);
+                if instances.changed().await.is_err() {
+                    return; // The watch stopped: the handle was dropped.
+                }
+            }
+        });
+        ConsulNodes {
+            _watch: watch,
+            task,
+        }
+    }
+}
+
+impl Drop for ConsulNodes {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Node addresses are `host:port`; tolerate a controller that reports a URL.
 fn strip_scheme(addr: &str) -> &str {
     let addr = addr.trim();

@@ -6,8 +6,9 @@
 //! range is being handed off (or its node is down), waits for the table to move and
 //! retries within a per-request deadline, so that clients see latency, not errors.
 //!
-//! Which nodes exist comes either from the controller ([`Proxy::follow_controller`],
-//! polling `ranger.Debug/NodesList`) or from a fixed list ([`Proxy::set_nodes`]).
+//! Which nodes exist comes from the controller ([`Proxy::follow_controller`],
+//! polling `ranger.Debug/NodesList`), from Consul's catalog
+//! ([`Proxy::follow_consul`]), or from a fixed list ([`Proxy::set_nodes`]).
 //!
 //! - [`error`]: what can go wrong, typed.
 //! - [`retry`]: the retry policy and which node answers are worth retrying.
@@ -29,7 +30,7 @@ use std::time::Duration;
 use ranger_node_sdk::{RoutingConfig, RoutingTable};
 use ranger_proto::pb::kv::kv_server::KvServer;
 
-pub use discovery::{ControllerConfig, NodeDiscovery, parse_node_list};
+pub use discovery::{ConsulNodes, ControllerConfig, NodeDiscovery, parse_node_list};
 pub use error::ProxyError;
 pub use retry::RetryPolicy;
 pub use service::ProxyService;
@@ -95,6 +96,12 @@ impl Proxy {
     /// unreachable controller is logged and retried, keeping the last known nodes.
     pub fn follow_controller(&self, config: ControllerConfig) -> Result<NodeDiscovery, ProxyError> {
         NodeDiscovery::spawn(self.clone(), config)
+    }
+
+    /// Follows the nodes registered in Consul under `service` (passing health
+    /// checks only), until the returned handle is dropped.
+    pub fn follow_consul(&self, client: ranger_consul::Client, service: &str) -> ConsulNodes {
+        ConsulNodes::spawn(self.clone(), client, service)
     }
 
     /// The routing table, for inspection (which node serves what, as last seen).

@@ -1,0 +1,201 @@
+//! How long a controller restart spends reading the keyspace from Consul
+//! (DESIGN.md §10: restart or failover to serving < 2 s at 100k ranges).
+//!
+//! Starts a real `consul agent -dev` (from `bin/consul`), saves N ranges (each
+//! with one Active placement, as in `bench_reconcile`) through a fenced
+//! `ConsulPersister` in one change set, then, several times, does what a
+//! restarted controller does with its store: a new persister, `load()` (one
+//! recursive listing of the prefix, decoded and checked), and
+//! `Keyspace::from_records` (full validation). Prints min / median / max, with
+//! the time of the bare listing (Consul's answer, fetched and parsed by the
+//! client) beside it, to show how much of a load is Consul's.
+//!
+//! Run (release build, figures are meaningless in debug):
+//!
+//! ```text
+//! export CARGO_TARGET_DIR=$HOME/.cache/ranger/target
+//! cargo run --release -p ranger-controller --example bench_consul_load
+//! cargo run --release -p ranger-controller --example bench_consul_load -- --ranges 300000 --runs 5
+//! ```
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
+use ranger_consul::test_agent::TestAgent;
+use ranger_consul::{Client, ClientConfig, PutOptions, SessionRequest};
+use ranger_controller::keyspace::{
+    ChangeSet, Counters, Keyspace, Placement, RECORD_VERSION, RangeRecord,
+};
+use ranger_controller::persist::{ConsulPersister, DEFAULT_CONSUL_PREFIX, Fence, Persister};
+use ranger_proto::{Key, PlacementState, RangeId, RangeState};
+
+#[derive(Parser, Debug)]
+#[command(about = "Measures loading the keyspace from a real Consul agent")]
+struct Args {
+    /// Ranges in the keyspace.
+    #[arg(long, default_value_t = 100_000)]
+    ranges: u64,
+    /// Loads to time.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Simulated nodes the placements are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    nodes: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(
+        args.ranges > 0 && args.runs > 0 && args.nodes > 0,
+        "--ranges, --runs and --nodes must be > 0"
+    );
+    if cfg!(debug_assertions) {
+        println!("WARNING: debug build; use --release for figures\n");
+    }
+    let agent = TestAgent::start()
+        .await
+        .context("starting a consul agent")?;
+    // A listing of many ranges is one large answer: allow it time.
+    let client = Client::new(
+        ClientConfig::new(agent.address()).with_request_timeout(Duration::from_secs(300)),
+    )?;
+    let fence = lead(&client).await?;
+
+    let changes = synthetic(args.ranges, args.nodes)?;
+    let persister = ConsulPersister::new(client.clone(), DEFAULT_CONSUL_PREFIX, Some(fence))?;
+    let started = Instant::now();
+    persister.save(&changes).await?;
+    let save = started.elapsed();
+    println!(
+        "saved {} ranges in one change set: {:.2} s ({:.0} records/s)",
+        args.ranges,
+        save.as_secs_f64(),
+        args.ranges as f64 / save.as_secs_f64()
+    );
+
+    let mut lists = Vec::new();
+    let mut loads = Vec::new();
+    let mut restarts = Vec::new();
+    for run in 0..args.runs {
+        // Consul's share: the listing alone, fetched and parsed by the client.
+        let started = Instant::now();
+        let listed = client
+            .kv_list(DEFAULT_CONSUL_PREFIX, Default::default())
+            .await?
+            .value
+            .len();
+        let list = started.elapsed();
+        ensure!(listed as u64 > args.ranges, "listed only {listed} keys");
+
+        let restarted = ConsulPersister::new(
+            client.clone(),
+            persister.prefix(),
+            persister.fence().cloned(),
+        )?;
+        let started = Instant::now();
+        let (counters, records) = restarted.load().await?.context("nothing stored")?;
+        let load = started.elapsed();
+        ensure!(
+            records.len() as u64 == args.ranges,
+            "loaded {} records",
+            records.len()
+        );
+        let keyspace = Keyspace::from_records(counters, records)?;
+        let restart = started.elapsed();
+        ensure!(keyspace.current_len() as u64 == args.ranges);
+        println!(
+            "run {run}: raw listing {:.0} ms, load {:.0} ms, load + Keyspace::from_records {:.0} ms",
+            ms(list),
+            ms(load),
+            ms(restart)
+        );
+        lists.push(ms(list));
+        loads.push(ms(load));
+        restarts.push(ms(restart));
+    }
+    println!();
+    println!("min / median / max of {} runs:", args.runs);
+    println!("| ranges | raw listing | load | load + from_records (restart) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} |",
+        args.ranges,
+        summary(&mut lists),
+        summary(&mut loads),
+        summary(&mut restarts)
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn summary(values: &mut [f64]) -> String {
+    values.sort_by(f64::total_cmp);
+    format!(
+        "{:.0} / {:.0} / {:.0} ms",
+        values[0],
+        values[values.len() / 2],
+        values[values.len() - 1]
+    )
+}
+
+/// Takes the leader lock, as an elected controller would, so that the saves
+/// are fenced as in production.
+async fn lead(client: &Client) -> Result<Fence> {
+    const LEADER_KEY: &str = "ranger/leader";
+    let session = client.session_create(&SessionRequest::default()).await?;
+    ensure!(
+        client
+            .kv_put(LEADER_KEY, b"bench", &PutOptions::acquire(&session))
+            .await?,
+        "could not take the leader lock"
+    );
+    Ok(Fence {
+        leader_key: LEADER_KEY.into(),
+        session_id: session,
+    })
+}
+
+/// `n` ranges tiling the keyspace, range `i` with one Active placement on node
+/// `n{i % nodes}`.
+fn synthetic(n: u64, nodes: u64) -> Result<ChangeSet> {
+    let key = |i: u64| Key::from(format!("k{i:010}"));
+    let upserts = (1..=n)
+        .map(|i| {
+            Ok(RangeRecord {
+                v: RECORD_VERSION,
+                id: RangeId::new(i)?,
+                start: if i == 1 { Key::empty() } else { key(i) },
+                end: if i == n { Key::empty() } else { key(i + 1) },
+                state: RangeState::Active,
+                parents: vec![],
+                children: vec![],
+                ever_activated: true,
+                placements: vec![active_placement(i, i % nodes)?],
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(ChangeSet {
+        counters: Counters {
+            next_range_id: n + 1,
+            next_placement_id: n + 1,
+        },
+        upserts,
+    })
+}
+
+/// An Active placement, made from its persisted (serde) form as a load makes
+/// it: its fields belong to the keyspace.
+fn active_placement(id: u64, node: u64) -> Result<Placement> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "id": id,
+        "node": format!("n{node}"),
+        "state": PlacementState::Active,
+        "replaces": null,
+        "retiring": false,
+    }))?)
+}

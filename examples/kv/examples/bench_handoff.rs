@@ -1,0 +1,265 @@
+//! Moving a large range under load (DESIGN.md §10): the bulk transfer rate
+//! against a raw local copy of the same bytes, and how long writes were
+//! unavailable, which must not grow with the range's size.
+//!
+//! Two KV nodes, the controller (gRPC, in-process runtime) and the proxy run on
+//! 127.0.0.1. The only range is filled with `SIZE` MB of incompressible values,
+//! then moved back and forth `MOVES` times while a hammer writes through the
+//! proxy. A write that arrives while the range is frozen waits in the proxy, so
+//! the longest write of a move is that move's write-unavailable window.
+//!
+//! Run: `cargo run --release -p ranger-kv --example bench_handoff -- [SIZES_MB] [MOVES]`
+//! e.g. `-- 100,1000 5`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::RngCore;
+use ranger_controller::bootstrap::load_keyspace;
+use ranger_controller::config::OrchestratorConfig;
+use ranger_controller::orchestrator::Engine;
+use ranger_controller::persist::MemoryPersister;
+use ranger_controller::runtime::{self, ControllerHandle, OpRequest, RuntimeConfig};
+use ranger_controller::transport::GrpcTransport;
+use ranger_kv::hammer::{self, HammerConfig, OpMix};
+use ranger_kv::node::KvNodeConfig;
+use ranger_kv::node::server::NodeServer;
+use ranger_kv::node::store::Store;
+use ranger_kv::proxy::{Proxy, ProxyConfig};
+use ranger_proto::{NodeId, PlacementState, RangeId};
+use rocksdb::WriteBatch;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+const VALUE_SIZE: usize = 1000;
+const BATCH_PAIRS: usize = 1000;
+
+/// Where the only range is Active, once it has exactly one placement.
+async fn settled_holder(handle: &ControllerHandle) -> anyhow::Result<NodeId> {
+    let range = RangeId::FIRST;
+    let began = Instant::now();
+    loop {
+        let placements = handle
+            .inspect(move |e| {
+                e.keyspace()
+                    .range(range)
+                    .map(|r| {
+                        r.placements()
+                            .iter()
+                            .map(|p| (p.node().clone(), p.state()))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .await?;
+        if let [(node, PlacementState::Active)] = placements.as_slice() {
+            return Ok(node.clone());
+        }
+        anyhow::ensure!(
+            began.elapsed() < Duration::from_secs(600),
+            "range 1 did not settle: {placements:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Adds pairs `from..to` (keys `d0000000042`, random 1000-byte values) straight
+/// into a node's RocksDB, as a bulk import would.
+fn load(store: &Store, from: usize, to: usize) -> anyhow::Result<()> {
+    let mut rng = rand::rng();
+    let mut value = vec![0u8; VALUE_SIZE];
+    for chunk_start in (from..to).step_by(BATCH_PAIRS) {
+        let mut batch = WriteBatch::default();
+        for n in chunk_start..(chunk_start + BATCH_PAIRS).min(to) {
+            rng.fill_bytes(&mut value);
+            batch.put(format!("d{n:010}"), &value);
+        }
+        store.write(batch)?;
+    }
+    Ok(())
+}
+
+/// Copies every file of `from` into `to`; returns the bytes and the time taken.
+fn raw_copy(from: &Path, to: &Path) -> anyhow::Result<(u64, Duration)> {
+    let began = Instant::now();
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            bytes += std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok((bytes, began.elapsed()))
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    sorted[(rank - 1).min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt::init();
+    }
+    let mut args = std::env::args().skip(1);
+    let sizes: Vec<usize> = args
+        .next()
+        .unwrap_or_else(|| "100,1000".into())
+        .split(',')
+        .map(|s| s.parse().context("sizes are MB, comma-separated"))
+        .collect::<anyhow::Result<_>>()?;
+    let moves: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3);
+
+    let mut nodes = BTreeMap::new();
+    let mut dirs = Vec::new();
+    for name in ["a", "b"] {
+        let dir = tempfile::tempdir()?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let server = NodeServer::start(dir.path(), listener, KvNodeConfig::new("")).await?;
+        nodes.insert(NodeId::new(name)?, server);
+        dirs.push(dir);
+    }
+    let membership = nodes
+        .iter()
+        .map(|(id, server)| (id.clone(), server.addr.to_string()))
+        .collect();
+    let (_membership_tx, membership) = tokio::sync::watch::channel(membership);
+    let persister = MemoryPersister::new();
+    let engine = Engine::new(
+        load_keyspace(&persister).await?,
+        OrchestratorConfig::default(),
+        tokio::time::Instant::now(),
+    );
+    let (handle, _controller) = runtime::spawn(
+        engine,
+        persister,
+        Arc::new(GrpcTransport::new()),
+        membership,
+        RuntimeConfig::default(),
+        std::future::pending(),
+    );
+    let proxy = Proxy::new(ProxyConfig::default());
+    proxy.set_nodes(nodes.values().map(|s| s.addr.to_string()));
+    let proxy_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let proxy_addr = proxy_listener.local_addr()?.to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proxy.service())
+            .serve_with_incoming(TcpListenerStream::new(proxy_listener)),
+    );
+    let mut holder = settled_holder(&handle).await?;
+    while !handle
+        .inspect(|e| e.roster().nodes().all(|n| n.last_ok.is_some()))
+        .await?
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    println!(
+        "move of range 1 under a hammer through the proxy (4 workers, 10 hot keys each, 100-byte values); {VALUE_SIZE}-byte incompressible values in bulk"
+    );
+    println!(
+        "{:>7} {:>6} {:>10} {:>10} {:>9} {:>14} {:>14} {:>14} {:>7}",
+        "size",
+        "moves",
+        "xfer MB/s",
+        "raw MB/s",
+        "ratio",
+        "window p50 ms",
+        "window p99 ms",
+        "window max ms",
+        "errors"
+    );
+    let mut loaded = 0;
+    for size_mb in sizes {
+        let pairs = size_mb * 1_000_000 / VALUE_SIZE;
+        if pairs > loaded {
+            let store = nodes[&holder].store().clone();
+            let (from, to) = (loaded, pairs);
+            tokio::task::spawn_blocking(move || load(&store, from, to))
+                .await
+                .context("loading")??;
+            loaded = pairs;
+        }
+        let mut rates = Vec::new();
+        let mut windows = Vec::new();
+        let mut errors = 0;
+        let mut raw_rates = Vec::new();
+        for _ in 0..moves {
+            // The raw copy: the source's database files, as they are on disk now.
+            let source_dir = dirs[if holder.as_str() == "a" { 0 } else { 1 }].path();
+            let copy_dir = tempfile::tempdir()?;
+            let (source, target) = (source_dir.to_owned(), copy_dir.path().to_owned());
+            let (raw_bytes, raw_time) =
+                tokio::task::spawn_blocking(move || raw_copy(&source, &target)).await??;
+            raw_rates.push(raw_bytes as f64 / 1e6 / raw_time.as_secs_f64());
+            drop(copy_dir);
+
+            let to = nodes
+                .keys()
+                .find(|id| **id != holder)
+                .cloned()
+                .context("two nodes")?;
+            let mut config = HammerConfig::new(proxy_addr.clone());
+            config.workers = 4;
+            config.keys_per_worker = 10;
+            config.value_size = 100;
+            config.duration = Duration::ZERO;
+            config.mix = OpMix::new(5, 25, 70, 0)?;
+            config.request_timeout = Duration::from_secs(30);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let load = tokio::spawn(hammer::run(config, stopped));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            handle
+                .run(OpRequest::Move {
+                    range: RangeId::FIRST,
+                    node: Some(to.clone()),
+                })
+                .await?;
+            holder = settled_holder(&handle).await?;
+            anyhow::ensure!(holder == to, "the range ended on {holder}, not {to}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = stop.send(());
+            let report = load.await??;
+            anyhow::ensure!(report.passed(), "the hammer lost writes: {report}");
+            errors += report.errors.values().sum::<u64>();
+            let l = &report.latency;
+            windows.push(l.update.max_ms.max(l.create.max_ms));
+            let record = nodes[&to]
+                .node
+                .recent_transfers()
+                .pop()
+                .context("the destination recorded no transfer")?;
+            rates.push(record.megabytes_per_second());
+        }
+        windows.sort_by(f64::total_cmp);
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (rate, raw) = (median(&mut rates), median(&mut raw_rates));
+        println!(
+            "{:>5}MB {:>6} {:>10.1} {:>10.1} {:>8.0}% {:>14.1} {:>14.1} {:>14.1} {:>7}",
+            size_mb,
+            moves,
+            rate,
+            raw,
+            100.0 * rate / raw,
+            percentile(&windows, 0.5),
+            percentile(&windows, 0.99),
+            windows[windows.len() - 1],
+            errors
+        );
+    }
+    println!(
+        "xfer: the snapshot copy (bytes of keys and values / time, median of the moves); raw: copying the source's RocksDB files (median)"
+    );
+    println!(
+        "window: per move, the longest write through the proxy (a write arriving when the range froze waits until it is served again)"
+    );
+    Ok(())
+}

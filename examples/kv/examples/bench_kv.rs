@@ -1,0 +1,220 @@
+//! What each layer costs: Get/Put throughput and latency of the same workload
+//! (same workers, keys, values and mix) run three ways, side by side in one run:
+//!
+//! 1. hammer -> proxy -> node (gRPC twice),
+//! 2. hammer -> node (gRPC once),
+//! 3. RocksDB in-process (the node's `Store`, no network), one thread per worker.
+//!
+//! Prints each path's figures and the ratios between them.
+//!
+//! Run: `cargo run --release -p ranger-kv --example bench_kv -- [SECONDS] [WORKERS]`
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::Rng;
+use rand::SeedableRng;
+use ranger_kv::hammer::{self, HammerConfig, Histogram, OpKind, OpMix};
+use ranger_kv::node::KvNodeConfig;
+use ranger_kv::node::server::NodeServer;
+use ranger_kv::node::store::Store;
+use ranger_kv::proxy::{Proxy, ProxyConfig};
+use ranger_proto::{Key, RangeId, RangeMeta};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+const VALUE_SIZE: usize = 100;
+const KEYS_PER_WORKER: usize = 1000;
+
+/// One path's outcome.
+struct Figures {
+    ops_per_sec: f64,
+    get_p50_ms: f64,
+    get_p99_ms: f64,
+    put_p50_ms: f64,
+    put_p99_ms: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mix() -> anyhow::Result<OpMix> {
+    // Half reads, half writes (creates of absent keys, updates of present ones).
+    Ok(OpMix::new(10, 50, 40, 0)?)
+}
+
+async fn hammer(target: String, seconds: u64, workers: usize) -> anyhow::Result<Figures> {
+    let mut config = HammerConfig::new(target);
+    config.workers = workers;
+    config.keys_per_worker = KEYS_PER_WORKER;
+    config.duration = Duration::from_secs(seconds);
+    config.value_size = VALUE_SIZE;
+    config.mix = mix()?;
+    let report = hammer::run(config, std::future::pending::<()>()).await?;
+    anyhow::ensure!(
+        report.passed() && report.errors.is_empty(),
+        "the hammer saw problems: {report}"
+    );
+    let puts = [&report.latency.create, &report.latency.update];
+    // Updates dominate the writes; weight the two put kinds by their counts.
+    let weighted = |f: fn(&hammer::LatencySummary) -> f64| {
+        let total: u64 = puts.iter().map(|l| l.count).sum();
+        puts.iter().map(|l| f(l) * l.count as f64).sum::<f64>() / total.max(1) as f64
+    };
+    Ok(Figures {
+        ops_per_sec: report.throughput,
+        get_p50_ms: report.latency.read.p50_ms,
+        get_p99_ms: report.latency.read.p99_ms,
+        put_p50_ms: weighted(|l| l.p50_ms),
+        put_p99_ms: weighted(|l| l.p99_ms),
+    })
+}
+
+/// The same mix straight on RocksDB: `workers` threads, each on its own keys.
+fn in_process(store: &Store, seconds: u64, workers: usize) -> anyhow::Result<Figures> {
+    let mix = mix()?;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<(u64, Histogram, Histogram)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|worker| {
+                scope.spawn(move || {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(worker as u64);
+                    let (mut gets, mut puts) = (Histogram::default(), Histogram::default());
+                    let mut ops = 0u64;
+                    let mut seq = 0u64;
+                    while Instant::now() < until {
+                        let n = rng.random_range(0..KEYS_PER_WORKER);
+                        let key = format!("h{worker}-{n:06}");
+                        let began = Instant::now();
+                        match mix.pick(rng.random_range(0..100)) {
+                            OpKind::Read => {
+                                store.get(key.as_bytes())?;
+                                gets.record(began.elapsed());
+                            }
+                            _ => {
+                                seq += 1;
+                                let value = hammer::value::encode(&key, seq, VALUE_SIZE);
+                                store.put(key.as_bytes(), &value)?;
+                                puts.record(began.elapsed());
+                            }
+                        }
+                        ops += 1;
+                    }
+                    Ok((ops, gets, puts))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?
+            })
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    let (mut ops, mut gets, mut puts) = (0, Histogram::default(), Histogram::default());
+    for result in results {
+        let (n, g, p) = result?;
+        ops += n;
+        gets.merge(&g);
+        puts.merge(&p);
+    }
+    Ok(Figures {
+        ops_per_sec: ops as f64 / elapsed.as_secs_f64(),
+        get_p50_ms: ms(gets.quantile(0.5)),
+        get_p99_ms: ms(gets.quantile(0.99)),
+        put_p50_ms: ms(puts.quantile(0.5)),
+        put_p99_ms: ms(puts.quantile(0.99)),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt::init();
+    }
+    let mut args = std::env::args().skip(1);
+    let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let workers: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(8);
+
+    // One node owning the whole keyspace (no controller: the range is placed by
+    // hand, as a controller would).
+    let dir = tempfile::tempdir()?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let node = NodeServer::start(dir.path(), listener, KvNodeConfig::new("")).await?;
+    let everything = RangeMeta::new(RangeId::FIRST, Key::from(""), Key::from(""))?;
+    node.rangelet.prepare(everything, vec![]).await?;
+    node.rangelet.activate(RangeId::FIRST).await?;
+
+    let proxy = Proxy::new(ProxyConfig::default());
+    proxy.set_nodes([node.addr.to_string()]);
+    let proxy_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let proxy_addr = proxy_listener.local_addr()?.to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proxy.service())
+            .serve_with_incoming(TcpListenerStream::new(proxy_listener)),
+    );
+    // The proxy learns the node's ranges from its stream.
+    let ready = Instant::now();
+    while proxy.routing().active_route(b"h0").is_none() {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(10),
+            "the proxy never saw the node's range"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    println!(
+        "Get/Put, {workers} workers, {KEYS_PER_WORKER} keys each, {VALUE_SIZE}-byte values, 50% reads, {seconds} s per path"
+    );
+    let mut figures = BTreeMap::new();
+    figures.insert(
+        "2 direct",
+        hammer(node.addr.to_string(), seconds, workers).await?,
+    );
+    figures.insert("1 proxy", hammer(proxy_addr, seconds, workers).await?);
+    let store = node.store().clone();
+    let in_proc = tokio::task::spawn_blocking(move || in_process(&store, seconds, workers))
+        .await
+        .context("in-process run")??;
+    figures.insert("3 in-process", in_proc);
+
+    println!(
+        "{:<14} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "path", "ops/s", "get p50", "get p99", "put p50", "put p99"
+    );
+    for (name, f) in &figures {
+        println!(
+            "{:<14} {:>10.0} {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>8.3}ms",
+            &name[2..],
+            f.ops_per_sec,
+            f.get_p50_ms,
+            f.get_p99_ms,
+            f.put_p50_ms,
+            f.put_p99_ms
+        );
+    }
+    let (proxy, direct, local) = (
+        &figures["1 proxy"],
+        &figures["2 direct"],
+        &figures["3 in-process"],
+    );
+    println!(
+        "throughput ratios: proxy/direct {:.2}, direct/in-process {:.3}, proxy/in-process {:.3}",
+        proxy.ops_per_sec / direct.ops_per_sec,
+        direct.ops_per_sec / local.ops_per_sec,
+        proxy.ops_per_sec / local.ops_per_sec
+    );
+    println!(
+        "p99 ratios (get, put): proxy/direct {:.2}, {:.2}",
+        proxy.get_p99_ms / direct.get_p99_ms,
+        proxy.put_p99_ms / direct.put_p99_ms
+    );
+    node.shutdown().await?;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Serving a KV node: the one place that wires the RocksDB store, the callbacks,
+//! the rangelet and the gRPC services together, so that the binary, the tests and
+//! the benchmarks run exactly the same node.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use ranger_node_sdk::{Rangelet, RangeletConfig, StateStoreError, node_router};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::service::KvService;
+use super::store::{RangeStates, Store, StoreError};
+use super::{KvNode, KvNodeConfig};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("opening the node's RocksDB: {0}")]
+    Store(#[from] StoreError),
+    #[error("restoring the node's range states: {0}")]
+    Restore(#[from] StateStoreError),
+    #[error("reading the listener's address: {0}")]
+    Listener(#[from] std::io::Error),
+    #[error("serving: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("the server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A running KV node: `ranger.Node`, `kv.KV` and gRPC health on one listener.
+#[derive(Debug)]
+pub struct NodeServer {
+    /// Where the node listens.
+    pub addr: SocketAddr,
+    /// The storage side (callbacks, transfers), for inspection.
+    pub node: KvNode,
+    /// The node's range states; [`Rangelet::shutdown`] stops the server.
+    pub rangelet: Rangelet<KvNode>,
+    store: Arc<Store>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl NodeServer {
+    /// Opens the database under `data` (creating it), restores the ranges it
+    /// held, and serves on `listener` until [`NodeServer::shutdown`].
+    ///
+    /// `config.self_addr` must be the address peers reach this node at; when it
+    /// is empty the listener's address is used.
+    pub async fn start(
+        data: &Path,
+        listener: TcpListener,
+        mut config: KvNodeConfig,
+    ) -> Result<NodeServer, ServeError> {
+        let addr = listener.local_addr()?;
+        if config.self_addr.is_empty() {
+            config.self_addr = addr.to_string();
+        }
+        let store = Store::open(data)?;
+        let node = KvNode::open(Arc::clone(&store), config)?;
+        let rangelet = Rangelet::open(
+            node.clone(),
+            RangeStates(Arc::clone(&store)),
+            RangeletConfig::default(),
+        )
+        .await?;
+        let router = node_router(&rangelet)
+            .await
+            .add_service(KvService::new(node.clone(), rangelet.clone()).into_server());
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            rangelet.shutdown_signal(),
+        ));
+        Ok(NodeServer {
+            addr,
+            node,
+            rangelet,
+            store,
+            server,
+        })
+    }
+
+    /// The node's database, e.g. to load data in bulk before a benchmark.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Stops serving (health turns NOT_SERVING first) and waits for the server.
+    /// The database closes once every handle to it is gone.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.rangelet.shutdown();
+        Ok(self.server.await??)
+    }
+}

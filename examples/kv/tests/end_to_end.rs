@@ -1,0 +1,240 @@
+//! The whole system in one process, over real gRPC on 127.0.0.1: the controller
+//! (runtime, gRPC transport), three KV nodes on RocksDB, and the proxy. A hammer
+//! runs through the proxy while ranges are moved, split and joined; it must see
+//! no lost write, no stale or unexpected read, and no error at all.
+
+// Tests fail by panicking: unwrapping is the point.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ranger_controller::bootstrap::load_keyspace;
+use ranger_controller::config::OrchestratorConfig;
+use ranger_controller::orchestrator::Engine;
+use ranger_controller::persist::MemoryPersister;
+use ranger_controller::runtime::{self, ControllerHandle, OpRequest, RuntimeConfig};
+use ranger_controller::transport::GrpcTransport;
+use ranger_kv::hammer::{self, HammerConfig, OpMix};
+use ranger_kv::node::KvNodeConfig;
+use ranger_kv::node::server::NodeServer;
+use ranger_kv::proxy::{Proxy, ProxyConfig};
+use ranger_proto::{Key, NodeId, PlacementState, RangeId};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// A KV node served on 127.0.0.1; its data lives as long as `_dir`.
+struct ServedNode {
+    id: NodeId,
+    addr: String,
+    _server: NodeServer,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve_node(name: &str) -> ServedNode {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = NodeServer::start(dir.path(), listener, KvNodeConfig::new(""))
+        .await
+        .unwrap();
+    ServedNode {
+        id: NodeId::new(name).unwrap(),
+        addr: server.addr.to_string(),
+        _server: server,
+        _dir: dir,
+    }
+}
+
+async fn serve_proxy(nodes: &[ServedNode]) -> String {
+    let proxy = Proxy::new(ProxyConfig::default());
+    proxy.set_nodes(nodes.iter().map(|n| n.addr.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let router = tonic::transport::Server::builder().add_service(proxy.service());
+    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+    addr
+}
+
+/// The current (non-obsolete) ranges and where each is Active.
+async fn tiling(handle: &ControllerHandle) -> Vec<(RangeId, Vec<NodeId>)> {
+    handle
+        .inspect(|engine| {
+            engine
+                .keyspace()
+                .current_ranges()
+                .map(|range| {
+                    let active = range
+                        .placements()
+                        .iter()
+                        .filter(|p| p.state() == PlacementState::Active)
+                        .map(|p| p.node().clone())
+                        .collect();
+                    (range.meta().id(), active)
+                })
+                .collect()
+        })
+        .await
+        .unwrap()
+}
+
+/// Waits until every current range is Active on exactly one node and no other
+/// placement remains (sources dropped).
+async fn settled(handle: &ControllerHandle) -> Vec<(RangeId, NodeId)> {
+    for _ in 0..1000 {
+        let placements_settled = handle
+            .inspect(|engine| {
+                engine.keyspace().current_ranges().all(|range| {
+                    range.placements().len() == 1
+                        && range.placements()[0].state() == PlacementState::Active
+                })
+            })
+            .await
+            .unwrap();
+        if placements_settled {
+            return tiling(handle)
+                .await
+                .into_iter()
+                .map(|(id, nodes)| (id, nodes[0].clone()))
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the cluster did not settle: {:?}", tiling(handle).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hammer_sees_no_error_and_no_lost_write_through_move_split_and_join() {
+    let nodes = vec![
+        serve_node("a").await,
+        serve_node("b").await,
+        serve_node("c").await,
+    ];
+    let membership: BTreeMap<NodeId, String> = nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.addr.clone()))
+        .collect();
+    let (_membership_tx, membership) = tokio::sync::watch::channel(membership);
+    let persister = MemoryPersister::new();
+    let engine = Engine::new(
+        load_keyspace(&persister).await.unwrap(),
+        OrchestratorConfig::default(),
+        tokio::time::Instant::now(),
+    );
+    let (handle, _controller) = runtime::spawn(
+        engine,
+        persister,
+        Arc::new(GrpcTransport::new()),
+        membership,
+        RuntimeConfig::default(),
+        std::future::pending(),
+    );
+    let initial = settled(&handle).await;
+    assert_eq!(initial.len(), 1, "one range to start with: {initial:?}");
+    // Every node must have answered a probe before it can be a destination.
+    while !handle
+        .inspect(|e| e.roster().nodes().all(|n| n.last_ok.is_some()))
+        .await
+        .unwrap()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let proxy = serve_proxy(&nodes).await;
+    let mut config = HammerConfig::new(proxy);
+    config.workers = 4;
+    config.keys_per_worker = 200;
+    config.duration = Duration::ZERO; // until told to stop
+    config.mix = OpMix::new(20, 40, 30, 10).unwrap();
+    config.request_timeout = Duration::from_secs(10);
+    let (stop_hammer, hammer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let hammer = tokio::spawn(hammer::run(config, hammer_stopped));
+    // Let the hammer fill the range before anything moves.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let other = |now: &NodeId| {
+        nodes
+            .iter()
+            .map(|n| n.id.clone())
+            .find(|id| id != now)
+            .unwrap()
+    };
+    let elsewhere = |now: &NodeId, besides: &NodeId| {
+        nodes
+            .iter()
+            .map(|n| n.id.clone())
+            .find(|id| id != now && id != besides)
+            .unwrap()
+    };
+
+    // Move the only range.
+    let (range, holder) = initial[0].clone();
+    let to = other(&holder);
+    handle
+        .run(OpRequest::Move {
+            range,
+            node: Some(to.clone()),
+        })
+        .await
+        .unwrap();
+    let after_move = settled(&handle).await;
+    assert_eq!(after_move, vec![(range, to.clone())]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Split it in the middle of the workers' keys (h0-..., h1-... | h2-..., h3-...).
+    handle
+        .run(OpRequest::Split {
+            range,
+            key: Key::from("h2"),
+            left: None,
+            right: None,
+        })
+        .await
+        .unwrap();
+    let halves = settled(&handle).await;
+    assert_eq!(halves.len(), 2, "two halves: {halves:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Move the right half away, so the join must bring data from two nodes.
+    let (right, right_holder) = halves[1].clone();
+    let (left, left_holder) = halves[0].clone();
+    let away = elsewhere(&right_holder, &left_holder);
+    handle
+        .run(OpRequest::Move {
+            range: right,
+            node: Some(away.clone()),
+        })
+        .await
+        .unwrap();
+    let moved = settled(&handle).await;
+    assert_eq!(moved[1], (right, away));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Join the halves back together.
+    handle
+        .run(OpRequest::Join {
+            left,
+            right,
+            node: None,
+        })
+        .await
+        .unwrap();
+    let joined = settled(&handle).await;
+    assert_eq!(joined.len(), 1, "one range again: {joined:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop_hammer.send(()).unwrap();
+    let report = hammer.await.unwrap().unwrap();
+    println!("{report}");
+    assert!(report.ok_ops > 500, "the hammer barely ran: {report}");
+    assert!(report.passed(), "{:?}", report.failure_reasons());
+    assert_eq!(report.lost, 0, "{report}");
+    assert_eq!(report.stale, 0, "{report}");
+    assert_eq!(report.unexpected, 0, "{report}");
+    assert!(
+        report.errors.is_empty(),
+        "clients saw errors: {:?}",
+        report.errors
+    );
+    assert_eq!(report.uncertain_writes, 0, "{report}");
+}
