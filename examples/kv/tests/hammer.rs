@@ -182,7 +182,7 @@ async fn hammer_binary(addr: SocketAddr) -> (i32, String) {
             "--keys",
             "20",
         ])
-        .args(["--duration-secs", "0.5", "--seed", "1"])
+        .args(["--duration", "0.5", "--seed", "1"])
         .output()
         .await
         .unwrap();

@@ -9,16 +9,13 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use ranger_kv::node::service::KvService;
-use ranger_kv::node::store::{RangeStates, Store};
+use ranger_kv::node::server::NodeServer;
 use ranger_kv::node::{KvNode, KvNodeConfig};
-use ranger_node_sdk::{Node, Rangelet, RangeletConfig, node_router};
+use ranger_node_sdk::Node;
 use ranger_proto::pb::kv as pb;
 use ranger_proto::pb::kv::kv_client::KvClient;
 use ranger_proto::{Key, Parent, ParentPlacement, PlacementState, RangeId, RangeMeta, RemoteState};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -30,41 +27,33 @@ fn meta(n: u64, start: &str, end: &str) -> RangeMeta {
     RangeMeta::new(id(n), Key::from(start), Key::from(end)).unwrap()
 }
 
-struct TestNode {
-    addr: SocketAddr,
-    node: KvNode,
-    rangelet: Rangelet<KvNode>,
-    server: JoinHandle<()>,
+/// A node under test: the real server (store, callbacks, rangelet, gRPC).
+struct TestNode(NodeServer);
+
+impl std::ops::Deref for TestNode {
+    type Target = NodeServer;
+    fn deref(&self) -> &NodeServer {
+        &self.0
+    }
 }
 
 impl TestNode {
     async fn start(dir: &Path, chunk_bytes: usize) -> TestNode {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(dir, listener, chunk_bytes).await
-    }
-
-    async fn serve(dir: &Path, listener: TcpListener, chunk_bytes: usize) -> TestNode {
-        let addr = listener.local_addr().unwrap();
-        let store = Store::open(dir).unwrap();
-        let mut config = KvNodeConfig::new(addr.to_string());
+        let mut config = KvNodeConfig::new("");
         config.chunk_bytes = chunk_bytes;
-        let node = KvNode::open(store.clone(), config).unwrap();
-        let rangelet = Rangelet::open(node.clone(), RangeStates(store), RangeletConfig::default())
-            .await
-            .unwrap();
-        let router = node_router(&rangelet)
-            .await
-            .add_service(KvService::new(node.clone(), rangelet.clone()).into_server());
-        let server = tokio::spawn(async move {
-            let _ = router
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await;
-        });
-        TestNode {
-            addr,
-            node,
-            rangelet,
-            server,
+        // A restarted node may find RocksDB's lock still held for a moment by the
+        // previous server's last tasks in this process; a new process never does.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            match NodeServer::start(dir, listener, config.clone()).await {
+                Ok(server) => return TestNode(server),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("starting the node: {e}"),
+            }
         }
     }
 
@@ -82,18 +71,38 @@ impl TestNode {
         assert_eq!(outcome.state, RemoteState::Active, "{outcome:?}");
     }
 
-    /// Stops serving and closes RocksDB (waits until the last handle is gone).
+    /// Stops serving; RocksDB closes once the last handle to it is gone.
     async fn stop(self) {
-        self.rangelet.shutdown();
-        self.server.abort();
-        let _ = self.server.await;
-        drop(self.rangelet);
-        drop(self.node);
-        // Let spawned tasks holding the rangelet finish, so RocksDB's lock is released.
-        for _ in 0..50 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        self.0.shutdown().await.unwrap();
     }
+}
+
+/// A TCP relay to `target` that cuts every connection once it has relayed
+/// `limit` bytes from the target: a source node dying in the middle of a stream.
+async fn dying_relay(target: SocketAddr, limit: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let upstream = tokio::io::copy(&mut client_read, &mut server_write);
+                let mut limited = tokio::io::AsyncReadExt::take(&mut server_read, limit);
+                let downstream = tokio::io::copy(&mut limited, &mut client_write);
+                // Whichever ends first, both sockets are dropped: the peer sees a
+                // broken connection, as if the node had died.
+                tokio::select! {
+                    _ = upstream => {}
+                    _ = downstream => {}
+                }
+            });
+        }
+    });
+    addr
 }
 
 async fn put(client: &mut KvClient<Channel>, key: &str, value: &str) -> Result<(), tonic::Status> {
@@ -147,7 +156,7 @@ async fn refuses_keys_it_does_not_serve_with_clear_codes() {
     put(&mut c, "k", "v").await.unwrap();
     assert_eq!(get(&mut c, "k").await.unwrap(), "v");
     assert_eq!(
-        get(&mut c, "missing").await.unwrap_err().code(),
+        get(&mut c, "absent").await.unwrap_err().code(),
         Code::NotFound
     );
     let outside = put(&mut c, "z", "v").await.unwrap_err();
@@ -182,6 +191,7 @@ async fn data_and_ranges_survive_a_restart() {
     a.own(meta(1, "", "")).await;
     let mut c = a.client().await;
     put(&mut c, "x", "1").await.unwrap();
+    drop(c);
     a.stop().await;
     let a = TestNode::start(dir.path(), 1 << 20).await;
     // Back Inactive (the controller decides whether it serves again), with its data.
@@ -307,29 +317,18 @@ async fn a_source_dying_mid_transfer_fails_prepare_and_leaves_nothing() {
     for i in 0..3000 {
         put(&mut ca, &format!("k{i:05}"), &value).await.unwrap();
     }
-    // Kill a's server as soon as b has started receiving.
-    let prepare = {
-        let rangelet = b.rangelet.clone();
-        let parents = moving(&range, a.addr);
-        let range = range.clone();
-        tokio::spawn(async move { rangelet.prepare(range, parents).await })
-    };
-    let b_node = b.node.clone();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while all_pairs(&b_node).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "transfer never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    a.server.abort();
-    let mut outcome = prepare.await.unwrap().unwrap();
+    // b reaches a through a relay that dies after 1 MB of the 12 MB snapshot.
+    let dying = dying_relay(a.addr, 1 << 20).await;
+    let mut outcome = b
+        .rangelet
+        .prepare(range.clone(), moving(&range, dying))
+        .await
+        .unwrap();
     while outcome.state == RemoteState::Preparing {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         outcome = b
             .rangelet
-            .prepare(range.clone(), moving(&range, a.addr))
+            .prepare(range.clone(), moving(&range, dying))
             .await
             .unwrap();
     }

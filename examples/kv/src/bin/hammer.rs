@@ -41,7 +41,7 @@ struct Cli {
     #[arg(long, default_value_t = 1000)]
     keys: usize,
     /// Seconds of load; 0 runs until Ctrl-C.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long = "duration", default_value_t = 10.0)]
     duration_secs: f64,
     /// Target operations per second over all workers; 0 means as fast as possible.
     #[arg(long, default_value_t = 0)]
