@@ -126,9 +126,13 @@ impl Worker {
             } else {
                 Instant::now() + self.backoff
             };
-            tokio::select! {
-                _ = sleep_until(pause) => {}
-                _ = stop.changed() => break,
+            // A timer always waits for the timer wheel's next tick (about 1 ms),
+            // even for a deadline already past: only sleep when there is a pause.
+            if pause > Instant::now() {
+                tokio::select! {
+                    _ = sleep_until(pause) => {}
+                    _ = stop.changed() => break,
+                }
             }
             self.step().await;
         }
