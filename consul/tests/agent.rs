@@ -1,5 +1,7 @@
 //! Integration tests against a real `consul agent -dev` (one per test), started
-//! by `TestAgent` from the binary `bin/consul path` provides.
+//! by `test_agent_or_skip!` from the binary `bin/consul path` provides (or, with
+//! the feature `testcontainers` and `RANGER_CONSUL_DOCKER=1`, in Docker: skipped
+//! with a message when no Docker engine answers).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod agent {
@@ -8,14 +10,4 @@ mod agent {
     pub mod kv;
     pub mod session;
     pub mod txn;
-}
-
-use ranger_consul::test_agent::TestAgent;
-
-/// Starts an agent, or fails the test with the reason (and the agent's log).
-pub async fn agent() -> TestAgent {
-    match TestAgent::start().await {
-        Ok(agent) => agent,
-        Err(error) => panic!("{error}"),
-    }
 }

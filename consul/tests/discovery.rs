@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use ranger_consul::discovery::{
     RegistrationConfig, ServiceInstance, ServiceRegistration, watch_service,
 };
-use ranger_consul::test_agent::TestAgent;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
@@ -18,13 +17,6 @@ use tonic::transport::server::TcpIncoming;
 
 /// Longest wait for anything Consul should do.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn agent() -> TestAgent {
-    match TestAgent::start().await {
-        Ok(agent) => agent,
-        Err(error) => panic!("{error}"),
-    }
-}
 
 /// A `grpc.health.v1.Health` server reporting the overall service ("") as
 /// SERVING, recording when each call arrives.
@@ -115,7 +107,7 @@ fn lacks(id: &str) -> impl Fn(&[ServiceInstance]) -> bool + '_ {
 
 #[tokio::test]
 async fn a_registration_is_seen_once_its_check_passes_and_deregistration_removes_it_at_once() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let client = agent.client();
     let server = HealthServer::start("127.0.0.1").await;
     let (mut rx, watch) = watch_service(client.clone(), "node");
@@ -193,7 +185,7 @@ async fn a_registration_is_seen_once_its_check_passes_and_deregistration_removes
 
 #[tokio::test]
 async fn a_node_whose_health_server_stops_goes_critical_and_leaves() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let client = agent.client();
     let server = HealthServer::start("127.0.0.1").await;
     let port = server.port;
@@ -220,7 +212,7 @@ async fn a_node_whose_health_server_stops_goes_critical_and_leaves() {
 
 #[tokio::test]
 async fn a_service_deregistered_behind_its_back_is_registered_again() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let client = agent.client();
     let server = HealthServer::start("127.0.0.1").await;
     let id = server.port.to_string();
@@ -248,7 +240,7 @@ async fn a_service_deregistered_behind_its_back_is_registered_again() {
 
 #[tokio::test]
 async fn service_ids_follow_the_localhost_rule_and_names_are_configurable() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let client = agent.client();
     let (mut rx, _watch) = watch_service(client.clone(), "kv");
 
@@ -300,7 +292,7 @@ async fn service_ids_follow_the_localhost_rule_and_names_are_configurable() {
 
 #[tokio::test]
 async fn the_watch_keeps_the_last_known_set_while_consul_is_unreachable() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let client = agent.client();
     let server = HealthServer::start("127.0.0.1").await;
     let id = server.port.to_string();

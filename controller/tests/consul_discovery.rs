@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use ranger_consul::discovery::{RegistrationConfig, ServiceRegistration};
-use ranger_consul::test_agent::TestAgent;
 use ranger_controller::discovery::{ConsulDiscovery, Discovery};
 use ranger_controller::runtime::Membership;
 use ranger_proto::NodeId;
@@ -95,10 +94,7 @@ fn node_id(id: &str) -> NodeId {
 
 #[tokio::test]
 async fn membership_follows_the_passing_instances_of_the_service() {
-    let agent = match TestAgent::start().await {
-        Ok(agent) => agent,
-        Err(error) => panic!("{error}"),
-    };
+    let agent = ranger_consul::test_agent_or_skip!();
     let client = agent.client();
     let discovery = ConsulDiscovery::spawn(client.clone(), "node");
     assert_eq!(discovery.service(), "node");

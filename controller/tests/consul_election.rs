@@ -16,13 +16,6 @@ use tokio::sync::watch;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-async fn agent() -> TestAgent {
-    match TestAgent::start().await {
-        Ok(agent) => agent,
-        Err(error) => panic!("{error}"),
-    }
-}
-
 async fn candidate(agent: &TestAgent, prefix: &str, port: u16) -> LeaderElection {
     let config = ElectionConfig::new(
         prefix,
@@ -96,7 +89,7 @@ async fn two(agent: &TestAgent, prefix: &str) -> (LeaderElection, LeaderElection
 
 #[tokio::test]
 async fn one_leader_and_a_clean_stop_hands_over_within_a_second() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let (leader, standby) = two(&agent, "clean/").await;
     let mut roles = standby.role();
     let stopped = Instant::now();
@@ -110,7 +103,7 @@ async fn one_leader_and_a_clean_stop_hands_over_within_a_second() {
 
 #[tokio::test]
 async fn a_killed_session_deposes_the_leader_at_once_and_fences_its_writes() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let client = agent.client();
     let (leader, standby) = two(&agent, "killed/").await;
     let Role::Leader { fence, .. } = leader.current() else {
@@ -238,7 +231,7 @@ fn stderr(out: &Output) -> String {
 
 #[tokio::test]
 async fn rangerd_standby_names_the_leader_and_takes_over_after_a_kill() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let dir = tempfile::tempdir().unwrap();
     let consul = agent.address();
     let first = Rangerd::start(&consul, dir.path(), "first");

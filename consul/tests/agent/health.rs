@@ -6,8 +6,6 @@ use ranger_consul::{
     BlockingQuery, CheckDefinition, CheckStatus, Client, ServiceEntry, ServiceRegistration,
 };
 
-use crate::agent;
-
 /// Watches `service` with blocking queries until `done` holds for its
 /// instances (all if `!passing_only`), or fails after 20 s.
 async fn wait_for(
@@ -44,7 +42,7 @@ fn ids(entries: &[ServiceEntry]) -> Vec<&str> {
 
 #[tokio::test]
 async fn ttl_check_decides_whether_the_service_is_listed_as_passing() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let c = agent.client();
     let mut check = CheckDefinition::ttl(Duration::from_secs(30));
     check.deregister_critical_service_after = Some(Duration::from_secs(60));
@@ -118,7 +116,7 @@ async fn ttl_check_decides_whether_the_service_is_listed_as_passing() {
 
 #[tokio::test]
 async fn grpc_check_of_a_dead_port_goes_critical() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let c = agent.client();
     // A port nothing listens on.
     let port = {

@@ -5,13 +5,11 @@ use ranger_consul::{
     SessionStatus,
 };
 
-use crate::agent;
-
 const TTL: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn renew_info_destroy() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let c = agent.client();
     let mut request = SessionRequest::with_ttl(TTL, SessionBehavior::Delete);
     request.name = Some("controller".into());
@@ -46,7 +44,7 @@ async fn renew_info_destroy() {
 
 #[tokio::test]
 async fn ttl_bounds_are_checked() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let c = agent.client();
     let request = SessionRequest::with_ttl(Duration::from_secs(5), SessionBehavior::Release);
     assert!(matches!(
@@ -57,7 +55,7 @@ async fn ttl_bounds_are_checked() {
 
 #[tokio::test]
 async fn keeper_renews_and_reports_loss() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let c = agent.client();
     let id = c
         .session_create(&SessionRequest::with_ttl(TTL, SessionBehavior::Release))
@@ -82,7 +80,7 @@ async fn keeper_renews_and_reports_loss() {
 
 #[tokio::test]
 async fn keeper_keeps_a_session_past_its_ttl_and_shutdown_destroys_it() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let c = agent.client();
     let id = c
         .session_create(&SessionRequest::with_ttl(TTL, SessionBehavior::Release))
@@ -120,7 +118,7 @@ async fn keeper_keeps_a_session_past_its_ttl_and_shutdown_destroys_it() {
 
 #[tokio::test]
 async fn keeper_reports_loss_when_consul_is_unreachable() {
-    let agent = agent().await;
+    let agent = ranger_consul::test_agent_or_skip!();
     let c = agent.client();
     let id = c
         .session_create(&SessionRequest::with_ttl(TTL, SessionBehavior::Release))
