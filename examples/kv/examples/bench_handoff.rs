@@ -32,7 +32,6 @@ use ranger_kv::proxy::{Proxy, ProxyConfig};
 use ranger_proto::{NodeId, PlacementState, RangeId};
 use rocksdb::WriteBatch;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 const VALUE_SIZE: usize = 1000;
 const BATCH_PAIRS: usize = 1000;
@@ -146,11 +145,8 @@ async fn main() -> anyhow::Result<()> {
     proxy.set_nodes(nodes.values().map(|s| s.addr.to_string()));
     let proxy_listener = TcpListener::bind("127.0.0.1:0").await?;
     let proxy_addr = proxy_listener.local_addr()?.to_string();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(proxy.service())
-            .serve_with_incoming(TcpListenerStream::new(proxy_listener)),
-    );
+    let serving = proxy.clone();
+    tokio::spawn(async move { serving.serve(proxy_listener, std::future::pending()).await });
     let mut holder = settled_holder(&handle).await?;
     while !handle
         .inspect(|e| e.roster().nodes().all(|n| n.last_ok.is_some()))

@@ -22,7 +22,6 @@ use ranger_kv::node::store::Store;
 use ranger_kv::proxy::{Proxy, ProxyConfig};
 use ranger_proto::{Key, RangeId, RangeMeta};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 const VALUE_SIZE: usize = 100;
 const KEYS_PER_WORKER: usize = 1000;
@@ -154,11 +153,8 @@ async fn main() -> anyhow::Result<()> {
     proxy.set_nodes([node.addr.to_string()]);
     let proxy_listener = TcpListener::bind("127.0.0.1:0").await?;
     let proxy_addr = proxy_listener.local_addr()?.to_string();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(proxy.service())
-            .serve_with_incoming(TcpListenerStream::new(proxy_listener)),
-    );
+    let serving = proxy.clone();
+    tokio::spawn(async move { serving.serve(proxy_listener, std::future::pending()).await });
     // The proxy learns the node's ranges from its stream.
     let ready = Instant::now();
     while proxy.routing().active_route(b"h0").is_none() {

@@ -22,7 +22,6 @@ use ranger_kv::node::server::NodeServer;
 use ranger_kv::proxy::{Proxy, ProxyConfig};
 use ranger_proto::{Key, NodeId, PlacementState, RangeId};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// A KV node served on 127.0.0.1; its data lives as long as `_dir`.
 struct ServedNode {
@@ -51,8 +50,7 @@ async fn serve_proxy(nodes: &[ServedNode]) -> String {
     proxy.set_nodes(nodes.iter().map(|n| n.addr.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let router = tonic::transport::Server::builder().add_service(proxy.service());
-    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+    tokio::spawn(async move { proxy.serve(listener, std::future::pending()).await });
     addr
 }
 

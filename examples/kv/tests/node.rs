@@ -132,6 +132,25 @@ fn all_pairs(node: &KvNode) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The Prepare parents of split child `child` of `parent`, Active at `holder`.
+fn split_from(child: &RangeMeta, parent: &RangeMeta, holder: SocketAddr) -> Vec<Parent> {
+    vec![
+        Parent {
+            meta: child.clone(),
+            parents: vec![parent.id()],
+            placements: vec![],
+        },
+        Parent {
+            meta: parent.clone(),
+            parents: vec![],
+            placements: vec![ParentPlacement {
+                node_addr: holder.to_string(),
+                state: PlacementState::Active,
+            }],
+        },
+    ]
+}
+
 fn moving(range: &RangeMeta, from: SocketAddr) -> Vec<Parent> {
     vec![Parent {
         meta: range.clone(),
@@ -214,42 +233,14 @@ async fn split_child_copies_exactly_its_half_with_exclusive_end() {
     }
     // Child 2 = [-inf, m) on b, from parent 1 on a.
     let child = meta(2, "", "m");
-    let parents = vec![
-        Parent {
-            meta: child.clone(),
-            parents: vec![id(1)],
-            placements: vec![],
-        },
-        Parent {
-            meta: whole,
-            parents: vec![],
-            placements: vec![ParentPlacement {
-                node_addr: a.addr.to_string(),
-                state: PlacementState::Active,
-            }],
-        },
-    ];
+    let parents = split_from(&child, &whole, a.addr);
     let outcome = b.rangelet.prepare(child, parents).await.unwrap();
     assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
     let keys: Vec<String> = all_pairs(&b.node).into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, vec!["\u{1}", "a", "b", "l~"]);
     // Child 3 = [m, +inf) on b too: gets m, m\0, z; child 2's keys are untouched.
     let right = meta(3, "m", "");
-    let parents = vec![
-        Parent {
-            meta: right.clone(),
-            parents: vec![id(1)],
-            placements: vec![],
-        },
-        Parent {
-            meta: meta(1, "", ""),
-            parents: vec![],
-            placements: vec![ParentPlacement {
-                node_addr: a.addr.to_string(),
-                state: PlacementState::Active,
-            }],
-        },
-    ];
+    let parents = split_from(&right, &whole, a.addr);
     b.rangelet.prepare(right, parents).await.unwrap();
     assert_eq!(all_pairs(&b.node).len(), 7);
     // Dropping 2 deletes only [-inf, m).

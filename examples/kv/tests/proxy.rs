@@ -254,8 +254,8 @@ fn config(deadline: Duration) -> ProxyConfig {
 async fn serve_proxy(proxy: &Proxy) -> KvClient<Channel> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = tonic::transport::Server::builder().add_service(proxy.service());
-    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+    let proxy = proxy.clone();
+    tokio::spawn(async move { proxy.serve(listener, std::future::pending()).await });
     KvClient::connect(format!("http://{addr}")).await.unwrap()
 }
 

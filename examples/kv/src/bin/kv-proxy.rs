@@ -17,7 +17,6 @@ use ranger_kv::proxy::{
 };
 use ranger_node_sdk::shutdown_signal;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// The KV routing proxy.
 #[derive(Debug, Parser)]
@@ -101,9 +100,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, deadline_ms = args.deadline_ms, "kv-proxy serving");
-    tonic::transport::Server::builder()
-        .add_service(proxy.service())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
+    proxy
+        .serve(listener, shutdown_signal())
         .await
         .context("serving")?;
     tracing::info!("kv-proxy stopped");

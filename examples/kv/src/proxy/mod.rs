@@ -109,6 +109,22 @@ impl Proxy {
         self.forwarder.table()
     }
 
+    /// Serves `kv.KV` on `listener` until `shutdown` resolves: the one server
+    /// setup the binary, the tests and the benchmarks share.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self.service())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
+            .await
+    }
+
     /// The `kv.KV` service to add to a tonic server.
     pub fn service(&self) -> KvServer<ProxyService> {
         KvServer::new(ProxyService::new(Arc::clone(&self.forwarder)))
