@@ -208,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
             config.mix = OpMix::new(5, 25, 70, 0)?;
             config.request_timeout = Duration::from_secs(30);
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let load = tokio::spawn(hammer::run(config, stopped));
+            let hammering = tokio::spawn(hammer::run(config, stopped));
             tokio::time::sleep(Duration::from_millis(500)).await;
             handle
                 .run(OpRequest::Move {
@@ -220,7 +220,7 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(holder == to, "the range ended on {holder}, not {to}");
             tokio::time::sleep(Duration::from_millis(500)).await;
             let _ = stop.send(());
-            let report = load.await??;
+            let report = hammering.await??;
             anyhow::ensure!(report.passed(), "the hammer lost writes: {report}");
             errors += report.errors.values().sum::<u64>();
             let l = &report.latency;
