@@ -183,6 +183,7 @@ fn synthetic(n: u64, nodes: u64) -> Result<ChangeSet> {
         counters: Counters {
             next_range_id: n + 1,
             next_placement_id: n + 1,
+            term: 0,
         },
         upserts,
     })

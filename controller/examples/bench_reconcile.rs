@@ -352,6 +352,7 @@ fn synthetic_records(n: usize, nodes: usize) -> Result<(Counters, Vec<RangeRecor
     let counters = Counters {
         next_range_id: n as u64 + 1,
         next_placement_id: n as u64 + 1,
+        term: 0,
     };
     Ok((counters, records))
 }

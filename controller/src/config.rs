@@ -62,6 +62,11 @@ pub struct OrchestratorConfig {
     /// How long an operation may take before it is rolled back (while it still
     /// can be: before the first activation of a destination).
     pub op_deadline: Duration,
+    /// How much longer than `op_deadline` an operator waits for a destination
+    /// that was already told to activate. Past that point the operation only
+    /// rolls forward (SCENARIOS.md #37), so the request then fails with a
+    /// message saying so while the controller keeps activating the destination.
+    pub activate_deadline: Duration,
     /// How long a node that failed a range's Prepare or Activate is not chosen for
     /// that range again.
     pub exclusion: Duration,
@@ -87,6 +92,7 @@ impl Default for OrchestratorConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             op_deadline: Duration::from_secs(30),
+            activate_deadline: Duration::from_secs(10),
             exclusion: Duration::from_secs(30),
             lease: Duration::from_secs(4),
             lease_margin: Duration::from_secs(2),

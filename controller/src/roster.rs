@@ -31,6 +31,14 @@ pub struct NodeStatus {
     pub first_seen: Instant,
     /// When a probe last succeeded.
     pub last_ok: Option<Instant>,
+    /// When the last probe that granted a lease was *sent*, answered or not: a
+    /// probe whose reply is lost may still have renewed the node's lease, so the
+    /// node's placements are lost only counting from here (DESIGN.md §6,
+    /// SCENARIOS.md #38).
+    pub lease_sent_at: Option<Instant>,
+    /// A probe failed since the last one that succeeded: grant no lease until one
+    /// succeeds again, so an unanswered node's lease runs out.
+    pub lease_suspended: bool,
     pub last_error: Option<String>,
     /// The node asked to be drained (Info `want_drain`).
     pub wants_drain: bool,
@@ -47,11 +55,23 @@ impl NodeStatus {
         self.wants_drain || self.operator_drain
     }
 
-    /// Whether the node has been silent so long that its leases have run out: its
-    /// placements are then lost (DESIGN.md section 6).
+    /// Whether the node's lease has provably run out: the last lease-granting
+    /// probe was sent more than the lease plus a margin ago (`loss_after`). Its
+    /// placements are then lost (DESIGN.md section 6). The margin covers the
+    /// probe's delivery delay: the node counts its lease from receipt.
     pub fn is_lost(&self, now: Instant, loss_after: Duration) -> bool {
-        let since = self.last_ok.unwrap_or(self.first_seen);
+        let since = self.lease_sent_at.unwrap_or(self.first_seen);
         now.saturating_duration_since(since) > loss_after
+    }
+
+    /// The lease to grant with a probe sent now: none while the node is
+    /// suspended (a probe failed and none has succeeded since).
+    fn lease_to_grant(&self, lease: Duration) -> Duration {
+        if self.lease_suspended {
+            Duration::ZERO
+        } else {
+            lease
+        }
     }
 
     /// Sum of the bytes the node reported in its last probe, for choosing the
@@ -94,6 +114,8 @@ impl Roster {
                         registered: true,
                         first_seen: now,
                         last_ok: None,
+                        lease_sent_at: None,
+                        lease_suspended: false,
                         last_error: None,
                         wants_drain: false,
                         operator_drain: false,
@@ -137,6 +159,19 @@ impl Roster {
             .collect()
     }
 
+    /// A probe is about to be sent to `id` at `now`: the lease it may grant (zero
+    /// while the node is suspended), recorded as granted from `now` on.
+    pub fn begin_probe(&mut self, id: &NodeId, lease: Duration, now: Instant) -> Duration {
+        let Some(node) = self.nodes.get_mut(id) else {
+            return Duration::ZERO;
+        };
+        let grant = node.lease_to_grant(lease);
+        if !grant.is_zero() {
+            node.lease_sent_at = Some(node.lease_sent_at.map_or(now, |t| t.max(now)));
+        }
+        grant
+    }
+
     /// A probe answered. `sent_at` is when it was sent: its view is as of then.
     /// Returns the ranges whose state on the node changed (or appeared), so the
     /// orchestrator looks only at those.
@@ -153,6 +188,7 @@ impl Roster {
         };
         node.last_ok = Some(node.last_ok.map_or(sent_at, |t| t.max(sent_at)));
         node.last_error = None;
+        node.lease_suspended = false;
         if node.wants_drain != wants_drain {
             tracing::info!(node = %id, wants_drain, "node drain wish changed");
         }
@@ -196,7 +232,11 @@ impl Roster {
 
     pub fn probe_failed(&mut self, id: &NodeId, error: String) {
         if let Some(node) = self.nodes.get_mut(id) {
+            if !node.lease_suspended {
+                tracing::warn!(node = %id, %error, "probe failed: granting no lease until one succeeds");
+            }
             node.last_error = Some(error);
+            node.lease_suspended = true;
         }
     }
 
@@ -307,10 +347,40 @@ mod tests {
                 .unwrap()
                 .is_lost(t0 + loss + Duration::from_millis(1), loss)
         );
+        // Only a probe that grants a lease pushes the loss back, counted from
+        // its send time.
         roster.probe_ok(&node("a"), t0 + loss, vec![], false);
+        assert!(roster.get(&node("a")).unwrap().is_lost(t0 + loss * 2, loss));
+        let grant = roster.begin_probe(&node("a"), Duration::from_secs(4), t0 + loss);
+        assert_eq!(grant, Duration::from_secs(4));
         assert!(!roster.get(&node("a")).unwrap().is_lost(t0 + loss * 2, loss));
         roster.deregister(&node("a"));
         roster.forget_lost(t0 + loss * 3, loss);
         assert!(roster.get(&node("a")).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failed_probe_no_lease_is_granted_until_one_succeeds() {
+        let mut roster = Roster::new();
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(4);
+        let loss = Duration::from_secs(6);
+        roster.register(node("a"), "a:1".into(), t0);
+        assert_eq!(roster.begin_probe(&node("a"), lease, t0), lease);
+        // Its reply was lost: the node may have renewed, so loss counts from t0.
+        roster.probe_failed(&node("a"), "reply lost".into());
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(roster.begin_probe(&node("a"), lease, t1), Duration::ZERO);
+        roster.probe_failed(&node("a"), "reply lost".into());
+        let status = roster.get(&node("a")).unwrap();
+        assert_eq!(status.lease_sent_at, Some(t0));
+        assert!(status.is_lost(t0 + loss + Duration::from_millis(1), loss));
+        // One success lifts the suspension; the next probe grants again.
+        let t2 = t0 + Duration::from_secs(2);
+        assert_eq!(roster.begin_probe(&node("a"), lease, t2), Duration::ZERO);
+        roster.probe_ok(&node("a"), t2, vec![], false);
+        let t3 = t2 + Duration::from_millis(200);
+        assert_eq!(roster.begin_probe(&node("a"), lease, t3), lease);
+        assert!(!roster.get(&node("a")).unwrap().is_lost(t3 + loss, loss));
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::orchestrator::{Answer, Dispatch, Effect, Engine, Event, OpError, OpId};
+use crate::orchestrator::{Answer, Dispatch, Effect, Engine, Event, ForgetReport, OpError, OpId};
 use crate::persist::{PersistError, Persister};
 use crate::transport::{NodeTransport, ProbeAnswer};
 
@@ -60,6 +60,10 @@ enum Request {
         node: NodeId,
         drain: bool,
         reply: oneshot::Sender<Result<(), OpError>>,
+    },
+    Forget {
+        node: NodeId,
+        reply: oneshot::Sender<Result<ForgetReport, OpError>>,
     },
     Inspect(Inspector),
 }
@@ -123,6 +127,15 @@ impl ControllerHandle {
     pub async fn drain(&self, node: NodeId, drain: bool) -> Result<(), HandleError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Drain { node, drain, reply }).await?;
+        Ok(rx.await.map_err(|_| HandleError::Stopped)??)
+    }
+
+    /// Declares a lost node gone for good: the ranges that waited for its data
+    /// are re-created empty elsewhere (SCENARIOS.md #31). Refused unless the
+    /// node is lost.
+    pub async fn forget_node(&self, node: NodeId) -> Result<ForgetReport, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Forget { node, reply }).await?;
         Ok(rx.await.map_err(|_| HandleError::Stopped)??)
     }
 
@@ -234,6 +247,12 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probe = tokio::time::interval(self.engine.config().probe_interval);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The new term is durable before any command carries it, so that a
+        // later controller's term is always higher (SCENARIOS.md #43).
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            persisted = self.persist_term() => persisted?,
+        }
         self.apply_membership();
         loop {
             tokio::select! {
@@ -259,6 +278,26 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
                 self.handle_internal(internal);
             }
             self.step().await?;
+        }
+    }
+
+    /// Saves the counters (with the term this controller began) and whatever
+    /// else changed, retrying while the store is unavailable.
+    async fn persist_term(&mut self) -> Result<(), RuntimeError> {
+        loop {
+            let changes = self.engine.keyspace_mut().take_changes();
+            match self.persister.save(&changes).await {
+                Ok(()) => {
+                    tracing::info!(term = self.engine.term(), "term persisted");
+                    return Ok(());
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "could not persist the new term; retrying");
+                    self.engine.keyspace_mut().requeue(&changes);
+                    tokio::time::sleep(self.config.tick).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
@@ -290,6 +329,9 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
             }
             Request::Drain { node, drain, reply } => {
                 let _ = reply.send(self.engine.drain(&node, drain));
+            }
+            Request::Forget { node, reply } => {
+                let _ = reply.send(self.engine.forget_node(&node, now));
             }
             Request::Inspect(inspect) => inspect(&self.engine),
         }
@@ -340,12 +382,15 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
         }
         let transport = Arc::clone(&self.transport);
         let tx = self.internal_tx.clone();
-        let lease = self.engine.config().lease;
+        let sent_at = Instant::now();
+        // Recorded before sending: from now on the node may hold this lease,
+        // whether or not its reply ever arrives (SCENARIOS.md #38).
+        let lease = self.engine.begin_probe(&node, sent_at);
         let timeout = self.engine.config().rpc_timeout;
-        tracing::trace!(%node, %addr, "probing");
+        let term = self.engine.term();
+        tracing::trace!(%node, %addr, ?lease, "probing");
         tokio::spawn(async move {
-            let sent_at = Instant::now();
-            let result = transport.probe(&addr, lease, timeout).await;
+            let result = transport.probe(&addr, term, lease, timeout).await;
             let _ = tx.send(Internal::Probe(node, sent_at, result));
         });
     }
@@ -394,6 +439,7 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
         let transport = Arc::clone(&self.transport);
         let tx = self.internal_tx.clone();
         let timeout = self.engine.config().rpc_timeout;
+        let term = self.engine.term();
         tokio::spawn(async move {
             tracing::debug!(node = %dispatch.node, range = %dispatch.range, call = ?dispatch.call.command(), "sending");
             let answer = transport
@@ -401,6 +447,7 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
                     &dispatch.addr,
                     dispatch.range,
                     dispatch.call.clone(),
+                    term,
                     timeout,
                 )
                 .await;

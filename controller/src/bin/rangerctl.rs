@@ -73,6 +73,10 @@ enum Cmd {
     },
     /// Cancel an operation (see `ops`) before its point of no return.
     Cancel { op: u64 },
+    /// Declare a lost node gone for good: the ranges waiting for its data are
+    /// re-created EMPTY elsewhere (their data is lost). Refused unless the node
+    /// is lost.
+    Forget { node: String },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -217,6 +221,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("node {node}: {what}");
             }
         }
+        Cmd::Forget { node } => {
+            let lost = control
+                .forget(pb::ForgetRequest { node: node.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .ranges_lost;
+            if cli.json {
+                println!("{}", json!({"ok": true, "node": node, "ranges_lost": lost}));
+            } else {
+                println!(
+                    "node {node} forgotten: {} range(s) re-created empty, their data is lost: {lost:?}",
+                    lost.len()
+                );
+            }
+        }
         Cmd::Cancel { op } => {
             control
                 .cancel(pb::CancelRequest { operation: op })
@@ -317,6 +337,10 @@ fn range_json(r: &pb::RangeResponse) -> Value {
         "start_text": show_key(&meta.start, "-inf"),
         "end_text": show_key(&meta.end, "+inf"),
         "state": range_state(r.state),
+        "unavailable": (!r.unavailable.is_empty()).then(|| json!({
+            "reason": r.unavailable,
+            "for_ms": r.unavailable_millis,
+        })),
         "parents": r.parents,
         "children": r.children,
         "placements": r.placements.iter().map(|p| {
@@ -363,6 +387,13 @@ fn print_ranges(ranges: &[pb::RangeResponse], json: bool) {
                 placements.join(" ")
             }
         );
+        if !r.unavailable.is_empty() {
+            println!(
+                "       UNAVAILABLE for {:.1} s: {}",
+                r.unavailable_millis as f64 / 1000.0,
+                r.unavailable
+            );
+        }
     }
 }
 

@@ -64,6 +64,8 @@ pub struct Keyspace {
     index: BTreeMap<Vec<u8>, RangeId>,
     next_range_id: u64,
     next_placement_id: u64,
+    /// The controller term last persisted or begun (see [`Counters::term`]).
+    term: u64,
     /// Ranges changed since the last `take_changes`, in id order for the records.
     dirty: BTreeSet<RangeId>,
 }
@@ -91,6 +93,7 @@ impl Keyspace {
             index: BTreeMap::from([(Vec::new(), RangeId::FIRST)]),
             next_range_id: RangeId::FIRST.get() + 1,
             next_placement_id: 1,
+            term: 0,
             dirty: BTreeSet::new(),
         };
         keyspace.touched(&[RangeId::FIRST]);
@@ -128,6 +131,7 @@ impl Keyspace {
             index: BTreeMap::new(),
             next_range_id: counters.next_range_id,
             next_placement_id: counters.next_placement_id,
+            term: counters.term,
             dirty: BTreeSet::new(),
         };
         keyspace.check_records()?;
@@ -146,7 +150,21 @@ impl Keyspace {
         Counters {
             next_range_id: self.next_range_id,
             next_placement_id: self.next_placement_id,
+            term: self.term,
         }
+    }
+
+    /// Begins a new controller term (one more than any persisted) and returns
+    /// it. The caller must persist the counters before sending any command in
+    /// that term, so that a later controller's term is always higher.
+    pub fn begin_term(&mut self) -> u64 {
+        self.term = self.term.saturating_add(1);
+        self.term
+    }
+
+    /// The current controller term.
+    pub fn term(&self) -> u64 {
+        self.term
     }
 
     /// The range with this id, current or historical.

@@ -45,6 +45,8 @@ impl Keyspace {
             state: PlacementState::Pending,
             replaces,
             retiring: false,
+            activate_sent: false,
+            served: false,
         });
         self.next_placement_id = next;
         self.touched(&[range]);
@@ -80,6 +82,7 @@ impl Keyspace {
             });
         }
         p.state = state;
+        p.served |= state == PlacementState::Active;
         tracing::debug!(%range, %placement, %from, to = %state, "placement state");
         let first_activation = state == PlacementState::Active && !r.ever_activated;
         r.ever_activated |= state == PlacementState::Active;
@@ -115,6 +118,24 @@ impl Keyspace {
         }
         if p.retiring != retiring {
             p.retiring = retiring;
+            self.touched(&[range]);
+        }
+        Ok(())
+    }
+
+    /// Records that an Activate is about to be sent for a placement: from now on
+    /// it may serve, so it owns the range until proven not serving. Set before
+    /// the command is sent, so that it is persisted first.
+    pub fn mark_activate_sent(&mut self, range: RangeId, placement: PlacementId) -> Result<()> {
+        let p = self
+            .range_mut(range)?
+            .placement_mut(placement)
+            .ok_or(KeyspaceError::UnknownPlacement { range, placement })?;
+        if !p.is_live() {
+            return Err(KeyspaceError::PlacementDropped { range, placement });
+        }
+        if !p.activate_sent {
+            p.activate_sent = true;
             self.touched(&[range]);
         }
         Ok(())

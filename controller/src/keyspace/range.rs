@@ -50,6 +50,17 @@ pub struct Placement {
     /// The orchestrator wants this placement deactivated and dropped (a move source,
     /// a surplus replica). Durable so that a restarted controller carries on.
     pub(super) retiring: bool,
+    /// An Activate was sent for this placement. From then on its node may be
+    /// serving (the answer can be late, lost, or say Activating), so it owns the
+    /// range until proven otherwise and the operation only rolls forward
+    /// (SCENARIOS.md #37). Durable, and persisted before the Activate is sent
+    /// (invariant 4), so a restarted controller knows it too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) activate_sent: bool,
+    /// The controller has seen this placement Active: it accepted writes, so its
+    /// data is the newest and nothing may be restored from an older copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) served: bool,
 }
 
 impl Placement {
@@ -73,6 +84,16 @@ impl Placement {
         self.retiring
     }
 
+    /// Whether an Activate was ever sent for this placement (see the field).
+    pub fn activate_sent(&self) -> bool {
+        self.activate_sent
+    }
+
+    /// Whether the controller ever saw this placement Active.
+    pub fn served(&self) -> bool {
+        self.served
+    }
+
     /// Whether the placement may still hold data on its node (anything but Dropped).
     pub fn is_live(&self) -> bool {
         self.state != PlacementState::Dropped
@@ -83,7 +104,9 @@ impl Placement {
 ///
 /// Active never goes straight to Dropped: a serving placement is deactivated first,
 /// so that a drop can never remove the only writer. Missing covers every way a
-/// node can lose a placement, and only leads to Dropped.
+/// node can lose a placement; it leads to Dropped, or back to Inactive when the
+/// node returns with its copy (a lost node's data is waited for at R1,
+/// SCENARIOS.md #31).
 pub fn placement_transition_allowed(from: PlacementState, to: PlacementState) -> bool {
     use PlacementState::*;
     matches!(
@@ -93,7 +116,7 @@ pub fn placement_transition_allowed(from: PlacementState, to: PlacementState) ->
             | (Inactive, Active | Dropped | Missing)
             | (Active, Inactive | Missing)
             | (GiveUp, Dropped)
-            | (Missing, Dropped)
+            | (Missing, Dropped | Inactive)
     )
 }
 
@@ -183,6 +206,7 @@ mod tests {
             (Active, Missing),
             (GiveUp, Dropped),
             (Missing, Dropped),
+            (Missing, Inactive),
         ];
         for from in ALL {
             for to in ALL {

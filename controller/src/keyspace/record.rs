@@ -20,6 +20,12 @@ pub struct Counters {
     pub next_range_id: u64,
     /// The id the next new placement gets.
     pub next_placement_id: u64,
+    /// The controller term: bumped and persisted by every controller that
+    /// starts (or becomes leader) before it sends anything, and carried by every
+    /// command, so that nodes refuse a deposed controller's late commands
+    /// (SCENARIOS.md #43). 0 in stores written before terms existed.
+    #[serde(default)]
+    pub term: u64,
 }
 
 /// Everything needed to rebuild one [`super::Range`], in the stored schema.

@@ -52,7 +52,8 @@ fn new_keyspace_is_one_whole_active_range() {
         ks.counters(),
         Counters {
             next_range_id: 2,
-            next_placement_id: 1
+            next_placement_id: 1,
+            term: 0,
         }
     );
     assert_eq!(ks.range_for_key(b"anything").unwrap().id(), RangeId::FIRST);
@@ -583,6 +584,7 @@ fn load_bare(records: Vec<RangeRecord>) -> KeyspaceError {
     let counters = Counters {
         next_range_id: 10,
         next_placement_id: 1,
+        term: 0,
     };
     Keyspace::from_records(counters, records).unwrap_err()
 }

@@ -26,6 +26,7 @@
 //! - Missing (the node lost it, or its lease ran out): Dropped; place again.
 
 mod attempts;
+mod ownership;
 mod reconcile;
 mod types;
 
@@ -35,12 +36,13 @@ use ranger_proto::{Key, NodeId, RangeId, RangeInfo, RangeState};
 use tokio::time::Instant;
 
 pub use attempts::{Attempt, Subject};
+pub use ownership::{ForgetReport, Unavailable};
 pub use types::{
     Answer, Call, CallError, Dispatch, Effect, Event, OpError, OpId, OpKind, OpPhase, Operation,
 };
 
 use crate::config::OrchestratorConfig;
-use crate::keyspace::Keyspace;
+use crate::keyspace::{Keyspace, PlacementId};
 use crate::roster::Roster;
 use attempts::Attempts;
 
@@ -80,6 +82,17 @@ pub struct Engine {
     unknown_nodes_lost: bool,
     /// (node, range) pairs a node reports that no live placement accounts for.
     orphans: HashSet<(NodeId, RangeId)>,
+    /// Placements whose latest Activate the node answered with a failed callback
+    /// (rolled back to Inactive): proven not serving, so they may be given up.
+    /// Cleared when another Activate is sent. Volatile: after a restart the
+    /// durable `activate_sent` mark counts, conservatively.
+    activation_refused: HashSet<PlacementId>,
+    /// Ranges waiting for a lost node that holds their only newest copy (R1):
+    /// shown loudly until the node returns or an operator forgets it.
+    unavailable: HashMap<RangeId, Unavailable>,
+    /// Nodes an operator declared gone for good (`rangerctl forget`): their lost
+    /// copies are not waited for. Cleared when the node answers again.
+    forgotten: HashSet<NodeId>,
     effects: Vec<Effect>,
 }
 
@@ -89,7 +102,12 @@ const SWEEP_CHUNK: usize = 1000;
 impl Engine {
     /// An engine over a loaded (or new) keyspace. Operations found in flight in the
     /// keyspace (moves, splits, joins) are resumed with fresh deadlines.
-    pub fn new(keyspace: Keyspace, config: OrchestratorConfig, now: Instant) -> Self {
+    ///
+    /// The engine begins a new controller term (see [`Engine::term`]); the
+    /// runtime persists it before sending any command.
+    pub fn new(mut keyspace: Keyspace, config: OrchestratorConfig, now: Instant) -> Self {
+        let term = keyspace.begin_term();
+        tracing::info!(term, "controller term begun");
         let subsuming = keyspace
             .ranges()
             .filter(|r| r.state() == RangeState::Subsuming)
@@ -112,6 +130,9 @@ impl Engine {
             lost_nodes: HashSet::new(),
             unknown_nodes_lost: false,
             orphans: HashSet::new(),
+            activation_refused: HashSet::new(),
+            unavailable: HashMap::new(),
+            forgotten: HashSet::new(),
             effects: Vec::new(),
         };
         engine.resume_operations(now);
@@ -193,6 +214,7 @@ impl Engine {
                 deadline: now + self.config.op_deadline,
                 rollback_reason: None,
                 drain,
+                reported: false,
             },
         );
         id
@@ -211,6 +233,13 @@ impl Engine {
 
     pub fn roster(&self) -> &Roster {
         &self.roster
+    }
+
+    /// This controller's term: higher than that of every controller before it
+    /// on the same store. Every command carries it, and nodes refuse commands
+    /// from an older term (SCENARIOS.md #43).
+    pub fn term(&self) -> u64 {
+        self.keyspace.term()
     }
 
     pub fn config(&self) -> &OrchestratorConfig {
@@ -250,6 +279,12 @@ impl Engine {
         self.full_sweep = true;
     }
 
+    /// A probe is about to be sent to `node`: the lease it grants (zero after a
+    /// failed probe, until one succeeds), recorded as granted from `now`.
+    pub fn begin_probe(&mut self, node: &NodeId, now: Instant) -> std::time::Duration {
+        self.roster.begin_probe(node, self.config.lease, now)
+    }
+
     /// A probe (`Info`) sent at `sent_at` answered, or failed.
     pub fn on_probe(
         &mut self,
@@ -268,6 +303,9 @@ impl Engine {
                     if !accounted && info.state != ranger_proto::RemoteState::NotFound {
                         self.orphans.insert((node.clone(), info.meta.id()));
                     }
+                }
+                if self.forgotten.remove(node) {
+                    tracing::info!(%node, "forgotten node answers again");
                 }
                 let was_draining = self.roster.get(node).map(|n| n.draining());
                 let changed = self.roster.probe_ok(node, sent_at, ranges, wants_drain);
@@ -292,6 +330,18 @@ impl Engine {
             Ok(outcome) => {
                 self.roster
                     .command_answered(&dispatch.node, dispatch.range, outcome.state, now);
+                if let Subject::Placement(placement) = dispatch.subject
+                    && command == ranger_node_sdk::Command::Activate
+                    && outcome.failure.is_some()
+                    && matches!(
+                        outcome.state,
+                        ranger_proto::RemoteState::Inactive | ranger_proto::RemoteState::NotFound
+                    )
+                {
+                    // The node says its activate callback failed and it rolled
+                    // back: this placement is proven not serving.
+                    self.activation_refused.insert(placement);
+                }
                 match outcome.failure {
                     Some(message) => Some(format!(
                         "{command:?} of {} failed on {}: {message}",
@@ -307,6 +357,12 @@ impl Engine {
             }
             Err(error) => {
                 if matches!(error, CallError::UnknownRange(_)) {
+                    if let Subject::Placement(placement) = dispatch.subject
+                        && command == ranger_node_sdk::Command::Activate
+                    {
+                        // The node does not hold the range: it cannot serve it.
+                        self.activation_refused.insert(placement);
+                    }
                     self.roster.command_answered(
                         &dispatch.node,
                         dispatch.range,
@@ -516,40 +572,35 @@ impl Engine {
         self.effects.push(Effect::Event(Event { range, message }));
     }
 
-    /// Whether a destination of the operation was ever asked to activate.
+    /// Whether a destination of the operation may have served: an Activate was
+    /// sent to it and it was not proven to have refused (SCENARIOS.md #37).
+    /// From then on the operation only rolls forward.
     fn past_point_of_no_return(&self, op: &Operation) -> bool {
         match &op.kind {
             OpKind::Move {
-                dest: Some(dest), ..
+                range,
+                dest: Some(dest),
+                ..
             } => self
-                .attempts
-                .get(
-                    &Subject::Placement(*dest),
-                    ranger_node_sdk::Command::Activate,
-                )
-                .is_some(),
+                .keyspace
+                .range(*range)
+                .ok()
+                .and_then(|r| r.placement(*dest))
+                .is_some_and(|d| self.may_have_served(d)),
             OpKind::Split {
                 children: Some((l, r)),
                 ..
-            } => [l, r].iter().any(|c| self.child_activation_started(**c)),
+            } => [l, r].iter().any(|c| self.child_may_have_served(**c)),
             OpKind::Join {
                 child: Some(child), ..
-            } => self.child_activation_started(*child),
+            } => self.child_may_have_served(*child),
             _ => false,
         }
     }
 
-    fn child_activation_started(&self, child: RangeId) -> bool {
+    fn child_may_have_served(&self, child: RangeId) -> bool {
         self.keyspace.range(child).is_ok_and(|c| {
-            c.ever_activated()
-                || c.placements().iter().any(|p| {
-                    self.attempts
-                        .get(
-                            &Subject::Placement(p.id()),
-                            ranger_node_sdk::Command::Activate,
-                        )
-                        .is_some()
-                })
+            c.ever_activated() || c.placements().iter().any(|p| self.may_have_served(p))
         })
     }
 

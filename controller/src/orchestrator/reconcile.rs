@@ -10,6 +10,11 @@ use tokio::time::Instant;
 
 use super::types::{Call, Dispatch, Effect, OpError, OpId, OpKind, OpPhase};
 use super::{Engine, SWEEP_CHUNK, Subject};
+
+/// How many entries Prepare's parents list holds at most: the range and its
+/// history, nearest first. Bounded so that a range with a long history of
+/// splits and joins does not make every Prepare huge.
+const MAX_PREPARE_HISTORY: usize = 32;
 use crate::keyspace::{Placement, PlacementId, Range};
 
 /// The remote state a command aims for.
@@ -42,6 +47,9 @@ fn sync_path(
         (P::Inactive | P::Active, R::NotFound) => &[P::Missing],
         (P::GiveUp, R::NotFound) => &[P::Dropped],
         (P::Pending | P::Loading, R::NotFound) if retiring => &[P::Dropped],
+        // A lost node is back with its copy (SCENARIOS.md #31): it is Inactive
+        // (a lapsed lease fenced and deactivated it) until activated again.
+        (P::Missing, R::Inactive | R::Active | R::Activating | R::Deactivating) => &[P::Inactive],
         _ => &[],
     }
 }
@@ -213,6 +221,7 @@ impl Engine {
         self.sync_placements(id, now);
         self.hand_over(id);
         self.act_on_placements(id, now);
+        self.clear_unavailable_if_served(id, now);
         self.finish_subsume_if_done(id);
         self.place_if_needed(id, now, load);
         false
@@ -343,9 +352,19 @@ impl Engine {
                     self.attempts.forget(&subject);
                 }
                 PlacementState::Missing => {
-                    self.notes
-                        .insert(id, format!("{} lost its placement on {}", id, p.node()));
-                    self.set_state(id, p.id(), p.node(), PlacementState::Dropped);
+                    if self.node_lost(p.node(), now) && self.waits_for_lost_copy(id, &p, now) {
+                        let why = format!(
+                            "its only newest copy is on node {}, which is lost (no lease since {:?} ago); waiting for it to return with its data, or run `rangerctl forget {}` to re-create the range empty",
+                            p.node(),
+                            self.lease_age(p.node(), now),
+                            p.node()
+                        );
+                        self.set_unavailable(id, Some(why), now);
+                    } else {
+                        self.notes
+                            .insert(id, format!("{} lost its placement on {}", id, p.node()));
+                        self.set_state(id, p.id(), p.node(), PlacementState::Dropped);
+                    }
                 }
                 PlacementState::GiveUp => {
                     self.send(id, &p, Call::Drop { force: false }, now);
@@ -416,10 +435,26 @@ impl Engine {
                 p.node(),
                 attempt.last_error.clone().unwrap_or_default()
             );
-            self.give_up(id, p, why, PlacementState::Inactive, now);
-            return;
+            if !self.may_have_served(p) {
+                self.give_up(id, p, why, PlacementState::Inactive, now);
+                return;
+            }
+            // Not proven to have refused (the answers were lost, or it served
+            // before): it may be serving, so it stays the owner and activation
+            // is retried with backoff (SCENARIOS.md #37).
+            let why = format!("{why}; it may be serving, so it stays the owner and is retried");
+            if self.notes.get(&id) != Some(&why) {
+                self.emit(id, why.clone());
+                self.notes.insert(id, why);
+            }
         }
-        self.send(id, p, Call::Activate, now);
+        if self.send(id, p, Call::Activate, now) {
+            // Persisted with this step, before the runtime sends the command.
+            self.activation_refused.remove(&p.id());
+            if let Err(e) = self.keyspace.mark_activate_sent(id, p.id()) {
+                tracing::error!(range = %id, placement = %p.id(), error = %e, "could not mark activate sent");
+            }
+        }
     }
 
     /// Stops using a node for a range: GiveUp (prepare) or retire (activate), and
@@ -558,14 +593,19 @@ impl Engine {
         range.parents().iter().any(|p| self.rolling_back_parent(*p))
     }
 
-    /// The parents list Prepare carries: the range itself with its placements,
-    /// then its parents, then theirs.
+    /// The parents list Prepare carries, as the reference sends it: the range
+    /// itself with its placements, then its parents, then theirs, and so on
+    /// through the history the keyspace still holds; each range once.
     fn parents_for_prepare(&self, range: &Range) -> Vec<Parent> {
         let mut out = vec![self.as_parent(range)];
+        let mut seen: HashSet<RangeId> = HashSet::from([range.id()]);
         let mut frontier: Vec<RangeId> = range.parents().to_vec();
-        for _ in 0..2 {
+        while !frontier.is_empty() && out.len() < MAX_PREPARE_HISTORY {
             let mut next = Vec::new();
             for id in frontier {
+                if !seen.insert(id) || out.len() >= MAX_PREPARE_HISTORY {
+                    continue;
+                }
                 if let Ok(parent) = self.keyspace.range(id) {
                     out.push(self.as_parent(parent));
                     next.extend(parent.parents().iter().copied());
@@ -576,6 +616,12 @@ impl Engine {
         out
     }
 
+    /// A range as a Prepare parent entry. Only placements that hold the range's
+    /// newest data are listed, because nodes copy from what is listed
+    /// (SCENARIOS.md #39): the copy that serves or last served, or a frozen
+    /// parent. Never a retiring copy (a rolled-back destination, a moved-away
+    /// source), a copy still being prepared, a destination that was never told to
+    /// activate, or a copy on a lost node.
     fn as_parent(&self, range: &Range) -> Parent {
         Parent {
             meta: range.meta().clone(),
@@ -583,7 +629,12 @@ impl Engine {
             placements: range
                 .placements()
                 .iter()
-                .filter(|p| p.is_live())
+                .filter(|p| {
+                    p.is_live()
+                        && !p.retiring()
+                        && matches!(p.state(), PlacementState::Active | PlacementState::Inactive)
+                        && (p.replaces().is_none() || self.may_have_served(p))
+                })
                 .filter_map(|p| {
                     self.roster.get(p.node()).map(|n| ParentPlacement {
                         node_addr: n.addr.clone(),
@@ -595,15 +646,15 @@ impl Engine {
     }
 
     /// Queues a command unless one is in flight for (node, range) or its backoff
-    /// has not elapsed.
-    fn send(&mut self, range: RangeId, p: &Placement, call: Call, now: Instant) {
+    /// has not elapsed. Returns whether it was queued.
+    fn send(&mut self, range: RangeId, p: &Placement, call: Call, now: Instant) -> bool {
         self.send_to(
             range,
             p.node().clone(),
             Subject::Placement(p.id()),
             call,
             now,
-        );
+        )
     }
 
     fn send_to(
@@ -613,15 +664,15 @@ impl Engine {
         subject: Subject,
         call: Call,
         now: Instant,
-    ) {
+    ) -> bool {
         let Some(addr) = self.roster.get(&node).map(|n| n.addr.clone()) else {
-            return;
+            return false;
         };
         if !self
             .attempts
             .try_begin(&node, range, &subject, call.command(), now)
         {
-            return;
+            return false;
         }
         self.effects.push(Effect::Send(Dispatch {
             node,
@@ -630,6 +681,7 @@ impl Engine {
             subject,
             call,
         }));
+        true
     }
 
     /// A Subsuming range whose children all serve and which holds nothing anymore
@@ -682,6 +734,15 @@ impl Engine {
         let in_play = self.keyspace.is_current(id)
             || range.parents().iter().any(|p| self.subsuming.contains(p));
         if !in_play {
+            return;
+        }
+        if range
+            .placements()
+            .iter()
+            .any(|p| p.state() == PlacementState::Missing)
+        {
+            // A lost copy is waited for (see `waits_for_lost_copy`); placing an
+            // empty one now would serve a range without its data.
             return;
         }
         let useful = range
@@ -1066,6 +1127,18 @@ impl Engine {
         dest: PlacementId,
         now: Instant,
     ) -> Option<Result<(), OpError>> {
+        // Answers that arrived since the last step count before any deadline
+        // does: an Active answer at the deadline completes the move. (A given
+        // up destination keeps its state until reported below.)
+        let given_up = self
+            .keyspace
+            .range(range)
+            .ok()
+            .and_then(|r| r.placement(dest))
+            .is_some_and(|d| d.state() == PlacementState::GiveUp);
+        if !given_up {
+            self.sync_placements(range, now);
+        }
         let last_error = |engine: &Engine| {
             engine
                 .attempts
@@ -1110,6 +1183,21 @@ impl Engine {
             ))));
         }
         let cancelled = op.rollback_reason.is_some();
+        if self.may_have_served(&d) {
+            // Past the point of no return: d may be serving, so it owns the
+            // range and the move only rolls forward (SCENARIOS.md #37).
+            if now >= self.answer_deadline(op, &[dest]) {
+                self.report_rolling_forward(
+                    op,
+                    format!(
+                        "move of {range}: not confirmed in time: {} was told to activate and owns the range now; the controller keeps activating it ({})",
+                        d.node(),
+                        last_error(self)
+                    ),
+                );
+            }
+            return None;
+        }
         if (cancelled || now >= op.deadline) && !self.attempts.is_inflight(d.node(), range) {
             let source_stuck = self
                 .keyspace
@@ -1150,6 +1238,9 @@ impl Engine {
         children: &[RangeId],
         now: Instant,
     ) -> Option<Result<(), OpError>> {
+        for child in children {
+            self.sync_placements(*child, now);
+        }
         let ranges: Vec<Range> = children
             .iter()
             .filter_map(|c| self.keyspace.range(*c).ok().cloned())
@@ -1169,7 +1260,29 @@ impl Engine {
                 op.kind
             ))));
         }
-        let any_activated = ranges.iter().any(Range::ever_activated);
+        let any_activated = children.iter().any(|c| self.child_may_have_served(*c));
+        if any_activated && op.phase == OpPhase::Running {
+            // Past the point of no return: roll forward only (SCENARIOS.md #37).
+            let placements: Vec<PlacementId> = ranges
+                .iter()
+                .flat_map(|c| c.placements().iter().map(Placement::id))
+                .collect();
+            if now >= self.answer_deadline(op, &placements) {
+                let errors: Vec<String> = children
+                    .iter()
+                    .filter_map(|r| self.notes.get(r).cloned())
+                    .collect();
+                self.report_rolling_forward(
+                    op,
+                    format!(
+                        "{}: not complete in time: a child was told to activate, so it rolls forward: {}",
+                        op.kind,
+                        errors.join("; ")
+                    ),
+                );
+            }
+            return None;
+        }
         if op.phase == OpPhase::Running {
             let reason = op.rollback_reason.clone().or_else(|| {
                 (now >= op.deadline).then(|| {
@@ -1189,6 +1302,10 @@ impl Engine {
                     if let Some(entry) = self.ops.get_mut(&op.id) {
                         entry.phase = OpPhase::RollingBack;
                         entry.rollback_reason = Some(reason);
+                        // The rollback gets a deadline of its own: if child
+                        // drops keep failing, the operator is answered then
+                        // while the drops go on (SCENARIOS.md #42).
+                        entry.deadline = now + self.config.op_deadline;
                     }
                 }
                 _ => return None,
@@ -1206,6 +1323,16 @@ impl Engine {
                 .is_ok_and(|r| r.first_live_placement().is_none())
         });
         if !empty {
+            if op.phase == OpPhase::RollingBack && now >= op.deadline {
+                let reason = op.rollback_reason.clone().unwrap_or_default();
+                self.report_rolling_forward(
+                    op,
+                    format!(
+                        "{} rolled back: {reason}; the parents serve again only once every child copy is dropped, and dropping goes on with backoff",
+                        op.kind
+                    ),
+                );
+            }
             return None;
         }
         let parents: Vec<RangeId> = ranges
@@ -1235,6 +1362,38 @@ impl Engine {
         } else {
             OpError::Aborted(format!("{} rolled back: {reason}", op.kind))
         }))
+    }
+
+    /// When the operator stops waiting for an operation past its point of no
+    /// return: the operation deadline, extended by `activate_deadline` from the
+    /// first Activate of its destinations (so an activation under way at the
+    /// deadline can still answer).
+    fn answer_deadline(&self, op: &super::Operation, placements: &[PlacementId]) -> Instant {
+        let first_activate = placements
+            .iter()
+            .filter_map(|p| {
+                self.attempts
+                    .get(&Subject::Placement(*p), Command::Activate)
+                    .map(|a| a.first_sent)
+            })
+            .min();
+        let extended = first_activate.map_or(op.deadline, |t| t + self.config.activate_deadline);
+        op.deadline.max(extended)
+    }
+
+    /// Answers the operator with an error, once, while the operation goes on.
+    fn report_rolling_forward(&mut self, op: &super::Operation, message: String) {
+        if op.reported {
+            return;
+        }
+        tracing::warn!(op = %op.id, %message, "operation answered before it ended");
+        if let Some(entry) = self.ops.get_mut(&op.id) {
+            entry.reported = true;
+        }
+        self.effects.push(Effect::Finished {
+            op: op.id,
+            result: Err(OpError::Aborted(message)),
+        });
     }
 
     /// Nodes that want to be emptied get their ranges moved away, a few at a time.

@@ -146,6 +146,11 @@ pub struct Operation {
     pub rollback_reason: Option<String>,
     /// Started by a drain, not by an operator.
     pub drain: bool,
+    /// The operator was already answered (an error at the deadline) while the
+    /// work goes on: a move or split/join past its point of no return rolls
+    /// forward, a rollback keeps dropping children. Every request ends within
+    /// its deadline; the keyspace still converges.
+    pub reported: bool,
 }
 
 /// Why an operator request was refused at once, or why an operation failed.

@@ -196,6 +196,7 @@ pub(crate) async fn stores_and_loads_100k_ranges<P: Harness>(store: P) {
         counters: Counters {
             next_range_id: N + 1,
             next_placement_id: 1,
+            term: 0,
         },
         upserts,
     };

@@ -452,8 +452,8 @@ fn counters_value(value: &CountersValue) -> Vec<u8> {
     );
     if let Some(c) = value.counters {
         text.push_str(&format!(
-            "{{\"next_range_id\":{},\"next_placement_id\":{}}}",
-            c.next_range_id, c.next_placement_id
+            "{{\"next_range_id\":{},\"next_placement_id\":{},\"term\":{}}}",
+            c.next_range_id, c.next_placement_id, c.term
         ));
     }
     text.into_bytes()
@@ -1536,6 +1536,7 @@ mod tests {
             counters: Counters {
                 next_range_id: n + 1,
                 next_placement_id: 1,
+                term: 0,
             },
             upserts: (1..=n)
                 .map(|i| RangeRecord {
@@ -1835,6 +1836,7 @@ mod tests {
         let counters = Counters {
             next_range_id: 7,
             next_placement_id: 9,
+            term: 4,
         };
         for value in [
             CountersValue {

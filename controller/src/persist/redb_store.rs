@@ -21,6 +21,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_VERSION: &str = "schema_version";
 const NEXT_RANGE_ID: &str = "next_range_id";
 const NEXT_PLACEMENT_ID: &str = "next_placement_id";
+const TERM: &str = "term";
 /// The layout version of the file (the records carry their own version too).
 const LAYOUT_VERSION: u64 = 1;
 
@@ -135,6 +136,11 @@ fn load_blocking(db: &Database) -> Result<Option<Loaded>, PersistError> {
     let counters = Counters {
         next_range_id: get(NEXT_RANGE_ID)?,
         next_placement_id: get(NEXT_PLACEMENT_ID)?,
+        // Absent in stores written before terms existed.
+        term: match meta.get(TERM) {
+            Ok(value) => value.map_or(0, |v| v.value()),
+            Err(e) => return Err(PersistError::backend(format!("reading meta {TERM}"), e)),
+        },
     };
     let ranges = txn.open_table(RANGES).map_err(|e| match e {
         TableError::TableDoesNotExist(_) => PersistError::Corrupt {
@@ -175,6 +181,7 @@ fn save_blocking(
             (SCHEMA_VERSION, LAYOUT_VERSION),
             (NEXT_RANGE_ID, counters.next_range_id),
             (NEXT_PLACEMENT_ID, counters.next_placement_id),
+            (TERM, counters.term),
         ] {
             meta.insert(key, value)
                 .map_err(|e| PersistError::backend(format!("writing meta {key}"), e))?;

@@ -47,6 +47,22 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::DrainResponse {}))
     }
 
+    async fn forget(
+        &self,
+        request: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
+        let node = NodeId::new(request.into_inner().node).map_err(bad_request)?;
+        let report = self
+            .slot
+            .handle()?
+            .forget_node(node)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ForgetResponse {
+            ranges_lost: report.ranges_lost.iter().map(|r| r.get()).collect(),
+        }))
+    }
+
     async fn cancel(
         &self,
         request: Request<pb::CancelRequest>,

@@ -26,7 +26,12 @@ impl DebugService {
 }
 
 fn range_response(engine: &Engine, range: &Range) -> pb::RangeResponse {
+    let unavailable = engine.unavailable(range.id());
     pb::RangeResponse {
+        unavailable: unavailable.map(|u| u.reason.clone()).unwrap_or_default(),
+        unavailable_millis: unavailable.map_or(0, |u| {
+            u64::try_from(u.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+        }),
         meta: Some(range.meta().into()),
         state: range.state().into(),
         parents: range.parents().iter().map(|id| id.get()).collect(),

@@ -73,7 +73,14 @@ fn outcome(state: i32, failure: Option<pb::CallbackFailure>) -> Answer {
 }
 
 impl NodeTransport for GrpcTransport {
-    async fn call(&self, addr: &str, range: RangeId, call: Call, timeout: Duration) -> Answer {
+    async fn call(
+        &self,
+        addr: &str,
+        range: RangeId,
+        call: Call,
+        _term: u64,
+        timeout: Duration,
+    ) -> Answer {
         let mut client = self.client(addr)?;
         let id = range.get();
         let command = call.command();
@@ -125,7 +132,13 @@ impl NodeTransport for GrpcTransport {
         }
     }
 
-    async fn probe(&self, addr: &str, lease: Duration, timeout: Duration) -> ProbeAnswer {
+    async fn probe(
+        &self,
+        addr: &str,
+        _term: u64,
+        lease: Duration,
+        timeout: Duration,
+    ) -> ProbeAnswer {
         let mut client = self.client(addr).map_err(|e| e.to_string())?;
         let lease_millis = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         let response = tokio::time::timeout(timeout, client.info(pb::InfoRequest { lease_millis }))

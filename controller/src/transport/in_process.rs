@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ranger_node_sdk::{CommandError, Node, Rangelet};
+use ranger_node_sdk::{Command, CommandError, Node, Rangelet};
 use ranger_proto::RangeId;
 
 use super::{NodeTransport, ProbeAnswer};
@@ -17,6 +17,18 @@ use crate::orchestrator::{Answer, Call, CallError};
 struct Nodes<N> {
     by_addr: HashMap<String, Rangelet<N>>,
     unreachable: HashSet<String>,
+    /// Requests that reach the node but whose replies are lost on the way back
+    /// (a one-way partition): the node acts, the controller sees an error.
+    lost_replies: HashSet<(String, Lost)>,
+}
+
+/// Which replies from a node are lost (see [`InProcessTransport::lose_replies`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lost {
+    /// Replies to this command.
+    Command(Command),
+    /// Replies to probes (`Info`): the node still renews its lease on receipt.
+    Probe,
 }
 
 /// Rangelets by address. Clones share the same nodes.
@@ -39,6 +51,7 @@ impl<N: Node> Default for InProcessTransport<N> {
             nodes: Arc::new(Mutex::new(Nodes {
                 by_addr: HashMap::new(),
                 unreachable: HashSet::new(),
+                lost_replies: HashSet::new(),
             })),
         }
     }
@@ -75,6 +88,22 @@ impl<N: Node> InProcessTransport<N> {
         }
     }
 
+    /// Delivers requests of the given kind to `addr` but loses their replies (or
+    /// stops doing so): the node acts on them, the controller gets an error, as
+    /// through a one-way partition or a connection reset after delivery.
+    pub fn lose_replies(&self, addr: &str, which: Lost, lost: bool) {
+        let mut nodes = self.lock();
+        if lost {
+            nodes.lost_replies.insert((addr.to_owned(), which));
+        } else {
+            nodes.lost_replies.remove(&(addr.to_owned(), which));
+        }
+    }
+
+    fn reply_lost(&self, addr: &str, which: Lost) -> bool {
+        self.lock().lost_replies.contains(&(addr.to_owned(), which))
+    }
+
     fn rangelet(&self, addr: &str) -> Result<Rangelet<N>, CallError> {
         let nodes = self.lock();
         if nodes.unreachable.contains(addr) {
@@ -100,8 +129,16 @@ fn call_error(e: CommandError) -> CallError {
 }
 
 impl<N: Node> NodeTransport for InProcessTransport<N> {
-    async fn call(&self, addr: &str, range: RangeId, call: Call, timeout: Duration) -> Answer {
+    async fn call(
+        &self,
+        addr: &str,
+        range: RangeId,
+        call: Call,
+        _term: u64,
+        timeout: Duration,
+    ) -> Answer {
         let rangelet = self.rangelet(addr)?;
+        let lost = Lost::Command(call.command());
         let work = async {
             match call {
                 Call::Prepare { meta, parents } => rangelet.prepare(meta, parents).await,
@@ -114,13 +151,27 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
             Err(_) => Err(CallError::Unreachable(format!(
                 "no answer within {timeout:?}"
             ))),
+            Ok(_) if self.reply_lost(addr, lost) => Err(CallError::Unreachable(format!(
+                "connection to {addr} reset before the reply arrived"
+            ))),
             Ok(result) => result.map_err(call_error),
         }
     }
 
-    async fn probe(&self, addr: &str, lease: Duration, _timeout: Duration) -> ProbeAnswer {
+    async fn probe(
+        &self,
+        addr: &str,
+        _term: u64,
+        lease: Duration,
+        _timeout: Duration,
+    ) -> ProbeAnswer {
         let rangelet = self.rangelet(addr).map_err(|e| e.to_string())?;
-        let ranges = rangelet.info(Some(lease)).await;
+        // Lease 0 grants nothing (the wire's `lease_millis = 0`).
+        let grant = (!lease.is_zero()).then_some(lease);
+        let ranges = rangelet.info(grant).await;
+        if self.reply_lost(addr, Lost::Probe) {
+            return Err(format!("probe reply from {addr} lost"));
+        }
         Ok((ranges, rangelet.wants_drain()))
     }
 }

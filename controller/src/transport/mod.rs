@@ -12,7 +12,7 @@ use std::time::Duration;
 use ranger_proto::{RangeId, RangeInfo};
 
 pub use grpc::GrpcTransport;
-pub use in_process::InProcessTransport;
+pub use in_process::{InProcessTransport, Lost};
 
 use crate::orchestrator::{Answer, Call};
 
@@ -21,19 +21,23 @@ pub type ProbeAnswer = Result<(Vec<RangeInfo>, bool), String>;
 
 /// Carries commands and probes to nodes by address.
 pub trait NodeTransport: Send + Sync + 'static {
-    /// Sends one command about `range` to the node at `addr`.
+    /// Sends one command about `range` to the node at `addr`, in the
+    /// controller's `term` (nodes refuse commands from an older term).
     fn call(
         &self,
         addr: &str,
         range: RangeId,
         call: Call,
+        term: u64,
         timeout: Duration,
     ) -> impl Future<Output = Answer> + Send;
 
-    /// Probes the node at `addr` with `Info`, granting it a write lease.
+    /// Probes the node at `addr` with `Info`, granting it a write lease (none
+    /// if `lease` is zero).
     fn probe(
         &self,
         addr: &str,
+        term: u64,
         lease: Duration,
         timeout: Duration,
     ) -> impl Future<Output = ProbeAnswer> + Send;

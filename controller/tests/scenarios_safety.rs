@@ -1,0 +1,348 @@
+//! SCENARIOS.md #31 and #37-#40: the handoff races that lose acknowledged writes
+//! or make two writers, each reproduced with the in-process cluster (real
+//! rangelets, paused time) and checked for one writer at every step.
+//!
+//! The rules they prove (DESIGN.md §6): once Activate has been *sent* to a
+//! destination, it owns the range until it is proven not serving, so the
+//! operation only rolls forward; a probe whose reply was lost may still have
+//! renewed the node's lease, so loss is counted from the send time of the last
+//! lease-granting probe and no lease is granted until a probe succeeds again; a
+//! lost node's ranges at R1 wait for it (Unavailable) instead of being re-created
+//! empty, unless an operator forgets the node.
+
+// Tests fail by panicking: unwrapping is the point.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use ranger_controller::config::Replication;
+use ranger_controller::runtime::OpRequest;
+use ranger_controller::transport::Lost;
+use ranger_node_sdk::Command;
+use ranger_node_sdk::testing::Behaviour;
+use ranger_proto::{Key, PlacementState, RangeState};
+use support::*;
+
+/// Advances paused time in small steps for `total`, checking invariant 1 (one
+/// writer per key, from the nodes' own state) after each.
+async fn run_checking_one_writer(cluster: &Cluster, total: Duration) {
+    let step = Duration::from_millis(10);
+    let mut elapsed = Duration::ZERO;
+    while elapsed < total {
+        tokio::time::sleep(step).await;
+        elapsed += step;
+        cluster.assert_one_writer();
+    }
+}
+
+/// The calls after the first `D(source)`: nothing may re-activate the source
+/// once a destination was told to activate and did.
+fn calls_after(calls: &[String], first: &str) -> Vec<String> {
+    let at = calls
+        .iter()
+        .position(|c| c == first)
+        .unwrap_or_else(|| panic!("{first} never happened: {calls:?}"));
+    calls[at + 1..].to_vec()
+}
+
+#[tokio::test(start_paused = true)]
+async fn s37_a_move_whose_activate_is_in_flight_at_the_deadline_rolls_forward() {
+    // The interleaving the review reproduced: b's Prepare ends just before the
+    // operation deadline (10 s), its Activate takes 0.9 s and answers Activating
+    // first (grace period), so the deadline passes with A(b) in flight.
+    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    cluster.node("b").on(
+        Command::Prepare,
+        Behaviour::SucceedAfter(Duration::from_millis(9_300)),
+    );
+    cluster.node("b").on(
+        Command::Activate,
+        Behaviour::SucceedAfter(Duration::from_millis(900)),
+    );
+    let (_, done) = cluster
+        .handle
+        .submit(OpRequest::Move {
+            range: id(1),
+            node: Some(node_id("b")),
+        })
+        .await
+        .unwrap();
+    run_checking_one_writer(&cluster, Duration::from_secs(15)).await;
+    let result = done.await.unwrap();
+    assert!(result.is_ok(), "{result:?}\n{}", cluster.describe().await);
+    cluster.wait_active_on(id(1), &["b"]).await;
+    assert_eq!(
+        cluster.calls(),
+        vec!["P(b,1)", "D(a,1)", "A(b,1)", "X(a,1)"],
+        "b's writes must never be thrown away for a re-activated a"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn s37_a_destination_whose_activate_replies_are_lost_stays_the_owner() {
+    // Activate reaches b and succeeds, but every reply (and every probe reply) is
+    // lost on the way back: the controller cannot tell that b serves. It must not
+    // give b up and re-activate a.
+    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    cluster
+        .transport
+        .lose_replies(&addr("b"), Lost::Command(Command::Activate), true);
+    cluster
+        .transport
+        .lose_replies(&addr("b"), Lost::Probe, true);
+    let (_, done) = cluster
+        .handle
+        .submit(OpRequest::Move {
+            range: id(1),
+            node: Some(node_id("b")),
+        })
+        .await
+        .unwrap();
+    run_checking_one_writer(&cluster, Duration::from_secs(8)).await;
+    let after = calls_after(&cluster.calls(), "D(a,1)");
+    assert!(
+        !after.contains(&"A(a,1)".to_owned()),
+        "a was re-activated while b may serve: {:?}",
+        cluster.calls()
+    );
+    // The partition heals: b is found (fenced by its lapsed lease, so Inactive)
+    // and activated again, and the move completes forward.
+    cluster
+        .transport
+        .lose_replies(&addr("b"), Lost::Command(Command::Activate), false);
+    cluster
+        .transport
+        .lose_replies(&addr("b"), Lost::Probe, false);
+    run_checking_one_writer(&cluster, Duration::from_secs(5)).await;
+    cluster.wait_active_on(id(1), &["b"]).await;
+    assert!(
+        !cluster.calls().contains(&"A(a,1)".to_owned()),
+        "{:?}",
+        cluster.calls()
+    );
+    // The operator's request ended (with an error: the move could not be
+    // confirmed within its deadline), but the keyspace rolled forward.
+    let _ = done.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn s37_a_split_child_activating_at_the_deadline_rolls_forward() {
+    // Both children are told to activate just before the deadline, and neither
+    // has answered Active when it passes.
+    let cluster = Cluster::start(&["a", "b", "c"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    for child_node in ["b", "c"] {
+        cluster.node(child_node).on(
+            Command::Prepare,
+            Behaviour::SucceedAfter(Duration::from_millis(9_300)),
+        );
+        cluster.node(child_node).on(
+            Command::Activate,
+            Behaviour::SucceedAfter(Duration::from_millis(900)),
+        );
+    }
+    let (_, done) = cluster
+        .handle
+        .submit(OpRequest::Split {
+            range: id(1),
+            key: Key::from("m"),
+            left: Some(node_id("b")),
+            right: Some(node_id("c")),
+        })
+        .await
+        .unwrap();
+    run_checking_one_writer(&cluster, Duration::from_secs(15)).await;
+    let result = done.await.unwrap();
+    assert!(result.is_ok(), "{result:?}\n{}", cluster.describe().await);
+    cluster.wait_obsolete(&[1]).await;
+    cluster.wait_active_on(id(2), &["b"]).await;
+    cluster.wait_active_on(id(3), &["c"]).await;
+    let calls = cluster.calls();
+    assert!(
+        !calls.contains(&"D(b,2)".to_owned())
+            && !calls.contains(&"D(c,3)".to_owned())
+            && !calls.contains(&"A(a,1)".to_owned()),
+        "{calls:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn s37_the_activate_sent_mark_survives_a_controller_restart() {
+    // A(b) is sent and takes longer than a whole operation deadline; the
+    // controller is killed right after sending it. The new controller must know
+    // that b may be serving, and finish the move forward.
+    let mut cluster = Cluster::start(&["a", "b"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    cluster.node("b").on(
+        Command::Activate,
+        Behaviour::SucceedAfter(cluster.config.op_deadline + Duration::from_secs(5)),
+    );
+    let _ = cluster
+        .handle
+        .submit(OpRequest::Move {
+            range: id(1),
+            node: Some(node_id("b")),
+        })
+        .await
+        .unwrap();
+    let log = cluster.log.clone();
+    cluster
+        .wait_for("A(b,1) sent", move |_| {
+            log.render().contains(&"A(b,1)".to_owned())
+        })
+        .await;
+    cluster.restart_controller().await;
+    run_checking_one_writer(&cluster, cluster.config.op_deadline * 2).await;
+    cluster.wait_active_on(id(1), &["b"]).await;
+    assert_eq!(
+        cluster.calls(),
+        vec!["P(b,1)", "D(a,1)", "A(b,1)", "X(a,1)"],
+        "storage called once per step, never A(a,1)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn s38_lost_probe_replies_grant_no_lease_so_the_node_stops_writing_first() {
+    // A one-way partition: a receives every probe (and would renew its lease on
+    // each) but the controller never hears back. The controller must stop
+    // granting leases after the first failed probe, so a's lease lapses before
+    // the controller counts a as lost.
+    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    cluster
+        .transport
+        .lose_replies(&addr("a"), Lost::Probe, true);
+    run_checking_one_writer(
+        &cluster,
+        cluster.config.node_loss_after() + Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        !cluster.rangelets["a"].lease_valid(),
+        "a still holds a lease renewed by probes whose replies were lost"
+    );
+    // R1: nothing is re-created empty elsewhere while a is away.
+    assert!(
+        !cluster.calls().iter().any(|c| c.starts_with("P(b")),
+        "{:?}",
+        cluster.calls()
+    );
+    cluster
+        .transport
+        .lose_replies(&addr("a"), Lost::Probe, false);
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.assert_one_writer();
+}
+
+#[tokio::test(start_paused = true)]
+async fn s31_a_lost_nodes_ranges_are_unavailable_until_it_returns_with_its_data() {
+    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    cluster.transport.set_reachable(&addr("a"), false);
+    run_checking_one_writer(
+        &cluster,
+        cluster.config.node_loss_after() + Duration::from_secs(3),
+    )
+    .await;
+    // Shown loudly, with the reason and since when; nothing placed empty.
+    let unavailable = cluster
+        .handle
+        .inspect(|e| e.unavailable(id(1)).map(|u| u.reason.clone()))
+        .await
+        .unwrap();
+    let reason = unavailable.expect("range 1 is shown unavailable");
+    assert!(reason.contains('a'), "{reason}");
+    assert_eq!(
+        cluster.placements(id(1)).await,
+        vec![("a".to_owned(), PlacementState::Missing)]
+    );
+    assert_eq!(cluster.calls(), vec!["D(a,1)"], "only a's own fence acted");
+    // a comes back with its data: its copy is activated again.
+    cluster.transport.set_reachable(&addr("a"), true);
+    cluster.wait_active_on(id(1), &["a"]).await;
+    assert_eq!(cluster.calls(), vec!["D(a,1)", "A(a,1)"]);
+    let still = cluster
+        .handle
+        .inspect(|e| e.unavailable(id(1)).is_some())
+        .await
+        .unwrap();
+    assert!(!still);
+}
+
+#[tokio::test(start_paused = true)]
+async fn s31_forgetting_a_lost_node_recreates_its_ranges_empty_and_reports_the_loss() {
+    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    cluster.transport.set_reachable(&addr("a"), false);
+    tokio::time::sleep(cluster.config.node_loss_after() + Duration::from_secs(1)).await;
+    let report = cluster.handle.forget_node(node_id("a")).await.unwrap();
+    assert_eq!(report.ranges_lost, vec![id(1)]);
+    cluster.wait_active_on(id(1), &["b"]).await;
+    cluster.assert_one_writer();
+    // When a returns, its stale copy is dropped, never served.
+    cluster.transport.set_reachable(&addr("a"), true);
+    let a = cluster.rangelets["a"].clone();
+    cluster
+        .wait_for("stale copy dropped", move |_| a.ranges().is_empty())
+        .await;
+    assert!(
+        !cluster.calls().contains(&"A(a,1)".to_owned()),
+        "{:?}",
+        cluster.calls()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn s31_forgetting_a_node_that_is_not_lost_is_refused() {
+    let cluster = Cluster::start(&["a"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    let refused = cluster.handle.forget_node(node_id("a")).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let unknown = cluster.handle.forget_node(node_id("zz")).await;
+    assert!(unknown.is_err(), "{unknown:?}");
+    assert_eq!(cluster.range_state(id(1)).await, RangeState::Active);
+}
+
+#[tokio::test(start_paused = true)]
+async fn s31_r3_survivors_serve_and_a_new_replica_replaces_the_lost_one() {
+    let cluster = Cluster::start(&["a", "b", "c", "d"], Replication::R3).await;
+    cluster
+        .wait_for("3 active", |e| {
+            placements_of(e, id(1))
+                .iter()
+                .filter(|(_, s)| *s == PlacementState::Active)
+                .count()
+                == 3
+        })
+        .await;
+    let holders: Vec<String> = cluster
+        .placements(id(1))
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let lost = holders[0].clone();
+    cluster.transport.set_reachable(&addr(&lost), false);
+    cluster
+        .wait_for("3 active without the lost node", move |e| {
+            let p = placements_of(e, id(1));
+            p.iter()
+                .filter(|(_, s)| *s == PlacementState::Active)
+                .count()
+                == 3
+                && p.iter().all(|(n, _)| *n != lost)
+        })
+        .await;
+    cluster.assert_one_writer();
+}
