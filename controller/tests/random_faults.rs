@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use ranger_controller::bootstrap::load_keyspace;
 use ranger_controller::config::Replication;
 use ranger_controller::runtime::{Completion, OpRequest};
+use ranger_controller::transport::Lost;
 use ranger_node_sdk::Command;
 use ranger_node_sdk::testing::Behaviour;
 use ranger_proto::{Key, RangeId, RangeState};
@@ -73,7 +74,7 @@ async fn run_seed(seed: u64, steps: usize) {
     cluster.wait_active_on(id(1), &["a"]).await;
     let mut pending: Vec<Completion> = Vec::new();
     for _ in 0..steps {
-        match rng.random_range(0..11) {
+        match rng.random_range(0..12) {
             0..=2 => {
                 let ranges = current_ranges(&cluster).await;
                 if ranges.is_empty() {
@@ -151,6 +152,20 @@ async fn run_seed(seed: u64, steps: usize) {
                 }
             }
             9 => cluster.restart_controller().await,
+            10 => {
+                // A one-way partition: requests of one kind reach the node and
+                // act, but their replies are lost (SCENARIOS.md #37, #38); or
+                // such a fault heals.
+                let node = NODES[rng.random_range(0..NODES.len())];
+                let which = if rng.random_bool(0.5) {
+                    Lost::Probe
+                } else {
+                    Lost::Command(COMMANDS[rng.random_range(0..COMMANDS.len())])
+                };
+                cluster
+                    .transport
+                    .lose_replies(&addr(node), which, rng.random_bool(0.6));
+            }
             _ => {
                 // A partition: the node keeps running but nobody reaches it (its
                 // lease runs out), or a partition heals.
@@ -167,8 +182,14 @@ async fn run_seed(seed: u64, steps: usize) {
     // Invariant 5: with the faults healed, everything ends and settles.
     for node in NODES {
         cluster.transport.set_reachable(&addr(node), true);
+        cluster
+            .transport
+            .lose_replies(&addr(node), Lost::Probe, false);
         for command in COMMANDS {
             cluster.node(node).on(command, Behaviour::Succeed);
+            cluster
+                .transport
+                .lose_replies(&addr(node), Lost::Command(command), false);
         }
     }
     for done in pending {
@@ -193,9 +214,14 @@ async fn run_seed(seed: u64, steps: usize) {
 
 #[tokio::test(start_paused = true)]
 async fn random_operations_faults_and_restarts_keep_the_invariants() {
-    let seeds: Vec<u64> = match std::env::var("RANGER_SEED") {
-        Ok(seed) => vec![seed.parse().expect("RANGER_SEED is a number")],
-        Err(_) => (1..=8).collect(),
+    // RANGER_SEED=N replays one seed; RANGER_SEEDS=A-B runs a range by hand.
+    let seeds: Vec<u64> = match (std::env::var("RANGER_SEED"), std::env::var("RANGER_SEEDS")) {
+        (Ok(seed), _) => vec![seed.parse().expect("RANGER_SEED is a number")],
+        (_, Ok(range)) => {
+            let (from, to) = range.split_once('-').expect("RANGER_SEEDS is A-B");
+            (from.parse().expect("a number")..=to.parse().expect("a number")).collect()
+        }
+        _ => (1..=8).collect(),
     };
     for seed in seeds {
         run_seed(seed, 60).await;

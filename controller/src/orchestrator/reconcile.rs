@@ -352,7 +352,13 @@ impl Engine {
                     self.attempts.forget(&subject);
                 }
                 PlacementState::Missing => {
-                    if self.node_lost(p.node(), now) && self.waits_for_lost_copy(id, &p, now) {
+                    // A copy worth waiting for is dropped only once its node,
+                    // back and answering, reports that it no longer holds it;
+                    // not merely because this controller (say, just restarted)
+                    // has not counted the node lost yet.
+                    let gone_from_node = !self.node_lost(p.node(), now)
+                        && self.roster.remote(p.node(), id) == Some(RemoteState::NotFound);
+                    if !gone_from_node && self.waits_for_lost_copy(id, &p, now) {
                         let why = format!(
                             "its only newest copy is on node {}, which is lost (no lease since {:?} ago); waiting for it to return with its data, or run `rangerctl forget {}` to re-create the range empty",
                             p.node(),

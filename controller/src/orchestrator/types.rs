@@ -51,6 +51,11 @@ pub enum CallError {
     /// The node does not know the range (INVALID_ARGUMENT for Activate/Deactivate).
     #[error("node does not know the range: {0}")]
     UnknownRange(String),
+    /// The node called the command invalid: it does not hold the range, or (a
+    /// reference rangelet) the range is in the wrong state. Not proof of either:
+    /// the node's next probe says which.
+    #[error("node refused the command as invalid (unknown range or wrong state): {0}")]
+    Invalid(String),
     /// The node refused: the range is in a state where the command cannot run.
     #[error("wrong state on the node: {0}")]
     WrongState(String),

@@ -36,7 +36,12 @@ impl GrpcTransport {
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| CallError::Unreachable(format!("bad address {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2));
+            .connect_timeout(Duration::from_secs(2))
+            // A node that goes silent (a partition, a frozen process) is noticed
+            // on an idle channel too, not only by the next request's deadline.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());
         Ok(NodeClient::new(channel))
@@ -44,16 +49,18 @@ impl GrpcTransport {
 }
 
 /// Maps a node's status to what the orchestrator acts on. PROTOCOL.md: an
-/// Activate or Deactivate of a range the node does not hold is INVALID_ARGUMENT
-/// (the controller's requests are otherwise always well-formed), so for those
-/// two commands the code alone says "unknown range", whatever the node's text.
+/// Activate or Deactivate of a range the node does not hold is INVALID_ARGUMENT,
+/// but the reference rangelet also answers INVALID_ARGUMENT for a range in the
+/// wrong state. The code alone cannot tell the two apart (and our own message
+/// text is no contract), so it is `Invalid`: the orchestrator then learns the
+/// range's state from the node's next probe instead of assuming it is gone.
 fn call_error(status: Status, command: Option<Command>) -> CallError {
     let message = status.message().to_owned();
     match status.code() {
         Code::InvalidArgument
             if matches!(command, Some(Command::Activate | Command::Deactivate)) =>
         {
-            CallError::UnknownRange(message)
+            CallError::Invalid(message)
         }
         Code::FailedPrecondition => CallError::WrongState(message),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
@@ -163,9 +170,11 @@ mod tests {
     #[test]
     fn statuses_map_by_code_and_command() {
         let unknown = Status::invalid_argument("whatever a Go node says");
+        // Unknown range, or a reference rangelet's "wrong state": not assumed
+        // to be either (the next probe tells).
         assert!(matches!(
             call_error(unknown.clone(), Some(Command::Activate)),
-            CallError::UnknownRange(_)
+            CallError::Invalid(_)
         ));
         assert!(matches!(
             call_error(unknown, Some(Command::Prepare)),
