@@ -2,12 +2,23 @@
 //! persistence across restarts, exact transfers (bounds, empty start/end), delta
 //! catch-up of updates and deletions, a source dying mid-transfer, and
 //! re-activation after a rolled-back handoff.
+//!
+//! Issue 9 ("no acknowledged write lost"): sources are only the placements the
+//! controller lists as holding the data (never a stale local copy), Prepares
+//! shaped like the Go reference controller's (no parent ids) still find their
+//! sources, a prepare that cannot fill its range fails, a reference source (no
+//! Snapshot) is copied with Dump, and a silent source fails the callback within
+//! the peer timeout instead of hanging it.
 
 // Tests fail by panicking: unwrapping is the point.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ranger_kv::node::server::NodeServer;
 use ranger_kv::node::{KvNode, KvNodeConfig};
@@ -41,16 +52,20 @@ impl TestNode {
     async fn start(dir: &Path, chunk_bytes: usize) -> TestNode {
         let mut config = KvNodeConfig::new("");
         config.chunk_bytes = chunk_bytes;
+        Self::start_with(dir, config).await
+    }
+
+    async fn start_with(dir: &Path, config: KvNodeConfig) -> TestNode {
         // A restarted node may find RocksDB's lock still held for a moment by the
         // previous server's last tasks in this process; a new process never does.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             match NodeServer::start(dir, listener, config.clone()).await {
                 Ok(server) => return TestNode(server),
-                Err(e) if std::time::Instant::now() < deadline => {
+                Err(e) if Instant::now() < deadline => {
                     tracing::debug!(error = %e, "retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => panic!("starting the node: {e}"),
             }
@@ -316,7 +331,7 @@ async fn a_source_dying_mid_transfer_fails_prepare_and_leaves_nothing() {
         .await
         .unwrap();
     while outcome.state == RemoteState::Preparing {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         outcome = b
             .rangelet
             .prepare(range.clone(), moving(&range, dying))
@@ -378,4 +393,565 @@ async fn load_info_reports_keys_bytes_and_a_median_split_key() {
     let split = String::from_utf8(load.split_keys[0].as_bytes().to_vec()).unwrap();
     let n: u32 = split[1..].parse().unwrap();
     assert!((400..600).contains(&n), "split key {split} near the median");
+}
+
+// ---- Issue 9: sources, reference-shaped Prepares, Dump fallback, timeouts ----
+
+fn placed(addr: impl ToString, state: PlacementState) -> ParentPlacement {
+    ParentPlacement {
+        node_addr: addr.to_string(),
+        state,
+    }
+}
+
+/// One entry of Prepare's `parents`; `parent_ids` empty is the Go reference
+/// controller's shape (it never fills field 2).
+fn entry(meta: &RangeMeta, parent_ids: &[u64], placements: Vec<ParentPlacement>) -> Parent {
+    Parent {
+        meta: meta.clone(),
+        parents: parent_ids.iter().map(|n| id(*n)).collect(),
+        placements,
+    }
+}
+
+/// How long a callback may take in these tests before it counts as hung.
+const HUNG: Duration = Duration::from_secs(10);
+
+/// Re-sends Prepare (as the controller does) until the range leaves Preparing;
+/// panics if it is still Preparing after [`HUNG`].
+async fn settle_prepare(
+    node: &TestNode,
+    meta: &RangeMeta,
+    parents: &[Parent],
+) -> ranger_node_sdk::Outcome {
+    let deadline = Instant::now() + HUNG;
+    loop {
+        let outcome = node
+            .rangelet
+            .prepare(meta.clone(), parents.to_vec())
+            .await
+            .unwrap();
+        if outcome.state != RemoteState::Preparing {
+            return outcome;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prepare of {} still running after {HUNG:?}: it hangs",
+            meta.id()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Re-sends Activate until the range leaves Activating; panics after [`HUNG`].
+async fn settle_activate(node: &TestNode, range: RangeId) -> ranger_node_sdk::Outcome {
+    let deadline = Instant::now() + HUNG;
+    loop {
+        let outcome = node.rangelet.activate(range).await.unwrap();
+        if outcome.state != RemoteState::Activating {
+            return outcome;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "activate of {range} still running after {HUNG:?}: it hangs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn pairs_in(node: &KvNode, start: &str, end: Option<&str>) -> Vec<(String, String)> {
+    all_pairs(node)
+        .into_iter()
+        .filter(|(k, _)| k.as_str() >= start && end.is_none_or(|e| k.as_str() < e))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_split_onto_a_node_holding_a_stale_copy_of_the_parent_gets_only_the_latest_data() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestNode::start(da.path(), 1 << 20).await;
+    let b = TestNode::start(db.path(), 1 << 20).await;
+    let whole = meta(1, "", "");
+    b.own(whole.clone()).await;
+    let mut cb = b.client().await;
+    for key in ["c", "d", "p", "q"] {
+        put(&mut cb, key, "old").await.unwrap();
+    }
+    // Move 1 from b to a. b's copy is never dropped (a slow drop): stale now.
+    let outcome = settle_prepare(&a, &whole, &moving(&whole, b.addr)).await;
+    assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
+    b.rangelet.deactivate(id(1)).await.unwrap();
+    assert_eq!(settle_activate(&a, id(1)).await.state, RemoteState::Active);
+    let mut ca = a.client().await;
+    put(&mut ca, "c", "new").await.unwrap();
+    put(&mut ca, "p", "new").await.unwrap();
+    put(&mut ca, "e", "added").await.unwrap();
+    for key in ["d", "q"] {
+        ca.delete(pb::DeleteRequest { key: key.into() })
+            .await
+            .unwrap();
+    }
+    // Split 1 -> 2 [-inf, m) and 3 [m, +inf), both children on b.
+    // Child 2: the controller lists only a's placement (b's copy is retiring).
+    let left = meta(2, "", "m");
+    let parents = vec![
+        entry(&left, &[1], vec![placed(b.addr, PlacementState::Pending)]),
+        entry(&whole, &[], vec![placed(a.addr, PlacementState::Active)]),
+    ];
+    let outcome = settle_prepare(&b, &left, &parents).await;
+    assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
+    // Child 3: an older controller also lists b's stale copy; a serves, so a's
+    // copy is the latest.
+    let right = meta(3, "m", "");
+    let parents = vec![
+        entry(&right, &[1], vec![placed(b.addr, PlacementState::Pending)]),
+        entry(
+            &whole,
+            &[],
+            vec![
+                placed(b.addr, PlacementState::Inactive),
+                placed(a.addr, PlacementState::Active),
+            ],
+        ),
+    ];
+    let outcome = settle_prepare(&b, &right, &parents).await;
+    assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
+    a.rangelet.deactivate(id(1)).await.unwrap();
+    assert_eq!(settle_activate(&b, id(2)).await.state, RemoteState::Active);
+    assert_eq!(settle_activate(&b, id(3)).await.state, RemoteState::Active);
+    // The slow drop of b's stale copy finally happens.
+    b.rangelet.drop_range(id(1), false).await.unwrap();
+    assert_eq!(
+        all_pairs(&b.node),
+        all_pairs(&a.node),
+        "b holds exactly what a served last: nothing pre-move, no deleted key back"
+    );
+    assert_eq!(get(&mut cb, "c").await.unwrap(), "new");
+    assert_eq!(get(&mut cb, "p").await.unwrap(), "new");
+    assert_eq!(get(&mut cb, "d").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(get(&mut cb, "q").await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_reference_shaped_split_and_join_copy_every_key() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = TestNode::start(dirs[0].path(), 64).await;
+    let b = TestNode::start(dirs[1].path(), 64).await;
+    let c = TestNode::start(dirs[2].path(), 64).await;
+    let whole = meta(1, "", "");
+    a.own(whole.clone()).await;
+    let mut ca = a.client().await;
+    for letter in 'a'..='z' {
+        put(&mut ca, &format!("{letter}1"), "v").await.unwrap();
+    }
+    // Split 1 -> 2 [-inf, m) on b and 3 [m, +inf) on c, as the Go reference
+    // controller sends it: the range itself first, then its parent, and no
+    // parent ids (field 2) anywhere.
+    let left = meta(2, "", "m");
+    let right = meta(3, "m", "");
+    let split = |child: &RangeMeta, on: SocketAddr| {
+        vec![
+            entry(child, &[], vec![placed(on, PlacementState::Pending)]),
+            entry(&whole, &[], vec![placed(a.addr, PlacementState::Active)]),
+        ]
+    };
+    let outcome = settle_prepare(&b, &left, &split(&left, b.addr)).await;
+    assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
+    let outcome = settle_prepare(&c, &right, &split(&right, c.addr)).await;
+    assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
+    // Writes after the snapshots arrive with the delta.
+    put(&mut ca, "b1", "late").await.unwrap();
+    put(&mut ca, "x1", "late").await.unwrap();
+    a.rangelet.deactivate(id(1)).await.unwrap();
+    assert_eq!(settle_activate(&b, id(2)).await.state, RemoteState::Active);
+    assert_eq!(settle_activate(&c, id(3)).await.state, RemoteState::Active);
+    assert_eq!(all_pairs(&b.node), pairs_in(&a.node, "", Some("m")));
+    assert_eq!(all_pairs(&c.node), pairs_in(&a.node, "m", None));
+    assert_eq!(all_pairs(&b.node).len(), 12);
+    assert_eq!(all_pairs(&c.node).len(), 14);
+    a.rangelet.drop_range(id(1), false).await.unwrap();
+    assert!(all_pairs(&a.node).is_empty());
+    // Join (2, 3) -> 4 on a: the range, its parents, then theirs (1, long gone:
+    // no placements), still without parent ids.
+    let mut cb = b.client().await;
+    put(&mut cb, "c1", "joined").await.unwrap();
+    let joined = meta(4, "", "");
+    let join = vec![
+        entry(&joined, &[], vec![placed(a.addr, PlacementState::Pending)]),
+        entry(&left, &[], vec![placed(b.addr, PlacementState::Active)]),
+        entry(&right, &[], vec![placed(c.addr, PlacementState::Active)]),
+        entry(&whole, &[], vec![]),
+    ];
+    let outcome = settle_prepare(&a, &joined, &join).await;
+    assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
+    b.rangelet.deactivate(id(2)).await.unwrap();
+    c.rangelet.deactivate(id(3)).await.unwrap();
+    assert_eq!(settle_activate(&a, id(4)).await.state, RemoteState::Active);
+    let mut expected = all_pairs(&b.node);
+    expected.extend(all_pairs(&c.node));
+    assert_eq!(all_pairs(&a.node), expected, "every key of both parents");
+    assert_eq!(get(&mut ca, "c1").await.unwrap(), "joined");
+    assert_eq!(get(&mut ca, "x1").await.unwrap(), "late");
+}
+
+#[tokio::test]
+async fn a_prepare_that_cannot_fill_its_range_fails_instead_of_succeeding_empty() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestNode::start(da.path(), 1 << 20).await;
+    let b = TestNode::start(db.path(), 1 << 20).await;
+    let left = meta(1, "", "m");
+    a.own(left.clone()).await;
+    let mut ca = a.client().await;
+    put(&mut ca, "c", "v").await.unwrap();
+    // Range 2 [m, +inf) lived on a node that is gone (Missing): a join of 1 and 2
+    // cannot be filled, even though the parent ids are given.
+    let gone = "127.0.0.1:1";
+    let right = meta(2, "m", "");
+    let joined = meta(3, "", "");
+    let join = vec![
+        entry(
+            &joined,
+            &[1, 2],
+            vec![placed(b.addr, PlacementState::Pending)],
+        ),
+        entry(&left, &[], vec![placed(a.addr, PlacementState::Active)]),
+        entry(&right, &[], vec![placed(gone, PlacementState::Missing)]),
+    ];
+    let outcome = settle_prepare(&b, &joined, &join).await;
+    assert_eq!(outcome.state, RemoteState::NotFound, "{outcome:?}");
+    let failure = outcome.failure.unwrap();
+    assert!(failure.contains("no placement holds"), "{failure}");
+    assert!(all_pairs(&b.node).is_empty(), "nothing half-copied is left");
+    // A move whose only copy is on that node: same.
+    let moved = meta(2, "m", "");
+    let parents = vec![entry(
+        &moved,
+        &[],
+        vec![
+            placed(gone, PlacementState::Missing),
+            placed(b.addr, PlacementState::Pending),
+        ],
+    )];
+    let outcome = settle_prepare(&b, &moved, &parents).await;
+    assert_eq!(outcome.state, RemoteState::NotFound, "{outcome:?}");
+    // A brand-new range (no history at all) is legitimately empty.
+    let fresh = meta(5, "m", "");
+    let parents = vec![entry(
+        &fresh,
+        &[],
+        vec![placed(b.addr, PlacementState::Pending)],
+    )];
+    let outcome = settle_prepare(&b, &fresh, &parents).await;
+    assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
+}
+
+/// A KV node shaped like the Go reference's: no Snapshot (UNIMPLEMENTED), and a
+/// `Dump` that refuses while the range is writable. Clones share the state.
+#[derive(Debug, Clone)]
+struct ReferenceKv {
+    range: u64,
+    pairs: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    writable: Arc<AtomicBool>,
+}
+
+impl ReferenceKv {
+    fn new(range: u64) -> Self {
+        ReferenceKv {
+            range,
+            pairs: Default::default(),
+            writable: Arc::new(true.into()),
+        }
+    }
+
+    fn put(&self, key: &str, value: &str) {
+        self.pairs
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), value.as_bytes().to_vec());
+    }
+
+    fn freeze(&self) {
+        self.writable.store(false, Ordering::SeqCst);
+    }
+}
+
+type BoxStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for ReferenceKv {
+    async fn get(
+        &self,
+        _: tonic::Request<pb::GetRequest>,
+    ) -> Result<tonic::Response<pb::GetResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this stub"))
+    }
+
+    async fn put(
+        &self,
+        _: tonic::Request<pb::PutRequest>,
+    ) -> Result<tonic::Response<pb::PutResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this stub"))
+    }
+
+    async fn dump(
+        &self,
+        request: tonic::Request<pb::DumpRequest>,
+    ) -> Result<tonic::Response<pb::DumpResponse>, tonic::Status> {
+        if request.into_inner().range_ident != self.range {
+            return Err(tonic::Status::invalid_argument("range not found"));
+        }
+        if self.writable.load(Ordering::SeqCst) {
+            return Err(tonic::Status::failed_precondition(
+                "can only dump ranges while writes are disabled",
+            ));
+        }
+        let pairs = self
+            .pairs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(key, value)| pb::Pair {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        Ok(tonic::Response::new(pb::DumpResponse { pairs }))
+    }
+
+    async fn delete(
+        &self,
+        _: tonic::Request<pb::DeleteRequest>,
+    ) -> Result<tonic::Response<pb::DeleteResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this stub"))
+    }
+
+    async fn scan(
+        &self,
+        _: tonic::Request<pb::ScanRequest>,
+    ) -> Result<tonic::Response<pb::ScanResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this stub"))
+    }
+
+    type SnapshotStream = BoxStream<pb::SnapshotChunk>;
+
+    async fn snapshot(
+        &self,
+        _: tonic::Request<pb::SnapshotRequest>,
+    ) -> Result<tonic::Response<Self::SnapshotStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("kv.KV/Snapshot"))
+    }
+
+    type DeltaStream = BoxStream<pb::DeltaChunk>;
+
+    async fn delta(
+        &self,
+        _: tonic::Request<pb::DeltaRequest>,
+    ) -> Result<tonic::Response<Self::DeltaStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("kv.KV/Delta"))
+    }
+
+    async fn end_transfer(
+        &self,
+        _: tonic::Request<pb::EndTransferRequest>,
+    ) -> Result<tonic::Response<pb::EndTransferResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("kv.KV/EndTransfer"))
+    }
+}
+
+async fn serve_reference_kv(stub: ReferenceKv) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::kv_server::KvServer::new(stub))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+#[tokio::test]
+async fn a_source_without_snapshot_is_copied_with_dump_once_it_is_frozen() {
+    let db = tempfile::tempdir().unwrap();
+    let b = TestNode::start(db.path(), 1 << 20).await;
+    let stub = ReferenceKv::new(1);
+    for key in ["a", "c", "m", "z"] {
+        stub.put(key, "v");
+    }
+    let source = serve_reference_kv(stub.clone()).await;
+    // b holds stale keys under the child's span (a copy nobody dropped).
+    b.store().put(b"b", b"stale").unwrap();
+    b.store().put(b"c", b"stale").unwrap();
+    // Split child 2 [-inf, m) of the reference node's range 1, reference-shaped.
+    let whole = meta(1, "", "");
+    let left = meta(2, "", "m");
+    let parents = vec![
+        entry(&left, &[], vec![placed(b.addr, PlacementState::Pending)]),
+        entry(&whole, &[], vec![placed(source, PlacementState::Active)]),
+    ];
+    let outcome = settle_prepare(&b, &left, &parents).await;
+    assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
+    // The source keeps serving until it is deactivated.
+    stub.put("c", "late");
+    stub.freeze();
+    let outcome = settle_activate(&b, id(2)).await;
+    assert_eq!(outcome.state, RemoteState::Active, "{outcome:?}");
+    assert_eq!(
+        all_pairs(&b.node),
+        vec![
+            ("a".to_owned(), "v".to_owned()),
+            ("c".to_owned(), "late".to_owned()),
+        ],
+        "the frozen source's pairs of the child's span, nothing stale"
+    );
+}
+
+/// A peer that accepts connections and never says anything.
+async fn silent_peer() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+/// A TCP relay to `target` that, once the returned flag is set, forwards nothing
+/// more in either direction but keeps the connections open: a source that went
+/// silent (a partition, a stuck process) rather than away.
+async fn muting_relay(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let muted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&muted);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                return;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)] {
+                let muted = Arc::clone(&flag);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 << 10];
+                    loop {
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if muted.load(Ordering::SeqCst) {
+                            // Hold both halves open, silent, forever.
+                            std::future::pending::<()>().await;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (addr, muted)
+}
+
+fn short_timeouts() -> KvNodeConfig {
+    let mut config = KvNodeConfig::new("");
+    config.peer_timeout = Duration::from_millis(500);
+    config
+}
+
+#[tokio::test]
+async fn a_silent_source_fails_prepare_within_the_peer_timeout() {
+    let db = tempfile::tempdir().unwrap();
+    let b = TestNode::start_with(db.path(), short_timeouts()).await;
+    let range = meta(1, "", "");
+    let silent = silent_peer().await;
+    let began = Instant::now();
+    let outcome = settle_prepare(&b, &range, &moving(&range, silent)).await;
+    assert_eq!(outcome.state, RemoteState::NotFound, "{outcome:?}");
+    assert!(outcome.failure.is_some());
+    assert!(began.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_source_that_goes_silent_fails_activate_within_the_peer_timeout() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestNode::start(da.path(), 1 << 20).await;
+    let b = TestNode::start_with(db.path(), short_timeouts()).await;
+    let range = meta(1, "", "");
+    a.own(range.clone()).await;
+    let mut ca = a.client().await;
+    put(&mut ca, "k", "v").await.unwrap();
+    let (relay, muted) = muting_relay(a.addr).await;
+    let outcome = settle_prepare(&b, &range, &moving(&range, relay)).await;
+    assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
+    muted.store(true, Ordering::SeqCst);
+    a.rangelet.deactivate(id(1)).await.unwrap();
+    let began = Instant::now();
+    let outcome = settle_activate(&b, id(1)).await;
+    assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
+    assert!(outcome.failure.is_some(), "{outcome:?}");
+    assert!(began.elapsed() < Duration::from_secs(5));
+}
+
+/// A TCP relay to `target` that passes at most `bytes_per_tick` from the target
+/// every `tick`: a slow link.
+async fn slow_relay(target: SocketAddr, bytes_per_tick: usize, tick: Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                return;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; bytes_per_tick];
+                loop {
+                    let n = match server_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(tick).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_snapshot_is_not_cut_by_the_peer_timeout() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestNode::start(da.path(), 8 << 10).await;
+    let mut config = short_timeouts();
+    config.chunk_bytes = 8 << 10;
+    let b = TestNode::start_with(db.path(), config).await;
+    let range = meta(1, "", "");
+    a.own(range.clone()).await;
+    let mut ca = a.client().await;
+    let value = "x".repeat(1000);
+    for i in 0..200 {
+        put(&mut ca, &format!("k{i:03}"), &value).await.unwrap();
+    }
+    // ~200 KB at 16 KB per 100 ms: over a second in all, far longer than the
+    // 500 ms peer timeout, but never silent for that long.
+    let slow = slow_relay(a.addr, 16 << 10, Duration::from_millis(100)).await;
+    let began = Instant::now();
+    let outcome = settle_prepare(&b, &range, &moving(&range, slow)).await;
+    assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
+    assert!(began.elapsed() > Duration::from_millis(500));
+    assert_eq!(all_pairs(&b.node).len(), 200);
 }

@@ -49,6 +49,8 @@ pub struct KvNodeConfig {
     pub measure_cap: usize,
     /// How long a range's measured load is reused (probes come every second).
     pub load_cache: Duration,
+    /// How long a peer may stay silent during a transfer call.
+    pub peer_timeout: Duration,
 }
 
 impl KvNodeConfig {
@@ -58,6 +60,7 @@ impl KvNodeConfig {
             chunk_bytes: 1 << 20,
             measure_cap: 200_000,
             load_cache: Duration::from_secs(5),
+            peer_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -84,7 +84,11 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
-        let mut options = Options::default();
+        Self::open_with(path, Options::default())
+    }
+
+    /// Opens with `options` as the base (tests add statistics).
+    fn open_with(path: &Path, mut options: Options) -> Result<Arc<Store>, StoreError> {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -374,5 +378,49 @@ impl StateStore for RangeStates {
         self.0
             .delete_meta(&Store::key(RANGE_PREFIX, id))
             .map_err(state_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Tests fail by panicking: unwrapping is the point.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use rocksdb::statistics::Ticker;
+
+    /// A store whose RocksDB counts its WAL syncs, and the options to read them.
+    fn counted_store(dir: &Path) -> (Arc<Store>, Options) {
+        let mut options = Options::default();
+        options.enable_statistics();
+        // The statistics object is shared by the copy the DB keeps.
+        (Store::open_with(dir, options.clone()).unwrap(), options)
+    }
+
+    fn wal_syncs(options: &Options) -> u64 {
+        options.get_ticker_count(Ticker::WalFileSynced)
+    }
+
+    #[test]
+    fn every_data_write_is_in_the_synced_wal_before_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, options) = counted_store(dir.path());
+        let before = wal_syncs(&options);
+        store.put(b"k", b"v").unwrap();
+        let after_put = wal_syncs(&options);
+        assert!(after_put > before, "put returned before the WAL was synced");
+        store.delete(b"k").unwrap();
+        let after_delete = wal_syncs(&options);
+        assert!(
+            after_delete > after_put,
+            "delete returned before the WAL was synced"
+        );
+        let mut batch = WriteBatch::default();
+        batch.put(b"a", b"1");
+        store.write(batch).unwrap();
+        assert!(
+            wal_syncs(&options) > after_delete,
+            "a batch returned before the WAL was synced"
+        );
     }
 }
