@@ -67,6 +67,11 @@ pub struct OrchestratorConfig {
     /// rolls forward (SCENARIOS.md #37), so the request then fails with a
     /// message saying so while the controller keeps activating the destination.
     pub activate_deadline: Duration,
+    /// How long a prepare may go without visible progress (the copy's keys or
+    /// bytes growing in the node's reports) before the deadlines apply to it.
+    /// A big range that keeps copying may take longer than `op_deadline` and
+    /// `prepare_deadline`; a stuck one is given up (SCENARIOS.md #42).
+    pub prepare_stall: Duration,
     /// How long a node that failed a range's Prepare or Activate is not chosen for
     /// that range again.
     pub exclusion: Duration,
@@ -93,6 +98,7 @@ impl Default for OrchestratorConfig {
             backoff_max: Duration::from_secs(5),
             op_deadline: Duration::from_secs(30),
             activate_deadline: Duration::from_secs(10),
+            prepare_stall: Duration::from_secs(15),
             exclusion: Duration::from_secs(30),
             lease: Duration::from_secs(4),
             lease_margin: Duration::from_secs(2),

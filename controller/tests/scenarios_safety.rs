@@ -374,3 +374,129 @@ async fn s31_r3_survivors_serve_and_a_new_replica_replaces_the_lost_one() {
         .await;
     cluster.assert_one_writer();
 }
+
+#[tokio::test(start_paused = true)]
+async fn s41_a_destination_activating_forever_ends_the_request_but_keeps_the_range() {
+    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    cluster.node("b").on(Command::Activate, Behaviour::Stall);
+    let started = tokio::time::Instant::now();
+    let (_, done) = cluster
+        .handle
+        .submit(OpRequest::Move {
+            range: id(1),
+            node: Some(node_id("b")),
+        })
+        .await
+        .unwrap();
+    let limit = cluster.config.op_deadline + cluster.config.activate_deadline;
+    let result = tokio::time::timeout(limit + Duration::from_secs(2), done)
+        .await
+        .expect("the request ends within its deadlines")
+        .unwrap();
+    let message = format!("{result:?}");
+    assert!(message.contains("owns the range"), "{message}");
+    assert!(started.elapsed() <= limit + Duration::from_secs(1));
+    // b was told to activate and never said otherwise: a is not re-activated.
+    run_checking_one_writer(&cluster, Duration::from_secs(5)).await;
+    assert_eq!(cluster.calls(), vec!["P(b,1)", "D(a,1)", "A(b,1)"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn s42_a_prepare_that_keeps_copying_may_outlast_the_operation_deadline() {
+    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    let copy_time = cluster.config.op_deadline * 2;
+    cluster
+        .node("b")
+        .on(Command::Prepare, Behaviour::SucceedAfter(copy_time));
+    // While it copies, b reports its copy of range 1 growing.
+    let b = cluster.node("b").clone();
+    let copier = tokio::spawn(async move {
+        let mut keys = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            keys += 1000;
+            b.set_load(
+                id(1),
+                ranger_proto::LoadInfo {
+                    keys,
+                    ..Default::default()
+                },
+            );
+        }
+    });
+    let result = cluster
+        .handle
+        .run(OpRequest::Move {
+            range: id(1),
+            node: Some(node_id("b")),
+        })
+        .await;
+    copier.abort();
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        cluster.calls(),
+        vec!["P(b,1)", "D(a,1)", "A(b,1)", "X(a,1)"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn s42_a_prepare_without_progress_is_given_up_at_the_deadline() {
+    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    cluster.node("b").on(Command::Prepare, Behaviour::Stall);
+    let started = tokio::time::Instant::now();
+    let result = cluster
+        .handle
+        .run(OpRequest::Move {
+            range: id(1),
+            node: Some(node_id("b")),
+        })
+        .await;
+    assert!(result.is_err(), "{result:?}");
+    assert!(started.elapsed() <= cluster.config.op_deadline + Duration::from_secs(2));
+    cluster.wait_active_on(id(1), &["a"]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn s42_a_split_rollback_whose_child_drops_keep_failing_still_answers() {
+    let cluster = Cluster::start(&["a", "b", "c"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    cluster
+        .node("a")
+        .on(Command::Deactivate, Behaviour::Fail("busy".into()));
+    for child_node in ["b", "c"] {
+        cluster
+            .node(child_node)
+            .on(Command::Drop, Behaviour::Fail("disk gone".into()));
+    }
+    let started = tokio::time::Instant::now();
+    let (_, done) = cluster
+        .handle
+        .submit(OpRequest::Split {
+            range: id(1),
+            key: Key::from("m"),
+            left: Some(node_id("b")),
+            right: Some(node_id("c")),
+        })
+        .await
+        .unwrap();
+    let limit = cluster.config.op_deadline * 2 + Duration::from_secs(2);
+    let result = tokio::time::timeout(limit, done)
+        .await
+        .expect("the split answers although the child drops keep failing")
+        .unwrap();
+    assert!(format!("{result:?}").contains("rolled back"), "{result:?}");
+    assert!(started.elapsed() <= limit);
+    // The parent kept serving all along.
+    cluster.assert_one_writer();
+    assert_eq!(
+        cluster.placements(id(1)).await,
+        vec![("a".to_owned(), PlacementState::Active)]
+    );
+}

@@ -90,6 +90,10 @@ pub struct Engine {
     /// Ranges waiting for a lost node that holds their only newest copy (R1):
     /// shown loudly until the node returns or an operator forgets it.
     unavailable: HashMap<RangeId, Unavailable>,
+    /// When each (node, range) being prepared last showed progress: its copy's
+    /// keys or bytes grew between two probes. Deadlines wait for a prepare that
+    /// keeps making progress.
+    prepare_progress: HashMap<(NodeId, RangeId), Instant>,
     /// Nodes an operator declared gone for good (`rangerctl forget`): their lost
     /// copies are not waited for. Cleared when the node answers again.
     forgotten: HashSet<NodeId>,
@@ -132,6 +136,7 @@ impl Engine {
             orphans: HashSet::new(),
             activation_refused: HashSet::new(),
             unavailable: HashMap::new(),
+            prepare_progress: HashMap::new(),
             forgotten: HashSet::new(),
             effects: Vec::new(),
         };
@@ -307,6 +312,7 @@ impl Engine {
                 if self.forgotten.remove(node) {
                     tracing::info!(%node, "forgotten node answers again");
                 }
+                self.note_prepare_progress(node, sent_at, &ranges);
                 let was_draining = self.roster.get(node).map(|n| n.draining());
                 let changed = self.roster.probe_ok(node, sent_at, ranges, wants_drain);
                 self.dirty.extend(changed);
@@ -319,6 +325,31 @@ impl Engine {
                 self.roster.probe_failed(node, error);
             }
         }
+    }
+
+    /// Records which prepares grew since the node's previous report.
+    fn note_prepare_progress(&mut self, node: &NodeId, sent_at: Instant, ranges: &[RangeInfo]) {
+        for info in ranges {
+            let key = (node.clone(), info.meta.id());
+            if info.state != ranger_proto::RemoteState::Preparing {
+                continue;
+            }
+            let before = self
+                .roster
+                .get(node)
+                .and_then(|n| n.ranges.get(&info.meta.id()))
+                .map(|v| (v.load.keys, v.load.bytes));
+            let grew = before
+                .is_some_and(|(keys, bytes)| info.load.keys > keys || info.load.bytes > bytes);
+            if grew {
+                self.prepare_progress.insert(key, sent_at);
+            }
+        }
+    }
+
+    /// When the prepare of `range` on `node` last made progress, if it did.
+    pub(crate) fn prepare_progress_at(&self, node: &NodeId, range: RangeId) -> Option<Instant> {
+        self.prepare_progress.get(&(node.clone(), range)).copied()
     }
 
     /// A command answered (or failed to).

@@ -60,6 +60,9 @@ impl Engine {
     pub fn step(&mut self, now: Instant) -> Vec<Effect> {
         let loss_after = self.config.node_loss_after();
         self.exclusions.retain(|_, until| *until > now);
+        let stall = self.config.prepare_stall;
+        self.prepare_progress
+            .retain(|_, at| now.saturating_duration_since(*at) < stall);
         self.roster.forget_lost(now, loss_after);
         self.notice_lost_nodes(now);
         self.drive_operations(now);
@@ -402,8 +405,13 @@ impl Engine {
         let subject = Subject::Placement(p.id());
         if let Some(attempt) = self.attempts.get(&subject, Command::Prepare) {
             let too_many = attempt.failures >= self.config.max_attempts;
-            let too_long =
-                now.saturating_duration_since(attempt.first_sent) >= self.config.prepare_deadline;
+            // A prepare that keeps copying is not too long (SCENARIOS.md #42).
+            let progressing = self
+                .prepare_progress_at(p.node(), id)
+                .is_some_and(|t| now.saturating_duration_since(t) < self.config.prepare_stall);
+            let too_long = !progressing
+                && now.saturating_duration_since(attempt.first_sent)
+                    >= self.config.prepare_deadline;
             if (too_many || too_long) && !self.attempts.is_inflight(p.node(), id) {
                 let why = if too_many {
                     format!(
@@ -1204,7 +1212,8 @@ impl Engine {
             }
             return None;
         }
-        if (cancelled || now >= op.deadline) && !self.attempts.is_inflight(d.node(), range) {
+        let deadline = self.prepare_aware_deadline(op.deadline, range, &d, now);
+        if (cancelled || now >= deadline) && !self.attempts.is_inflight(d.node(), range) {
             let source_stuck = self
                 .keyspace
                 .range(range)
@@ -1290,8 +1299,15 @@ impl Engine {
             return None;
         }
         if op.phase == OpPhase::Running {
+            // Children still copying with progress push the deadline back.
+            let deadline = ranges
+                .iter()
+                .flat_map(|c| c.placements().iter().map(move |p| (c.id(), p)))
+                .map(|(c, p)| self.prepare_aware_deadline(op.deadline, c, p, now))
+                .max()
+                .unwrap_or(op.deadline);
             let reason = op.rollback_reason.clone().or_else(|| {
-                (now >= op.deadline).then(|| {
+                (now >= deadline).then(|| {
                     let errors: Vec<String> = op
                         .kind
                         .ranges()
@@ -1385,6 +1401,32 @@ impl Engine {
             .min();
         let extended = first_activate.map_or(op.deadline, |t| t + self.config.activate_deadline);
         op.deadline.max(extended)
+    }
+
+    /// An operation's deadline, pushed back while its destination is still being
+    /// prepared and the prepare keeps making progress.
+    fn prepare_aware_deadline(
+        &self,
+        deadline: Instant,
+        range: RangeId,
+        p: &Placement,
+        now: Instant,
+    ) -> Instant {
+        // Until the destination is told to activate: a prepare that just ended
+        // after copying for long still gets its handoff.
+        if !matches!(
+            p.state(),
+            PlacementState::Pending | PlacementState::Loading | PlacementState::Inactive
+        ) || p.activate_sent()
+        {
+            return deadline;
+        }
+        match self.prepare_progress_at(p.node(), range) {
+            Some(at) if now.saturating_duration_since(at) < self.config.prepare_stall => {
+                deadline.max(at + self.config.prepare_stall)
+            }
+            _ => deadline,
+        }
     }
 
     /// Answers the operator with an error, once, while the operation goes on.

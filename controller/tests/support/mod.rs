@@ -41,6 +41,7 @@ pub fn config(replication: Replication) -> OrchestratorConfig {
         backoff_max: Duration::from_millis(500),
         op_deadline: Duration::from_secs(10),
         activate_deadline: Duration::from_secs(5),
+        prepare_stall: Duration::from_secs(3),
         exclusion: Duration::from_secs(30),
         lease: Duration::from_secs(2),
         lease_margin: Duration::from_secs(1),
