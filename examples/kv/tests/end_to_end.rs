@@ -238,3 +238,134 @@ async fn hammer_sees_no_error_and_no_lost_write_through_move_split_and_join() {
     );
     assert_eq!(report.uncertain_writes, 0, "{report}");
 }
+
+/// A controller over the given nodes (gRPC transport, memory store), with short
+/// leases so that a node is lost within seconds.
+fn fast_controller(
+    nodes: &[(NodeId, String)],
+) -> (
+    ControllerHandle,
+    tokio::sync::watch::Sender<BTreeMap<NodeId, String>>,
+) {
+    let membership: BTreeMap<NodeId, String> = nodes.iter().cloned().collect();
+    let (membership_tx, membership) = tokio::sync::watch::channel(membership);
+    let config = OrchestratorConfig {
+        lease: Duration::from_millis(1500),
+        lease_margin: Duration::from_millis(500),
+        probe_interval: Duration::from_millis(200),
+        rpc_timeout: Duration::from_secs(2),
+        ..OrchestratorConfig::default()
+    };
+    let persister = MemoryPersister::new();
+    let engine = Engine::new(
+        ranger_controller::keyspace::Keyspace::new(),
+        config,
+        tokio::time::Instant::now(),
+    );
+    let (handle, _task) = runtime::spawn(
+        engine,
+        persister,
+        Arc::new(GrpcTransport::new()),
+        membership,
+        RuntimeConfig::default(),
+        std::future::pending(),
+    );
+    (handle, membership_tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_away_longer_than_its_lease_comes_back_with_every_key() {
+    use ranger_proto::pb::kv::kv_client::KvClient;
+    use ranger_proto::pb::kv::{GetRequest, PutRequest};
+
+    let dir_a = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr_a = listener.local_addr().unwrap();
+    let a = NodeServer::start(dir_a.path(), listener, KvNodeConfig::new(""))
+        .await
+        .unwrap();
+    let b = serve_node("b").await;
+    let node_a = NodeId::new("a").unwrap();
+    let (handle, _membership) = fast_controller(&[
+        (node_a.clone(), addr_a.to_string()),
+        (b.id.clone(), b.addr.clone()),
+    ]);
+    // Range 1 on a: move it there if the controller chose b.
+    let first = settled(&handle).await;
+    while !handle
+        .inspect(|e| e.roster().nodes().all(|n| n.last_ok.is_some()))
+        .await
+        .unwrap()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let range = first[0].0;
+    if first[0].1 != node_a {
+        handle
+            .run(OpRequest::Move {
+                range,
+                node: Some(node_a.clone()),
+            })
+            .await
+            .unwrap();
+        settled(&handle).await;
+    }
+    let mut client = KvClient::connect(format!("http://{addr_a}")).await.unwrap();
+    for i in 0..100 {
+        client
+            .put(PutRequest {
+                key: format!("key-{i:03}"),
+                value: format!("value-{i}").into_bytes(),
+            })
+            .await
+            .unwrap();
+    }
+    drop(client);
+
+    // a goes away (process stopped) for longer than lease + margin.
+    a.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (waiting, placements) = handle
+        .inspect(move |e| {
+            (
+                e.unavailable(range).map(|u| u.reason.clone()),
+                e.keyspace()
+                    .range(range)
+                    .map(|r| {
+                        r.placements()
+                            .iter()
+                            .map(|p| (p.node().to_string(), p.state()))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default(),
+            )
+        })
+        .await
+        .unwrap();
+    assert!(waiting.is_some(), "range shown unavailable: {placements:?}");
+    assert_eq!(
+        placements,
+        vec![("a".to_owned(), PlacementState::Missing)],
+        "nothing re-created empty on b"
+    );
+
+    // a restarts on the same data and address: its copy is activated again.
+    let listener = TcpListener::bind(addr_a).await.unwrap();
+    let _a = NodeServer::start(dir_a.path(), listener, KvNodeConfig::new(""))
+        .await
+        .unwrap();
+    let back = settled(&handle).await;
+    assert_eq!(back, vec![(range, node_a)]);
+    let mut client = KvClient::connect(format!("http://{addr_a}")).await.unwrap();
+    for i in 0..100 {
+        let value = client
+            .get(GetRequest {
+                key: format!("key-{i:03}"),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("key-{i:03} lost: {e}"))
+            .into_inner()
+            .value;
+        assert_eq!(value, format!("value-{i}").into_bytes());
+    }
+}
