@@ -221,6 +221,8 @@ fn debug_responses() {
             }),
             range_info: None,
         }],
+        unavailable: String::new(),
+        unavailable_millis: 0,
     };
     #[rustfmt::skip]
     let golden = [
@@ -230,6 +232,14 @@ fn debug_responses() {
         0x2a, 7, 0x0a, 5, 0x0a, 1, b'a', 0x10, 3,
     ];
     assert_wire(range, &golden);
+    // Extension: unavailable = 16 (string), unavailable_millis = 17 (varint); field
+    // numbers above 15 take a two-byte tag.
+    let unavailable = pb::RangeResponse {
+        unavailable: "x".into(),
+        unavailable_millis: 5,
+        ..Default::default()
+    };
+    assert_wire(unavailable, &[0x82, 0x01, 1, b'x', 0x88, 0x01, 5]);
 
     let node = pb::NodeResponse {
         node: Some(pb::NodeMeta {
