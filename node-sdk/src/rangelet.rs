@@ -21,6 +21,16 @@
 //! A callback failure rolls the range back to its previous state and is reported as
 //! a [`Outcome::failure`] to the command that started it, or, if that command had
 //! already answered, to the next command of the same kind for that range.
+//!
+//! Leases (DESIGN.md §6, SCENARIOS.md #38, #40): once a controller grants a lease
+//! with its probe (`Info` with a non-zero lease), Active ranges may write only
+//! until it ends; the end is always "now + the latest grant" (a probe granting
+//! nothing leaves it alone). When it lapses, every range that may serve is fenced
+//! and deactivated, because the controller may re-place them elsewhere. An
+//! activation that began before a lapse and ends after it, or that is asked for
+//! while the lease is lapsed, fails and leaves the range Inactive: only an Activate
+//! under a live lease makes this copy the writer again. A node that never received
+//! a lease (the reference controller grants none) is never fenced.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -55,6 +65,16 @@ impl Default for RangeletConfig {
         }
     }
 }
+
+/// The failure an Activate reports when it began after the controller's lease
+/// lapsed (SCENARIOS.md #40).
+const LEASE_LAPSED_BEFORE_ACTIVATE: &str =
+    "the controller's lease has lapsed: not activating (the range may be served elsewhere now)";
+/// The failure an Activate reports when the lease lapsed while its callback ran.
+const LEASE_LAPSED_DURING_ACTIVATE: &str = "the controller's lease lapsed while activating: rolled back (the range may be served elsewhere now)";
+/// Where a lease too long to represent ends: far enough to be "never", near
+/// enough for `Instant` arithmetic.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// The four commands the controller sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,6 +212,10 @@ struct Table {
     /// renews the lease: by then the controller may have given them to another
     /// node (see `expire_lease`).
     fenced: BTreeSet<RangeId>,
+    /// How many times the controller's lease has lapsed. An activation remembers
+    /// the count it began under; if it changed by the time the callback ends, the
+    /// lease lapsed meanwhile and the activation fails (SCENARIOS.md #40).
+    lease_lapses: u64,
 }
 
 impl Table {
@@ -274,6 +298,7 @@ impl<N: Node> Rangelet<N> {
             failures: HashMap::new(),
             next_epoch: 1,
             fenced: BTreeSet::new(),
+            lease_lapses: 0,
         };
         for range in stored {
             let id = range.meta.id();
@@ -477,6 +502,15 @@ impl<N: Node> Rangelet<N> {
         let state = entry.state;
         if state == transition.during || state == transition.success {
             if command == Command::Activate && state == RemoteState::Active {
+                if self.lease_lapsed() {
+                    // Past the lease the controller may have re-placed the range:
+                    // no Activate can make this copy the writer again until a
+                    // probe renews the lease (SCENARIOS.md #40).
+                    return Ok(Begin::Answer(Outcome {
+                        state,
+                        failure: Some(LEASE_LAPSED_BEFORE_ACTIVATE.to_owned()),
+                    }));
+                }
                 // The controller re-asserts this copy as the writer.
                 table.fenced.remove(&id);
             }
@@ -490,6 +524,16 @@ impl<N: Node> Rangelet<N> {
                 state,
             });
         }
+        if command == Command::Activate && self.lease_lapsed() {
+            // Began with the node already past its lease: fails like a callback
+            // would, without calling the storage system (SCENARIOS.md #40).
+            tracing::warn!(range = %id, "activate refused: the controller's lease has lapsed");
+            return Ok(Begin::Answer(Outcome {
+                state,
+                failure: Some(LEASE_LAPSED_BEFORE_ACTIVATE.to_owned()),
+            }));
+        }
+        let lapses_at_start = table.lease_lapses;
         let meta = entry.meta.clone();
         let epoch = next_epoch(table);
         self.persist(id, &meta, transition.during)?;
@@ -503,7 +547,12 @@ impl<N: Node> Rangelet<N> {
         let this = self.clone();
         tokio::spawn(async move {
             let result = callback.await;
-            this.finish(id, epoch, transition, result);
+            if command == Command::Activate {
+                this.finish_activate(id, epoch, lapses_at_start, result)
+                    .await;
+            } else {
+                this.finish(id, epoch, transition, result);
+            }
         });
         tracing::debug!(range = %id, ?command, "transition started");
         Ok(Begin::Wait(transition.during))
@@ -584,6 +633,77 @@ impl<N: Node> Rangelet<N> {
         result: Result<(), CallbackError>,
     ) {
         let mut table = lock(&self.inner.table);
+        self.land(&mut table, id, epoch, transition, result);
+    }
+
+    /// Lands an activation, unless the controller's lease lapsed since it began
+    /// (SCENARIOS.md #40): the controller may have re-placed the range meanwhile,
+    /// so the activation fails. The storage system is told to stop serving what its
+    /// callback just started; the range rolls back to Inactive and the failure is
+    /// reported like any failed callback. The check and the landing happen under
+    /// one lock with [`Rangelet::expire_lease`], so a lapse is either seen here or
+    /// fences the range after it landed.
+    async fn finish_activate(
+        &self,
+        id: RangeId,
+        epoch: u64,
+        lapses_at_start: u64,
+        result: Result<(), CallbackError>,
+    ) {
+        {
+            let mut table = lock(&self.inner.table);
+            let lapsed = result.is_ok()
+                && self.inner.lease_until.borrow().is_some()
+                && (table.lease_lapses != lapses_at_start || self.lease_lapsed());
+            if !lapsed {
+                self.land(&mut table, id, epoch, ACTIVATE, result);
+                return;
+            }
+            match table.ranges.get(&id) {
+                Some(entry) if entry.epoch == epoch => {}
+                _ => return,
+            }
+            // Still Activating (not writable) while the storage system undoes it.
+            table.fenced.insert(id);
+        }
+        tracing::warn!(range = %id, "controller lease lapsed while activating; undoing the activation");
+        match self.inner.node.deactivate(id).await {
+            Ok(()) => self.finish(
+                id,
+                epoch,
+                ACTIVATE,
+                Err(CallbackError::refused(LEASE_LAPSED_DURING_ACTIVATE)),
+            ),
+            Err(e) => {
+                // The storage system still believes it serves the range: keep it
+                // Active but fenced (never writable), and retry the deactivation
+                // as after any lapse.
+                let rollback_to_active = Transition {
+                    rollback: RemoteState::Active,
+                    ..ACTIVATE
+                };
+                self.finish(
+                    id,
+                    epoch,
+                    rollback_to_active,
+                    Err(CallbackError::refused(format!(
+                        "{LEASE_LAPSED_DURING_ACTIVATE}; undoing it failed, the range stays fenced: {e}"
+                    ))),
+                );
+                self.deactivate_fenced_in_background(1);
+            }
+        }
+    }
+
+    /// [`Rangelet::finish`] with the table already locked.
+    fn land(
+        &self,
+        table: &mut Table,
+        id: RangeId,
+        epoch: u64,
+        transition: Transition,
+        result: Result<(), CallbackError>,
+    ) {
         let Some(entry) = table.ranges.get_mut(&id) else {
             return;
         };
@@ -628,7 +748,7 @@ impl<N: Node> Rangelet<N> {
         if let Err(e) = self.persist(id, &meta, target) {
             tracing::error!(range = %id, error = %e, "could not persist state after transition");
         }
-        publish_change(&self.inner, &table, &meta, target);
+        publish_change(&self.inner, table, &meta, target);
     }
 
     /// Waits (up to the grace period) while `id` is in a transitional state, then
@@ -672,20 +792,15 @@ impl<N: Node> Rangelet<N> {
     }
 
     /// Every range with its load, for the controller's probe. Granting a lease
-    /// (`Some`) extends the period during which Active ranges may serve writes.
+    /// (`Some`, non-zero) makes the lease end `lease` from now, whatever an earlier
+    /// grant said: the controller counts a silent node's loss from its latest
+    /// lease-granting probe, so the node never outlasts that grant (DESIGN.md §6).
+    /// `None` and a zero lease (the wire's `lease_millis = 0`, which the reference
+    /// controller always sends, and ours after a failed probe) grant nothing: the
+    /// lease in force, if any, neither grows nor shrinks.
     pub async fn info(&self, lease: Option<Duration>) -> Vec<RangeInfo> {
-        if let Some(lease) = lease {
-            let now = Instant::now();
-            match self.inner.lease_until.send_replace(Some(now + lease)) {
-                // The first lease: from now on a lapse must fence this node.
-                None => {
-                    tokio::spawn(self.clone().watch_lease());
-                }
-                // The lease had lapsed before this renewal (the watchdog may not
-                // have run yet): fence now, before anything can write again.
-                Some(until) if until <= now => self.expire_lease(),
-                Some(_) => {}
-            }
+        if let Some(lease) = lease.filter(|l| !l.is_zero()) {
+            self.grant_lease(lease);
         }
         let ranges: Vec<RangeChange> = lock(&self.inner.table).snapshot();
         let loads = futures::future::join_all(ranges.iter().map(|r| async {
@@ -792,7 +907,9 @@ impl<N: Node> Rangelet<N> {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep_until(until) => {
-                    if *lease.borrow() == Some(until) {
+                    // (A timer may wake early for a deadline beyond its range:
+                    // only a lease that really ran out expires.)
+                    if *lease.borrow() == Some(until) && Instant::now() >= until {
                         self.expire_lease();
                         tokio::select! {
                             _ = &mut shutdown => return,
@@ -805,21 +922,50 @@ impl<N: Node> Rangelet<N> {
         }
     }
 
+    /// Extends (or shortens) the lease to `lease` from now. When the lease in force
+    /// had already lapsed (the watchdog may not have run yet), everything that may
+    /// serve is fenced under the same lock, before the new lease makes anything
+    /// writable again.
+    fn grant_lease(&self, lease: Duration) {
+        let now = Instant::now();
+        // A peer can send any number of milliseconds; never overflow on it.
+        let until = now.checked_add(lease).unwrap_or_else(|| now + FAR_FUTURE);
+        let (first, fenced) = {
+            let mut table = lock(&self.inner.table);
+            let previous = self.inner.lease_until.send_replace(Some(until));
+            match previous {
+                // The first lease: from now on a lapse must fence this node.
+                None => (true, 0),
+                Some(old) if old <= now => (false, fence_serving(&mut table)),
+                Some(_) => (false, 0),
+            }
+        };
+        if first {
+            tokio::spawn(self.clone().watch_lease());
+        }
+        self.deactivate_fenced_in_background(fenced);
+    }
+
+    /// Whether a lease was granted and has run out (a node that never got one has
+    /// nothing to lapse: the reference controller grants none).
+    fn lease_lapsed(&self) -> bool {
+        self.inner
+            .lease_until
+            .borrow()
+            .is_some_and(|until| Instant::now() >= until)
+    }
+
     /// Fences every range that may be serving, then deactivates them in the
     /// background until it sticks, so that the node reports them Inactive and the
     /// controller can re-activate whichever it still wants here.
     fn expire_lease(&self) {
-        let fenced = {
-            let mut table = lock(&self.inner.table);
-            let active: Vec<RangeId> = table
-                .ranges
-                .iter()
-                .filter(|(_, e)| e.state.may_serve_writes())
-                .map(|(id, _)| *id)
-                .collect();
-            table.fenced.extend(active.iter().copied());
-            active.len()
-        };
+        let fenced = fence_serving(&mut lock(&self.inner.table));
+        self.deactivate_fenced_in_background(fenced);
+    }
+
+    /// Starts the task deactivating fenced Active ranges, unless one runs already
+    /// or `fenced` is 0.
+    fn deactivate_fenced_in_background(&self, fenced: usize) {
         if fenced == 0 || self.inner.deactivating_fenced.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -963,6 +1109,21 @@ fn publish_change<N>(inner: &Inner<N>, _locked: &Table, meta: &RangeMeta, state:
         state,
     });
     inner.version.send_modify(|v| *v += 1);
+}
+
+/// Records a lapse of the controller's lease and fences every range that may be
+/// serving writes (Activating ones too: their activation will fail, see
+/// `finish_activate`). Returns how many ranges it fenced.
+fn fence_serving(table: &mut Table) -> usize {
+    table.lease_lapses += 1;
+    let serving: Vec<RangeId> = table
+        .ranges
+        .iter()
+        .filter(|(_, e)| e.state.may_serve_writes())
+        .map(|(id, _)| *id)
+        .collect();
+    table.fenced.extend(serving.iter().copied());
+    serving.len()
 }
 
 fn next_epoch(table: &mut Table) -> u64 {

@@ -487,3 +487,48 @@ async fn health_service_reports_the_node() {
         assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
     }
 }
+
+// --- Leases over the wire (DESIGN.md §6, SCENARIOS.md #38) -----------------------------
+
+fn info_request(lease_millis: u64) -> pb::InfoRequest {
+    pb::InfoRequest { lease_millis }
+}
+
+#[tokio::test]
+async fn a_probe_with_lease_millis_zero_after_a_lapse_keeps_the_node_fenced() {
+    let (_, rangelet) = open_rangelet(MemoryStateStore::new(), config()).await;
+    let addr = serve(&rangelet, TcpListener::bind("127.0.0.1:0").await.unwrap()).await;
+    let mut c = client(addr).await;
+    prepare(&mut c, 1, "", "").await;
+    c.activate(pb::ActivateRequest {
+        range: 1,
+        force: false,
+    })
+    .await
+    .unwrap();
+    c.info(info_request(100)).await.unwrap();
+    assert!(rangelet.may_write(id(1)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!rangelet.may_write(id(1)), "the 100 ms lease lapsed");
+    // A controller whose probe failed grants nothing with the next ones.
+    c.info(info_request(0)).await.unwrap();
+    assert!(!rangelet.lease_valid());
+    assert!(!rangelet.may_write(id(1)));
+}
+
+#[tokio::test]
+async fn a_probe_granting_an_absurd_lease_is_answered_not_a_panic() {
+    let (_, rangelet) = open_rangelet(MemoryStateStore::new(), config()).await;
+    let addr = serve(&rangelet, TcpListener::bind("127.0.0.1:0").await.unwrap()).await;
+    let mut c = client(addr).await;
+    prepare(&mut c, 1, "", "").await;
+    c.activate(pb::ActivateRequest {
+        range: 1,
+        force: false,
+    })
+    .await
+    .unwrap();
+    let answer = c.info(info_request(u64::MAX)).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert!(rangelet.may_write(id(1)));
+}

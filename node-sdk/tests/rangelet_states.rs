@@ -580,3 +580,213 @@ async fn a_lease_renewed_after_it_lapsed_fences_even_before_the_watchdog_runs() 
     rangelet.activate(id(1)).await.unwrap();
     assert!(rangelet.may_write(id(1)));
 }
+
+// --- Leases and activation (SCENARIOS.md #38, #40) ------------------------------------
+//
+// The controller re-places a silent node's ranges once the last lease it granted has
+// provably lapsed. An activation that straddles that lapse (or starts after it) must
+// therefore never end with the range writable here: the new owner may already serve it.
+
+/// A lease short enough to lapse while an activation callback runs.
+const LEASE: Duration = Duration::from_secs(1);
+/// An activation callback that outlives [`LEASE`].
+const SLOW_ACTIVATE: Duration = Duration::from_secs(2);
+
+fn failure_mentions_lease(outcome: &Outcome) -> bool {
+    outcome
+        .failure
+        .as_deref()
+        .is_some_and(|f| f.contains("lease"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_activation_that_began_before_the_lease_lapsed_fails_and_the_range_stays_fenced() {
+    let (node, rangelet) = rangelet().await;
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    rangelet.info(Some(LEASE)).await;
+    node.on(Command::Activate, Behaviour::SucceedAfter(SLOW_ACTIVATE));
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Activating)
+    );
+    // Partition: no probe renews the lease; it lapses at 1 s, the callback ends at 2 s.
+    tokio::time::sleep(SLOW_ACTIVATE + GRACE).await;
+    assert_eq!(rangelet.state(id(1)), RemoteState::Inactive);
+    assert!(!rangelet.may_write(id(1)));
+    assert!(matches!(
+        rangelet.serving_range(b"k"),
+        Err(KeyRejection::NotActive { .. })
+    ));
+    // Reported like any failed callback: to the next Activate, once.
+    let next = rangelet.activate(id(1)).await.unwrap();
+    assert_eq!(next.state, RemoteState::Inactive);
+    assert!(failure_mentions_lease(&next), "{next:?}");
+    assert_eq!(node.count(Command::Activate, id(1)), 1);
+    assert_eq!(
+        node.count(Command::Deactivate, id(1)),
+        1,
+        "the storage system is told to stop serving what it just activated"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_activation_spanning_a_lapse_fails_even_if_a_probe_renewed_the_lease_before_it_ended() {
+    let (node, rangelet) = rangelet().await;
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    rangelet.info(Some(LEASE)).await;
+    node.on(Command::Activate, Behaviour::SucceedAfter(SLOW_ACTIVATE));
+    rangelet.activate(id(1)).await.unwrap();
+    // The lease lapses at 1 s; the partition heals at 1.5 s and a probe renews it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    rangelet.info(Some(Duration::from_secs(10))).await;
+    assert!(rangelet.lease_valid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rangelet.state(id(1)), RemoteState::Inactive);
+    assert!(!rangelet.may_write(id(1)));
+    // The controller, having checked, activates it afresh under the new lease.
+    node.on(Command::Activate, Behaviour::Succeed);
+    let reported = rangelet.activate(id(1)).await.unwrap();
+    assert!(failure_mentions_lease(&reported), "{reported:?}");
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Active)
+    );
+    assert!(rangelet.may_write(id(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_activation_spanning_a_lapse_whose_undo_fails_stays_active_but_fenced() {
+    let (node, rangelet) = rangelet().await;
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    rangelet.info(Some(LEASE)).await;
+    node.on(Command::Activate, Behaviour::SucceedAfter(SLOW_ACTIVATE));
+    node.on(Command::Deactivate, Behaviour::Fail("stuck".into()));
+    rangelet.activate(id(1)).await.unwrap();
+    tokio::time::sleep(SLOW_ACTIVATE + GRACE).await;
+    // The storage system could not be told to stop: the rangelet shows what it
+    // serves, never lets it write, and keeps trying to deactivate it.
+    assert_eq!(rangelet.state(id(1)), RemoteState::Active);
+    assert!(!rangelet.may_write(id(1)));
+    rangelet.info(Some(Duration::from_secs(10))).await;
+    assert!(!rangelet.may_write(id(1)), "fenced despite a renewed lease");
+    node.on(Command::Deactivate, Behaviour::Succeed);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(rangelet.state(id(1)), RemoteState::Inactive);
+    assert!(node.count(Command::Deactivate, id(1)) >= 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_activation_asked_after_the_lease_lapsed_fails_without_calling_the_storage_system() {
+    let (node, rangelet) = rangelet().await;
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    rangelet.info(Some(LEASE)).await;
+    tokio::time::sleep(LEASE * 2).await;
+    let outcome = rangelet.activate(id(1)).await.unwrap();
+    assert_eq!(outcome.state, RemoteState::Inactive);
+    assert!(failure_mentions_lease(&outcome), "{outcome:?}");
+    assert_eq!(node.count(Command::Activate, id(1)), 0);
+    assert!(!rangelet.may_write(id(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_activation_within_a_renewed_lease_lands_active() {
+    let (node, rangelet) = rangelet().await;
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    rangelet.info(Some(LEASE)).await;
+    node.on(Command::Activate, Behaviour::SucceedAfter(SLOW_ACTIVATE));
+    // The Activate answers Activating after the grace period (0.5 s); probes
+    // renew the lease every 0.25 s from then on, until the callback ends at 2 s.
+    rangelet.activate(id(1)).await.unwrap();
+    rangelet.info(Some(LEASE)).await;
+    for _ in 0..8 {
+        tokio::time::sleep(LEASE / 4).await;
+        rangelet.info(Some(LEASE)).await;
+    }
+    assert_eq!(rangelet.state(id(1)), RemoteState::Active);
+    assert!(rangelet.may_write(id(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_never_received_a_lease_activates_slowly_as_before() {
+    let (node, rangelet) = rangelet().await;
+    rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap();
+    node.on(Command::Activate, Behaviour::SucceedAfter(SLOW_ACTIVATE));
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Activating)
+    );
+    tokio::time::sleep(SLOW_ACTIVATE).await;
+    assert_eq!(rangelet.state(id(1)), RemoteState::Active);
+    assert!(rangelet.may_write(id(1)));
+    assert_eq!(node.count(Command::Deactivate, id(1)), 0);
+}
+
+// --- What a probe grants (DESIGN.md §6: the node bounds its lease by the grant) --------
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_granting_no_lease_after_a_lapse_keeps_the_node_fenced() {
+    let (_, rangelet) = rangelet().await;
+    active_range(&rangelet).await;
+    rangelet.info(Some(LEASE)).await;
+    tokio::time::sleep(LEASE * 2).await;
+    assert!(!rangelet.may_write(id(1)));
+    // The controller's probe failed once, so its next probes grant nothing.
+    rangelet.info(None).await;
+    assert!(!rangelet.lease_valid());
+    assert!(!rangelet.may_write(id(1)));
+    rangelet.info(Some(Duration::ZERO)).await;
+    assert!(!rangelet.lease_valid());
+    assert!(!rangelet.may_write(id(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_lease_grants_nothing_to_a_node_that_never_had_one() {
+    let (_, rangelet) = rangelet().await;
+    active_range(&rangelet).await;
+    // The wire's `lease_millis = 0` (the reference controller) is no grant at all:
+    // it neither starts lease mode nor fences anything.
+    rangelet.info(Some(Duration::ZERO)).await;
+    assert!(rangelet.lease_valid());
+    assert!(rangelet.may_write(id(1)));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(rangelet.may_write(id(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_lease_neither_extends_nor_cuts_short_the_lease_in_force() {
+    let (_, rangelet) = rangelet().await;
+    active_range(&rangelet).await;
+    rangelet.info(Some(LEASE)).await;
+    tokio::time::sleep(LEASE / 2).await;
+    rangelet.info(Some(Duration::ZERO)).await;
+    rangelet.info(None).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(rangelet.may_write(id(1)), "still within the 1 s grant");
+    tokio::time::sleep(Duration::from_millis(101)).await;
+    assert!(
+        !rangelet.may_write(id(1)),
+        "the grant ended at 1 s; no-lease probes did not extend it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_ends_where_the_latest_grant_says_even_if_an_earlier_one_was_longer() {
+    let (_, rangelet) = rangelet().await;
+    active_range(&rangelet).await;
+    rangelet.info(Some(Duration::from_secs(10))).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The controller now counts from this grant only: 1 s from now.
+    rangelet.info(Some(LEASE)).await;
+    tokio::time::sleep(Duration::from_millis(999)).await;
+    assert!(rangelet.may_write(id(1)));
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert!(!rangelet.may_write(id(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_absurdly_long_grant_does_not_panic() {
+    let (_, rangelet) = rangelet().await;
+    active_range(&rangelet).await;
+    rangelet.info(Some(Duration::MAX)).await;
+    assert!(rangelet.may_write(id(1)));
+}
