@@ -2,10 +2,14 @@
 //!
 //! [`KvNode`] implements the node SDK's [`Node`] callbacks:
 //! - `prepare` copies the range's data from where it is now (a move: the range's
-//!   current placement; a split or join: the parents' placements) as a snapshot
-//!   stream, while the source keeps serving;
-//! - `activate` fetches the delta since the snapshot (the source is frozen now)
-//!   and starts serving;
+//!   current placement; a split or join: the overlapping listed ranges'
+//!   placements; see [`sources`]) as a snapshot stream, while the source keeps
+//!   serving. It first deletes whatever this node held under each copied span, so
+//!   that a stale copy (one the controller does not list) never leaks into the
+//!   range, and it fails rather than succeed with a part it could not fill;
+//! - `activate` fetches the delta since the snapshot (the source is frozen now),
+//!   or the whole part with the reference's `Dump` from a source that has no
+//!   Snapshot, and starts serving;
 //! - `deactivate` waits for in-flight writes to finish, so the range is truly
 //!   frozen when the controller activates the destination;
 //! - `drop` deletes the range's keys (leaving those of other ranges on this node)
@@ -18,6 +22,7 @@
 mod load;
 pub mod server;
 pub mod service;
+pub mod sources;
 pub mod spans;
 pub mod store;
 pub mod transfer;
@@ -28,13 +33,14 @@ use std::time::Duration;
 
 use ranger_node_sdk::{CallbackError, Node, StateStore};
 use ranger_proto::pb::kv::kv_client::KvClient;
-use ranger_proto::{LoadInfo, Parent, PlacementState, RangeId, RangeMeta};
+use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta};
 use tokio::sync::RwLock;
 use tonic::transport::{Channel, Endpoint};
 
 use load::LoadTracker;
+use sources::{Source, SourceError};
 use spans::Span;
-use store::{PendingTransfer, RangeStates, Store, StoreError};
+use store::{DumpFrom, PendingTransfer, RangeStates, Store, StoreError};
 use transfer::{Trackers, TransferError};
 
 /// Tunables of a KV node.
@@ -49,7 +55,10 @@ pub struct KvNodeConfig {
     pub measure_cap: usize,
     /// How long a range's measured load is reused (probes come every second).
     pub load_cache: Duration,
-    /// How long a peer may stay silent during a transfer call.
+    /// How long a peer may stay silent: a unary call as a whole, each chunk of
+    /// a transfer stream (an idle timeout, so a big range still moves), the
+    /// connection attempt, and the answer to an HTTP/2 keepalive ping. A source
+    /// that stops answering then fails the callback instead of hanging it.
     pub peer_timeout: Duration,
 }
 
@@ -203,127 +212,170 @@ impl KvNode {
             .collect()
     }
 
-    /// Deletes the keys of `span` that no other range here covers.
-    fn clear_unshared(&self, range: RangeId, span: &Span) -> Result<(), StoreError> {
-        for part in span.subtract(&self.other_spans(range)) {
-            self.inner.store.clear(&part)?;
-        }
-        Ok(())
-    }
-
-    fn peer(&self, addr: &str) -> Result<KvClient<Channel>, CallbackError> {
-        let mut peers = lock(&self.inner.peers);
-        if let Some(channel) = peers.get(addr) {
-            return Ok(KvClient::new(channel.clone()));
-        }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| failed(format!("bad peer address {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
-        peers.insert(addr.to_owned(), channel.clone());
-        Ok(KvClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20))
-    }
-
-    /// Where `meta`'s data is now: (source address, the source's range, the span
-    /// to copy). Empty for a brand-new range.
-    fn sources(&self, meta: &RangeMeta, parents: &[Parent]) -> Vec<(String, RangeId, Span)> {
-        let me = parents.iter().find(|p| p.meta.id() == meta.id());
-        let holder = |parent: &Parent| -> Option<String> {
-            let usable = |state: PlacementState| {
-                parent
-                    .placements
-                    .iter()
-                    .find(|p| p.state == state && p.node_addr != self.inner.config.self_addr)
-                    .map(|p| p.node_addr.clone())
-            };
-            // Prefer a serving copy; a frozen (Inactive) one is just as complete.
-            usable(PlacementState::Active).or_else(|| usable(PlacementState::Inactive))
-        };
-        let here = |parent: &Parent| {
-            parent.placements.iter().any(|p| {
-                p.node_addr == self.inner.config.self_addr
-                    && matches!(p.state, PlacementState::Active | PlacementState::Inactive)
-            })
-        };
-        // A move: the range itself is served elsewhere.
-        if let Some(me) = me
-            && let Some(addr) = holder(me)
-        {
-            return vec![(addr, meta.id(), Span::of(meta))];
-        }
-        // A split or join: copy each overlapping part from a parent.
-        let direct: Vec<RangeId> = me.map(|m| m.parents.clone()).unwrap_or_default();
-        let mut sources = Vec::new();
-        for parent in parents.iter().filter(|p| direct.contains(&p.meta.id())) {
-            let Some(span) = Span::of(&parent.meta).intersect(&Span::of(meta)) else {
-                continue;
-            };
-            if here(parent) {
-                continue; // Keys are stored as they are: nothing to copy.
-            }
-            if let Some(addr) = holder(parent) {
-                sources.push((addr, parent.meta.id(), span));
-            }
-        }
-        sources
-    }
-
-    async fn copy_in(
-        &self,
-        meta: &RangeMeta,
-        parents: &[Parent],
-    ) -> Result<Vec<PendingTransfer>, CallbackError> {
-        let mut pending = Vec::new();
-        for (addr, source_range, span) in self.sources(meta, parents) {
-            let mut client = self.peer(&addr)?;
-            // Stale keys from an earlier copy must not survive.
-            self.clear_unshared(meta.id(), &span).map_err(failed)?;
-            let began = std::time::Instant::now();
-            let copied = transfer::fetch_snapshot(
-                &mut client,
-                &addr,
-                &self.inner.store,
-                source_range,
-                &span,
-            )
+    /// Deletes every key of `span`, off the runtime (it compacts: disk work).
+    async fn clear(&self, span: &Span) -> Result<(), StoreError> {
+        let store = Arc::clone(&self.inner.store);
+        let span = span.clone();
+        tokio::task::spawn_blocking(move || store.clear(&span))
             .await
-            .map_err(failed)?;
-            let record = TransferRecord {
-                range: meta.id(),
-                source_addr: addr.clone(),
-                pairs: copied.pairs,
-                bytes: copied.bytes,
-                elapsed: began.elapsed(),
-            };
-            tracing::info!(
-                range = %meta.id(),
-                %addr,
-                %source_range,
-                pairs = record.pairs,
-                bytes = record.bytes,
-                mb_per_s = record.megabytes_per_second(),
-                "snapshot copied"
-            );
-            self.inner.transfers_in.record(record);
-            pending.push(PendingTransfer {
-                source_addr: addr,
-                transfer: copied.transfer,
-            });
-        }
-        Ok(pending)
+            .unwrap_or_else(|join| {
+                Err(StoreError::Task {
+                    reason: join.to_string(),
+                })
+            })
     }
 
-    async fn end_transfers(&self, pending: &[PendingTransfer]) {
-        for p in pending {
-            if let Ok(mut client) = self.peer(&p.source_addr) {
-                let request = ranger_proto::pb::kv::EndTransferRequest {
-                    transfer: p.transfer,
-                };
-                if let Err(e) = client.end_transfer(request).await {
-                    tracing::debug!(addr = %p.source_addr, error = %e, "could not end transfer (source gone?)");
+    /// A client to the peer at `addr`, on one cached channel per peer. Every
+    /// call through it is bounded (see [`transfer::Peer`]); HTTP/2 keepalive
+    /// pings find a dead connection even while no call is in flight.
+    fn peer(&self, addr: &str) -> Result<transfer::Peer, CallbackError> {
+        let timeout = self.inner.config.peer_timeout;
+        let mut peers = lock(&self.inner.peers);
+        let channel = match peers.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| failed(format!("bad peer address {addr}: {e}")))?
+                    .connect_timeout(timeout)
+                    .http2_keep_alive_interval(timeout)
+                    .keep_alive_timeout(timeout)
+                    .keep_alive_while_idle(true)
+                    .connect_lazy();
+                peers.insert(addr.to_owned(), channel.clone());
+                channel
+            }
+        };
+        let client = KvClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        Ok(transfer::Peer::new(client, addr, timeout))
+    }
+
+    /// Where `meta`'s data is now (see [`sources`]).
+    fn sources(&self, meta: &RangeMeta, parents: &[Parent]) -> Result<Vec<Source>, SourceError> {
+        let mut held = lock(&self.inner.held).clone();
+        // The range being prepared is not here yet, whatever a listing says.
+        held.remove(&meta.id());
+        let here = sources::Here {
+            addr: &self.inner.config.self_addr,
+            held: &held,
+        };
+        sources::plan(meta, parents, here)
+    }
+
+    /// Fills `meta` from its sources: each remote part is first cleared here
+    /// entirely (whatever range this node held there, a stale copy must not
+    /// survive under the new range), then copied as a snapshot; a local part is
+    /// already in place. Records the deltas to fetch at activation. On failure the
+    /// remote parts are cleared again, so nothing half-copied remains.
+    async fn copy_in(&self, meta: &RangeMeta, parents: &[Parent]) -> Result<(), CallbackError> {
+        let sources = self.sources(meta, parents).map_err(failed)?;
+        let mut pending = Vec::new();
+        let mut result = Ok(());
+        for source in &sources {
+            match source {
+                Source::Local { range, span } => {
+                    tracing::info!(range = %meta.id(), source_range = %range, ?span, "part already here");
                 }
+                Source::Remote { addr, range, span } => {
+                    match self.copy_part(meta.id(), addr, *range, span).await {
+                        Ok(transfer) => pending.push(transfer),
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if result.is_ok() {
+            result = self
+                .inner
+                .store
+                .set_pending(meta.id(), &pending)
+                .map_err(failed);
+        }
+        if result.is_err() {
+            self.end_transfers(&pending).await;
+            for source in &sources {
+                if let Source::Remote { span, .. } = source
+                    && let Err(clear) = self.clear(span).await
+                {
+                    tracing::error!(range = %meta.id(), error = %clear, "could not clear a failed copy");
+                }
+            }
+        }
+        result
+    }
+
+    /// Copies `span` of `source_range` from `addr` as a snapshot, or, when the
+    /// source has no Snapshot (a reference node), notes that it is to be copied
+    /// with `Dump` once the source is frozen.
+    async fn copy_part(
+        &self,
+        id: RangeId,
+        addr: &str,
+        source_range: RangeId,
+        span: &Span,
+    ) -> Result<PendingTransfer, CallbackError> {
+        let mut peer = self.peer(addr)?;
+        // Nothing this node held under the span survives the copy.
+        self.clear(span).await.map_err(failed)?;
+        let began = std::time::Instant::now();
+        let copied = match transfer::fetch_snapshot(
+            &mut peer,
+            &self.inner.store,
+            source_range,
+            span,
+        )
+        .await
+        {
+            Ok(copied) => copied,
+            Err(TransferError::NoSnapshot { .. }) => {
+                tracing::info!(range = %id, %addr, %source_range, "source has no Snapshot: copying with Dump at activation, once it is frozen");
+                return Ok(PendingTransfer {
+                    source_addr: addr.to_owned(),
+                    transfer: 0,
+                    dump: Some(DumpFrom {
+                        source_range: source_range.get(),
+                        span: span.clone(),
+                    }),
+                });
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        let record = TransferRecord {
+            range: id,
+            source_addr: addr.to_owned(),
+            pairs: copied.pairs,
+            bytes: copied.bytes,
+            elapsed: began.elapsed(),
+        };
+        tracing::info!(
+            range = %id,
+            %addr,
+            %source_range,
+            pairs = record.pairs,
+            bytes = record.bytes,
+            mb_per_s = record.megabytes_per_second(),
+            "snapshot copied"
+        );
+        self.inner.transfers_in.record(record);
+        Ok(PendingTransfer {
+            source_addr: addr.to_owned(),
+            transfer: copied.transfer,
+            dump: None,
+        })
+    }
+
+    /// Tells the sources of snapshot copies that their deltas are no longer
+    /// needed. Best effort: a source that is gone forgets them anyway.
+    async fn end_transfers(&self, pending: &[PendingTransfer]) {
+        for p in pending.iter().filter(|p| p.dump.is_none()) {
+            if let Ok(mut peer) = self.peer(&p.source_addr)
+                && let Err(e) = transfer::end_transfer(&mut peer, p.transfer).await
+            {
+                tracing::debug!(addr = %p.source_addr, error = %e, "could not end transfer (source gone?)");
             }
         }
     }
@@ -334,16 +386,10 @@ impl Node for KvNode {
         let id = meta.id();
         lock(&self.inner.held).insert(id, meta.clone());
         match self.copy_in(&meta, &parents).await {
-            Ok(pending) => {
-                self.inner.store.set_pending(id, &pending).map_err(failed)?;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) => {
-                tracing::warn!(range = %id, error = %e, "prepare failed; clearing what was copied");
+                tracing::warn!(range = %id, error = %e, "prepare failed; what was copied is cleared");
                 lock(&self.inner.held).remove(&id);
-                if let Err(clear) = self.clear_unshared(id, &Span::of(&meta)) {
-                    tracing::error!(range = %id, error = %clear, "could not clear a failed copy");
-                }
                 Err(e)
             }
         }
@@ -352,12 +398,27 @@ impl Node for KvNode {
     async fn activate(&self, id: RangeId) -> Result<(), CallbackError> {
         let pending = self.inner.store.pending(id).map_err(failed)?;
         for p in &pending {
-            let mut client = self.peer(&p.source_addr)?;
-            let changes =
-                transfer::fetch_delta(&mut client, &p.source_addr, &self.inner.store, p.transfer)
+            let mut peer = self.peer(&p.source_addr)?;
+            match &p.dump {
+                None => {
+                    let changes = transfer::fetch_delta(&mut peer, &self.inner.store, p.transfer)
+                        .await
+                        .map_err(failed)?;
+                    tracing::info!(range = %id, addr = %p.source_addr, changes, "delta applied");
+                }
+                Some(from) => {
+                    let source_range = RangeId::new(from.source_range).map_err(failed)?;
+                    let pairs = transfer::fetch_dump(
+                        &mut peer,
+                        &self.inner.store,
+                        source_range,
+                        &from.span,
+                    )
                     .await
-                    .map_err(|e: TransferError| failed(e))?;
-            tracing::info!(range = %id, addr = %p.source_addr, changes, "delta applied");
+                    .map_err(failed)?;
+                    tracing::info!(range = %id, addr = %p.source_addr, %source_range, pairs, "dump copied");
+                }
+            }
         }
         self.end_transfers(&pending).await;
         self.inner.store.set_pending(id, &[]).map_err(failed)?;
@@ -380,15 +441,10 @@ impl Node for KvNode {
         self.end_transfers(&pending).await;
         self.inner.store.set_pending(id, &[]).map_err(failed)?;
         if let Some(meta) = meta {
-            let store = Arc::clone(&self.inner.store);
-            let parts = Span::of(&meta).subtract(&self.other_spans(id));
-            // Deleting and compacting a large range is disk work: off the runtime.
-            tokio::task::spawn_blocking(move || {
-                parts.iter().try_for_each(|part| store.clear(part))
-            })
-            .await
-            .map_err(failed)?
-            .map_err(failed)?;
+            // Only this range's keys: another range here may share the span.
+            for part in Span::of(&meta).subtract(&self.other_spans(id)) {
+                self.clear(&part).await.map_err(failed)?;
+            }
         }
         lock(&self.inner.held).remove(&id);
         self.inner.trackers.forget_range(id);

@@ -62,23 +62,37 @@ impl KvService {
     }
 
     /// Runs a write under the range's gate, re-checking that it may still be
-    /// written once inside (a deactivation may have begun meanwhile).
-    async fn write(
-        &self,
-        key: &str,
-        apply: impl FnOnce(&[u8]) -> Result<(), super::store::StoreError>,
-    ) -> Result<(), Status> {
-        let range = self.route(key)?;
-        let gate = self.node.gate(range);
-        let _writing = gate.read().await;
+    /// written once inside (a deactivation may have begun meanwhile). Answers only
+    /// once the write is durable (in the synced WAL).
+    ///
+    /// The write runs on the blocking pool, so that concurrent writers wait for
+    /// their fsync together (RocksDB commits them as a group) instead of each
+    /// holding a runtime thread. The task owns the gate guard and records the
+    /// write for transfers itself: a client that goes away cannot release the
+    /// gate (and let a deactivation finish) while its write is still landing, nor
+    /// leave a landed write unrecorded.
+    async fn write(&self, key: String, op: WriteOp) -> Result<(), Status> {
+        let range = self.route(&key)?;
+        let writing = self.node.gate(range).read_owned().await;
         if !self.rangelet.may_write(range) {
             return Err(Status::failed_precondition(format!(
                 "range {range} stopped serving writes"
             )));
         }
-        apply(key.as_bytes()).map_err(|e| Status::internal(e.to_string()))?;
-        self.node.wrote(range, key.as_bytes());
-        Ok(())
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || {
+            let _writing = writing;
+            let key = key.as_bytes();
+            match op {
+                WriteOp::Put(value) => node.store().put(key, &value),
+                WriteOp::Delete => node.store().delete(key),
+            }
+            .map_err(|e| Status::internal(e.to_string()))?;
+            node.wrote(range, key);
+            Ok(())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the write task failed: {e}")))?
     }
 
     fn held_span(&self, range: RangeId) -> Result<Span, Status> {
@@ -89,6 +103,13 @@ impl KvService {
             .map(|r| Span::of(&r.meta))
             .ok_or_else(|| Status::not_found(format!("range {range} is not on this node")))
     }
+}
+
+/// A client write.
+#[derive(Debug)]
+enum WriteOp {
+    Put(Vec<u8>),
+    Delete,
 }
 
 fn range_id(id: u64) -> Result<RangeId, Status> {
@@ -123,9 +144,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let request = request.into_inner();
-        let store = self.node.store().clone();
-        self.write(&request.key, |key| store.put(key, &request.value))
-            .await?;
+        self.write(request.key, WriteOp::Put(request.value)).await?;
         Ok(Response::new(pb::PutResponse {}))
     }
 
@@ -134,8 +153,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let key = request.into_inner().key;
-        let store = self.node.store().clone();
-        self.write(&key, |key| store.delete(key)).await?;
+        self.write(key, WriteOp::Delete).await?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
 

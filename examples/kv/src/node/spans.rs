@@ -4,9 +4,10 @@
 //! holds (a split's parent and child can live side by side on one node).
 
 use ranger_proto::RangeMeta;
+use serde::{Deserialize, Serialize};
 
 /// A half-open span of keys. `end == None` is +infinity.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Span {
     pub start: Vec<u8>,
     pub end: Option<Vec<u8>>,

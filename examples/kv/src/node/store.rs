@@ -1,6 +1,11 @@
 //! The node's RocksDB: data keys stored as they are in the default column family,
 //! and the node's own bookkeeping (range states, transfers awaiting their delta)
 //! in a `ranger` column family, so that both survive a restart together.
+//!
+//! Acknowledged is durable: every write returns only once it is in the synced
+//! WAL (RocksDB groups concurrent synced writers into one fsync), so a machine
+//! crash loses no acknowledged write. Transfer chunks are the one exception, and
+//! only until [`Store::sync_wal`], which a copy calls before it reports success.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,6 +36,8 @@ pub enum StoreError {
     MissingColumnFamily(&'static str),
     #[error("corrupt bookkeeping record under {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("a storage task failed: {reason}")]
+    Task { reason: String },
 }
 
 fn rocks(context: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
@@ -38,11 +45,24 @@ fn rocks(context: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
 }
 
 /// A delta the node still has to fetch from a source when it activates a range:
-/// where the snapshot came from and the source's transfer id.
+/// where the snapshot came from and the source's transfer id; or, for a source
+/// without Snapshot (a Go reference node), the part to copy whole with `Dump`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingTransfer {
     pub source_addr: String,
+    /// The source's transfer id (unused with `dump`).
     pub transfer: u64,
+    /// Copy this part with `Dump` at activation, once the source is frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpFrom>,
+}
+
+/// A part to copy with the reference's `Dump`: the source's range, and the span
+/// of it that belongs to the range being prepared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpFrom {
+    pub source_range: u64,
+    pub span: Span,
 }
 
 /// A checksum over pairs in order, so a receiver can verify it got exactly what
@@ -110,16 +130,36 @@ impl Store {
         self.db.get(key).map_err(rocks("get"))
     }
 
+    /// Writes `key`; returns once the write is in the synced WAL. Blocking.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.db.put(key, value).map_err(rocks("put"))
+        self.db
+            .put_opt(key, value, &Self::sync_write())
+            .map_err(rocks("put"))
     }
 
+    /// Deletes `key`; returns once the deletion is in the synced WAL. Blocking.
     pub fn delete(&self, key: &[u8]) -> Result<(), StoreError> {
-        self.db.delete(key).map_err(rocks("delete"))
+        self.db
+            .delete_opt(key, &Self::sync_write())
+            .map_err(rocks("delete"))
     }
 
+    /// Writes `batch` atomically; returns once it is in the synced WAL.
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.db
+            .write_opt(batch, &Self::sync_write())
+            .map_err(rocks("write batch"))
+    }
+
+    /// Writes `batch` atomically without waiting for the WAL sync: for transfer
+    /// chunks, whose copy calls [`Store::sync_wal`] before it reports success.
+    pub fn write_unsynced(&self, batch: WriteBatch) -> Result<(), StoreError> {
         self.db.write(batch).map_err(rocks("write batch"))
+    }
+
+    /// Syncs the WAL: every write before this call is durable once it returns.
+    pub fn sync_wal(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(rocks("sync wal"))
     }
 
     fn read_options(span: &Span) -> ReadOptions {
@@ -205,7 +245,9 @@ impl Store {
                         if last.as_ref() < span.start.as_slice() {
                             return Ok(());
                         }
-                        self.db.delete(&last).map_err(rocks("delete last key"))?;
+                        self.db
+                            .delete_opt(&last, &Self::sync_write())
+                            .map_err(rocks("delete last key"))?;
                         last.to_vec()
                     }
                     None => return Ok(()),
@@ -218,7 +260,7 @@ impl Store {
                 .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
                 .ok_or(StoreError::MissingColumnFamily("default"))?;
             self.db
-                .delete_range_cf(cf, &span.start, &end)
+                .delete_range_cf_opt(cf, &span.start, &end, &Self::sync_write())
                 .map_err(rocks("delete range"))?;
             self.db.compact_range(Some(&span.start), Some(&end));
         }
@@ -418,9 +460,27 @@ mod tests {
         let mut batch = WriteBatch::default();
         batch.put(b"a", b"1");
         store.write(batch).unwrap();
+        let after_batch = wal_syncs(&options);
         assert!(
-            wal_syncs(&options) > after_delete,
+            after_batch > after_delete,
             "a batch returned before the WAL was synced"
         );
+        store.clear(&Span::new(Vec::new(), None)).unwrap();
+        assert!(
+            wal_syncs(&options) > after_batch,
+            "a clear returned before the WAL was synced"
+        );
+    }
+
+    #[test]
+    fn a_transfer_chunk_is_durable_once_the_wal_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, options) = counted_store(dir.path());
+        let mut batch = WriteBatch::default();
+        batch.put(b"a", b"1");
+        store.write_unsynced(batch).unwrap();
+        let before = wal_syncs(&options);
+        store.sync_wal().unwrap();
+        assert!(wal_syncs(&options) > before);
     }
 }

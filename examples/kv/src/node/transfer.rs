@@ -13,10 +13,20 @@
 //! channel on the source side keep memory bounded on both ends. A source that
 //! dies mid-way breaks the stream; the destination's callback then fails, clears
 //! what it wrote, and the controller rolls back or retries.
+//!
+//! A source that goes *silent* (partitioned, stuck) breaks nothing, so every call
+//! to a [`Peer`] is bounded: a unary call as a whole, a stream chunk by chunk (an
+//! idle timeout: a big range may take long, but never a long silence).
+//!
+//! A source without Snapshot (a Go reference node) is copied with its `Dump`,
+//! which refuses until the source stops serving, so the destination does it in
+//! `activate` ([`fetch_dump`]).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ranger_proto::RangeId;
 use ranger_proto::pb::kv as pb;
@@ -32,6 +42,14 @@ use super::store::{PairChecksum, Store, StoreError};
 pub enum TransferError {
     #[error("source {addr}: {status}")]
     Rpc { addr: String, status: tonic::Status },
+    #[error("source {addr} has no Snapshot (a reference node?): {status}")]
+    NoSnapshot { addr: String, status: tonic::Status },
+    #[error("source {addr} was silent for {after:?} during {what}")]
+    Silent {
+        addr: String,
+        what: &'static str,
+        after: Duration,
+    },
     #[error("source {addr} went away mid-transfer (the stream ended without its last chunk)")]
     Truncated { addr: String },
     #[error("source {addr} sent key {key:?} outside the requested span")]
@@ -143,6 +161,49 @@ impl Trackers {
     }
 }
 
+/// A peer node to transfer from: its client, and how long it may stay silent.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    client: KvClient<Channel>,
+    addr: String,
+    timeout: Duration,
+}
+
+impl Peer {
+    pub fn new(client: KvClient<Channel>, addr: &str, timeout: Duration) -> Self {
+        Peer {
+            client,
+            addr: addr.to_owned(),
+            timeout,
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+/// Waits at most `peer.timeout` for `call`, one answer from the peer.
+async fn answer<T>(
+    addr: &str,
+    timeout: Duration,
+    what: &'static str,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, TransferError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(status)) => Err(TransferError::Rpc {
+            addr: addr.to_owned(),
+            status,
+        }),
+        Err(_elapsed) => Err(TransferError::Silent {
+            addr: addr.to_owned(),
+            what,
+            after: timeout,
+        }),
+    }
+}
+
 /// What a snapshot copy brought in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotCopied {
@@ -154,30 +215,36 @@ pub struct SnapshotCopied {
     pub bytes: u64,
 }
 
-/// Fetches a snapshot of `span` of `source_range` from `addr` into `store`.
+/// Fetches a snapshot of `span` of `source_range` from `peer` into `store`; the
+/// copy is durable once this returns. A source without Snapshot answers
+/// [`TransferError::NoSnapshot`], having sent nothing.
 pub async fn fetch_snapshot(
-    client: &mut KvClient<Channel>,
-    addr: &str,
+    peer: &mut Peer,
     store: &Store,
     source_range: RangeId,
     span: &Span,
 ) -> Result<SnapshotCopied, TransferError> {
-    let rpc = |status| TransferError::Rpc {
-        addr: addr.to_owned(),
-        status,
+    let Peer {
+        client,
+        addr,
+        timeout,
+    } = peer;
+    let (addr, timeout) = (addr.as_str(), *timeout);
+    let request = pb::SnapshotRequest {
+        source_range: source_range.get(),
+        start: span.start.clone(),
+        end: span.end_for_wire(),
     };
-    let mut stream = client
-        .snapshot(pb::SnapshotRequest {
-            source_range: source_range.get(),
-            start: span.start.clone(),
-            end: span.end_for_wire(),
-        })
-        .await
-        .map_err(rpc)?
-        .into_inner();
+    let mut stream = match answer(addr, timeout, "snapshot", client.snapshot(request)).await {
+        Ok(response) => response.into_inner(),
+        Err(TransferError::Rpc { addr, status }) if status.code() == tonic::Code::Unimplemented => {
+            return Err(TransferError::NoSnapshot { addr, status });
+        }
+        Err(e) => return Err(e),
+    };
     let mut checksum = PairChecksum::default();
     let mut bytes = 0u64;
-    while let Some(chunk) = stream.message().await.map_err(rpc)? {
+    while let Some(chunk) = answer(addr, timeout, "snapshot stream", stream.message()).await? {
         let mut batch = WriteBatch::default();
         for pair in &chunk.pairs {
             bytes += (pair.key.len() + pair.value.len()) as u64;
@@ -190,7 +257,7 @@ pub async fn fetch_snapshot(
             checksum.add(&pair.key, &pair.value, false);
             batch.put(&pair.key, &pair.value);
         }
-        store.write(batch)?;
+        store.write_unsynced(batch)?;
         if chunk.last {
             if chunk.total_pairs != checksum.count() || chunk.checksum != checksum.value() {
                 return Err(TransferError::Mismatch {
@@ -201,6 +268,7 @@ pub async fn fetch_snapshot(
                     want_sum: chunk.checksum,
                 });
             }
+            store.sync_wal()?;
             return Ok(SnapshotCopied {
                 transfer: chunk.transfer,
                 pairs: checksum.count(),
@@ -213,25 +281,30 @@ pub async fn fetch_snapshot(
     })
 }
 
-/// Fetches and applies what changed since the snapshot of `transfer`.
-/// Idempotent: applying the same delta twice leaves the same values.
+/// Fetches and applies what changed since the snapshot of `transfer`; durable
+/// once this returns. Idempotent: applying the same delta twice leaves the same
+/// values.
 pub async fn fetch_delta(
-    client: &mut KvClient<Channel>,
-    addr: &str,
+    peer: &mut Peer,
     store: &Store,
     transfer: u64,
 ) -> Result<u64, TransferError> {
-    let rpc = |status| TransferError::Rpc {
-        addr: addr.to_owned(),
-        status,
-    };
-    let mut stream = client
-        .delta(pb::DeltaRequest { transfer })
-        .await
-        .map_err(rpc)?
-        .into_inner();
+    let Peer {
+        client,
+        addr,
+        timeout,
+    } = peer;
+    let (addr, timeout) = (addr.as_str(), *timeout);
+    let mut stream = answer(
+        addr,
+        timeout,
+        "delta",
+        client.delta(pb::DeltaRequest { transfer }),
+    )
+    .await?
+    .into_inner();
     let mut checksum = PairChecksum::default();
-    while let Some(chunk) = stream.message().await.map_err(rpc)? {
+    while let Some(chunk) = answer(addr, timeout, "delta stream", stream.message()).await? {
         let mut batch = WriteBatch::default();
         for change in &chunk.changes {
             checksum.add(&change.key, &change.value, change.deleted);
@@ -241,7 +314,7 @@ pub async fn fetch_delta(
                 batch.put(&change.key, &change.value);
             }
         }
-        store.write(batch)?;
+        store.write_unsynced(batch)?;
         if chunk.last {
             if chunk.total_changes != checksum.count() || chunk.checksum != checksum.value() {
                 return Err(TransferError::Mismatch {
@@ -252,10 +325,65 @@ pub async fn fetch_delta(
                     want_sum: chunk.checksum,
                 });
             }
+            store.sync_wal()?;
             return Ok(checksum.count());
         }
     }
     Err(TransferError::Truncated {
         addr: addr.to_owned(),
     })
+}
+
+/// Copies `span` of `source_range` with the reference's `Dump` (all pairs of the
+/// source's range, in one message; only once the source is frozen), replacing
+/// whatever `store` held under `span`. Durable once this returns; idempotent.
+pub async fn fetch_dump(
+    peer: &mut Peer,
+    store: &Arc<Store>,
+    source_range: RangeId,
+    span: &Span,
+) -> Result<u64, TransferError> {
+    let Peer {
+        client,
+        addr,
+        timeout,
+    } = peer;
+    let (addr, timeout) = (addr.as_str(), *timeout);
+    let request = pb::DumpRequest {
+        range_ident: source_range.get(),
+    };
+    let pairs = answer(addr, timeout, "dump", client.dump(request))
+        .await?
+        .into_inner()
+        .pairs;
+    let mut batch = WriteBatch::default();
+    let mut count = 0;
+    // A split child takes only its part of the parent's dump.
+    for pair in pairs.iter().filter(|p| span.contains(p.key.as_bytes())) {
+        batch.put(pair.key.as_bytes(), &pair.value);
+        count += 1;
+    }
+    // Clearing compacts: disk work, off the runtime.
+    let (store, span) = (Arc::clone(store), span.clone());
+    tokio::task::spawn_blocking(move || {
+        store.clear(&span)?;
+        store.write(batch)
+    })
+    .await
+    .map_err(|join| StoreError::Task {
+        reason: join.to_string(),
+    })??;
+    Ok(count)
+}
+
+/// Tells the source that the delta of `transfer` is no longer needed.
+pub async fn end_transfer(peer: &mut Peer, transfer: u64) -> Result<(), TransferError> {
+    let Peer {
+        client,
+        addr,
+        timeout,
+    } = peer;
+    let request = pb::EndTransferRequest { transfer };
+    answer(addr, *timeout, "end transfer", client.end_transfer(request)).await?;
+    Ok(())
 }
