@@ -500,3 +500,86 @@ async fn s42_a_split_rollback_whose_child_drops_keep_failing_still_answers() {
         vec![("a".to_owned(), PlacementState::Active)]
     );
 }
+
+/// The parents list of the first Prepare of `range` that `node` received.
+fn prepare_parents(cluster: &Cluster, node: &str, range: u64) -> Vec<ranger_proto::Parent> {
+    cluster
+        .node(node)
+        .calls()
+        .into_iter()
+        .find(|c| c.command == Command::Prepare && c.range == id(range))
+        .unwrap_or_else(|| panic!("{node} never prepared {range}"))
+        .parents
+}
+
+#[tokio::test(start_paused = true)]
+async fn s39_a_retired_destination_is_never_offered_as_a_data_source() {
+    // #20: b's child 2 fails to activate (rolled back), c's child 3 serves; the
+    // controller rolls forward with 2 on d. Its Prepare must name the frozen
+    // parent on a, and never b's retired (never served) copy of 2.
+    let cluster = Cluster::start(&["a", "b", "c", "d"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    cluster
+        .node("b")
+        .on(Command::Activate, Behaviour::Fail("corrupt".into()));
+    cluster
+        .handle
+        .run(OpRequest::Split {
+            range: id(1),
+            key: Key::from("m"),
+            left: Some(node_id("b")),
+            right: Some(node_id("c")),
+        })
+        .await
+        .unwrap();
+    cluster.wait_active_on(id(2), &["d"]).await;
+    let parents = prepare_parents(&cluster, "d", 2);
+    let offered: Vec<(u64, String)> = parents
+        .iter()
+        .flat_map(|p| {
+            p.placements
+                .iter()
+                .map(move |pl| (p.meta.id().get(), pl.node_addr.clone()))
+        })
+        .collect();
+    assert!(
+        !offered.iter().any(|(_, addr)| *addr == addr_of("b")),
+        "b's retired copy offered: {offered:?}"
+    );
+    assert!(offered.contains(&(1, addr_of("a"))), "{offered:?}");
+}
+
+fn addr_of(node: &str) -> String {
+    addr(node)
+}
+
+#[tokio::test(start_paused = true)]
+async fn s39_a_prepare_lists_each_range_of_the_history_once_nearest_first() {
+    // Split 1 -> 2, 3; join 2 + 3 -> 4; split 4 -> 5, 6. Preparing 5 lists 5,
+    // then 4, then 2 and 3, then 1: every generation, each range once.
+    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    let split = |range: u64, key: &str| OpRequest::Split {
+        range: id(range),
+        key: Key::from(key),
+        left: Some(node_id("a")),
+        right: Some(node_id("b")),
+    };
+    cluster.handle.run(split(1, "m")).await.unwrap();
+    cluster
+        .handle
+        .run(OpRequest::Join {
+            left: id(2),
+            right: id(3),
+            node: Some(node_id("b")),
+        })
+        .await
+        .unwrap();
+    cluster.handle.run(split(4, "g")).await.unwrap();
+    let listed: Vec<u64> = prepare_parents(&cluster, "a", 5)
+        .iter()
+        .map(|p| p.meta.id().get())
+        .collect();
+    assert_eq!(listed, vec![5, 4, 2, 3, 1]);
+}

@@ -85,7 +85,7 @@ impl NodeTransport for GrpcTransport {
         addr: &str,
         range: RangeId,
         call: Call,
-        _term: u64,
+        term: u64,
         timeout: Duration,
     ) -> Answer {
         let mut client = self.client(addr)?;
@@ -98,6 +98,7 @@ impl NodeTransport for GrpcTransport {
                         .prepare(pb::PrepareRequest {
                             range: Some((&meta).into()),
                             parents: parents.iter().map(pb::Parent::from).collect(),
+                            term,
                         })
                         .await?
                         .into_inner();
@@ -109,6 +110,7 @@ impl NodeTransport for GrpcTransport {
                         .activate(pb::ActivateRequest {
                             range: id,
                             force: false,
+                            term,
                         })
                         .await?
                         .into_inner();
@@ -116,14 +118,18 @@ impl NodeTransport for GrpcTransport {
                 }
                 Call::Deactivate => {
                     let r = client
-                        .deactivate(pb::DeactivateRequest { range: id })
+                        .deactivate(pb::DeactivateRequest { range: id, term })
                         .await?
                         .into_inner();
                     Ok(outcome(r.state, r.failure))
                 }
                 Call::Drop { force } => {
                     let r = client
-                        .drop(pb::DropRequest { range: id, force })
+                        .drop(pb::DropRequest {
+                            range: id,
+                            force,
+                            term,
+                        })
                         .await?
                         .into_inner();
                     Ok(outcome(r.state, r.failure))
@@ -142,17 +148,18 @@ impl NodeTransport for GrpcTransport {
     async fn probe(
         &self,
         addr: &str,
-        _term: u64,
+        term: u64,
         lease: Duration,
         timeout: Duration,
     ) -> ProbeAnswer {
         let mut client = self.client(addr).map_err(|e| e.to_string())?;
         let lease_millis = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-        let response = tokio::time::timeout(timeout, client.info(pb::InfoRequest { lease_millis }))
-            .await
-            .map_err(|_| format!("no answer within {timeout:?}"))?
-            .map_err(|s| call_error(s, None).to_string())?
-            .into_inner();
+        let response =
+            tokio::time::timeout(timeout, client.info(pb::InfoRequest { lease_millis, term }))
+                .await
+                .map_err(|_| format!("no answer within {timeout:?}"))?
+                .map_err(|s| call_error(s, None).to_string())?
+                .into_inner();
         let ranges = response
             .ranges
             .into_iter()
