@@ -72,6 +72,18 @@ const LEASE_LAPSED_BEFORE_ACTIVATE: &str =
     "the controller's lease has lapsed: not activating (the range may be served elsewhere now)";
 /// The failure an Activate reports when the lease lapsed while its callback ran.
 const LEASE_LAPSED_DURING_ACTIVATE: &str = "the controller's lease lapsed while activating: rolled back (the range may be served elsewhere now)";
+/// The term of a command that carries none (the reference controller's, and the
+/// node's own, e.g. deactivations after a lease lapse). Always accepted.
+const NO_TERM: u64 = 0;
+
+/// What a lease grant leaves to do once the table lock is released.
+struct Granted {
+    /// The first lease ever: start the watchdog.
+    first: bool,
+    /// Ranges a late renewal fenced: deactivate them.
+    fenced: usize,
+}
+
 /// Where a lease too long to represent ends: far enough to be "never", near
 /// enough for `Instant` arithmetic.
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -118,6 +130,19 @@ pub enum CommandError {
     },
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The command (or probe) came from a controller term older than the newest
+    /// this node has seen: a deposed leader's message still in flight
+    /// (SCENARIOS.md #43).
+    #[error("stale controller term {term}: this node has seen term {newest}")]
+    StaleTerm { term: u64, newest: u64 },
+    /// A newer controller term could not be persisted, so the command carrying it
+    /// was refused (accepting it would let a restart forget the term).
+    #[error("could not persist controller term {term}: {source}")]
+    PersistTerm {
+        term: u64,
+        #[source]
+        source: StateStoreError,
+    },
 }
 
 /// Why a key cannot be served here (see [`Rangelet::serving_range`]).
@@ -216,6 +241,8 @@ struct Table {
     /// the count it began under; if it changed by the time the callback ends, the
     /// lease lapsed meanwhile and the activation fails (SCENARIOS.md #40).
     lease_lapses: u64,
+    /// The newest controller term seen (0: none yet), kept in the state store.
+    newest_term: u64,
 }
 
 impl Table {
@@ -292,6 +319,7 @@ impl<N: Node> Rangelet<N> {
         config: RangeletConfig,
     ) -> Result<Self, StateStoreError> {
         let stored = store.load()?;
+        let newest_term = store.load_term()?;
         let mut table = Table {
             ranges: BTreeMap::new(),
             by_start: BTreeSet::new(),
@@ -299,6 +327,7 @@ impl<N: Node> Rangelet<N> {
             next_epoch: 1,
             fenced: BTreeSet::new(),
             lease_lapses: 0,
+            newest_term,
         };
         for range in stored {
             let id = range.meta.id();
@@ -357,16 +386,32 @@ impl<N: Node> Rangelet<N> {
         meta: RangeMeta,
         parents: Vec<Parent>,
     ) -> Result<Outcome, CommandError> {
+        self.prepare_in_term(NO_TERM, meta, parents).await
+    }
+
+    /// [`Rangelet::prepare`] sent by a controller in `term` (see
+    /// [`Rangelet::observe_term`]; 0 is no term).
+    pub async fn prepare_in_term(
+        &self,
+        term: u64,
+        meta: RangeMeta,
+        parents: Vec<Parent>,
+    ) -> Result<Outcome, CommandError> {
         let id = meta.id();
-        match self.begin_prepare(meta, parents)? {
+        match self.begin_prepare(term, meta, parents)? {
             Begin::Answer(outcome) => Ok(outcome),
             Begin::Wait(seen) => Ok(self.await_transition(id, seen, Command::Prepare).await),
         }
     }
 
-    fn begin_prepare(&self, meta: RangeMeta, parents: Vec<Parent>) -> Result<Begin, CommandError> {
+    fn begin_prepare(
+        &self,
+        term: u64,
+        meta: RangeMeta,
+        parents: Vec<Parent>,
+    ) -> Result<Begin, CommandError> {
         let id = meta.id();
-        let mut table = self.lock_for_command()?;
+        let mut table = self.lock_for_command(term)?;
         if let Some(outcome) = take_failure(&mut table, id, Command::Prepare) {
             return Ok(Begin::Answer(outcome));
         }
@@ -410,13 +455,27 @@ impl<N: Node> Rangelet<N> {
 
     /// Activate: start serving a prepared or deactivated range.
     pub async fn activate(&self, id: RangeId) -> Result<Outcome, CommandError> {
-        self.simple_command(id, ACTIVATE, RemoteState::Inactive)
+        self.activate_in_term(NO_TERM, id).await
+    }
+
+    /// [`Rangelet::activate`] sent by a controller in `term` (0: no term).
+    pub async fn activate_in_term(&self, term: u64, id: RangeId) -> Result<Outcome, CommandError> {
+        self.simple_command(term, id, ACTIVATE, RemoteState::Inactive)
             .await
     }
 
     /// Deactivate: stop serving writes, keep the data.
     pub async fn deactivate(&self, id: RangeId) -> Result<Outcome, CommandError> {
-        self.simple_command(id, DEACTIVATE, RemoteState::Active)
+        self.deactivate_in_term(NO_TERM, id).await
+    }
+
+    /// [`Rangelet::deactivate`] sent by a controller in `term` (0: no term).
+    pub async fn deactivate_in_term(
+        &self,
+        term: u64,
+        id: RangeId,
+    ) -> Result<Outcome, CommandError> {
+        self.simple_command(term, id, DEACTIVATE, RemoteState::Active)
             .await
     }
 
@@ -425,14 +484,24 @@ impl<N: Node> Rangelet<N> {
     /// range is dropped only with `force` (the node's own decision, or a controller
     /// that knows the range is served elsewhere).
     pub async fn drop_range(&self, id: RangeId, force: bool) -> Result<Outcome, CommandError> {
-        match self.begin_drop(id, force)? {
+        self.drop_range_in_term(NO_TERM, id, force).await
+    }
+
+    /// [`Rangelet::drop_range`] sent by a controller in `term` (0: no term).
+    pub async fn drop_range_in_term(
+        &self,
+        term: u64,
+        id: RangeId,
+        force: bool,
+    ) -> Result<Outcome, CommandError> {
+        match self.begin_drop(term, id, force)? {
             Begin::Answer(outcome) => Ok(outcome),
             Begin::Wait(seen) => Ok(self.await_transition(id, seen, Command::Drop).await),
         }
     }
 
-    fn begin_drop(&self, id: RangeId, force: bool) -> Result<Begin, CommandError> {
-        let mut table = self.lock_for_command()?;
+    fn begin_drop(&self, term: u64, id: RangeId, force: bool) -> Result<Begin, CommandError> {
+        let mut table = self.lock_for_command(term)?;
         if let Some(outcome) = take_failure(&mut table, id, Command::Drop) {
             return Ok(Begin::Answer(outcome));
         }
@@ -464,12 +533,13 @@ impl<N: Node> Rangelet<N> {
     /// repeat, or refuse.
     async fn simple_command(
         &self,
+        term: u64,
         id: RangeId,
         transition: Transition,
         from: RemoteState,
     ) -> Result<Outcome, CommandError> {
         let begin = {
-            let mut table = self.lock_for_command()?;
+            let mut table = self.lock_for_command(term)?;
             match take_failure(&mut table, id, transition.command) {
                 Some(outcome) => Begin::Answer(outcome),
                 None => self.begin_simple(&mut table, id, transition, from, false)?,
@@ -799,9 +869,72 @@ impl<N: Node> Rangelet<N> {
     /// controller always sends, and ours after a failed probe) grant nothing: the
     /// lease in force, if any, neither grows nor shrinks.
     pub async fn info(&self, lease: Option<Duration>) -> Vec<RangeInfo> {
-        if let Some(lease) = lease.filter(|l| !l.is_zero()) {
-            self.grant_lease(lease);
+        let granted = lease
+            .filter(|l| !l.is_zero())
+            .map(|lease| self.grant_lease(&mut lock(&self.inner.table), lease));
+        self.after_grant(granted);
+        self.report().await
+    }
+
+    /// [`Rangelet::info`] sent by a controller in `term` (0: no term). A probe from
+    /// a stale term is refused and grants nothing: a deposed leader must not keep
+    /// a node writable that the new leader is waiting out (SCENARIOS.md #43).
+    pub async fn info_in_term(
+        &self,
+        term: u64,
+        lease: Option<Duration>,
+    ) -> Result<Vec<RangeInfo>, CommandError> {
+        let granted = {
+            let mut table = lock(&self.inner.table);
+            self.check_term(&mut table, term)?;
+            lease
+                .filter(|l| !l.is_zero())
+                .map(|lease| self.grant_lease(&mut table, lease))
+        };
+        self.after_grant(granted);
+        Ok(self.report().await)
+    }
+
+    /// Records a controller's term, refusing it if it is older than the newest this
+    /// node has seen (a deposed leader: DESIGN.md §6, SCENARIOS.md #43). A newer term
+    /// is persisted through the [`StateStore`] before it counts, so a restart does
+    /// not forget it (if the store implements the term methods). Term 0 means "no
+    /// term" (the reference controller sends none) and is always accepted. The
+    /// `*_in_term` commands do this under the same lock as the command itself, so a
+    /// stale command can never start after a newer term's command was accepted.
+    pub fn observe_term(&self, term: u64) -> Result<(), CommandError> {
+        self.check_term(&mut lock(&self.inner.table), term)
+    }
+
+    /// The newest controller term this node has seen (0: none).
+    pub fn newest_term(&self) -> u64 {
+        lock(&self.inner.table).newest_term
+    }
+
+    fn check_term(&self, table: &mut Table, term: u64) -> Result<(), CommandError> {
+        let newest = table.newest_term;
+        if term == NO_TERM || term == newest {
+            return Ok(());
         }
+        if term < newest {
+            tracing::warn!(
+                term,
+                newest,
+                "refused a command from a stale controller term"
+            );
+            return Err(CommandError::StaleTerm { term, newest });
+        }
+        self.inner
+            .store
+            .put_term(term)
+            .map_err(|source| CommandError::PersistTerm { term, source })?;
+        tracing::info!(term, previous = newest, "newer controller term");
+        table.newest_term = term;
+        Ok(())
+    }
+
+    /// Every range with its state and load.
+    async fn report(&self) -> Vec<RangeInfo> {
         let ranges: Vec<RangeChange> = lock(&self.inner.table).snapshot();
         let loads = futures::future::join_all(ranges.iter().map(|r| async {
             match self.inner.node.load_info(r.meta.id()).await {
@@ -926,24 +1059,39 @@ impl<N: Node> Rangelet<N> {
     /// had already lapsed (the watchdog may not have run yet), everything that may
     /// serve is fenced under the same lock, before the new lease makes anything
     /// writable again.
-    fn grant_lease(&self, lease: Duration) {
+    /// Returns what [`Rangelet::after_grant`] must do once the lock is released.
+    fn grant_lease(&self, table: &mut Table, lease: Duration) -> Granted {
         let now = Instant::now();
         // A peer can send any number of milliseconds; never overflow on it.
         let until = now.checked_add(lease).unwrap_or_else(|| now + FAR_FUTURE);
-        let (first, fenced) = {
-            let mut table = lock(&self.inner.table);
-            let previous = self.inner.lease_until.send_replace(Some(until));
-            match previous {
-                // The first lease: from now on a lapse must fence this node.
-                None => (true, 0),
-                Some(old) if old <= now => (false, fence_serving(&mut table)),
-                Some(_) => (false, 0),
-            }
+        let previous = self.inner.lease_until.send_replace(Some(until));
+        match previous {
+            // The first lease: from now on a lapse must fence this node.
+            None => Granted {
+                first: true,
+                fenced: 0,
+            },
+            Some(old) if old <= now => Granted {
+                first: false,
+                fenced: fence_serving(table),
+            },
+            Some(_) => Granted {
+                first: false,
+                fenced: 0,
+            },
+        }
+    }
+
+    /// Starts the lease watchdog after the first grant, and the deactivation of
+    /// whatever a late renewal fenced.
+    fn after_grant(&self, granted: Option<Granted>) {
+        let Some(granted) = granted else {
+            return;
         };
-        if first {
+        if granted.first {
             tokio::spawn(self.clone().watch_lease());
         }
-        self.deactivate_fenced_in_background(fenced);
+        self.deactivate_fenced_in_background(granted.fenced);
     }
 
     /// Whether a lease was granted and has run out (a node that never got one has
@@ -1069,11 +1217,18 @@ impl<N: Node> Rangelet<N> {
         (table.snapshot(), self.inner.changes.subscribe())
     }
 
-    fn lock_for_command(&self) -> Result<std::sync::MutexGuard<'_, Table>, CommandError> {
+    /// Locks the table for a command from `term`, refusing it if the node shuts
+    /// down or the term is stale.
+    fn lock_for_command(
+        &self,
+        term: u64,
+    ) -> Result<std::sync::MutexGuard<'_, Table>, CommandError> {
         if *self.inner.shutdown.borrow() {
             return Err(CommandError::ShuttingDown);
         }
-        Ok(lock(&self.inner.table))
+        let mut table = lock(&self.inner.table);
+        self.check_term(&mut table, term)?;
+        Ok(table)
     }
 
     fn persist(

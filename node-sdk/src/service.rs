@@ -1,6 +1,11 @@
 //! The gRPC `ranger.Node` service: wire requests in, rangelet calls, wire answers
 //! out. All checking of wire data happens in `ranger_proto::convert`; all state
 //! logic in [`crate::Rangelet`]. This module only translates.
+//!
+//! Every command and probe carries the controller's `term` (field 16; 0 from the
+//! reference controller, which has none) and goes to the rangelet's `*_in_term`
+//! entry point, which refuses a stale one: FAILED_PRECONDITION, with a message
+//! starting "stale controller term" (SCENARIOS.md #43).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -41,8 +46,12 @@ impl From<CommandError> for Status {
             CommandError::UnknownRange(_) | CommandError::MetaMismatch { .. } => {
                 Status::invalid_argument(message)
             }
-            CommandError::WrongState { .. } => Status::failed_precondition(message),
-            CommandError::Persist { .. } => Status::internal(message),
+            CommandError::WrongState { .. } | CommandError::StaleTerm { .. } => {
+                Status::failed_precondition(message)
+            }
+            CommandError::Persist { .. } | CommandError::PersistTerm { .. } => {
+                Status::internal(message)
+            }
             CommandError::ShuttingDown => Status::unavailable(message),
         }
     }
@@ -80,7 +89,10 @@ impl<N: Node> pb::node_server::Node for NodeService<N> {
             .map(Parent::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad_request)?;
-        let outcome = self.rangelet.prepare(meta.clone(), parents).await?;
+        let outcome = self
+            .rangelet
+            .prepare_in_term(request.term, meta.clone(), parents)
+            .await?;
         Ok(Response::new(pb::PrepareResponse {
             range_info: Some(pb::RangeInfo {
                 meta: Some((&meta).into()),
@@ -95,8 +107,9 @@ impl<N: Node> pb::node_server::Node for NodeService<N> {
         &self,
         request: Request<pb::ActivateRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
-        let id = range_id(request.into_inner().range)?;
-        let outcome = self.rangelet.activate(id).await?;
+        let request = request.into_inner();
+        let id = range_id(request.range)?;
+        let outcome = self.rangelet.activate_in_term(request.term, id).await?;
         Ok(Response::new(pb::ActivateResponse {
             state: outcome.state.into(),
             failure: failure(&outcome),
@@ -107,8 +120,9 @@ impl<N: Node> pb::node_server::Node for NodeService<N> {
         &self,
         request: Request<pb::DeactivateRequest>,
     ) -> Result<Response<pb::DeactivateResponse>, Status> {
-        let id = range_id(request.into_inner().range)?;
-        let outcome = self.rangelet.deactivate(id).await?;
+        let request = request.into_inner();
+        let id = range_id(request.range)?;
+        let outcome = self.rangelet.deactivate_in_term(request.term, id).await?;
         Ok(Response::new(pb::DeactivateResponse {
             state: outcome.state.into(),
             failure: failure(&outcome),
@@ -121,7 +135,10 @@ impl<N: Node> pb::node_server::Node for NodeService<N> {
     ) -> Result<Response<pb::DropResponse>, Status> {
         let request = request.into_inner();
         let id = range_id(request.range)?;
-        let outcome = self.rangelet.drop_range(id, request.force).await?;
+        let outcome = self
+            .rangelet
+            .drop_range_in_term(request.term, id, request.force)
+            .await?;
         Ok(Response::new(pb::DropResponse {
             state: outcome.state.into(),
             failure: failure(&outcome),
@@ -132,9 +149,10 @@ impl<N: Node> pb::node_server::Node for NodeService<N> {
         &self,
         request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
-        let lease_millis = request.into_inner().lease_millis;
+        let request = request.into_inner();
+        let lease_millis = request.lease_millis;
         let lease = (lease_millis > 0).then(|| Duration::from_millis(lease_millis));
-        let ranges = self.rangelet.info(lease).await;
+        let ranges = self.rangelet.info_in_term(request.term, lease).await?;
         Ok(Response::new(pb::InfoResponse {
             ranges: ranges.iter().map(pb::RangeInfo::from).collect(),
             want_drain: self.rangelet.wants_drain(),

@@ -32,7 +32,8 @@ pub enum StateStoreError {
     Backend(String),
 }
 
-/// A small durable map from range id to [`StoredRange`].
+/// A small durable map from range id to [`StoredRange`], plus the newest controller
+/// term the node has seen.
 ///
 /// Pluggable so that a storage system can keep its range states in its own database,
 /// atomically with its data if it likes (the KV example keeps them in RocksDB).
@@ -44,6 +45,25 @@ pub trait StateStore: Send + Sync + 'static {
     fn put(&self, range: &StoredRange) -> Result<(), StateStoreError>;
     /// Removes one range; removing an absent range is not an error.
     fn remove(&self, id: RangeId) -> Result<(), StateStoreError>;
+
+    /// The newest controller term stored by [`StateStore::put_term`] (0: none).
+    ///
+    /// A node refuses commands from a term older than the newest it has seen
+    /// (DESIGN.md §6, SCENARIOS.md #43); keeping that term across restarts means a
+    /// deposed controller's command still in flight is refused by a node that
+    /// restarted meanwhile. The default keeps nothing: a store that does not
+    /// override both term methods makes a restarted node accept any term again
+    /// until the current leader's next command reaches it.
+    fn load_term(&self) -> Result<u64, StateStoreError> {
+        Ok(0)
+    }
+
+    /// Stores `term` as the newest controller term (called only when it grows).
+    /// The default keeps nothing (see [`StateStore::load_term`]).
+    fn put_term(&self, term: u64) -> Result<(), StateStoreError> {
+        let _ = term;
+        Ok(())
+    }
 }
 
 /// Keeps nothing across restarts: for storage systems whose data does not survive a
@@ -51,6 +71,7 @@ pub trait StateStore: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct MemoryStateStore {
     ranges: Mutex<BTreeMap<RangeId, StoredRange>>,
+    term: Mutex<u64>,
 }
 
 impl MemoryStateStore {
@@ -73,10 +94,22 @@ impl StateStore for MemoryStateStore {
         lock(&self.ranges).remove(&id);
         Ok(())
     }
+
+    fn load_term(&self) -> Result<u64, StateStoreError> {
+        Ok(*lock(&self.term))
+    }
+
+    fn put_term(&self, term: u64) -> Result<(), StateStoreError> {
+        *lock(&self.term) = term;
+        Ok(())
+    }
 }
 
 /// A JSON file holding every range, replaced atomically (write to a temporary file,
 /// fsync, rename) on each change, so a crash leaves either the old or the new file.
+/// The newest controller term lives beside it, in `<file>.term` (a decimal number,
+/// replaced the same way), so that the ranges file keeps the format older versions
+/// read.
 ///
 /// Fine for the tens to thousands of ranges a node holds; a storage system with its
 /// own database should implement [`StateStore`] on it instead.
@@ -84,6 +117,7 @@ impl StateStore for MemoryStateStore {
 pub struct FileStateStore {
     path: PathBuf,
     ranges: Mutex<BTreeMap<RangeId, StoredRange>>,
+    term: Mutex<u64>,
 }
 
 impl FileStateStore {
@@ -102,9 +136,27 @@ impl FileStateStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(source) => return Err(StateStoreError::Io { path, source }),
         };
+        let term_path = term_path(&path);
+        let term = match std::fs::read_to_string(&term_path) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| StateStoreError::Corrupt {
+                    path: term_path.clone(),
+                    reason: format!("not a controller term: {e}"),
+                })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(source) => {
+                return Err(StateStoreError::Io {
+                    path: term_path,
+                    source,
+                });
+            }
+        };
         Ok(FileStateStore {
             path,
             ranges: Mutex::new(ranges),
+            term: Mutex::new(term),
         })
     }
 
@@ -116,19 +168,28 @@ impl FileStateStore {
         let list: Vec<&StoredRange> = ranges.values().collect();
         let bytes = serde_json::to_vec_pretty(&list)
             .map_err(|e| StateStoreError::Backend(e.to_string()))?;
-        let tmp = temp_path(&self.path);
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        file.write_all(&bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        Ok(())
+        replace_file(&self.path, &bytes).map_err(io)
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
+/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over
+/// `path`: a crash leaves the old or the new content, never a mix.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = with_suffix(path, ".tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
+    name.push(suffix);
     path.with_file_name(name)
+}
+
+fn term_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".term")
 }
 
 impl StateStore for FileStateStore {
@@ -154,6 +215,19 @@ impl StateStore for FileStateStore {
         next.remove(&id);
         self.write_all(&next)?;
         *ranges = next;
+        Ok(())
+    }
+
+    fn load_term(&self) -> Result<u64, StateStoreError> {
+        Ok(*lock(&self.term))
+    }
+
+    fn put_term(&self, term: u64) -> Result<(), StateStoreError> {
+        let mut stored = lock(&self.term);
+        let path = term_path(&self.path);
+        replace_file(&path, term.to_string().as_bytes())
+            .map_err(|source| StateStoreError::Io { path, source })?;
+        *stored = term;
         Ok(())
     }
 }
@@ -192,6 +266,32 @@ mod tests {
             reopened.load().unwrap(),
             vec![stored(2, RemoteState::Inactive)]
         );
+    }
+
+    #[test]
+    fn file_store_keeps_the_newest_term_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ranges.json");
+        let store = FileStateStore::open(&path).unwrap();
+        assert_eq!(store.load_term().unwrap(), 0);
+        store.put_term(7).unwrap();
+        store.put(&stored(1, RemoteState::Inactive)).unwrap();
+        drop(store);
+        let reopened = FileStateStore::open(&path).unwrap();
+        assert_eq!(reopened.load_term().unwrap(), 7);
+        assert_eq!(
+            reopened.load().unwrap(),
+            vec![stored(1, RemoteState::Inactive)]
+        );
+    }
+
+    #[test]
+    fn file_store_reports_a_corrupt_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ranges.json");
+        std::fs::write(dir.path().join("ranges.json.term"), b"seven").unwrap();
+        let err = FileStateStore::open(&path).unwrap_err();
+        assert!(matches!(err, StateStoreError::Corrupt { .. }), "{err}");
     }
 
     #[test]

@@ -65,6 +65,7 @@ async fn prepare(client: &mut NodeClient<Channel>, n: u64, start: &str, end: &st
         .prepare(pb::PrepareRequest {
             range: Some(wire_meta(n, start, end)),
             parents: vec![],
+            term: 0,
         })
         .await
         .unwrap()
@@ -123,15 +124,17 @@ async fn method_paths_match_the_reference() {
     c.activate(pb::ActivateRequest {
         range: 1,
         force: false,
+        term: 0,
     })
     .await
     .unwrap();
-    c.deactivate(pb::DeactivateRequest { range: 1 })
+    c.deactivate(pb::DeactivateRequest { range: 1, term: 0 })
         .await
         .unwrap();
     c.drop(pb::DropRequest {
         range: 1,
         force: false,
+        term: 0,
     })
     .await
     .unwrap();
@@ -161,6 +164,7 @@ async fn status_codes_and_failure_extension() {
         .activate(pb::ActivateRequest {
             range: 0,
             force: false,
+            term: 0,
         })
         .await;
     assert_eq!(zero.unwrap_err().code(), Code::InvalidArgument);
@@ -168,6 +172,7 @@ async fn status_codes_and_failure_extension() {
         .prepare(pb::PrepareRequest {
             range: None,
             parents: vec![],
+            term: 0,
         })
         .await;
     assert_eq!(missing.unwrap_err().code(), Code::InvalidArgument);
@@ -176,15 +181,19 @@ async fn status_codes_and_failure_extension() {
         .activate(pb::ActivateRequest {
             range: 9,
             force: false,
+            term: 0,
         })
         .await;
     assert_eq!(unknown.unwrap_err().code(), Code::InvalidArgument);
-    let unknown = c.deactivate(pb::DeactivateRequest { range: 9 }).await;
+    let unknown = c
+        .deactivate(pb::DeactivateRequest { range: 9, term: 0 })
+        .await;
     assert_eq!(unknown.unwrap_err().code(), Code::InvalidArgument);
     let dropped = c
         .drop(pb::DropRequest {
             range: 9,
             force: false,
+            term: 0,
         })
         .await
         .unwrap();
@@ -201,6 +210,7 @@ async fn status_codes_and_failure_extension() {
     c.activate(pb::ActivateRequest {
         range: 1,
         force: false,
+        term: 0,
     })
     .await
     .unwrap();
@@ -208,6 +218,7 @@ async fn status_codes_and_failure_extension() {
         .drop(pb::DropRequest {
             range: 1,
             force: false,
+            term: 0,
         })
         .await;
     assert_eq!(active_drop.unwrap_err().code(), Code::FailedPrecondition);
@@ -216,7 +227,7 @@ async fn status_codes_and_failure_extension() {
     // the failure extension.
     node.on(Command::Deactivate, Behaviour::Fail("disk on fire".into()));
     let failed = c
-        .deactivate(pb::DeactivateRequest { range: 1 })
+        .deactivate(pb::DeactivateRequest { range: 1, term: 0 })
         .await
         .unwrap()
         .into_inner();
@@ -224,7 +235,7 @@ async fn status_codes_and_failure_extension() {
     assert_eq!(failed.failure.unwrap().message, "disk on fire");
     node.on(Command::Deactivate, Behaviour::Succeed);
     let ok = c
-        .deactivate(pb::DeactivateRequest { range: 1 })
+        .deactivate(pb::DeactivateRequest { range: 1, term: 0 })
         .await
         .unwrap()
         .into_inner();
@@ -259,6 +270,7 @@ async fn ranges_stream_sends_snapshot_then_every_change_in_order() {
     c.activate(pb::ActivateRequest {
         range: 1,
         force: false,
+        term: 0,
     })
     .await
     .unwrap();
@@ -267,12 +279,13 @@ async fn ranges_stream_sends_snapshot_then_every_change_in_order() {
     assert_eq!(read_n(&mut stream, 1).await, vec![(1, RemoteState::Active)]);
 
     prepare(&mut c, 2, "m", "").await;
-    c.deactivate(pb::DeactivateRequest { range: 1 })
+    c.deactivate(pb::DeactivateRequest { range: 1, term: 0 })
         .await
         .unwrap();
     c.drop(pb::DropRequest {
         range: 1,
         force: false,
+        term: 0,
     })
     .await
     .unwrap();
@@ -315,6 +328,7 @@ async fn a_stalled_subscriber_never_blocks_commands_and_converges_later() {
             c.drop(pb::DropRequest {
                 range: n,
                 force: false,
+                term: 0,
             })
             .await
             .unwrap();
@@ -323,6 +337,7 @@ async fn a_stalled_subscriber_never_blocks_commands_and_converges_later() {
     c.drop(pb::DropRequest {
         range: 1000,
         force: false,
+        term: 0,
     })
     .await
     .unwrap();
@@ -396,6 +411,7 @@ async fn routing_table_follows_place_move_drop_and_a_node_restart() {
     ca.activate(pb::ActivateRequest {
         range: 1,
         force: false,
+        term: 0,
     })
     .await
     .unwrap();
@@ -406,7 +422,7 @@ async fn routing_table_follows_place_move_drop_and_a_node_restart() {
 
     // Move it to b, in the controller's order.
     prepare(&mut cb, 1, "", "").await;
-    ca.deactivate(pb::DeactivateRequest { range: 1 })
+    ca.deactivate(pb::DeactivateRequest { range: 1, term: 0 })
         .await
         .unwrap();
     wait_for(&table, "no active during handoff", |t| {
@@ -416,12 +432,14 @@ async fn routing_table_follows_place_move_drop_and_a_node_restart() {
     cb.activate(pb::ActivateRequest {
         range: 1,
         force: false,
+        term: 0,
     })
     .await
     .unwrap();
     ca.drop(pb::DropRequest {
         range: 1,
         force: false,
+        term: 0,
     })
     .await
     .unwrap();
@@ -448,6 +466,7 @@ async fn routing_table_follows_place_move_drop_and_a_node_restart() {
     cb.activate(pb::ActivateRequest {
         range: 1,
         force: false,
+        term: 0,
     })
     .await
     .unwrap();
@@ -491,7 +510,10 @@ async fn health_service_reports_the_node() {
 // --- Leases over the wire (DESIGN.md §6, SCENARIOS.md #38) -----------------------------
 
 fn info_request(lease_millis: u64) -> pb::InfoRequest {
-    pb::InfoRequest { lease_millis }
+    pb::InfoRequest {
+        lease_millis,
+        term: 0,
+    }
 }
 
 #[tokio::test]
@@ -503,6 +525,7 @@ async fn a_probe_with_lease_millis_zero_after_a_lapse_keeps_the_node_fenced() {
     c.activate(pb::ActivateRequest {
         range: 1,
         force: false,
+        term: 0,
     })
     .await
     .unwrap();
@@ -525,10 +548,121 @@ async fn a_probe_granting_an_absurd_lease_is_answered_not_a_panic() {
     c.activate(pb::ActivateRequest {
         range: 1,
         force: false,
+        term: 0,
     })
     .await
     .unwrap();
     let answer = c.info(info_request(u64::MAX)).await;
     assert!(answer.is_ok(), "{answer:?}");
     assert!(rangelet.may_write(id(1)));
+}
+
+// --- Controller terms (DESIGN.md §6, SCENARIOS.md #43) ---------------------------------
+
+#[track_caller]
+fn assert_stale_term(answer: Result<impl std::fmt::Debug, tonic::Status>, what: &str) {
+    let status = answer.expect_err(what);
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "{what}: {status:?}"
+    );
+    assert!(
+        status.message().starts_with("stale controller term"),
+        "{what}: {}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn commands_and_probes_from_an_older_controller_term_are_refused_as_stale() {
+    let (node, rangelet) = open_rangelet(MemoryStateStore::new(), config()).await;
+    let addr = serve(&rangelet, TcpListener::bind("127.0.0.1:0").await.unwrap()).await;
+    let mut c = client(addr).await;
+    // The new leader (term 5) places range 1; the deposed one (term 4) is late.
+    c.prepare(pb::PrepareRequest {
+        range: Some(wire_meta(1, "", "")),
+        parents: vec![],
+        term: 5,
+    })
+    .await
+    .unwrap();
+    c.activate(pb::ActivateRequest {
+        range: 1,
+        force: false,
+        term: 5,
+    })
+    .await
+    .unwrap();
+
+    assert_stale_term(
+        c.prepare(pb::PrepareRequest {
+            range: Some(wire_meta(2, "", "")),
+            parents: vec![],
+            term: 4,
+        })
+        .await,
+        "prepare",
+    );
+    assert_stale_term(
+        c.activate(pb::ActivateRequest {
+            range: 1,
+            force: false,
+            term: 4,
+        })
+        .await,
+        "activate",
+    );
+    assert_stale_term(
+        c.deactivate(pb::DeactivateRequest { range: 1, term: 4 })
+            .await,
+        "deactivate",
+    );
+    assert_stale_term(
+        c.drop(pb::DropRequest {
+            range: 1,
+            force: true,
+            term: 4,
+        })
+        .await,
+        "drop",
+    );
+    assert_stale_term(
+        c.info(pb::InfoRequest {
+            lease_millis: 60_000,
+            term: 4,
+        })
+        .await,
+        "info",
+    );
+    // None of them reached the storage system or granted a lease.
+    assert_eq!(node.count(Command::Prepare, id(2)), 0);
+    assert_eq!(node.count(Command::Deactivate, id(1)), 0);
+    assert_eq!(node.count(Command::Drop, id(1)), 0);
+    assert_eq!(rangelet.state(id(1)), RemoteState::Active);
+    assert!(rangelet.may_write(id(1)));
+
+    // The same term, a newer one, and no term (the reference) are all accepted.
+    c.info(info_request(0)).await.unwrap();
+    c.deactivate(pb::DeactivateRequest { range: 1, term: 5 })
+        .await
+        .unwrap();
+    c.activate(pb::ActivateRequest {
+        range: 1,
+        force: false,
+        term: 6,
+    })
+    .await
+    .unwrap();
+    c.deactivate(pb::DeactivateRequest { range: 1, term: 0 })
+        .await
+        .unwrap();
+    assert_stale_term(
+        c.info(pb::InfoRequest {
+            lease_millis: 0,
+            term: 5,
+        })
+        .await,
+        "info after term 6",
+    );
 }

@@ -790,3 +790,164 @@ async fn an_absurdly_long_grant_does_not_panic() {
     rangelet.info(Some(Duration::MAX)).await;
     assert!(rangelet.may_write(id(1)));
 }
+
+// --- Controller terms (DESIGN.md §6, SCENARIOS.md #43) ---------------------------------
+
+fn is_stale(result: Result<Outcome, CommandError>, term: u64, newest: u64) -> bool {
+    matches!(result, Err(CommandError::StaleTerm { term: t, newest: n }) if t == term && n == newest)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_from_an_older_term_is_refused_and_never_reaches_the_storage_system() {
+    let (node, rangelet) = rangelet().await;
+    assert_eq!(rangelet.newest_term(), 0);
+    rangelet
+        .prepare_in_term(5, meta(1, "", ""), vec![])
+        .await
+        .unwrap();
+    assert_eq!(rangelet.newest_term(), 5);
+    assert!(is_stale(
+        rangelet.prepare_in_term(4, meta(2, "", ""), vec![]).await,
+        4,
+        5
+    ));
+    assert!(is_stale(rangelet.activate_in_term(4, id(1)).await, 4, 5));
+    assert!(is_stale(rangelet.deactivate_in_term(4, id(1)).await, 4, 5));
+    assert!(is_stale(
+        rangelet.drop_range_in_term(4, id(1), true).await,
+        4,
+        5
+    ));
+    assert!(matches!(
+        rangelet.observe_term(3),
+        Err(CommandError::StaleTerm { term: 3, newest: 5 })
+    ));
+    assert_eq!(node.count(Command::Prepare, id(2)), 0);
+    assert_eq!(node.count(Command::Activate, id(1)), 0);
+    assert_eq!(node.count(Command::Drop, id(1)), 0);
+    assert_eq!(rangelet.state(id(1)), RemoteState::Inactive);
+    assert_eq!(
+        rangelet.newest_term(),
+        5,
+        "a refusal does not lower the term"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_term_a_newer_one_and_no_term_are_accepted() {
+    let (_, rangelet) = rangelet().await;
+    rangelet
+        .prepare_in_term(5, meta(1, "", ""), vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        rangelet.activate_in_term(5, id(1)).await.unwrap(),
+        ok(RemoteState::Active)
+    );
+    assert_eq!(
+        rangelet.deactivate_in_term(6, id(1)).await.unwrap(),
+        ok(RemoteState::Inactive)
+    );
+    assert_eq!(rangelet.newest_term(), 6);
+    // Term 0: the reference controller, which has no terms; always accepted.
+    assert_eq!(
+        rangelet.activate_in_term(0, id(1)).await.unwrap(),
+        ok(RemoteState::Active)
+    );
+    assert_eq!(
+        rangelet.activate(id(1)).await.unwrap(),
+        ok(RemoteState::Active)
+    );
+    rangelet.observe_term(0).unwrap();
+    rangelet.observe_term(6).unwrap();
+    rangelet.observe_term(7).unwrap();
+    assert_eq!(rangelet.newest_term(), 7);
+    assert!(rangelet.info_in_term(0, None).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_from_an_older_term_is_refused_and_grants_no_lease() {
+    let (_, rangelet) = rangelet().await;
+    active_range(&rangelet).await;
+    rangelet.info_in_term(5, Some(LEASE)).await.unwrap();
+    tokio::time::sleep(LEASE / 2).await;
+    // The deposed leader's probe would extend the lease to 10 s from now.
+    let stale = rangelet
+        .info_in_term(4, Some(Duration::from_secs(10)))
+        .await;
+    assert!(
+        matches!(stale, Err(CommandError::StaleTerm { term: 4, newest: 5 })),
+        "{stale:?}"
+    );
+    tokio::time::sleep(LEASE / 2).await;
+    assert!(!rangelet.lease_valid(), "the lease ended at 1 s regardless");
+    assert!(!rangelet.may_write(id(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_newest_term_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ranges.json");
+    {
+        let rangelet = Rangelet::open(
+            ScriptedNode::new(),
+            FileStateStore::open(&path).unwrap(),
+            config(),
+        )
+        .await
+        .unwrap();
+        rangelet
+            .prepare_in_term(9, meta(1, "", ""), vec![])
+            .await
+            .unwrap();
+    }
+    let node = ScriptedNode::new();
+    let rangelet = Rangelet::open(node.clone(), FileStateStore::open(&path).unwrap(), config())
+        .await
+        .unwrap();
+    assert_eq!(rangelet.newest_term(), 9);
+    assert!(is_stale(rangelet.activate_in_term(8, id(1)).await, 8, 9));
+    assert_eq!(node.count(Command::Activate, id(1)), 0);
+}
+
+/// A store that keeps ranges but cannot write the term.
+#[derive(Debug, Default)]
+struct TermWontPersist(MemoryStateStore);
+
+impl StateStore for TermWontPersist {
+    fn load(&self) -> Result<Vec<StoredRange>, StateStoreError> {
+        self.0.load()
+    }
+    fn put(&self, range: &StoredRange) -> Result<(), StateStoreError> {
+        self.0.put(range)
+    }
+    fn remove(&self, id: RangeId) -> Result<(), StateStoreError> {
+        self.0.remove(id)
+    }
+    fn put_term(&self, _: u64) -> Result<(), StateStoreError> {
+        Err(StateStoreError::Backend("no space left on device".into()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_term_that_cannot_be_persisted_refuses_its_command() {
+    let node = ScriptedNode::new();
+    let rangelet = Rangelet::open(node.clone(), TermWontPersist::default(), config())
+        .await
+        .unwrap();
+    let err = rangelet
+        .prepare_in_term(3, meta(1, "", ""), vec![])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::PersistTerm { term: 3, .. }),
+        "{err}"
+    );
+    assert_eq!(rangelet.newest_term(), 0);
+    assert_eq!(node.count(Command::Prepare, id(1)), 0);
+    // Commands without a term still work.
+    assert_eq!(
+        rangelet.prepare(meta(1, "", ""), vec![]).await.unwrap(),
+        ok(RemoteState::Inactive)
+    );
+}

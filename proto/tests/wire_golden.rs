@@ -86,6 +86,7 @@ fn prepare_request_with_parents_in_field_3() {
                 state: 3,
             }],
         }],
+        term: 0,
     };
     #[rustfmt::skip]
     let golden = [
@@ -124,6 +125,7 @@ fn activate_deactivate_drop() {
         pb::ActivateRequest {
             range: 3,
             force: true,
+            term: 0,
         },
         &[0x08, 3, 0x10, 1],
     );
@@ -134,7 +136,7 @@ fn activate_deactivate_drop() {
         },
         &[0x08, 2],
     );
-    assert_wire(pb::DeactivateRequest { range: 3 }, &[0x08, 3]);
+    assert_wire(pb::DeactivateRequest { range: 3, term: 0 }, &[0x08, 3]);
     assert_wire(
         pb::DeactivateResponse {
             state: 5,
@@ -146,6 +148,7 @@ fn activate_deactivate_drop() {
         pb::DropRequest {
             range: 3,
             force: true,
+            term: 0,
         },
         &[0x08, 3, 0x10, 1],
     );
@@ -161,8 +164,20 @@ fn activate_deactivate_drop() {
 #[test]
 fn info_and_ranges() {
     // The reference sends an empty InfoRequest: no lease.
-    assert_wire(pb::InfoRequest { lease_millis: 0 }, &[]);
-    assert_wire(pb::InfoRequest { lease_millis: 300 }, &[0x08, 0xac, 0x02]);
+    assert_wire(
+        pb::InfoRequest {
+            lease_millis: 0,
+            term: 0,
+        },
+        &[],
+    );
+    assert_wire(
+        pb::InfoRequest {
+            lease_millis: 300,
+            term: 0,
+        },
+        &[0x08, 0xac, 0x02],
+    );
     let info = pb::InfoResponse {
         ranges: vec![pb::RangeInfo {
             meta: meta(1),
@@ -177,6 +192,57 @@ fn info_and_ranges() {
         state: 2,
     };
     assert_wire(change, &[0x0a, 2, 0x08, 1, 0x10, 2]);
+}
+
+#[test]
+fn every_command_and_the_probe_carry_the_controller_term_in_field_16() {
+    // Extension (SCENARIOS.md #43): `term = 16`, a varint with a two-byte tag
+    // (16 << 3 = 0x80 0x01). 0, what the reference sends, is not encoded at all.
+    const TERM_7: [u8; 3] = [0x80, 0x01, 7];
+    let with_term = |prefix: &[u8]| [prefix, &TERM_7[..]].concat();
+    assert_wire(
+        pb::PrepareRequest {
+            range: meta(2),
+            parents: vec![],
+            term: 7,
+        },
+        &with_term(&[0x0a, 2, 0x08, 2]),
+    );
+    assert_wire(
+        pb::ActivateRequest {
+            range: 3,
+            force: false,
+            term: 7,
+        },
+        &with_term(&[0x08, 3]),
+    );
+    assert_wire(
+        pb::DeactivateRequest { range: 3, term: 7 },
+        &with_term(&[0x08, 3]),
+    );
+    assert_wire(
+        pb::DropRequest {
+            range: 3,
+            force: true,
+            term: 7,
+        },
+        &with_term(&[0x08, 3, 0x10, 1]),
+    );
+    assert_wire(
+        pb::InfoRequest {
+            lease_millis: 300,
+            term: 7,
+        },
+        &with_term(&[0x08, 0xac, 0x02]),
+    );
+    // A term too big for one byte: 300 = 0xac 0x02.
+    assert_wire(
+        pb::InfoRequest {
+            lease_millis: 0,
+            term: 300,
+        },
+        &[0x80, 0x01, 0xac, 0x02],
+    );
 }
 
 #[test]
