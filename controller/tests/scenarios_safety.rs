@@ -583,3 +583,42 @@ async fn s39_a_prepare_lists_each_range_of_the_history_once_nearest_first() {
         .collect();
     assert_eq!(listed, vec![5, 4, 2, 3, 1]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn s43_a_deposed_controllers_late_command_is_refused_by_the_node() {
+    use ranger_controller::orchestrator::Call;
+    use ranger_controller::transport::NodeTransport;
+
+    let mut cluster = Cluster::start(&["a"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    let old_term = cluster.handle.inspect(|e| e.term()).await.unwrap();
+    // A new controller takes over (a restart, or a new leader): a higher term,
+    // persisted before it sends anything.
+    cluster.restart_controller().await;
+    let new_term = cluster.handle.inspect(|e| e.term()).await.unwrap();
+    assert!(new_term > old_term, "{new_term} > {old_term}");
+    let stored = ranger_controller::bootstrap::load_keyspace(&cluster.persister)
+        .await
+        .unwrap();
+    assert_eq!(stored.term(), new_term, "the new term is durable");
+    let a = cluster.rangelets["a"].clone();
+    cluster
+        .wait_for("a saw the new term", move |_| a.newest_term() == new_term)
+        .await;
+    cluster.log.clear();
+    // The old controller's Deactivate, delayed in the network, lands now.
+    let late = cluster
+        .transport
+        .call(
+            &addr("a"),
+            id(1),
+            Call::Deactivate,
+            old_term,
+            Duration::from_secs(1),
+        )
+        .await;
+    let refusal = format!("{late:?}");
+    assert!(refusal.contains("stale controller term"), "{refusal}");
+    assert!(cluster.calls().is_empty(), "{:?}", cluster.calls());
+    cluster.wait_active_on(id(1), &["a"]).await;
+}

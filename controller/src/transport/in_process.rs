@@ -122,9 +122,10 @@ fn call_error(e: CommandError) -> CallError {
         CommandError::UnknownRange(_) => CallError::UnknownRange(e.to_string()),
         CommandError::WrongState { .. } => CallError::WrongState(e.to_string()),
         CommandError::ShuttingDown => CallError::Unreachable(e.to_string()),
-        CommandError::MetaMismatch { .. } | CommandError::Persist { .. } => {
-            CallError::Other(e.to_string())
-        }
+        CommandError::MetaMismatch { .. }
+        | CommandError::Persist { .. }
+        | CommandError::StaleTerm { .. }
+        | CommandError::PersistTerm { .. } => CallError::Other(e.to_string()),
     }
 }
 
@@ -134,17 +135,21 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
         addr: &str,
         range: RangeId,
         call: Call,
-        _term: u64,
+        term: u64,
         timeout: Duration,
     ) -> Answer {
         let rangelet = self.rangelet(addr)?;
         let lost = Lost::Command(call.command());
         let work = async {
             match call {
-                Call::Prepare { meta, parents } => rangelet.prepare(meta, parents).await,
-                Call::Activate => rangelet.activate(range).await,
-                Call::Deactivate => rangelet.deactivate(range).await,
-                Call::Drop { force } => rangelet.drop_range(range, force).await,
+                // As the gRPC service does: each checks the term (a command
+                // from an older term is refused) under the command's own lock.
+                Call::Prepare { meta, parents } => {
+                    rangelet.prepare_in_term(term, meta, parents).await
+                }
+                Call::Activate => rangelet.activate_in_term(term, range).await,
+                Call::Deactivate => rangelet.deactivate_in_term(term, range).await,
+                Call::Drop { force } => rangelet.drop_range_in_term(term, range, force).await,
             }
         };
         match tokio::time::timeout(timeout, work).await {
@@ -161,14 +166,18 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
     async fn probe(
         &self,
         addr: &str,
-        _term: u64,
+        term: u64,
         lease: Duration,
         _timeout: Duration,
     ) -> ProbeAnswer {
         let rangelet = self.rangelet(addr).map_err(|e| e.to_string())?;
-        // Lease 0 grants nothing (the wire's `lease_millis = 0`).
+        // Lease 0 grants nothing (the wire's `lease_millis = 0`); a probe from
+        // an older term is refused and grants nothing either.
         let grant = (!lease.is_zero()).then_some(lease);
-        let ranges = rangelet.info(grant).await;
+        let ranges = rangelet
+            .info_in_term(term, grant)
+            .await
+            .map_err(|e| e.to_string())?;
         if self.reply_lost(addr, Lost::Probe) {
             return Err(format!("probe reply from {addr} lost"));
         }
