@@ -369,3 +369,97 @@ async fn a_node_away_longer_than_its_lease_comes_back_with_every_key() {
         assert_eq!(value, format!("value-{i}").into_bytes());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_activate_is_slow_at_the_deadline_loses_no_write() {
+    // b's activate takes 3 s; the operation deadline is 1.5 s, so the deadline
+    // passes while b is activating (SCENARIOS.md #37). The move must roll
+    // forward: b owns the range from the moment it was told to activate.
+    let a = serve_node("a").await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut slow = KvNodeConfig::new("");
+    slow.activate_delay = Duration::from_secs(3);
+    let b = NodeServer::start(dir_b.path(), listener, slow)
+        .await
+        .unwrap();
+    let b_id = NodeId::new("b").unwrap();
+    let b_addr = b.addr.to_string();
+    // Only a at first, so that the range starts there.
+    let membership: BTreeMap<NodeId, String> =
+        [(a.id.clone(), a.addr.clone())].into_iter().collect();
+    let (membership_tx, membership) = tokio::sync::watch::channel(membership);
+    let config = OrchestratorConfig {
+        op_deadline: Duration::from_millis(1500),
+        activate_deadline: Duration::from_secs(10),
+        ..OrchestratorConfig::default()
+    };
+    let engine = Engine::new(
+        ranger_controller::keyspace::Keyspace::new(),
+        config,
+        tokio::time::Instant::now(),
+    );
+    let (handle, _task) = runtime::spawn(
+        engine,
+        MemoryPersister::new(),
+        Arc::new(GrpcTransport::new()),
+        membership,
+        RuntimeConfig::default(),
+        std::future::pending(),
+    );
+    let first = settled(&handle).await;
+    let range = first[0].0;
+    assert_eq!(first[0].1, a.id, "placed on a first: {first:?}");
+    membership_tx.send_modify(|m| {
+        m.insert(b_id.clone(), b_addr.clone());
+    });
+    while !handle
+        .inspect(|e| {
+            e.roster().nodes().count() == 2 && e.roster().nodes().all(|n| n.last_ok.is_some())
+        })
+        .await
+        .unwrap()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let proxy = Proxy::new(ProxyConfig::default());
+    proxy.set_nodes([a.addr.clone(), b_addr.clone()]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { proxy.serve(listener, std::future::pending()).await });
+    let mut config = HammerConfig::new(proxy_addr);
+    config.workers = 4;
+    config.keys_per_worker = 50;
+    config.duration = Duration::ZERO;
+    config.mix = OpMix::new(20, 40, 30, 10).unwrap();
+    config.request_timeout = Duration::from_secs(10);
+    let (stop_hammer, hammer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let hammer = tokio::spawn(hammer::run(config, hammer_stopped));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let started = std::time::Instant::now();
+    let moved = handle
+        .run(OpRequest::Move {
+            range,
+            node: Some(b_id.clone()),
+        })
+        .await;
+    assert!(moved.is_ok(), "{moved:?}");
+    // The path under test ran: the move outlived its operation deadline.
+    assert!(
+        started.elapsed() > Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(settled(&handle).await, vec![(range, b_id)]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    stop_hammer.send(()).unwrap();
+    let report = hammer.await.unwrap().unwrap();
+    println!("{report}");
+    assert_eq!(report.lost, 0, "{report}");
+    assert_eq!(report.stale, 0, "{report}");
+    assert_eq!(report.unexpected, 0, "{report}");
+    assert!(report.passed(), "{:?}", report.failure_reasons());
+}

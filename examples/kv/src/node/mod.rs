@@ -60,6 +60,10 @@ pub struct KvNodeConfig {
     /// connection attempt, and the answer to an HTTP/2 keepalive ping. A source
     /// that stops answering then fails the callback instead of hanging it.
     pub peer_timeout: Duration,
+    /// Fault injection for drills and tests: `activate` waits this long before
+    /// it starts, so an activation is still running when the controller's
+    /// operation deadline passes (SCENARIOS.md #37). Zero in production.
+    pub activate_delay: Duration,
 }
 
 impl KvNodeConfig {
@@ -70,6 +74,7 @@ impl KvNodeConfig {
             measure_cap: 200_000,
             load_cache: Duration::from_secs(5),
             peer_timeout: Duration::from_secs(10),
+            activate_delay: Duration::ZERO,
         }
     }
 }
@@ -396,6 +401,9 @@ impl Node for KvNode {
     }
 
     async fn activate(&self, id: RangeId) -> Result<(), CallbackError> {
+        if !self.inner.config.activate_delay.is_zero() {
+            tokio::time::sleep(self.inner.config.activate_delay).await;
+        }
         let pending = self.inner.store.pending(id).map_err(failed)?;
         for p in &pending {
             let mut peer = self.peer(&p.source_addr)?;
