@@ -21,6 +21,9 @@ use super::spans::Span;
 
 const RANGER_CF: &str = "ranger";
 const RANGE_PREFIX: &[u8] = b"range/";
+/// The newest controller term this node has seen (8 bytes, big-endian), so that a
+/// restarted node still refuses a deposed controller's late commands.
+const TERM_KEY: &[u8] = b"controller-term";
 const PENDING_PREFIX: &[u8] = b"pending/";
 
 /// Why a storage operation failed.
@@ -421,6 +424,33 @@ impl StateStore for RangeStates {
             .delete_meta(&Store::key(RANGE_PREFIX, id))
             .map_err(state_error)
     }
+
+    fn load_term(&self) -> Result<u64, StateStoreError> {
+        let found = self.0.scan_meta(TERM_KEY).map_err(state_error)?;
+        match found
+            .into_iter()
+            .find(|(key, _)| key.as_slice() == TERM_KEY)
+        {
+            None => Ok(0),
+            Some((_, value)) => {
+                let bytes: [u8; 8] =
+                    value
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StateStoreError::Corrupt {
+                            path: String::from_utf8_lossy(TERM_KEY).into_owned().into(),
+                            reason: format!("expected 8 bytes, found {}", value.len()),
+                        })?;
+                Ok(u64::from_be_bytes(bytes))
+            }
+        }
+    }
+
+    fn put_term(&self, term: u64) -> Result<(), StateStoreError> {
+        self.0
+            .put_meta(TERM_KEY, &term.to_be_bytes())
+            .map_err(state_error)
+    }
 }
 
 #[cfg(test)]
@@ -441,6 +471,20 @@ mod tests {
 
     fn wal_syncs(options: &Options) -> u64 {
         options.get_ticker_count(Ticker::WalFileSynced)
+    }
+
+    #[test]
+    fn the_newest_controller_term_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let states = RangeStates(Store::open(dir.path()).unwrap());
+            assert_eq!(states.load_term().unwrap(), 0);
+            states.put_term(7).unwrap();
+            assert_eq!(states.load_term().unwrap(), 7);
+        }
+        let states = RangeStates(Store::open(dir.path()).unwrap());
+        assert_eq!(states.load_term().unwrap(), 7);
+        assert!(states.load().unwrap().is_empty(), "the term is not a range");
     }
 
     #[test]
