@@ -274,3 +274,44 @@ async fn rangerctl_drives_rangerd_and_reports_errors() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rangerctl_shows_a_lost_nodes_range_unavailable_and_forget_recreates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("keyspace.redb");
+    let rangerd = Rangerd::start(&store, free_port());
+    let addr = rangerd.addr.clone();
+    let (a, _reg_a, _) = start_node("a", &addr).await;
+    wait_ranges(&addr, "range 1 on a", |r| active_on(r, 1) == ["a"]).await;
+    let (_b, _reg_b, _) = start_node("b", &addr).await;
+
+    // a still answers: forgetting it is refused, nothing changes.
+    let refused = ctl(&addr, &["forget", "a"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("not lost"), "{stderr}");
+
+    // a's process stops serving: after lease + margin, range 1 waits for it.
+    a.shutdown();
+    let ranges = wait_ranges(&addr, "range 1 unavailable", |r| {
+        !range(r, 1)["unavailable"].is_null()
+    })
+    .await;
+    let reason = range(&ranges, 1)["unavailable"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("node a"), "{reason}");
+    assert!(
+        active_on(&ranges, 1).is_empty(),
+        "nothing re-created: {ranges}"
+    );
+    let table = ctl(&addr, &["ranges"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("UNAVAILABLE"), "{text}");
+
+    // The operator gives a up: range 1 is re-created empty on b, loss reported.
+    let forgot = ctl_json(&addr, &["forget", "a"]);
+    assert_eq!(forgot["ranges_lost"], serde_json::json!([1]), "{forgot}");
+    wait_ranges(&addr, "range 1 on b", |r| active_on(r, 1) == ["b"]).await;
+}
