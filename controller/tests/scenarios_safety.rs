@@ -18,12 +18,36 @@ mod support;
 use std::time::Duration;
 
 use ranger_controller::config::Replication;
-use ranger_controller::runtime::OpRequest;
+use ranger_controller::runtime::{Completion, OpRequest};
 use ranger_controller::transport::Lost;
 use ranger_node_sdk::Command;
 use ranger_node_sdk::testing::Behaviour;
 use ranger_proto::{Key, PlacementState, RangeState};
 use support::*;
+
+/// Exactly what a move of range 1 from a to b asks of the nodes' storage.
+const MOVED_TO_B: [&str; 4] = ["P(b,1)", "D(a,1)", "A(b,1)", "X(a,1)"];
+
+/// A cluster of `nodes` (R1) with range 1 Active on a and the call log cleared.
+async fn range_1_on_a(nodes: &[&str]) -> Cluster {
+    let cluster = Cluster::start(nodes, Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.log.clear();
+    cluster
+}
+
+/// Starts moving range 1 to b; resolves when the operation ends.
+async fn move_1_to_b(cluster: &Cluster) -> Completion {
+    let (_, done) = cluster
+        .handle
+        .submit(OpRequest::Move {
+            range: id(1),
+            node: Some(node_id("b")),
+        })
+        .await
+        .unwrap();
+    done
+}
 
 /// Advances paused time in small steps for `total`, checking invariant 1 (one
 /// writer per key, from the nodes' own state) after each.
@@ -52,9 +76,7 @@ async fn s37_a_move_whose_activate_is_in_flight_at_the_deadline_rolls_forward() 
     // The interleaving the review reproduced: b's Prepare ends just before the
     // operation deadline (10 s), its Activate takes 0.9 s and answers Activating
     // first (grace period), so the deadline passes with A(b) in flight.
-    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let cluster = range_1_on_a(&["a", "b"]).await;
     cluster.node("b").on(
         Command::Prepare,
         Behaviour::SucceedAfter(Duration::from_millis(9_300)),
@@ -63,21 +85,14 @@ async fn s37_a_move_whose_activate_is_in_flight_at_the_deadline_rolls_forward() 
         Command::Activate,
         Behaviour::SucceedAfter(Duration::from_millis(900)),
     );
-    let (_, done) = cluster
-        .handle
-        .submit(OpRequest::Move {
-            range: id(1),
-            node: Some(node_id("b")),
-        })
-        .await
-        .unwrap();
+    let done = move_1_to_b(&cluster).await;
     run_checking_one_writer(&cluster, Duration::from_secs(15)).await;
     let result = done.await.unwrap();
     assert!(result.is_ok(), "{result:?}\n{}", cluster.describe().await);
     cluster.wait_active_on(id(1), &["b"]).await;
     assert_eq!(
         cluster.calls(),
-        vec!["P(b,1)", "D(a,1)", "A(b,1)", "X(a,1)"],
+        MOVED_TO_B,
         "b's writes must never be thrown away for a re-activated a"
     );
 }
@@ -87,23 +102,14 @@ async fn s37_a_destination_whose_activate_replies_are_lost_stays_the_owner() {
     // Activate reaches b and succeeds, but every reply (and every probe reply) is
     // lost on the way back: the controller cannot tell that b serves. It must not
     // give b up and re-activate a.
-    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let cluster = range_1_on_a(&["a", "b"]).await;
     cluster
         .transport
         .lose_replies(&addr("b"), Lost::Command(Command::Activate), true);
     cluster
         .transport
         .lose_replies(&addr("b"), Lost::Probe, true);
-    let (_, done) = cluster
-        .handle
-        .submit(OpRequest::Move {
-            range: id(1),
-            node: Some(node_id("b")),
-        })
-        .await
-        .unwrap();
+    let done = move_1_to_b(&cluster).await;
     run_checking_one_writer(&cluster, Duration::from_secs(8)).await;
     let after = calls_after(&cluster.calls(), "D(a,1)");
     assert!(
@@ -135,9 +141,7 @@ async fn s37_a_destination_whose_activate_replies_are_lost_stays_the_owner() {
 async fn s37_a_split_child_activating_at_the_deadline_rolls_forward() {
     // Both children are told to activate just before the deadline, and neither
     // has answered Active when it passes.
-    let cluster = Cluster::start(&["a", "b", "c"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let cluster = range_1_on_a(&["a", "b", "c"]).await;
     for child_node in ["b", "c"] {
         cluster.node(child_node).on(
             Command::Prepare,
@@ -178,21 +182,12 @@ async fn s37_the_activate_sent_mark_survives_a_controller_restart() {
     // A(b) is sent and takes longer than a whole operation deadline; the
     // controller is killed right after sending it. The new controller must know
     // that b may be serving, and finish the move forward.
-    let mut cluster = Cluster::start(&["a", "b"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let mut cluster = range_1_on_a(&["a", "b"]).await;
     cluster.node("b").on(
         Command::Activate,
         Behaviour::SucceedAfter(cluster.config.op_deadline + Duration::from_secs(5)),
     );
-    let _ = cluster
-        .handle
-        .submit(OpRequest::Move {
-            range: id(1),
-            node: Some(node_id("b")),
-        })
-        .await
-        .unwrap();
+    let _ = move_1_to_b(&cluster).await;
     let log = cluster.log.clone();
     cluster
         .wait_for("A(b,1) sent", move |_| {
@@ -204,7 +199,7 @@ async fn s37_the_activate_sent_mark_survives_a_controller_restart() {
     cluster.wait_active_on(id(1), &["b"]).await;
     assert_eq!(
         cluster.calls(),
-        vec!["P(b,1)", "D(a,1)", "A(b,1)", "X(a,1)"],
+        MOVED_TO_B,
         "storage called once per step, never A(a,1)"
     );
 }
@@ -215,9 +210,7 @@ async fn s38_lost_probe_replies_grant_no_lease_so_the_node_stops_writing_first()
     // each) but the controller never hears back. The controller must stop
     // granting leases after the first failed probe, so a's lease lapses before
     // the controller counts a as lost.
-    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let cluster = range_1_on_a(&["a", "b"]).await;
     cluster
         .transport
         .lose_replies(&addr("a"), Lost::Probe, true);
@@ -245,9 +238,7 @@ async fn s38_lost_probe_replies_grant_no_lease_so_the_node_stops_writing_first()
 
 #[tokio::test(start_paused = true)]
 async fn s31_a_lost_nodes_ranges_are_unavailable_until_it_returns_with_its_data() {
-    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let cluster = range_1_on_a(&["a", "b"]).await;
     cluster.transport.set_reachable(&addr("a"), false);
     run_checking_one_writer(
         &cluster,
@@ -283,9 +274,7 @@ async fn s31_a_lost_nodes_ranges_are_unavailable_until_it_returns_with_its_data(
 async fn s31_a_restarted_controller_keeps_waiting_for_a_lost_copy() {
     // Found by random_faults (seed 23): a controller restarted while a node is
     // away has not counted it lost yet, and must not take that as "gone".
-    let mut cluster = Cluster::start(&["a", "b"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let mut cluster = range_1_on_a(&["a", "b"]).await;
     cluster.transport.set_reachable(&addr("a"), false);
     cluster
         .wait_for("a's copy missing", |e| {
@@ -309,9 +298,7 @@ async fn s31_a_restarted_controller_keeps_waiting_for_a_lost_copy() {
 
 #[tokio::test(start_paused = true)]
 async fn s31_forgetting_a_lost_node_recreates_its_ranges_empty_and_reports_the_loss() {
-    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let cluster = range_1_on_a(&["a", "b"]).await;
     cluster.transport.set_reachable(&addr("a"), false);
     tokio::time::sleep(cluster.config.node_loss_after() + Duration::from_secs(1)).await;
     let report = cluster.handle.forget_node(node_id("a")).await.unwrap();
@@ -377,19 +364,10 @@ async fn s31_r3_survivors_serve_and_a_new_replica_replaces_the_lost_one() {
 
 #[tokio::test(start_paused = true)]
 async fn s41_a_destination_activating_forever_ends_the_request_but_keeps_the_range() {
-    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let cluster = range_1_on_a(&["a", "b"]).await;
     cluster.node("b").on(Command::Activate, Behaviour::Stall);
     let started = tokio::time::Instant::now();
-    let (_, done) = cluster
-        .handle
-        .submit(OpRequest::Move {
-            range: id(1),
-            node: Some(node_id("b")),
-        })
-        .await
-        .unwrap();
+    let done = move_1_to_b(&cluster).await;
     let limit = cluster.config.op_deadline + cluster.config.activate_deadline;
     let result = tokio::time::timeout(limit + Duration::from_secs(2), done)
         .await
@@ -405,9 +383,7 @@ async fn s41_a_destination_activating_forever_ends_the_request_but_keeps_the_ran
 
 #[tokio::test(start_paused = true)]
 async fn s42_a_prepare_that_keeps_copying_may_outlast_the_operation_deadline() {
-    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let cluster = range_1_on_a(&["a", "b"]).await;
     let copy_time = cluster.config.op_deadline * 2;
     cluster
         .node("b")
@@ -437,17 +413,12 @@ async fn s42_a_prepare_that_keeps_copying_may_outlast_the_operation_deadline() {
         .await;
     copier.abort();
     assert!(result.is_ok(), "{result:?}");
-    assert_eq!(
-        cluster.calls(),
-        vec!["P(b,1)", "D(a,1)", "A(b,1)", "X(a,1)"]
-    );
+    assert_eq!(cluster.calls(), MOVED_TO_B);
 }
 
 #[tokio::test(start_paused = true)]
 async fn s42_a_prepare_without_progress_is_given_up_at_the_deadline() {
-    let cluster = Cluster::start(&["a", "b"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let cluster = range_1_on_a(&["a", "b"]).await;
     cluster.node("b").on(Command::Prepare, Behaviour::Stall);
     let started = tokio::time::Instant::now();
     let result = cluster
@@ -464,9 +435,7 @@ async fn s42_a_prepare_without_progress_is_given_up_at_the_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn s42_a_split_rollback_whose_child_drops_keep_failing_still_answers() {
-    let cluster = Cluster::start(&["a", "b", "c"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let cluster = range_1_on_a(&["a", "b", "c"]).await;
     cluster
         .node("a")
         .on(Command::Deactivate, Behaviour::Fail("busy".into()));
@@ -517,9 +486,7 @@ async fn s39_a_retired_destination_is_never_offered_as_a_data_source() {
     // #20: b's child 2 fails to activate (rolled back), c's child 3 serves; the
     // controller rolls forward with 2 on d. Its Prepare must name the frozen
     // parent on a, and never b's retired (never served) copy of 2.
-    let cluster = Cluster::start(&["a", "b", "c", "d"], Replication::R1).await;
-    cluster.wait_active_on(id(1), &["a"]).await;
-    cluster.log.clear();
+    let cluster = range_1_on_a(&["a", "b", "c", "d"]).await;
     cluster
         .node("b")
         .on(Command::Activate, Behaviour::Fail("corrupt".into()));

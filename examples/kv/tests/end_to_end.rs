@@ -108,35 +108,14 @@ async fn hammer_sees_no_error_and_no_lost_write_through_move_split_and_join() {
         serve_node("b").await,
         serve_node("c").await,
     ];
-    let membership: BTreeMap<NodeId, String> = nodes
-        .iter()
-        .map(|n| (n.id.clone(), n.addr.clone()))
-        .collect();
-    let (_membership_tx, membership) = tokio::sync::watch::channel(membership);
-    let persister = MemoryPersister::new();
-    let engine = Engine::new(
-        load_keyspace(&persister).await.unwrap(),
+    let (handle, _membership) = start_controller(
+        nodes.iter().map(|n| (n.id.clone(), n.addr.clone())),
         OrchestratorConfig::default(),
-        tokio::time::Instant::now(),
-    );
-    let (handle, _controller) = runtime::spawn(
-        engine,
-        persister,
-        Arc::new(GrpcTransport::new()),
-        membership,
-        RuntimeConfig::default(),
-        std::future::pending(),
-    );
+    )
+    .await;
     let initial = settled(&handle).await;
     assert_eq!(initial.len(), 1, "one range to start with: {initial:?}");
-    // Every node must have answered a probe before it can be a destination.
-    while !handle
-        .inspect(|e| e.roster().nodes().all(|n| n.last_ok.is_some()))
-        .await
-        .unwrap()
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_probed(&handle, nodes.len()).await;
 
     let proxy = serve_proxy(&nodes).await;
     let mut config = HammerConfig::new(proxy);
@@ -239,26 +218,18 @@ async fn hammer_sees_no_error_and_no_lost_write_through_move_split_and_join() {
     assert_eq!(report.uncertain_writes, 0, "{report}");
 }
 
-/// A controller over the given nodes (gRPC transport, memory store), with short
-/// leases so that a node is lost within seconds.
-fn fast_controller(
-    nodes: &[(NodeId, String)],
-) -> (
-    ControllerHandle,
-    tokio::sync::watch::Sender<BTreeMap<NodeId, String>>,
-) {
-    let membership: BTreeMap<NodeId, String> = nodes.iter().cloned().collect();
-    let (membership_tx, membership) = tokio::sync::watch::channel(membership);
-    let config = OrchestratorConfig {
-        lease: Duration::from_millis(1500),
-        lease_margin: Duration::from_millis(500),
-        probe_interval: Duration::from_millis(200),
-        rpc_timeout: Duration::from_secs(2),
-        ..OrchestratorConfig::default()
-    };
+/// Discovery for the test controller: which nodes exist, changeable.
+type MembershipTx = tokio::sync::watch::Sender<BTreeMap<NodeId, String>>;
+
+/// A controller over `nodes` (gRPC transport, in-memory store).
+async fn start_controller(
+    nodes: impl IntoIterator<Item = (NodeId, String)>,
+    config: OrchestratorConfig,
+) -> (ControllerHandle, MembershipTx) {
+    let (membership_tx, membership) = tokio::sync::watch::channel(nodes.into_iter().collect());
     let persister = MemoryPersister::new();
     let engine = Engine::new(
-        ranger_controller::keyspace::Keyspace::new(),
+        load_keyspace(&persister).await.unwrap(),
         config,
         tokio::time::Instant::now(),
     );
@@ -271,6 +242,31 @@ fn fast_controller(
         std::future::pending(),
     );
     (handle, membership_tx)
+}
+
+/// Waits until the controller knows `count` nodes and each answered a probe
+/// (a node is a possible destination only then).
+async fn wait_probed(handle: &ControllerHandle, count: usize) {
+    while !handle
+        .inspect(move |e| {
+            e.roster().nodes().count() == count && e.roster().nodes().all(|n| n.last_ok.is_some())
+        })
+        .await
+        .unwrap()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Short leases, so that a node is lost within seconds.
+fn fast_loss() -> OrchestratorConfig {
+    OrchestratorConfig {
+        lease: Duration::from_millis(1500),
+        lease_margin: Duration::from_millis(500),
+        probe_interval: Duration::from_millis(200),
+        rpc_timeout: Duration::from_secs(2),
+        ..OrchestratorConfig::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,19 +282,17 @@ async fn a_node_away_longer_than_its_lease_comes_back_with_every_key() {
         .unwrap();
     let b = serve_node("b").await;
     let node_a = NodeId::new("a").unwrap();
-    let (handle, _membership) = fast_controller(&[
-        (node_a.clone(), addr_a.to_string()),
-        (b.id.clone(), b.addr.clone()),
-    ]);
+    let (handle, _membership) = start_controller(
+        [
+            (node_a.clone(), addr_a.to_string()),
+            (b.id.clone(), b.addr.clone()),
+        ],
+        fast_loss(),
+    )
+    .await;
     // Range 1 on a: move it there if the controller chose b.
     let first = settled(&handle).await;
-    while !handle
-        .inspect(|e| e.roster().nodes().all(|n| n.last_ok.is_some()))
-        .await
-        .unwrap()
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_probed(&handle, 2).await;
     let range = first[0].0;
     if first[0].1 != node_a {
         handle
@@ -386,42 +380,19 @@ async fn a_move_whose_activate_is_slow_at_the_deadline_loses_no_write() {
     let b_id = NodeId::new("b").unwrap();
     let b_addr = b.addr.to_string();
     // Only a at first, so that the range starts there.
-    let membership: BTreeMap<NodeId, String> =
-        [(a.id.clone(), a.addr.clone())].into_iter().collect();
-    let (membership_tx, membership) = tokio::sync::watch::channel(membership);
     let config = OrchestratorConfig {
         op_deadline: Duration::from_millis(1500),
         activate_deadline: Duration::from_secs(10),
         ..OrchestratorConfig::default()
     };
-    let engine = Engine::new(
-        ranger_controller::keyspace::Keyspace::new(),
-        config,
-        tokio::time::Instant::now(),
-    );
-    let (handle, _task) = runtime::spawn(
-        engine,
-        MemoryPersister::new(),
-        Arc::new(GrpcTransport::new()),
-        membership,
-        RuntimeConfig::default(),
-        std::future::pending(),
-    );
+    let (handle, membership_tx) = start_controller([(a.id.clone(), a.addr.clone())], config).await;
     let first = settled(&handle).await;
     let range = first[0].0;
     assert_eq!(first[0].1, a.id, "placed on a first: {first:?}");
     membership_tx.send_modify(|m| {
         m.insert(b_id.clone(), b_addr.clone());
     });
-    while !handle
-        .inspect(|e| {
-            e.roster().nodes().count() == 2 && e.roster().nodes().all(|n| n.last_ok.is_some())
-        })
-        .await
-        .unwrap()
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_probed(&handle, 2).await;
 
     let proxy = Proxy::new(ProxyConfig::default());
     proxy.set_nodes([a.addr.clone(), b_addr.clone()]);
