@@ -955,3 +955,34 @@ async fn a_slow_but_steady_snapshot_is_not_cut_by_the_peer_timeout() {
     assert!(began.elapsed() > Duration::from_millis(500));
     assert_eq!(all_pairs(&b.node).len(), 200);
 }
+
+#[tokio::test]
+async fn a_source_listed_under_another_address_of_this_node_is_refused_and_nothing_is_cleared() {
+    let da = tempfile::tempdir().unwrap();
+    let a = TestNode::start(da.path(), 1 << 20).await;
+    let whole = meta(1, "", "");
+    a.own(whole.clone()).await;
+    let mut ca = a.client().await;
+    for key in ["c", "x"] {
+        put(&mut ca, key, "v").await.unwrap();
+    }
+    // The controller knows a as "localhost:PORT"; a calls itself 127.0.0.1:PORT.
+    let alias = format!("localhost:{}", a.addr.port());
+    let left = meta(2, "", "m");
+    let parents = vec![
+        entry(&left, &[], vec![placed(&alias, PlacementState::Pending)]),
+        entry(&whole, &[], vec![placed(&alias, PlacementState::Active)]),
+    ];
+    let outcome = settle_prepare(&a, &left, &parents).await;
+    assert_eq!(outcome.state, RemoteState::NotFound, "{outcome:?}");
+    let failure = outcome.failure.unwrap();
+    assert!(failure.contains("this node itself"), "{failure}");
+    assert_eq!(
+        all_pairs(&a.node),
+        vec![
+            ("c".to_owned(), "v".to_owned()),
+            ("x".to_owned(), "v".to_owned())
+        ],
+        "copying from itself must not clear what it serves"
+    );
+}

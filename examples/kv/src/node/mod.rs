@@ -102,6 +102,10 @@ struct Inner {
     peers: Mutex<HashMap<String, Channel>>,
     /// The last snapshot copies into this node, for operators and benchmarks.
     transfers_in: TransferLog,
+    /// This running node, as its Snapshot answers name it: a destination that
+    /// reaches itself under an address it does not know as its own must notice,
+    /// or it would clear the very keys it is about to copy.
+    instance: u64,
 }
 
 /// One completed snapshot copy into this node.
@@ -172,6 +176,7 @@ impl KvNode {
                 loads: LoadTracker::default(),
                 peers: Mutex::new(HashMap::new()),
                 transfers_in: TransferLog::default(),
+                instance: rand::random(),
             }),
         })
     }
@@ -182,6 +187,11 @@ impl KvNode {
 
     pub fn trackers(&self) -> &Trackers {
         &self.inner.trackers
+    }
+
+    /// This running node's instance id (see `Inner::instance`).
+    pub fn instance(&self) -> u64 {
+        self.inner.instance
     }
 
     pub fn config(&self) -> &KvNodeConfig {
@@ -241,7 +251,7 @@ impl KvNode {
             None => {
                 let channel = Endpoint::from_shared(format!("http://{addr}"))
                     .map_err(|e| failed(format!("bad peer address {addr}: {e}")))?
-                    .connect_timeout(timeout)
+                    .connect_timeout(timeout.min(Duration::from_secs(2)))
                     .http2_keep_alive_interval(timeout)
                     .keep_alive_timeout(timeout)
                     .keep_alive_while_idle(true)
@@ -272,10 +282,14 @@ impl KvNode {
     /// entirely (whatever range this node held there, a stale copy must not
     /// survive under the new range), then copied as a snapshot; a local part is
     /// already in place. Records the deltas to fetch at activation. On failure the
-    /// remote parts are cleared again, so nothing half-copied remains.
+    /// parts it cleared are cleared again, so nothing half-copied remains.
     async fn copy_in(&self, meta: &RangeMeta, parents: &[Parent]) -> Result<(), CallbackError> {
         let sources = self.sources(meta, parents).map_err(failed)?;
         let mut pending = Vec::new();
+        // The spans this copy cleared and began to fill: only those are cleared
+        // again on failure (never a part it did not touch: if the source turned
+        // out to be this node itself, that part is what it serves).
+        let mut touched = Vec::new();
         let mut result = Ok(());
         for source in &sources {
             match source {
@@ -283,7 +297,10 @@ impl KvNode {
                     tracing::info!(range = %meta.id(), source_range = %range, ?span, "part already here");
                 }
                 Source::Remote { addr, range, span } => {
-                    match self.copy_part(meta.id(), addr, *range, span).await {
+                    match self
+                        .copy_part(meta.id(), addr, *range, span, &mut touched)
+                        .await
+                    {
                         Ok(transfer) => pending.push(transfer),
                         Err(e) => {
                             result = Err(e);
@@ -302,10 +319,8 @@ impl KvNode {
         }
         if result.is_err() {
             self.end_transfers(&pending).await;
-            for source in &sources {
-                if let Source::Remote { span, .. } = source
-                    && let Err(clear) = self.clear(span).await
-                {
+            for span in &touched {
+                if let Err(clear) = self.clear(span).await {
                     tracing::error!(range = %meta.id(), error = %clear, "could not clear a failed copy");
                 }
             }
@@ -322,21 +337,28 @@ impl KvNode {
         addr: &str,
         source_range: RangeId,
         span: &Span,
+        touched: &mut Vec<Span>,
     ) -> Result<PendingTransfer, CallbackError> {
         let mut peer = self.peer(addr)?;
-        // Nothing this node held under the span survives the copy.
-        self.clear(span).await.map_err(failed)?;
         let began = std::time::Instant::now();
-        let copied = match transfer::fetch_snapshot(
-            &mut peer,
-            &self.inner.store,
-            source_range,
-            span,
-        )
-        .await
-        {
+        let opened =
+            transfer::open_snapshot(&mut peer, source_range, span, self.inner.instance).await;
+        let copied = match opened {
+            Ok(open) => {
+                // Nothing this node held under the span survives the copy. (Only
+                // now: the source is known not to be this node itself.)
+                touched.push(span.clone());
+                self.clear(span).await.map_err(failed)?;
+                transfer::receive_snapshot(&peer, open, &self.inner.store, span).await
+            }
+            Err(e) => Err(e),
+        };
+        let copied = match copied {
             Ok(copied) => copied,
             Err(TransferError::NoSnapshot { .. }) => {
+                // Dump replaces the span at activation; clear it now too.
+                touched.push(span.clone());
+                self.clear(span).await.map_err(failed)?;
                 tracing::info!(range = %id, %addr, %source_range, "source has no Snapshot: copying with Dump at activation, once it is frozen");
                 return Ok(PendingTransfer {
                     source_addr: addr.to_owned(),

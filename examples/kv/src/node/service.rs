@@ -277,7 +277,13 @@ impl pb::kv_server::Kv for KvService {
                 node.trackers().end(transfer);
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let mut response: Response<Self::SnapshotStream> =
+            Response::new(Box::pin(ReceiverStream::new(rx)));
+        response.metadata_mut().insert(
+            super::transfer::INSTANCE_HEADER,
+            tonic::metadata::MetadataValue::from(self.node.instance()),
+        );
+        Ok(response)
     }
 
     type DeltaStream = DeltaStream;

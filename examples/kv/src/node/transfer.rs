@@ -44,6 +44,10 @@ pub enum TransferError {
     Rpc { addr: String, status: tonic::Status },
     #[error("source {addr} has no Snapshot (a reference node?): {status}")]
     NoSnapshot { addr: String, status: tonic::Status },
+    #[error(
+        "source {addr} is this node itself under another address: refusing to copy from itself (advertise this node as {addr}, or have the controller list it by its own address)"
+    )]
+    Itself { addr: String },
     #[error("source {addr} was silent for {after:?} during {what}")]
     Silent {
         addr: String,
@@ -215,33 +219,66 @@ pub struct SnapshotCopied {
     pub bytes: u64,
 }
 
-/// Fetches a snapshot of `span` of `source_range` from `peer` into `store`; the
-/// copy is durable once this returns. A source without Snapshot answers
-/// [`TransferError::NoSnapshot`], having sent nothing.
-pub async fn fetch_snapshot(
+/// The response header in which a node names its running instance, so that a
+/// destination recognises itself behind an address it does not know as its own.
+pub const INSTANCE_HEADER: &str = "ranger-kv-instance";
+
+/// A snapshot stream whose source answered, not yet received.
+#[derive(Debug)]
+pub struct OpenSnapshot {
+    stream: tonic::Streaming<pb::SnapshotChunk>,
+}
+
+/// Asks `peer` for a snapshot of `span` of `source_range`. A source without
+/// Snapshot answers [`TransferError::NoSnapshot`]; a source that turns out to be
+/// this node itself (instance `me`, under another address) answers
+/// [`TransferError::Itself`]. Nothing is written here yet.
+pub async fn open_snapshot(
     peer: &mut Peer,
-    store: &Store,
     source_range: RangeId,
     span: &Span,
-) -> Result<SnapshotCopied, TransferError> {
+    me: u64,
+) -> Result<OpenSnapshot, TransferError> {
     let Peer {
         client,
         addr,
         timeout,
     } = peer;
-    let (addr, timeout) = (addr.as_str(), *timeout);
     let request = pb::SnapshotRequest {
         source_range: source_range.get(),
         start: span.start.clone(),
         end: span.end_for_wire(),
     };
-    let mut stream = match answer(addr, timeout, "snapshot", client.snapshot(request)).await {
-        Ok(response) => response.into_inner(),
+    let response = match answer(addr, *timeout, "snapshot", client.snapshot(request)).await {
+        Ok(response) => response,
         Err(TransferError::Rpc { addr, status }) if status.code() == tonic::Code::Unimplemented => {
             return Err(TransferError::NoSnapshot { addr, status });
         }
         Err(e) => return Err(e),
     };
+    let instance = response
+        .metadata()
+        .get(INSTANCE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if instance == Some(me) {
+        return Err(TransferError::Itself { addr: addr.clone() });
+    }
+    Ok(OpenSnapshot {
+        stream: response.into_inner(),
+    })
+}
+
+/// Receives an opened snapshot into `store`; the copy is durable once this
+/// returns.
+pub async fn receive_snapshot(
+    peer: &Peer,
+    open: OpenSnapshot,
+    store: &Store,
+    span: &Span,
+) -> Result<SnapshotCopied, TransferError> {
+    let (addr, timeout) = (peer.addr.as_str(), peer.timeout);
+    let mut stream = open.stream;
     let mut checksum = PairChecksum::default();
     let mut bytes = 0u64;
     while let Some(chunk) = answer(addr, timeout, "snapshot stream", stream.message()).await? {
