@@ -187,7 +187,7 @@ async fn s37_the_activate_sent_mark_survives_a_controller_restart() {
         Command::Activate,
         Behaviour::SucceedAfter(cluster.config.op_deadline + Duration::from_secs(5)),
     );
-    let _ = move_1_to_b(&cluster).await;
+    let _done = move_1_to_b(&cluster).await;
     let log = cluster.log.clone();
     cluster
         .wait_for("A(b,1) sent", move |_| {
