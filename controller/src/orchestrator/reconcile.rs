@@ -610,8 +610,16 @@ impl Engine {
     /// The parents list Prepare carries, as the reference sends it: the range
     /// itself with its placements, then its parents, then theirs, and so on
     /// through the history the keyspace still holds; each range once.
+    ///
+    /// A range that has ever been activated holds its own data: its parents'
+    /// data moved into it long ago, so only its own entry is listed. With no
+    /// placement there (its only copy was lost and forgotten, or its node
+    /// forgot it), that tells the node to start the range empty.
     fn parents_for_prepare(&self, range: &Range) -> Vec<Parent> {
         let mut out = vec![self.as_parent(range)];
+        if range.ever_activated() {
+            return out;
+        }
         let mut seen: HashSet<RangeId> = HashSet::from([range.id()]);
         let mut frontier: Vec<RangeId> = range.parents().to_vec();
         while !frontier.is_empty() && out.len() < MAX_PREPARE_HISTORY {

@@ -434,3 +434,67 @@ async fn a_move_whose_activate_is_slow_at_the_deadline_loses_no_write() {
     assert_eq!(report.unexpected, 0, "{report}");
     assert!(report.passed(), "{:?}", report.failure_reasons());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_a_lost_node_recreates_its_range_empty_on_a_kv_node() {
+    use ranger_proto::pb::kv::kv_client::KvClient;
+    use ranger_proto::pb::kv::{GetRequest, PutRequest};
+
+    let a = serve_node("a").await;
+    let b = serve_node("b").await;
+    let (handle, membership) =
+        start_controller([(a.id.clone(), a.addr.clone())], fast_loss()).await;
+    let first = settled(&handle).await;
+    // Split first (both halves on a), so the ranges have a history: a range
+    // re-created empty must not be asked to copy from its obsolete parent.
+    handle
+        .run(OpRequest::Split {
+            range: first[0].0,
+            key: Key::from("m"),
+            left: None,
+            right: None,
+        })
+        .await
+        .unwrap();
+    let halves = settled(&handle).await;
+    let range = halves[0].0;
+    membership.send_modify(|m| {
+        m.insert(b.id.clone(), b.addr.clone());
+    });
+    wait_probed(&handle, 2).await;
+    let mut client = KvClient::connect(format!("http://{}", a.addr))
+        .await
+        .unwrap();
+    client
+        .put(PutRequest {
+            key: "gone".into(),
+            value: b"with a".to_vec(),
+        })
+        .await
+        .unwrap();
+    drop(client);
+    // a disappears for good; the range waits until the operator forgets a.
+    let a_id = a.id.clone();
+    let ServedNode { _server, _dir, .. } = a;
+    _server.shutdown().await.unwrap();
+    drop(_dir);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let waiting = handle
+        .inspect(move |e| e.unavailable(range).is_some())
+        .await
+        .unwrap();
+    assert!(waiting, "range 1 waits for a");
+    let report = handle.forget_node(a_id).await.unwrap();
+    assert_eq!(report.ranges_lost, vec![range, halves[1].0]);
+    // b serves both, empty: the key written on a is gone, and b says so plainly.
+    let after = settled(&handle).await;
+    assert!(after.iter().all(|(_, node)| *node == b.id), "{after:?}");
+    let mut client = KvClient::connect(format!("http://{}", b.addr))
+        .await
+        .unwrap();
+    let missing = client
+        .get(GetRequest { key: "gone".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing}");
+}
