@@ -96,13 +96,24 @@ struct Args {
     #[arg(long, default_value_t = 3000)]
     rpc_timeout_ms: u64,
 
-    /// How long an operation may take before it is rolled back, in seconds.
+    /// How long an operation may take before it is rolled back (while no
+    /// destination has been told to activate), in seconds.
     #[arg(long, default_value_t = 30)]
     op_deadline_s: u64,
 
     /// How long a Prepare may stay in progress before the controller gives up.
     #[arg(long, default_value_t = 60)]
     prepare_deadline_s: u64,
+
+    /// How much longer than the operation deadline a request waits for a
+    /// destination already told to activate (it owns the range from then on).
+    #[arg(long, default_value_t = 10)]
+    activate_deadline_s: u64,
+
+    /// How long a prepare may go without visible progress (its copy growing)
+    /// before the deadlines apply to it: big ranges that keep copying may move.
+    #[arg(long, default_value_t = 15)]
+    prepare_stall_s: u64,
 
     /// Longest a Move/Split/Join call waits before answering DEADLINE_EXCEEDED.
     #[arg(long, default_value_t = 120)]
@@ -130,6 +141,8 @@ fn orchestrator_config(args: &Args) -> OrchestratorConfig {
         replication: Replication::with_target(args.replication),
         prepare_deadline: Duration::from_secs(args.prepare_deadline_s),
         op_deadline: Duration::from_secs(args.op_deadline_s),
+        activate_deadline: Duration::from_secs(args.activate_deadline_s),
+        prepare_stall: Duration::from_secs(args.prepare_stall_s),
         lease: Duration::from_millis(args.lease_ms),
         lease_margin: Duration::from_millis(args.lease_margin_ms),
         probe_interval: Duration::from_millis(args.probe_ms),

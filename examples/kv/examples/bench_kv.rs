@@ -3,7 +3,9 @@
 //!
 //! 1. hammer -> proxy -> node (gRPC twice),
 //! 2. hammer -> node (gRPC once),
-//! 3. RocksDB in-process (the node's `Store`, no network), one thread per worker.
+//! 3. RocksDB in-process (the node's `Store`, no network), one thread per worker,
+//! 4. the same on a plain RocksDB whose writes do not wait for the WAL to be
+//!    synced: what acknowledging only durable writes (SCENARIOS.md #44) costs.
 //!
 //! Prints each path's figures and the ratios between them.
 //!
@@ -71,8 +73,38 @@ async fn hammer(target: String, seconds: u64, workers: usize) -> anyhow::Result<
     })
 }
 
+/// Reads and writes of one in-process path.
+trait Kv: Sync {
+    fn get(&self, key: &[u8]) -> anyhow::Result<()>;
+    fn put(&self, key: &[u8], value: &[u8]) -> anyhow::Result<()>;
+}
+
+/// The node's store: every write waits for the synced WAL.
+impl Kv for Store {
+    fn get(&self, key: &[u8]) -> anyhow::Result<()> {
+        Store::get(self, key)?;
+        Ok(())
+    }
+    fn put(&self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        Ok(Store::put(self, key, value)?)
+    }
+}
+
+/// A plain RocksDB with default write options: the WAL is written, not synced.
+struct Unsynced(rocksdb::DB);
+
+impl Kv for Unsynced {
+    fn get(&self, key: &[u8]) -> anyhow::Result<()> {
+        self.0.get(key)?;
+        Ok(())
+    }
+    fn put(&self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        Ok(self.0.put(key, value)?)
+    }
+}
+
 /// The same mix straight on RocksDB: `workers` threads, each on its own keys.
-fn in_process(store: &Store, seconds: u64, workers: usize) -> anyhow::Result<Figures> {
+fn in_process(store: &dyn Kv, seconds: u64, workers: usize) -> anyhow::Result<Figures> {
     let mix = mix()?;
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
@@ -175,10 +207,18 @@ async fn main() -> anyhow::Result<()> {
     );
     figures.insert("1 proxy", hammer(proxy_addr, seconds, workers).await?);
     let store = node.store().clone();
-    let in_proc = tokio::task::spawn_blocking(move || in_process(&store, seconds, workers))
+    let in_proc = tokio::task::spawn_blocking(move || in_process(store.as_ref(), seconds, workers))
         .await
         .context("in-process run")??;
     figures.insert("3 in-process", in_proc);
+    let plain_dir = tempfile::tempdir()?;
+    let mut options = rocksdb::Options::default();
+    options.create_if_missing(true);
+    let plain = Unsynced(rocksdb::DB::open(&options, plain_dir.path())?);
+    let unsynced = tokio::task::spawn_blocking(move || in_process(&plain, seconds, workers))
+        .await
+        .context("unsynced in-process run")??;
+    figures.insert("4 no WAL sync", unsynced);
 
     println!(
         "{:<14} {:>10} {:>9} {:>9} {:>9} {:>9}",
@@ -195,10 +235,17 @@ async fn main() -> anyhow::Result<()> {
             f.put_p99_ms
         );
     }
-    let (proxy, direct, local) = (
+    let (proxy, direct, local, unsynced) = (
         &figures["1 proxy"],
         &figures["2 direct"],
         &figures["3 in-process"],
+        &figures["4 no WAL sync"],
+    );
+    println!(
+        "what durable acks cost in-process: throughput synced/unsynced {:.3}, put p50 {:.3} ms vs {:.3} ms",
+        local.ops_per_sec / unsynced.ops_per_sec,
+        local.put_p50_ms,
+        unsynced.put_p50_ms
     );
     println!(
         "throughput ratios: proxy/direct {:.2}, direct/in-process {:.3}, proxy/in-process {:.3}",
