@@ -26,7 +26,9 @@
 //! - Missing (the node lost it, or its lease ran out): Dropped; place again.
 
 mod attempts;
+mod operations;
 mod ownership;
+mod placement;
 mod reconcile;
 mod types;
 

@@ -1,0 +1,160 @@
+//! Where a new placement goes: whether a range needs one, which node takes it
+//! (least loaded, eligible, honouring an operator's hint), and the per-node
+//! counts that choice reads. The balancer will plan on top of this.
+
+use std::collections::HashMap;
+
+use ranger_proto::{NodeId, PlacementState, RangeId, RangeState};
+use tokio::time::Instant;
+
+use super::Engine;
+use super::types::OpKind;
+use crate::keyspace::Range;
+
+impl Engine {
+    /// Adds a placement if the range has fewer than it should.
+    pub(super) fn place_if_needed(
+        &mut self,
+        id: RangeId,
+        now: Instant,
+        load: &mut Option<HashMap<NodeId, usize>>,
+    ) {
+        let Ok(range) = self.keyspace.range(id) else {
+            return;
+        };
+        if range.state() != RangeState::Active || self.child_rolling_back(range) {
+            return;
+        }
+        let in_play = self.keyspace.is_current(id)
+            || range.parents().iter().any(|p| self.subsuming.contains(p));
+        if !in_play {
+            return;
+        }
+        if range
+            .placements()
+            .iter()
+            .any(|p| p.state() == PlacementState::Missing)
+        {
+            // A lost copy is waited for (see `waits_for_lost_copy`); placing an
+            // empty one now would serve a range without its data.
+            return;
+        }
+        let useful = range
+            .placements()
+            .iter()
+            .filter(|p| {
+                p.is_live()
+                    && !p.retiring()
+                    && !matches!(p.state(), PlacementState::GiveUp | PlacementState::Missing)
+            })
+            .count();
+        let live = range.placements().iter().filter(|p| p.is_live()).count();
+        let replication = self.config.replication;
+        if useful >= replication.target || live >= replication.max_placements {
+            return;
+        }
+        let hint = self.placement_hint(id);
+        let load = load.get_or_insert_with(|| self.placements_per_node());
+        let Ok(range) = self.keyspace.range(id) else {
+            return;
+        };
+        let Some(node) = self.choose_node(range, hint.as_ref(), &[], now, load) else {
+            let why = format!("{id} is unplaced: no eligible node");
+            if self.notes.get(&id) != Some(&why) {
+                self.emit(id, why.clone());
+            }
+            self.notes.insert(id, why);
+            return;
+        };
+        match self.keyspace.add_placement(id, node.clone(), None) {
+            Ok(placement) => {
+                self.roster.forget_range(&node, id);
+                *load.entry(node.clone()).or_default() += 1;
+                self.emit(id, format!("{placement} on {node}: placed (Pending)"));
+            }
+            Err(e) => tracing::error!(range = %id, error = %e, "could not add placement"),
+        }
+    }
+
+    /// The node an operator asked for, for a child of a split or join.
+    pub(super) fn placement_hint(&self, child: RangeId) -> Option<NodeId> {
+        self.ops.values().find_map(|op| match &op.kind {
+            OpKind::Split {
+                left_node,
+                right_node,
+                children: Some((l, r)),
+                ..
+            } => {
+                if *l == child {
+                    left_node.clone()
+                } else if *r == child {
+                    right_node.clone()
+                } else {
+                    None
+                }
+            }
+            OpKind::Join {
+                node,
+                child: Some(c),
+                ..
+            } if *c == child => node.clone(),
+            _ => None,
+        })
+    }
+
+    /// The least loaded eligible node for a new placement of `range`: registered,
+    /// answering, not draining, not excluded for this range, not already holding it.
+    pub(super) fn choose_node(
+        &self,
+        range: &Range,
+        hint: Option<&NodeId>,
+        avoid: &[NodeId],
+        now: Instant,
+        load: &HashMap<NodeId, usize>,
+    ) -> Option<NodeId> {
+        let eligible = |node: &NodeId| -> bool {
+            self.roster.get(node).is_some_and(|n| {
+                n.registered
+                    && n.last_ok.is_some()
+                    && !n.draining()
+                    && !n.is_lost(now, self.config.node_loss_after())
+            }) && !avoid.contains(node)
+                && !self.exclusions.contains_key(&(range.id(), node.clone()))
+                && !range
+                    .placements()
+                    .iter()
+                    .any(|p| p.is_live() && p.node() == node)
+        };
+        if let Some(hint) = hint
+            && eligible(hint)
+        {
+            return Some(hint.clone());
+        }
+        self.roster
+            .nodes()
+            .filter(|n| eligible(&n.id))
+            .min_by_key(|n| {
+                (
+                    load.get(&n.id).copied().unwrap_or(0),
+                    n.reported_bytes(),
+                    n.id.clone(),
+                )
+            })
+            .map(|n| n.id.clone())
+    }
+
+    pub(super) fn placements_per_node(&self) -> HashMap<NodeId, usize> {
+        let mut load: HashMap<NodeId, usize> = HashMap::new();
+        for node in self.roster.nodes() {
+            load.insert(node.id.clone(), 0);
+        }
+        for id in self.ranges_in_play() {
+            if let Ok(range) = self.keyspace.range(id) {
+                for p in range.placements().iter().filter(|p| p.is_live()) {
+                    *load.entry(p.node().clone()).or_default() += 1;
+                }
+            }
+        }
+        load
+    }
+}
