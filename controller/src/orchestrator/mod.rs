@@ -15,15 +15,24 @@
 //!
 //! The rules, per placement (see `reconcile.rs` for the exact conditions):
 //! - Pending/Loading: Prepare until Inactive; too many failures, or Preparing past
-//!   the prepare deadline: GiveUp, exclude the node for a while, place elsewhere.
+//!   the prepare deadline (while its copy stops growing): GiveUp, exclude the
+//!   node for a while, place elsewhere.
 //! - Inactive: Activate when the range needs it and no overlapping placement
 //!   (this range's, its parents', its children's) may be serving; a move
-//!   destination first waits for its source to be deactivated (R1). Too many
-//!   failed activations: retire it (roll back or forward, see below).
+//!   destination first waits for its source to be deactivated (R1). The first
+//!   Activate marks the placement durably: it owns the range from then on and
+//!   operations only roll forward (`ownership.rs`, SCENARIOS.md #37). Too many
+//!   activations that the node itself answered as failed: retire it.
 //! - Active: Deactivate when a move destination or a split/join's children are
 //!   prepared and waiting, or when retiring.
 //! - Retiring Inactive, GiveUp: Drop until gone (forever, with backoff).
-//! - Missing (the node lost it, or its lease ran out): Dropped; place again.
+//! - Missing (the node lost it, or its lease ran out): if it holds the range's
+//!   only newest copy, the range waits, Unavailable, until the node returns or
+//!   an operator forgets it (SCENARIOS.md #31); otherwise Dropped, place again.
+//!
+//! Files: `reconcile.rs` (the step, per range), `operations.rs`, `placement.rs`
+//! (node choice), `ownership.rs` (who holds the newest data), `attempts.rs`
+//! (in flight, failures, backoff), `types.rs` (what goes in and out).
 
 mod attempts;
 mod operations;
