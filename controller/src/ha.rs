@@ -19,10 +19,11 @@ use tokio::sync::watch;
 
 use crate::bootstrap::{LoadError, load_keyspace};
 use crate::config::OrchestratorConfig;
+use crate::discovery::Membership;
 use crate::election::{LeaderElection, Role};
 use crate::orchestrator::Engine;
 use crate::persist::{ConsulPersister, Fence, InvalidPrefix};
-use crate::runtime::{self, Membership, RuntimeConfig};
+use crate::runtime::{self, RuntimeConfig};
 use crate::service::SlotState;
 use crate::transport::NodeTransport;
 

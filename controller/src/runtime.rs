@@ -6,7 +6,7 @@
 //! Every I/O happens in tasks of its own (one per command or probe), so one slow
 //! node never delays the loop, other nodes' probes, or other ranges' commands.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +19,7 @@ use crate::orchestrator::{Answer, Dispatch, Effect, Engine, Event, ForgetReport,
 use crate::persist::{PersistError, Persister};
 use crate::transport::{NodeTransport, ProbeAnswer};
 
-/// The nodes discovery lists: id to address.
-pub type Membership = BTreeMap<NodeId, String>;
+use crate::discovery::Membership;
 
 /// An operator's request for an operation.
 #[derive(Debug, Clone, PartialEq)]

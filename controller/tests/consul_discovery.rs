@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use ranger_consul::discovery::{RegistrationConfig, ServiceRegistration};
+use ranger_controller::discovery::Membership;
 use ranger_controller::discovery::{ConsulDiscovery, Discovery};
-use ranger_controller::runtime::Membership;
 use ranger_proto::NodeId;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;

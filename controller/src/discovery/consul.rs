@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::Discovery;
-use crate::runtime::Membership;
+use crate::discovery::Membership;
 
 /// Discovery through a Consul service's passing instances. Dropping it stops
 /// following Consul; receivers keep the last node set.

@@ -18,7 +18,9 @@ use tokio::sync::watch;
 pub use consul::ConsulDiscovery;
 pub use registry::{Registry, RegistryService};
 
-use crate::runtime::Membership;
+/// The nodes discovery lists: id to address. Every discovery backend publishes
+/// it; the controller's runtime follows it.
+pub type Membership = std::collections::BTreeMap<ranger_proto::NodeId, String>;
 
 /// A source of the node set.
 pub trait Discovery: Send + Sync + 'static {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::Discovery;
-use crate::runtime::Membership;
+use crate::discovery::Membership;
 
 #[derive(Debug)]
 struct Entry {

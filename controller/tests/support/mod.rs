@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use ranger_controller::bootstrap::load_keyspace;
 use ranger_controller::config::{OrchestratorConfig, Replication};
+use ranger_controller::discovery::Membership;
 use ranger_controller::orchestrator::Engine;
 use ranger_controller::persist::MemoryPersister;
-use ranger_controller::runtime::{self, ControllerHandle, Membership, RuntimeConfig, RuntimeError};
+use ranger_controller::runtime::{self, ControllerHandle, RuntimeConfig, RuntimeError};
 use ranger_controller::transport::InProcessTransport;
 use ranger_node_sdk::testing::{CallLog, ScriptedNode};
 use ranger_node_sdk::{MemoryStateStore, Rangelet, RangeletConfig};
