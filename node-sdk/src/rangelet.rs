@@ -88,23 +88,9 @@ struct Granted {
 /// enough for `Instant` arithmetic.
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// The four commands the controller sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Command {
-    Prepare,
-    Activate,
-    Deactivate,
-    Drop,
-}
-
-/// What a command answers: the range's state on this node after the command, and
-/// the storage system's error if its callback failed (the state is then the
-/// rolled-back one).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    pub state: RemoteState,
-    pub failure: Option<String>,
-}
+/// The commands and their answers are part of the wire contract's domain types
+/// (the controller uses them too); re-exported here for storage systems.
+pub use ranger_proto::{Command, Outcome};
 
 /// Why a command was refused without calling the storage system.
 #[derive(Debug, thiserror::Error)]

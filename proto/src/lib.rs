@@ -8,6 +8,7 @@
 //! the fallible conversions in [`convert`] are the one place where wire data is
 //! checked.
 
+mod command;
 pub mod convert;
 mod ids;
 mod key;
@@ -15,6 +16,7 @@ mod load;
 mod meta;
 mod state;
 
+pub use command::{Command, Outcome};
 pub use convert::{ConversionError, Parent, ParentPlacement, RangeInfo};
 pub use ids::{NodeId, RangeId};
 pub use key::{Key, KeyParseError};

@@ -272,11 +272,7 @@ impl Engine {
         self.notes.get(&range).map(String::as_str)
     }
 
-    pub fn attempt(
-        &self,
-        subject: &Subject,
-        command: ranger_node_sdk::Command,
-    ) -> Option<&Attempt> {
+    pub fn attempt(&self, subject: &Subject, command: ranger_proto::Command) -> Option<&Attempt> {
         self.attempts.get(subject, command)
     }
 
@@ -373,7 +369,7 @@ impl Engine {
                 self.roster
                     .command_answered(&dispatch.node, dispatch.range, outcome.state, now);
                 if let Subject::Placement(placement) = dispatch.subject
-                    && command == ranger_node_sdk::Command::Activate
+                    && command == ranger_proto::Command::Activate
                     && outcome.failure.is_some()
                     && matches!(
                         outcome.state,
@@ -400,7 +396,7 @@ impl Engine {
             Err(error) => {
                 if matches!(error, CallError::UnknownRange(_)) {
                     if let Subject::Placement(placement) = dispatch.subject
-                        && command == ranger_node_sdk::Command::Activate
+                        && command == ranger_proto::Command::Activate
                     {
                         // The node does not hold the range: it cannot serve it.
                         self.activation_refused.insert(placement);

@@ -3,7 +3,7 @@
 //! past their point of no return (SCENARIOS.md #7-#29, #37, #41, #42), and the
 //! moves a drain starts on its own.
 
-use ranger_node_sdk::Command;
+use ranger_proto::Command;
 use ranger_proto::{NodeId, PlacementState, RangeId, RangeState, RemoteState};
 use tokio::time::Instant;
 

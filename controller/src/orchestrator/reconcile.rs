@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ranger_node_sdk::Command;
+use ranger_proto::Command;
 use ranger_proto::{
     NodeId, Parent, ParentPlacement, PlacementState, RangeId, RangeState, RemoteState,
 };

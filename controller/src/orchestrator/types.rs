@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use ranger_node_sdk::{Command, Outcome};
+use ranger_proto::{Command, Outcome};
 use ranger_proto::{Key, NodeId, Parent, RangeId, RangeMeta};
 use tokio::time::Instant;
 

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ranger_node_sdk::{Command, Outcome};
 use ranger_proto::pb::ranger as pb;
 use ranger_proto::pb::ranger::node_client::NodeClient;
+use ranger_proto::{Command, Outcome};
 use ranger_proto::{RangeId, RangeInfo, RemoteState};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
