@@ -1,7 +1,10 @@
 //! A transport straight into rangelets living in the same process: the
 //! controller's tests use it to run real node-side state machines (over
 //! [`ranger_node_sdk::testing::ScriptedNode`]) with no sockets, under paused time,
-//! and to cut nodes off as a network partition would.
+//! and to break the network between the controller and a node the ways a real
+//! one breaks (as TiKV's cluster simulator does with its filters): refuse
+//! connections, black-hole requests, lose replies after the node acted, delay
+//! delivery; for every message, one command kind, or probes only.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -16,19 +19,40 @@ use crate::orchestrator::{Answer, Call, CallError};
 #[derive(Debug)]
 struct Nodes<N> {
     by_addr: HashMap<String, Rangelet<N>>,
+    /// Addresses whose connections are refused (the node's side is cut off).
     unreachable: HashSet<String>,
-    /// Requests that reach the node but whose replies are lost on the way back
-    /// (a one-way partition): the node acts, the controller sees an error.
-    lost_replies: HashSet<(String, Lost)>,
+    /// The faults in force, per address; several may apply to one message.
+    faults: Vec<(String, Lost, Fault)>,
 }
 
-/// Which replies from a node are lost (see [`InProcessTransport::lose_replies`]).
+/// Which messages to a node a fault applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lost {
-    /// Replies to this command.
+    /// Every command and probe.
+    All,
+    /// Requests of this command.
     Command(Command),
-    /// Replies to probes (`Info`): the node still renews its lease on receipt.
+    /// Probes (`Info`): a probe that reaches the node renews its lease.
     Probe,
+}
+
+impl Lost {
+    fn matches(self, message: Lost) -> bool {
+        self == Lost::All || self == message
+    }
+}
+
+/// What happens to a message a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// The request never arrives and nothing answers: the caller waits out its
+    /// timeout (a black hole, a frozen peer).
+    DropRequest,
+    /// The request arrives and the node acts on it, but the reply is lost: the
+    /// caller sees an error (a one-way partition, a reset after delivery).
+    DropReply,
+    /// The request arrives this much later (counted in the caller's timeout).
+    Delay(Duration),
 }
 
 /// Rangelets by address. Clones share the same nodes.
@@ -51,7 +75,7 @@ impl<N: Node> Default for InProcessTransport<N> {
             nodes: Arc::new(Mutex::new(Nodes {
                 by_addr: HashMap::new(),
                 unreachable: HashSet::new(),
-                lost_replies: HashSet::new(),
+                faults: Vec::new(),
             })),
         }
     }
@@ -88,20 +112,66 @@ impl<N: Node> InProcessTransport<N> {
         }
     }
 
-    /// Delivers requests of the given kind to `addr` but loses their replies (or
-    /// stops doing so): the node acts on them, the controller gets an error, as
-    /// through a one-way partition or a connection reset after delivery.
-    pub fn lose_replies(&self, addr: &str, which: Lost, lost: bool) {
+    /// Applies `fault` to the messages to `addr` that `which` names, until it is
+    /// removed. Faults compose: a message meets every one that applies to it.
+    pub fn add_fault(&self, addr: &str, which: Lost, fault: Fault) {
         let mut nodes = self.lock();
-        if lost {
-            nodes.lost_replies.insert((addr.to_owned(), which));
-        } else {
-            nodes.lost_replies.remove(&(addr.to_owned(), which));
+        let entry = (addr.to_owned(), which, fault);
+        if !nodes.faults.contains(&entry) {
+            nodes.faults.push(entry);
         }
     }
 
-    fn reply_lost(&self, addr: &str, which: Lost) -> bool {
-        self.lock().lost_replies.contains(&(addr.to_owned(), which))
+    /// Removes a fault added with [`InProcessTransport::add_fault`].
+    pub fn remove_fault(&self, addr: &str, which: Lost, fault: Fault) {
+        self.lock()
+            .faults
+            .retain(|(a, w, f)| !(a == addr && *w == which && *f == fault));
+    }
+
+    /// Removes every fault on `addr` (and reconnects it).
+    pub fn heal(&self, addr: &str) {
+        let mut nodes = self.lock();
+        nodes.faults.retain(|(a, _, _)| a != addr);
+        nodes.unreachable.remove(addr);
+    }
+
+    /// Delivers requests of the given kind to `addr` but loses their replies (or
+    /// stops doing so): [`Fault::DropReply`].
+    pub fn lose_replies(&self, addr: &str, which: Lost, lost: bool) {
+        if lost {
+            self.add_fault(addr, which, Fault::DropReply);
+        } else {
+            self.remove_fault(addr, which, Fault::DropReply);
+        }
+    }
+
+    /// The faults that apply to one message.
+    fn faults_for(&self, addr: &str, message: Lost) -> Vec<Fault> {
+        self.lock()
+            .faults
+            .iter()
+            .filter(|(a, which, _)| a == addr && which.matches(message))
+            .map(|(_, _, fault)| *fault)
+            .collect()
+    }
+
+    /// Carries a request through the faults that apply to it: waits out delays
+    /// and black holes; `Err` if it never arrives.
+    async fn deliver(&self, faults: &[Fault], timeout: Duration) -> Result<(), String> {
+        let delay: Duration = faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::Delay(d) => Some(*d),
+                _ => None,
+            })
+            .sum();
+        if faults.contains(&Fault::DropRequest) || delay >= timeout {
+            tokio::time::sleep(timeout).await;
+            return Err(format!("no answer within {timeout:?}"));
+        }
+        tokio::time::sleep(delay).await;
+        Ok(())
     }
 
     fn rangelet(&self, addr: &str) -> Result<Rangelet<N>, CallError> {
@@ -139,7 +209,12 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
         timeout: Duration,
     ) -> Answer {
         let rangelet = self.rangelet(addr)?;
-        let lost = Lost::Command(call.command());
+        let faults = self.faults_for(addr, Lost::Command(call.command()));
+        let started = tokio::time::Instant::now();
+        self.deliver(&faults, timeout)
+            .await
+            .map_err(CallError::Unreachable)?;
+        let timeout = timeout.saturating_sub(started.elapsed());
         let work = async {
             match call {
                 // As the gRPC service does: each checks the term (a command
@@ -156,7 +231,7 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
             Err(_) => Err(CallError::Unreachable(format!(
                 "no answer within {timeout:?}"
             ))),
-            Ok(_) if self.reply_lost(addr, lost) => Err(CallError::Unreachable(format!(
+            Ok(_) if faults.contains(&Fault::DropReply) => Err(CallError::Unreachable(format!(
                 "connection to {addr} reset before the reply arrived"
             ))),
             Ok(result) => result.map_err(call_error),
@@ -168,9 +243,11 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
         addr: &str,
         term: u64,
         lease: Duration,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> ProbeAnswer {
         let rangelet = self.rangelet(addr).map_err(|e| e.to_string())?;
+        let faults = self.faults_for(addr, Lost::Probe);
+        self.deliver(&faults, timeout).await?;
         // Lease 0 grants nothing (the wire's `lease_millis = 0`); a probe from
         // an older term is refused and grants nothing either.
         let grant = (!lease.is_zero()).then_some(lease);
@@ -178,7 +255,7 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
             .info_in_term(term, grant)
             .await
             .map_err(|e| e.to_string())?;
-        if self.reply_lost(addr, Lost::Probe) {
+        if faults.contains(&Fault::DropReply) {
             return Err(format!("probe reply from {addr} lost"));
         }
         Ok((ranges, rangelet.wants_drain()))

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ranger_proto::{RangeId, RangeInfo};
 
 pub use grpc::GrpcTransport;
-pub use in_process::{InProcessTransport, Lost};
+pub use in_process::{Fault, InProcessTransport, Lost};
 
 use crate::orchestrator::{Answer, Call};
 
