@@ -589,3 +589,45 @@ async fn s43_a_deposed_controllers_late_command_is_refused_by_the_node() {
     assert!(cluster.calls().is_empty(), "{:?}", cluster.calls());
     cluster.wait_active_on(id(1), &["a"]).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn s37_a_destination_that_may_have_served_is_not_disowned_by_a_later_refusal() {
+    // Found in review: A(b,1) reaches b and b serves, but the replies (and probe
+    // replies) are lost. b's lease then lapses, so b fences itself back to
+    // Inactive. When Activate replies get through again, b answers the next
+    // A(b,1) with "lease lapsed" (Inactive): that proves b is not serving now,
+    // not that it never served. The move must not give b up for a.
+    let cluster = range_1_on_a(&["a", "b"]).await;
+    cluster
+        .transport
+        .lose_replies(&addr("b"), Lost::Command(Command::Activate), true);
+    cluster
+        .transport
+        .lose_replies(&addr("b"), Lost::Probe, true);
+    let _done = move_1_to_b(&cluster).await;
+    let b = cluster.rangelets["b"].clone();
+    cluster
+        .wait_for("b fenced back to Inactive", move |_| {
+            !b.lease_valid()
+                && !b.ranges().is_empty()
+                && b.ranges()
+                    .iter()
+                    .all(|r| r.state == ranger_proto::RemoteState::Inactive)
+        })
+        .await;
+    cluster
+        .transport
+        .lose_replies(&addr("b"), Lost::Command(Command::Activate), false);
+    run_checking_one_writer(&cluster, Duration::from_millis(900)).await;
+    let calls = cluster.calls();
+    assert!(
+        !calls.contains(&"A(a,1)".to_owned()) && !calls.contains(&"X(b,1)".to_owned()),
+        "b's writes thrown away: {calls:?}"
+    );
+    // Healed: b is activated again and the move completes forward.
+    cluster
+        .transport
+        .lose_replies(&addr("b"), Lost::Probe, false);
+    cluster.wait_active_on(id(1), &["b"]).await;
+    assert!(!cluster.calls().contains(&"A(a,1)".to_owned()));
+}

@@ -98,6 +98,11 @@ pub struct Engine {
     /// Cleared when another Activate is sent. Volatile: after a restart the
     /// durable `activate_sent` mark counts, conservatively.
     activation_refused: HashSet<PlacementId>,
+    /// Placements an Activate may have reached and taken effect on: an answer
+    /// was lost, or said Activating/Active. Once here, no later refusal proves
+    /// the placement never served (it may have served, then fenced itself back
+    /// to Inactive when its lease lapsed). Volatile, like the set above.
+    activation_may_have_taken: HashSet<PlacementId>,
     /// Ranges waiting for a lost node that holds their only newest copy (R1):
     /// shown loudly until the node returns or an operator forgets it.
     unavailable: HashMap<RangeId, Unavailable>,
@@ -146,6 +151,7 @@ impl Engine {
             unknown_nodes_lost: false,
             orphans: HashSet::new(),
             activation_refused: HashSet::new(),
+            activation_may_have_taken: HashSet::new(),
             unavailable: HashMap::new(),
             prepare_progress: HashMap::new(),
             forgotten: HashSet::new(),
@@ -370,15 +376,22 @@ impl Engine {
                     .command_answered(&dispatch.node, dispatch.range, outcome.state, now);
                 if let Subject::Placement(placement) = dispatch.subject
                     && command == ranger_proto::Command::Activate
-                    && outcome.failure.is_some()
-                    && matches!(
-                        outcome.state,
-                        ranger_proto::RemoteState::Inactive | ranger_proto::RemoteState::NotFound
-                    )
                 {
-                    // The node says its activate callback failed and it rolled
-                    // back: this placement is proven not serving.
-                    self.activation_refused.insert(placement);
+                    let refused = outcome.failure.is_some()
+                        && matches!(
+                            outcome.state,
+                            ranger_proto::RemoteState::Inactive
+                                | ranger_proto::RemoteState::NotFound
+                        );
+                    if refused {
+                        // The node says this activation failed and rolled back.
+                        self.activation_refused.insert(placement);
+                    } else if outcome.state != ranger_proto::RemoteState::Activating {
+                        // Active (or past it): it served. Activating says
+                        // nothing yet: a range serves only once Active, and
+                        // the repeated Activate answers how it ended.
+                        self.activation_may_have_taken.insert(placement);
+                    }
                 }
                 match outcome.failure {
                     Some(message) => Some(format!(
@@ -394,6 +407,13 @@ impl Engine {
                 }
             }
             Err(error) => {
+                if let Subject::Placement(placement) = dispatch.subject
+                    && command == ranger_proto::Command::Activate
+                    && !matches!(error, CallError::UnknownRange(_))
+                {
+                    // No usable answer: the Activate may have been delivered.
+                    self.activation_may_have_taken.insert(placement);
+                }
                 if matches!(error, CallError::UnknownRange(_)) {
                     if let Subject::Placement(placement) = dispatch.subject
                         && command == ranger_proto::Command::Activate

@@ -38,9 +38,14 @@ pub struct ForgetReport {
 
 impl Engine {
     /// Whether the placement may have accepted writes: the controller saw it
-    /// Active, or sent it an Activate that was not answered by a rollback.
+    /// Active, or sent it an Activate and cannot prove none took effect. The
+    /// proof: every Activate answered, each with a rollback (a refusal answers
+    /// for that one attempt only, so one lost or Activating answer spoils it).
     pub(super) fn may_have_served(&self, p: &Placement) -> bool {
-        p.served() || (p.activate_sent() && !self.activation_refused.contains(&p.id()))
+        p.served()
+            || (p.activate_sent()
+                && (self.activation_may_have_taken.contains(&p.id())
+                    || !self.activation_refused.contains(&p.id())))
     }
 
     /// Whether a placement on a lost node holds the range's only newest copy, so

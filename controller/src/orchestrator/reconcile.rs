@@ -341,6 +341,8 @@ impl Engine {
                         tracing::error!(range = %id, placement = %p.id(), error = %e, "could not remove placement");
                     }
                     self.attempts.forget(&subject);
+                    self.activation_refused.remove(&p.id());
+                    self.activation_may_have_taken.remove(&p.id());
                 }
                 PlacementState::Missing => {
                     // A copy worth waiting for is dropped only once its node,
