@@ -385,7 +385,14 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
         // Recorded before sending: from now on the node may hold this lease,
         // whether or not its reply ever arrives (SCENARIOS.md #38).
         let lease = self.engine.begin_probe(&node, sent_at);
-        let timeout = self.engine.config().rpc_timeout;
+        // A probe answered later than the lease margin after it was sent counts
+        // as failed: the node counts its lease from receipt, so only a probe
+        // received within the margin keeps its lease inside the controller's
+        // loss time (send + lease + margin). A request delivered even later is
+        // the case no timeout can cover: the margin is the bound we assume on
+        // delivery delay (README, "Safety under partitions").
+        let config = self.engine.config();
+        let timeout = config.rpc_timeout.min(config.lease_margin);
         let term = self.engine.term();
         tracing::trace!(%node, %addr, ?lease, "probing");
         tokio::spawn(async move {

@@ -631,3 +631,112 @@ async fn s37_a_destination_that_may_have_served_is_not_disowned_by_a_later_refus
     cluster.wait_active_on(id(1), &["b"]).await;
     assert!(!cluster.calls().contains(&"A(a,1)".to_owned()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn s31_an_unavailable_range_cannot_be_moved_split_or_drained_away_empty() {
+    // Found in review: a move (or a drain) of a range waiting for its lost copy
+    // would prepare an empty copy elsewhere and retire the lost one.
+    let cluster = range_1_on_a(&["a", "b"]).await;
+    cluster.transport.set_reachable(&addr("a"), false);
+    cluster
+        .wait_for("range 1 unavailable", |e| e.unavailable(id(1)).is_some())
+        .await;
+    let moved = cluster.handle.run(OpRequest::Move {
+        range: id(1),
+        node: Some(node_id("b")),
+    });
+    let refused = format!("{:?}", moved.await);
+    assert!(refused.contains("unavailable"), "{refused}");
+    let split = cluster.handle.run(OpRequest::Split {
+        range: id(1),
+        key: Key::from("m"),
+        left: None,
+        right: None,
+    });
+    let refused = format!("{:?}", split.await);
+    assert!(refused.contains("unavailable"), "{refused}");
+    cluster.handle.drain(node_id("a"), true).await.unwrap();
+    run_checking_one_writer(&cluster, Duration::from_secs(3)).await;
+    assert_eq!(
+        cluster.placements(id(1)).await,
+        vec![("a".to_owned(), PlacementState::Missing)]
+    );
+    assert_eq!(cluster.calls(), vec!["D(a,1)"], "{:?}", cluster.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn s39_a_source_replaced_by_a_destination_that_may_have_served_is_not_a_source() {
+    // Found in review: A(b,1) was sent (its replies lost), then b's node is
+    // lost. a is Inactive and not retiring; a split of range 1 must not copy
+    // a's data, which b may have overwritten since.
+    let cluster = range_1_on_a(&["a", "b", "c"]).await;
+    cluster
+        .transport
+        .lose_replies(&addr("b"), Lost::Command(Command::Activate), true);
+    let _done = move_1_to_b(&cluster).await;
+    let log = cluster.log.clone();
+    cluster
+        .wait_for("A(b,1) sent", move |_| {
+            log.render().contains(&"A(b,1)".to_owned())
+        })
+        .await;
+    cluster.transport.set_reachable(&addr("b"), false);
+    cluster
+        .wait_for("range 1 unavailable", |e| e.unavailable(id(1)).is_some())
+        .await;
+    let split = cluster
+        .handle
+        .run(OpRequest::Split {
+            range: id(1),
+            key: Key::from("m"),
+            left: Some(node_id("c")),
+            right: Some(node_id("c")),
+        })
+        .await;
+    assert!(split.is_err(), "{split:?}");
+    assert!(
+        !cluster.calls().iter().any(|c| c.starts_with("P(c")),
+        "{:?}",
+        cluster.calls()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn s39_r3_a_child_replica_placed_late_copies_from_the_parent_not_a_sibling() {
+    // Found in review: a child's sibling replicas were prepared from snapshots
+    // and never served; a replica placed later (after a failed prepare) must be
+    // sent to the parent's copies, not to a sibling that lacks the delta.
+    let nodes = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    let cluster = Cluster::start(&nodes, Replication::R3).await;
+    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
+    cluster
+        .node("d")
+        .on(Command::Prepare, Behaviour::Fail("disk".into()));
+    cluster
+        .handle
+        .run(OpRequest::Split {
+            range: id(1),
+            key: Key::from("m"),
+            left: None,
+            right: None,
+        })
+        .await
+        .unwrap();
+    for node in nodes {
+        for call in cluster.node(node).calls() {
+            if call.command != Command::Prepare || call.range == id(1) {
+                continue;
+            }
+            let own = &call.parents[0];
+            assert_eq!(own.meta.id(), call.range);
+            assert!(
+                own.placements.is_empty(),
+                "{node}'s prepare of {} offered unactivated siblings: {:?}",
+                call.range,
+                own.placements
+            );
+            let parent = call.parents.iter().find(|p| p.meta.id() == id(1)).unwrap();
+            assert_eq!(parent.placements.len(), 3, "{:?}", parent.placements);
+        }
+    }
+}

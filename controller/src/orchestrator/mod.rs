@@ -469,6 +469,7 @@ impl Engine {
                 r.state()
             )));
         }
+        self.check_available(range)?;
         if let Some(node) = &to {
             self.check_node(node)?;
             if r.placements()
@@ -525,6 +526,7 @@ impl Engine {
                 r.state()
             )));
         }
+        self.check_available(range)?;
         for node in [&left_node, &right_node].into_iter().flatten() {
             self.check_node(node)?;
         }
@@ -563,6 +565,8 @@ impl Engine {
                 )));
             }
         }
+        self.check_available(left)?;
+        self.check_available(right)?;
         if !l.meta().is_left_neighbour_of(r.meta()) {
             return Err(OpError::FailedPrecondition(format!(
                 "ranges {left} and {right} are not adjacent ({} then {})",

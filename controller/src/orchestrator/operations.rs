@@ -53,6 +53,12 @@ impl Engine {
         if self.busy(&op.kind.ranges(), op.id) {
             return None;
         }
+        // A range that started waiting for a lost copy while this was queued.
+        for range in op.kind.ranges() {
+            if let Err(e) = self.check_available(range) {
+                return Some(Err(e));
+            }
+        }
         let started = match op.kind.clone() {
             OpKind::Move {
                 range, to, from, ..
@@ -609,7 +615,10 @@ impl Engine {
             let Ok(range) = self.keyspace.range(id) else {
                 continue;
             };
-            if range.state() != RangeState::Active || !self.keyspace.is_current(id) {
+            if range.state() != RangeState::Active
+                || !self.keyspace.is_current(id)
+                || self.check_available(id).is_err()
+            {
                 continue;
             }
             for p in range.placements() {

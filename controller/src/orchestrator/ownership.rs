@@ -133,6 +133,27 @@ impl Engine {
         now.saturating_duration_since(since)
     }
 
+    /// Refuses an operation on a range that waits for a lost copy: moving,
+    /// splitting or joining it would copy from what is left, which is older
+    /// than the lost copy, or from nothing.
+    pub(super) fn check_available(&self, range: RangeId) -> Result<(), OpError> {
+        let waiting = self.keyspace.range(range).is_ok_and(|r| {
+            r.placements()
+                .iter()
+                .any(|p| p.state() == PlacementState::Missing)
+        });
+        if !waiting {
+            return Ok(());
+        }
+        let why = self
+            .unavailable
+            .get(&range)
+            .map_or("a copy of it is missing", |u| u.reason.as_str());
+        Err(OpError::FailedPrecondition(format!(
+            "range {range} is unavailable: {why}"
+        )))
+    }
+
     /// Why a range is unavailable, if it is (see [`Unavailable`]).
     pub fn unavailable(&self, range: RangeId) -> Option<&Unavailable> {
         self.unavailable.get(&range)

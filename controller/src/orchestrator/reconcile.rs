@@ -633,20 +633,33 @@ impl Engine {
     /// (SCENARIOS.md #39): the copy that serves or last served, or a frozen
     /// parent. Never a retiring copy (a rolled-back destination, a moved-away
     /// source), a copy still being prepared, a destination that was never told to
-    /// activate, or a copy on a lost node.
+    /// activate, a source whose destination may have served since, or any copy of
+    /// a range never activated (a split or join child: its data is in its
+    /// parents). A copy on a lost node is listed as Missing: not a source, but
+    /// it tells the node that data exists that it cannot reach (so it fails the
+    /// prepare instead of starting empty).
     pub(super) fn as_parent(&self, range: &Range) -> Parent {
+        let newest = |p: &Placement| {
+            range.ever_activated()
+                && p.is_live()
+                && !p.retiring()
+                && matches!(
+                    p.state(),
+                    PlacementState::Active | PlacementState::Inactive | PlacementState::Missing
+                )
+                && (p.replaces().is_none() || self.may_have_served(p))
+                && !range
+                    .placements()
+                    .iter()
+                    .any(|d| d.replaces() == Some(p.id()) && self.may_have_served(d))
+        };
         Parent {
             meta: range.meta().clone(),
             parents: range.parents().to_vec(),
             placements: range
                 .placements()
                 .iter()
-                .filter(|p| {
-                    p.is_live()
-                        && !p.retiring()
-                        && matches!(p.state(), PlacementState::Active | PlacementState::Inactive)
-                        && (p.replaces().is_none() || self.may_have_served(p))
-                })
+                .filter(|p| newest(p))
                 .filter_map(|p| {
                     self.roster.get(p.node()).map(|n| ParentPlacement {
                         node_addr: n.addr.clone(),
