@@ -261,3 +261,118 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
         Ok((ranges, rangelet.wants_drain()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    // Tests fail by panicking: unwrapping is the point.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use ranger_node_sdk::testing::ScriptedNode;
+    use ranger_node_sdk::{MemoryStateStore, RangeletConfig};
+    use ranger_proto::{RangeMeta, RemoteState};
+
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    async fn one_node() -> (InProcessTransport<ScriptedNode>, Rangelet<ScriptedNode>) {
+        let transport = InProcessTransport::new();
+        let rangelet = Rangelet::open(
+            ScriptedNode::new(),
+            MemoryStateStore::new(),
+            RangeletConfig::default(),
+        )
+        .await
+        .unwrap();
+        transport.attach("n:1", rangelet.clone());
+        (transport, rangelet)
+    }
+
+    fn prepare() -> Call {
+        Call::Prepare {
+            meta: RangeMeta::whole(RangeId::FIRST),
+            parents: vec![],
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_request_never_arrives_and_the_caller_waits_out_its_timeout() {
+        let (transport, rangelet) = one_node().await;
+        transport.add_fault("n:1", Lost::Command(Command::Prepare), Fault::DropRequest);
+        let started = tokio::time::Instant::now();
+        let answer = transport
+            .call("n:1", RangeId::FIRST, prepare(), 0, TIMEOUT)
+            .await;
+        assert!(
+            matches!(answer, Err(CallError::Unreachable(_))),
+            "{answer:?}"
+        );
+        assert_eq!(started.elapsed(), TIMEOUT);
+        assert_eq!(rangelet.state(RangeId::FIRST), RemoteState::NotFound);
+        // Probes are other traffic: untouched.
+        assert!(
+            transport
+                .probe("n:1", 0, Duration::ZERO, TIMEOUT)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_reply_means_the_node_acted_but_the_caller_sees_an_error() {
+        let (transport, rangelet) = one_node().await;
+        transport.lose_replies("n:1", Lost::All, true);
+        let answer = transport
+            .call("n:1", RangeId::FIRST, prepare(), 0, TIMEOUT)
+            .await;
+        assert!(
+            matches!(answer, Err(CallError::Unreachable(_))),
+            "{answer:?}"
+        );
+        assert_eq!(rangelet.state(RangeId::FIRST), RemoteState::Inactive);
+        assert!(
+            transport
+                .probe("n:1", 0, Duration::ZERO, TIMEOUT)
+                .await
+                .is_err()
+        );
+        transport.heal("n:1");
+        assert!(
+            transport
+                .probe("n:1", 0, Duration::ZERO, TIMEOUT)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delays_add_up_and_count_against_the_callers_timeout() {
+        let (transport, rangelet) = one_node().await;
+        let second = Duration::from_secs(1);
+        transport.add_fault("n:1", Lost::All, Fault::Delay(second / 2));
+        transport.add_fault(
+            "n:1",
+            Lost::Command(Command::Prepare),
+            Fault::Delay(second / 4),
+        );
+        let started = tokio::time::Instant::now();
+        let answer = transport
+            .call("n:1", RangeId::FIRST, prepare(), 0, TIMEOUT)
+            .await;
+        assert_eq!(answer.unwrap().state, RemoteState::Inactive);
+        assert_eq!(started.elapsed(), second * 3 / 4);
+        // A delay as long as the timeout: the request does not arrive in time.
+        transport.add_fault(
+            "n:1",
+            Lost::Command(Command::Activate),
+            Fault::Delay(TIMEOUT),
+        );
+        let answer = transport
+            .call("n:1", RangeId::FIRST, Call::Activate, 0, TIMEOUT)
+            .await;
+        assert!(
+            matches!(answer, Err(CallError::Unreachable(_))),
+            "{answer:?}"
+        );
+        assert_eq!(rangelet.state(RangeId::FIRST), RemoteState::Inactive);
+    }
+}
