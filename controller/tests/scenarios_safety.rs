@@ -740,3 +740,25 @@ async fn s39_r3_a_child_replica_placed_late_copies_from_the_parent_not_a_sibling
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn s31_the_reason_says_so_when_a_lost_node_also_left_discovery() {
+    // Seen on bin/cluster: a killed node's registration expires too, the roster
+    // forgets it, and the reason must still say what happened.
+    let mut cluster = range_1_on_a(&["a", "b"]).await;
+    cluster.transport.set_reachable(&addr("a"), false);
+    cluster.deregister_node("a");
+    run_checking_one_writer(
+        &cluster,
+        cluster.config.node_loss_after() + Duration::from_secs(2),
+    )
+    .await;
+    let reason = cluster
+        .handle
+        .inspect(|e| e.unavailable(id(1)).map(|u| u.reason.clone()))
+        .await
+        .unwrap()
+        .expect("range 1 waits for a");
+    assert!(reason.contains("left discovery"), "{reason}");
+    assert!(reason.contains("rangerctl forget a"), "{reason}");
+}

@@ -123,14 +123,19 @@ impl Engine {
         }
     }
 
-    /// How long ago the node was last granted a lease (for messages).
-    pub(super) fn lease_age(&self, node: &NodeId, now: Instant) -> std::time::Duration {
-        let since = self
-            .roster
-            .get(node)
-            .and_then(|n| n.lease_sent_at)
-            .unwrap_or(self.started);
-        now.saturating_duration_since(since)
+    /// Why the node counts as lost, for messages: how long ago it was last
+    /// granted a lease, or that discovery no longer lists it.
+    pub(super) fn loss_reason(&self, node: &NodeId, now: Instant) -> String {
+        match self.roster.get(node) {
+            Some(status) => match status.lease_sent_at {
+                Some(at) => format!(
+                    "no lease granted for {:.1} s",
+                    now.saturating_duration_since(at).as_secs_f64()
+                ),
+                None => "never granted a lease by this controller".to_owned(),
+            },
+            None => "it left discovery and its lease has lapsed".to_owned(),
+        }
     }
 
     /// Refuses an operation on a range that waits for a lost copy: moving,

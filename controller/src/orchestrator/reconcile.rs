@@ -353,9 +353,9 @@ impl Engine {
                         && self.roster.remote(p.node(), id) == Some(RemoteState::NotFound);
                     if !gone_from_node && self.waits_for_lost_copy(id, &p, now) {
                         let why = format!(
-                            "its only newest copy is on node {}, which is lost (no lease since {:?} ago); waiting for it to return with its data, or run `rangerctl forget {}` to re-create the range empty",
+                            "its only newest copy is on node {}, which is lost ({}); waiting for it to return with its data, or run `rangerctl forget {}` to re-create the range empty",
                             p.node(),
-                            self.lease_age(p.node(), now),
+                            self.loss_reason(p.node(), now),
                             p.node()
                         );
                         self.set_unavailable(id, Some(why), now);
