@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ranger_controller::bootstrap::load_keyspace;
 use ranger_controller::config::OrchestratorConfig;
-use ranger_controller::orchestrator::Engine;
 use ranger_controller::persist::RedbPersister;
 use ranger_controller::runtime::{self, OpRequest, RuntimeConfig};
 use ranger_controller::transport::GrpcTransport;
@@ -52,25 +50,19 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(200);
     let dir = tempfile::tempdir()?;
     let persister = RedbPersister::open(dir.path().join("keyspace.redb"))?;
-    let keyspace = load_keyspace(&persister).await?;
     let nodes: BTreeMap<NodeId, String> = BTreeMap::from([
         (NodeId::new("a")?, serve_node().await?),
         (NodeId::new("b")?, serve_node().await?),
     ]);
     let (_membership_tx, membership) = tokio::sync::watch::channel(nodes);
-    let engine = Engine::new(
-        keyspace,
-        OrchestratorConfig::default(),
-        tokio::time::Instant::now(),
-    );
-    let (handle, _task) = runtime::spawn(
-        engine,
+    let parts = runtime::Parts {
         persister,
-        Arc::new(GrpcTransport::new()),
+        transport: Arc::new(GrpcTransport::new()),
         membership,
-        RuntimeConfig::default(),
-        std::future::pending(),
-    );
+        orchestrator: OrchestratorConfig::default(),
+        runtime: RuntimeConfig::default(),
+    };
+    let (handle, _task) = runtime::start(parts, std::future::pending()).await?;
     // Wait for the initial placement.
     let range = RangeId::FIRST;
     let mut holder;

@@ -180,6 +180,41 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The parts a controller is started from: where the keyspace is kept, how
+/// nodes are reached, which nodes exist, and the tunables.
+#[derive(Debug)]
+pub struct Parts<P, T> {
+    pub persister: P,
+    pub transport: Arc<T>,
+    pub membership: watch::Receiver<Membership>,
+    pub orchestrator: crate::config::OrchestratorConfig,
+    pub runtime: RuntimeConfig,
+}
+
+/// Starts a controller from its parts: loads (or creates) the keyspace,
+/// refusing a corrupt one (SCENARIOS.md #35), builds the engine (which begins a
+/// new term) and spawns the loop until `shutdown`. The one way every binary,
+/// test and benchmark wires persister, keyspace, engine and runtime together.
+pub async fn start<P, T>(
+    parts: Parts<P, T>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(ControllerHandle, JoinHandle<Result<(), RuntimeError>>), crate::bootstrap::LoadError>
+where
+    P: Persister + 'static,
+    T: NodeTransport,
+{
+    let keyspace = crate::bootstrap::load_keyspace(&parts.persister).await?;
+    let engine = Engine::new(keyspace, parts.orchestrator, Instant::now());
+    Ok(spawn(
+        engine,
+        parts.persister,
+        parts.transport,
+        parts.membership,
+        parts.runtime,
+        shutdown,
+    ))
+}
+
 /// Spawns the controller loop. It runs until `shutdown` resolves or persistence
 /// fails permanently.
 pub fn spawn<P, T>(

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ranger_controller::bootstrap::load_keyspace;
 use ranger_controller::config::{OrchestratorConfig, Replication};
 use ranger_controller::discovery::Membership;
 use ranger_controller::orchestrator::Engine;
@@ -302,21 +301,21 @@ async fn spawn_controller(
     JoinHandle<Result<(), RuntimeError>>,
     oneshot::Sender<()>,
 ) {
-    let keyspace = load_keyspace(persister).await.unwrap();
-    let engine = Engine::new(keyspace, config.clone(), tokio::time::Instant::now());
     let (stop, stopped) = oneshot::channel::<()>();
-    let (handle, task) = runtime::spawn(
-        engine,
-        persister.clone(),
-        Arc::new(transport.clone()),
-        membership.subscribe(),
-        RuntimeConfig {
+    let parts = runtime::Parts {
+        persister: persister.clone(),
+        transport: Arc::new(transport.clone()),
+        membership: membership.subscribe(),
+        orchestrator: config.clone(),
+        runtime: RuntimeConfig {
             tick: Duration::from_millis(50),
         },
-        async move {
-            let _ = stopped.await;
-        },
-    );
+    };
+    let (handle, task) = runtime::start(parts, async move {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
     (handle, task, stop)
 }
 

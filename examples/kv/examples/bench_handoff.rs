@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::RngCore;
-use ranger_controller::bootstrap::load_keyspace;
 use ranger_controller::config::OrchestratorConfig;
-use ranger_controller::orchestrator::Engine;
 use ranger_controller::persist::MemoryPersister;
 use ranger_controller::runtime::{self, ControllerHandle, OpRequest, RuntimeConfig};
 use ranger_controller::transport::GrpcTransport;
@@ -127,20 +125,14 @@ async fn main() -> anyhow::Result<()> {
         .map(|(id, server)| (id.clone(), server.addr.to_string()))
         .collect();
     let (_membership_tx, membership) = tokio::sync::watch::channel(membership);
-    let persister = MemoryPersister::new();
-    let engine = Engine::new(
-        load_keyspace(&persister).await?,
-        OrchestratorConfig::default(),
-        tokio::time::Instant::now(),
-    );
-    let (handle, _controller) = runtime::spawn(
-        engine,
-        persister,
-        Arc::new(GrpcTransport::new()),
+    let parts = runtime::Parts {
+        persister: MemoryPersister::new(),
+        transport: Arc::new(GrpcTransport::new()),
         membership,
-        RuntimeConfig::default(),
-        std::future::pending(),
-    );
+        orchestrator: OrchestratorConfig::default(),
+        runtime: RuntimeConfig::default(),
+    };
+    let (handle, _controller) = runtime::start(parts, std::future::pending()).await?;
     let proxy = Proxy::new(ProxyConfig::default());
     proxy.set_nodes(nodes.values().map(|s| s.addr.to_string()));
     let proxy_listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ranger_controller::bootstrap::load_keyspace;
 use ranger_controller::config::OrchestratorConfig;
-use ranger_controller::orchestrator::Engine;
 use ranger_controller::persist::MemoryPersister;
 use ranger_controller::runtime::{self, ControllerHandle, OpRequest, RuntimeConfig};
 use ranger_controller::transport::GrpcTransport;
@@ -227,20 +225,14 @@ async fn start_controller(
     config: OrchestratorConfig,
 ) -> (ControllerHandle, MembershipTx) {
     let (membership_tx, membership) = tokio::sync::watch::channel(nodes.into_iter().collect());
-    let persister = MemoryPersister::new();
-    let engine = Engine::new(
-        load_keyspace(&persister).await.unwrap(),
-        config,
-        tokio::time::Instant::now(),
-    );
-    let (handle, _task) = runtime::spawn(
-        engine,
-        persister,
-        Arc::new(GrpcTransport::new()),
+    let parts = runtime::Parts {
+        persister: MemoryPersister::new(),
+        transport: Arc::new(GrpcTransport::new()),
         membership,
-        RuntimeConfig::default(),
-        std::future::pending(),
-    );
+        orchestrator: config,
+        runtime: RuntimeConfig::default(),
+    };
+    let (handle, _task) = runtime::start(parts, std::future::pending()).await.unwrap();
     (handle, membership_tx)
 }
 
