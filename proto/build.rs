@@ -5,7 +5,7 @@
 //! CI needs no system package for code generation.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/ranger.proto", "proto/kv.proto"];
+    let files = ["proto/ranger.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

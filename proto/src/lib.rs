@@ -31,9 +31,4 @@ pub mod pb {
     pub mod ranger {
         tonic::include_proto!("ranger");
     }
-    /// Package `kv`: the example key-value store's service.
-    #[allow(missing_debug_implementations, clippy::all)]
-    pub mod kv {
-        tonic::include_proto!("kv");
-    }
 }

@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used)]
 
 use prost::Message;
-use ranger_proto::pb::kv;
 use ranger_proto::pb::ranger as pb;
 
 fn meta(ident: u64) -> Option<pb::RangeMeta> {
@@ -327,33 +326,10 @@ fn debug_responses() {
 }
 
 #[test]
-fn kv_messages() {
-    assert_wire(kv::GetRequest { key: "k".into() }, &[0x0a, 1, b'k']);
-    assert_wire(
-        kv::PutRequest {
-            key: "k".into(),
-            value: b"v".to_vec(),
-        },
-        &[0x0a, 1, b'k', 0x12, 1, b'v'],
-    );
-    assert_wire(kv::DumpRequest { range_ident: 9 }, &[0x08, 9]);
-    assert_wire(
-        kv::DumpResponse {
-            pairs: vec![kv::Pair {
-                key: "k".into(),
-                value: b"v".to_vec(),
-            }],
-        },
-        &[0x0a, 6, 0x0a, 1, b'k', 0x12, 1, b'v'],
-    );
-}
-
-#[test]
 fn service_names() {
     // Method paths are `/<service>/<Method>`; the node SDK's tests check the full
     // paths on a live server.
     assert_eq!(pb::node_server::SERVICE_NAME, "ranger.Node");
     assert_eq!(pb::orchestrator_server::SERVICE_NAME, "ranger.Orchestrator");
     assert_eq!(pb::debug_server::SERVICE_NAME, "ranger.Debug");
-    assert_eq!(kv::kv_server::SERVICE_NAME, "kv.KV");
 }

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use ranger_proto::pb::kv::kv_server::{Kv, KvServer};
-use ranger_proto::pb::kv::*;
+use ranger_kv::pb::kv_server::{Kv, KvServer};
+use ranger_kv::pb::*;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};

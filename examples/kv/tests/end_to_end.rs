@@ -263,8 +263,8 @@ fn fast_loss() -> OrchestratorConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_away_longer_than_its_lease_comes_back_with_every_key() {
-    use ranger_proto::pb::kv::kv_client::KvClient;
-    use ranger_proto::pb::kv::{GetRequest, PutRequest};
+    use ranger_kv::pb::kv_client::KvClient;
+    use ranger_kv::pb::{GetRequest, PutRequest};
 
     let dir_a = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -429,8 +429,8 @@ async fn a_move_whose_activate_is_slow_at_the_deadline_loses_no_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgetting_a_lost_node_recreates_its_range_empty_on_a_kv_node() {
-    use ranger_proto::pb::kv::kv_client::KvClient;
-    use ranger_proto::pb::kv::{GetRequest, PutRequest};
+    use ranger_kv::pb::kv_client::KvClient;
+    use ranger_kv::pb::{GetRequest, PutRequest};
 
     let a = serve_node("a").await;
     let b = serve_node("b").await;

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ranger_kv::hammer::{self, HammerConfig, Report};
-use ranger_proto::pb::kv::kv_server::{Kv, KvServer};
-use ranger_proto::pb::kv::*;
+use ranger_kv::pb::kv_server::{Kv, KvServer};
+use ranger_kv::pb::*;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};

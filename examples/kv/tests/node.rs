@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use ranger_kv::node::server::NodeServer;
 use ranger_kv::node::{KvNode, KvNodeConfig};
+use ranger_kv::pb;
+use ranger_kv::pb::kv_client::KvClient;
 use ranger_node_sdk::Node;
-use ranger_proto::pb::kv as pb;
-use ranger_proto::pb::kv::kv_client::KvClient;
 use ranger_proto::{Key, Parent, ParentPlacement, PlacementState, RangeId, RangeMeta, RemoteState};
 use tokio::net::TcpListener;
 use tonic::Code;

@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ranger_kv::pb::{self as kv, kv_client::KvClient, kv_server::Kv, kv_server::KvServer};
 use ranger_kv::proxy::{ControllerConfig, Proxy, ProxyConfig, RetryPolicy};
 use ranger_node_sdk::testing::ScriptedNode;
 use ranger_node_sdk::{MemoryStateStore, Rangelet, RangeletConfig, node_router};
-use ranger_proto::pb::kv::{self as kv, kv_client::KvClient, kv_server::Kv, kv_server::KvServer};
 use ranger_proto::pb::ranger as pb;
 use ranger_proto::{RangeId, RangeMeta, RemoteState};
 use tokio::net::TcpListener;

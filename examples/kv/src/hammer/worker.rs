@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pb::kv_client::KvClient;
+use crate::pb::{DeleteRequest, GetRequest, PutRequest};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use ranger_proto::pb::kv::kv_client::KvClient;
-use ranger_proto::pb::kv::{DeleteRequest, GetRequest, PutRequest};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tonic::transport::Channel;

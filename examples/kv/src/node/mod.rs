@@ -31,8 +31,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::pb::kv_client::KvClient;
 use ranger_node_sdk::{CallbackError, Node, StateStore};
-use ranger_proto::pb::kv::kv_client::KvClient;
 use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta};
 use tokio::sync::RwLock;
 use tonic::transport::{Channel, Endpoint};

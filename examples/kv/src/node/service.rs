@@ -3,9 +3,9 @@
 
 use std::pin::Pin;
 
+use crate::pb;
 use futures::Stream;
 use ranger_node_sdk::{KeyRejection, Rangelet};
-use ranger_proto::pb::kv as pb;
 use ranger_proto::{RangeId, RemoteState};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::pb;
+use crate::pb::kv_client::KvClient;
 use ranger_proto::RangeId;
-use ranger_proto::pb::kv as pb;
-use ranger_proto::pb::kv::kv_client::KvClient;
 use rocksdb::WriteBatch;
 use tonic::transport::Channel;
 

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::future::Future;
 
+use crate::pb::kv_client::KvClient;
 use ranger_node_sdk::{Route, RoutingTable};
-use ranger_proto::pb::kv::kv_client::KvClient;
 use ranger_proto::{Key, RangeId, RemoteState};
 use tokio::time::Instant;
 use tonic::transport::Channel;

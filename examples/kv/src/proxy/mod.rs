@@ -27,8 +27,8 @@ pub mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pb::kv_server::KvServer;
 use ranger_node_sdk::{RoutingConfig, RoutingTable};
-use ranger_proto::pb::kv::kv_server::KvServer;
 
 pub use discovery::{ConsulNodes, ControllerConfig, NodeDiscovery, parse_node_list};
 pub use error::ProxyError;

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use ranger_proto::pb::kv::kv_client::KvClient;
+use crate::pb::kv_client::KvClient;
 use tonic::transport::{Channel, Endpoint};
 
 use super::error::ProxyError;

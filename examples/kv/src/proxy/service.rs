@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::pb::{self, kv_server::Kv};
 use ranger_proto::RangeId;
-use ranger_proto::pb::kv::{self as pb, kv_server::Kv};
 use tonic::{Request, Response, Status};
 
 use super::forward::Forwarder;

@@ -1,0 +1,17 @@
+//! Compiles the example store's own contract, `proto/kv.proto`, into Rust at
+//! build time. It belongs to this crate, not to the framework's `ranger-proto`:
+//! a storage system sharded with Ranger brings its own service definitions.
+//! `protox` is a pure-Rust protobuf compiler, so nothing but cargo is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/kv.proto"];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
