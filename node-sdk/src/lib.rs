@@ -10,6 +10,7 @@
 //! whose every callback can be told to succeed, fail, or stall: the controller's
 //! tests drive real rangelets with it.
 
+mod logging;
 mod node;
 mod rangelet;
 mod registration;
@@ -19,6 +20,7 @@ mod signals;
 mod state_store;
 pub mod testing;
 
+pub use logging::{LogOutput, init_logging};
 pub use node::{CallbackError, Node};
 pub use rangelet::{
     Command, CommandError, KeyRejection, Outcome, RangeChange, Rangelet, RangeletConfig,

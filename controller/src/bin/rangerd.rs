@@ -24,7 +24,7 @@ use ranger_controller::persist::{DynPersister, MemoryPersister, RedbPersister};
 use ranger_controller::runtime::{self, RuntimeConfig};
 use ranger_controller::service;
 use ranger_controller::transport::GrpcTransport;
-use ranger_node_sdk::shutdown_signal;
+use ranger_node_sdk::{LogOutput, init_logging, shutdown_signal};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -127,7 +127,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(&args.log_format);
+    init_logging("info", LogOutput::from_format(&args.log_format));
     let config = orchestrator_config(&args);
     if args.consul.is_some() {
         consul_mode::run(&args, config).await
@@ -232,17 +232,6 @@ async fn run_embedded(args: &Args, config: OrchestratorConfig) -> anyhow::Result
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e).context("controller stopped"),
         Err(e) => Err(e).context("controller task failed"),
-    }
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 

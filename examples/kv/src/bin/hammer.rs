@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use ranger_kv::hammer::{self, HammerConfig, OpMix};
+use ranger_node_sdk::{LogOutput, init_logging};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -95,13 +96,7 @@ impl Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging("warn", LogOutput::Stderr);
     let cli = Cli::parse();
     match run(&cli).await {
         Ok(true) => ExitCode::SUCCESS,

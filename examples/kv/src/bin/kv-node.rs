@@ -15,7 +15,7 @@ use ranger_consul::discovery::ServiceRegistration;
 use ranger_consul::{ClientConfig, RegistrationConfig};
 use ranger_kv::node::KvNodeConfig;
 use ranger_kv::node::server::NodeServer;
-use ranger_node_sdk::{Registration, shutdown_signal};
+use ranger_node_sdk::{LogOutput, Registration, init_logging, shutdown_signal};
 use ranger_proto::NodeId;
 use tokio::net::TcpListener;
 
@@ -65,16 +65,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if args.log_format == "json" {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    init_logging("info", LogOutput::from_format(&args.log_format));
 
     let advertise = args
         .advertise

@@ -15,7 +15,7 @@ use ranger_consul::ClientConfig;
 use ranger_kv::proxy::{
     ConsulNodes, ControllerConfig, NodeDiscovery, Proxy, ProxyConfig, RetryPolicy, parse_node_list,
 };
-use ranger_node_sdk::shutdown_signal;
+use ranger_node_sdk::{LogOutput, init_logging, shutdown_signal};
 use tokio::net::TcpListener;
 
 /// The KV routing proxy.
@@ -64,7 +64,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(&args.log_format);
+    init_logging("info", LogOutput::from_format(&args.log_format));
 
     let proxy = Proxy::new(ProxyConfig {
         retry: RetryPolicy {
@@ -116,15 +116,4 @@ enum Following {
     Static,
     Controller(NodeDiscovery),
     Consul(ConsulNodes),
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -24,6 +24,7 @@ use clap::{Parser, Subcommand};
 use ranger_kv::keys::parse_key;
 use ranger_kv::pb::kv_client::KvClient;
 use ranger_kv::pb::{DeleteRequest, GetRequest, PutRequest, ScanRequest};
+use ranger_node_sdk::{LogOutput, init_logging};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -86,13 +87,7 @@ impl From<anyhow::Error> for Failure {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging("warn", LogOutput::Stderr);
     let cli = Cli::parse();
     match run(&cli).await {
         Ok(()) => ExitCode::SUCCESS,
