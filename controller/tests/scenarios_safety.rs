@@ -36,6 +36,17 @@ async fn range_1_on_a(nodes: &[&str]) -> Cluster {
     cluster
 }
 
+/// A one-way partition for `node`'s Activate answers and probe answers (the
+/// requests arrive and act), or its end.
+fn lose_activate_and_probe_replies(cluster: &Cluster, node: &str, lost: bool) {
+    cluster
+        .transport
+        .lose_replies(&addr(node), Lost::Command(Command::Activate), lost);
+    cluster
+        .transport
+        .lose_replies(&addr(node), Lost::Probe, lost);
+}
+
 /// Starts moving range 1 to b; resolves when the operation ends.
 async fn move_1_to_b(cluster: &Cluster) -> Completion {
     let (_, done) = cluster
@@ -103,12 +114,7 @@ async fn s37_a_destination_whose_activate_replies_are_lost_stays_the_owner() {
     // lost on the way back: the controller cannot tell that b serves. It must not
     // give b up and re-activate a.
     let cluster = range_1_on_a(&["a", "b"]).await;
-    cluster
-        .transport
-        .lose_replies(&addr("b"), Lost::Command(Command::Activate), true);
-    cluster
-        .transport
-        .lose_replies(&addr("b"), Lost::Probe, true);
+    lose_activate_and_probe_replies(&cluster, "b", true);
     let done = move_1_to_b(&cluster).await;
     run_checking_one_writer(&cluster, Duration::from_secs(8)).await;
     let after = calls_after(&cluster.calls(), "D(a,1)");
@@ -119,12 +125,7 @@ async fn s37_a_destination_whose_activate_replies_are_lost_stays_the_owner() {
     );
     // The partition heals: b is found (fenced by its lapsed lease, so Inactive)
     // and activated again, and the move completes forward.
-    cluster
-        .transport
-        .lose_replies(&addr("b"), Lost::Command(Command::Activate), false);
-    cluster
-        .transport
-        .lose_replies(&addr("b"), Lost::Probe, false);
+    lose_activate_and_probe_replies(&cluster, "b", false);
     run_checking_one_writer(&cluster, Duration::from_secs(5)).await;
     cluster.wait_active_on(id(1), &["b"]).await;
     assert!(
@@ -598,12 +599,7 @@ async fn s37_a_destination_that_may_have_served_is_not_disowned_by_a_later_refus
     // A(b,1) with "lease lapsed" (Inactive): that proves b is not serving now,
     // not that it never served. The move must not give b up for a.
     let cluster = range_1_on_a(&["a", "b"]).await;
-    cluster
-        .transport
-        .lose_replies(&addr("b"), Lost::Command(Command::Activate), true);
-    cluster
-        .transport
-        .lose_replies(&addr("b"), Lost::Probe, true);
+    lose_activate_and_probe_replies(&cluster, "b", true);
     let _done = move_1_to_b(&cluster).await;
     let b = cluster.rangelets["b"].clone();
     cluster

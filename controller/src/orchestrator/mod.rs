@@ -343,7 +343,6 @@ impl Engine {
     /// Records which prepares grew since the node's previous report.
     fn note_prepare_progress(&mut self, node: &NodeId, sent_at: Instant, ranges: &[RangeInfo]) {
         for info in ranges {
-            let key = (node.clone(), info.meta.id());
             if info.state != ranger_proto::RemoteState::Preparing {
                 continue;
             }
@@ -355,7 +354,8 @@ impl Engine {
             let grew = before
                 .is_some_and(|(keys, bytes)| info.load.keys > keys || info.load.bytes > bytes);
             if grew {
-                self.prepare_progress.insert(key, sent_at);
+                self.prepare_progress
+                    .insert((node.clone(), info.meta.id()), sent_at);
             }
         }
     }
@@ -368,31 +368,17 @@ impl Engine {
     /// A command answered (or failed to).
     pub fn on_answer(&mut self, dispatch: &Dispatch, answer: Answer, now: Instant) {
         let command = dispatch.call.command();
+        if let Subject::Placement(placement) = dispatch.subject
+            && command == ranger_proto::Command::Activate
+        {
+            self.note_activate_answer(placement, &answer);
+        }
         self.attempts.end(&dispatch.node, dispatch.range);
         self.dirty.insert(dispatch.range);
         let failure = match answer {
             Ok(outcome) => {
                 self.roster
                     .command_answered(&dispatch.node, dispatch.range, outcome.state, now);
-                if let Subject::Placement(placement) = dispatch.subject
-                    && command == ranger_proto::Command::Activate
-                {
-                    let refused = outcome.failure.is_some()
-                        && matches!(
-                            outcome.state,
-                            ranger_proto::RemoteState::Inactive
-                                | ranger_proto::RemoteState::NotFound
-                        );
-                    if refused {
-                        // The node says this activation failed and rolled back.
-                        self.activation_refused.insert(placement);
-                    } else if outcome.state != ranger_proto::RemoteState::Activating {
-                        // Active (or past it): it served. Activating says
-                        // nothing yet: a range serves only once Active, and
-                        // the repeated Activate answers how it ended.
-                        self.activation_may_have_taken.insert(placement);
-                    }
-                }
                 match outcome.failure {
                     Some(message) => Some(format!(
                         "{command:?} of {} failed on {}: {message}",
@@ -407,20 +393,7 @@ impl Engine {
                 }
             }
             Err(error) => {
-                if let Subject::Placement(placement) = dispatch.subject
-                    && command == ranger_proto::Command::Activate
-                    && !matches!(error, CallError::UnknownRange(_))
-                {
-                    // No usable answer: the Activate may have been delivered.
-                    self.activation_may_have_taken.insert(placement);
-                }
                 if matches!(error, CallError::UnknownRange(_)) {
-                    if let Subject::Placement(placement) = dispatch.subject
-                        && command == ranger_proto::Command::Activate
-                    {
-                        // The node does not hold the range: it cannot serve it.
-                        self.activation_refused.insert(placement);
-                    }
                     self.roster.command_answered(
                         &dispatch.node,
                         dispatch.range,

@@ -15,8 +15,8 @@ use ranger_proto::{NodeId, PlacementState, RangeId, RangeState};
 use tokio::time::Instant;
 
 use super::Engine;
-use super::types::OpError;
-use crate::keyspace::Placement;
+use super::types::{Answer, CallError, OpError};
+use crate::keyspace::{Placement, PlacementId};
 
 /// A range that waits for a lost node: nothing serves it meanwhile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,32 @@ impl Engine {
             || (p.activate_sent()
                 && (self.activation_may_have_taken.contains(&p.id())
                     || !self.activation_refused.contains(&p.id())))
+    }
+
+    /// What an Activate's answer proves about its placement: a rollback the
+    /// node reports (or "unknown range") proves that attempt did not take; an
+    /// Active answer, or none at all (it may have been delivered), means it may
+    /// have. Activating proves nothing yet: a range serves only once Active, and
+    /// the repeated Activate answers how it ended.
+    pub(super) fn note_activate_answer(&mut self, placement: PlacementId, answer: &Answer) {
+        use ranger_proto::RemoteState::{Activating, Inactive, NotFound};
+        match answer {
+            Ok(outcome)
+                if outcome.failure.is_some() && matches!(outcome.state, Inactive | NotFound) =>
+            {
+                self.activation_refused.insert(placement);
+            }
+            Ok(outcome) if outcome.state == Activating => {}
+            Ok(_) => {
+                self.activation_may_have_taken.insert(placement);
+            }
+            Err(CallError::UnknownRange(_)) => {
+                self.activation_refused.insert(placement);
+            }
+            Err(_) => {
+                self.activation_may_have_taken.insert(placement);
+            }
+        }
     }
 
     /// Whether a placement on a lost node holds the range's only newest copy, so
@@ -109,7 +135,7 @@ impl Engine {
 
     /// A range no longer waits once no lost copy remains (the node returned and
     /// its copy is Inactive again, or it was forgotten and dropped).
-    pub(super) fn clear_unavailable_if_served(&mut self, range: RangeId, now: Instant) {
+    pub(super) fn clear_unavailable_if_no_longer_waiting(&mut self, range: RangeId, now: Instant) {
         if !self.unavailable.contains_key(&range) {
             return;
         }

@@ -212,7 +212,7 @@ impl Engine {
         self.sync_placements(id, now);
         self.hand_over(id);
         self.act_on_placements(id, now);
-        self.clear_unavailable_if_served(id, now);
+        self.clear_unavailable_if_no_longer_waiting(id, now);
         self.finish_subsume_if_done(id);
         self.place_if_needed(id, now, load);
         false
