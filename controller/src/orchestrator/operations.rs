@@ -448,8 +448,9 @@ impl Engine {
                     format!("deadline passed: {}", errors.join("; "))
                 })
             });
+            // No child may have served (checked above): rolling back is safe.
             match reason {
-                Some(reason) if !any_activated => {
+                Some(reason) => {
                     tracing::warn!(op = %op.id, %reason, "rolling back");
                     if let Some(entry) = self.ops.get_mut(&op.id) {
                         entry.phase = OpPhase::RollingBack;
@@ -460,7 +461,7 @@ impl Engine {
                         entry.deadline = now + self.config.op_deadline;
                     }
                 }
-                _ => return None,
+                None => return None,
             }
         }
         // Rolling back: drop every child placement, then restore the parents.
