@@ -10,25 +10,24 @@
 //! whose every callback can be told to succeed, fail, or stall: the controller's
 //! tests drive real rangelets with it.
 
-mod logging;
 mod node;
 mod rangelet;
 mod registration;
 mod routing;
 mod service;
-mod signals;
 mod state_store;
 pub mod testing;
 
-pub use logging::{LogOutput, init_logging};
 pub use node::{CallbackError, Node};
 pub use rangelet::{
     Command, CommandError, KeyRejection, Outcome, RangeChange, Rangelet, RangeletConfig,
 };
+/// Re-exported so that a storage system built on the SDK starts up like every
+/// Ranger binary (one log set-up, one shutdown signal) with one dependency.
+pub use ranger_process::{LogOutput, init_logging, shutdown_signal};
 pub use registration::{Registration, RegistrationError};
 pub use routing::{Route, RoutingConfig, RoutingTable};
 pub use service::NodeService;
-pub use signals::shutdown_signal;
 pub use state_store::{FileStateStore, MemoryStateStore, StateStore, StateStoreError, StoredRange};
 
 use ranger_proto::pb::ranger::node_server::NodeServer;

@@ -24,7 +24,7 @@ use ranger_controller::persist::{DynPersister, MemoryPersister, RedbPersister};
 use ranger_controller::runtime::{self, RuntimeConfig};
 use ranger_controller::service;
 use ranger_controller::transport::GrpcTransport;
-use ranger_node_sdk::{LogOutput, init_logging, shutdown_signal};
+use ranger_process::{LogOutput, Stop, init_logging};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -183,20 +183,14 @@ async fn run_embedded(args: &Args, config: OrchestratorConfig) -> anyhow::Result
     };
 
     let engine = Engine::new(keyspace, config, tokio::time::Instant::now());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let stop = Stop::on_signals();
     let (handle, controller) = runtime::spawn(
         engine,
         persister,
         Arc::new(GrpcTransport::new()),
         membership,
         RuntimeConfig::default(),
-        stopped,
+        stop.wait(),
     );
 
     let mut router = service::router(handle, Duration::from_secs(args.max_wait_s));
@@ -207,26 +201,13 @@ async fn run_embedded(args: &Args, config: OrchestratorConfig) -> anyhow::Result
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, discovery = if registry.is_some() { "embedded registry" } else { "static" }, "rangerd serving");
-    let server_stop = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
     let server = tokio::spawn(
-        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), server_stop),
+        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.wait()),
     );
 
-    let mut controller = controller;
-    let controller = tokio::select! {
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            let _ = stop_tx.send(true);
-            (&mut controller).await
-        }
-        ended = &mut controller => ended,
-    };
-    let _ = stop_tx.send(true);
+    // The loop ends on a stop, or on its own (an error): either way the server follows.
+    let controller = controller.await;
+    stop.stop();
     let _ = server.await;
     match controller {
         Ok(Ok(())) => Ok(()),
@@ -243,7 +224,6 @@ mod consul_mode {
     use ranger_controller::election::{Candidate, ElectionConfig, LeaderElection};
     use ranger_controller::ha::{self, LeaderSetup};
     use ranger_controller::service::{ControllerSlot, SlotState};
-    use tokio::sync::watch;
 
     use super::*;
 
@@ -285,15 +265,9 @@ mod consul_mode {
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let server_stop = {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        };
+        let stop = Stop::on_signals();
         let server = tokio::spawn(
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), server_stop),
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.wait()),
         );
 
         let candidate = Candidate {
@@ -312,26 +286,16 @@ mod consul_mode {
             orchestrator: config,
             runtime: RuntimeConfig::default(),
         };
-        let result = {
-            let ha = ha::run_when_leader(
-                setup,
-                &election,
-                Arc::new(GrpcTransport::new()),
-                membership,
-                slot_tx,
-                stop_rx,
-            );
-            tokio::pin!(ha);
-            tokio::select! {
-                _ = shutdown_signal() => {
-                    tracing::info!("shutting down");
-                    let _ = stop_tx.send(true);
-                    (&mut ha).await
-                }
-                ended = &mut ha => ended,
-            }
-        };
-        let _ = stop_tx.send(true);
+        let result = ha::run_when_leader(
+            setup,
+            &election,
+            Arc::new(GrpcTransport::new()),
+            membership,
+            slot_tx,
+            stop.receiver(),
+        )
+        .await;
+        stop.stop();
         // The controller loop has stopped: only now let a standby take over.
         let left = election.shutdown().await;
         let _ = server.await;

@@ -1,9 +1,11 @@
 //! How the controller talks to nodes. The orchestrator decides [`Call`]s; a
 //! transport carries them: over gRPC in production ([`GrpcTransport`]), or straight
-//! into in-process rangelets in tests ([`InProcessTransport`]), which exercises the
-//! same node-side state machine without sockets.
+//! into in-process rangelets in tests (`InProcessTransport`, behind the `testing`
+//! feature), which exercises the same node-side state machine without sockets.
+//! Only that transport links the node SDK, so `rangerd` does not.
 
 mod grpc;
+#[cfg(any(test, feature = "testing"))]
 mod in_process;
 
 use std::future::Future;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use ranger_proto::{RangeId, RangeInfo};
 
 pub use grpc::GrpcTransport;
+#[cfg(any(test, feature = "testing"))]
 pub use in_process::{Fault, InProcessTransport, Lost};
 
 use crate::orchestrator::{Answer, Call};
