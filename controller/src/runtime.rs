@@ -6,7 +6,7 @@
 //! Every I/O happens in tasks of its own (one per command or probe), so one slow
 //! node never delays the loop, other nodes' probes, or other ranges' commands.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::orchestrator::{Answer, Dispatch, Effect, Engine, Event, ForgetReport, OpError, OpId};
+use crate::orchestrator::{
+    Answer, Dispatch, Effect, Engine, Event, ForgetReport, OpError, OpId, Persisted, Probe,
+};
 use crate::persist::{PersistError, Persister};
 use crate::transport::{NodeTransport, ProbeAnswer};
 
@@ -243,7 +245,6 @@ where
         internal_tx,
         events: events.clone(),
         waiters: HashMap::new(),
-        probing: HashSet::new(),
         known: Membership::new(),
     };
     let task = tokio::spawn(runtime.run(shutdown));
@@ -267,7 +268,6 @@ struct Runtime<P, T> {
     internal_tx: mpsc::UnboundedSender<Internal>,
     events: broadcast::Sender<Event>,
     waiters: HashMap<OpId, Vec<oneshot::Sender<Result<(), OpError>>>>,
-    probing: HashSet<NodeId>,
     known: Membership,
 }
 
@@ -281,12 +281,6 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probe = tokio::time::interval(self.engine.config().probe_interval);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The new term is durable before any command carries it, so that a
-        // later controller's term is always higher (SCENARIOS.md #43).
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            persisted = self.persist_term() => persisted?,
-        }
         self.apply_membership();
         loop {
             tokio::select! {
@@ -304,7 +298,7 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
                         self.apply_membership();
                     }
                 }
-                _ = probe.tick() => self.probe_all(),
+                _ = probe.tick() => self.engine.probe_tick(),
                 _ = tick.tick() => {}
             }
             // Take everything else that is ready, then step once for the batch.
@@ -312,26 +306,6 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
                 self.handle_internal(internal);
             }
             self.step().await?;
-        }
-    }
-
-    /// Saves the counters (with the term this controller began) and whatever
-    /// else changed, retrying while the store is unavailable.
-    async fn persist_term(&mut self) -> Result<(), RuntimeError> {
-        loop {
-            let changes = self.engine.keyspace_mut().take_changes();
-            match self.persister.save(&changes).await {
-                Ok(()) => {
-                    tracing::info!(term = self.engine.term(), "term persisted");
-                    return Ok(());
-                }
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, "could not persist the new term; retrying");
-                    self.engine.keyspace_mut().requeue(&changes);
-                    tokio::time::sleep(self.config.tick).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
         }
     }
 
@@ -378,21 +352,19 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
             }
             Internal::Probe(node, sent_at, result) => {
                 tracing::trace!(%node, ok = result.is_ok(), "probe answered");
-                self.probing.remove(&node);
                 self.engine.on_probe(&node, sent_at, result);
             }
         }
     }
 
-    /// Applies discovery's latest node set; new nodes are probed at once, so they
-    /// are eligible for placements within one round trip (SCENARIOS.md #33).
+    /// Applies discovery's latest node set (the engine probes new nodes at its
+    /// next step).
     fn apply_membership(&mut self) {
         let now = Instant::now();
         let current = self.membership.borrow_and_update().clone();
         for (id, addr) in &current {
             if self.known.get(id) != Some(addr) {
                 self.engine.node_registered(id.clone(), addr.clone(), now);
-                self.probe(id.clone(), addr.clone());
             }
         }
         for id in self.known.keys() {
@@ -404,83 +376,74 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
         self.known = current;
     }
 
-    fn probe_all(&mut self) {
-        for (id, addr) in self.engine.roster().probe_targets() {
-            self.probe(id, addr);
-        }
-    }
-
-    fn probe(&mut self, node: NodeId, addr: String) {
-        if !self.probing.insert(node.clone()) {
-            return;
-        }
-        let transport = Arc::clone(&self.transport);
-        let tx = self.internal_tx.clone();
-        let sent_at = Instant::now();
-        // Recorded before sending: from now on the node may hold this lease,
-        // whether or not its reply ever arrives (SCENARIOS.md #38).
-        let lease = self.engine.begin_probe(&node, sent_at);
-        // A probe answered later than the lease margin after it was sent counts
-        // as failed: the node counts its lease from receipt, so only a probe
-        // received within the margin keeps its lease inside the controller's
-        // loss time (send + lease + margin). A request delivered even later is
-        // the case no timeout can cover: the margin is the bound we assume on
-        // delivery delay (README, "Safety under partitions").
-        let config = self.engine.config();
-        let timeout = config.rpc_timeout.min(config.lease_margin);
-        let term = self.engine.term();
-        tracing::trace!(%node, %addr, ?lease, "probing");
-        tokio::spawn(async move {
-            let result = transport.probe(&addr, term, lease, timeout).await;
-            let _ = tx.send(Internal::Probe(node, sent_at, result));
-        });
-    }
-
-    /// Steps the engine until it has nothing more to do right now: each round
-    /// persists what changed, then sends what depends on it.
+    /// Steps the engine until it has nothing more to do right now, executing
+    /// what each step asks for in order (saves first where the engine says so).
     async fn step(&mut self) -> Result<(), RuntimeError> {
         for _ in 0..8 {
             let effects = self.engine.step(Instant::now());
-            let changes = self.engine.keyspace_mut().take_changes();
-            let changed = !changes.is_empty();
-            let mut persisted = true;
-            if changed && let Err(e) = self.persister.save(&changes).await {
-                if !e.is_retryable() {
-                    tracing::error!(error = %e, "persistence failed permanently; stopping");
-                    return Err(e.into());
-                }
-                tracing::warn!(error = %e, "could not persist the keyspace; commands held back");
-                self.engine.keyspace_mut().requeue(&changes);
-                persisted = false;
+            if effects.is_empty() {
+                break;
             }
-            let acted = !effects.is_empty();
-            for effect in effects {
-                match effect {
-                    Effect::Send(dispatch) if persisted => self.dispatch(dispatch),
-                    Effect::Send(dispatch) => self.engine.dispatch_abandoned(&dispatch),
-                    Effect::Finished { op, result } => {
-                        for waiter in self.waiters.remove(&op).unwrap_or_default() {
-                            let _ = waiter.send(result.clone());
-                        }
-                    }
-                    Effect::Event(event) => {
-                        tracing::info!(range = %event.range, "{}", event.message);
-                        let _ = self.events.send(event);
-                    }
-                }
-            }
-            if !persisted || (!changed && !acted) {
+            if !self.execute(effects).await? {
+                // A save failed: retry at the next tick, not in a tight loop.
                 break;
             }
         }
         Ok(())
     }
 
+    /// Executes effects in order; a save's answer may release more. Returns
+    /// false if a save failed (and may be retried).
+    async fn execute(&mut self, effects: Vec<Effect>) -> Result<bool, RuntimeError> {
+        let mut saved = true;
+        let mut queue = VecDeque::from(effects);
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Persist(changes) => {
+                    let result = match self.persister.save(&changes).await {
+                        Ok(()) => Persisted::Saved,
+                        Err(e) if e.is_retryable() => {
+                            tracing::warn!(error = %e, "could not persist the keyspace; commands held back");
+                            saved = false;
+                            Persisted::Failed
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "persistence failed permanently; stopping");
+                            return Err(e.into());
+                        }
+                    };
+                    queue.extend(self.engine.persisted(result));
+                }
+                Effect::Probe(probe) => self.probe(probe),
+                Effect::Send(dispatch) => self.dispatch(dispatch),
+                Effect::Finished { op, result } => {
+                    for waiter in self.waiters.remove(&op).unwrap_or_default() {
+                        let _ = waiter.send(result.clone());
+                    }
+                }
+                Effect::Event(event) => {
+                    tracing::info!(range = %event.range, "{}", event.message);
+                    let _ = self.events.send(event);
+                }
+            }
+        }
+        Ok(saved)
+    }
+
+    fn probe(&self, probe: Probe) {
+        let transport = Arc::clone(&self.transport);
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = transport
+                .probe(&probe.addr, probe.term, probe.lease, probe.timeout)
+                .await;
+            let _ = tx.send(Internal::Probe(probe.node, probe.sent_at, result));
+        });
+    }
+
     fn dispatch(&self, dispatch: Dispatch) {
         let transport = Arc::clone(&self.transport);
         let tx = self.internal_tx.clone();
-        let timeout = self.engine.config().rpc_timeout;
-        let term = self.engine.term();
         tokio::spawn(async move {
             tracing::debug!(node = %dispatch.node, range = %dispatch.range, call = ?dispatch.call.command(), "sending");
             let answer = transport
@@ -488,8 +451,8 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
                     &dispatch.addr,
                     dispatch.range,
                     dispatch.call.clone(),
-                    term,
-                    timeout,
+                    dispatch.term,
+                    dispatch.timeout,
                 )
                 .await;
             let _ = tx.send(Internal::Answer(dispatch, answer));

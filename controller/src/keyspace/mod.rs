@@ -241,7 +241,12 @@ impl Keyspace {
     /// Their records are rebuilt from the current state at the next `take_changes`,
     /// so later changes to the same ranges are not lost either.
     pub fn requeue(&mut self, changes: &ChangeSet) {
-        self.dirty.extend(changes.upserts.iter().map(|r| r.id));
+        self.requeue_ranges(changes.upserts.iter().map(|r| r.id));
+    }
+
+    /// [`Keyspace::requeue`] by range ids, for a caller that kept only those.
+    pub fn requeue_ranges(&mut self, ranges: impl IntoIterator<Item = RangeId>) {
+        self.dirty.extend(ranges);
     }
 
     /// The records of every range, in id order: a full snapshot, for a first save

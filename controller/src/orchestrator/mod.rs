@@ -2,9 +2,12 @@
 //! (what nodes say), which commands to send and how the keyspace moves on.
 //!
 //! It is pure, like openraft's `Engine`: events go in ([`Engine::on_answer`],
-//! [`Engine::on_probe`], operator requests), [`Engine::step`] reconciles, and
-//! [`Effect`]s come out for the runtime to execute. It never does I/O or reads a
-//! clock, so tests drive it step by step with paused time.
+//! [`Engine::on_probe`], [`Engine::persisted`], [`Engine::probe_tick`],
+//! discovery changes, operator requests), [`Engine::step`] reconciles, and
+//! [`Effect`]s come out for the runtime to execute: saves, probes, commands,
+//! operation ends, events. That output is complete: the runtime decides
+//! nothing and never reaches inside. The engine never does I/O or reads a
+//! clock, so `tests/engine.rs` drives it step by step with no runtime at all.
 //!
 //! Reconciliation is level-triggered: each step looks at every range in play and
 //! does what its current state calls for, so a controller restarted at any instant
@@ -30,12 +33,14 @@
 //!   only newest copy, the range waits, Unavailable, until the node returns or
 //!   an operator forgets it (SCENARIOS.md #31); otherwise Dropped, place again.
 //!
-//! Files: `reconcile.rs` (the step, per range), `operations.rs`, `placement.rs`
+//! Files: `output.rs` (the step's output: saves before commands, probes),
+//! `reconcile.rs` (reconciliation, per range), `operations.rs`, `placement.rs`
 //! (node choice), `ownership.rs` (who holds the newest data), `attempts.rs`
 //! (in flight, failures, backoff), `types.rs` (what goes in and out).
 
 mod attempts;
 mod operations;
+mod output;
 mod ownership;
 mod placement;
 mod reconcile;
@@ -50,12 +55,14 @@ pub use attempts::{Attempt, Subject};
 pub use ownership::{ForgetReport, Unavailable};
 pub use types::{
     Answer, Call, CallError, Dispatch, Effect, Event, OpError, OpId, OpKind, OpPhase, Operation,
+    Persisted, Probe,
 };
 
 use crate::config::OrchestratorConfig;
 use crate::keyspace::{Keyspace, PlacementId};
 use crate::roster::Roster;
 use attempts::Attempts;
+use output::Output;
 
 /// The orchestrator's state: the keyspace it owns, the roster it reads, and the
 /// volatile bookkeeping of commands and operations.
@@ -113,7 +120,10 @@ pub struct Engine {
     /// Nodes an operator declared gone for good (`rangerctl forget`): their lost
     /// copies are not waited for. Cleared when the node answers again.
     forgotten: HashSet<NodeId>,
+    /// Decided this step, not yet handed out (`output.rs` orders them).
     effects: Vec<Effect>,
+    /// Saves in flight, commands held behind them, probes due and out.
+    output: Output,
 }
 
 /// How many ranges of the tiling the background sweep re-checks per step.
@@ -156,6 +166,7 @@ impl Engine {
             prepare_progress: HashMap::new(),
             forgotten: HashSet::new(),
             effects: Vec::new(),
+            output: Output::default(),
         };
         engine.resume_operations(now);
         engine
@@ -248,11 +259,6 @@ impl Engine {
         &self.keyspace
     }
 
-    /// For the runtime: take the keyspace's changes to persist them.
-    pub fn keyspace_mut(&mut self) -> &mut Keyspace {
-        &mut self.keyspace
-    }
-
     pub fn roster(&self) -> &Roster {
         &self.roster
     }
@@ -284,9 +290,11 @@ impl Engine {
 
     // ---- events in ----
 
-    /// Discovery lists a node.
+    /// Discovery lists a node (new, or at a new address): it is probed at the
+    /// next step.
     pub fn node_registered(&mut self, id: NodeId, addr: String, now: Instant) {
-        self.roster.register(id, addr, now);
+        self.roster.register(id.clone(), addr, now);
+        self.probe_soon(id);
         self.full_sweep = true;
     }
 
@@ -297,19 +305,14 @@ impl Engine {
         self.full_sweep = true;
     }
 
-    /// A probe is about to be sent to `node`: the lease it grants (zero after a
-    /// failed probe, until one succeeds), recorded as granted from `now`.
-    pub fn begin_probe(&mut self, node: &NodeId, now: Instant) -> std::time::Duration {
-        self.roster.begin_probe(node, self.config.lease, now)
-    }
-
-    /// A probe (`Info`) sent at `sent_at` answered, or failed.
+    /// A probe (`Info`, [`Effect::Probe`]) sent at `sent_at` answered, or failed.
     pub fn on_probe(
         &mut self,
         node: &NodeId,
         sent_at: Instant,
         result: Result<(Vec<RangeInfo>, bool), String>,
     ) {
+        self.probe_returned(node);
         match result {
             Ok((ranges, wants_drain)) => {
                 for info in &ranges {
@@ -637,13 +640,6 @@ impl Engine {
         self.keyspace.range(child).is_ok_and(|c| {
             c.ever_activated() || c.placements().iter().any(|p| self.may_have_served(p))
         })
-    }
-
-    /// A dispatch the runtime could not send (its keyspace change did not persist):
-    /// free its (node, range) slot without counting a failure against the node.
-    pub fn dispatch_abandoned(&mut self, dispatch: &Dispatch) {
-        self.attempts.end(&dispatch.node, dispatch.range);
-        self.dirty.insert(dispatch.range);
     }
 
     /// Makes the next step look at every range (for benchmarks and operators

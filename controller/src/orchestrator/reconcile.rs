@@ -58,9 +58,9 @@ fn sync_path(
 }
 
 impl Engine {
-    /// Reconciles everything in play once and returns what to do. Keyspace changes
-    /// made here must be persisted (the runtime takes them) before the `Send`s run.
-    pub fn step(&mut self, now: Instant) -> Vec<Effect> {
+    /// Reconciles everything in play once; what to do piles up in `effects`
+    /// (the step in `output.rs` orders it for the runtime).
+    pub(super) fn reconcile_all(&mut self, now: Instant) {
         let loss_after = self.config.node_loss_after();
         self.exclusions.retain(|_, until| *until > now);
         let stall = self.config.prepare_stall;
@@ -78,7 +78,6 @@ impl Engine {
             }
         }
         self.drop_orphans(now);
-        std::mem::take(&mut self.effects)
     }
 
     /// Nodes that just became lost (or came back) concern all their ranges: look
@@ -705,6 +704,8 @@ impl Engine {
             range,
             subject,
             call,
+            term: self.keyspace.term(),
+            timeout: self.config.rpc_timeout,
         }));
         true
     }

@@ -2,13 +2,14 @@
 //! operations and their outcomes, and events for operators.
 
 use std::fmt;
+use std::time::Duration;
 
 use ranger_proto::{Command, Outcome};
 use ranger_proto::{Key, NodeId, Parent, RangeId, RangeMeta};
 use tokio::time::Instant;
 
 use super::attempts::Subject;
-use crate::keyspace::PlacementId;
+use crate::keyspace::{ChangeSet, PlacementId};
 
 /// A command for a node, as the orchestrator decided it.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +36,8 @@ impl Call {
     }
 }
 
-/// One command to send: to which node, about what.
+/// One command to send: to which node, about what, and with what the runtime
+/// needs to send it, so that it decides nothing itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dispatch {
     pub node: NodeId,
@@ -43,6 +45,37 @@ pub struct Dispatch {
     pub range: RangeId,
     pub subject: Subject,
     pub call: Call,
+    /// The controller term the command carries (nodes refuse older ones).
+    pub term: u64,
+    /// How long to wait for the answer before reporting the node unreachable.
+    pub timeout: Duration,
+}
+
+/// A probe to send at once: `Info` to a node, granting it a write lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub node: NodeId,
+    pub addr: String,
+    pub term: u64,
+    /// The lease granted (zero after a failed probe, until one succeeds).
+    pub lease: Duration,
+    /// At most the lease margin: a later answer counts as failed, because the
+    /// node counts its lease from receipt (SCENARIOS.md #38).
+    pub timeout: Duration,
+    /// When the engine recorded the lease as granted; hand it back with the
+    /// answer ([`super::Engine::on_probe`]). The runtime must send the probe
+    /// right away: the time until it leaves is taken from the lease margin.
+    pub sent_at: Instant,
+}
+
+/// How saving an [`Effect::Persist`] ended, told back to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persisted {
+    /// Durable: the commands that depended on it may go.
+    Saved,
+    /// Not saved, but the store may take it later (unreachable, busy): the
+    /// changes are kept for the next step and the commands are not sent.
+    Failed,
 }
 
 /// Why a command got no usable answer.
@@ -184,10 +217,19 @@ pub struct Event {
     pub message: String,
 }
 
-/// What the runtime must do after a step, in order. Keyspace changes made by the
-/// step are persisted by the runtime before any `Send` is executed.
+/// What the runtime must do after a step, in order. The engine's whole output:
+/// the runtime executes these and feeds the results back as events, and never
+/// looks inside the engine to decide anything.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// Save these keyspace changes, then answer with
+    /// [`super::Engine::persisted`]. The commands that depend on them are held
+    /// by the engine and come out of that call, so nothing is sent before the
+    /// keyspace says so durably (DESIGN.md invariant 4).
+    Persist(ChangeSet),
+    /// Send this probe now (see [`Probe::sent_at`]).
+    Probe(Probe),
+    /// Send this command; its answer goes to [`super::Engine::on_answer`].
     Send(Dispatch),
     Finished {
         op: OpId,

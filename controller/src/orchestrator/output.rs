@@ -1,0 +1,162 @@
+//! What the engine hands the runtime, and in which order: the engine's whole
+//! output, so that the runtime only executes and never decides.
+//!
+//! Three rules live here and nowhere else:
+//! - **Nothing is sent before the term is durable** (SCENARIOS.md #43): the first
+//!   steps of a new engine only ask to persist the counters with its new term.
+//! - **Nothing is sent before the keyspace says so durably** (DESIGN.md
+//!   invariant 4): a step that changed the keyspace returns
+//!   [`Effect::Persist`] and holds its commands back until the runtime reports
+//!   the save with [`Engine::persisted`]; a failed save keeps the changes for
+//!   the next step and abandons the commands.
+//! - **Probes leave at once**: a probe's lease counts from when the engine
+//!   recorded it, so probes come before the save in a step's output, and are
+//!   never held behind it (the time a save takes would eat the lease margin).
+
+use std::collections::HashSet;
+
+use ranger_proto::{NodeId, RangeId};
+use tokio::time::Instant;
+
+use super::Engine;
+use super::types::{Dispatch, Effect, Persisted, Probe};
+
+/// The engine's side of the runtime's I/O: what is being saved, what waits for
+/// it, and which probes are due or out.
+#[derive(Debug, Default)]
+pub(super) struct Output {
+    /// Whether the term this engine began is saved; nothing goes to a node before.
+    term_durable: bool,
+    /// The ranges of the change set being saved, to mark them changed again if
+    /// the save fails. `Some` between a `Persist` effect and its answer.
+    persisting: Option<Vec<RangeId>>,
+    /// Commands waiting for the save in flight.
+    held: Vec<Dispatch>,
+    /// Nodes with a probe out: one at a time per node.
+    probing: HashSet<NodeId>,
+    /// The runtime's probe tick came: probe every registered node.
+    probe_round_due: bool,
+    /// Nodes to probe at the next step whatever the tick (just registered, so
+    /// they are eligible for placements within one round trip, SCENARIOS.md #33).
+    probe_soon: Vec<NodeId>,
+}
+
+impl Engine {
+    /// Reconciles everything in play and returns what the runtime must do, in
+    /// order: probes, then the save of this step's keyspace changes (if any),
+    /// then operator-facing effects. Commands that depend on the save come out
+    /// of [`Engine::persisted`]; commands that do not (retries) come out here.
+    ///
+    /// While a save is outstanding, or before the term is durable, the step only
+    /// reports what is already decided; it does not reconcile.
+    pub fn step(&mut self, now: Instant) -> Vec<Effect> {
+        if self.output.persisting.is_some() {
+            tracing::debug!("step while a save is outstanding: nothing new decided");
+            return std::mem::take(&mut self.effects);
+        }
+        if !self.output.term_durable {
+            let changes = self.keyspace.take_changes();
+            self.output.persisting = Some(changes.upserts.iter().map(|r| r.id).collect());
+            let mut out = vec![Effect::Persist(changes)];
+            out.append(&mut self.effects);
+            return out;
+        }
+        self.reconcile_all(now);
+        let mut out = self.due_probes(now);
+        let decided = std::mem::take(&mut self.effects);
+        if self.keyspace.has_changes() {
+            let changes = self.keyspace.take_changes();
+            self.output.persisting = Some(changes.upserts.iter().map(|r| r.id).collect());
+            out.push(Effect::Persist(changes));
+            for effect in decided {
+                match effect {
+                    Effect::Send(dispatch) => self.output.held.push(dispatch),
+                    other => out.push(other),
+                }
+            }
+        } else {
+            out.extend(decided);
+        }
+        out
+    }
+
+    /// The runtime saved (or failed to save) the last [`Effect::Persist`].
+    /// Returns the commands that waited for it: all of them after a save, none
+    /// after a failure (their (node, range) slots are freed without counting a
+    /// failure against the node, and the changes go into the next save).
+    pub fn persisted(&mut self, result: Persisted) -> Vec<Effect> {
+        let Some(ranges) = self.output.persisting.take() else {
+            tracing::warn!(?result, "a save was reported but none was asked for");
+            return Vec::new();
+        };
+        let held = std::mem::take(&mut self.output.held);
+        match result {
+            Persisted::Saved => {
+                if !self.output.term_durable {
+                    self.output.term_durable = true;
+                    tracing::info!(term = self.term(), "term persisted");
+                }
+                held.into_iter().map(Effect::Send).collect()
+            }
+            Persisted::Failed => {
+                self.keyspace.requeue_ranges(ranges);
+                for dispatch in &held {
+                    self.attempts.end(&dispatch.node, dispatch.range);
+                    self.dirty.insert(dispatch.range);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// The runtime's probe interval elapsed: the next step probes every
+    /// registered node that has no probe out.
+    pub fn probe_tick(&mut self) {
+        self.output.probe_round_due = true;
+    }
+
+    /// A node was registered: probe it at the next step.
+    pub(super) fn probe_soon(&mut self, node: NodeId) {
+        self.output.probe_soon.push(node);
+    }
+
+    /// A probe's answer arrived: the node may be probed again.
+    pub(super) fn probe_returned(&mut self, node: &NodeId) {
+        self.output.probing.remove(node);
+    }
+
+    /// The probes to send now, each with the lease it grants recorded as
+    /// granted from `now` (SCENARIOS.md #38).
+    fn due_probes(&mut self, now: Instant) -> Vec<Effect> {
+        let targets: Vec<(NodeId, String)> = if std::mem::take(&mut self.output.probe_round_due) {
+            self.output.probe_soon.clear();
+            self.roster.probe_targets()
+        } else {
+            let soon = std::mem::take(&mut self.output.probe_soon);
+            soon.into_iter()
+                .filter_map(|id| {
+                    let node = self.roster.get(&id).filter(|n| n.registered)?;
+                    Some((id, node.addr.clone()))
+                })
+                .collect()
+        };
+        let timeout = self.config.rpc_timeout.min(self.config.lease_margin);
+        let mut probes = Vec::new();
+        for (node, addr) in targets {
+            if !self.output.probing.insert(node.clone()) {
+                continue;
+            }
+            let lease = self.roster.begin_probe(&node, self.config.lease, now);
+            tracing::trace!(%node, %addr, ?lease, "probing");
+            probes.push(Effect::Probe(Probe {
+                node,
+                addr,
+                term: self.keyspace.term(),
+                lease,
+                timeout,
+                sent_at: now,
+            }));
+        }
+        probes
+    }
+}

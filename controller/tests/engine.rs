@@ -1,0 +1,690 @@
+//! The orchestrator engine alone, in the openraft style: events in, effects out,
+//! no runtime, no rangelets, no clock. Each test feeds the engine what a runtime
+//! would (saves, probe answers, command answers, operator requests) and asserts
+//! the exact effects it asks for, in order.
+//!
+//! The nodes are a few lines of model below (`Nodes`): they apply each command
+//! as PROTOCOL.md says a healthy rangelet does, unless a test tells one to fail.
+//! The scenario tests (`scenarios_*.rs`) run the same paths through the real
+//! runtime and real rangelets; these pin down what the engine decides.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ranger_controller::config::{OrchestratorConfig, Replication};
+use ranger_controller::keyspace::Keyspace;
+use ranger_controller::orchestrator::{
+    Call, CallError, Dispatch, Effect, Engine, OpError, OpId, Persisted,
+};
+use ranger_proto::{
+    Key, LoadInfo, NodeId, Outcome, PlacementState, RangeId, RangeInfo, RangeMeta, RemoteState,
+};
+use tokio::time::Instant;
+
+fn node(name: &str) -> NodeId {
+    NodeId::new(name).unwrap()
+}
+
+fn range(n: u64) -> RangeId {
+    RangeId::new(n).unwrap()
+}
+
+fn config() -> OrchestratorConfig {
+    OrchestratorConfig {
+        replication: Replication::R1,
+        prepare_deadline: Duration::from_secs(10),
+        max_attempts: 3,
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        op_deadline: Duration::from_secs(10),
+        activate_deadline: Duration::from_secs(5),
+        prepare_stall: Duration::from_secs(3),
+        exclusion: Duration::from_secs(30),
+        lease: Duration::from_secs(2),
+        lease_margin: Duration::from_secs(1),
+        probe_interval: Duration::from_millis(200),
+        rpc_timeout: Duration::from_secs(2),
+        max_drain_moves: 4,
+    }
+}
+
+/// What the model nodes hold: (node, range) → (meta, state).
+#[derive(Default)]
+struct Nodes {
+    ranges: BTreeMap<(NodeId, RangeId), (RangeMeta, RemoteState)>,
+    /// Commands that fail on a node: the callback returns an error and the
+    /// range stays where it was (PROTOCOL.md).
+    failing: Vec<(String, &'static str)>,
+}
+
+impl Nodes {
+    fn apply(&mut self, dispatch: &Dispatch) -> Outcome {
+        let key = (dispatch.node.clone(), dispatch.range);
+        let verb = verb(&dispatch.call);
+        let current = self.ranges.get(&key).map(|(_, s)| *s);
+        if self
+            .failing
+            .iter()
+            .any(|(n, v)| *n == dispatch.node.as_str() && *v == verb)
+        {
+            return Outcome {
+                state: current.unwrap_or(RemoteState::NotFound),
+                failure: Some(format!("{verb} failed on purpose")),
+            };
+        }
+        let state = match &dispatch.call {
+            Call::Prepare { meta, .. } => {
+                self.ranges
+                    .insert(key, (meta.clone(), RemoteState::Inactive));
+                RemoteState::Inactive
+            }
+            Call::Activate => self.set(&key, RemoteState::Active),
+            Call::Deactivate => self.set(&key, RemoteState::Inactive),
+            Call::Drop { .. } => {
+                self.ranges.remove(&key);
+                RemoteState::NotFound
+            }
+        };
+        Outcome {
+            state,
+            failure: None,
+        }
+    }
+
+    fn set(&mut self, key: &(NodeId, RangeId), state: RemoteState) -> RemoteState {
+        match self.ranges.get_mut(key) {
+            Some(entry) => {
+                entry.1 = state;
+                state
+            }
+            None => RemoteState::NotFound,
+        }
+    }
+
+    fn report(&self, of: &NodeId) -> Vec<RangeInfo> {
+        self.ranges
+            .iter()
+            .filter(|((n, _), _)| n == of)
+            .map(|(_, (meta, state))| RangeInfo {
+                meta: meta.clone(),
+                state: *state,
+                load: LoadInfo::default(),
+            })
+            .collect()
+    }
+}
+
+fn verb(call: &Call) -> &'static str {
+    match call {
+        Call::Prepare { .. } => "prepare",
+        Call::Activate => "activate",
+        Call::Deactivate => "deactivate",
+        Call::Drop { .. } => "drop",
+    }
+}
+
+fn describe(dispatch: &Dispatch) -> String {
+    format!(
+        "{} {}@{}",
+        verb(&dispatch.call),
+        dispatch.range,
+        dispatch.node
+    )
+}
+
+/// Plays the runtime for one engine, with a hand-held clock.
+struct Driver {
+    engine: Engine,
+    now: Instant,
+    nodes: Nodes,
+    /// Every command the engine sent, in order, as "verb range@node".
+    sent: Vec<String>,
+    /// Operations that ended, with their results.
+    finished: BTreeMap<OpId, Result<(), OpError>>,
+}
+
+impl Driver {
+    /// An engine over a new keyspace whose term is saved, with `names` registered
+    /// and their first probes answered.
+    fn start(names: &[&str]) -> Driver {
+        let now = Instant::now();
+        let mut driver = Driver {
+            engine: Engine::new(Keyspace::new(), config(), now),
+            now,
+            nodes: Nodes::default(),
+            sent: Vec::new(),
+            finished: BTreeMap::new(),
+        };
+        let effects = driver.engine.step(now);
+        assert!(
+            matches!(effects.as_slice(), [Effect::Persist(_)]),
+            "{effects:?}"
+        );
+        assert!(driver.engine.persisted(Persisted::Saved).is_empty());
+        for name in names {
+            driver
+                .engine
+                .node_registered(node(name), format!("{name}:7000"), now);
+        }
+        driver
+    }
+
+    /// Executes effects as the runtime does: saves succeed, probes and
+    /// commands are answered at once by the model nodes.
+    fn execute(&mut self, effects: Vec<Effect>) {
+        let mut queue = std::collections::VecDeque::from(effects);
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Persist(_) => queue.extend(self.engine.persisted(Persisted::Saved)),
+                Effect::Probe(probe) => {
+                    let report = self.nodes.report(&probe.node);
+                    self.engine
+                        .on_probe(&probe.node, probe.sent_at, Ok((report, false)));
+                }
+                Effect::Send(dispatch) => {
+                    self.sent.push(describe(&dispatch));
+                    let outcome = self.nodes.apply(&dispatch);
+                    self.engine.on_answer(&dispatch, Ok(outcome), self.now);
+                }
+                Effect::Finished { op, result } => {
+                    self.finished.insert(op, result);
+                }
+                Effect::Event(_) => {}
+            }
+        }
+    }
+
+    /// Steps until the engine has nothing left to do and no operation is
+    /// running, advancing the clock by `tick` between steps (so backoffs and
+    /// deadlines pass) for at most `max`.
+    fn settle_within(&mut self, tick: Duration, max: Duration) {
+        let until = self.now + max;
+        let mut quiet = 0;
+        while self.now < until && quiet < 3 {
+            self.engine.probe_tick();
+            let effects = self.engine.step(self.now);
+            let busy = effects
+                .iter()
+                .any(|e| !matches!(e, Effect::Probe(_) | Effect::Event(_)));
+            let waiting = self.engine.operations().next().is_some();
+            quiet = if busy || waiting { 0 } else { quiet + 1 };
+            self.execute(effects);
+            self.now += tick;
+        }
+    }
+
+    /// One step, its save (if any) answered `Saved`: what else it asked for,
+    /// with the commands the save released at the end. Nothing is executed.
+    fn step_saved(&mut self) -> Vec<Effect> {
+        let mut out = Vec::new();
+        for effect in self.engine.step(self.now) {
+            match effect {
+                Effect::Persist(_) => {
+                    let released = self.engine.persisted(Persisted::Saved);
+                    out.extend(released);
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    /// Answers the probes among `effects` from the model nodes.
+    fn answer_probes(&mut self, effects: &[Effect]) {
+        for effect in effects {
+            if let Effect::Probe(probe) = effect {
+                let report = self.nodes.report(&probe.node);
+                self.engine
+                    .on_probe(&probe.node, probe.sent_at, Ok((report, false)));
+            }
+        }
+    }
+
+    fn settle(&mut self) {
+        self.settle_within(Duration::from_millis(100), Duration::from_secs(30));
+    }
+
+    fn commands(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.sent)
+    }
+
+    fn placements(&self, id: u64) -> Vec<(String, PlacementState)> {
+        self.engine
+            .keyspace()
+            .range(range(id))
+            .map(|r| {
+                r.placements()
+                    .iter()
+                    .map(|p| (p.node().to_string(), p.state()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Places range 1 on `a` and forgets the commands it took.
+    fn with_range_on_a(names: &[&str]) -> Driver {
+        let mut driver = Driver::start(names);
+        driver.settle();
+        assert_eq!(driver.placements(1), [("a".into(), PlacementState::Active)]);
+        driver.commands();
+        driver
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+// ---- the persist-before-send and term rules ----
+
+#[test]
+fn a_new_engine_asks_only_to_save_its_term_until_the_save_succeeds() {
+    let now = Instant::now();
+    let mut engine = Engine::new(Keyspace::new(), config(), now);
+    engine.node_registered(node("a"), "a:7000".into(), now);
+    engine.probe_tick();
+
+    let effects = engine.step(now);
+    let [Effect::Persist(changes)] = effects.as_slice() else {
+        panic!("expected only the term's save, got {effects:?}");
+    };
+    assert_eq!(changes.counters.term, 1);
+
+    // The save failed: nothing is released, and the next step asks again.
+    assert!(engine.persisted(Persisted::Failed).is_empty());
+    let effects = engine.step(now);
+    assert!(
+        matches!(effects.as_slice(), [Effect::Persist(c)] if c.counters.term == 1),
+        "{effects:?}"
+    );
+
+    // Saved: only now is the node probed, with the new term.
+    assert!(engine.persisted(Persisted::Saved).is_empty());
+    let effects = engine.step(now);
+    let probes: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Probe(p) => Some((p.node.to_string(), p.term, p.lease)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(probes, [("a".to_string(), 1, Duration::from_secs(2))]);
+}
+
+fn sends(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send(d) => Some(describe(d)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_placement_is_saved_before_its_prepare_is_sent_and_no_step_decides_while_saving() {
+    let mut driver = Driver::start(&["a"]);
+    let probes = driver.step_saved();
+    driver.answer_probes(&probes);
+
+    let effects = driver.engine.step(driver.now);
+    assert!(
+        sends(&effects).is_empty(),
+        "no command may leave with its placement unsaved: {effects:?}"
+    );
+    let Some(Effect::Persist(changes)) = effects.iter().find(|e| matches!(e, Effect::Persist(_)))
+    else {
+        panic!("expected a save: {effects:?}");
+    };
+    assert_eq!(changes.upserts.len(), 1);
+    assert_eq!(changes.upserts[0].placements.len(), 1);
+
+    // While the save is out, a step decides nothing new.
+    driver.engine.probe_tick();
+    let during = driver.engine.step(driver.now);
+    assert!(during.is_empty(), "{during:?}");
+
+    let mut after = driver.engine.persisted(Persisted::Saved);
+    after.extend(driver.step_saved());
+    assert_eq!(sends(&after), ["prepare 1@a"]);
+}
+
+#[test]
+fn a_failed_save_keeps_its_changes_for_the_next_step() {
+    let mut driver = Driver::start(&["a"]);
+    let probes = driver.step_saved();
+    driver.answer_probes(&probes);
+
+    let effects = driver.engine.step(driver.now);
+    assert!(effects.iter().any(|e| matches!(e, Effect::Persist(_))));
+    assert!(driver.engine.persisted(Persisted::Failed).is_empty());
+
+    let effects = driver.engine.step(driver.now);
+    let Some(Effect::Persist(changes)) = effects.iter().find(|e| matches!(e, Effect::Persist(_)))
+    else {
+        panic!("expected the change to be saved again: {effects:?}");
+    };
+    assert_eq!(changes.upserts[0].id, range(1));
+    assert_eq!(changes.upserts[0].placements.len(), 1);
+}
+
+#[test]
+fn commands_held_behind_failed_saves_are_sent_once_the_saves_succeed() {
+    let mut driver = Driver::start(&["a"]);
+    // Every other save fails, for the whole placement.
+    let mut saves = 0;
+    let mut sent = Vec::new();
+    for _ in 0..200 {
+        driver.engine.probe_tick();
+        for effect in driver.engine.step(driver.now) {
+            let mut released = Vec::new();
+            match effect {
+                Effect::Persist(_) => {
+                    saves += 1;
+                    let result = if saves % 2 == 1 {
+                        Persisted::Failed
+                    } else {
+                        Persisted::Saved
+                    };
+                    released = driver.engine.persisted(result);
+                }
+                other => released.push(other),
+            }
+            for effect in released {
+                match effect {
+                    Effect::Probe(probe) => {
+                        let report = driver.nodes.report(&probe.node);
+                        driver
+                            .engine
+                            .on_probe(&probe.node, probe.sent_at, Ok((report, false)));
+                    }
+                    Effect::Send(dispatch) => {
+                        sent.push(describe(&dispatch));
+                        let outcome = driver.nodes.apply(&dispatch);
+                        driver.engine.on_answer(&dispatch, Ok(outcome), driver.now);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        driver.now += Duration::from_millis(100);
+    }
+    assert!(saves >= 4, "the placement took several saves: {saves}");
+    assert_eq!(sent, ["prepare 1@a", "activate 1@a"]);
+    assert_eq!(driver.placements(1), [("a".into(), PlacementState::Active)]);
+}
+
+// ---- probes ----
+
+#[test]
+fn a_registered_node_is_probed_at_once_and_then_on_each_tick_one_probe_at_a_time() {
+    let mut driver = Driver::start(&["a", "b"]);
+    let probed = |effects: &[Effect]| -> Vec<String> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Probe(p) => Some(p.node.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+
+    // Registered: probed at the next step, without waiting for the tick.
+    let first = driver.step_saved();
+    assert_eq!(probed(&first), ["a", "b"]);
+    // Unanswered: not probed again, even on a tick.
+    driver.engine.probe_tick();
+    assert!(probed(&driver.step_saved()).is_empty());
+
+    // a answers; on the next tick only a is probed (b's probe is still out).
+    let report = driver.nodes.report(&node("a"));
+    driver
+        .engine
+        .on_probe(&node("a"), driver.now, Ok((report, false)));
+    assert!(probed(&driver.step_saved()).is_empty());
+    driver.engine.probe_tick();
+    assert_eq!(probed(&driver.step_saved()), ["a"]);
+}
+
+#[test]
+fn after_a_failed_probe_the_next_grants_no_lease_until_one_succeeds() {
+    let mut driver = Driver::start(&["a"]);
+    let lease_of = |effects: &[Effect]| {
+        effects.iter().find_map(|e| match e {
+            Effect::Probe(p) => Some(p.lease),
+            _ => None,
+        })
+    };
+    let first = driver.engine.step(driver.now);
+    assert_eq!(lease_of(&first), Some(Duration::from_secs(2)));
+    let timeout = first.iter().find_map(|e| match e {
+        Effect::Probe(p) => Some(p.timeout),
+        _ => None,
+    });
+    assert_eq!(
+        timeout,
+        Some(Duration::from_secs(1)),
+        "capped at the margin"
+    );
+
+    driver
+        .engine
+        .on_probe(&node("a"), driver.now, Err("timed out".into()));
+    driver.engine.probe_tick();
+    let second = driver.engine.step(driver.now);
+    assert_eq!(lease_of(&second), Some(Duration::ZERO));
+
+    driver
+        .engine
+        .on_probe(&node("a"), driver.now, Ok((Vec::new(), false)));
+    driver.engine.probe_tick();
+    let third = driver.engine.step(driver.now);
+    assert_eq!(lease_of(&third), Some(Duration::from_secs(2)));
+}
+
+// ---- place, move, split, join ----
+
+#[test]
+fn the_first_range_is_placed_prepared_then_activated() {
+    let mut driver = Driver::start(&["a"]);
+    driver.settle();
+    assert_eq!(driver.commands(), strings(&["prepare 1@a", "activate 1@a"]));
+    assert_eq!(driver.placements(1), [("a".into(), PlacementState::Active)]);
+}
+
+#[test]
+fn a_move_prepares_the_destination_then_hands_over_and_drops_the_source() {
+    let mut driver = Driver::with_range_on_a(&["a", "b"]);
+    let op = driver
+        .engine
+        .request_move(range(1), Some(node("b")), driver.now)
+        .unwrap();
+    driver.settle();
+    assert_eq!(
+        driver.commands(),
+        strings(&["prepare 1@b", "deactivate 1@a", "activate 1@b", "drop 1@a"])
+    );
+    assert_eq!(driver.finished.get(&op), Some(&Ok(())));
+    assert_eq!(driver.placements(1), [("b".into(), PlacementState::Active)]);
+}
+
+#[test]
+fn a_split_prepares_both_children_then_hands_over_and_drops_the_parent() {
+    let mut driver = Driver::with_range_on_a(&["a"]);
+    let op = driver
+        .engine
+        .request_split(range(1), Key::from("m"), None, None, driver.now)
+        .unwrap();
+    driver.settle();
+    assert_eq!(
+        driver.commands(),
+        strings(&[
+            "prepare 2@a",
+            "prepare 3@a",
+            "deactivate 1@a",
+            "activate 2@a",
+            "activate 3@a",
+            "drop 1@a"
+        ])
+    );
+    assert_eq!(driver.finished.get(&op), Some(&Ok(())));
+    assert_eq!(driver.placements(2), [("a".into(), PlacementState::Active)]);
+    assert_eq!(driver.placements(3), [("a".into(), PlacementState::Active)]);
+}
+
+#[test]
+fn a_join_prepares_the_child_then_hands_over_and_drops_both_parents() {
+    let mut driver = Driver::with_range_on_a(&["a"]);
+    driver
+        .engine
+        .request_split(range(1), Key::from("m"), None, None, driver.now)
+        .unwrap();
+    driver.settle();
+    driver.commands();
+
+    let op = driver
+        .engine
+        .request_join(range(2), range(3), None, driver.now)
+        .unwrap();
+    driver.settle();
+    assert_eq!(
+        driver.commands(),
+        strings(&[
+            "prepare 4@a",
+            "deactivate 2@a",
+            "deactivate 3@a",
+            "activate 4@a",
+            "drop 2@a",
+            "drop 3@a"
+        ])
+    );
+    assert_eq!(driver.finished.get(&op), Some(&Ok(())));
+    assert_eq!(driver.placements(4), [("a".into(), PlacementState::Active)]);
+}
+
+// ---- failure paths ----
+
+#[test]
+fn a_move_whose_destination_cannot_prepare_is_given_up_and_the_source_keeps_serving() {
+    let mut driver = Driver::with_range_on_a(&["a", "b"]);
+    driver.nodes.failing.push(("b".into(), "prepare"));
+    let op = driver
+        .engine
+        .request_move(range(1), Some(node("b")), driver.now)
+        .unwrap();
+    driver.settle();
+
+    let commands = driver.commands();
+    let prepares = commands.iter().filter(|c| *c == "prepare 1@b").count();
+    assert_eq!(
+        prepares, 3,
+        "max_attempts prepares, then given up: {commands:?}"
+    );
+    assert!(
+        !commands.iter().any(|c| c.ends_with("@a")),
+        "the source was never touched: {commands:?}"
+    );
+    assert!(
+        matches!(driver.finished.get(&op), Some(Err(_))),
+        "{:?}",
+        driver.finished
+    );
+    let live: Vec<_> = driver
+        .placements(1)
+        .into_iter()
+        .filter(|(_, s)| *s != PlacementState::Dropped)
+        .collect();
+    assert_eq!(live, [("a".into(), PlacementState::Active)]);
+}
+
+#[test]
+fn a_split_whose_child_cannot_prepare_rolls_back_and_the_parent_keeps_serving() {
+    let mut driver = Driver::with_range_on_a(&["a"]);
+    driver.nodes.failing.push(("a".into(), "prepare"));
+    let op = driver
+        .engine
+        .request_split(range(1), Key::from("m"), None, None, driver.now)
+        .unwrap();
+    driver.settle();
+
+    let commands = driver.commands();
+    assert!(
+        !commands.iter().any(|c| c.starts_with("deactivate 1@")),
+        "the parent was never deactivated: {commands:?}"
+    );
+    assert!(
+        matches!(driver.finished.get(&op), Some(Err(_))),
+        "{:?}",
+        driver.finished
+    );
+    assert_eq!(driver.placements(1), [("a".into(), PlacementState::Active)]);
+    for child in [2, 3] {
+        assert!(
+            driver
+                .placements(child)
+                .iter()
+                .all(|(_, s)| *s == PlacementState::Dropped),
+            "child {child} holds nothing: {:?}",
+            driver.placements(child)
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_node_gets_its_command_again_after_a_backoff() {
+    let mut driver = Driver::start(&["a"]);
+    let probes = driver.step_saved();
+    driver.answer_probes(&probes);
+    let mut prepare = None;
+    for _ in 0..3 {
+        let effects = driver.step_saved();
+        if let Some(Effect::Send(d)) = effects.into_iter().find(|e| matches!(e, Effect::Send(_))) {
+            prepare = Some(d);
+            break;
+        }
+    }
+    let prepare = prepare.expect("a Prepare within a few steps");
+    assert_eq!(describe(&prepare), "prepare 1@a");
+    driver.engine.on_answer(
+        &prepare,
+        Err(CallError::Unreachable("connection refused".into())),
+        driver.now,
+    );
+
+    // Within the backoff (50 ms) nothing is sent; after it, the same Prepare.
+    driver.now += Duration::from_millis(10);
+    assert!(sends(&driver.step_saved()).is_empty());
+    driver.now += Duration::from_millis(50);
+    assert_eq!(sends(&driver.step_saved()), ["prepare 1@a"]);
+}
+
+#[test]
+fn requests_for_unknown_ranges_and_nodes_are_refused_and_change_nothing() {
+    let mut driver = Driver::with_range_on_a(&["a"]);
+    assert_eq!(
+        driver.engine.request_move(range(9), None, driver.now),
+        Err(OpError::UnknownRange(range(9)))
+    );
+    assert_eq!(
+        driver
+            .engine
+            .request_move(range(1), Some(node("zz")), driver.now),
+        Err(OpError::UnknownNode(node("zz")))
+    );
+    assert!(matches!(
+        driver
+            .engine
+            .request_split(range(1), Key::empty(), None, None, driver.now),
+        Err(OpError::InvalidArgument(_))
+    ));
+    let effects = driver.engine.step(driver.now);
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Persist(_) | Effect::Send(_))),
+        "{effects:?}"
+    );
+    assert_eq!(driver.engine.operations().count(), 0);
+}
