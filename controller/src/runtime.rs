@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ranger_proto::{Key, NodeId, RangeId};
+use ranger_proto::NodeId;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -23,25 +23,9 @@ use crate::transport::{NodeTransport, ProbeAnswer};
 
 use crate::discovery::Membership;
 
-/// An operator's request for an operation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum OpRequest {
-    Move {
-        range: RangeId,
-        node: Option<NodeId>,
-    },
-    Split {
-        range: RangeId,
-        key: Key,
-        left: Option<NodeId>,
-        right: Option<NodeId>,
-    },
-    Join {
-        left: RangeId,
-        right: RangeId,
-        node: Option<NodeId>,
-    },
-}
+/// An operator's request for an operation: the engine's own type, here too
+/// because it is what callers of [`ControllerHandle::submit`] build.
+pub use crate::orchestrator::OpRequest;
 
 /// Resolves when an operation ends.
 pub type Completion = oneshot::Receiver<Result<(), OpError>>;
@@ -313,18 +297,7 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
         let now = Instant::now();
         match request {
             Request::Submit { op, reply } => {
-                let started = match op {
-                    OpRequest::Move { range, node } => self.engine.request_move(range, node, now),
-                    OpRequest::Split {
-                        range,
-                        key,
-                        left,
-                        right,
-                    } => self.engine.request_split(range, key, left, right, now),
-                    OpRequest::Join { left, right, node } => {
-                        self.engine.request_join(left, right, node, now)
-                    }
-                };
+                let started = self.engine.request(op, now);
                 let answer = started.map(|id| {
                     let (done_tx, done_rx) = oneshot::channel();
                     self.waiters.entry(id).or_default().push(done_tx);

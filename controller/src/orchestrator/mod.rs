@@ -54,12 +54,12 @@ use tokio::time::Instant;
 pub use attempts::{Attempt, Subject};
 pub use ownership::{ForgetReport, Unavailable};
 pub use types::{
-    Answer, Call, CallError, Dispatch, Effect, Event, OpError, OpId, OpKind, OpPhase, Operation,
-    Persisted, Probe,
+    Answer, Call, CallError, Dispatch, Effect, Event, OpError, OpId, OpPhase, OpRequest, Operation,
+    Origin, Persisted, Probe, Progress,
 };
 
 use crate::config::OrchestratorConfig;
-use crate::keyspace::{Keyspace, PlacementId};
+use crate::keyspace::{Keyspace, PlacementId, Range};
 use crate::roster::Roster;
 use attempts::Attempts;
 use output::Output;
@@ -180,17 +180,22 @@ impl Engine {
                 continue;
             };
             match range.children() {
-                [left, right] => found.push(OpKind::Split {
-                    range: *parent,
-                    key: self
-                        .keyspace
-                        .range(*right)
-                        .map(|r| r.meta().start().clone())
-                        .unwrap_or_default(),
-                    left_node: None,
-                    right_node: None,
-                    children: Some((*left, *right)),
-                }),
+                [left, right] => found.push((
+                    OpRequest::Split {
+                        range: *parent,
+                        key: self
+                            .keyspace
+                            .range(*right)
+                            .map(|r| r.meta().start().clone())
+                            .unwrap_or_default(),
+                        left: None,
+                        right: None,
+                    },
+                    Progress::Split {
+                        left: *left,
+                        right: *right,
+                    },
+                )),
                 [child] => {
                     let parents = self
                         .keyspace
@@ -200,12 +205,14 @@ impl Engine {
                     if let [left, right] = parents[..]
                         && left == *parent
                     {
-                        found.push(OpKind::Join {
-                            left,
-                            right,
-                            node: None,
-                            child: Some(*child),
-                        });
+                        found.push((
+                            OpRequest::Join {
+                                left,
+                                right,
+                                node: None,
+                            },
+                            Progress::Join { child: *child },
+                        ));
                     }
                 }
                 _ => {}
@@ -217,36 +224,48 @@ impl Engine {
                     && dest.is_live()
                     && !dest.retiring()
                 {
-                    found.push(OpKind::Move {
-                        range: range.id(),
-                        to: Some(dest.node().clone()),
-                        from: None,
-                        source: Some(source),
-                        dest: Some(dest.id()),
-                    });
+                    found.push((
+                        OpRequest::Move {
+                            range: range.id(),
+                            node: Some(dest.node().clone()),
+                        },
+                        Progress::Move {
+                            source,
+                            dest: dest.id(),
+                            to: dest.node().clone(),
+                        },
+                    ));
                 }
             }
         }
-        for kind in found {
-            tracing::info!(op = %kind, "resuming operation found in the keyspace");
-            let id = self.new_op(kind, OpPhase::Running, now, false);
+        for (request, progress) in found {
+            tracing::info!(op = %request, "resuming operation found in the keyspace");
+            let id = self.new_op(request, Origin::Resumed, progress, OpPhase::Running, now);
             tracing::debug!(%id, "resumed");
         }
     }
 
-    fn new_op(&mut self, kind: OpKind, phase: OpPhase, now: Instant, drain: bool) -> OpId {
+    fn new_op(
+        &mut self,
+        request: OpRequest,
+        origin: Origin,
+        progress: Progress,
+        phase: OpPhase,
+        now: Instant,
+    ) -> OpId {
         let id = OpId(self.next_op);
         self.next_op += 1;
         self.ops.insert(
             id,
             Operation {
                 id,
-                kind,
+                request,
+                origin,
+                progress,
                 phase,
                 started: now,
                 deadline: now + self.config.op_deadline,
                 rollback_reason: None,
-                drain,
                 reported: false,
             },
         );
@@ -427,49 +446,28 @@ impl Engine {
 
     // ---- operator requests ----
 
-    /// Moves `range` to `to` (any eligible node if `None`). Returns the operation,
-    /// whose end the runtime reports through [`Effect::Finished`].
+    /// Starts an operation an operator asked for; its end comes out as
+    /// [`Effect::Finished`]. Refused at once (nothing changed) if the request
+    /// cannot be carried out now.
+    pub fn request(&mut self, request: OpRequest, now: Instant) -> Result<OpId, OpError> {
+        self.check_request(&request)?;
+        Ok(self.new_op(
+            request,
+            Origin::Operator,
+            Progress::NotStarted,
+            OpPhase::Queued,
+            now,
+        ))
+    }
+
+    /// Moves `range` to `to` (any eligible node if `None`).
     pub fn request_move(
         &mut self,
         range: RangeId,
         to: Option<NodeId>,
         now: Instant,
     ) -> Result<OpId, OpError> {
-        let r = self
-            .keyspace
-            .range(range)
-            .map_err(|_| OpError::UnknownRange(range))?;
-        if r.state() != RangeState::Active || !self.keyspace.is_current(range) {
-            return Err(OpError::FailedPrecondition(format!(
-                "range {range} is {} and cannot be moved",
-                r.state()
-            )));
-        }
-        self.check_available(range)?;
-        if let Some(node) = &to {
-            self.check_node(node)?;
-            if r.placements()
-                .iter()
-                .any(|p| p.is_live() && !p.retiring() && p.node() == node)
-            {
-                return Err(OpError::FailedPrecondition(format!(
-                    "range {range} is already on node {node}"
-                )));
-            }
-        }
-        if !r.placements().iter().any(|p| p.is_live() && !p.retiring()) {
-            return Err(OpError::FailedPrecondition(format!(
-                "range {range} is not placed anywhere yet; nothing to move"
-            )));
-        }
-        let kind = OpKind::Move {
-            range,
-            to,
-            from: None,
-            source: None,
-            dest: None,
-        };
-        Ok(self.new_op(kind, OpPhase::Queued, now, false))
+        self.request(OpRequest::Move { range, node: to }, now)
     }
 
     /// Splits `range` at `key`, placing the halves on the nodes given (or any).
@@ -481,39 +479,13 @@ impl Engine {
         right_node: Option<NodeId>,
         now: Instant,
     ) -> Result<OpId, OpError> {
-        let r = self
-            .keyspace
-            .range(range)
-            .map_err(|_| OpError::UnknownRange(range))?;
-        if key.is_empty() {
-            return Err(OpError::InvalidArgument(
-                "split key must not be empty".into(),
-            ));
-        }
-        if !r.meta().can_split_at(key.as_bytes()) {
-            return Err(OpError::InvalidArgument(format!(
-                "split key {key} is not strictly inside range {}",
-                r.meta()
-            )));
-        }
-        if r.state() != RangeState::Active || !self.keyspace.is_current(range) {
-            return Err(OpError::FailedPrecondition(format!(
-                "range {range} is {} and cannot be split",
-                r.state()
-            )));
-        }
-        self.check_available(range)?;
-        for node in [&left_node, &right_node].into_iter().flatten() {
-            self.check_node(node)?;
-        }
-        let kind = OpKind::Split {
+        let request = OpRequest::Split {
             range,
             key,
-            left_node,
-            right_node,
-            children: None,
+            left: left_node,
+            right: right_node,
         };
-        Ok(self.new_op(kind, OpPhase::Queued, now, false))
+        self.request(request, now)
     }
 
     /// Joins two adjacent ranges onto `node` (or any).
@@ -524,42 +496,101 @@ impl Engine {
         node: Option<NodeId>,
         now: Instant,
     ) -> Result<OpId, OpError> {
-        let l = self
-            .keyspace
-            .range(left)
-            .map_err(|_| OpError::UnknownRange(left))?;
-        let r = self
-            .keyspace
-            .range(right)
-            .map_err(|_| OpError::UnknownRange(right))?;
-        for range in [l, r] {
-            if range.state() != RangeState::Active || !self.keyspace.is_current(range.id()) {
-                return Err(OpError::FailedPrecondition(format!(
-                    "range {} is {} and cannot be joined",
-                    range.id(),
-                    range.state()
-                )));
+        self.request(OpRequest::Join { left, right, node }, now)
+    }
+
+    /// Whether a request can be queued: its ranges exist, are current and
+    /// Active, and are not waiting for a lost copy; the nodes it names are
+    /// known and not draining; its arguments make sense.
+    fn check_request(&self, request: &OpRequest) -> Result<(), OpError> {
+        match request {
+            OpRequest::Move { range, node } => {
+                let r = self.operable(*range, "moved")?;
+                if let Some(node) = node {
+                    self.check_node(node)?;
+                    if r.placements()
+                        .iter()
+                        .any(|p| p.is_live() && !p.retiring() && p.node() == node)
+                    {
+                        return Err(OpError::FailedPrecondition(format!(
+                            "range {range} is already on node {node}"
+                        )));
+                    }
+                }
+                if !r.placements().iter().any(|p| p.is_live() && !p.retiring()) {
+                    return Err(OpError::FailedPrecondition(format!(
+                        "range {range} is not placed anywhere yet; nothing to move"
+                    )));
+                }
+            }
+            OpRequest::Split {
+                range,
+                key,
+                left,
+                right,
+            } => {
+                let r = self
+                    .keyspace
+                    .range(*range)
+                    .map_err(|_| OpError::UnknownRange(*range))?;
+                if key.is_empty() {
+                    return Err(OpError::InvalidArgument(
+                        "split key must not be empty".into(),
+                    ));
+                }
+                if !r.meta().can_split_at(key.as_bytes()) {
+                    return Err(OpError::InvalidArgument(format!(
+                        "split key {key} is not strictly inside range {}",
+                        r.meta()
+                    )));
+                }
+                self.operable(*range, "split")?;
+                for node in [left, right].into_iter().flatten() {
+                    self.check_node(node)?;
+                }
+            }
+            OpRequest::Join { left, right, node } => {
+                let l = self
+                    .keyspace
+                    .range(*left)
+                    .map_err(|_| OpError::UnknownRange(*left))?;
+                let r = self
+                    .keyspace
+                    .range(*right)
+                    .map_err(|_| OpError::UnknownRange(*right))?;
+                self.operable(*left, "joined")?;
+                self.operable(*right, "joined")?;
+                if !l.meta().is_left_neighbour_of(r.meta()) {
+                    return Err(OpError::FailedPrecondition(format!(
+                        "ranges {left} and {right} are not adjacent ({} then {})",
+                        l.meta(),
+                        r.meta()
+                    )));
+                }
+                if let Some(node) = node {
+                    self.check_node(node)?;
+                }
             }
         }
-        self.check_available(left)?;
-        self.check_available(right)?;
-        if !l.meta().is_left_neighbour_of(r.meta()) {
+        Ok(())
+    }
+
+    /// The precondition every operation shares, checked when it is asked for
+    /// and again when it starts: the range exists, is current and Active, and
+    /// is not waiting for a lost copy (SCENARIOS.md #31).
+    pub(super) fn operable(&self, range: RangeId, verb: &str) -> Result<&Range, OpError> {
+        let r = self
+            .keyspace
+            .range(range)
+            .map_err(|_| OpError::UnknownRange(range))?;
+        if r.state() != RangeState::Active || !self.keyspace.is_current(range) {
             return Err(OpError::FailedPrecondition(format!(
-                "ranges {left} and {right} are not adjacent ({} then {})",
-                l.meta(),
-                r.meta()
+                "range {range} is {} and cannot be {verb}",
+                r.state()
             )));
         }
-        if let Some(node) = &node {
-            self.check_node(node)?;
-        }
-        let kind = OpKind::Join {
-            left,
-            right,
-            node,
-            child: None,
-        };
-        Ok(self.new_op(kind, OpPhase::Queued, now, false))
+        self.check_available(range)?;
+        Ok(r)
     }
 
     /// Cancels an operation before its point of no return (the first activation of
@@ -576,8 +607,7 @@ impl Engine {
         }
         if self.past_point_of_no_return(operation) {
             return Err(OpError::FailedPrecondition(format!(
-                "{op} ({}) is past its point of no return: a destination was activated",
-                operation.kind
+                "{op} ({operation}) is past its point of no return: a destination was activated"
             )));
         }
         if let Some(operation) = self.ops.get_mut(&op) {
@@ -614,24 +644,17 @@ impl Engine {
     /// sent to it and it was not proven to have refused (SCENARIOS.md #37).
     /// From then on the operation only rolls forward.
     fn past_point_of_no_return(&self, op: &Operation) -> bool {
-        match &op.kind {
-            OpKind::Move {
-                range,
-                dest: Some(dest),
-                ..
-            } => self
+        match (&op.request, &op.progress) {
+            (OpRequest::Move { range, .. }, Progress::Move { dest, .. }) => self
                 .keyspace
                 .range(*range)
                 .ok()
                 .and_then(|r| r.placement(*dest))
                 .is_some_and(|d| self.may_have_served(d)),
-            OpKind::Split {
-                children: Some((l, r)),
-                ..
-            } => [l, r].iter().any(|c| self.child_may_have_served(**c)),
-            OpKind::Join {
-                child: Some(child), ..
-            } => self.child_may_have_served(*child),
+            (_, Progress::Split { left, right }) => [left, right]
+                .iter()
+                .any(|c| self.child_may_have_served(**c)),
+            (_, Progress::Join { child }) => self.child_may_have_served(*child),
             _ => false,
         }
     }

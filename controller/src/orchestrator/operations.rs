@@ -7,7 +7,7 @@ use ranger_proto::Command;
 use ranger_proto::{NodeId, PlacementState, RangeId, RangeState, RemoteState};
 use tokio::time::Instant;
 
-use super::types::{Effect, OpError, OpId, OpKind, OpPhase};
+use super::types::{Effect, OpError, OpId, OpPhase, OpRequest, Origin, Progress};
 use super::{Engine, Subject};
 use crate::keyspace::{Placement, PlacementId, Range};
 
@@ -25,9 +25,9 @@ impl Engine {
             if let Some(result) = result {
                 self.ops.remove(&id);
                 match &result {
-                    Ok(()) => tracing::info!(op = %id, kind = %op.kind, "operation done"),
+                    Ok(()) => tracing::info!(op = %id, kind = %op, "operation done"),
                     Err(e) => {
-                        tracing::warn!(op = %id, kind = %op.kind, error = %e, "operation failed")
+                        tracing::warn!(op = %id, kind = %op, error = %e, "operation failed")
                     }
                 }
                 self.effects.push(Effect::Finished { op: id, result });
@@ -40,7 +40,7 @@ impl Engine {
         self.ops.values().any(|op| {
             op.id != except
                 && op.phase != OpPhase::Queued
-                && op.kind.ranges().iter().any(|r| ranges.contains(r))
+                && op.ranges().iter().any(|r| ranges.contains(r))
         })
     }
 
@@ -50,34 +50,28 @@ impl Engine {
         op: &super::Operation,
         now: Instant,
     ) -> Option<Result<(), OpError>> {
-        if self.busy(&op.kind.ranges(), op.id) {
+        if self.busy(&op.ranges(), op.id) {
             return None;
         }
         // A range that started waiting for a lost copy while this was queued.
-        for range in op.kind.ranges() {
+        for range in op.ranges() {
             if let Err(e) = self.check_available(range) {
                 return Some(Err(e));
             }
         }
-        let started = match op.kind.clone() {
-            OpKind::Move {
-                range, to, from, ..
-            } => self.start_move(range, to, from, now),
-            OpKind::Split {
-                range,
-                key,
-                left_node,
-                right_node,
-                ..
-            } => self.start_split(range, key, left_node, right_node),
-            OpKind::Join {
-                left, right, node, ..
-            } => self.start_join(left, right, node),
+        let from = match &op.origin {
+            Origin::Drain(node) => Some(node.clone()),
+            Origin::Operator | Origin::Resumed => None,
+        };
+        let started = match op.request.clone() {
+            OpRequest::Move { range, node } => self.start_move(range, node, from, now),
+            OpRequest::Split { range, key, .. } => self.start_split(range, key),
+            OpRequest::Join { left, right, .. } => self.start_join(left, right),
         };
         match started {
-            Ok(Some(kind)) => {
+            Ok(Some(progress)) => {
                 if let Some(entry) = self.ops.get_mut(&op.id) {
-                    entry.kind = kind;
+                    entry.progress = progress;
                     entry.phase = OpPhase::Running;
                     entry.started = now;
                     entry.deadline = now + self.config.op_deadline;
@@ -95,17 +89,8 @@ impl Engine {
         to: Option<NodeId>,
         from: Option<NodeId>,
         now: Instant,
-    ) -> Result<Option<OpKind>, OpError> {
-        let r = self
-            .keyspace
-            .range(range)
-            .map_err(|_| OpError::UnknownRange(range))?;
-        if r.state() != RangeState::Active || !self.keyspace.is_current(range) {
-            return Err(OpError::FailedPrecondition(format!(
-                "range {range} is {} and cannot be moved",
-                r.state()
-            )));
-        }
+    ) -> Result<Option<Progress>, OpError> {
+        let r = self.operable(range, "moved")?;
         let live = r.placements().iter().filter(|p| p.is_live()).count();
         if live >= self.config.replication.max_placements {
             return Err(OpError::FailedPrecondition(format!(
@@ -162,12 +147,10 @@ impl Engine {
                 source.node()
             ),
         );
-        Ok(Some(OpKind::Move {
-            range,
-            to: Some(dest_node),
-            from: Some(source.node().clone()),
-            source: Some(source.id()),
-            dest: Some(dest),
+        Ok(Some(Progress::Move {
+            source: source.id(),
+            dest,
+            to: dest_node,
         }))
     }
 
@@ -175,9 +158,7 @@ impl Engine {
         &mut self,
         range: RangeId,
         key: ranger_proto::Key,
-        left_node: Option<NodeId>,
-        right_node: Option<NodeId>,
-    ) -> Result<Option<OpKind>, OpError> {
+    ) -> Result<Option<Progress>, OpError> {
         let placed = self
             .keyspace
             .range(range)
@@ -186,7 +167,7 @@ impl Engine {
             .is_some();
         let (left, right) = self
             .keyspace
-            .split(range, key.clone())
+            .split(range, key)
             .map_err(|e| OpError::FailedPrecondition(e.to_string()))?;
         self.emit(range, format!("split begun: {left} and {right}"));
         if !placed {
@@ -197,21 +178,14 @@ impl Engine {
             return Ok(None);
         }
         self.subsuming.insert(range);
-        Ok(Some(OpKind::Split {
-            range,
-            key,
-            left_node,
-            right_node,
-            children: Some((left, right)),
-        }))
+        Ok(Some(Progress::Split { left, right }))
     }
 
     pub(super) fn start_join(
         &mut self,
         left: RangeId,
         right: RangeId,
-        node: Option<NodeId>,
-    ) -> Result<Option<OpKind>, OpError> {
+    ) -> Result<Option<Progress>, OpError> {
         let placed = [left, right].iter().any(|id| {
             self.keyspace
                 .range(*id)
@@ -230,12 +204,7 @@ impl Engine {
         }
         self.subsuming.insert(left);
         self.subsuming.insert(right);
-        Ok(Some(OpKind::Join {
-            left,
-            right,
-            node,
-            child: Some(child),
-        }))
+        Ok(Some(Progress::Join { child }))
     }
 
     /// Follows a running operation: done, failed, or to be rolled back.
@@ -244,22 +213,14 @@ impl Engine {
         op: &super::Operation,
         now: Instant,
     ) -> Option<Result<(), OpError>> {
-        match &op.kind {
-            OpKind::Move {
-                range,
-                dest: Some(dest),
-                ..
-            } => self.check_move(op, *range, *dest, now),
-            OpKind::Split {
-                children: Some((l, r)),
-                ..
-            } => self.check_subsume(op, &[*l, *r], now),
-            OpKind::Join {
-                child: Some(child), ..
-            } => self.check_subsume(op, &[*child], now),
+        match (&op.request, &op.progress) {
+            (OpRequest::Move { range, .. }, Progress::Move { dest, .. }) => {
+                self.check_move(op, *range, *dest, now)
+            }
+            (_, Progress::Split { left, right }) => self.check_subsume(op, &[*left, *right], now),
+            (_, Progress::Join { child }) => self.check_subsume(op, &[*child], now),
             _ => Some(Err(OpError::Aborted(format!(
-                "{} lost track of its ranges",
-                op.kind
+                "{op} lost track of its ranges"
             )))),
         }
     }
@@ -392,18 +353,14 @@ impl Engine {
             .collect();
         if ranges.len() != children.len() {
             return Some(Err(OpError::Aborted(format!(
-                "{}: a child range vanished",
-                op.kind
+                "{op}: a child range vanished"
             ))));
         }
         if ranges.iter().all(Range::ever_activated) {
             return Some(Ok(()));
         }
         if ranges.iter().any(|c| c.state() == RangeState::Obsolete) {
-            return Some(Err(OpError::Aborted(format!(
-                "{} was rolled back",
-                op.kind
-            ))));
+            return Some(Err(OpError::Aborted(format!("{op} was rolled back"))));
         }
         let any_activated = children.iter().any(|c| self.child_may_have_served(*c));
         if any_activated && op.phase == OpPhase::Running {
@@ -420,8 +377,7 @@ impl Engine {
                 self.report_rolling_forward(
                     op,
                     format!(
-                        "{}: not complete in time: a child was told to activate, so it rolls forward: {}",
-                        op.kind,
+                        "{op}: not complete in time: a child was told to activate, so it rolls forward: {}",
                         errors.join("; ")
                     ),
                 );
@@ -439,7 +395,6 @@ impl Engine {
             let reason = op.rollback_reason.clone().or_else(|| {
                 (now >= deadline).then(|| {
                     let errors: Vec<String> = op
-                        .kind
                         .ranges()
                         .iter()
                         .chain(children)
@@ -481,8 +436,7 @@ impl Engine {
                 self.report_rolling_forward(
                     op,
                     format!(
-                        "{} rolled back: {reason}; the parents serve again only once every child copy is dropped, and dropping goes on with backoff",
-                        op.kind
+                        "{op} rolled back: {reason}; the parents serve again only once every child copy is dropped, and dropping goes on with backoff"
                     ),
                 );
             }
@@ -493,10 +447,7 @@ impl Engine {
             .map(|c| c.parents().to_vec())
             .unwrap_or_default();
         if let Err(e) = self.keyspace.rollback_subsume(children) {
-            return Some(Err(OpError::Aborted(format!(
-                "{}: rollback failed: {e}",
-                op.kind
-            ))));
+            return Some(Err(OpError::Aborted(format!("{op}: rollback failed: {e}"))));
         }
         for p in &parents {
             self.subsuming.remove(p);
@@ -508,12 +459,12 @@ impl Engine {
             .unwrap_or_default();
         self.emit(
             parents.first().copied().unwrap_or(RangeId::FIRST),
-            format!("{} rolled back", op.kind),
+            format!("{op} rolled back"),
         );
         Some(Err(if reason.starts_with("cancelled") {
-            OpError::Cancelled(format!("{} rolled back", op.kind))
+            OpError::Cancelled(format!("{op} rolled back"))
         } else {
-            OpError::Aborted(format!("{} rolled back: {reason}", op.kind))
+            OpError::Aborted(format!("{op} rolled back: {reason}"))
         }))
     }
 
@@ -590,7 +541,11 @@ impl Engine {
         if draining.is_empty() {
             return;
         }
-        let running = self.ops.values().filter(|op| op.drain).count();
+        let running = self
+            .ops
+            .values()
+            .filter(|op| matches!(op.origin, Origin::Drain(_)))
+            .count();
         if running >= self.config.max_drain_moves {
             return;
         }
@@ -631,7 +586,7 @@ impl Engine {
                     let has_op = self
                         .ops
                         .values()
-                        .any(|op| op.kind.ranges().contains(&range.id()));
+                        .any(|op| op.ranges().contains(&range.id()));
                     let moving = range
                         .placements()
                         .iter()
@@ -643,14 +598,9 @@ impl Engine {
             }
         }
         for (range, node) in wanted {
-            let kind = OpKind::Move {
-                range,
-                to: None,
-                from: Some(node.clone()),
-                source: None,
-                dest: None,
-            };
-            let id = self.new_op(kind, OpPhase::Queued, now, true);
+            let request = OpRequest::Move { range, node: None };
+            let origin = Origin::Drain(node.clone());
+            let id = self.new_op(request, origin, Progress::NotStarted, OpPhase::Queued, now);
             tracing::info!(op = %id, %range, %node, "draining: moving range away");
         }
     }

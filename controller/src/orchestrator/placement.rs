@@ -8,7 +8,7 @@ use ranger_proto::{NodeId, PlacementState, RangeId, RangeState};
 use tokio::time::Instant;
 
 use super::Engine;
-use super::types::OpKind;
+use super::types::{OpRequest, Progress};
 use crate::keyspace::Range;
 
 impl Engine {
@@ -78,28 +78,23 @@ impl Engine {
 
     /// The node an operator asked for, for a child of a split or join.
     pub(super) fn placement_hint(&self, child: RangeId) -> Option<NodeId> {
-        self.ops.values().find_map(|op| match &op.kind {
-            OpKind::Split {
-                left_node,
-                right_node,
-                children: Some((l, r)),
-                ..
-            } => {
-                if *l == child {
-                    left_node.clone()
-                } else if *r == child {
-                    right_node.clone()
-                } else {
-                    None
+        self.ops
+            .values()
+            .find_map(|op| match (&op.request, &op.progress) {
+                (OpRequest::Split { left, right, .. }, Progress::Split { left: l, right: r }) => {
+                    if *l == child {
+                        left.clone()
+                    } else if *r == child {
+                        right.clone()
+                    } else {
+                        None
+                    }
                 }
-            }
-            OpKind::Join {
-                node,
-                child: Some(c),
-                ..
-            } if *c == child => node.clone(),
-            _ => None,
-        })
+                (OpRequest::Join { node, .. }, Progress::Join { child: c }) if *c == child => {
+                    node.clone()
+                }
+                _ => None,
+            })
     }
 
     /// The least loaded eligible node for a new placement of `range`: registered,

@@ -11,7 +11,7 @@ use ranger_proto::{
 };
 use tokio::time::Instant;
 
-use super::types::{Call, Dispatch, Effect, OpKind, OpPhase};
+use super::types::{Call, Dispatch, Effect, OpPhase, OpRequest};
 use super::{Engine, SWEEP_CHUNK, Subject};
 use crate::keyspace::{Placement, PlacementId, Range};
 
@@ -116,7 +116,7 @@ impl Engine {
             }
         }
         for op in self.ops.values() {
-            ids.extend(op.kind.ranges());
+            ids.extend(op.ranges());
         }
         let chunk: Vec<&Range> = self
             .keyspace
@@ -584,10 +584,10 @@ impl Engine {
     pub(super) fn rolling_back_parent(&self, parent: RangeId) -> bool {
         self.ops.values().any(|op| {
             op.phase == OpPhase::RollingBack
-                && match &op.kind {
-                    OpKind::Split { range, .. } => *range == parent,
-                    OpKind::Join { left, right, .. } => *left == parent || *right == parent,
-                    OpKind::Move { .. } => false,
+                && match &op.request {
+                    OpRequest::Split { range, .. } => *range == parent,
+                    OpRequest::Join { left, right, .. } => *left == parent || *right == parent,
+                    OpRequest::Move { .. } => false,
                 }
         })
     }

@@ -114,52 +114,87 @@ impl fmt::Display for OpId {
     }
 }
 
-/// What an operation does.
+/// What an operation is asked to do: the three verbs, with their arguments, as
+/// `rangerctl`, a drain (and later the balancer) ask for them. One type from the
+/// request to the engine's record of it; what the engine has built for it so
+/// far is [`Progress`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum OpKind {
+pub enum OpRequest {
+    /// Move `range` to `node` (any eligible node if `None`).
     Move {
         range: RangeId,
-        /// Destination asked for; `None`: any eligible node.
-        to: Option<NodeId>,
-        /// Which placement to move (R3); `None`: the orchestrator picks one.
-        from: Option<NodeId>,
-        source: Option<PlacementId>,
-        dest: Option<PlacementId>,
+        node: Option<NodeId>,
     },
+    /// Split `range` at `key`, its halves on the nodes given (or any).
     Split {
         range: RangeId,
         key: Key,
-        left_node: Option<NodeId>,
-        right_node: Option<NodeId>,
-        children: Option<(RangeId, RangeId)>,
+        left: Option<NodeId>,
+        right: Option<NodeId>,
     },
+    /// Join two adjacent ranges onto `node` (or any).
     Join {
         left: RangeId,
         right: RangeId,
         node: Option<NodeId>,
-        child: Option<RangeId>,
     },
 }
 
-impl OpKind {
+impl OpRequest {
     /// The ranges the operation is about, for conflicts and listings.
     pub fn ranges(&self) -> Vec<RangeId> {
         match self {
-            OpKind::Move { range, .. } | OpKind::Split { range, .. } => vec![*range],
-            OpKind::Join { left, right, .. } => vec![*left, *right],
+            OpRequest::Move { range, .. } | OpRequest::Split { range, .. } => vec![*range],
+            OpRequest::Join { left, right, .. } => vec![*left, *right],
         }
     }
 }
 
-impl fmt::Display for OpKind {
+fn node_or_any(node: Option<&NodeId>) -> String {
+    node.map_or("any".to_owned(), NodeId::to_string)
+}
+
+impl fmt::Display for OpRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let node = |n: &Option<NodeId>| n.as_ref().map_or("any".to_owned(), |n| n.to_string());
         match self {
-            OpKind::Move { range, to, .. } => write!(f, "move {range} to {}", node(to)),
-            OpKind::Split { range, key, .. } => write!(f, "split {range} at {key}"),
-            OpKind::Join { left, right, .. } => write!(f, "join {left} + {right}"),
+            OpRequest::Move { range, node } => {
+                write!(f, "move {range} to {}", node_or_any(node.as_ref()))
+            }
+            OpRequest::Split { range, key, .. } => write!(f, "split {range} at {key}"),
+            OpRequest::Join { left, right, .. } => write!(f, "join {left} + {right}"),
         }
     }
+}
+
+/// Who started an operation: operators are answered, drains are counted
+/// against their limit, and a listing says which is which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// An operator's request (`rangerctl`, the Control service).
+    Operator,
+    /// A drain of this node: the move takes the copy off it.
+    Drain(NodeId),
+    /// Found in flight in the keyspace by a controller that restarted.
+    Resumed,
+}
+
+/// What the engine has built in the keyspace for an operation. Durable through
+/// the keyspace itself (a placement that replaces another; a Subsuming range
+/// with children), so a restarted controller finds it again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// Queued: nothing built yet.
+    NotStarted,
+    /// The destination placement `dest` (on `to`) replaces `source`.
+    Move {
+        source: PlacementId,
+        dest: PlacementId,
+        to: NodeId,
+    },
+    /// The parent is Subsuming into these children.
+    Split { left: RangeId, right: RangeId },
+    /// The parents are Subsuming into this child.
+    Join { child: RangeId },
 }
 
 /// Where an operation is.
@@ -176,19 +211,38 @@ pub enum OpPhase {
 #[derive(Debug, Clone)]
 pub struct Operation {
     pub id: OpId,
-    pub kind: OpKind,
+    pub request: OpRequest,
+    pub origin: Origin,
+    pub progress: Progress,
     pub phase: OpPhase,
     pub started: Instant,
     pub deadline: Instant,
     /// Why it is being rolled back (deadline, cancel, failure), if it is.
     pub rollback_reason: Option<String>,
-    /// Started by a drain, not by an operator.
-    pub drain: bool,
     /// The operator was already answered (an error at the deadline) while the
     /// work goes on: a move or split/join past its point of no return rolls
     /// forward, a rollback keeps dropping children. Every request ends within
     /// its deadline; the keyspace still converges.
     pub reported: bool,
+}
+
+impl Operation {
+    /// The ranges the operation is about, for conflicts and listings.
+    pub fn ranges(&self) -> Vec<RangeId> {
+        self.request.ranges()
+    }
+}
+
+/// The request, with the destination the engine chose once a move started.
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.request, &self.progress) {
+            (OpRequest::Move { range, .. }, Progress::Move { to, .. }) => {
+                write!(f, "move {range} to {to}")
+            }
+            (request, _) => request.fmt(f),
+        }
+    }
 }
 
 /// Why an operator request was refused at once, or why an operation failed.

@@ -85,14 +85,14 @@ impl pb::control_server::Control for ControlService {
                     .operations()
                     .map(|op| pb::OperationInfo {
                         id: op.id.0,
-                        description: op.kind.to_string(),
+                        description: op.to_string(),
                         phase: match op.phase {
                             OpPhase::Queued => "queued",
                             OpPhase::Running => "running",
                             OpPhase::RollingBack => "rolling back",
                         }
                         .to_owned(),
-                        ranges: op.kind.ranges().iter().map(|r| r.get()).collect(),
+                        ranges: op.ranges().iter().map(|r| r.get()).collect(),
                         age_millis: u64::try_from(
                             now.saturating_duration_since(op.started).as_millis(),
                         )

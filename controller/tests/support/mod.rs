@@ -248,7 +248,7 @@ impl Cluster {
                     ));
                 }
                 for op in e.operations() {
-                    out.push_str(&format!("op {} {} {:?}\n", op.id, op.kind, op.phase));
+                    out.push_str(&format!("op {} {} {:?}\n", op.id, op, op.phase));
                 }
                 out
             })
