@@ -19,4 +19,6 @@ pub mod persist;
 pub mod roster;
 pub mod runtime;
 pub mod service;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod transport;

@@ -415,14 +415,8 @@ impl Engine {
                 }
             }
             Err(error) => {
-                if matches!(error, CallError::UnknownRange(_)) {
-                    self.roster.command_answered(
-                        &dispatch.node,
-                        dispatch.range,
-                        ranger_proto::RemoteState::NotFound,
-                        now,
-                    );
-                }
+                // No error says what the node holds (PROTOCOL.md: even
+                // INVALID_ARGUMENT is ambiguous); its next probe will.
                 Some(format!(
                     "{command:?} of {} on {}: {error}",
                     dispatch.range, dispatch.node

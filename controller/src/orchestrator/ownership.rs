@@ -15,7 +15,7 @@ use ranger_proto::{NodeId, PlacementState, RangeId, RangeState};
 use tokio::time::Instant;
 
 use super::Engine;
-use super::types::{Answer, CallError, OpError};
+use super::types::{Answer, OpError};
 use crate::keyspace::{Placement, PlacementId};
 
 /// A range that waits for a lost node: nothing serves it meanwhile.
@@ -65,9 +65,8 @@ impl Engine {
             Ok(_) => {
                 self.activation_may_have_taken.insert(placement);
             }
-            Err(CallError::UnknownRange(_)) => {
-                self.activation_refused.insert(placement);
-            }
+            // No error proves the node never activated: INVALID_ARGUMENT may
+            // mean "unknown range" or (a reference rangelet) "wrong state".
             Err(_) => {
                 self.activation_may_have_taken.insert(placement);
             }

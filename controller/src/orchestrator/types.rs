@@ -81,9 +81,6 @@ pub enum Persisted {
 /// Why a command got no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    /// The node does not know the range (INVALID_ARGUMENT for Activate/Deactivate).
-    #[error("node does not know the range: {0}")]
-    UnknownRange(String),
     /// The node called the command invalid: it does not hold the range, or (a
     /// reference rangelet) the range is in the wrong state. Not proof of either:
     /// the node's next probe says which.

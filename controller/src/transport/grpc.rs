@@ -54,7 +54,7 @@ impl GrpcTransport {
 /// wrong state. The code alone cannot tell the two apart (and our own message
 /// text is no contract), so it is `Invalid`: the orchestrator then learns the
 /// range's state from the node's next probe instead of assuming it is gone.
-fn call_error(status: Status, command: Option<Command>) -> CallError {
+pub(super) fn call_error(status: Status, command: Option<Command>) -> CallError {
     let message = status.message().to_owned();
     match status.code() {
         Code::InvalidArgument

@@ -187,16 +187,13 @@ impl<N: Node> InProcessTransport<N> {
     }
 }
 
-fn call_error(e: CommandError) -> CallError {
-    match e {
-        CommandError::UnknownRange(_) => CallError::UnknownRange(e.to_string()),
-        CommandError::WrongState { .. } => CallError::WrongState(e.to_string()),
-        CommandError::ShuttingDown => CallError::Unreachable(e.to_string()),
-        CommandError::MetaMismatch { .. }
-        | CommandError::Persist { .. }
-        | CommandError::StaleTerm { .. }
-        | CommandError::PersistTerm { .. } => CallError::Other(e.to_string()),
-    }
+/// What a gRPC caller would see for this refusal: the node SDK's service turns
+/// it into a status, and the gRPC transport turns the status into a
+/// [`CallError`]. Going through both keeps the two transports answering alike
+/// (the transport conformance suite checks it), so tests over this transport
+/// exercise the orchestrator's production error paths.
+fn call_error(e: CommandError, command: Command) -> CallError {
+    super::grpc::call_error(tonic::Status::from(e), Some(command))
 }
 
 impl<N: Node> NodeTransport for InProcessTransport<N> {
@@ -209,7 +206,8 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
         timeout: Duration,
     ) -> Answer {
         let rangelet = self.rangelet(addr)?;
-        let faults = self.faults_for(addr, Lost::Command(call.command()));
+        let command = call.command();
+        let faults = self.faults_for(addr, Lost::Command(command));
         let started = tokio::time::Instant::now();
         self.deliver(&faults, timeout)
             .await
@@ -234,7 +232,7 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
             Ok(_) if faults.contains(&Fault::DropReply) => Err(CallError::Unreachable(format!(
                 "connection to {addr} reset before the reply arrived"
             ))),
-            Ok(result) => result.map_err(call_error),
+            Ok(result) => result.map_err(|e| call_error(e, command)),
         }
     }
 

@@ -1,0 +1,229 @@
+//! The conformance suite for node transports: what every [`NodeTransport`] must
+//! answer, whatever carries the messages. The orchestrator acts on these
+//! answers (an `Unreachable` is retried with backoff, an `Invalid` waits for the
+//! next probe, a callback failure counts against the node), so a transport that
+//! answers differently makes the controller behave differently. Both of ours
+//! (gRPC, in-process) run it, which is what lets tests over the in-process one
+//! stand for production.
+//!
+//! A transport under test is wrapped in a [`TransportHarness`] that can serve
+//! a rangelet and name an address where nothing listens; [`run_all`] then
+//! drives real rangelets over [`ScriptedNode`]s through it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use ranger_node_sdk::testing::{Behaviour, ScriptedNode};
+use ranger_proto::{Command, RangeId, RangeMeta, RemoteState};
+
+use crate::orchestrator::{Answer, Call, CallError};
+use crate::transport::NodeTransport;
+
+/// How the suite reaches nodes through the transport under test.
+pub trait TransportHarness {
+    type Transport: NodeTransport;
+
+    /// The transport under test.
+    fn transport(&self) -> &Self::Transport;
+
+    /// Serves a new rangelet over `node` (in memory, no state) and returns the
+    /// address the transport reaches it at.
+    fn serve(&mut self, node: ScriptedNode) -> impl Future<Output = String>;
+
+    /// An address where nothing listens.
+    fn nowhere(&self) -> String;
+}
+
+/// The lease the suite grants: long enough that no check sees it lapse.
+const LEASE: Duration = Duration::from_secs(30);
+/// The timeout of every call but the one that checks timeouts.
+const TIMEOUT: Duration = Duration::from_secs(5);
+const TERM: u64 = 7;
+
+fn first() -> RangeId {
+    RangeId::FIRST
+}
+
+fn prepare() -> Call {
+    Call::Prepare {
+        meta: RangeMeta::whole(first()),
+        parents: Vec::new(),
+    }
+}
+
+async fn call<H: TransportHarness>(h: &H, addr: &str, call: Call) -> Answer {
+    h.transport().call(addr, first(), call, TERM, TIMEOUT).await
+}
+
+async fn probe_state<H: TransportHarness>(h: &H, addr: &str) -> Option<RemoteState> {
+    let (ranges, _) = h
+        .transport()
+        .probe(addr, TERM, LEASE, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("probe of {addr} failed: {e}"));
+    ranges
+        .iter()
+        .find(|r| r.meta.id() == first())
+        .map(|r| r.state)
+}
+
+fn state_of(answer: Answer, what: &str) -> RemoteState {
+    match answer {
+        Ok(outcome) => {
+            assert_eq!(outcome.failure, None, "{what}: unexpected callback failure");
+            outcome.state
+        }
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+/// Runs every check, each against fresh nodes; panics naming the first that
+/// fails.
+pub async fn run_all<H: TransportHarness>(h: &mut H) {
+    commands_walk_a_range_through_its_states(h).await;
+    a_failed_callback_is_an_outcome_that_carries_its_message(h).await;
+    activating_a_range_the_node_does_not_hold_is_invalid(h).await;
+    a_command_or_probe_from_an_older_term_is_refused(h).await;
+    a_stalled_callback_is_unreachable_once_the_timeout_passes(h).await;
+    an_address_where_nothing_listens_is_unreachable(h).await;
+}
+
+/// Prepare, Activate, Deactivate and Drop each answer the state they reached,
+/// and a probe in between reports the same.
+pub async fn commands_walk_a_range_through_its_states<H: TransportHarness>(h: &mut H) {
+    let addr = h.serve(ScriptedNode::new()).await;
+    assert_eq!(
+        probe_state(h, &addr).await,
+        None,
+        "a new node holds nothing"
+    );
+    let steps = [
+        (
+            prepare(),
+            RemoteState::Inactive,
+            Some(RemoteState::Inactive),
+        ),
+        (
+            Call::Activate,
+            RemoteState::Active,
+            Some(RemoteState::Active),
+        ),
+        (
+            Call::Deactivate,
+            RemoteState::Inactive,
+            Some(RemoteState::Inactive),
+        ),
+        (Call::Drop { force: false }, RemoteState::NotFound, None),
+    ];
+    for (command, answered, probed) in steps {
+        let what = format!("{:?}", command.command());
+        assert_eq!(state_of(call(h, &addr, command).await, &what), answered);
+        assert_eq!(probe_state(h, &addr).await, probed, "probe after {what}");
+    }
+}
+
+/// A callback that fails is an answer, not a transport error: the state the
+/// range stayed in and the storage system's message.
+pub async fn a_failed_callback_is_an_outcome_that_carries_its_message<H: TransportHarness>(
+    h: &mut H,
+) {
+    let node = ScriptedNode::new();
+    node.on(Command::Prepare, Behaviour::Fail("disk full".into()));
+    let addr = h.serve(node).await;
+    match call(h, &addr, prepare()).await {
+        Ok(outcome) => {
+            let failure = outcome.failure.unwrap_or_default();
+            assert!(failure.contains("disk full"), "message lost: {failure:?}");
+            assert_ne!(outcome.state, RemoteState::Inactive, "a failed prepare");
+        }
+        Err(e) => panic!("a failed callback must be an outcome, got {e}"),
+    }
+}
+
+/// PROTOCOL.md: Activate of a range the node does not hold is INVALID_ARGUMENT,
+/// which (the reference answers it for a wrong state too) proves nothing.
+pub async fn activating_a_range_the_node_does_not_hold_is_invalid<H: TransportHarness>(h: &mut H) {
+    let addr = h.serve(ScriptedNode::new()).await;
+    h.transport()
+        .probe(&addr, TERM, LEASE, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("probe: {e}"));
+    for command in [Call::Activate, Call::Deactivate] {
+        let answer = call(h, &addr, command.clone()).await;
+        assert!(
+            matches!(answer, Err(CallError::Invalid(_))),
+            "{:?} of an unknown range: {answer:?}",
+            command.command()
+        );
+    }
+}
+
+/// A node that has seen a newer controller term refuses an older one's
+/// commands (as a wrong state) and probes (SCENARIOS.md #43).
+pub async fn a_command_or_probe_from_an_older_term_is_refused<H: TransportHarness>(h: &mut H) {
+    let addr = h.serve(ScriptedNode::new()).await;
+    state_of(
+        call(h, &addr, prepare()).await,
+        "prepare in the current term",
+    );
+    let stale = h
+        .transport()
+        .call(
+            &addr,
+            first(),
+            Call::Drop { force: false },
+            TERM - 1,
+            TIMEOUT,
+        )
+        .await;
+    match stale {
+        Err(CallError::WrongState(message)) => {
+            assert!(message.contains("stale"), "says why: {message}")
+        }
+        other => panic!("a command from an older term: {other:?}"),
+    }
+    let probe = h.transport().probe(&addr, TERM - 1, LEASE, TIMEOUT).await;
+    assert!(probe.is_err(), "a probe from an older term: {probe:?}");
+    assert_eq!(
+        probe_state(h, &addr).await,
+        Some(RemoteState::Inactive),
+        "the refused drop changed nothing"
+    );
+}
+
+/// A node that never answers is unreachable once the caller's timeout passes,
+/// not later (the orchestrator's deadlines count on it).
+pub async fn a_stalled_callback_is_unreachable_once_the_timeout_passes<H: TransportHarness>(
+    h: &mut H,
+) {
+    let node = ScriptedNode::new();
+    node.on(Command::Prepare, Behaviour::Stall);
+    let addr = h.serve(node).await;
+    let timeout = Duration::from_millis(300);
+    let started = tokio::time::Instant::now();
+    let answer = h
+        .transport()
+        .call(&addr, first(), prepare(), TERM, timeout)
+        .await;
+    let took = started.elapsed();
+    assert!(
+        matches!(answer, Err(CallError::Unreachable(_))),
+        "a stalled callback: {answer:?}"
+    );
+    assert!(
+        took >= timeout && took < timeout + Duration::from_secs(2),
+        "answered after {took:?} for a {timeout:?} timeout"
+    );
+}
+
+/// Nothing listening: commands are unreachable and probes fail.
+pub async fn an_address_where_nothing_listens_is_unreachable<H: TransportHarness>(h: &mut H) {
+    let addr = h.nowhere();
+    let answer = call(h, &addr, prepare()).await;
+    assert!(
+        matches!(answer, Err(CallError::Unreachable(_))),
+        "a command to {addr}: {answer:?}"
+    );
+    let probe = h.transport().probe(&addr, TERM, LEASE, TIMEOUT).await;
+    assert!(probe.is_err(), "a probe to {addr}: {probe:?}");
+}
