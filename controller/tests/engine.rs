@@ -23,31 +23,19 @@ use ranger_proto::{
 };
 use tokio::time::Instant;
 
+mod support;
+
 fn node(name: &str) -> NodeId {
-    NodeId::new(name).unwrap()
+    support::node_id(name)
 }
 
 fn range(n: u64) -> RangeId {
-    RangeId::new(n).unwrap()
+    support::id(n)
 }
 
+/// The scenario tests' timings (short backoffs and deadlines), at R1.
 fn config() -> OrchestratorConfig {
-    OrchestratorConfig {
-        replication: Replication::R1,
-        prepare_deadline: Duration::from_secs(10),
-        max_attempts: 3,
-        backoff_initial: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(500),
-        op_deadline: Duration::from_secs(10),
-        activate_deadline: Duration::from_secs(5),
-        prepare_stall: Duration::from_secs(3),
-        exclusion: Duration::from_secs(30),
-        lease: Duration::from_secs(2),
-        lease_margin: Duration::from_secs(1),
-        probe_interval: Duration::from_millis(200),
-        rpc_timeout: Duration::from_secs(2),
-        max_drain_moves: 4,
-    }
+    support::config(Replication::R1)
 }
 
 /// What the model nodes hold: (node, range) → (meta, state).
