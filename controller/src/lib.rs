@@ -8,6 +8,7 @@
 //! with failure counting and backoff) is `orchestrator::attempts` here, inside
 //! the engine, so that its decisions are as testable as the rest.
 
+pub mod balancer;
 pub mod bootstrap;
 pub mod config;
 pub mod discovery;

@@ -1,0 +1,292 @@
+//! Moves: draining nodes empty, overloaded nodes shed, underloaded nodes fill.
+//!
+//! Bands around the mean load per unit of capacity, with hysteresis so that a node
+//! that was just corrected is not corrected back by noise:
+//!
+//! - a node above `mean × (1 + tolerance)` sheds until it is at most
+//!   `mean × (1 + tolerance/2)`;
+//! - a node below `mean × (1 − tolerance)` takes load until it is at least
+//!   `mean × (1 − tolerance/2)` (that is how a new node fills up);
+//! - a destination never ends above `mean × (1 + tolerance/2)`, and always ends
+//!   below where its source started, so that every move makes progress and no
+//!   move creates a new overloaded node.
+//!
+//! Within a source, the range that removes the most load per byte moved goes
+//! first (moves cost bytes; load is what we want to shift), except that a range
+//! that would overshoot the source below its band waits until the ones that
+//! do not have been tried.
+
+use super::plan::{Candidate, Reason, SkipReason};
+use super::round::Round;
+
+/// Drains first: those moves are owed whatever the balance.
+pub(super) fn plan_drains(round: &mut Round<'_>) {
+    let draining: Vec<usize> = (0..round.nodes.len())
+        .filter(|&n| {
+            let node = &round.nodes[n];
+            node.snap.state == super::snapshot::NodeState::Draining && !node.ranges.is_empty()
+        })
+        .collect();
+    for s in draining {
+        if !round.nodes[s].fresh {
+            round.skip(Candidate::Move, None, Some(s), SkipReason::StaleLoad);
+            continue;
+        }
+        // Hottest first: the load has to go, and the cluster feels it sooner.
+        let mut ranges = round.nodes[s].ranges.clone();
+        ranges.sort_by(|&a, &b| {
+            let (fa, fb) = (round.ranges[a].figure, round.ranges[b].figure);
+            fb.total_cmp(&fa).then(a.cmp(&b))
+        });
+        for ri in ranges {
+            if round.ranges[ri].acted {
+                continue;
+            }
+            if let Some(why) = round.blocked(ri) {
+                round.skip(Candidate::Move, Some(ri), Some(s), why);
+                continue;
+            }
+            if let Err(why) = move_limits(round, ri, s) {
+                round.skip(Candidate::Move, Some(ri), Some(s), why);
+                if why == SkipReason::RateLimitBytes {
+                    continue;
+                }
+                break;
+            }
+            match best_target(round, ri, s, f64::INFINITY, f64::INFINITY) {
+                Ok(t) => round.push_move(ri, s, t, Reason::MoveDrain),
+                Err(why) => round.skip(Candidate::Move, Some(ri), Some(s), why),
+            }
+        }
+    }
+}
+
+/// Overloaded nodes shed load to the least loaded nodes that can take it.
+pub(super) fn plan_sheds(round: &mut Round<'_>) {
+    let tol = round.config.tolerance;
+    let upper = round.mean * (1.0 + tol);
+    let shed_to = round.mean * (1.0 + tol / 2.0);
+    let fill_to = round.mean * (1.0 - tol / 2.0);
+    let mut sources: Vec<usize> = round
+        .eligible_nodes()
+        .into_iter()
+        .filter(|&n| round.nodes[n].util() > upper)
+        .collect();
+    sources.sort_by(|&a, &b| {
+        let (ua, ub) = (round.nodes[a].util(), round.nodes[b].util());
+        ub.total_cmp(&ua).then(a.cmp(&b))
+    });
+    for s in sources {
+        let excess = round.nodes[s].util() - shed_to;
+        let min_delta = round.config.min_move_fraction * excess;
+        for ri in candidates(round, s, fill_to) {
+            let util_s = round.nodes[s].util();
+            if util_s <= shed_to {
+                break;
+            }
+            if round.ranges[ri].acted {
+                continue;
+            }
+            if let Some(why) = round.blocked(ri) {
+                round.skip(Candidate::Move, Some(ri), Some(s), why);
+                continue;
+            }
+            if let Err(why) = move_limits(round, ri, s) {
+                round.skip(Candidate::Move, Some(ri), Some(s), why);
+                if why == SkipReason::RateLimitBytes {
+                    continue;
+                }
+                break;
+            }
+            if round.delta(ri, s) < min_delta {
+                round.skip(
+                    Candidate::Move,
+                    Some(ri),
+                    Some(s),
+                    SkipReason::TooLittleLoad,
+                );
+                continue;
+            }
+            if round.in_move_cooldown(ri) {
+                round.skip(Candidate::Move, Some(ri), Some(s), SkipReason::Cooldown);
+                continue;
+            }
+            match best_target(round, ri, s, shed_to, util_s) {
+                Ok(t) => round.push_move(ri, s, t, Reason::MoveOverloaded),
+                Err(why) => round.skip(Candidate::Move, Some(ri), Some(s), why),
+            }
+        }
+    }
+}
+
+/// Underloaded nodes (a new node, one whose hot ranges cooled) take load from the
+/// most loaded nodes above the mean, as long as those stay within their band.
+pub(super) fn plan_fills(round: &mut Round<'_>) {
+    let tol = round.config.tolerance;
+    let lower = round.mean * (1.0 - tol);
+    let fill_to = round.mean * (1.0 - tol / 2.0);
+    let shed_to = round.mean * (1.0 + tol / 2.0);
+    let eligible = round.eligible_nodes();
+    let mut targets: Vec<usize> = eligible
+        .iter()
+        .copied()
+        .filter(|&n| round.nodes[n].util() < lower)
+        .collect();
+    targets.sort_by(|&a, &b| {
+        let (ua, ub) = (round.nodes[a].util(), round.nodes[b].util());
+        ua.total_cmp(&ub).then(a.cmp(&b))
+    });
+    for t in targets {
+        while round.nodes[t].util() < fill_to {
+            if round.slots == 0 {
+                round.skip(
+                    Candidate::Move,
+                    None,
+                    Some(t),
+                    SkipReason::RateLimitInFlight,
+                );
+                return;
+            }
+            if round.nodes[t].transfers_in >= round.config.max_transfers_in {
+                round.skip(
+                    Candidate::Move,
+                    None,
+                    Some(t),
+                    SkipReason::RateLimitTransfersIn,
+                );
+                break;
+            }
+            match best_fill(round, t, &eligible, fill_to, shed_to) {
+                Some((ri, s)) => round.push_move(ri, s, t, Reason::MoveUnderloaded),
+                None => {
+                    round.skip(Candidate::Move, None, Some(t), SkipReason::NoTarget);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The move into `t` from the most loaded source that has a range fitting both
+/// bands; within a source, the most load per byte.
+fn best_fill(
+    round: &mut Round<'_>,
+    t: usize,
+    eligible: &[usize],
+    fill_to: f64,
+    shed_to: f64,
+) -> Option<(usize, usize)> {
+    let mean = round.mean;
+    let mut sources: Vec<usize> = eligible
+        .iter()
+        .copied()
+        .filter(|&s| s != t && round.nodes[s].util() > mean)
+        .collect();
+    sources.sort_by(|&a, &b| {
+        let (ua, ub) = (round.nodes[a].util(), round.nodes[b].util());
+        ub.total_cmp(&ua).then(a.cmp(&b))
+    });
+    let deficit = fill_to - round.nodes[t].util();
+    for s in sources {
+        if round.nodes[s].transfers_out >= round.config.max_transfers_out {
+            continue;
+        }
+        let util_s = round.nodes[s].util();
+        let util_t = round.nodes[t].util();
+        for ri in candidates(round, s, fill_to) {
+            let r = &round.ranges[ri];
+            if r.acted || r.nodes.contains(&t) || round.blocked(ri).is_some() {
+                continue;
+            }
+            let after_t = util_t + round.delta(ri, t);
+            let after_s = util_s - round.delta(ri, s);
+            if after_t > shed_to || after_s < fill_to || after_t >= util_s {
+                continue;
+            }
+            if round.delta(ri, t) < round.config.min_move_fraction * deficit {
+                continue;
+            }
+            if round.is_excluded(ri, t)
+                || round.in_move_cooldown(ri)
+                || round.bytes_moved.saturating_add(round.range(ri).load.bytes) > round.bytes_budget
+            {
+                continue;
+            }
+            return Some((ri, s));
+        }
+    }
+    None
+}
+
+/// The ranges of `s` in the order they should be tried: those that keep the source
+/// at or above `fill_to` first, each group by load per byte, highest first.
+fn candidates(round: &Round<'_>, s: usize, fill_to: f64) -> Vec<usize> {
+    let util_s = round.nodes[s].util();
+    let mut list: Vec<(bool, f64, usize)> = round.nodes[s]
+        .ranges
+        .iter()
+        .filter(|&&ri| round.ranges[ri].figure > 0.0 && round.ranges[ri].nodes.contains(&s))
+        .map(|&ri| {
+            let overshoots = util_s - round.delta(ri, s) < fill_to;
+            let bytes = round.range(ri).load.bytes.max(1) as f64;
+            (overshoots, round.ranges[ri].figure / bytes, ri)
+        })
+        .collect();
+    list.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)));
+    list.into_iter().map(|(_, _, ri)| ri).collect()
+}
+
+/// The limits that depend only on the range and its source.
+fn move_limits(round: &Round<'_>, ri: usize, s: usize) -> Result<(), SkipReason> {
+    if round.slots == 0 {
+        return Err(SkipReason::RateLimitInFlight);
+    }
+    if round.nodes[s].transfers_out >= round.config.max_transfers_out {
+        return Err(SkipReason::RateLimitTransfersOut);
+    }
+    let bytes = round.range(ri).load.bytes;
+    if round.bytes_moved.saturating_add(bytes) > round.bytes_budget {
+        return Err(SkipReason::RateLimitBytes);
+    }
+    Ok(())
+}
+
+/// The eligible node that ends least loaded after taking `ri` from `s`, at most at
+/// `cap` and strictly below `below`; not holding the range, not excluded for it,
+/// with a transfer slot free.
+pub(super) fn best_target(
+    round: &Round<'_>,
+    ri: usize,
+    s: usize,
+    cap: f64,
+    below: f64,
+) -> Result<usize, SkipReason> {
+    let mut best: Option<(f64, usize)> = None;
+    let mut full = false;
+    for t in 0..round.nodes.len() {
+        let node = &round.nodes[t];
+        if t == s || !node.eligible() || round.ranges[ri].nodes.contains(&t) {
+            continue;
+        }
+        let after = node.util() + round.delta(ri, t);
+        if after > cap || after >= below {
+            continue;
+        }
+        if best.is_some_and(|(b, _)| b <= after) {
+            continue;
+        }
+        if round.is_excluded(ri, t) {
+            continue;
+        }
+        if node.transfers_in >= round.config.max_transfers_in {
+            full = true;
+            continue;
+        }
+        best = Some((after, t));
+    }
+    match best {
+        Some((_, t)) => Ok(t),
+        None if full => Err(SkipReason::RateLimitTransfersIn),
+        None => Err(SkipReason::NoTarget),
+    }
+}

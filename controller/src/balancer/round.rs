@@ -1,0 +1,497 @@
+//! One planning round's working state: the snapshot indexed for the rules, the
+//! smoothed loads, the projected node loads, the limits left, and the plan being
+//! built.
+//!
+//! The rules (split, move, join) only read and update this; it is the one place
+//! that knows how an action changes the projected loads and the limits, so that
+//! every rule sees the effect of the actions planned before it in the same round.
+
+use std::collections::{HashMap, HashSet};
+
+use ranger_proto::{Key, NodeId, RangeId};
+
+use super::config::BalancerConfig;
+use super::load::{Dims, Scale, Smoothed, imbalance};
+use super::memory::{BalancerMemory, HotSpan, RecentMove, contains, overlaps};
+use super::plan::{
+    Action, Candidate, Imbalance, NodeReport, Plan, PlannedAction, Reason, SkipReason, Skipped,
+};
+use super::snapshot::{NodeSnapshot, NodeState, OpKind, RangeSnapshot, Snapshot};
+
+/// A node as the round sees it.
+#[derive(Debug)]
+pub(super) struct NodeWork<'a> {
+    pub snap: &'a NodeSnapshot,
+    /// Its load report is recent enough to believe.
+    pub fresh: bool,
+    /// Load per dimension, with moves in flight counted as done.
+    pub dims: Dims,
+    /// The load figure before this plan.
+    pub load: f64,
+    /// The load figure after the moves planned so far.
+    pub planned: f64,
+    /// Ranges with a placement here (moves in flight counted as done).
+    pub ranges: Vec<usize>,
+    pub transfers_out: usize,
+    pub transfers_in: usize,
+}
+
+impl NodeWork<'_> {
+    pub fn capacity(&self) -> f64 {
+        self.snap.capacity
+    }
+
+    /// A node with a usable capacity, Active, with a fresh report: it may give and
+    /// take load, and it counts in the mean.
+    pub fn eligible(&self) -> bool {
+        self.fresh && self.snap.state == NodeState::Active && has_capacity(self.snap)
+    }
+
+    /// Planned load per unit of capacity.
+    pub fn util(&self) -> f64 {
+        if has_capacity(self.snap) {
+            self.planned / self.snap.capacity
+        } else {
+            f64::INFINITY
+        }
+    }
+}
+
+fn has_capacity(n: &NodeSnapshot) -> bool {
+    n.capacity.is_finite() && n.capacity > 0.0
+}
+
+/// A range as the round sees it.
+#[derive(Debug)]
+pub(super) struct RangeWork {
+    pub dims: Dims,
+    /// Its load figure (on each node holding it).
+    pub figure: f64,
+    /// Nodes holding it (moves in flight counted as done); unknown nodes omitted.
+    pub nodes: Vec<usize>,
+    /// A placement is on a node that is not in the snapshot.
+    pub unknown_node: bool,
+    /// An operation on it is in flight.
+    pub in_flight: bool,
+    /// This plan already acts on it.
+    pub acted: bool,
+    /// Consecutive hot rounds, this one included (0: not hot now).
+    pub hot_rounds: u32,
+}
+
+/// The working state of one round.
+#[derive(Debug)]
+pub(super) struct Round<'a> {
+    pub snap: &'a Snapshot,
+    pub config: &'a BalancerConfig,
+    pub nodes: Vec<NodeWork<'a>>,
+    pub ranges: Vec<RangeWork>,
+    /// Range indices in key order.
+    pub order: Vec<usize>,
+    excluded: HashSet<(RangeId, usize)>,
+    /// Mean load figure per unit of capacity: the target every node is balanced to.
+    pub mean: f64,
+    /// Request rate above which a range is hot.
+    pub hot_rate: f64,
+    /// Operations that may still be planned.
+    pub slots: usize,
+    pub bytes_budget: u64,
+    pub bytes_moved: u64,
+    memory: &'a BalancerMemory,
+    next: BalancerMemory,
+    pub plan: Plan,
+}
+
+impl<'a> Round<'a> {
+    /// Indexes the snapshot, smooths the loads and projects the moves in flight.
+    pub fn new(
+        snap: &'a Snapshot,
+        config: &'a BalancerConfig,
+        memory: &'a BalancerMemory,
+    ) -> Round<'a> {
+        let now = snap.now;
+        let mut nodes: Vec<NodeWork<'a>> = snap
+            .nodes
+            .iter()
+            .map(|n| NodeWork {
+                snap: n,
+                fresh: n.report_age.is_some_and(|age| age <= config.stale_after),
+                dims: Dims::default(),
+                load: 0.0,
+                planned: 0.0,
+                ranges: Vec::new(),
+                transfers_out: 0,
+                transfers_in: 0,
+            })
+            .collect();
+        let node_ix: HashMap<&NodeId, usize> = snap
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (&n.id, i))
+            .collect();
+        let range_ix: HashMap<RangeId, usize> = snap
+            .ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id, i))
+            .collect();
+
+        let mut order: Vec<usize> = (0..snap.ranges.len()).collect();
+        if !snap.ranges.windows(2).all(|w| w[0].start <= w[1].start) {
+            order.sort_by(|&a, &b| snap.ranges[a].start.cmp(&snap.ranges[b].start));
+        }
+
+        // Smoothed loads: a range's report is believed when one of its nodes is
+        // fresh; otherwise its previous smoothed value (if any) is kept.
+        let mut next = BalancerMemory {
+            smoothed: HashMap::with_capacity(snap.ranges.len()),
+            ..BalancerMemory::default()
+        };
+        let mut ranges: Vec<RangeWork> = Vec::with_capacity(snap.ranges.len());
+        for r in &snap.ranges {
+            let mut on = Vec::with_capacity(r.placements.len());
+            let mut unknown_node = false;
+            for id in &r.placements {
+                match node_ix.get(id) {
+                    Some(&i) if !on.contains(&i) => on.push(i),
+                    Some(_) => {}
+                    None => unknown_node = true,
+                }
+            }
+            let believed = on.iter().any(|&i| nodes[i].fresh);
+            let prev = memory.smoothed.get(&r.id);
+            let smoothed = match (believed, prev) {
+                (false, Some(prev)) => *prev,
+                _ => Smoothed::update(prev, &r.load, now, config.smoothing_half_life),
+            };
+            next.smoothed.insert(r.id, smoothed);
+            let dims = smoothed.dims(&config.weights);
+            ranges.push(RangeWork {
+                dims,
+                figure: 0.0,
+                nodes: on,
+                unknown_node,
+                in_flight: false,
+                acted: false,
+                hot_rounds: 0,
+            });
+        }
+
+        // Operations in flight: their ranges are left alone, their transfers count
+        // against the nodes' limits, and a move's load is already its destination's.
+        for op in &snap.in_flight {
+            let from = op.from.as_ref().and_then(|id| node_ix.get(id).copied());
+            let to = op.to.as_ref().and_then(|id| node_ix.get(id).copied());
+            for id in &op.ranges {
+                let Some(&ri) = range_ix.get(id) else {
+                    continue;
+                };
+                ranges[ri].in_flight = true;
+                if let (OpKind::Move, Some(f), Some(t)) = (op.kind, from, to)
+                    && let Some(slot) = ranges[ri].nodes.iter().position(|&n| n == f)
+                {
+                    if ranges[ri].nodes.contains(&t) {
+                        ranges[ri].nodes.remove(slot);
+                    } else {
+                        ranges[ri].nodes[slot] = t;
+                    }
+                }
+            }
+            if op.kind == OpKind::Move {
+                if let Some(f) = from {
+                    nodes[f].transfers_out += 1;
+                }
+                if let Some(t) = to {
+                    nodes[t].transfers_in += 1;
+                }
+            }
+        }
+
+        for (ri, r) in ranges.iter().enumerate() {
+            for &n in &r.nodes {
+                nodes[n].dims.add(&r.dims);
+                nodes[n].ranges.push(ri);
+            }
+        }
+
+        // The fair share: the load of every node whose report we believe (a
+        // draining node's load must go somewhere) over the capacity of the nodes
+        // that may take it.
+        let mut total = Dims::default();
+        let mut capacity = 0.0;
+        for n in &nodes {
+            if n.fresh && n.snap.state != NodeState::RecentlyFailed && has_capacity(n.snap) {
+                total.add(&n.dims);
+            }
+            if n.eligible() {
+                capacity += n.capacity();
+            }
+        }
+        let scale = Scale::new(config.weights, &total, capacity);
+        for r in &mut ranges {
+            r.figure = scale.figure(&r.dims);
+        }
+        let mut counted = 0.0;
+        for n in &mut nodes {
+            n.load = scale.figure(&n.dims);
+            n.planned = n.load;
+            if n.fresh && n.snap.state != NodeState::RecentlyFailed && has_capacity(n.snap) {
+                counted += n.load;
+            }
+        }
+        let mean = if capacity > 0.0 {
+            counted / capacity
+        } else {
+            0.0
+        };
+        let hot_rate =
+            (config.split_load_share * scale.share().requests).max(config.split_min_rate);
+
+        // Hot rounds: counted per range, inherited by the children of a hot range
+        // this balancer split; frozen while the range's load is not believed.
+        let hot_spans: Vec<&HotSpan> = memory
+            .hot_spans
+            .iter()
+            .filter(|h| now.since(h.at) < config.move_cooldown)
+            .collect();
+        for (ri, r) in snap.ranges.iter().enumerate() {
+            let work = &mut ranges[ri];
+            let prev = memory.hot_rounds.get(&r.id).copied().or_else(|| {
+                hot_spans
+                    .iter()
+                    .find(|h| contains(&h.start, &h.end, &r.start, &r.end))
+                    .map(|h| h.rounds)
+            });
+            let believed = work.nodes.iter().any(|&i| nodes[i].fresh);
+            let rounds = if !believed {
+                prev.unwrap_or(0)
+            } else if work.dims.requests > hot_rate {
+                prev.unwrap_or(0).saturating_add(1)
+            } else {
+                0
+            };
+            work.hot_rounds = rounds;
+            if rounds > 0 {
+                next.hot_rounds.insert(r.id, rounds);
+            }
+        }
+        next.hot_spans = hot_spans.into_iter().cloned().collect();
+        next.recent_moves = memory
+            .recent_moves
+            .iter()
+            .filter(|m| now.since(m.at) < config.move_cooldown)
+            .cloned()
+            .collect();
+
+        let excluded = snap
+            .excluded
+            .iter()
+            .filter_map(|(r, n)| node_ix.get(n).map(|&i| (*r, i)))
+            .collect();
+
+        let keyspace_bytes: u64 = snap.ranges.iter().map(|r| r.load.bytes).sum();
+        let bytes_budget = (keyspace_bytes as f64 * config.max_bytes_moved_share) as u64;
+        let slots = config.max_in_flight.saturating_sub(snap.in_flight.len());
+
+        Round {
+            snap,
+            config,
+            nodes,
+            ranges,
+            order,
+            excluded,
+            mean,
+            hot_rate,
+            slots,
+            bytes_budget,
+            bytes_moved: 0,
+            memory,
+            next,
+            plan: Plan {
+                now,
+                bytes_budget,
+                mean_load: mean,
+                ..Plan::default()
+            },
+        }
+    }
+
+    pub fn range(&self, ri: usize) -> &'a RangeSnapshot {
+        &self.snap.ranges[ri]
+    }
+
+    /// Records a skipped candidate: always counted, listed up to the limit.
+    pub fn skip(
+        &mut self,
+        candidate: Candidate,
+        range: Option<usize>,
+        node: Option<usize>,
+        reason: SkipReason,
+    ) {
+        *self.plan.skip_counts.entry(reason).or_insert(0) += 1;
+        if self.plan.skipped.len() < self.config.max_skips_listed {
+            let range = range.map(|ri| self.snap.ranges[ri].id);
+            let node = node.map(|n| self.nodes[n].snap.id.clone());
+            self.plan.skipped.push(Skipped {
+                candidate,
+                range,
+                node,
+                reason,
+            });
+        }
+    }
+
+    /// Whether a range may be acted on at all this round, and if not why.
+    pub fn blocked(&self, ri: usize) -> Option<SkipReason> {
+        let r = &self.ranges[ri];
+        if r.in_flight {
+            return Some(SkipReason::InFlight);
+        }
+        if r.nodes
+            .iter()
+            .any(|&n| self.nodes[n].snap.state == NodeState::RecentlyFailed)
+            || r.unknown_node
+        {
+            return Some(SkipReason::NodeFailed);
+        }
+        if r.nodes.iter().any(|&n| !self.nodes[n].fresh) {
+            return Some(SkipReason::StaleLoad);
+        }
+        None
+    }
+
+    /// Whether the range (or a range it came from) moved within the cooldown:
+    /// moving it again, back or onwards, would undo a move just paid for.
+    pub fn in_move_cooldown(&self, ri: usize) -> bool {
+        let r = self.range(ri);
+        let now = self.snap.now;
+        let window = self.config.move_cooldown;
+        now.within(r.last_moved, window)
+            || self.memory.recent_moves.iter().any(|m| {
+                now.within(Some(m.at), window) && overlaps(&m.start, &m.end, &r.start, &r.end)
+            })
+    }
+
+    pub fn is_excluded(&self, ri: usize, node: usize) -> bool {
+        self.excluded.contains(&(self.snap.ranges[ri].id, node))
+    }
+
+    /// Load per unit of capacity that moving `ri` adds to (or removes from) `node`.
+    pub fn delta(&self, ri: usize, node: usize) -> f64 {
+        self.ranges[ri].figure / self.nodes[node].capacity()
+    }
+
+    /// Nodes that take part in balancing.
+    pub fn eligible_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].eligible())
+            .collect()
+    }
+
+    pub fn push_split(&mut self, ri: usize, key: Key, reason: Reason) {
+        let r = self.range(ri);
+        let rounds = self.ranges[ri].hot_rounds;
+        if rounds > 0 {
+            self.next.hot_spans.push(HotSpan {
+                start: r.start.clone(),
+                end: r.end.clone(),
+                rounds,
+                at: self.snap.now,
+            });
+        }
+        self.ranges[ri].acted = true;
+        self.slots = self.slots.saturating_sub(1);
+        self.plan.actions.push(PlannedAction {
+            action: Action::Split { range: r.id, key },
+            reason,
+        });
+    }
+
+    pub fn push_join(&mut self, left: usize, right: usize) {
+        self.ranges[left].acted = true;
+        self.ranges[right].acted = true;
+        self.slots = self.slots.saturating_sub(1);
+        self.plan.actions.push(PlannedAction {
+            action: Action::Join {
+                left: self.snap.ranges[left].id,
+                right: self.snap.ranges[right].id,
+            },
+            reason: Reason::JoinCold,
+        });
+    }
+
+    /// Plans moving the placement of `ri` on `from` to `to`, and counts it in the
+    /// projected loads and the limits.
+    pub fn push_move(&mut self, ri: usize, from: usize, to: usize, reason: Reason) {
+        let figure = self.ranges[ri].figure;
+        self.nodes[from].planned -= figure;
+        self.nodes[to].planned += figure;
+        self.nodes[from].transfers_out += 1;
+        self.nodes[to].transfers_in += 1;
+        if let Some(slot) = self.ranges[ri].nodes.iter().position(|&n| n == from) {
+            self.ranges[ri].nodes[slot] = to;
+        }
+        self.ranges[ri].acted = true;
+        self.slots = self.slots.saturating_sub(1);
+        let r = self.range(ri);
+        self.bytes_moved = self.bytes_moved.saturating_add(r.load.bytes);
+        let (from_id, to_id) = (
+            self.nodes[from].snap.id.clone(),
+            self.nodes[to].snap.id.clone(),
+        );
+        self.next.recent_moves.push(RecentMove {
+            start: r.start.clone(),
+            end: r.end.clone(),
+            from: from_id.clone(),
+            to: to_id.clone(),
+            at: self.snap.now,
+        });
+        self.plan.actions.push(PlannedAction {
+            action: Action::Move {
+                range: r.id,
+                from: from_id,
+                to: to_id,
+            },
+            reason,
+        });
+    }
+
+    /// Fills in the plan's figures and hands back the plan and the next memory.
+    pub fn finish(mut self) -> (Plan, BalancerMemory) {
+        let mean = self.mean;
+        let share = |x: f64| if mean > 0.0 { x / mean } else { 1.0 };
+        let mut reports = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let cap = if has_capacity(n.snap) {
+                n.capacity()
+            } else {
+                0.0
+            };
+            let per = |x: f64| if cap > 0.0 { x / cap } else { 0.0 };
+            reports.push(NodeReport {
+                id: n.snap.id.clone(),
+                state: n.snap.state,
+                capacity: n.snap.capacity,
+                fresh: n.fresh,
+                load: n.load,
+                share_of_mean: share(per(n.load)),
+                planned_share_of_mean: share(per(n.planned)),
+                ranges: n.ranges.len(),
+                bytes: n.dims.bytes.max(0.0) as u64,
+            });
+        }
+        let eligible: Vec<&NodeWork> = self.nodes.iter().filter(|n| n.eligible()).collect();
+        let cap = |n: &NodeWork| n.capacity();
+        self.plan.imbalance = Imbalance {
+            load: imbalance(eligible.iter().map(|n| (n.load, cap(n)))),
+            requests: imbalance(eligible.iter().map(|n| (n.dims.requests, cap(n)))),
+            bytes: imbalance(eligible.iter().map(|n| (n.dims.bytes, cap(n)))),
+            keys: imbalance(eligible.iter().map(|n| (n.dims.keys, cap(n)))),
+        };
+        self.plan.planned_imbalance = imbalance(eligible.iter().map(|n| (n.planned, cap(n))));
+        self.plan.nodes = reports;
+        self.plan.bytes_moved = self.bytes_moved;
+        (self.plan, self.next)
+    }
+}

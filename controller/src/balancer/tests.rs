@@ -1,0 +1,665 @@
+//! The planner's rules and limits, one test each. Clusters are built by hand so
+//! that each test states the loads it relies on.
+
+use std::time::Duration;
+
+use ranger_proto::{Key, NodeId, RangeId};
+
+use super::*;
+
+fn node(name: &str) -> NodeId {
+    NodeId::new(name).expect("valid node id")
+}
+
+fn key(i: usize) -> Key {
+    Key::from(format!("k{i:05}"))
+}
+
+fn at(secs: u64) -> Timestamp {
+    Timestamp::from_millis(secs * 1000)
+}
+
+const MIB: u64 = 1 << 20;
+
+/// A cluster built node by node: each node gets ranges with the given read rates
+/// (and 64 MiB each), in key order, so that neighbours are usually on one node.
+struct Cluster {
+    snap: Snapshot,
+    config: BalancerConfig,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Cluster {
+            snap: Snapshot {
+                now: at(10_000),
+                ..Snapshot::default()
+            },
+            config: BalancerConfig::default(),
+        }
+    }
+
+    fn node(mut self, name: &str, reads: &[f64]) -> Self {
+        self.snap.nodes.push(NodeSnapshot::active(node(name)));
+        for &r in reads {
+            let i = self.snap.ranges.len();
+            let id = RangeId::new(i as u64 + 1).expect("non-zero");
+            let mut range = RangeSnapshot::new(id, key(i), key(i + 1), vec![node(name)]);
+            range.load.reads_per_second = r;
+            range.load.bytes = 64 * MIB;
+            range.load.keys = 1000;
+            self.snap.ranges.push(range);
+        }
+        self.fix_ends();
+        self
+    }
+
+    /// The first range starts at minus infinity and the last ends at plus infinity.
+    fn fix_ends(&mut self) {
+        if let Some(first) = self.snap.ranges.first_mut() {
+            first.start = Key::empty();
+        }
+        let n = self.snap.ranges.len();
+        for (i, r) in self.snap.ranges.iter_mut().enumerate() {
+            r.end = if i + 1 == n { Key::empty() } else { key(i + 1) };
+        }
+    }
+
+    fn range(&mut self, i: usize) -> &mut RangeSnapshot {
+        &mut self.snap.ranges[i]
+    }
+
+    fn node_mut(&mut self, name: &str) -> &mut NodeSnapshot {
+        self.snap
+            .nodes
+            .iter_mut()
+            .find(|n| n.id.as_str() == name)
+            .expect("node exists")
+    }
+
+    fn id(&self, i: usize) -> RangeId {
+        self.snap.ranges[i].id
+    }
+
+    fn plan(&self) -> Plan {
+        self.plan_with(&BalancerMemory::default()).0
+    }
+
+    fn plan_with(&self, memory: &BalancerMemory) -> (Plan, BalancerMemory) {
+        plan(&self.snap, &self.config, memory)
+    }
+}
+
+fn moves(p: &Plan) -> Vec<(RangeId, String, String, Reason)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            Action::Move { range, from, to } => {
+                Some((*range, from.to_string(), to.to_string(), a.reason))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn splits(p: &Plan) -> Vec<(RangeId, Key, Reason)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            Action::Split { range, key } => Some((*range, key.clone(), a.reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn joins(p: &Plan) -> Vec<(RangeId, RangeId)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            Action::Join { left, right } => Some((*left, *right)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn share(p: &Plan, name: &str) -> f64 {
+    p.nodes
+        .iter()
+        .find(|n| n.id.as_str() == name)
+        .expect("node reported")
+        .planned_share_of_mean
+}
+
+/// Ten ranges of `each` reads per second.
+fn even(each: f64) -> Vec<f64> {
+    vec![each; 10]
+}
+
+// ---- splits ----
+
+#[test]
+fn splits_a_range_larger_than_split_bytes_at_the_node_s_size_key() {
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    let mid = Key::from("k00003m");
+    c.range(3).load.bytes = c.config.split_bytes + 1;
+    c.range(3).split_keys_by_size = vec![key(3), mid.clone()];
+    c.range(3).split_keys_by_load = vec![Key::from("k00003a")];
+    let p = c.plan();
+    // The first suggestion is the range's own start: it would leave an empty half.
+    assert_eq!(splits(&p), vec![(c.id(3), mid, Reason::SplitBySize)]);
+}
+
+#[test]
+fn splits_a_hot_range_only_after_it_stayed_hot_for_the_configured_rounds() {
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    c.range(2).load.reads_per_second = 500.0;
+    c.range(2).split_keys_by_load = vec![Key::from("k00002x")];
+    let (first, memory) = c.plan_with(&BalancerMemory::default());
+    assert!(splits(&first).is_empty());
+    assert_eq!(first.skipped_for(SkipReason::NotHotLongEnough), 1);
+    c.snap.now = c.snap.now.plus(Duration::from_secs(60));
+    let (second, _) = c.plan_with(&memory);
+    assert_eq!(
+        splits(&second),
+        vec![(c.id(2), Key::from("k00002x"), Reason::SplitByLoad)]
+    );
+}
+
+#[test]
+fn a_burst_that_cools_down_resets_the_hot_count() {
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    c.config.smoothing_half_life = Duration::from_millis(1);
+    c.range(2).load.reads_per_second = 500.0;
+    c.range(2).split_keys_by_load = vec![Key::from("k00002x")];
+    let (_, memory) = c.plan_with(&BalancerMemory::default());
+    c.snap.now = c.snap.now.plus(Duration::from_secs(60));
+    c.range(2).load.reads_per_second = 10.0;
+    let (_, memory) = c.plan_with(&memory);
+    c.snap.now = c.snap.now.plus(Duration::from_secs(60));
+    c.range(2).load.reads_per_second = 500.0;
+    let (third, _) = c.plan_with(&memory);
+    assert!(splits(&third).is_empty(), "{:?}", third.actions);
+}
+
+#[test]
+fn the_children_of_a_hot_range_it_split_are_split_again_without_waiting() {
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    c.config.split_hot_rounds = 2;
+    c.range(2).load.reads_per_second = 800.0;
+    c.range(2).split_keys_by_load = vec![Key::from("k00002m")];
+    let (_, memory) = c.plan_with(&BalancerMemory::default());
+    c.snap.now = c.snap.now.plus(Duration::from_secs(60));
+    let (p, memory) = c.plan_with(&memory);
+    assert_eq!(splits(&p).len(), 1);
+    // The runtime carried the split out: range 2 is now two children, both hot.
+    let parent = c.snap.ranges.remove(2);
+    for (n, (start, end)) in [
+        (parent.start.clone(), Key::from("k00002m")),
+        (Key::from("k00002m"), parent.end.clone()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = RangeId::new(100 + n as u64).expect("non-zero");
+        let mut child = RangeSnapshot::new(id, start.clone(), end, parent.placements.clone());
+        child.load = parent.load;
+        child.load.reads_per_second = 400.0;
+        child.split_keys_by_load = vec![Key::new([start.as_bytes(), b"a"].concat())];
+        child.last_split = Some(c.snap.now);
+        c.snap.ranges.insert(2 + n, child);
+    }
+    c.snap.now = c.snap.now.plus(Duration::from_secs(60));
+    let (p, _) = c.plan_with(&memory);
+    let split_ids: Vec<RangeId> = splits(&p).into_iter().map(|s| s.0).collect();
+    assert_eq!(split_ids.len(), 2, "{:?}", p.actions);
+}
+
+#[test]
+fn a_hot_range_without_a_key_inside_it_is_skipped_as_unsplittable() {
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    c.config.split_hot_rounds = 1;
+    c.range(4).load.reads_per_second = 500.0;
+    c.range(4).split_keys_by_load = vec![key(4), key(5)]; // its start and its end
+    let p = c.plan();
+    assert!(splits(&p).is_empty());
+    assert_eq!(p.skipped_for(SkipReason::NoSplitKey), 1);
+}
+
+// ---- joins ----
+
+#[test]
+fn joins_two_cold_neighbours_on_the_same_node() {
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    c.range(0).load.bytes = MIB;
+    c.range(1).load.bytes = MIB;
+    c.range(0).load.reads_per_second = 0.0;
+    c.range(1).load.reads_per_second = 0.0;
+    let p = c.plan();
+    assert_eq!(joins(&p), vec![(c.id(0), c.id(1))]);
+}
+
+#[test]
+fn does_not_join_neighbours_that_together_would_be_near_a_split_threshold() {
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    let big = c.config.split_bytes / 6;
+    c.range(0).load.bytes = big;
+    c.range(1).load.bytes = big;
+    assert!(joins(&c.plan()).is_empty());
+}
+
+#[test]
+fn never_joins_within_the_cooldown_after_a_split() {
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    for i in 0..2 {
+        c.range(i).load.bytes = MIB;
+        c.range(i).load.reads_per_second = 0.0;
+    }
+    c.range(1).last_split = Some(c.snap.now.plus(Duration::ZERO));
+    let p = c.plan();
+    assert!(joins(&p).is_empty());
+    // Range 1 is in two candidate pairs: with range 0, and with range 2.
+    assert_eq!(p.skipped_for(SkipReason::SplitCooldown), 2);
+    c.snap.now = c.snap.now.plus(c.config.join_cooldown_after_split);
+    let p = c.plan();
+    assert_eq!(joins(&p).len(), 1, "{:?}", p.actions);
+}
+
+#[test]
+fn moves_the_smaller_of_two_cold_neighbours_on_different_nodes_next_to_the_other() {
+    // Ranges 9 (on a) and 10 (on b) are neighbours across the node boundary.
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    // Only ranges 9 and 10 are small enough to join.
+    c.config.split_bytes = 256 * MIB;
+    for (i, bytes) in [(9, 2 * MIB), (10, MIB)] {
+        c.range(i).load.bytes = bytes;
+        c.range(i).load.reads_per_second = 0.0;
+    }
+    let p = c.plan();
+    assert_eq!(
+        moves(&p),
+        vec![(c.id(10), "b".into(), "a".into(), Reason::MoveForJoin)],
+        "{:?}", p.skipped
+    );
+}
+
+// ---- moves ----
+
+#[test]
+fn moves_load_from_an_overloaded_node_to_the_least_loaded_one() {
+    let c = Cluster::new()
+        .node("a", &even(20.0))
+        .node("b", &even(10.0))
+        .node("c", &even(8.0));
+    let p = c.plan();
+    let m = moves(&p);
+    assert!(!m.is_empty());
+    assert!(
+        m.iter()
+            .all(|(_, from, _, r)| from == "a" && *r == Reason::MoveOverloaded)
+    );
+    assert_eq!(m[0].2, "c");
+    assert!(p.planned_imbalance < p.imbalance.load);
+}
+
+#[test]
+fn moves_the_range_with_the_most_load_per_byte_first() {
+    let mut c = Cluster::new()
+        .node("a", &[30.0, 30.0, 30.0, 30.0])
+        .node("b", &[10.0, 10.0, 10.0, 10.0]);
+    c.config.max_in_flight = 1;
+    c.range(2).load.bytes = 8 * MIB; // same load as its neighbours, far fewer bytes
+    let p = c.plan();
+    assert_eq!(
+        moves(&p),
+        vec![(c.id(2), "a".into(), "b".into(), Reason::MoveOverloaded)]
+    );
+}
+
+#[test]
+fn stops_shedding_at_half_the_tolerance() {
+    // a carries 1.31× the mean in ranges of 5 (and one of 2): it sheds until it is
+    // at most 1.05× the mean, and stops there rather than at the mean.
+    let mut reads = vec![5.0; 26];
+    reads.push(2.0);
+    let mut c = Cluster::new()
+        .node("a", &reads)
+        .node("b", &[5.0; 18])
+        .node("c", &[5.0; 16]);
+    c.config.weights.bytes = 0.0;
+    c.config.join_fraction = 0.0; // this test is about moves only
+    c.config.max_in_flight = 100;
+    c.config.max_transfers_out = 100;
+    c.config.max_transfers_in = 100;
+    c.config.max_bytes_moved_share = 1.0;
+    let p = c.plan();
+    let a = share(&p, "a");
+    assert!(a <= 1.05, "a ends at {a}");
+    assert!(
+        a > 1.0,
+        "a should stop shedding above the mean, ends at {a}: {:?}",
+        p.actions
+    );
+    assert_eq!(moves(&p).len(), 6, "{:?}", p.actions);
+}
+
+#[test]
+fn does_nothing_when_every_node_is_within_tolerance() {
+    let c = Cluster::new()
+        .node("a", &even(10.8))
+        .node("b", &even(10.0))
+        .node("c", &even(9.2));
+    let p = c.plan();
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.skipped_for(SkipReason::WithinTolerance), 1);
+}
+
+#[test]
+fn a_new_empty_node_fills_up() {
+    let c = Cluster::new()
+        .node("a", &even(10.0))
+        .node("b", &even(10.0))
+        .node("c", &even(10.0))
+        .node("new", &[]);
+    let p = c.plan();
+    let m = moves(&p);
+    assert!(!m.is_empty());
+    assert!(m.iter().all(|(_, _, to, _)| to == "new"));
+    assert!(share(&p, "new") > 0.0);
+}
+
+#[test]
+fn a_draining_node_is_emptied_and_receives_nothing() {
+    let mut c = Cluster::new()
+        .node("a", &[10.0, 10.0])
+        .node("b", &even(10.0))
+        .node("c", &even(10.0));
+    c.node_mut("a").state = NodeState::Draining;
+    c.config.max_bytes_moved_share = 1.0;
+    let p = c.plan();
+    let m = moves(&p);
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert!(
+        m.iter()
+            .all(|(_, from, to, r)| from == "a" && to != "a" && *r == Reason::MoveDrain)
+    );
+}
+
+#[test]
+fn a_recently_failed_node_is_neither_source_nor_target() {
+    let mut c = Cluster::new()
+        .node("hot", &even(30.0))
+        .node("failed", &[])
+        .node("b", &even(10.0));
+    c.node_mut("failed").state = NodeState::RecentlyFailed;
+    let p = c.plan();
+    assert!(moves(&p).iter().all(|(_, _, to, _)| to == "b"));
+    let mut c2 = Cluster::new()
+        .node("failed", &even(30.0))
+        .node("b", &even(10.0));
+    c2.node_mut("failed").state = NodeState::RecentlyFailed;
+    assert!(c2.plan().actions.is_empty());
+}
+
+#[test]
+fn an_excluded_range_node_pair_is_never_proposed() {
+    let mut c = Cluster::new()
+        .node("a", &[40.0, 40.0])
+        .node("b", &[])
+        .node("c", &even(8.0));
+    c.config.max_in_flight = 1;
+    let (first, second) = (c.id(0), c.id(1));
+    c.snap.excluded = vec![(first, node("b")), (second, node("b"))];
+    let p = c.plan();
+    assert!(
+        moves(&p).iter().all(|(_, _, to, _)| to != "b"),
+        "{:?}",
+        p.actions
+    );
+}
+
+#[test]
+fn a_node_with_a_stale_report_is_neither_source_nor_target() {
+    let mut c = Cluster::new()
+        .node("stale-hot", &even(30.0))
+        .node("stale-cold", &[])
+        .node("b", &even(10.0))
+        .node("c", &even(10.0));
+    let old = c.config.stale_after + Duration::from_secs(1);
+    c.node_mut("stale-hot").report_age = Some(old);
+    c.node_mut("stale-cold").report_age = None;
+    let p = c.plan();
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+}
+
+#[test]
+fn capacity_divides_load() {
+    // big has twice the capacity and twice the load: balanced.
+    let mut c = Cluster::new()
+        .node("big", &even(20.0))
+        .node("small", &even(10.0));
+    c.node_mut("big").capacity = 2.0;
+    let p = c.plan();
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert!(
+        (p.imbalance.load - 1.0).abs() < 0.02,
+        "{}",
+        p.imbalance.load
+    );
+    // The same loads with equal capacities are not.
+    c.node_mut("big").capacity = 1.0;
+    assert!(!moves(&c.plan()).is_empty());
+}
+
+// ---- limits ----
+
+fn very_unbalanced() -> Cluster {
+    let mut c = Cluster::new()
+        .node("a", &vec![50.0; 20])
+        .node("b", &vec![50.0; 20])
+        .node("c", &[])
+        .node("d", &[])
+        .node("e", &[]);
+    c.config.max_bytes_moved_share = 1.0;
+    c.config.max_transfers_in = 100;
+    c.config.max_transfers_out = 100;
+    c.config.max_in_flight = 100;
+    c
+}
+
+#[test]
+fn never_plans_more_operations_than_max_in_flight_counting_those_running() {
+    let mut c = very_unbalanced();
+    c.config.max_in_flight = 4;
+    c.snap.in_flight = vec![InFlightOp {
+        kind: OpKind::Other,
+        ranges: vec![c.id(0)],
+        from: None,
+        to: None,
+    }];
+    let p = c.plan();
+    assert_eq!(p.actions.len(), 3);
+    assert!(p.skipped_for(SkipReason::RateLimitInFlight) > 0);
+}
+
+#[test]
+fn never_plans_more_transfers_out_of_a_node_than_its_limit() {
+    let mut c = very_unbalanced();
+    c.config.max_transfers_out = 2;
+    let p = c.plan();
+    for name in ["a", "b"] {
+        let out = moves(&p).iter().filter(|m| m.1 == name).count();
+        assert_eq!(out, 2, "{name}: {:?}", p.actions);
+    }
+    assert!(p.skipped_for(SkipReason::RateLimitTransfersOut) > 0);
+}
+
+#[test]
+fn never_plans_more_transfers_into_a_node_than_its_limit() {
+    let mut c = very_unbalanced();
+    c.config.max_transfers_in = 2;
+    let p = c.plan();
+    for name in ["c", "d", "e"] {
+        let incoming = moves(&p).iter().filter(|m| m.2 == name).count();
+        assert_eq!(incoming, 2, "{name}: {:?}", p.actions);
+    }
+}
+
+#[test]
+fn never_moves_more_than_the_round_share_of_bytes() {
+    let mut c = very_unbalanced();
+    c.config.max_bytes_moved_share = 0.05; // 40 ranges of 64 MiB: 2 of them
+    let p = c.plan();
+    assert_eq!(moves(&p).len(), 2, "{:?}", p.actions);
+    assert!(p.bytes_moved <= p.bytes_budget);
+    assert!(p.skipped_for(SkipReason::RateLimitBytes) > 0);
+}
+
+#[test]
+fn does_not_move_a_range_again_within_the_cooldown() {
+    let mut c = Cluster::new()
+        .node("a", &[10.0, 10.0, 10.0, 10.0])
+        .node("b", &[10.0])
+        .node("c", &[10.0]);
+    c.config.max_in_flight = 1;
+    c.config.max_bytes_moved_share = 1.0;
+    for i in 0..4 {
+        c.range(i).last_moved = Some(c.snap.now);
+    }
+    let p = c.plan();
+    assert!(moves(&p).is_empty(), "{:?}", p.actions);
+    assert_eq!(p.skipped_for(SkipReason::Cooldown), 4);
+    c.snap.now = c.snap.now.plus(c.config.move_cooldown);
+    assert_eq!(moves(&c.plan()).len(), 1);
+}
+
+#[test]
+fn never_moves_a_range_or_its_children_back_within_the_cooldown() {
+    // Round 1 moves a's hottest range to the empty node d. Then that range splits
+    // and its children get hot, so d is the overloaded one: moving them back to a
+    // would be A→B→A, and moving them on would undo a move just paid for.
+    let mut c = Cluster::new()
+        .node("a", &[20.0, 10.0, 10.0, 10.0, 10.0])
+        .node("b", &[10.0, 10.0, 10.0])
+        .node("c", &[10.0, 10.0, 10.0])
+        .node("d", &[]);
+    c.config.max_in_flight = 1;
+    c.config.max_bytes_moved_share = 1.0;
+    let (p, memory) = c.plan_with(&BalancerMemory::default());
+    assert_eq!(
+        moves(&p),
+        vec![(c.id(0), "a".into(), "d".into(), Reason::MoveOverloaded)]
+    );
+    c.snap.now = c.snap.now.plus(Duration::from_secs(60));
+    let parent = c.snap.ranges.remove(0);
+    let children = [
+        RangeId::new(100).expect("non-zero"),
+        RangeId::new(101).expect("non-zero"),
+    ];
+    for (n, (start, end)) in [
+        (Key::empty(), Key::from("k00000m")),
+        (Key::from("k00000m"), parent.end.clone()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut child = RangeSnapshot::new(children[n], start, end, vec![node("d")]);
+        child.load.reads_per_second = 40.0;
+        child.load.bytes = 32 * MIB;
+        c.snap.ranges.insert(n, child);
+    }
+    let (p, _) = c.plan_with(&memory);
+    assert!(
+        moves(&p).iter().all(|m| !children.contains(&m.0)),
+        "{:?}",
+        p.actions
+    );
+    assert!(p.skipped_for(SkipReason::Cooldown) > 0);
+}
+
+#[test]
+fn leaves_ranges_in_flight_alone_and_counts_their_moves_as_done() {
+    let mut c = Cluster::new().node("a", &[40.0, 40.0]).node("b", &[]);
+    // Moving range 0 to b is running: that balances a and b already.
+    c.snap.in_flight = vec![InFlightOp {
+        kind: OpKind::Move,
+        ranges: vec![c.id(0)],
+        from: Some(node("a")),
+        to: Some(node("b")),
+    }];
+    let p = c.plan();
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert!((share(&p, "a") - 1.0).abs() < 0.01);
+}
+
+#[test]
+fn moves_one_placement_of_a_replicated_range_to_a_node_without_one() {
+    let mut c = Cluster::new()
+        .node("a", &[])
+        .node("b", &[])
+        .node("c", &[])
+        .node("d", &[]);
+    for i in 0..4 {
+        let id = RangeId::new(i + 1).expect("non-zero");
+        let mut r = RangeSnapshot::new(
+            id,
+            key(i as usize),
+            key(i as usize + 1),
+            vec![node("a"), node("b"), node("c")],
+        );
+        r.load.reads_per_second = 10.0;
+        r.load.bytes = 64 * MIB;
+        c.snap.ranges.push(r);
+    }
+    c.fix_ends();
+    c.config.max_bytes_moved_share = 1.0;
+    let p = c.plan();
+    let m = moves(&p);
+    assert!(!m.is_empty());
+    assert!(
+        m.iter().all(|(_, from, to, _)| from != "d" && to == "d"),
+        "{m:?}"
+    );
+}
+
+// ---- reporting and purity ----
+
+#[test]
+fn reports_each_node_s_share_of_the_mean_and_the_imbalance_per_dimension() {
+    let mut c = Cluster::new().node("a", &even(30.0)).node("b", &even(10.0));
+    c.range(0).load.bytes = 64 * MIB * 11; // a holds 20/11 of b's... bytes
+    let p = c.plan();
+    let a = p.nodes.iter().find(|n| n.id.as_str() == "a").expect("a");
+    assert!((a.share_of_mean - 1.5).abs() < 0.02, "{}", a.share_of_mean);
+    assert!((p.imbalance.requests - 1.5).abs() < 1e-9);
+    assert!(p.imbalance.bytes > 1.2);
+    assert!((p.imbalance.keys - 1.0).abs() < 1e-9);
+    assert_eq!(a.ranges, 10);
+}
+
+#[test]
+fn the_same_inputs_give_the_same_plan() {
+    let c = very_unbalanced();
+    let memory = BalancerMemory::default();
+    assert_eq!(c.plan_with(&memory), c.plan_with(&memory));
+}
+
+#[test]
+fn a_config_with_no_weight_or_a_negative_tolerance_is_refused() {
+    let mut config = BalancerConfig::default();
+    assert_eq!(config.validate(), Ok(()));
+    config.tolerance = -0.1;
+    assert!(matches!(
+        config.validate(),
+        Err(ConfigError::Negative { .. })
+    ));
+    let config = BalancerConfig {
+        weights: LoadWeights {
+            requests: 0.0,
+            write_cost: 1.0,
+            bytes: 0.0,
+            keys: 0.0,
+        },
+        ..BalancerConfig::default()
+    };
+    assert_eq!(config.validate(), Err(ConfigError::NoWeight));
+}
