@@ -86,6 +86,53 @@ pub struct OrchestratorConfig {
     pub rpc_timeout: Duration,
     /// Moves started at once to drain nodes, across the cluster.
     pub max_drain_moves: usize,
+    /// Whether, how often and how the controller balances on its own.
+    pub balancing: Balancing,
+}
+
+/// Whether the controller moves, splits and joins ranges on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BalanceMode {
+    /// Plan each round and queue the plan's operations.
+    On,
+    /// Plan each round and only show the plan (`rangerctl balance`).
+    DryRun,
+    /// Do not plan: ranges move only when an operator says so.
+    #[default]
+    Off,
+}
+
+impl std::str::FromStr for BalanceMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(BalanceMode::On),
+            "dry-run" => Ok(BalanceMode::DryRun),
+            "off" => Ok(BalanceMode::Off),
+            other => Err(format!(
+                "balance mode must be on, dry-run or off, not {other:?}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for BalanceMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BalanceMode::On => "on",
+            BalanceMode::DryRun => "dry-run",
+            BalanceMode::Off => "off",
+        })
+    }
+}
+
+/// The balancer's settings, as the engine runs it (DESIGN.md §10).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Balancing {
+    pub mode: BalanceMode,
+    /// The planner's thresholds, tolerance and limits.
+    pub planner: crate::balancer::BalancerConfig,
 }
 
 impl Default for OrchestratorConfig {
@@ -105,6 +152,7 @@ impl Default for OrchestratorConfig {
             probe_interval: Duration::from_millis(500),
             rpc_timeout: Duration::from_secs(3),
             max_drain_moves: 4,
+            balancing: Balancing::default(),
         }
     }
 }

@@ -50,6 +50,13 @@ enum Request {
         node: NodeId,
         reply: oneshot::Sender<Result<ForgetReport, OpError>>,
     },
+    PauseBalancing {
+        duration: Duration,
+        reply: oneshot::Sender<Result<(), OpError>>,
+    },
+    ResumeBalancing {
+        reply: oneshot::Sender<Result<(), OpError>>,
+    },
     Inspect(Inspector),
 }
 
@@ -124,6 +131,22 @@ impl ControllerHandle {
         Ok(rx.await.map_err(|_| HandleError::Stopped)??)
     }
 
+    /// Pauses balancing for `duration` (always with an end); queued balancer
+    /// operations are cancelled, running handoffs go on.
+    pub async fn pause_balancing(&self, duration: Duration) -> Result<(), HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::PauseBalancing { duration, reply })
+            .await?;
+        Ok(rx.await.map_err(|_| HandleError::Stopped)??)
+    }
+
+    /// Ends a pause of balancing at once.
+    pub async fn resume_balancing(&self) -> Result<(), HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::ResumeBalancing { reply }).await?;
+        Ok(rx.await.map_err(|_| HandleError::Stopped)??)
+    }
+
     /// Runs `f` against the engine (read-only) inside the loop and returns its
     /// result: how the Debug service and tests look at the controller's state.
     pub async fn inspect<R: Send + 'static>(
@@ -156,12 +179,15 @@ impl ControllerHandle {
 pub struct RuntimeConfig {
     /// How often the loop steps without any event (backoffs, deadlines).
     pub tick: Duration,
+    /// How often the balancer plans a round (when balancing is on or dry-run).
+    pub balance_interval: Duration,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             tick: Duration::from_millis(100),
+            balance_interval: Duration::from_secs(10),
         }
     }
 }
@@ -265,6 +291,12 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probe = tokio::time::interval(self.engine.config().probe_interval);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first round waits a whole interval: nodes report their load first.
+        let mut balance = tokio::time::interval_at(
+            Instant::now() + self.config.balance_interval,
+            self.config.balance_interval,
+        );
+        balance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.apply_membership();
         loop {
             tokio::select! {
@@ -283,6 +315,7 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
                     }
                 }
                 _ = probe.tick() => self.engine.probe_tick(),
+                _ = balance.tick() => self.engine.balance_tick(),
                 _ = tick.tick() => {}
             }
             // Take everything else that is ready, then step once for the batch.
@@ -313,6 +346,13 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
             }
             Request::Forget { node, reply } => {
                 let _ = reply.send(self.engine.forget_node(&node, now));
+            }
+            Request::PauseBalancing { duration, reply } => {
+                let _ = reply.send(self.engine.pause_balancing(duration, now));
+            }
+            Request::ResumeBalancing { reply } => {
+                self.engine.resume_balancing();
+                let _ = reply.send(Ok(()));
             }
             Request::Inspect(inspect) => inspect(&self.engine),
         }

@@ -33,6 +33,10 @@ struct Rangerd {
 
 impl Rangerd {
     fn start(store: &Path, port: u16) -> Rangerd {
+        Self::start_with(store, port, &[])
+    }
+
+    fn start_with(store: &Path, port: u16, extra: &[&str]) -> Rangerd {
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(store.with_extension("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_rangerd"))
@@ -48,6 +52,7 @@ impl Rangerd {
                 "--lease-margin-ms",
                 "1000",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -314,4 +319,66 @@ async fn rangerctl_shows_a_lost_nodes_range_unavailable_and_forget_recreates_it(
     let forgot = ctl_json(&addr, &["forget", "a"]);
     assert_eq!(forgot["ranges_lost"], serde_json::json!([1]), "{forgot}");
     wait_ranges(&addr, "range 1 on b", |r| active_on(r, 1) == ["b"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rangerctl_shows_the_balancer_pauses_it_and_explains_a_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("keyspace.redb");
+    let rangerd = Rangerd::start_with(
+        &store,
+        free_port(),
+        &["--balance", "dry-run", "--balance-interval-s", "1"],
+    );
+    let addr = rangerd.addr.clone();
+    let (_a, _reg_a, _) = start_node("a", &addr).await;
+    let (_b, _reg_b, _) = start_node("b", &addr).await;
+    wait_ranges(&addr, "range 1 placed", |r| active_on(r, 1).len() == 1).await;
+
+    // A round within a couple of intervals, planned but not acted on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = ctl_json(&addr, &["balance"]);
+        if status["has_round"] == true && status["nodes"].as_array().unwrap().len() == 2 {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "no round: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status["mode"], "dry-run", "{status}");
+    assert_eq!(status["paused_ms"], 0, "{status}");
+    let table = String::from_utf8_lossy(&ctl(&addr, &["balance"]).stdout).to_string();
+    assert!(table.starts_with("balancer: dry-run"), "{table}");
+    assert!(table.contains("NODE") && table.contains("SHARE"), "{table}");
+
+    // Pauses always end; a zero pause is refused with the reason.
+    let paused = ctl_json(&addr, &["balance", "pause", "10m"]);
+    let left = paused["paused_ms"].as_u64().unwrap();
+    assert!(left > 590_000 && left <= 600_000, "{paused}");
+    let out = ctl(&addr, &["balance", "pause", "0s"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("always ends"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ctl(&addr, &["balance", "pause", "soon"]);
+    assert!(!out.status.success(), "a duration that does not parse");
+    let resumed = ctl_json(&addr, &["balance", "resume"]);
+    assert_eq!(resumed["paused_ms"], 0, "{resumed}");
+
+    // Explain names the range and its node; an unknown range is an error.
+    let explained = ctl_json(&addr, &["explain", "1"]);
+    let first = explained["lines"][0].as_str().unwrap().to_owned();
+    assert!(
+        first.starts_with("range 1 ") && first.contains("Active"),
+        "{explained}"
+    );
+    let out = ctl(&addr, &["explain", "99"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("99"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

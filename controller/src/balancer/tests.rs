@@ -278,7 +278,8 @@ fn moves_the_smaller_of_two_cold_neighbours_on_different_nodes_next_to_the_other
     assert_eq!(
         moves(&p),
         vec![(c.id(10), "b".into(), "a".into(), Reason::MoveForJoin)],
-        "{:?}", p.skipped
+        "{:?}",
+        p.skipped
     );
 }
 

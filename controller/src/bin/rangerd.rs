@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use ranger_controller::balancer::BalancerConfig;
 use ranger_controller::bootstrap::load_keyspace;
-use ranger_controller::config::{OrchestratorConfig, Replication};
+use ranger_controller::config::{BalanceMode, Balancing, OrchestratorConfig, Replication};
 use ranger_controller::discovery::{Discovery, Registry, StaticDiscovery};
 use ranger_controller::orchestrator::Engine;
 use ranger_controller::persist::{DynPersister, MemoryPersister, RedbPersister};
@@ -119,6 +120,37 @@ struct Args {
     #[arg(long, default_value_t = 120)]
     max_wait_s: u64,
 
+    /// Whether the controller balances on its own: `on` plans each round and
+    /// runs the plan, `dry-run` only shows it (`rangerctl balance`), `off` moves
+    /// ranges only when an operator says so.
+    #[arg(long, env = "RANGERD_BALANCE", default_value = "off")]
+    balance: BalanceMode,
+
+    /// Seconds between balancing rounds.
+    #[arg(long, env = "RANGERD_BALANCE_INTERVAL_S", default_value_t = 10)]
+    balance_interval_s: u64,
+
+    /// A node more than this fraction above (below) the mean load sheds (takes)
+    /// load, down (up) to half of it.
+    #[arg(long, env = "RANGERD_BALANCE_TOLERANCE", default_value_t = 0.10)]
+    balance_tolerance: f64,
+
+    /// Ranges larger than this many bytes are split.
+    #[arg(long, env = "RANGERD_SPLIT_BYTES", default_value_t = 512 << 20)]
+    split_bytes: u64,
+
+    /// At most this many balancer operations at once.
+    #[arg(long, env = "RANGERD_BALANCE_MAX_OPS", default_value_t = 4)]
+    balance_max_ops: usize,
+
+    /// Seconds a moved range stays put (and never goes back where it came from).
+    #[arg(long, env = "RANGERD_MOVE_COOLDOWN_S", default_value_t = 600)]
+    move_cooldown_s: u64,
+
+    /// Seconds after a split before its pieces may be joined again.
+    #[arg(long, env = "RANGERD_JOIN_COOLDOWN_S", default_value_t = 600)]
+    join_cooldown_s: u64,
+
     /// Log format.
     #[arg(long, env = "RANGERD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -129,6 +161,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging("info", LogOutput::from_format(&args.log_format));
     let config = orchestrator_config(&args);
+    config
+        .balancing
+        .planner
+        .validate()
+        .context("balancer settings")?;
     if args.consul.is_some() {
         consul_mode::run(&args, config).await
     } else {
@@ -147,7 +184,25 @@ fn orchestrator_config(args: &Args) -> OrchestratorConfig {
         lease_margin: Duration::from_millis(args.lease_margin_ms),
         probe_interval: Duration::from_millis(args.probe_ms),
         rpc_timeout: Duration::from_millis(args.rpc_timeout_ms),
+        balancing: Balancing {
+            mode: args.balance,
+            planner: BalancerConfig {
+                tolerance: args.balance_tolerance,
+                split_bytes: args.split_bytes,
+                max_in_flight: args.balance_max_ops,
+                move_cooldown: Duration::from_secs(args.move_cooldown_s),
+                join_cooldown_after_split: Duration::from_secs(args.join_cooldown_s),
+                ..BalancerConfig::default()
+            },
+        },
         ..OrchestratorConfig::default()
+    }
+}
+
+fn runtime_config(args: &Args) -> RuntimeConfig {
+    RuntimeConfig {
+        balance_interval: Duration::from_secs(args.balance_interval_s.max(1)),
+        ..RuntimeConfig::default()
     }
 }
 
@@ -189,7 +244,7 @@ async fn run_embedded(args: &Args, config: OrchestratorConfig) -> anyhow::Result
         persister,
         Arc::new(GrpcTransport::new()),
         membership,
-        RuntimeConfig::default(),
+        runtime_config(args),
         stop.wait(),
     );
 
@@ -284,7 +339,7 @@ mod consul_mode {
             client,
             keyspace_prefix: format!("{prefix}keyspace/"),
             orchestrator: config,
-            runtime: RuntimeConfig::default(),
+            runtime: runtime_config(args),
         };
         let result = ha::run_when_leader(
             setup,

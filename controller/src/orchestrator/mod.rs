@@ -39,6 +39,7 @@
 //! (in flight, failures, backoff), `types.rs` (what goes in and out).
 
 mod attempts;
+mod balancing;
 mod operations;
 mod output;
 mod ownership;
@@ -52,10 +53,11 @@ use ranger_proto::{Key, NodeId, RangeId, RangeInfo, RangeState};
 use tokio::time::Instant;
 
 pub use attempts::{Attempt, Subject};
+pub use balancing::{BalanceRound, BalanceStatus, describe as describe_action, origin_name};
 pub use ownership::{ForgetReport, Unavailable};
 pub use types::{
-    Answer, Call, CallError, Dispatch, Effect, Event, OpError, OpId, OpPhase, OpRequest, Operation,
-    Origin, Persisted, Probe, Progress,
+    Answer, BalancerOrigin, Call, CallError, Dispatch, Effect, Event, OpError, OpId, OpPhase,
+    OpRequest, Operation, Origin, Persisted, Probe, Progress,
 };
 
 use crate::config::OrchestratorConfig;
@@ -124,6 +126,8 @@ pub struct Engine {
     effects: Vec<Effect>,
     /// Saves in flight, commands held behind them, probes due and out.
     output: Output,
+    /// The balancer's rounds, pause and memory.
+    balancing: balancing::Balancing,
 }
 
 /// How many ranges of the tiling the background sweep re-checks per step.
@@ -167,6 +171,7 @@ impl Engine {
             forgotten: HashSet::new(),
             effects: Vec::new(),
             output: Output::default(),
+            balancing: balancing::Balancing::default(),
         };
         engine.resume_operations(now);
         engine

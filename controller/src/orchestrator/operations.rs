@@ -24,6 +24,9 @@ impl Engine {
             };
             if let Some(result) = result {
                 self.ops.remove(&id);
+                if result.is_ok() {
+                    self.note_balance_history(&op, now);
+                }
                 match &result {
                     Ok(()) => tracing::info!(op = %id, kind = %op, "operation done"),
                     Err(e) => {
@@ -61,6 +64,7 @@ impl Engine {
         }
         let from = match &op.origin {
             Origin::Drain(node) => Some(node.clone()),
+            Origin::Balancer(balancer) => balancer.from.clone(),
             Origin::Operator | Origin::Resumed => None,
         };
         let started = match op.request.clone() {

@@ -61,6 +61,7 @@ impl Engine {
             out.append(&mut self.effects);
             return out;
         }
+        self.balance_if_due(now);
         self.reconcile_all(now);
         let mut out = self.due_probes(now);
         let decided = std::mem::take(&mut self.effects);

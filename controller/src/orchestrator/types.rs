@@ -171,8 +171,19 @@ pub enum Origin {
     Operator,
     /// A drain of this node: the move takes the copy off it.
     Drain(NodeId),
+    /// The balancer planned it.
+    Balancer(BalancerOrigin),
     /// Found in flight in the keyspace by a controller that restarted.
     Resumed,
+}
+
+/// A balancer operation's why: which copy it moves and the planner's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalancerOrigin {
+    /// The node whose copy a move takes (the planner chose it).
+    pub from: Option<NodeId>,
+    /// The planner's reason code (e.g. `MoveOverloaded`).
+    pub reason: String,
 }
 
 /// What the engine has built in the keyspace for an operation. Durable through

@@ -1,4 +1,5 @@
-//! `ranger.Control`: drain, cancel, list operations, watch events.
+//! `ranger.Control`: drain, cancel, list operations, watch events, forget a
+//! lost node, and the balancer's status, pause, resume and explanations.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -12,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::ControllerSlot;
 use super::{bad_request, status};
-use crate::orchestrator::{OpId, OpPhase};
+use crate::orchestrator::{OpId, OpPhase, origin_name};
 
 #[derive(Debug)]
 pub struct ControlService {
@@ -30,6 +31,22 @@ impl ControlService {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+impl ControlService {
+    async fn balance_response(&self) -> Result<Response<pb::BalanceResponse>, Status> {
+        let response = self
+            .slot
+            .handle()?
+            .inspect(|engine| {
+                let now = tokio::time::Instant::now();
+                let tolerance = engine.config().balancing.planner.tolerance;
+                super::balance::response(&engine.balance_status(now), tolerance, now)
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(response))
+    }
+}
 
 #[tonic::async_trait]
 impl pb::control_server::Control for ControlService {
@@ -97,12 +114,60 @@ impl pb::control_server::Control for ControlService {
                             now.saturating_duration_since(op.started).as_millis(),
                         )
                         .unwrap_or(u64::MAX),
+                        origin: origin_name(&op.origin),
                     })
                     .collect()
             })
             .await
             .map_err(status)?;
         Ok(Response::new(pb::OperationsResponse { operations }))
+    }
+
+    async fn balance(
+        &self,
+        _request: Request<pb::BalanceRequest>,
+    ) -> Result<Response<pb::BalanceResponse>, Status> {
+        self.balance_response().await
+    }
+
+    async fn pause_balance(
+        &self,
+        request: Request<pb::PauseBalanceRequest>,
+    ) -> Result<Response<pb::BalanceResponse>, Status> {
+        let millis = request.into_inner().millis;
+        let handle = self.slot.handle()?;
+        handle
+            .pause_balancing(std::time::Duration::from_millis(millis))
+            .await
+            .map_err(status)?;
+        self.balance_response().await
+    }
+
+    async fn resume_balance(
+        &self,
+        _request: Request<pb::ResumeBalanceRequest>,
+    ) -> Result<Response<pb::BalanceResponse>, Status> {
+        self.slot
+            .handle()?
+            .resume_balancing()
+            .await
+            .map_err(status)?;
+        self.balance_response().await
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let range = RangeId::new(request.into_inner().range).map_err(bad_request)?;
+        let lines = self
+            .slot
+            .handle()?
+            .inspect(move |engine| engine.explain(range))
+            .await
+            .map_err(status)?
+            .map_err(|e| status(e.into()))?;
+        Ok(Response::new(pb::ExplainResponse { lines }))
     }
 
     type WatchStream = WatchStream;

@@ -10,6 +10,7 @@
 //! leader (or to this process a moment later) can succeed, which is what gRPC
 //! clients' retry policies take that code to mean.
 
+mod balance;
 mod control;
 mod debug;
 mod orchestrator;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod engine_driver;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +50,7 @@ pub fn config(replication: Replication) -> OrchestratorConfig {
         probe_interval: Duration::from_millis(200),
         rpc_timeout: Duration::from_secs(2),
         max_drain_moves: 4,
+        balancing: Default::default(),
     }
 }
 
@@ -309,6 +312,7 @@ async fn spawn_controller(
         orchestrator: config.clone(),
         runtime: RuntimeConfig {
             tick: Duration::from_millis(50),
+            balance_interval: Duration::from_secs(1),
         },
     };
     let (handle, task) = runtime::start(parts, async move {

@@ -1,9 +1,12 @@
 //! `rangerctl`: the operator's client for `rangerd`.
 //!
-//! Reads with `ranges`, `range`, `nodes`, `node`, `ops`; acts with `move`, `split`,
-//! `join`, `drain`, `cancel`. Operations print each placement transition as it
+//! Reads with `ranges`, `range`, `nodes`, `node`, `ops`, `balance`, `explain`;
+//! acts with `move`, `split`, `join`, `drain`, `cancel`, `forget`, `balance
+//! pause|resume`. Operations print each placement transition as it
 //! happens and exit non-zero with the reason if they fail. `--json` prints
 //! machine-readable output instead of tables.
+
+mod balance;
 
 use std::process::ExitCode;
 
@@ -77,6 +80,23 @@ enum Cmd {
     /// re-created EMPTY elsewhere (their data is lost). Refused unless the node
     /// is lost.
     Forget { node: String },
+    /// The balancer: mode, per-node load, imbalance, the last round's plan and
+    /// what it skipped and why; or pause it for a while, or resume it.
+    Balance {
+        #[command(subcommand)]
+        action: Option<BalanceCmd>,
+    },
+    /// Why a range is where it is, and why it is (not) moving.
+    Explain { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum BalanceCmd {
+    /// Pause for DURATION (e.g. 30s, 10m, 1h; always with an end). Queued
+    /// balancer operations are cancelled; running handoffs finish.
+    Pause { duration: humantime::Duration },
+    /// End a pause now.
+    Resume,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -235,6 +255,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "node {node} forgotten: {} range(s) re-created empty, their data is lost: {lost:?}",
                     lost.len()
                 );
+            }
+        }
+        Cmd::Balance { action } => {
+            let status = match action {
+                None => control.balance(pb::BalanceRequest {}).await,
+                Some(BalanceCmd::Pause { duration }) => {
+                    let millis = u64::try_from(std::time::Duration::from(duration).as_millis())
+                        .unwrap_or(u64::MAX);
+                    control
+                        .pause_balance(pb::PauseBalanceRequest { millis })
+                        .await
+                }
+                Some(BalanceCmd::Resume) => {
+                    control.resume_balance(pb::ResumeBalanceRequest {}).await
+                }
+            }
+            .map_err(status_error)?
+            .into_inner();
+            balance::print_balance(&status, cli.json);
+        }
+        Cmd::Explain { id } => {
+            let lines = control
+                .explain(pb::ExplainRequest { range: id })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .lines;
+            if cli.json {
+                println!("{}", json!({"range": id, "lines": lines}));
+            } else {
+                for line in lines {
+                    println!("{line}");
+                }
             }
         }
         Cmd::Cancel { op } => {
@@ -449,7 +502,7 @@ fn print_ops(ops: &[pb::OperationInfo], json: bool) {
     if json {
         let all: Vec<Value> = ops
             .iter()
-            .map(|o| json!({"id": o.id, "description": o.description, "phase": o.phase, "ranges": o.ranges, "age_ms": o.age_millis}))
+            .map(|o| json!({"id": o.id, "description": o.description, "phase": o.phase, "ranges": o.ranges, "age_ms": o.age_millis, "origin": o.origin}))
             .collect();
         println!("{}", Value::Array(all));
         return;
@@ -458,11 +511,14 @@ fn print_ops(ops: &[pb::OperationInfo], json: bool) {
         println!("no operations in flight");
         return;
     }
-    println!("{:<6} {:<14} {:>9}  WHAT", "OP", "PHASE", "AGE");
+    println!(
+        "{:<6} {:<14} {:>9}  {:<28} BY",
+        "OP", "PHASE", "AGE", "WHAT"
+    );
     for o in ops {
         println!(
-            "{:<6} {:<14} {:>7}ms  {}",
-            o.id, o.phase, o.age_millis, o.description
+            "{:<6} {:<14} {:>7}ms  {:<28} {}",
+            o.id, o.phase, o.age_millis, o.description, o.origin
         );
     }
 }

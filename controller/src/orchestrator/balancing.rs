@@ -1,0 +1,469 @@
+//! The balancer's place in the engine (DESIGN.md §10): on each balance tick the
+//! engine photographs the keyspace and the roster into a
+//! [`crate::balancer::Snapshot`], asks the pure planner for a plan, and (mode
+//! `on`, not paused) queues the plan's actions as operations of origin
+//! [`Origin::Balancer`], through the same machinery as `rangerctl`'s: queued,
+//! cancellable, listed, and checked against the same preconditions.
+//!
+//! The planner never reads a clock; the engine hands it milliseconds since the
+//! engine started, and remembers (volatile, like every cooldown) when each
+//! range last moved, split or joined.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ranger_proto::{NodeId, RangeId, RangeState};
+use tokio::time::Instant;
+
+use super::Engine;
+use super::types::{
+    BalancerOrigin, OpError, OpId, OpPhase, OpRequest, Operation, Origin, Progress,
+};
+use crate::balancer::{
+    self, Action, BalancerMemory, InFlightOp, NodeSnapshot, NodeState, Plan, PlannedAction,
+    RangeLoad, RangeSnapshot, Snapshot, Timestamp,
+};
+use crate::config::BalanceMode;
+
+/// What the engine keeps between balancing rounds.
+#[derive(Debug, Default)]
+pub(super) struct Balancing {
+    /// The runtime's balance tick came: plan at the next step.
+    due: bool,
+    /// No rounds until then (always with an end, so a crashed operator tool
+    /// cannot leave balancing off for good).
+    paused_until: Option<Instant>,
+    /// The planner's memory: smoothed loads, hot counts, recent moves.
+    memory: BalancerMemory,
+    /// When each range last split, moved or joined (for the planner's cooldowns).
+    history: HashMap<RangeId, History>,
+    last: Option<BalanceRound>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct History {
+    split: Option<Timestamp>,
+    moved: Option<Timestamp>,
+    joined: Option<Timestamp>,
+}
+
+/// One balancing round as operators see it (`rangerctl balance`).
+#[derive(Debug, Clone)]
+pub struct BalanceRound {
+    pub at: Instant,
+    pub mode: BalanceMode,
+    pub plan: Plan,
+    /// The plan's actions queued as operations (mode `on`).
+    pub queued: Vec<(OpId, PlannedAction)>,
+    /// Actions the engine refused when queueing them, and why (the keyspace
+    /// changed since the snapshot, a node became unknown...).
+    pub refused: Vec<(PlannedAction, String)>,
+}
+
+/// The balancer's state for `rangerctl balance`.
+#[derive(Debug, Clone)]
+pub struct BalanceStatus {
+    pub mode: BalanceMode,
+    pub paused_for: Option<Duration>,
+    pub last: Option<BalanceRound>,
+}
+
+impl Engine {
+    /// The runtime's balance interval elapsed: the next step plans a round
+    /// (unless balancing is off or paused).
+    pub fn balance_tick(&mut self) {
+        self.balancing.due = true;
+    }
+
+    /// Pauses balancing until `now + duration` (always with an end). Queued
+    /// balancer operations are cancelled; running handoffs go on.
+    pub fn pause_balancing(&mut self, duration: Duration, now: Instant) -> Result<(), OpError> {
+        if duration.is_zero() {
+            return Err(OpError::InvalidArgument(
+                "a pause needs a duration (it always ends on its own)".into(),
+            ));
+        }
+        self.balancing.paused_until = Some(now + duration);
+        let queued: Vec<OpId> = self
+            .ops
+            .values()
+            .filter(|op| op.phase == OpPhase::Queued && matches!(op.origin, Origin::Balancer(_)))
+            .map(|op| op.id)
+            .collect();
+        for id in queued {
+            self.ops.remove(&id);
+            tracing::info!(op = %id, "balancer paused: queued operation cancelled");
+            self.effects.push(super::Effect::Finished {
+                op: id,
+                result: Err(OpError::Cancelled("balancer paused".into())),
+            });
+        }
+        tracing::info!(?duration, "balancing paused");
+        Ok(())
+    }
+
+    /// Ends a pause at once.
+    pub fn resume_balancing(&mut self) {
+        self.balancing.paused_until = None;
+        self.balancing.due = true;
+        tracing::info!("balancing resumed");
+    }
+
+    /// Mode, pause and the last round's plan.
+    pub fn balance_status(&self, now: Instant) -> BalanceStatus {
+        BalanceStatus {
+            mode: self.config.balancing.mode,
+            paused_for: self
+                .balancing
+                .paused_until
+                .filter(|until| *until > now)
+                .map(|until| until - now),
+            last: self.balancing.last.clone(),
+        }
+    }
+
+    /// Why `range` is where it is and why it is (not) moving: its placements,
+    /// the operations on it, and what the last round planned or skipped for it.
+    pub fn explain(&self, range: RangeId) -> Result<Vec<String>, OpError> {
+        let r = self
+            .keyspace
+            .range(range)
+            .map_err(|_| OpError::UnknownRange(range))?;
+        let mut lines = Vec::new();
+        let nodes: Vec<String> = r
+            .placements()
+            .iter()
+            .filter(|p| p.is_live())
+            .map(|p| format!("{} ({})", p.node(), p.state()))
+            .collect();
+        lines.push(format!(
+            "range {range} {} is {} on {}",
+            r.meta(),
+            r.state(),
+            if nodes.is_empty() {
+                "no node".to_owned()
+            } else {
+                nodes.join(", ")
+            }
+        ));
+        if let Some(unavailable) = self.unavailable(range) {
+            lines.push(format!("unavailable: {}", unavailable.reason));
+        }
+        for op in self.ops.values().filter(|op| op.ranges().contains(&range)) {
+            lines.push(format!(
+                "{}: {op} ({:?}, started by {})",
+                op.id,
+                op.phase,
+                origin_name(&op.origin)
+            ));
+        }
+        let history = self
+            .balancing
+            .history
+            .get(&range)
+            .copied()
+            .unwrap_or_default();
+        let now_ts = self.balancing.last.as_ref().map(|l| l.plan.now);
+        for (what, at) in [
+            ("moved", history.moved),
+            ("split", history.split),
+            ("joined", history.joined),
+        ] {
+            if let (Some(at), Some(now)) = (at, now_ts) {
+                lines.push(format!(
+                    "last {what} {:.1} s before the last round",
+                    now.since(at).as_secs_f64()
+                ));
+            }
+        }
+        match &self.balancing.last {
+            None => lines.push(format!(
+                "the balancer has not planned a round yet (mode {})",
+                self.config.balancing.mode
+            )),
+            Some(last) => {
+                let planned: Vec<String> = last
+                    .plan
+                    .actions
+                    .iter()
+                    .filter(|a| action_ranges(&a.action).contains(&range))
+                    .map(|a| {
+                        format!(
+                            "last round planned {} ({:?})",
+                            describe(&a.action),
+                            a.reason
+                        )
+                    })
+                    .collect();
+                let skipped: Vec<String> = last
+                    .plan
+                    .skipped
+                    .iter()
+                    .filter(|s| s.range == Some(range))
+                    .map(|s| {
+                        let node = s
+                            .node
+                            .as_ref()
+                            .map(|n| format!(" on {n}"))
+                            .unwrap_or_default();
+                        format!("last round skipped a {:?}{node}: {}", s.candidate, s.reason)
+                    })
+                    .collect();
+                if planned.is_empty() && skipped.is_empty() {
+                    lines.push(format!(
+                        "last round left it alone: imbalance {:.2} (tolerance {:.0}%){}",
+                        last.plan.imbalance.load,
+                        self.config.balancing.planner.tolerance * 100.0,
+                        if last.plan.skipped_for(balancer::SkipReason::WithinTolerance) > 0 {
+                            ", every node within tolerance"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                lines.extend(planned);
+                lines.extend(skipped);
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Plans a round if one is due (called by the step after reconciling).
+    pub(super) fn balance_if_due(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.balancing.due) {
+            return;
+        }
+        let mode = self.config.balancing.mode;
+        if mode == BalanceMode::Off {
+            return;
+        }
+        if self.balancing.paused_until.is_some_and(|until| until > now) {
+            return;
+        }
+        self.balancing.paused_until = None;
+        let snapshot = self.balance_snapshot(now);
+        let (plan, memory) = balancer::plan(
+            &snapshot,
+            &self.config.balancing.planner,
+            &self.balancing.memory,
+        );
+        self.balancing.memory = memory;
+        let mut queued = Vec::new();
+        let mut refused = Vec::new();
+        if mode == BalanceMode::On {
+            for planned in &plan.actions {
+                match self.queue_balancer_action(planned, now) {
+                    Ok(id) => queued.push((id, planned.clone())),
+                    Err(e) => refused.push((planned.clone(), e.to_string())),
+                }
+            }
+        }
+        tracing::info!(
+            %mode,
+            actions = plan.actions.len(),
+            queued = queued.len(),
+            imbalance = plan.imbalance.load,
+            "balancing round"
+        );
+        self.balancing.last = Some(BalanceRound {
+            at: now,
+            mode,
+            plan,
+            queued,
+            refused,
+        });
+    }
+
+    fn queue_balancer_action(
+        &mut self,
+        planned: &PlannedAction,
+        now: Instant,
+    ) -> Result<OpId, OpError> {
+        let (request, from) = match &planned.action {
+            Action::Split { range, key } => (
+                OpRequest::Split {
+                    range: *range,
+                    key: key.clone(),
+                    left: None,
+                    right: None,
+                },
+                None,
+            ),
+            Action::Join { left, right } => (
+                OpRequest::Join {
+                    left: *left,
+                    right: *right,
+                    node: None,
+                },
+                None,
+            ),
+            Action::Move { range, from, to } => (
+                OpRequest::Move {
+                    range: *range,
+                    node: Some(to.clone()),
+                },
+                Some(from.clone()),
+            ),
+        };
+        let ranges = request.ranges();
+        if self
+            .ops
+            .values()
+            .any(|op| op.ranges().iter().any(|r| ranges.contains(r)))
+        {
+            return Err(OpError::FailedPrecondition(
+                "another operation holds the range".into(),
+            ));
+        }
+        self.check_request(&request)?;
+        let origin = Origin::Balancer(BalancerOrigin {
+            from,
+            reason: format!("{:?}", planned.reason),
+        });
+        Ok(self.new_op(request, origin, Progress::NotStarted, OpPhase::Queued, now))
+    }
+
+    /// Notes when a finished operation moved, split or joined its ranges.
+    pub(super) fn note_balance_history(&mut self, op: &Operation, now: Instant) {
+        let at = self.timestamp(now);
+        let history = &mut self.balancing.history;
+        match (&op.request, &op.progress) {
+            (OpRequest::Move { range, .. }, _) => {
+                history.entry(*range).or_default().moved = Some(at);
+            }
+            (_, Progress::Split { left, right }) => {
+                for child in [left, right] {
+                    history.entry(*child).or_default().split = Some(at);
+                }
+            }
+            (_, Progress::Join { child }) => {
+                history.entry(*child).or_default().joined = Some(at);
+            }
+            _ => {}
+        }
+    }
+
+    fn timestamp(&self, now: Instant) -> Timestamp {
+        let millis = now.saturating_duration_since(self.started).as_millis();
+        Timestamp::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+    }
+
+    /// The planner's view of the cluster now.
+    fn balance_snapshot(&self, now: Instant) -> Snapshot {
+        let loss_after = self.config.node_loss_after();
+        let nodes = self
+            .roster
+            .nodes()
+            .filter(|n| n.registered)
+            .map(|n| NodeSnapshot {
+                id: n.id.clone(),
+                capacity: 1.0,
+                state: if n.is_lost(now, loss_after) || n.lease_suspended {
+                    NodeState::RecentlyFailed
+                } else if n.draining() {
+                    NodeState::Draining
+                } else {
+                    NodeState::Active
+                },
+                report_age: n.last_ok.map(|at| now.saturating_duration_since(at)),
+            })
+            .collect();
+        let ranges = self
+            .keyspace
+            .current_ranges()
+            .filter(|r| r.state() == RangeState::Active)
+            .map(|r| {
+                let placements: Vec<NodeId> = r
+                    .placements()
+                    .iter()
+                    .filter(|p| p.is_live() && !p.retiring())
+                    .map(|p| p.node().clone())
+                    .collect();
+                // The load as the first holder reports it (replicas of one range
+                // serve the same keys).
+                let info = placements.iter().find_map(|node| {
+                    self.roster
+                        .get(node)
+                        .and_then(|n| n.ranges.get(&r.id()))
+                        .map(|view| &view.load)
+                });
+                let history = self
+                    .balancing
+                    .history
+                    .get(&r.id())
+                    .copied()
+                    .unwrap_or_default();
+                let mut snapshot = RangeSnapshot::new(
+                    r.id(),
+                    r.meta().start().clone(),
+                    r.meta().end().clone(),
+                    placements,
+                );
+                if let Some(info) = info {
+                    snapshot.load = RangeLoad::from(info);
+                    snapshot.split_keys_by_size = info.split_keys.clone();
+                    snapshot.split_keys_by_load = info.split_keys.clone();
+                }
+                snapshot.last_split = history.split;
+                snapshot.last_moved = history.moved;
+                snapshot.last_joined = history.joined;
+                snapshot
+            })
+            .collect();
+        let in_flight = self
+            .ops
+            .values()
+            .map(|op| InFlightOp {
+                kind: match op.request {
+                    OpRequest::Move { .. } => balancer::OpKind::Move,
+                    OpRequest::Split { .. } => balancer::OpKind::Split,
+                    OpRequest::Join { .. } => balancer::OpKind::Join,
+                },
+                ranges: op.ranges(),
+                from: match &op.origin {
+                    Origin::Drain(node) => Some(node.clone()),
+                    Origin::Balancer(b) => b.from.clone(),
+                    Origin::Operator | Origin::Resumed => None,
+                },
+                to: match (&op.request, &op.progress) {
+                    (_, Progress::Move { to, .. }) => Some(to.clone()),
+                    (OpRequest::Move { node, .. }, _) => node.clone(),
+                    _ => None,
+                },
+            })
+            .collect();
+        Snapshot {
+            now: self.timestamp(now),
+            ranges,
+            nodes,
+            excluded: self.exclusions.keys().cloned().collect(),
+            in_flight,
+        }
+    }
+}
+
+/// How an operation's origin reads in listings.
+pub fn origin_name(origin: &Origin) -> String {
+    match origin {
+        Origin::Operator => "operator".into(),
+        Origin::Drain(node) => format!("drain of {node}"),
+        Origin::Balancer(b) => format!("balancer: {}", b.reason),
+        Origin::Resumed => "a previous controller".into(),
+    }
+}
+
+fn action_ranges(action: &Action) -> Vec<RangeId> {
+    match action {
+        Action::Split { range, .. } | Action::Move { range, .. } => vec![*range],
+        Action::Join { left, right } => vec![*left, *right],
+    }
+}
+
+/// An action as `rangerctl` prints it.
+pub fn describe(action: &Action) -> String {
+    match action {
+        Action::Split { range, key } => format!("split {range} at {key}"),
+        Action::Join { left, right } => format!("join {left} + {right}"),
+        Action::Move { range, from, to } => format!("move {range} from {from} to {to}"),
+    }
+}

@@ -1,0 +1,276 @@
+//! The balancer inside the engine (issue 11): rounds on the balance tick, the
+//! plan queued as operations of origin "balancer" (mode on) or only shown
+//! (dry-run), pauses that always end, and explanations. Engine-level: no
+//! runtime, model nodes that report the load a test gives them.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use ranger_controller::balancer::BalancerConfig;
+use ranger_controller::config::{BalanceMode, Balancing, Replication};
+use ranger_controller::orchestrator::{OpError, Origin};
+use ranger_proto::{Key, LoadInfo, PlacementState};
+use support::engine_driver::Driver;
+use support::{config, id};
+
+fn balancing(mode: BalanceMode) -> Balancing {
+    Balancing {
+        mode,
+        planner: BalancerConfig {
+            // Four ranges: one move is a quarter of the bytes.
+            max_bytes_moved_share: 1.0,
+            ..BalancerConfig::default()
+        },
+    }
+}
+
+/// Ranges 4..=7 (two splits of range 1, then of its halves) all on a, each
+/// serving 100 reads/s; b empty.
+fn four_hot_ranges_on_a(mode: BalanceMode) -> Driver {
+    let mut cfg = config(Replication::R1);
+    cfg.balancing = balancing(mode);
+    let mut driver = Driver::start_with(&["a"], cfg);
+    driver.settle();
+    for (range, key) in [(1, "m"), (2, "f"), (3, "t")] {
+        driver
+            .engine
+            .request_split(id(range), Key::from(key), None, None, driver.now)
+            .unwrap();
+        driver.settle();
+    }
+    let current: Vec<u64> = driver
+        .engine
+        .keyspace()
+        .current_ranges()
+        .map(|r| r.id().get())
+        .collect();
+    assert_eq!(current, [4, 5, 6, 7], "four ranges");
+    for range in &current {
+        driver.nodes.loads.insert(
+            id(*range),
+            LoadInfo {
+                keys: 10,
+                bytes: 1000,
+                reads_per_second: 100.0,
+                ..LoadInfo::default()
+            },
+        );
+    }
+    driver
+        .engine
+        .node_registered(support::node_id("b"), "b:7000".into(), driver.now);
+    driver.settle();
+    driver.commands();
+    driver
+}
+
+fn nodes_of(driver: &Driver) -> Vec<String> {
+    driver
+        .engine
+        .keyspace()
+        .current_ranges()
+        .map(|r| {
+            r.placements()
+                .iter()
+                .filter(|p| p.state() == PlacementState::Active)
+                .map(|p| p.node().to_string())
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect()
+}
+
+#[test]
+fn a_round_moves_load_from_the_busy_node_to_the_idle_one_through_operations() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::On);
+    assert_eq!(nodes_of(&driver), ["a", "a", "a", "a"]);
+
+    driver.engine.balance_tick();
+    let effects = driver.engine.step(driver.now);
+    driver.execute(effects);
+    // Operations the listing attributes to the balancer.
+    let balancer_ops: Vec<String> = driver
+        .engine
+        .operations()
+        .filter(|op| matches!(op.origin, Origin::Balancer(_)))
+        .map(|op| op.to_string())
+        .collect();
+    assert_eq!(
+        balancer_ops.len(),
+        2,
+        "two moves halve a's load: {balancer_ops:?}"
+    );
+    assert!(
+        balancer_ops.iter().all(|op| op.ends_with("to b")),
+        "{balancer_ops:?}"
+    );
+
+    driver.settle();
+    let mut placed = nodes_of(&driver);
+    placed.sort();
+    assert_eq!(placed, ["a", "a", "b", "b"]);
+    assert!(
+        driver.finished.values().all(Result::is_ok),
+        "{:?}",
+        driver.finished
+    );
+    let status = driver.engine.balance_status(driver.now);
+    let round = status.last.expect("a round was planned");
+    assert_eq!(round.queued.len(), 2);
+    assert!(round.refused.is_empty(), "{:?}", round.refused);
+    assert!(round.plan.imbalance.load > 1.5, "a carried everything");
+}
+
+#[test]
+fn a_balanced_cluster_plans_nothing_in_the_next_round() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::On);
+    driver.engine.balance_tick();
+    driver.settle();
+    driver.commands();
+
+    driver.engine.balance_tick();
+    driver.settle();
+    assert!(driver.commands().is_empty(), "nothing moves back");
+    let round = driver.engine.balance_status(driver.now).last.unwrap();
+    assert!(round.plan.actions.is_empty(), "{:?}", round.plan.actions);
+    assert!(
+        round.plan.imbalance.load < 1.1,
+        "{:?}",
+        round.plan.imbalance
+    );
+}
+
+#[test]
+fn a_dry_run_shows_the_plan_and_moves_nothing() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::DryRun);
+    driver.engine.balance_tick();
+    driver.settle();
+    assert!(driver.commands().is_empty());
+    assert_eq!(nodes_of(&driver), ["a", "a", "a", "a"]);
+    let round = driver.engine.balance_status(driver.now).last.unwrap();
+    assert_eq!(round.mode, BalanceMode::DryRun);
+    assert_eq!(round.plan.actions.len(), 2, "{:?}", round.plan.actions);
+    assert!(round.queued.is_empty());
+    assert_eq!(driver.engine.operations().count(), 0);
+}
+
+#[test]
+fn with_balancing_off_no_round_is_planned() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::Off);
+    driver.engine.balance_tick();
+    driver.settle();
+    assert!(driver.commands().is_empty());
+    assert!(driver.engine.balance_status(driver.now).last.is_none());
+}
+
+#[test]
+fn a_pause_lets_running_moves_finish_and_skips_rounds_until_it_ends() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::On);
+    assert!(matches!(
+        driver.engine.pause_balancing(Duration::ZERO, driver.now),
+        Err(OpError::InvalidArgument(_))
+    ));
+
+    // A round starts its moves; a pause does not stop running handoffs.
+    driver.engine.balance_tick();
+    let effects = driver.engine.step(driver.now);
+    driver.execute(effects);
+    let running = driver
+        .engine
+        .operations()
+        .filter(|op| matches!(op.origin, Origin::Balancer(_)))
+        .count();
+    assert_eq!(running, 2);
+    driver
+        .engine
+        .pause_balancing(Duration::from_secs(60), driver.now)
+        .unwrap();
+    let status = driver.engine.balance_status(driver.now);
+    assert_eq!(status.paused_for, Some(Duration::from_secs(60)));
+    driver.settle();
+    assert!(
+        driver.finished.values().all(Result::is_ok),
+        "{:?}",
+        driver.finished
+    );
+    let mut placed = nodes_of(&driver);
+    placed.sort();
+    assert_eq!(placed, ["a", "a", "b", "b"]);
+
+    // Paused: a tick plans nothing new, even with a new imbalance.
+    for range in [4, 5, 6, 7] {
+        driver
+            .nodes
+            .loads
+            .get_mut(&id(range))
+            .unwrap()
+            .reads_per_second = 10.0;
+    }
+    driver.nodes.loads.get_mut(&id(4)).unwrap().reads_per_second = 1000.0;
+    let before = driver.engine.balance_status(driver.now).last.unwrap().at;
+    driver.engine.balance_tick();
+    driver.settle();
+    assert_eq!(
+        driver.engine.balance_status(driver.now).last.unwrap().at,
+        before
+    );
+
+    // After the pause, rounds resume on their own.
+    driver.now += Duration::from_secs(61);
+    driver.engine.balance_tick();
+    driver.settle();
+    let after = driver.engine.balance_status(driver.now).last.unwrap();
+    assert!(after.at > before);
+    assert_eq!(driver.engine.balance_status(driver.now).paused_for, None);
+}
+
+#[test]
+fn resuming_ends_a_pause_at_once() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::DryRun);
+    driver
+        .engine
+        .pause_balancing(Duration::from_secs(3600), driver.now)
+        .unwrap();
+    driver.engine.balance_tick();
+    driver.settle();
+    assert!(driver.engine.balance_status(driver.now).last.is_none());
+    driver.engine.resume_balancing();
+    driver.settle();
+    assert!(driver.engine.balance_status(driver.now).last.is_some());
+}
+
+#[test]
+fn explain_says_where_a_range_is_and_what_the_last_round_did_with_it() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::DryRun);
+    let before = driver.engine.explain(id(4)).unwrap();
+    assert!(before[0].starts_with("range 4"), "{before:?}");
+    assert!(
+        before.iter().any(|l| l.contains("not planned a round")),
+        "{before:?}"
+    );
+
+    driver.engine.balance_tick();
+    driver.settle();
+    let round = driver.engine.balance_status(driver.now).last.unwrap();
+    let moved: Vec<u64> = round
+        .plan
+        .actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            ranger_controller::balancer::Action::Move { range, .. } => Some(range.get()),
+            _ => None,
+        })
+        .collect();
+    let planned = driver.engine.explain(id(moved[0])).unwrap();
+    assert!(
+        planned.iter().any(|l| l.contains("planned move")),
+        "{planned:?}"
+    );
+    assert_eq!(
+        driver.engine.explain(id(99)),
+        Err(OpError::UnknownRange(id(99)))
+    );
+}

@@ -1,0 +1,246 @@
+//! An engine with a runtime's duties played by hand (saves succeed, probes
+//! and commands are answered at once by model nodes), for the engine-level
+//! tests (`engine.rs`, `balancing.rs`): no runtime, no rangelets, no clock.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ranger_controller::config::{OrchestratorConfig, Replication};
+use ranger_controller::keyspace::Keyspace;
+use ranger_controller::orchestrator::{Call, Dispatch, Effect, Engine, OpError, OpId, Persisted};
+use ranger_proto::{
+    LoadInfo, NodeId, Outcome, PlacementState, RangeId, RangeInfo, RangeMeta, RemoteState,
+};
+use tokio::time::Instant;
+
+use super::{config, id as range, node_id as node};
+
+/// What the model nodes hold: (node, range) → (meta, state).
+#[derive(Default)]
+pub struct Nodes {
+    pub ranges: BTreeMap<(NodeId, RangeId), (RangeMeta, RemoteState)>,
+    /// What each range's holder reports as its load.
+    pub loads: BTreeMap<RangeId, LoadInfo>,
+    /// Commands that fail on a node: the callback returns an error and the
+    /// range stays where it was (PROTOCOL.md).
+    pub failing: Vec<(String, &'static str)>,
+}
+
+impl Nodes {
+    pub fn apply(&mut self, dispatch: &Dispatch) -> Outcome {
+        let key = (dispatch.node.clone(), dispatch.range);
+        let verb = verb(&dispatch.call);
+        let current = self.ranges.get(&key).map(|(_, s)| *s);
+        if self
+            .failing
+            .iter()
+            .any(|(n, v)| *n == dispatch.node.as_str() && *v == verb)
+        {
+            return Outcome {
+                state: current.unwrap_or(RemoteState::NotFound),
+                failure: Some(format!("{verb} failed on purpose")),
+            };
+        }
+        let state = match &dispatch.call {
+            Call::Prepare { meta, .. } => {
+                self.ranges
+                    .insert(key, (meta.clone(), RemoteState::Inactive));
+                RemoteState::Inactive
+            }
+            Call::Activate => self.set(&key, RemoteState::Active),
+            Call::Deactivate => self.set(&key, RemoteState::Inactive),
+            Call::Drop { .. } => {
+                self.ranges.remove(&key);
+                RemoteState::NotFound
+            }
+        };
+        Outcome {
+            state,
+            failure: None,
+        }
+    }
+
+    fn set(&mut self, key: &(NodeId, RangeId), state: RemoteState) -> RemoteState {
+        match self.ranges.get_mut(key) {
+            Some(entry) => {
+                entry.1 = state;
+                state
+            }
+            None => RemoteState::NotFound,
+        }
+    }
+
+    pub fn report(&self, of: &NodeId) -> Vec<RangeInfo> {
+        self.ranges
+            .iter()
+            .filter(|((n, _), _)| n == of)
+            .map(|(_, (meta, state))| RangeInfo {
+                meta: meta.clone(),
+                state: *state,
+                load: self.loads.get(&meta.id()).cloned().unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
+pub fn verb(call: &Call) -> &'static str {
+    match call {
+        Call::Prepare { .. } => "prepare",
+        Call::Activate => "activate",
+        Call::Deactivate => "deactivate",
+        Call::Drop { .. } => "drop",
+    }
+}
+
+pub fn describe(dispatch: &Dispatch) -> String {
+    format!(
+        "{} {}@{}",
+        verb(&dispatch.call),
+        dispatch.range,
+        dispatch.node
+    )
+}
+
+/// Plays the runtime for one engine, with a hand-held clock.
+pub struct Driver {
+    pub engine: Engine,
+    pub now: Instant,
+    pub nodes: Nodes,
+    /// Every command the engine sent, in order, as "verb range@node".
+    pub sent: Vec<String>,
+    /// Operations that ended, with their results.
+    pub finished: BTreeMap<OpId, Result<(), OpError>>,
+}
+
+impl Driver {
+    /// An engine over a new keyspace whose term is saved, with `names` registered
+    /// and their first probes answered.
+    pub fn start(names: &[&str]) -> Driver {
+        Self::start_with(names, config(Replication::R1))
+    }
+
+    /// [`Driver::start`] with another configuration.
+    pub fn start_with(names: &[&str], config: OrchestratorConfig) -> Driver {
+        let now = Instant::now();
+        let mut driver = Driver {
+            engine: Engine::new(Keyspace::new(), config, now),
+            now,
+            nodes: Nodes::default(),
+            sent: Vec::new(),
+            finished: BTreeMap::new(),
+        };
+        let effects = driver.engine.step(now);
+        assert!(
+            matches!(effects.as_slice(), [Effect::Persist(_)]),
+            "{effects:?}"
+        );
+        assert!(driver.engine.persisted(Persisted::Saved).is_empty());
+        for name in names {
+            driver
+                .engine
+                .node_registered(node(name), format!("{name}:7000"), now);
+        }
+        driver
+    }
+
+    /// Executes effects as the runtime does: saves succeed, probes and
+    /// commands are answered at once by the model nodes.
+    pub fn execute(&mut self, effects: Vec<Effect>) {
+        let mut queue = std::collections::VecDeque::from(effects);
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Persist(_) => queue.extend(self.engine.persisted(Persisted::Saved)),
+                Effect::Probe(probe) => {
+                    let report = self.nodes.report(&probe.node);
+                    self.engine
+                        .on_probe(&probe.node, probe.sent_at, Ok((report, false)));
+                }
+                Effect::Send(dispatch) => {
+                    self.sent.push(describe(&dispatch));
+                    let outcome = self.nodes.apply(&dispatch);
+                    self.engine.on_answer(&dispatch, Ok(outcome), self.now);
+                }
+                Effect::Finished { op, result } => {
+                    self.finished.insert(op, result);
+                }
+                Effect::Event(_) => {}
+            }
+        }
+    }
+
+    /// Steps until the engine has nothing left to do and no operation is
+    /// running, advancing the clock by `tick` between steps (so backoffs and
+    /// deadlines pass) for at most `max`.
+    pub fn settle_within(&mut self, tick: Duration, max: Duration) {
+        let until = self.now + max;
+        let mut quiet = 0;
+        while self.now < until && quiet < 3 {
+            self.engine.probe_tick();
+            let effects = self.engine.step(self.now);
+            let busy = effects
+                .iter()
+                .any(|e| !matches!(e, Effect::Probe(_) | Effect::Event(_)));
+            let waiting = self.engine.operations().next().is_some();
+            quiet = if busy || waiting { 0 } else { quiet + 1 };
+            self.execute(effects);
+            self.now += tick;
+        }
+    }
+
+    /// One step, its save (if any) answered `Saved`: what else it asked for,
+    /// with the commands the save released at the end. Nothing is executed.
+    pub fn step_saved(&mut self) -> Vec<Effect> {
+        let mut out = Vec::new();
+        for effect in self.engine.step(self.now) {
+            match effect {
+                Effect::Persist(_) => {
+                    let released = self.engine.persisted(Persisted::Saved);
+                    out.extend(released);
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    /// Answers the probes among `effects` from the model nodes.
+    pub fn answer_probes(&mut self, effects: &[Effect]) {
+        for effect in effects {
+            if let Effect::Probe(probe) = effect {
+                let report = self.nodes.report(&probe.node);
+                self.engine
+                    .on_probe(&probe.node, probe.sent_at, Ok((report, false)));
+            }
+        }
+    }
+
+    pub fn settle(&mut self) {
+        self.settle_within(Duration::from_millis(100), Duration::from_secs(30));
+    }
+
+    pub fn commands(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.sent)
+    }
+
+    pub fn placements(&self, id: u64) -> Vec<(String, PlacementState)> {
+        self.engine
+            .keyspace()
+            .range(range(id))
+            .map(|r| {
+                r.placements()
+                    .iter()
+                    .map(|p| (p.node().to_string(), p.state()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Places range 1 on `a` and forgets the commands it took.
+    pub fn with_range_on_a(names: &[&str]) -> Driver {
+        let mut driver = Driver::start(names);
+        driver.settle();
+        assert_eq!(driver.placements(1), [("a".into(), PlacementState::Active)]);
+        driver.commands();
+        driver
+    }
+}
