@@ -8,7 +8,9 @@
 //! For proxies and smart clients, [`RoutingTable`] follows nodes' `Ranges` streams
 //! and answers "who serves this key". [`testing::ScriptedNode`] is a storage system
 //! whose every callback can be told to succeed, fail, or stall: the controller's
-//! tests drive real rangelets with it.
+//! tests drive real rangelets with it. [`testing::StateStoreSuite`] checks a
+//! [`StateStore`] against the contract the rangelet relies on, for storage systems
+//! that keep their range states in their own database.
 
 mod node;
 mod rangelet;

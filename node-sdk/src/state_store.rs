@@ -38,6 +38,33 @@ pub enum StateStoreError {
 /// Pluggable so that a storage system can keep its range states in its own database,
 /// atomically with its data if it likes (the KV example keeps them in RocksDB).
 /// Writes are small and rare (one per state change), so the methods are synchronous.
+///
+/// # The contract the rangelet relies on
+///
+/// The rangelet reads the store once, when it opens (restoring every kept range
+/// Inactive, and dropping the ones left Preparing or Dropping), and writes it on
+/// every state change, always under its own lock, so calls never overlap. For a
+/// restarted node to come back holding exactly what it held:
+///
+/// - [`StateStore::load`] returns every range put and not removed since, each once,
+///   exactly as it was put (id, both bounds byte for byte, state). A range lost or
+///   with changed bounds would make the node forget data it holds or serve keys it
+///   does not; a stale state would change how the restart resolves it.
+/// - [`StateStore::put`] replaces whatever the store held for the same id: each
+///   transition overwrites the last.
+/// - [`StateStore::remove`] forgets that one range only, and succeeds for a range
+///   the store does not hold (a restart may repeat a removal).
+/// - The term is independent of the ranges: writing or removing ranges never
+///   changes [`StateStore::load_term`], and the term is never loaded as a range.
+/// - A durable store (every store but [`MemoryStateStore`]) returns all of the
+///   above from a new instance opened on the same storage.
+/// - Errors are surfaced, never swallowed: a write that did not reach storage
+///   returns `Err` (the rangelet then refuses the command instead of reporting a
+///   state it could not keep), and a record that cannot be read back fails
+///   [`StateStore::load`] (or the store's opening) rather than being skipped,
+///   which would silently forget a range.
+///
+/// [`crate::testing::StateStoreSuite`] checks all of this against any store.
 pub trait StateStore: Send + Sync + 'static {
     /// Every stored range, in any order.
     fn load(&self) -> Result<Vec<StoredRange>, StateStoreError>;
@@ -58,8 +85,9 @@ pub trait StateStore: Send + Sync + 'static {
         Ok(0)
     }
 
-    /// Stores `term` as the newest controller term (called only when it grows).
-    /// The default keeps nothing (see [`StateStore::load_term`]).
+    /// Stores `term` as the newest controller term (called only when it grows, so
+    /// a store may simply overwrite: [`StateStore::load_term`] must then return
+    /// `term`). The default keeps nothing (see [`StateStore::load_term`]).
     fn put_term(&self, term: u64) -> Result<(), StateStoreError> {
         let _ = term;
         Ok(())

@@ -1,7 +1,13 @@
-//! A storage system for tests: every callback can be scripted to succeed, fail,
-//! take a while, or never finish, per command and per range, and every call is
-//! recorded. The controller's tests run real rangelets over it, so they exercise the
-//! same state machine as production nodes.
+//! Test support for the SDK's users.
+//!
+//! [`ScriptedNode`] is a storage system for tests: every callback can be scripted
+//! to succeed, fail, take a while, or never finish, per command and per range, and
+//! every call is recorded. The controller's tests run real rangelets over it, so
+//! they exercise the same state machine as production nodes.
+//!
+//! [`StateStoreSuite`] checks a [`crate::StateStore`] against the contract the
+//! rangelet relies on, so that a storage system keeping its range states in its own
+//! database can prove its store from its own tests.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +18,12 @@ use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta};
 use crate::node::{CallbackError, Node};
 use crate::rangelet::Command;
 use crate::state_store::lock;
+
+mod state_store;
+
+pub use state_store::{
+    Check, CheckFailure, Durability, NonConformance, StateStoreSuite, StoreFactory, SuiteReport,
+};
 
 /// What one callback does when called.
 #[derive(Debug, Clone, PartialEq)]
