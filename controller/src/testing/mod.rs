@@ -6,5 +6,6 @@
 //! cargo feature: the suites panic on a failed check, as a test does, so they
 //! belong in tests only.
 
+pub mod discovery;
 pub mod persistence;
 pub mod transport;
