@@ -1,13 +1,19 @@
 //! The Consul discovery backend against a real `consul agent -dev`: nodes
 //! register the way kv-node does (with a real gRPC health server for the
-//! agent's checks) and the controller's membership follows them.
+//! agent's checks) and the controller's membership follows them. The backend
+//! runs the public discovery suite (`ranger_controller::testing::discovery`)
+//! from here, as a third-party backend would.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use ranger_consul::discovery::{RegistrationConfig, ServiceRegistration};
+use ranger_consul::test_agent::TestAgent;
 use ranger_controller::discovery::Membership;
 use ranger_controller::discovery::{ConsulDiscovery, Discovery};
+use ranger_controller::testing::discovery::{self as suite, DynamicHarness, Harness};
 use ranger_proto::NodeId;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -28,6 +34,17 @@ struct Node {
 
 impl Node {
     async fn start(client: ranger_consul::Client, host: &str, service: &str) -> Node {
+        Node::start_as(client, host, service, None).await
+    }
+
+    /// A node registered under `service_id` if given, else under the ID the
+    /// reference conventions derive from its address.
+    async fn start_as(
+        client: ranger_consul::Client,
+        host: &str,
+        service: &str,
+        service_id: Option<&str>,
+    ) -> Node {
         let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (_reporter, health) = tonic_health::server::health_reporter();
@@ -41,12 +58,11 @@ impl Node {
                 .await
                 .unwrap();
         });
-        let registration = ServiceRegistration::start(
-            client,
-            RegistrationConfig::new(host, port).with_service_name(service),
-        )
-        .await
-        .unwrap();
+        let mut config = RegistrationConfig::new(host, port).with_service_name(service);
+        if let Some(id) = service_id {
+            config = config.with_service_id(id);
+        }
+        let registration = ServiceRegistration::start(client, config).await.unwrap();
         Node {
             id: registration.service_id().to_owned(),
             addr: format!("{host}:{port}"),
@@ -144,4 +160,139 @@ async fn membership_follows_the_passing_instances_of_the_service() {
     .await;
     eprintln!("deregister -> left the membership: {:?}", leaving.elapsed());
     assert!(leaving.elapsed() < Duration::from_secs(2));
+}
+
+/// The discovery suite's set-up: a Consul agent, the backend following the
+/// `node` service, and nodes registered with real health servers. Nodes join
+/// on 127.0.0.x loopback addresses so that both ID conventions (`<port>` on
+/// 127.0.0.1, `<host>:<port>` elsewhere) are exercised.
+struct ConsulNodes {
+    discovery: ConsulDiscovery,
+    nodes: BTreeMap<NodeId, Node>,
+    next_host: u8,
+    // Last: the agent outlives the discovery and the nodes' registrations.
+    agent: TestAgent,
+}
+
+impl ConsulNodes {
+    async fn start() -> Option<ConsulNodes> {
+        let agent = TestAgent::start_or_skip().await?;
+        let discovery = ConsulDiscovery::spawn(agent.client(), "node");
+        let mut harness = ConsulNodes {
+            discovery,
+            nodes: BTreeMap::new(),
+            next_host: 1,
+            agent,
+        };
+        for _ in 0..2 {
+            harness.join().await;
+        }
+        Some(harness)
+    }
+}
+
+impl Harness for ConsulNodes {
+    type Discovery = ConsulDiscovery;
+
+    fn discovery(&self) -> &ConsulDiscovery {
+        &self.discovery
+    }
+
+    fn expected(&self) -> Membership {
+        self.nodes
+            .iter()
+            .map(|(id, node)| (id.clone(), node.addr.clone()))
+            .collect()
+    }
+
+    fn patience(&self) -> Duration {
+        PATIENCE
+    }
+
+    /// Each node's registration written again with a new tag, as a node
+    /// updating its metadata does: Consul's answer to the discovery's
+    /// blocking query changes (it wakes it), the instances' ids and addresses
+    /// do not.
+    async fn renew(&mut self) {
+        let client = self.agent.client();
+        for node in self.nodes.values() {
+            let (host, port) = node.addr.rsplit_once(':').unwrap();
+            let mut config = RegistrationConfig::new(host, port.parse().unwrap())
+                .with_service_id(node.id.clone());
+            config.tags = vec!["renewed".to_owned()];
+            client
+                .agent_service_register(&config.to_agent_registration())
+                .await
+                .unwrap();
+        }
+    }
+}
+
+impl DynamicHarness for ConsulNodes {
+    async fn join(&mut self) -> (NodeId, String) {
+        let host = format!("127.0.0.{}", self.next_host);
+        self.next_host += 1;
+        let node = Node::start(self.agent.client(), &host, "node").await;
+        let (id, addr) = (node_id(&node.id), node.addr.clone());
+        self.nodes.insert(id.clone(), node);
+        (id, addr)
+    }
+
+    /// The node restarts on another port and registers again under its
+    /// service ID; its old registration stops (dropped, so that it cannot
+    /// put the old address back) but is not deregistered.
+    async fn move_node(&mut self, id: &NodeId) -> String {
+        let old = self.nodes.remove(id).expect("a known node");
+        let host = old.addr.rsplit_once(':').unwrap().0.to_owned();
+        old.crash().await;
+        let node = Node::start_as(self.agent.client(), &host, "node", Some(id.as_str())).await;
+        let addr = node.addr.clone();
+        self.nodes.insert(id.clone(), node);
+        addr
+    }
+
+    async fn leave(&mut self, id: &NodeId) {
+        let node = self.nodes.remove(id).expect("a known node");
+        node.registration.deregister().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn consul_discovery_lists_exactly_its_nodes() {
+    let Some(harness) = ConsulNodes::start().await else {
+        return;
+    };
+    suite::lists_exactly_its_nodes(harness).await;
+}
+
+#[tokio::test]
+async fn consul_discovery_announces_nothing_while_nodes_only_renew() {
+    let Some(harness) = ConsulNodes::start().await else {
+        return;
+    };
+    suite::renewals_announce_nothing(harness).await;
+}
+
+#[tokio::test]
+async fn consul_discovery_lists_a_joining_node() {
+    let Some(harness) = ConsulNodes::start().await else {
+        return;
+    };
+    suite::a_joining_node_is_listed(harness).await;
+}
+
+#[tokio::test]
+async fn consul_discovery_follows_a_node_to_its_new_address() {
+    let Some(harness) = ConsulNodes::start().await else {
+        return;
+    };
+    suite::a_moved_node_is_listed_at_its_new_address(harness).await;
+}
+
+#[tokio::test]
+async fn consul_discovery_drops_a_deregistered_node() {
+    let Some(harness) = ConsulNodes::start().await else {
+        return;
+    };
+    suite::a_leaving_node_is_dropped(harness).await;
 }

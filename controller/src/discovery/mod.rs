@@ -62,6 +62,57 @@ impl Discovery for StaticDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::discovery::{self as suite, Harness};
+
+    /// A static list given the way `rangerd --nodes` gives it.
+    struct Fixed {
+        discovery: StaticDiscovery,
+    }
+
+    impl Fixed {
+        fn new() -> Self {
+            Fixed {
+                discovery: StaticDiscovery::parse(
+                    "a=127.0.0.1:7001,b=10.0.0.2:7002,127.0.0.3:7003",
+                )
+                .expect("a valid list"),
+            }
+        }
+    }
+
+    impl Harness for Fixed {
+        type Discovery = StaticDiscovery;
+
+        fn discovery(&self) -> &StaticDiscovery {
+            &self.discovery
+        }
+
+        fn expected(&self) -> Membership {
+            [
+                ("a", "127.0.0.1:7001"),
+                ("b", "10.0.0.2:7002"),
+                ("127.0.0.3:7003", "127.0.0.3:7003"),
+            ]
+            .into_iter()
+            .map(|(id, addr)| (NodeId::new(id).expect("a valid id"), addr.to_owned()))
+            .collect()
+        }
+
+        fn patience(&self) -> std::time::Duration {
+            // A fixed list is there from the start.
+            std::time::Duration::from_millis(100)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_static_list_lists_exactly_its_nodes() {
+        suite::lists_exactly_its_nodes(Fixed::new()).await;
+    }
+
+    #[tokio::test]
+    async fn a_static_list_announces_nothing() {
+        suite::renewals_announce_nothing(Fixed::new()).await;
+    }
 
     #[test]
     fn parses_ids_and_bare_addresses() {

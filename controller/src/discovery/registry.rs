@@ -179,10 +179,128 @@ impl pb::registry_server::Registry for RegistryService {
 
 #[cfg(test)]
 mod tests {
+    use pb::registry_server::Registry as _;
+
     use super::*;
+    use crate::testing::discovery::{self as suite, DynamicHarness, Harness};
 
     fn node(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
+    }
+
+    /// Nodes registering through the gRPC service, as the node SDK does.
+    struct Registered {
+        registry: Registry,
+        service: RegistryService,
+        expected: Membership,
+        next_port: u16,
+    }
+
+    impl Registered {
+        async fn start() -> Self {
+            let registry = Registry::new(Duration::from_secs(60));
+            let service = RegistryService {
+                registry: registry.clone(),
+            };
+            let mut harness = Registered {
+                registry,
+                service,
+                expected: Membership::new(),
+                next_port: 7001,
+            };
+            for _ in 0..2 {
+                let (id, addr) = harness.join().await;
+                harness.expected.insert(id, addr);
+            }
+            harness
+        }
+
+        async fn register(&self, id: &NodeId, address: &str) {
+            self.service
+                .register(Request::new(pb::RegisterRequest {
+                    node: id.to_string(),
+                    address: address.to_owned(),
+                }))
+                .await
+                .expect("the registry takes a valid registration");
+        }
+
+        fn next_addr(&mut self) -> String {
+            self.next_port += 1;
+            format!("127.0.0.1:{}", self.next_port)
+        }
+    }
+
+    impl Harness for Registered {
+        type Discovery = Registry;
+
+        fn discovery(&self) -> &Registry {
+            &self.registry
+        }
+
+        fn expected(&self) -> Membership {
+            self.expected.clone()
+        }
+
+        fn patience(&self) -> Duration {
+            // Registrations take effect within the call.
+            Duration::from_secs(1)
+        }
+
+        async fn renew(&mut self) {
+            for (id, addr) in self.expected() {
+                self.register(&id, &addr).await;
+            }
+        }
+    }
+
+    impl DynamicHarness for Registered {
+        async fn join(&mut self) -> (NodeId, String) {
+            let addr = self.next_addr();
+            let id = node(&format!("n{}", self.next_port));
+            self.register(&id, &addr).await;
+            (id, addr)
+        }
+
+        async fn move_node(&mut self, id: &NodeId) -> String {
+            let addr = self.next_addr();
+            self.register(id, &addr).await;
+            addr
+        }
+
+        async fn leave(&mut self, id: &NodeId) {
+            self.service
+                .deregister(Request::new(pb::DeregisterRequest {
+                    node: id.to_string(),
+                }))
+                .await
+                .expect("the registry takes a deregistration");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_registry_lists_exactly_its_nodes() {
+        suite::lists_exactly_its_nodes(Registered::start().await).await;
+    }
+
+    #[tokio::test]
+    async fn the_registry_announces_nothing_while_nodes_only_renew() {
+        suite::renewals_announce_nothing(Registered::start().await).await;
+    }
+
+    #[tokio::test]
+    async fn the_registry_lists_a_joining_node() {
+        suite::a_joining_node_is_listed(Registered::start().await).await;
+    }
+
+    #[tokio::test]
+    async fn the_registry_follows_a_node_to_its_new_address() {
+        suite::a_moved_node_is_listed_at_its_new_address(Registered::start().await).await;
+    }
+
+    #[tokio::test]
+    async fn the_registry_drops_a_deregistered_node() {
+        suite::a_leaving_node_is_dropped(Registered::start().await).await;
     }
 
     #[tokio::test(start_paused = true)]

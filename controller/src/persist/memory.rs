@@ -100,7 +100,7 @@ impl Persister for MemoryPersister {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::persist::conformance::{self, Harness};
+    use crate::testing::persistence::Harness;
 
     impl Harness for MemoryPersister {
         fn fail_next_save(&self) {
@@ -111,7 +111,7 @@ mod tests {
             MemoryPersister::records_written(self)
         }
 
-        fn put_raw(&self, id: u64, bytes: &[u8]) {
+        async fn put_raw(&self, id: u64, bytes: &[u8]) {
             MemoryPersister::put_raw(self, id, bytes.to_vec());
         }
 
@@ -121,11 +121,11 @@ mod tests {
         }
     }
 
-    fn fresh() -> (MemoryPersister, ()) {
+    async fn fresh() -> (MemoryPersister, ()) {
         (MemoryPersister::new(), ())
     }
 
-    conformance::conformance_tests!(fresh);
+    crate::persistence_suite!(fresh);
 
     #[tokio::test]
     async fn fails_exactly_the_requested_number_of_saves() {

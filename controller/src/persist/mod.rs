@@ -11,11 +11,11 @@
 //! leader's session ([`Fence`]). A change set larger than one Consul transaction
 //! is staged, then committed by one write of the counters, so it is still all or
 //! nothing. A lost race is [`PersistError::Conflict`], a lost session
-//! [`PersistError::Fenced`]. All backends pass one conformance suite.
+//! [`PersistError::Fenced`]. All backends pass one conformance suite, which
+//! is public (`testing::persistence`, with the `testing` feature) so that a
+//! backend written elsewhere can pass it too.
 
 mod codec;
-#[cfg(test)]
-mod conformance;
 pub mod consul;
 mod memory;
 mod redb_store;

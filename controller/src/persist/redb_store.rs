@@ -217,7 +217,7 @@ fn save_blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::persist::conformance::{self, Harness};
+    use crate::testing::persistence::Harness;
 
     impl Harness for RedbPersister {
         fn fail_next_save(&self) {
@@ -228,7 +228,7 @@ mod tests {
             RedbPersister::records_written(self)
         }
 
-        fn put_raw(&self, id: u64, bytes: &[u8]) {
+        async fn put_raw(&self, id: u64, bytes: &[u8]) {
             let txn = self.db.begin_write().unwrap();
             txn.open_table(RANGES).unwrap().insert(id, bytes).unwrap();
             txn.commit().unwrap();
@@ -250,7 +250,11 @@ mod tests {
         (p, dir)
     }
 
-    conformance::conformance_tests!(fresh);
+    async fn fresh_store() -> (RedbPersister, tempfile::TempDir) {
+        fresh()
+    }
+
+    crate::persistence_suite!(fresh_store);
 
     #[test]
     fn opening_creates_a_missing_file_but_not_a_missing_directory() {
