@@ -18,6 +18,7 @@
 
 use super::plan::{Candidate, Reason, SkipReason};
 use super::round::Round;
+use super::split;
 
 /// Drains first: those moves are owed whatever the balance.
 pub(super) fn plan_drains(round: &mut Round<'_>) {
@@ -67,6 +68,7 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
     let upper = round.mean * (1.0 + tol);
     let shed_to = round.mean * (1.0 + tol / 2.0);
     let fill_to = round.mean * (1.0 - tol / 2.0);
+    let lower = round.mean * (1.0 - tol);
     let mut sources: Vec<usize> = round
         .eligible_nodes()
         .into_iter()
@@ -79,6 +81,7 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
     for s in sources {
         let excess = round.nodes[s].util() - shed_to;
         let min_delta = round.config.min_move_fraction * excess;
+        let mut split_one = false;
         for ri in candidates(round, s, fill_to) {
             let util_s = round.nodes[s].util();
             if util_s <= shed_to {
@@ -112,7 +115,43 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
                 continue;
             }
             match best_target(round, ri, s, shed_to, util_s) {
+                // An underloaded node (a new one) takes few transfers at a time:
+                // a move too small for its deficit is left to the fill rule,
+                // which sends it the biggest loads that fit.
+                Ok(t)
+                    if round.nodes[t].util() < lower
+                        && round.delta(ri, t)
+                            < round.config.min_move_fraction
+                                * (fill_to - round.nodes[t].util()) =>
+                {
+                    round.skip(
+                        Candidate::Move,
+                        Some(ri),
+                        Some(s),
+                        SkipReason::TooLittleLoad,
+                    );
+                }
                 Ok(t) => round.push_move(ri, s, t, Reason::MoveOverloaded),
+                // Too big for any node's room: halve it, so that next round a half
+                // fits (one such split per source and round: the halves may fit).
+                // A hot range waits for the hot rule's rounds like any other, so
+                // that a burst does not fragment the keyspace.
+                Err(SkipReason::NoTarget)
+                    if !split_one
+                        && round.ranges[ri].dims.requests >= round.config.split_min_rate
+                        && (round.ranges[ri].hot_rounds == 0
+                            || round.ranges[ri].hot_rounds >= round.config.split_hot_rounds) =>
+                {
+                    match split::load_key(round, ri) {
+                        Some(key) => {
+                            split_one = true;
+                            round.push_split(ri, key, Reason::SplitToMove);
+                        }
+                        None => {
+                            round.skip(Candidate::Move, Some(ri), Some(s), SkipReason::NoTarget)
+                        }
+                    }
+                }
                 Err(why) => round.skip(Candidate::Move, Some(ri), Some(s), why),
             }
         }
@@ -167,8 +206,9 @@ pub(super) fn plan_fills(round: &mut Round<'_>) {
     }
 }
 
-/// The move into `t` from the most loaded source that has a range fitting both
-/// bands; within a source, the most load per byte.
+/// The move into `t` that brings it the most load while both nodes stay within
+/// their bands: a node filling up takes only `max_transfers_in` ranges at a time,
+/// so each should count (ties: the more loaded source, then the fewer bytes).
 fn best_fill(
     round: &mut Round<'_>,
     t: usize,
@@ -187,6 +227,7 @@ fn best_fill(
         ub.total_cmp(&ua).then(a.cmp(&b))
     });
     let deficit = fill_to - round.nodes[t].util();
+    let mut best: Option<(f64, usize, usize)> = None;
     for s in sources {
         if round.nodes[s].transfers_out >= round.config.max_transfers_out {
             continue;
@@ -212,10 +253,13 @@ fn best_fill(
             {
                 continue;
             }
-            return Some((ri, s));
+            let delta = round.delta(ri, t);
+            if best.is_none_or(|(b, _, _)| delta > b) {
+                best = Some((delta, ri, s));
+            }
         }
     }
-    None
+    best.map(|(_, ri, s)| (ri, s))
 }
 
 /// The ranges of `s` in the order they should be tried: those that keep the source

@@ -38,6 +38,9 @@ pub enum Reason {
     /// Hotter than `split_load_share` of a node's fair share for
     /// `split_hot_rounds` rounds.
     SplitByLoad,
+    /// On an overloaded node, and too hot for any other node's room: halved so
+    /// that a half can move.
+    SplitToMove,
     /// Two cold neighbours on the same nodes.
     JoinCold,
     /// The source is above mean × (1 + tolerance).

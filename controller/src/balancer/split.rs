@@ -61,6 +61,11 @@ pub(super) fn plan_splits(round: &mut Round<'_>) {
     }
 }
 
+/// The node's best load split key strictly inside the range, if any.
+pub(super) fn load_key(round: &Round<'_>, ri: usize) -> Option<Key> {
+    split_key(round, ri, Reason::SplitByLoad)
+}
+
 /// The node's best suggestion for this reason that lies strictly inside the range
 /// (a suggestion at an edge would leave an empty half); for a size split, a load
 /// key will do if there is no size key, and the other way round.

@@ -455,8 +455,8 @@ fn capacity_divides_load() {
 
 fn very_unbalanced() -> Cluster {
     let mut c = Cluster::new()
-        .node("a", &vec![50.0; 20])
-        .node("b", &vec![50.0; 20])
+        .node("a", &[50.0; 20])
+        .node("b", &[50.0; 20])
         .node("c", &[])
         .node("d", &[])
         .node("e", &[]);
