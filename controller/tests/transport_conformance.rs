@@ -11,8 +11,8 @@ use ranger_node_sdk::{MemoryStateStore, Rangelet, RangeletConfig, node_router};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-async fn rangelet(node: ScriptedNode) -> Rangelet<ScriptedNode> {
-    Rangelet::open(node, MemoryStateStore::new(), RangeletConfig::default())
+async fn rangelet(node: ScriptedNode, config: RangeletConfig) -> Rangelet<ScriptedNode> {
+    Rangelet::open(node, MemoryStateStore::new(), config)
         .await
         .unwrap()
 }
@@ -31,8 +31,8 @@ impl TransportHarness for Grpc {
         &self.transport
     }
 
-    async fn serve(&mut self, node: ScriptedNode) -> String {
-        let rangelet = rangelet(node).await;
+    async fn serve(&mut self, node: ScriptedNode, config: RangeletConfig) -> String {
+        let rangelet = rangelet(node, config).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = node_router(&rangelet).await;
@@ -64,10 +64,11 @@ impl TransportHarness for InProcess {
         &self.transport
     }
 
-    async fn serve(&mut self, node: ScriptedNode) -> String {
+    async fn serve(&mut self, node: ScriptedNode, config: RangeletConfig) -> String {
         self.served += 1;
         let addr = format!("node{}:7000", self.served);
-        self.transport.attach(addr.clone(), rangelet(node).await);
+        self.transport
+            .attach(addr.clone(), rangelet(node, config).await);
         addr
     }
 
