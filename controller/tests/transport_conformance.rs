@@ -6,10 +6,8 @@
 
 use ranger_controller::testing::transport::{TransportHarness, run_all};
 use ranger_controller::transport::{GrpcTransport, InProcessTransport};
-use ranger_node_sdk::testing::ScriptedNode;
-use ranger_node_sdk::{MemoryStateStore, Rangelet, RangeletConfig, node_router};
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use ranger_node_sdk::testing::{ScriptedNode, serve_on_loopback};
+use ranger_node_sdk::{MemoryStateStore, Rangelet, RangeletConfig};
 
 async fn rangelet(node: ScriptedNode, config: RangeletConfig) -> Rangelet<ScriptedNode> {
     Rangelet::open(node, MemoryStateStore::new(), config)
@@ -33,13 +31,7 @@ impl TransportHarness for Grpc {
 
     async fn serve(&mut self, node: ScriptedNode, config: RangeletConfig) -> String {
         let rangelet = rangelet(node, config).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = node_router(&rangelet).await;
-        tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            rangelet.shutdown_signal(),
-        ));
+        let addr = serve_on_loopback(&rangelet).await.unwrap();
         self.rangelets.push(rangelet);
         addr.to_string()
     }
