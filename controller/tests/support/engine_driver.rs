@@ -238,16 +238,7 @@ impl Driver {
     }
 
     pub fn placements(&self, id: u64) -> Vec<(String, PlacementState)> {
-        self.engine
-            .keyspace()
-            .range(range(id))
-            .map(|r| {
-                r.placements()
-                    .iter()
-                    .map(|p| (p.node().to_string(), p.state()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        super::placements_of(&self.engine, range(id))
     }
 
     /// Places range 1 on `a` and forgets the commands it took.
