@@ -16,6 +16,8 @@
 //! - [`discovery`]: Ranger's discovery conventions on top of those: a node's
 //!   self-registration kept in place by a background task, and a watch of a
 //!   service's healthy instances;
+//! - [`nodes`]: those instances as Ranger's node set (node id to address), the
+//!   one translation the controller and storage systems' routers share;
 //! - [`blocking`]: the index bookkeeping of Consul's blocking queries, so that
 //!   watchers wait for changes instead of polling;
 //! - [`status`]: the cluster leader, to wait until Consul can serve writes.
@@ -33,6 +35,7 @@ pub mod error;
 pub mod health;
 pub mod keeper;
 pub mod kv;
+pub mod nodes;
 pub mod query;
 pub mod session;
 pub mod status;
@@ -51,6 +54,7 @@ pub use error::{Error, Result, TxnOpError};
 pub use health::{HealthCheck, ServiceEntry};
 pub use keeper::{SessionKeeper, SessionLoss, SessionStatus};
 pub use kv::{DeleteOptions, KvPair, PutOptions};
+pub use nodes::NodeWatch;
 pub use query::{Consistency, Indexed, QueryMeta, QueryOptions};
 pub use session::{SessionBehavior, SessionInfo, SessionRequest};
 pub use txn::{TxnOp, TxnResults};

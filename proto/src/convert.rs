@@ -15,6 +15,10 @@ pub enum ConversionError {
     BadRangeId(String),
     #[error("node id must not be empty")]
     EmptyNodeId,
+    #[error("bad node address {addr:?}: {reason}")]
+    BadNodeAddress { addr: String, reason: &'static str },
+    #[error("bad node list {0:?}: no address in it")]
+    EmptyNodeList(String),
     #[error("required field `{0}` is missing")]
     MissingField(&'static str),
     #[error("unknown {enumeration} value {value}")]

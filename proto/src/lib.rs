@@ -13,6 +13,7 @@ pub mod convert;
 mod ids;
 mod key;
 mod load;
+mod membership;
 mod meta;
 mod state;
 
@@ -21,6 +22,7 @@ pub use convert::{ConversionError, Parent, ParentPlacement, RangeInfo};
 pub use ids::{NodeId, RangeId};
 pub use key::{Key, KeyParseError};
 pub use load::LoadInfo;
+pub use membership::{Membership, parse_node_list};
 pub use meta::{InvalidBounds, RangeMeta};
 pub use state::{PlacementState, RangeState, RemoteState};
 

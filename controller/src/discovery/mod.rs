@@ -10,9 +10,7 @@
 mod consul;
 mod registry;
 
-use std::collections::BTreeMap;
-
-use ranger_proto::{ConversionError, NodeId};
+use ranger_proto::ConversionError;
 use tokio::sync::watch;
 
 pub use consul::ConsulDiscovery;
@@ -20,7 +18,7 @@ pub use registry::{Registry, RegistryService};
 
 /// The nodes discovery lists: id to address. Every discovery backend publishes
 /// it; the controller's runtime follows it.
-pub type Membership = std::collections::BTreeMap<ranger_proto::NodeId, String>;
+pub use ranger_proto::Membership;
 
 /// A source of the node set.
 pub trait Discovery: Send + Sync + 'static {
@@ -42,14 +40,10 @@ impl StaticDiscovery {
     }
 
     /// Parses `id=host:port` items separated by commas; a bare `host:port` is its
-    /// own id.
+    /// own id. The grammar is [`ranger_proto::parse_node_list`], shared with the
+    /// storage systems' routers so that one list serves both.
     pub fn parse(list: &str) -> Result<Self, ConversionError> {
-        let mut nodes = BTreeMap::new();
-        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (id, addr) = item.split_once('=').unwrap_or((item, item));
-            nodes.insert(NodeId::new(id.trim())?, addr.trim().to_owned());
-        }
-        Ok(StaticDiscovery::new(nodes))
+        Ok(StaticDiscovery::new(ranger_proto::parse_node_list(list)?))
     }
 }
 
@@ -63,6 +57,7 @@ impl Discovery for StaticDiscovery {
 mod tests {
     use super::*;
     use crate::testing::discovery::{self as suite, Harness};
+    use ranger_proto::NodeId;
 
     /// A static list given the way `rangerd --nodes` gives it.
     struct Fixed {

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use ranger_consul::ClientConfig;
 use ranger_kv::proxy::{
-    ConsulNodes, ControllerConfig, NodeDiscovery, Proxy, ProxyConfig, RetryPolicy, parse_node_list,
+    ConsulNodes, ControllerConfig, NodeDiscovery, Proxy, ProxyConfig, RetryPolicy,
 };
 use ranger_node_sdk::{LogOutput, init_logging, shutdown_signal};
 use tokio::net::TcpListener;
@@ -30,7 +30,8 @@ struct Args {
     #[arg(long, env = "KV_PROXY_CONTROLLER", default_value = "127.0.0.1:5000")]
     controller: String,
 
-    /// A fixed node list, `host:port,...`, instead of asking the controller.
+    /// A fixed node list, `host:port,...` (or `id=host:port,...`, as rangerd
+    /// takes it), instead of asking the controller.
     #[arg(long, env = "KV_PROXY_NODES", conflicts_with_all = ["controller", "consul"])]
     nodes: Option<String>,
 
@@ -75,9 +76,10 @@ async fn main() -> anyhow::Result<()> {
     });
     // Held until shutdown: dropping it stops following the node list.
     let _following = if let Some(list) = &args.nodes {
-        let nodes = parse_node_list(list).context("parsing --nodes")?;
+        // The list rangerd takes too; the proxy routes by address only.
+        let nodes = ranger_proto::parse_node_list(list).context("parsing --nodes")?;
         tracing::info!(?nodes, "static node list");
-        proxy.set_nodes(nodes);
+        proxy.set_nodes(nodes.into_values());
         Following::Static
     } else if let Some(address) = &args.consul {
         let mut config = ClientConfig::new(address.clone());

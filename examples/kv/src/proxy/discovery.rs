@@ -11,7 +11,6 @@ use std::time::Duration;
 use ranger_proto::pb::ranger::NodesListRequest;
 use ranger_proto::pb::ranger::debug_client::DebugClient;
 use tokio::task::JoinHandle;
-use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 
 use super::Proxy;
@@ -128,29 +127,30 @@ async fn poll_controller(proxy: Proxy, mut client: DebugClient<Channel>, config:
 /// Follows the passing instances of a service in Consul's catalog (nodes register
 /// themselves there with a gRPC health check); dropping this handle stops it.
 ///
-/// Like the controller poll, it keeps the last known nodes while Consul is
-/// unreachable: the nodes' own `Ranges` streams keep the routing table right.
+/// The nodes are those the controller's Consul discovery sees, by the same
+/// translation ([`ranger_consul::NodeWatch`]); the proxy needs only their
+/// addresses. Like the controller poll, it keeps the last known nodes while
+/// Consul is unreachable: the nodes' own `Ranges` streams keep the routing table
+/// right.
 #[derive(Debug)]
 pub struct ConsulNodes {
-    /// Holds the blocking-query task alive.
-    _watch: ranger_consul::ServiceWatch,
+    /// Holds the Consul follower alive.
+    _watch: ranger_consul::NodeWatch,
     task: JoinHandle<()>,
 }
 
 impl ConsulNodes {
     pub(crate) fn spawn(proxy: Proxy, client: ranger_consul::Client, service: &str) -> Self {
-        let (mut instances, watch) = ranger_consul::watch_service(client, service);
+        let watch = ranger_consul::NodeWatch::spawn(client, service);
+        let mut membership = watch.membership();
         let service = service.to_owned();
         let task = tokio::spawn(async move {
             loop {
-                let nodes: BTreeSet<String> = instances
-                    .borrow_and_update()
-                    .iter()
-                    .map(ranger_consul::ServiceInstance::addr)
-                    .collect();
+                let nodes: BTreeSet<String> =
+                    membership.borrow_and_update().values().cloned().collect();
                 tracing::info!(%service, nodes = ?nodes, "node list from Consul");
                 proxy.set_nodes(nodes);
-                if instances.changed().await.is_err() {
+                if membership.changed().await.is_err() {
                     return; // The watch stopped: the handle was dropped.
                 }
             }
@@ -174,46 +174,9 @@ fn strip_scheme(addr: &str) -> &str {
     addr.strip_prefix("http://").unwrap_or(addr)
 }
 
-/// Parses a static node list, `host:port,host:port,...` (spaces allowed).
-pub fn parse_node_list(list: &str) -> Result<Vec<String>, ProxyError> {
-    let mut nodes = Vec::new();
-    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let bad = |reason: &str| ProxyError::BadNodeAddress {
-            addr: entry.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let uri: Uri = format!("http://{entry}")
-            .parse()
-            .map_err(|_| bad("not host:port"))?;
-        if uri.port().is_none() {
-            return Err(bad("missing port"));
-        }
-        if uri.path() != "/" && !uri.path().is_empty() {
-            return Err(bad("unexpected path"));
-        }
-        nodes.push(entry.to_owned());
-    }
-    if nodes.is_empty() {
-        return Err(ProxyError::BadNodeAddress {
-            addr: list.to_owned(),
-            reason: "no address in the list".to_owned(),
-        });
-    }
-    Ok(nodes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_static_lists() {
-        let nodes = parse_node_list("127.0.0.1:5101, localhost:5102,").unwrap();
-        assert_eq!(nodes, ["127.0.0.1:5101", "localhost:5102"]);
-        assert!(parse_node_list("127.0.0.1").is_err());
-        assert!(parse_node_list("host:1/x").is_err());
-        assert!(parse_node_list(" , ").is_err());
-    }
 
     #[test]
     fn strips_a_scheme() {

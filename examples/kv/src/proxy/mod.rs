@@ -30,7 +30,7 @@ use std::time::Duration;
 use crate::pb::kv_server::KvServer;
 use ranger_node_sdk::{RoutingConfig, RoutingTable};
 
-pub use discovery::{ConsulNodes, ControllerConfig, NodeDiscovery, parse_node_list};
+pub use discovery::{ConsulNodes, ControllerConfig, NodeDiscovery};
 pub use error::ProxyError;
 pub use retry::RetryPolicy;
 pub use service::ProxyService;
