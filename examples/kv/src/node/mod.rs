@@ -17,8 +17,10 @@
 //! - `load_info` reports keys, bytes, request rates and a median split key.
 //!
 //! Keys are stored as they are, so a split or join whose parent and child share a
-//! node copies nothing. [`service::KvService`] serves `kv.KV`.
+//! node copies nothing. [`service::KvService`] serves `kv.KV`; what a client read
+//! or write checks is in [`access`], both sides of a transfer in [`transfer`].
 
+pub mod access;
 mod load;
 pub mod server;
 pub mod service;
@@ -31,17 +33,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::pb::kv_client::KvClient;
 use ranger_node_sdk::{CallbackError, Node, StateStore};
 use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta};
 use tokio::sync::RwLock;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use load::LoadTracker;
-use sources::{Source, SourceError};
 use spans::Span;
-use store::{DumpFrom, PendingTransfer, RangeStates, Store, StoreError};
-use transfer::{Trackers, TransferError};
+use store::{RangeStates, Store, StoreError};
+use transfer::{Trackers, TransferLog};
+
+pub use transfer::TransferRecord;
 
 /// Tunables of a KV node.
 #[derive(Debug, Clone)]
@@ -108,42 +110,6 @@ struct Inner {
     instance: u64,
 }
 
-/// One completed snapshot copy into this node.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TransferRecord {
-    /// The range being prepared here.
-    pub range: RangeId,
-    /// Where the data came from.
-    pub source_addr: String,
-    pub pairs: u64,
-    /// Key and value bytes copied.
-    pub bytes: u64,
-    /// From the request to the verified last chunk.
-    pub elapsed: Duration,
-}
-
-impl TransferRecord {
-    pub fn megabytes_per_second(&self) -> f64 {
-        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
-/// The last [`TransferLog::KEEP`] transfer records, newest last.
-#[derive(Debug, Default)]
-struct TransferLog(Mutex<std::collections::VecDeque<TransferRecord>>);
-
-impl TransferLog {
-    const KEEP: usize = 32;
-
-    fn record(&self, record: TransferRecord) {
-        let mut log = lock(&self.0);
-        if log.len() == Self::KEEP {
-            log.pop_front();
-        }
-        log.push_back(record);
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -198,24 +164,9 @@ impl KvNode {
         &self.inner.config
     }
 
-    /// The most recent snapshot copies into this node, oldest first.
-    pub fn recent_transfers(&self) -> Vec<TransferRecord> {
-        lock(&self.inner.transfers_in.0).iter().cloned().collect()
-    }
-
     /// The range's write gate (see `Inner::gates`).
     pub fn gate(&self, range: RangeId) -> Arc<RwLock<()>> {
         Arc::clone(lock(&self.inner.gates).entry(range).or_default())
-    }
-
-    /// Notes a write of `key` in `range`: transfers track it, load counts it.
-    pub fn wrote(&self, range: RangeId, key: &[u8]) {
-        self.inner.trackers.record(key);
-        self.inner.loads.wrote(range);
-    }
-
-    pub fn read(&self, range: RangeId) {
-        self.inner.loads.read(range);
     }
 
     /// The spans of every other range held here.
@@ -239,173 +190,6 @@ impl KvNode {
                 })
             })
     }
-
-    /// A client to the peer at `addr`, on one cached channel per peer. Every
-    /// call through it is bounded (see [`transfer::Peer`]); HTTP/2 keepalive
-    /// pings find a dead connection even while no call is in flight.
-    fn peer(&self, addr: &str) -> Result<transfer::Peer, CallbackError> {
-        let timeout = self.inner.config.peer_timeout;
-        let mut peers = lock(&self.inner.peers);
-        let channel = match peers.get(addr) {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| failed(format!("bad peer address {addr}: {e}")))?
-                    .connect_timeout(timeout.min(Duration::from_secs(2)))
-                    .http2_keep_alive_interval(timeout)
-                    .keep_alive_timeout(timeout)
-                    .keep_alive_while_idle(true)
-                    .connect_lazy();
-                peers.insert(addr.to_owned(), channel.clone());
-                channel
-            }
-        };
-        let client = KvClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
-        Ok(transfer::Peer::new(client, addr, timeout))
-    }
-
-    /// Where `meta`'s data is now (see [`sources`]).
-    fn sources(&self, meta: &RangeMeta, parents: &[Parent]) -> Result<Vec<Source>, SourceError> {
-        let mut held = lock(&self.inner.held).clone();
-        // The range being prepared is not here yet, whatever a listing says.
-        held.remove(&meta.id());
-        let here = sources::Here {
-            addr: &self.inner.config.self_addr,
-            held: &held,
-        };
-        sources::plan(meta, parents, here)
-    }
-
-    /// Fills `meta` from its sources: each remote part is first cleared here
-    /// entirely (whatever range this node held there, a stale copy must not
-    /// survive under the new range), then copied as a snapshot; a local part is
-    /// already in place. Records the deltas to fetch at activation. On failure the
-    /// parts it cleared are cleared again, so nothing half-copied remains.
-    async fn copy_in(&self, meta: &RangeMeta, parents: &[Parent]) -> Result<(), CallbackError> {
-        let sources = self.sources(meta, parents).map_err(failed)?;
-        let mut pending = Vec::new();
-        // The spans this copy cleared and began to fill: only those are cleared
-        // again on failure (never a part it did not touch: if the source turned
-        // out to be this node itself, that part is what it serves).
-        let mut touched = Vec::new();
-        let mut result = Ok(());
-        for source in &sources {
-            match source {
-                Source::Local { range, span } => {
-                    tracing::info!(range = %meta.id(), source_range = %range, ?span, "part already here");
-                }
-                Source::Remote { addr, range, span } => {
-                    match self
-                        .copy_part(meta.id(), addr, *range, span, &mut touched)
-                        .await
-                    {
-                        Ok(transfer) => pending.push(transfer),
-                        Err(e) => {
-                            result = Err(e);
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        if result.is_ok() {
-            result = self
-                .inner
-                .store
-                .set_pending(meta.id(), &pending)
-                .map_err(failed);
-        }
-        if result.is_err() {
-            self.end_transfers(&pending).await;
-            for span in &touched {
-                if let Err(clear) = self.clear(span).await {
-                    tracing::error!(range = %meta.id(), error = %clear, "could not clear a failed copy");
-                }
-            }
-        }
-        result
-    }
-
-    /// Copies `span` of `source_range` from `addr` as a snapshot, or, when the
-    /// source has no Snapshot (a reference node), notes that it is to be copied
-    /// with `Dump` once the source is frozen.
-    async fn copy_part(
-        &self,
-        id: RangeId,
-        addr: &str,
-        source_range: RangeId,
-        span: &Span,
-        touched: &mut Vec<Span>,
-    ) -> Result<PendingTransfer, CallbackError> {
-        let mut peer = self.peer(addr)?;
-        let began = std::time::Instant::now();
-        let opened =
-            transfer::open_snapshot(&mut peer, source_range, span, self.inner.instance).await;
-        let copied = match opened {
-            Ok(open) => {
-                // Nothing this node held under the span survives the copy. (Only
-                // now: the source is known not to be this node itself.)
-                touched.push(span.clone());
-                self.clear(span).await.map_err(failed)?;
-                transfer::receive_snapshot(&peer, open, &self.inner.store, span).await
-            }
-            Err(e) => Err(e),
-        };
-        let copied = match copied {
-            Ok(copied) => copied,
-            Err(TransferError::NoSnapshot { .. }) => {
-                // Dump replaces the span at activation; clear it now too.
-                touched.push(span.clone());
-                self.clear(span).await.map_err(failed)?;
-                tracing::info!(range = %id, %addr, %source_range, "source has no Snapshot: copying with Dump at activation, once it is frozen");
-                return Ok(PendingTransfer {
-                    source_addr: addr.to_owned(),
-                    transfer: 0,
-                    dump: Some(DumpFrom {
-                        source_range: source_range.get(),
-                        span: span.clone(),
-                    }),
-                });
-            }
-            Err(e) => return Err(failed(e)),
-        };
-        let record = TransferRecord {
-            range: id,
-            source_addr: addr.to_owned(),
-            pairs: copied.pairs,
-            bytes: copied.bytes,
-            elapsed: began.elapsed(),
-        };
-        tracing::info!(
-            range = %id,
-            %addr,
-            %source_range,
-            pairs = record.pairs,
-            bytes = record.bytes,
-            mb_per_s = record.megabytes_per_second(),
-            "snapshot copied"
-        );
-        self.inner.transfers_in.record(record);
-        Ok(PendingTransfer {
-            source_addr: addr.to_owned(),
-            transfer: copied.transfer,
-            dump: None,
-        })
-    }
-
-    /// Tells the sources of snapshot copies that their deltas are no longer
-    /// needed. Best effort: a source that is gone forgets them anyway.
-    async fn end_transfers(&self, pending: &[PendingTransfer]) {
-        for p in pending.iter().filter(|p| p.dump.is_none()) {
-            if let Ok(mut peer) = self.peer(&p.source_addr)
-                && let Err(e) = transfer::end_transfer(&mut peer, p.transfer).await
-            {
-                tracing::debug!(addr = %p.source_addr, error = %e, "could not end transfer (source gone?)");
-            }
-        }
-    }
 }
 
 impl Node for KvNode {
@@ -426,32 +210,7 @@ impl Node for KvNode {
         if !self.inner.config.activate_delay.is_zero() {
             tokio::time::sleep(self.inner.config.activate_delay).await;
         }
-        let pending = self.inner.store.pending(id).map_err(failed)?;
-        for p in &pending {
-            let mut peer = self.peer(&p.source_addr)?;
-            match &p.dump {
-                None => {
-                    let changes = transfer::fetch_delta(&mut peer, &self.inner.store, p.transfer)
-                        .await
-                        .map_err(failed)?;
-                    tracing::info!(range = %id, addr = %p.source_addr, changes, "delta applied");
-                }
-                Some(from) => {
-                    let source_range = RangeId::new(from.source_range).map_err(failed)?;
-                    let pairs = transfer::fetch_dump(
-                        &mut peer,
-                        &self.inner.store,
-                        source_range,
-                        &from.span,
-                    )
-                    .await
-                    .map_err(failed)?;
-                    tracing::info!(range = %id, addr = %p.source_addr, %source_range, pairs, "dump copied");
-                }
-            }
-        }
-        self.end_transfers(&pending).await;
-        self.inner.store.set_pending(id, &[]).map_err(failed)?;
+        self.fetch_pending(id).await?;
         // Serving again: any transfer out of this range is void.
         self.inner.trackers.forget_range(id);
         Ok(())
@@ -467,9 +226,7 @@ impl Node for KvNode {
 
     async fn drop(&self, id: RangeId) -> Result<(), CallbackError> {
         let meta = lock(&self.inner.held).get(&id).cloned();
-        let pending = self.inner.store.pending(id).map_err(failed)?;
-        self.end_transfers(&pending).await;
-        self.inner.store.set_pending(id, &[]).map_err(failed)?;
+        self.abandon_pending(id).await?;
         if let Some(meta) = meta {
             // Only this range's keys: another range here may share the span.
             for part in Span::of(&meta).subtract(&self.other_spans(id)) {

@@ -5,15 +5,14 @@ use std::pin::Pin;
 
 use crate::pb;
 use futures::Stream;
-use ranger_node_sdk::{KeyRejection, Rangelet};
+use ranger_node_sdk::Rangelet;
 use ranger_proto::{RangeId, RemoteState};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::KvNode;
+use super::access::WriteOp;
 use super::spans::Span;
-use super::store::PairChecksum;
+use super::store::Pair;
 
 /// Most pairs one Scan returns when the client asks for no limit.
 const DEFAULT_SCAN_LIMIT: usize = 1000;
@@ -38,63 +37,6 @@ impl KvService {
             .max_encoding_message_size(64 << 20)
     }
 
-    /// The range that serves `key` here, or the status the reference clients
-    /// expect: a key outside every range this node serves, or in a range that is
-    /// not Active (it may be stale: another node may have taken over), is
-    /// FAILED_PRECONDITION; an empty key is INVALID_ARGUMENT.
-    fn route(&self, key: &str) -> Result<RangeId, Status> {
-        if key.is_empty() {
-            return Err(Status::invalid_argument("empty key"));
-        }
-        self.rangelet
-            .serving_range(key.as_bytes())
-            .map_err(|rejection| match rejection {
-                KeyRejection::NotOwned(_) => Status::failed_precondition(format!(
-                    "key {key:?} is in no range this node serves"
-                )),
-                KeyRejection::NotActive { range, state } => Status::failed_precondition(format!(
-                    "range {range} holding key {key:?} is {state} here, not Active"
-                )),
-                KeyRejection::LeaseExpired { range } => Status::failed_precondition(format!(
-                    "range {range} is fenced: this node lost touch with the controller"
-                )),
-            })
-    }
-
-    /// Runs a write under the range's gate, re-checking that it may still be
-    /// written once inside (a deactivation may have begun meanwhile). Answers only
-    /// once the write is durable (in the synced WAL).
-    ///
-    /// The write runs on the blocking pool, so that concurrent writers wait for
-    /// their fsync together (RocksDB commits them as a group) instead of each
-    /// holding a runtime thread. The task owns the gate guard and records the
-    /// write for transfers itself: a client that goes away cannot release the
-    /// gate (and let a deactivation finish) while its write is still landing, nor
-    /// leave a landed write unrecorded.
-    async fn write(&self, key: String, op: WriteOp) -> Result<(), Status> {
-        let range = self.route(&key)?;
-        let writing = self.node.gate(range).read_owned().await;
-        if !self.rangelet.may_write(range) {
-            return Err(Status::failed_precondition(format!(
-                "range {range} stopped serving writes"
-            )));
-        }
-        let node = self.node.clone();
-        tokio::task::spawn_blocking(move || {
-            let _writing = writing;
-            let key = key.as_bytes();
-            match op {
-                WriteOp::Put(value) => node.store().put(key, &value),
-                WriteOp::Delete => node.store().delete(key),
-            }
-            .map_err(|e| Status::internal(e.to_string()))?;
-            node.wrote(range, key);
-            Ok(())
-        })
-        .await
-        .map_err(|e| Status::internal(format!("the write task failed: {e}")))?
-    }
-
     fn held_span(&self, range: RangeId) -> Result<Span, Status> {
         self.rangelet
             .ranges()
@@ -105,19 +47,23 @@ impl KvService {
     }
 }
 
-/// A client write.
-#[derive(Debug)]
-enum WriteOp {
-    Put(Vec<u8>),
-    Delete,
-}
-
 fn range_id(id: u64) -> Result<RangeId, Status> {
     RangeId::new(id).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Pairs as `kv.KV` answers carry them: keys as text, like the reference's.
+fn wire_pairs(pairs: Vec<Pair>) -> Vec<pb::Pair> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| pb::Pair {
+            key: text(&k),
+            value: v,
+        })
+        .collect()
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
@@ -130,8 +76,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let key = request.into_inner().key;
-        let range = self.route(&key)?;
-        self.node.read(range);
+        self.node.read_range(&self.rangelet, &key)?;
         match self.node.store().get(key.as_bytes()) {
             Ok(Some(value)) => Ok(Response::new(pb::GetResponse { value })),
             Ok(None) => Err(Status::not_found(format!("no such key: {key:?}"))),
@@ -144,7 +89,9 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let request = request.into_inner();
-        self.write(request.key, WriteOp::Put(request.value)).await?;
+        self.node
+            .write(&self.rangelet, request.key, WriteOp::Put(request.value))
+            .await?;
         Ok(Response::new(pb::PutResponse {}))
     }
 
@@ -153,7 +100,9 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let key = request.into_inner().key;
-        self.write(key, WriteOp::Delete).await?;
+        self.node
+            .write(&self.rangelet, key, WriteOp::Delete)
+            .await?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
 
@@ -162,8 +111,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
         let request = request.into_inner();
-        let range = self.route(&request.start)?;
-        self.node.read(range);
+        let range = self.node.read_range(&self.rangelet, &request.start)?;
         let range_span = self.held_span(range)?;
         let wanted = Span::from_wire(request.start.into_bytes(), request.end.into_bytes());
         let Some(span) = wanted.intersect(&range_span) else {
@@ -189,13 +137,7 @@ impl pb::kv_server::Kv for KvService {
             },
         };
         Ok(Response::new(pb::ScanResponse {
-            pairs: pairs
-                .into_iter()
-                .map(|(k, v)| pb::Pair {
-                    key: text(&k),
-                    value: v,
-                })
-                .collect(),
+            pairs: wire_pairs(pairs),
             next,
         }))
     }
@@ -217,13 +159,7 @@ impl pb::kv_server::Kv for KvService {
             )));
         }
         Ok(Response::new(pb::DumpResponse {
-            pairs: pairs
-                .into_iter()
-                .map(|(k, v)| pb::Pair {
-                    key: text(&k),
-                    value: v,
-                })
-                .collect(),
+            pairs: wire_pairs(pairs),
         }))
     }
 
@@ -242,43 +178,8 @@ impl pb::kv_server::Kv for KvService {
                 "span is not within range {source}"
             )));
         }
-        let node = self.node.clone();
-        let (tx, rx) = mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            let mut transfer = 0;
-            let chunk_bytes = node.config().chunk_bytes;
-            let result = node.store().stream_snapshot(
-                &span,
-                chunk_bytes,
-                || transfer = node.trackers().begin(source, span.clone()),
-                |pairs| {
-                    let chunk = pb::SnapshotChunk {
-                        pairs: pairs
-                            .into_iter()
-                            .map(|(key, value)| pb::RawPair { key, value })
-                            .collect(),
-                        ..Default::default()
-                    };
-                    tx.blocking_send(Ok(chunk)).is_ok()
-                },
-            );
-            let last = match result {
-                Ok(checksum) => Ok(pb::SnapshotChunk {
-                    pairs: Vec::new(),
-                    transfer,
-                    last: true,
-                    total_pairs: checksum.count(),
-                    checksum: checksum.value(),
-                }),
-                Err(e) => Err(Status::internal(format!("snapshot failed: {e}"))),
-            };
-            if last.is_err() || tx.blocking_send(last).is_err() {
-                // Nobody will ask for this transfer's delta.
-                node.trackers().end(transfer);
-            }
-        });
-        let mut response: Response<Self::SnapshotStream> =
-            Response::new(Box::pin(ReceiverStream::new(rx)));
+        let stream = self.node.stream_snapshot(source, span);
+        let mut response: Response<Self::SnapshotStream> = Response::new(Box::pin(stream));
         response.metadata_mut().insert(
             super::transfer::INSTANCE_HEADER,
             tonic::metadata::MetadataValue::from(self.node.instance()),
@@ -304,46 +205,7 @@ impl pb::kv_server::Kv for KvService {
                 "range {source} is {state} here: the delta is final only once it is Inactive"
             )));
         }
-        let node = self.node.clone();
-        let (tx, rx) = mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            let mut checksum = PairChecksum::default();
-            for batch in keys.chunks(1000) {
-                let mut changes = Vec::with_capacity(batch.len());
-                for key in batch {
-                    match node.store().get(key) {
-                        Ok(value) => {
-                            let deleted = value.is_none();
-                            let value = value.unwrap_or_default();
-                            checksum.add(key, &value, deleted);
-                            changes.push(pb::Change {
-                                key: key.clone(),
-                                value,
-                                deleted,
-                            });
-                        }
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
-                            return;
-                        }
-                    }
-                }
-                let chunk = pb::DeltaChunk {
-                    changes,
-                    ..Default::default()
-                };
-                if tx.blocking_send(Ok(chunk)).is_err() {
-                    return;
-                }
-            }
-            let _ = tx.blocking_send(Ok(pb::DeltaChunk {
-                changes: Vec::new(),
-                last: true,
-                total_changes: checksum.count(),
-                checksum: checksum.value(),
-            }));
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(self.node.stream_delta(keys))))
     }
 
     async fn end_transfer(

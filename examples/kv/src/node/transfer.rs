@@ -30,12 +30,53 @@ use std::time::Duration;
 
 use crate::pb;
 use crate::pb::kv_client::KvClient;
-use ranger_proto::RangeId;
+use ranger_node_sdk::CallbackError;
+use ranger_proto::{Parent, RangeId, RangeMeta};
 use rocksdb::WriteBatch;
-use tonic::transport::Channel;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
 
+use super::sources::{self, Source, SourceError};
 use super::spans::Span;
-use super::store::{PairChecksum, Store, StoreError};
+use super::store::{DumpFrom, PairChecksum, PendingTransfer, Store, StoreError};
+use super::{KvNode, failed, lock};
+
+/// One completed snapshot copy into this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransferRecord {
+    /// The range being prepared here.
+    pub range: RangeId,
+    /// Where the data came from.
+    pub source_addr: String,
+    pub pairs: u64,
+    /// Key and value bytes copied.
+    pub bytes: u64,
+    /// From the request to the verified last chunk.
+    pub elapsed: Duration,
+}
+
+impl TransferRecord {
+    pub fn megabytes_per_second(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The last [`TransferLog::KEEP`] transfer records, newest last.
+#[derive(Debug, Default)]
+pub(super) struct TransferLog(Mutex<std::collections::VecDeque<TransferRecord>>);
+
+impl TransferLog {
+    const KEEP: usize = 32;
+
+    fn record(&self, record: TransferRecord) {
+        let mut log = lock(&self.0);
+        if log.len() == Self::KEEP {
+            log.pop_front();
+        }
+        log.push_back(record);
+    }
+}
 
 /// Why a transfer failed.
 #[derive(Debug, thiserror::Error)]
@@ -296,16 +337,7 @@ pub async fn receive_snapshot(
         }
         store.write_unsynced(batch)?;
         if chunk.last {
-            if chunk.total_pairs != checksum.count() || chunk.checksum != checksum.value() {
-                return Err(TransferError::Mismatch {
-                    addr: addr.to_owned(),
-                    got_pairs: checksum.count(),
-                    got_sum: checksum.value(),
-                    want_pairs: chunk.total_pairs,
-                    want_sum: chunk.checksum,
-                });
-            }
-            store.sync_wal()?;
+            settle(addr, store, &checksum, chunk.total_pairs, chunk.checksum)?;
             return Ok(SnapshotCopied {
                 transfer: chunk.transfer,
                 pairs: checksum.count(),
@@ -316,6 +348,28 @@ pub async fn receive_snapshot(
     Err(TransferError::Truncated {
         addr: addr.to_owned(),
     })
+}
+
+/// Checks what a stream wrote against the count and checksum its last chunk
+/// announced, then makes it durable: chunks are written unsynced, so a copy is
+/// acknowledged only here.
+fn settle(
+    addr: &str,
+    store: &Store,
+    got: &PairChecksum,
+    want_pairs: u64,
+    want_sum: u64,
+) -> Result<(), TransferError> {
+    if want_pairs != got.count() || want_sum != got.value() {
+        return Err(TransferError::Mismatch {
+            addr: addr.to_owned(),
+            got_pairs: got.count(),
+            got_sum: got.value(),
+            want_pairs,
+            want_sum,
+        });
+    }
+    Ok(store.sync_wal()?)
 }
 
 /// Fetches and applies what changed since the snapshot of `transfer`; durable
@@ -353,16 +407,7 @@ pub async fn fetch_delta(
         }
         store.write_unsynced(batch)?;
         if chunk.last {
-            if chunk.total_changes != checksum.count() || chunk.checksum != checksum.value() {
-                return Err(TransferError::Mismatch {
-                    addr: addr.to_owned(),
-                    got_pairs: checksum.count(),
-                    got_sum: checksum.value(),
-                    want_pairs: chunk.total_changes,
-                    want_sum: chunk.checksum,
-                });
-            }
-            store.sync_wal()?;
+            settle(addr, store, &checksum, chunk.total_changes, chunk.checksum)?;
             return Ok(checksum.count());
         }
     }
@@ -423,4 +468,318 @@ pub async fn end_transfer(peer: &mut Peer, transfer: u64) -> Result<(), Transfer
     let request = pb::EndTransferRequest { transfer };
     answer(addr, *timeout, "end transfer", client.end_transfer(request)).await?;
     Ok(())
+}
+
+// The destination side: filling a range being prepared, and completing it at
+// activation.
+
+impl KvNode {
+    /// The most recent snapshot copies into this node, oldest first.
+    pub fn recent_transfers(&self) -> Vec<TransferRecord> {
+        lock(&self.inner.transfers_in.0).iter().cloned().collect()
+    }
+
+    /// A client to the peer at `addr`, on one cached channel per peer. Every
+    /// call through it is bounded (see [`Peer`]); HTTP/2 keepalive
+    /// pings find a dead connection even while no call is in flight.
+    fn peer(&self, addr: &str) -> Result<Peer, CallbackError> {
+        let timeout = self.inner.config.peer_timeout;
+        let mut peers = lock(&self.inner.peers);
+        let channel = match peers.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| failed(format!("bad peer address {addr}: {e}")))?
+                    .connect_timeout(timeout.min(Duration::from_secs(2)))
+                    .http2_keep_alive_interval(timeout)
+                    .keep_alive_timeout(timeout)
+                    .keep_alive_while_idle(true)
+                    .connect_lazy();
+                peers.insert(addr.to_owned(), channel.clone());
+                channel
+            }
+        };
+        let client = KvClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        Ok(Peer::new(client, addr, timeout))
+    }
+
+    /// Where `meta`'s data is now (see [`sources`]).
+    fn sources(&self, meta: &RangeMeta, parents: &[Parent]) -> Result<Vec<Source>, SourceError> {
+        let mut held = lock(&self.inner.held).clone();
+        // The range being prepared is not here yet, whatever a listing says.
+        held.remove(&meta.id());
+        let here = sources::Here {
+            addr: &self.inner.config.self_addr,
+            held: &held,
+        };
+        sources::plan(meta, parents, here)
+    }
+
+    /// Fills `meta` from its sources: each remote part is first cleared here
+    /// entirely (whatever range this node held there, a stale copy must not
+    /// survive under the new range), then copied as a snapshot; a local part is
+    /// already in place. Records the deltas to fetch at activation. On failure the
+    /// parts it cleared are cleared again, so nothing half-copied remains.
+    pub(super) async fn copy_in(
+        &self,
+        meta: &RangeMeta,
+        parents: &[Parent],
+    ) -> Result<(), CallbackError> {
+        let sources = self.sources(meta, parents).map_err(failed)?;
+        let mut pending = Vec::new();
+        // The spans this copy cleared and began to fill: only those are cleared
+        // again on failure (never a part it did not touch: if the source turned
+        // out to be this node itself, that part is what it serves).
+        let mut touched = Vec::new();
+        let mut result = Ok(());
+        for source in &sources {
+            match source {
+                Source::Local { range, span } => {
+                    tracing::info!(range = %meta.id(), source_range = %range, ?span, "part already here");
+                }
+                Source::Remote { addr, range, span } => {
+                    match self
+                        .copy_part(meta.id(), addr, *range, span, &mut touched)
+                        .await
+                    {
+                        Ok(transfer) => pending.push(transfer),
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if result.is_ok() {
+            result = self
+                .inner
+                .store
+                .set_pending(meta.id(), &pending)
+                .map_err(failed);
+        }
+        if result.is_err() {
+            self.end_transfers(&pending).await;
+            for span in &touched {
+                if let Err(clear) = self.clear(span).await {
+                    tracing::error!(range = %meta.id(), error = %clear, "could not clear a failed copy");
+                }
+            }
+        }
+        result
+    }
+
+    /// Copies `span` of `source_range` from `addr` as a snapshot, or, when the
+    /// source has no Snapshot (a reference node), notes that it is to be copied
+    /// with `Dump` once the source is frozen.
+    async fn copy_part(
+        &self,
+        id: RangeId,
+        addr: &str,
+        source_range: RangeId,
+        span: &Span,
+        touched: &mut Vec<Span>,
+    ) -> Result<PendingTransfer, CallbackError> {
+        let mut peer = self.peer(addr)?;
+        let began = std::time::Instant::now();
+        let opened = open_snapshot(&mut peer, source_range, span, self.inner.instance).await;
+        let copied = match opened {
+            Ok(open) => {
+                // Nothing this node held under the span survives the copy. (Only
+                // now: the source is known not to be this node itself.)
+                touched.push(span.clone());
+                self.clear(span).await.map_err(failed)?;
+                receive_snapshot(&peer, open, &self.inner.store, span).await
+            }
+            Err(e) => Err(e),
+        };
+        let copied = match copied {
+            Ok(copied) => copied,
+            Err(TransferError::NoSnapshot { .. }) => {
+                // Dump replaces the span at activation; clear it now too.
+                touched.push(span.clone());
+                self.clear(span).await.map_err(failed)?;
+                tracing::info!(range = %id, %addr, %source_range, "source has no Snapshot: copying with Dump at activation, once it is frozen");
+                return Ok(PendingTransfer {
+                    source_addr: addr.to_owned(),
+                    transfer: 0,
+                    dump: Some(DumpFrom {
+                        source_range: source_range.get(),
+                        span: span.clone(),
+                    }),
+                });
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        let record = TransferRecord {
+            range: id,
+            source_addr: addr.to_owned(),
+            pairs: copied.pairs,
+            bytes: copied.bytes,
+            elapsed: began.elapsed(),
+        };
+        tracing::info!(
+            range = %id,
+            %addr,
+            %source_range,
+            pairs = record.pairs,
+            bytes = record.bytes,
+            mb_per_s = record.megabytes_per_second(),
+            "snapshot copied"
+        );
+        self.inner.transfers_in.record(record);
+        Ok(PendingTransfer {
+            source_addr: addr.to_owned(),
+            transfer: copied.transfer,
+            dump: None,
+        })
+    }
+
+    /// Tells the sources of snapshot copies that their deltas are no longer
+    /// needed. Best effort: a source that is gone forgets them anyway.
+    async fn end_transfers(&self, pending: &[PendingTransfer]) {
+        for p in pending.iter().filter(|p| p.dump.is_none()) {
+            if let Ok(mut peer) = self.peer(&p.source_addr)
+                && let Err(e) = end_transfer(&mut peer, p.transfer).await
+            {
+                tracing::debug!(addr = %p.source_addr, error = %e, "could not end transfer (source gone?)");
+            }
+        }
+    }
+
+    /// Completes the copies into `id` that `prepare` began, now that their
+    /// sources are frozen: the delta since each snapshot, or the whole part with
+    /// `Dump` from a source without Snapshot. Durable once this returns.
+    pub(super) async fn fetch_pending(&self, id: RangeId) -> Result<(), CallbackError> {
+        let pending = self.inner.store.pending(id).map_err(failed)?;
+        for p in &pending {
+            let mut peer = self.peer(&p.source_addr)?;
+            match &p.dump {
+                None => {
+                    let changes = fetch_delta(&mut peer, &self.inner.store, p.transfer)
+                        .await
+                        .map_err(failed)?;
+                    tracing::info!(range = %id, addr = %p.source_addr, changes, "delta applied");
+                }
+                Some(from) => {
+                    let source_range = RangeId::new(from.source_range).map_err(failed)?;
+                    let pairs = fetch_dump(&mut peer, &self.inner.store, source_range, &from.span)
+                        .await
+                        .map_err(failed)?;
+                    tracing::info!(range = %id, addr = %p.source_addr, %source_range, pairs, "dump copied");
+                }
+            }
+        }
+        self.end_transfers(&pending).await;
+        self.inner.store.set_pending(id, &[]).map_err(failed)
+    }
+
+    /// Gives up the copies into `id` that `prepare` began (the range is being
+    /// dropped): their sources may stop tracking writes for them.
+    pub(super) async fn abandon_pending(&self, id: RangeId) -> Result<(), CallbackError> {
+        let pending = self.inner.store.pending(id).map_err(failed)?;
+        self.end_transfers(&pending).await;
+        self.inner.store.set_pending(id, &[]).map_err(failed)
+    }
+}
+
+// The source side: streaming what destinations ask for.
+
+/// A stream of transfer chunks, fed from a blocking task.
+pub(super) type ChunkStream<T> = ReceiverStream<Result<T, tonic::Status>>;
+
+impl KvNode {
+    /// Streams a snapshot of `span` of `source`, tracking writes to the span
+    /// from the moment the snapshot is taken, so that the delta can follow. The
+    /// last chunk names the transfer and carries the count and checksum. A
+    /// transfer whose last chunk never reaches the destination is ended here:
+    /// nobody will ask for its delta.
+    pub(super) fn stream_snapshot(
+        &self,
+        source: RangeId,
+        span: Span,
+    ) -> ChunkStream<pb::SnapshotChunk> {
+        let node = self.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut transfer = 0;
+            let chunk_bytes = node.config().chunk_bytes;
+            let result = node.store().stream_snapshot(
+                &span,
+                chunk_bytes,
+                || transfer = node.trackers().begin(source, span.clone()),
+                |pairs| {
+                    let chunk = pb::SnapshotChunk {
+                        pairs: pairs
+                            .into_iter()
+                            .map(|(key, value)| pb::RawPair { key, value })
+                            .collect(),
+                        ..Default::default()
+                    };
+                    tx.blocking_send(Ok(chunk)).is_ok()
+                },
+            );
+            let last = match result {
+                Ok(checksum) => Ok(pb::SnapshotChunk {
+                    pairs: Vec::new(),
+                    transfer,
+                    last: true,
+                    total_pairs: checksum.count(),
+                    checksum: checksum.value(),
+                }),
+                Err(e) => Err(tonic::Status::internal(format!("snapshot failed: {e}"))),
+            };
+            if last.is_err() || tx.blocking_send(last).is_err() {
+                node.trackers().end(transfer);
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
+    /// Streams the current value (or deletion) of each of `keys`, the keys a
+    /// transfer saw written since its snapshot, with the count and checksum last.
+    pub(super) fn stream_delta(&self, keys: Vec<Vec<u8>>) -> ChunkStream<pb::DeltaChunk> {
+        let node = self.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut checksum = PairChecksum::default();
+            for batch in keys.chunks(1000) {
+                let mut changes = Vec::with_capacity(batch.len());
+                for key in batch {
+                    match node.store().get(key) {
+                        Ok(value) => {
+                            let deleted = value.is_none();
+                            let value = value.unwrap_or_default();
+                            checksum.add(key, &value, deleted);
+                            changes.push(pb::Change {
+                                key: key.clone(),
+                                value,
+                                deleted,
+                            });
+                        }
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(tonic::Status::internal(e.to_string())));
+                            return;
+                        }
+                    }
+                }
+                let chunk = pb::DeltaChunk {
+                    changes,
+                    ..Default::default()
+                };
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.blocking_send(Ok(pb::DeltaChunk {
+                changes: Vec::new(),
+                last: true,
+                total_changes: checksum.count(),
+                checksum: checksum.value(),
+            }));
+        });
+        ReceiverStream::new(rx)
+    }
 }
