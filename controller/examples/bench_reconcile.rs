@@ -52,6 +52,7 @@ use ranger_controller::keyspace::{
 };
 use ranger_controller::orchestrator::{Effect, Engine, Persisted};
 use ranger_controller::persist::{Persister, RedbPersister};
+use ranger_controller::transport::NodeReport;
 use ranger_proto::{
     Key, LoadInfo, NodeId, PlacementState, RangeId, RangeInfo, RangeState, RemoteState,
 };
@@ -250,7 +251,7 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
             let before = ranges.len();
             ranges.retain(|r| !r.meta.id().get().is_multiple_of(10));
             lost += before - ranges.len();
-            engine.on_probe(&node_id(node)?, lost_at, Ok((ranges, false)));
+            engine.on_probe(&node_id(node)?, lost_at, Ok(NodeReport::of(ranges)));
         }
     }
     let (lost1, lost2) = two_passes(&mut engine, lost_at);
@@ -292,7 +293,7 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
 
     // 4b. 1% of the nodes draining: their ranges are no longer steady.
     for (node, ranges) in node_reports(engine.keyspace(), nodes) {
-        engine.on_probe(&node_id(node)?, t0, Ok((ranges, false)));
+        engine.on_probe(&node_id(node)?, t0, Ok(NodeReport::of(ranges)));
     }
     let drained: Vec<NodeId> = (0..nodes)
         .filter(|i| i.is_multiple_of(100))
@@ -411,7 +412,7 @@ fn register_and_probe(engine: &mut Engine, nodes: usize, now: Instant) -> Result
     for (node, ranges) in reports {
         let id = node_id(node)?;
         let started = Instant::now();
-        engine.on_probe(&id, now, Ok((ranges, false)));
+        engine.on_probe(&id, now, Ok(NodeReport::of(ranges)));
         took += started.elapsed();
     }
     Ok(took)

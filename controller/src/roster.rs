@@ -44,6 +44,8 @@ pub struct NodeStatus {
     pub wants_drain: bool,
     /// An operator asked to drain the node (`rangerctl drain`).
     pub operator_drain: bool,
+    /// The load it can carry relative to others, as it last declared.
+    pub capacity: f64,
     pub ranges: HashMap<RangeId, RemoteView>,
     /// Total bytes reported by the last probe.
     bytes: u64,
@@ -119,6 +121,7 @@ impl Roster {
                         last_error: None,
                         wants_drain: false,
                         operator_drain: false,
+                        capacity: 1.0,
                         ranges: HashMap::new(),
                         bytes: 0,
                     },
@@ -181,11 +184,13 @@ impl Roster {
         sent_at: Instant,
         ranges: Vec<RangeInfo>,
         wants_drain: bool,
+        capacity: f64,
     ) -> Vec<RangeId> {
         let mut changed = Vec::new();
         let Some(node) = self.nodes.get_mut(id) else {
             return changed;
         };
+        node.capacity = capacity;
         node.last_ok = Some(node.last_ok.map_or(sent_at, |t| t.max(sent_at)));
         node.last_error = None;
         node.lease_suspended = false;
@@ -318,7 +323,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(10)).await;
         roster.command_answered(&node("a"), r1, RemoteState::Active, Instant::now());
         // A probe sent before the answer says the range is not there.
-        roster.probe_ok(&node("a"), t0, vec![], false);
+        roster.probe_ok(&node("a"), t0, vec![], false, 1.0);
         assert_eq!(roster.remote(&node("a"), r1), Some(RemoteState::Active));
         // A newer probe wins.
         roster.probe_ok(
@@ -326,11 +331,12 @@ mod tests {
             Instant::now(),
             vec![info(1, RemoteState::Inactive)],
             false,
+            1.0,
         );
         assert_eq!(roster.remote(&node("a"), r1), Some(RemoteState::Inactive));
         let later = Instant::now() + Duration::from_millis(1);
         tokio::time::advance(Duration::from_millis(1)).await;
-        roster.probe_ok(&node("a"), later, vec![], false);
+        roster.probe_ok(&node("a"), later, vec![], false, 1.0);
         assert_eq!(roster.remote(&node("a"), r1), Some(RemoteState::NotFound));
     }
 
@@ -349,7 +355,7 @@ mod tests {
         );
         // Only a probe that grants a lease pushes the loss back, counted from
         // its send time.
-        roster.probe_ok(&node("a"), t0 + loss, vec![], false);
+        roster.probe_ok(&node("a"), t0 + loss, vec![], false, 1.0);
         assert!(roster.get(&node("a")).unwrap().is_lost(t0 + loss * 2, loss));
         let grant = roster.begin_probe(&node("a"), Duration::from_secs(4), t0 + loss);
         assert_eq!(grant, Duration::from_secs(4));
@@ -378,7 +384,7 @@ mod tests {
         // One success lifts the suspension; the next probe grants again.
         let t2 = t0 + Duration::from_secs(2);
         assert_eq!(roster.begin_probe(&node("a"), lease, t2), Duration::ZERO);
-        roster.probe_ok(&node("a"), t2, vec![], false);
+        roster.probe_ok(&node("a"), t2, vec![], false, 1.0);
         let t3 = t2 + Duration::from_millis(200);
         assert_eq!(roster.begin_probe(&node("a"), lease, t3), lease);
         assert!(!roster.get(&node("a")).unwrap().is_lost(t3 + loss, loss));

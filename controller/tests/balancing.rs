@@ -274,3 +274,44 @@ fn explain_says_where_a_range_is_and_what_the_last_round_did_with_it() {
         Err(OpError::UnknownRange(id(99)))
     );
 }
+
+#[test]
+fn a_node_that_declares_twice_the_capacity_is_given_twice_the_load() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::On);
+    // Six equal ranges: a fair split is 2 on a, 4 on b.
+    for (range, key) in [(4, "c"), (7, "w")] {
+        driver
+            .engine
+            .request_split(id(range), Key::from(key), None, None, driver.now)
+            .unwrap();
+        driver.settle();
+    }
+    for range in driver.engine.keyspace().current_ranges() {
+        driver.nodes.loads.insert(
+            range.id(),
+            LoadInfo {
+                keys: 10,
+                bytes: 1000,
+                reads_per_second: 100.0,
+                ..LoadInfo::default()
+            },
+        );
+    }
+    driver.nodes.capacities.insert(support::node_id("b"), 2.0);
+    driver.settle();
+    for _ in 0..4 {
+        driver.engine.balance_tick();
+        driver.settle();
+    }
+    let placed = nodes_of(&driver);
+    let on_b = placed.iter().filter(|n| *n == "b").count();
+    assert_eq!((placed.len(), on_b), (6, 4), "{placed:?}");
+    let round = driver.engine.balance_status(driver.now).last.unwrap();
+    let b = round
+        .plan
+        .nodes
+        .iter()
+        .find(|n| n.id.as_str() == "b")
+        .unwrap();
+    assert_eq!(b.capacity, 2.0);
+}

@@ -12,11 +12,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use ranger_node_sdk::testing::ScriptedNode;
-use ranger_node_sdk::{MemoryStateStore, Rangelet, RangeletConfig, Registration, node_router};
+use ranger_node_sdk::{MemoryStateStore, Rangelet, RangeletConfig, Registration};
 use ranger_proto::NodeId;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -101,13 +99,9 @@ async fn start_node(
     )
     .await
     .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = node_router(&rangelet).await;
-    tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        rangelet.shutdown_signal(),
-    ));
+    let addr = ranger_node_sdk::testing::serve_on_loopback(&rangelet)
+        .await
+        .unwrap();
     let registration =
         Registration::start(controller, NodeId::new(name).unwrap(), addr.to_string()).unwrap();
     (rangelet, registration, addr)

@@ -15,6 +15,7 @@ use std::time::Duration;
 use ranger_controller::config::{OrchestratorConfig, Replication};
 use ranger_controller::keyspace::Keyspace;
 use ranger_controller::orchestrator::{CallError, Effect, Engine, OpError, Persisted};
+use ranger_controller::transport::NodeReport;
 use ranger_proto::{Key, NodeId, PlacementState, RangeId};
 use tokio::time::Instant;
 
@@ -158,9 +159,11 @@ fn commands_held_behind_failed_saves_are_sent_once_the_saves_succeed() {
                 match effect {
                     Effect::Probe(probe) => {
                         let report = driver.nodes.report(&probe.node);
-                        driver
-                            .engine
-                            .on_probe(&probe.node, probe.sent_at, Ok((report, false)));
+                        driver.engine.on_probe(
+                            &probe.node,
+                            probe.sent_at,
+                            Ok(NodeReport::of(report)),
+                        );
                     }
                     Effect::Send(dispatch) => {
                         sent.push(describe(&dispatch));
@@ -204,7 +207,7 @@ fn a_registered_node_is_probed_at_once_and_then_on_each_tick_one_probe_at_a_time
     let report = driver.nodes.report(&node("a"));
     driver
         .engine
-        .on_probe(&node("a"), driver.now, Ok((report, false)));
+        .on_probe(&node("a"), driver.now, Ok(NodeReport::of(report)));
     assert!(probed(&driver.step_saved()).is_empty());
     driver.engine.probe_tick();
     assert_eq!(probed(&driver.step_saved()), ["a"]);
@@ -240,7 +243,7 @@ fn after_a_failed_probe_the_next_grants_no_lease_until_one_succeeds() {
 
     driver
         .engine
-        .on_probe(&node("a"), driver.now, Ok((Vec::new(), false)));
+        .on_probe(&node("a"), driver.now, Ok(NodeReport::of(Vec::new())));
     driver.engine.probe_tick();
     let third = driver.engine.step(driver.now);
     assert_eq!(lease_of(&third), Some(Duration::from_secs(2)));

@@ -6,13 +6,11 @@
 
 use ranger_controller::testing::transport::{TransportHarness, run_all};
 use ranger_controller::transport::{GrpcTransport, InProcessTransport};
-use ranger_node_sdk::testing::ScriptedNode;
-use ranger_node_sdk::{MemoryStateStore, Rangelet, RangeletConfig, node_router};
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use ranger_node_sdk::testing::{ScriptedNode, serve_on_loopback};
+use ranger_node_sdk::{MemoryStateStore, Rangelet, RangeletConfig};
 
-async fn rangelet(node: ScriptedNode) -> Rangelet<ScriptedNode> {
-    Rangelet::open(node, MemoryStateStore::new(), RangeletConfig::default())
+async fn rangelet(node: ScriptedNode, config: RangeletConfig) -> Rangelet<ScriptedNode> {
+    Rangelet::open(node, MemoryStateStore::new(), config)
         .await
         .unwrap()
 }
@@ -31,15 +29,9 @@ impl TransportHarness for Grpc {
         &self.transport
     }
 
-    async fn serve(&mut self, node: ScriptedNode) -> String {
-        let rangelet = rangelet(node).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = node_router(&rangelet).await;
-        tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            rangelet.shutdown_signal(),
-        ));
+    async fn serve(&mut self, node: ScriptedNode, config: RangeletConfig) -> String {
+        let rangelet = rangelet(node, config).await;
+        let addr = serve_on_loopback(&rangelet).await.unwrap();
         self.rangelets.push(rangelet);
         addr.to_string()
     }
@@ -64,10 +56,11 @@ impl TransportHarness for InProcess {
         &self.transport
     }
 
-    async fn serve(&mut self, node: ScriptedNode) -> String {
+    async fn serve(&mut self, node: ScriptedNode, config: RangeletConfig) -> String {
         self.served += 1;
         let addr = format!("node{}:7000", self.served);
-        self.transport.attach(addr.clone(), rangelet(node).await);
+        self.transport
+            .attach(addr.clone(), rangelet(node, config).await);
         addr
     }
 

@@ -156,6 +156,7 @@ impl<N: Node> pb::node_server::Node for NodeService<N> {
         Ok(Response::new(pb::InfoResponse {
             ranges: ranges.iter().map(pb::RangeInfo::from).collect(),
             want_drain: self.rangelet.wants_drain(),
+            capacity: self.rangelet.capacity(),
         }))
     }
 

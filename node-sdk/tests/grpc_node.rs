@@ -12,7 +12,7 @@ use std::time::Duration;
 use ranger_node_sdk::testing::{Behaviour, ScriptedNode};
 use ranger_node_sdk::{
     Command, FileStateStore, MemoryStateStore, NodeService, Rangelet, RangeletConfig,
-    RoutingConfig, RoutingTable, StateStore, node_router,
+    RoutingConfig, RoutingTable, StateStore,
 };
 use ranger_proto::pb::ranger as pb;
 use ranger_proto::pb::ranger::node_client::NodeClient;
@@ -49,11 +49,9 @@ async fn open_rangelet(
 
 /// Serves the rangelet (Node + health) on `listener` until it shuts down.
 async fn serve(rangelet: &Rangelet<ScriptedNode>, listener: TcpListener) -> SocketAddr {
-    let addr = listener.local_addr().unwrap();
-    let router = node_router(rangelet).await;
-    let shutdown = rangelet.shutdown_signal();
-    tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown));
-    addr
+    ranger_node_sdk::testing::serve(rangelet, listener)
+        .await
+        .unwrap()
 }
 
 async fn client(addr: SocketAddr) -> NodeClient<Channel> {

@@ -28,6 +28,22 @@ pub enum ConversionError {
     },
     #[error(transparent)]
     InvalidBounds(#[from] InvalidBounds),
+    /// The value as text: an f64 (NaN among them) has no `Eq`.
+    #[error("capacity must be a positive number, not {0}")]
+    BadCapacity(String),
+}
+
+/// A node's declared capacity from the wire: 0 (unset, as the reference sends)
+/// is 1, the default; negative, infinite or NaN is an error (the balancer
+/// divides by it).
+pub fn capacity_from_wire(value: f64) -> Result<f64, ConversionError> {
+    if value == 0.0 {
+        Ok(1.0)
+    } else if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(ConversionError::BadCapacity(value.to_string()))
+    }
 }
 
 /// Unwraps an optional message field, naming it in the error.
@@ -200,6 +216,21 @@ impl From<&Parent> for pb::Parent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unset_capacity_is_one_and_nonsense_is_refused() {
+        assert_eq!(capacity_from_wire(0.0), Ok(1.0));
+        assert_eq!(capacity_from_wire(2.5), Ok(2.5));
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            assert!(
+                matches!(
+                    capacity_from_wire(bad),
+                    Err(ConversionError::BadCapacity(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn range_meta_rejects_zero_id_and_bad_bounds() {

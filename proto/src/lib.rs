@@ -18,7 +18,7 @@ mod meta;
 mod state;
 
 pub use command::{Command, Outcome};
-pub use convert::{ConversionError, Parent, ParentPlacement, RangeInfo};
+pub use convert::{ConversionError, Parent, ParentPlacement, RangeInfo, capacity_from_wire};
 pub use ids::{NodeId, RangeId};
 pub use key::{Key, KeyParseError};
 pub use load::LoadInfo;

@@ -184,8 +184,16 @@ fn info_and_ranges() {
             info: None,
         }],
         want_drain: true,
+        capacity: 0.0,
     };
     assert_wire(info, &[0x0a, 6, 0x0a, 2, 0x08, 1, 0x10, 2, 0x10, 1]);
+    // Our capacity (field 16, a double): reference peers skip it.
+    let info = pb::InfoResponse {
+        ranges: Vec::new(),
+        want_drain: false,
+        capacity: 2.0,
+    };
+    assert_wire(info, &[0x81, 0x01, 0, 0, 0, 0, 0, 0, 0, 0x40]);
     let change = pb::RangesResponse {
         meta: meta(1),
         state: 2,

@@ -357,7 +357,7 @@ impl Engine {
             .filter(|n| n.registered)
             .map(|n| NodeSnapshot {
                 id: n.id.clone(),
-                capacity: 1.0,
+                capacity: n.capacity,
                 state: if n.is_lost(now, loss_after) || n.lease_suspended {
                     NodeState::RecentlyFailed
                 } else if n.draining() {

@@ -334,11 +334,15 @@ impl Engine {
         &mut self,
         node: &NodeId,
         sent_at: Instant,
-        result: Result<(Vec<RangeInfo>, bool), String>,
+        result: crate::transport::ProbeAnswer,
     ) {
         self.probe_returned(node);
         match result {
-            Ok((ranges, wants_drain)) => {
+            Ok(crate::transport::NodeReport {
+                ranges,
+                wants_drain,
+                capacity,
+            }) => {
                 for info in &ranges {
                     let accounted = self.keyspace.range(info.meta.id()).is_ok_and(|r| {
                         r.placements()
@@ -354,7 +358,9 @@ impl Engine {
                 }
                 self.note_prepare_progress(node, sent_at, &ranges);
                 let was_draining = self.roster.get(node).map(|n| n.draining());
-                let changed = self.roster.probe_ok(node, sent_at, ranges, wants_drain);
+                let changed = self
+                    .roster
+                    .probe_ok(node, sent_at, ranges, wants_drain, capacity);
                 self.dirty.extend(changed);
                 if was_draining != self.roster.get(node).map(|n| n.draining()) {
                     self.full_sweep = true;

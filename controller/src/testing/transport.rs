@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use ranger_node_sdk::RangeletConfig;
 use ranger_node_sdk::testing::{Behaviour, ScriptedNode};
 use ranger_proto::{Command, RangeId, RangeMeta, RemoteState};
 
@@ -26,9 +27,10 @@ pub trait TransportHarness {
     /// The transport under test.
     fn transport(&self) -> &Self::Transport;
 
-    /// Serves a new rangelet over `node` (in memory, no state) and returns the
-    /// address the transport reaches it at.
-    fn serve(&mut self, node: ScriptedNode) -> impl Future<Output = String>;
+    /// Serves a new rangelet over `node` with `config` (in memory, no state)
+    /// and returns the address the transport reaches it at.
+    fn serve(&mut self, node: ScriptedNode, config: RangeletConfig)
+    -> impl Future<Output = String>;
 
     /// An address where nothing listens.
     fn nowhere(&self) -> String;
@@ -56,12 +58,13 @@ async fn call<H: TransportHarness>(h: &H, addr: &str, call: Call) -> Answer {
 }
 
 async fn probe_state<H: TransportHarness>(h: &H, addr: &str) -> Option<RemoteState> {
-    let (ranges, _) = h
+    let report = h
         .transport()
         .probe(addr, TERM, LEASE, TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("probe of {addr} failed: {e}"));
-    ranges
+    report
+        .ranges
         .iter()
         .find(|r| r.meta.id() == first())
         .map(|r| r.state)
@@ -86,12 +89,37 @@ pub async fn run_all<H: TransportHarness>(h: &mut H) {
     a_command_or_probe_from_an_older_term_is_refused(h).await;
     a_stalled_callback_is_unreachable_once_the_timeout_passes(h).await;
     an_address_where_nothing_listens_is_unreachable(h).await;
+    a_probe_carries_the_capacity_the_node_declares(h).await;
+}
+
+/// The balancer divides a node's load by the capacity it declares; a node
+/// that declares none counts as 1.
+pub async fn a_probe_carries_the_capacity_the_node_declares<H: TransportHarness>(h: &mut H) {
+    let plain = h
+        .serve(ScriptedNode::new(), RangeletConfig::default())
+        .await;
+    let big = RangeletConfig {
+        capacity: 2.5,
+        ..RangeletConfig::default()
+    };
+    let big = h.serve(ScriptedNode::new(), big).await;
+    for (addr, capacity) in [(plain, 1.0), (big, 2.5)] {
+        let report = h
+            .transport()
+            .probe(&addr, TERM, LEASE, TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("probe of {addr} failed: {e}"));
+        assert_eq!(report.capacity, capacity, "capacity of {addr}");
+        assert!(!report.wants_drain);
+    }
 }
 
 /// Prepare, Activate, Deactivate and Drop each answer the state they reached,
 /// and a probe in between reports the same.
 pub async fn commands_walk_a_range_through_its_states<H: TransportHarness>(h: &mut H) {
-    let addr = h.serve(ScriptedNode::new()).await;
+    let addr = h
+        .serve(ScriptedNode::new(), RangeletConfig::default())
+        .await;
     assert_eq!(
         probe_state(h, &addr).await,
         None,
@@ -129,7 +157,7 @@ pub async fn a_failed_callback_is_an_outcome_that_carries_its_message<H: Transpo
 ) {
     let node = ScriptedNode::new();
     node.on(Command::Prepare, Behaviour::Fail("disk full".into()));
-    let addr = h.serve(node).await;
+    let addr = h.serve(node, RangeletConfig::default()).await;
     match call(h, &addr, prepare()).await {
         Ok(outcome) => {
             let failure = outcome.failure.unwrap_or_default();
@@ -143,7 +171,9 @@ pub async fn a_failed_callback_is_an_outcome_that_carries_its_message<H: Transpo
 /// PROTOCOL.md: Activate of a range the node does not hold is INVALID_ARGUMENT,
 /// which (the reference answers it for a wrong state too) proves nothing.
 pub async fn activating_a_range_the_node_does_not_hold_is_invalid<H: TransportHarness>(h: &mut H) {
-    let addr = h.serve(ScriptedNode::new()).await;
+    let addr = h
+        .serve(ScriptedNode::new(), RangeletConfig::default())
+        .await;
     h.transport()
         .probe(&addr, TERM, LEASE, TIMEOUT)
         .await
@@ -161,7 +191,9 @@ pub async fn activating_a_range_the_node_does_not_hold_is_invalid<H: TransportHa
 /// A node that has seen a newer controller term refuses an older one's
 /// commands (as a wrong state) and probes (SCENARIOS.md #43).
 pub async fn a_command_or_probe_from_an_older_term_is_refused<H: TransportHarness>(h: &mut H) {
-    let addr = h.serve(ScriptedNode::new()).await;
+    let addr = h
+        .serve(ScriptedNode::new(), RangeletConfig::default())
+        .await;
     state_of(
         call(h, &addr, prepare()).await,
         "prepare in the current term",
@@ -198,7 +230,7 @@ pub async fn a_stalled_callback_is_unreachable_once_the_timeout_passes<H: Transp
 ) {
     let node = ScriptedNode::new();
     node.on(Command::Prepare, Behaviour::Stall);
-    let addr = h.serve(node).await;
+    let addr = h.serve(node, RangeletConfig::default()).await;
     let timeout = Duration::from_millis(300);
     let started = tokio::time::Instant::now();
     let answer = h

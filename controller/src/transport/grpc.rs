@@ -11,7 +11,7 @@ use ranger_proto::{RangeId, RangeInfo, RemoteState};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use super::{NodeTransport, ProbeAnswer};
+use super::{NodeReport, NodeTransport, ProbeAnswer};
 use crate::orchestrator::{Answer, Call, CallError};
 
 /// gRPC to `ranger.Node`. Channels are cached per address; tonic reconnects them
@@ -166,7 +166,13 @@ impl NodeTransport for GrpcTransport {
             .map(RangeInfo::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("node sent a bad range: {e}"))?;
-        Ok((ranges, response.want_drain))
+        let capacity = ranger_proto::capacity_from_wire(response.capacity)
+            .map_err(|e| format!("node sent a bad capacity: {e}"))?;
+        Ok(NodeReport {
+            ranges,
+            wants_drain: response.want_drain,
+            capacity,
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use ranger_node_sdk::{Command, CommandError, Node, Rangelet};
 use ranger_proto::RangeId;
 
-use super::{NodeTransport, ProbeAnswer};
+use super::{NodeReport, NodeTransport, ProbeAnswer};
 use crate::orchestrator::{Answer, Call, CallError};
 
 #[derive(Debug)]
@@ -256,7 +256,11 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
         if faults.contains(&Fault::DropReply) {
             return Err(format!("probe reply from {addr} lost"));
         }
-        Ok((ranges, rangelet.wants_drain()))
+        Ok(NodeReport {
+            ranges,
+            wants_drain: rangelet.wants_drain(),
+            capacity: rangelet.capacity(),
+        })
     }
 }
 

@@ -19,8 +19,31 @@ pub use in_process::{Fault, InProcessTransport, Lost};
 
 use crate::orchestrator::{Answer, Call};
 
-/// A node's answer to a probe: its ranges and whether it wants to be drained.
-pub type ProbeAnswer = Result<(Vec<RangeInfo>, bool), String>;
+/// What a node says when probed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeReport {
+    /// Its ranges, their states and loads.
+    pub ranges: Vec<RangeInfo>,
+    /// It asks to be drained (the storage system's own decision).
+    pub wants_drain: bool,
+    /// The load it can carry relative to others (1.0 unless it says otherwise).
+    pub capacity: f64,
+}
+
+impl NodeReport {
+    /// A report of `ranges` from a default node (capacity 1, no drain): what
+    /// tests and simulations mostly need.
+    pub fn of(ranges: Vec<RangeInfo>) -> Self {
+        NodeReport {
+            ranges,
+            wants_drain: false,
+            capacity: 1.0,
+        }
+    }
+}
+
+/// A node's answer to a probe, or why there was none.
+pub type ProbeAnswer = Result<NodeReport, String>;
 
 /// Carries commands and probes to nodes by address.
 pub trait NodeTransport: Send + Sync + 'static {

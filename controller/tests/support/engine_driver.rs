@@ -8,6 +8,7 @@ use std::time::Duration;
 use ranger_controller::config::{OrchestratorConfig, Replication};
 use ranger_controller::keyspace::Keyspace;
 use ranger_controller::orchestrator::{Call, Dispatch, Effect, Engine, OpError, OpId, Persisted};
+use ranger_controller::transport::NodeReport;
 use ranger_proto::{
     LoadInfo, NodeId, Outcome, PlacementState, RangeId, RangeInfo, RangeMeta, RemoteState,
 };
@@ -24,6 +25,8 @@ pub struct Nodes {
     /// Commands that fail on a node: the callback returns an error and the
     /// range stays where it was (PROTOCOL.md).
     pub failing: Vec<(String, &'static str)>,
+    /// Capacities the nodes declare (1 if absent).
+    pub capacities: BTreeMap<NodeId, f64>,
 }
 
 impl Nodes {
@@ -67,6 +70,14 @@ impl Nodes {
                 state
             }
             None => RemoteState::NotFound,
+        }
+    }
+
+    /// A node's whole answer to a probe.
+    pub fn answer(&self, of: &NodeId) -> NodeReport {
+        NodeReport {
+            capacity: self.capacities.get(of).copied().unwrap_or(1.0),
+            ..NodeReport::of(self.report(of))
         }
     }
 
@@ -151,9 +162,11 @@ impl Driver {
             match effect {
                 Effect::Persist(_) => queue.extend(self.engine.persisted(Persisted::Saved)),
                 Effect::Probe(probe) => {
-                    let report = self.nodes.report(&probe.node);
-                    self.engine
-                        .on_probe(&probe.node, probe.sent_at, Ok((report, false)));
+                    self.engine.on_probe(
+                        &probe.node,
+                        probe.sent_at,
+                        Ok(self.nodes.answer(&probe.node)),
+                    );
                 }
                 Effect::Send(dispatch) => {
                     self.sent.push(describe(&dispatch));
@@ -207,9 +220,11 @@ impl Driver {
     pub fn answer_probes(&mut self, effects: &[Effect]) {
         for effect in effects {
             if let Effect::Probe(probe) = effect {
-                let report = self.nodes.report(&probe.node);
-                self.engine
-                    .on_probe(&probe.node, probe.sent_at, Ok((report, false)));
+                self.engine.on_probe(
+                    &probe.node,
+                    probe.sent_at,
+                    Ok(self.nodes.answer(&probe.node)),
+                );
             }
         }
     }
@@ -223,16 +238,7 @@ impl Driver {
     }
 
     pub fn placements(&self, id: u64) -> Vec<(String, PlacementState)> {
-        self.engine
-            .keyspace()
-            .range(range(id))
-            .map(|r| {
-                r.placements()
-                    .iter()
-                    .map(|p| (p.node().to_string(), p.state()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        super::placements_of(&self.engine, range(id))
     }
 
     /// Places range 1 on `a` and forgets the commands it took.

@@ -29,6 +29,10 @@ pub struct RangeletConfig {
     /// How many changes a `Ranges` subscriber may fall behind before it is
     /// resynchronised from a snapshot instead (it never slows commands down).
     pub change_buffer: usize,
+    /// How much load this node can carry relative to the others (1.0: the
+    /// same as a default node; 2.0: twice as much). Sent with every probe
+    /// answer; the controller's balancer divides the node's load by it.
+    pub capacity: f64,
 }
 
 impl Default for RangeletConfig {
@@ -36,6 +40,7 @@ impl Default for RangeletConfig {
         RangeletConfig {
             grace_period: Duration::from_millis(500),
             change_buffer: 1024,
+            capacity: 1.0,
         }
     }
 }
@@ -225,6 +230,11 @@ impl<N: Node> Rangelet<N> {
 
     pub fn wants_drain(&self) -> bool {
         self.inner.want_drain.load(Ordering::SeqCst)
+    }
+
+    /// The capacity this node declares (see [`RangeletConfig::capacity`]).
+    pub fn capacity(&self) -> f64 {
+        self.inner.config.capacity
     }
 
     /// Drops a range the storage system decided to abandon (e.g. a corrupt copy),

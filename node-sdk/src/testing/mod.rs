@@ -213,3 +213,30 @@ impl Node for ScriptedNode {
             .unwrap_or_default())
     }
 }
+
+/// Serves `rangelet` (`ranger.Node` and its health service, as
+/// [`crate::node_router`] builds them) on `listener` until the rangelet shuts
+/// down: how tests put a real node on the network. Returns its address.
+pub async fn serve<N: Node>(
+    rangelet: &crate::Rangelet<N>,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<std::net::SocketAddr> {
+    let addr = listener.local_addr()?;
+    let router = crate::node_router(rangelet).await;
+    tokio::spawn(router.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        rangelet.shutdown_signal(),
+    ));
+    Ok(addr)
+}
+
+/// [`serve`] on a free port of 127.0.0.1.
+pub async fn serve_on_loopback<N: Node>(
+    rangelet: &crate::Rangelet<N>,
+) -> std::io::Result<std::net::SocketAddr> {
+    serve(
+        rangelet,
+        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    )
+    .await
+}

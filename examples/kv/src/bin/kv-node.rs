@@ -54,12 +54,24 @@ struct Args {
     /// The Consul service name to register under (PROTOCOL.md: `node`).
     #[arg(long, env = "KV_NODE_CONSUL_SERVICE", default_value = "node")]
     consul_service: String,
+    /// How much load this node can carry relative to others (e.g. 2 on a machine
+    /// twice as big); the balancer divides its load by it.
+    #[arg(long, env = "KV_NODE_CAPACITY", default_value_t = 1.0, value_parser = positive)]
+    capacity: f64,
     /// On SIGTERM, ask to be drained and wait up to this long before stopping.
     #[arg(long, default_value_t = 0)]
     drain_on_shutdown_s: u64,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+/// A finite number above zero (the balancer divides by it).
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+        _ => Err(format!("{text:?} is not a positive number")),
+    }
 }
 
 #[tokio::main]
@@ -78,7 +90,11 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let server = NodeServer::start(&args.data, listener, KvNodeConfig::new(advertise.clone()))
+    let config = KvNodeConfig {
+        capacity: args.capacity,
+        ..KvNodeConfig::new(advertise.clone())
+    };
+    let server = NodeServer::start(&args.data, listener, config)
         .await
         .with_context(|| format!("starting the node on {}", args.data.display()))?;
     tracing::info!(node = %id, ranges = server.rangelet.ranges().len(), "node state restored");

@@ -66,6 +66,9 @@ pub struct KvNodeConfig {
     /// it starts, so an activation is still running when the controller's
     /// operation deadline passes (SCENARIOS.md #37). Zero in production.
     pub activate_delay: Duration,
+    /// How much load this node can carry relative to the others (1.0: like a
+    /// default node); the controller's balancer divides its load by it.
+    pub capacity: f64,
 }
 
 impl KvNodeConfig {
@@ -77,6 +80,7 @@ impl KvNodeConfig {
             load_cache: Duration::from_secs(5),
             peer_timeout: Duration::from_secs(10),
             activate_delay: Duration::ZERO,
+            capacity: 1.0,
         }
     }
 }

@@ -59,11 +59,15 @@ impl NodeServer {
             config.self_addr = addr.to_string();
         }
         let store = Store::open(data)?;
+        let rangelet_config = RangeletConfig {
+            capacity: config.capacity,
+            ..RangeletConfig::default()
+        };
         let node = KvNode::open(Arc::clone(&store), config)?;
         let rangelet = Rangelet::open(
             node.clone(),
             RangeStates(Arc::clone(&store)),
-            RangeletConfig::default(),
+            rangelet_config,
         )
         .await?;
         let router = node_router(&rangelet)
