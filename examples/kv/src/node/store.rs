@@ -379,7 +379,7 @@ impl Store {
                     split_key: last,
                 });
             }
-            if walked % stride == 0 {
+            if walked.is_multiple_of(stride) {
                 sample.push(key.to_vec());
                 if sample.len() >= 1024 {
                     sample = sample.into_iter().step_by(2).collect();
