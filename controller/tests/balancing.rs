@@ -315,3 +315,38 @@ fn a_node_that_declares_twice_the_capacity_is_given_twice_the_load() {
         .unwrap();
     assert_eq!(b.capacity, 2.0);
 }
+
+#[test]
+fn a_hot_range_is_split_at_its_load_key_not_at_its_size_key() {
+    let mut cfg = config(Replication::R1);
+    cfg.balancing = balancing(BalanceMode::On);
+    let mut driver = Driver::start_with(&["a"], cfg);
+    driver.settle();
+    // The range's bytes halve at "c", its requests at "q".
+    driver.nodes.loads.insert(
+        id(1),
+        LoadInfo {
+            keys: 10,
+            bytes: 1000,
+            reads_per_second: 1000.0,
+            split_keys: vec![Key::from("c")],
+            load_split_keys: vec![Key::from("q")],
+            ..LoadInfo::default()
+        },
+    );
+    driver
+        .engine
+        .node_registered(support::node_id("b"), "b:7000".into(), driver.now);
+    driver.settle();
+    for _ in 0..4 {
+        driver.engine.balance_tick();
+        driver.settle();
+    }
+    let starts: Vec<String> = driver
+        .engine
+        .keyspace()
+        .current_ranges()
+        .map(|r| String::from_utf8_lossy(r.meta().start().as_bytes()).into_owned())
+        .collect();
+    assert_eq!(starts, ["", "q"], "split by load at q, not by size at c");
+}

@@ -12,6 +12,7 @@
 //! [`StateStore`] against the contract the rangelet relies on, for storage systems
 //! that keep their range states in their own database.
 
+pub mod load;
 mod node;
 mod rangelet;
 mod registration;

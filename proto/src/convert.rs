@@ -82,7 +82,7 @@ impl From<RangeMeta> for pb::RangeMeta {
 
 impl From<pb::LoadInfo> for LoadInfo {
     /// Takes the raw `split_keys` when present (our nodes), else the string
-    /// `splits` (reference nodes).
+    /// `splits` (reference nodes); `load_split_keys` only our nodes send.
     fn from(value: pb::LoadInfo) -> Self {
         let split_keys = if value.split_keys.is_empty() {
             value.splits.into_iter().map(Key::from).collect()
@@ -95,6 +95,7 @@ impl From<pb::LoadInfo> for LoadInfo {
             reads_per_second: value.reads_per_second,
             writes_per_second: value.writes_per_second,
             split_keys,
+            load_split_keys: value.load_split_keys.into_iter().map(Key::new).collect(),
         }
     }
 }
@@ -115,6 +116,11 @@ impl From<&LoadInfo> for pb::LoadInfo {
             writes_per_second: value.writes_per_second,
             split_keys: value
                 .split_keys
+                .iter()
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
+            load_split_keys: value
+                .load_split_keys
                 .iter()
                 .map(|k| k.as_bytes().to_vec())
                 .collect(),
@@ -318,16 +324,20 @@ mod tests {
             reads_per_second: 1.5,
             writes_per_second: 2.5,
             split_keys: vec![Key::from("m"), Key::new(vec![0xff])],
+            load_split_keys: vec![Key::new(vec![0x00, 0xfe])],
         };
         let wire = pb::LoadInfo::from(&load);
         assert_eq!(wire.splits, vec!["m".to_owned()]);
         assert_eq!(wire.split_keys.len(), 2);
+        assert_eq!(wire.load_split_keys, vec![vec![0x00, 0xfe]]);
         assert_eq!(LoadInfo::from(wire), load);
         let reference = pb::LoadInfo {
             keys: 1,
             splits: vec!["k".into()],
             ..Default::default()
         };
-        assert_eq!(LoadInfo::from(reference).split_keys, vec![Key::from("k")]);
+        let from_reference = LoadInfo::from(reference);
+        assert_eq!(from_reference.split_keys, vec![Key::from("k")]);
+        assert!(from_reference.load_split_keys.is_empty());
     }
 }

@@ -58,6 +58,13 @@ fn load_info_reference_fields_and_extensions() {
         ..Default::default()
     };
     assert_wire(extended, &[0x18, 1, 0x32, 1, 0xff]);
+    // Load-based split keys in field 7, apart from the size-based ones in 6.
+    let by_load = pb::LoadInfo {
+        split_keys: vec![vec![0x01]],
+        load_split_keys: vec![vec![0xfe, 0x00]],
+        ..Default::default()
+    };
+    assert_wire(by_load, &[0x32, 1, 0x01, 0x3a, 2, 0xfe, 0x00]);
 }
 
 #[test]

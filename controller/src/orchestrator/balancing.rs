@@ -401,8 +401,12 @@ impl Engine {
                 );
                 if let Some(info) = info {
                     snapshot.load = RangeLoad::from(info);
+                    // Nodes suggest the two cuts apart: a hot range is split
+                    // where its requests halve, a big one where its bytes do (a
+                    // reference node sends only size keys; the planner falls
+                    // back on them).
                     snapshot.split_keys_by_size = info.split_keys.clone();
-                    snapshot.split_keys_by_load = info.split_keys.clone();
+                    snapshot.split_keys_by_load = info.load_split_keys.clone();
                 }
                 snapshot.last_split = history.split;
                 snapshot.last_moved = history.moved;

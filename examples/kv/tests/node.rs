@@ -377,7 +377,7 @@ async fn a_source_can_serve_again_after_a_rolled_back_handoff() {
 }
 
 #[tokio::test]
-async fn load_info_reports_keys_bytes_and_a_median_split_key() {
+async fn load_info_reports_keys_bytes_a_size_split_key_and_a_load_split_key_at_the_hot_keys() {
     let dir = tempfile::tempdir().unwrap();
     let a = TestNode::start(dir.path(), 1 << 20).await;
     a.own(meta(1, "", "")).await;
@@ -387,12 +387,116 @@ async fn load_info_reports_keys_bytes_and_a_median_split_key() {
             .await
             .unwrap();
     }
+    // Ten hot keys near the end, read twice as often as all keys were written:
+    // the median access is among them, the median key is not.
+    for round in 0..2000 {
+        get(&mut c, &format!("k{:04}", 800 + round % 10))
+            .await
+            .unwrap();
+    }
     let load = a.node.load_info(id(1)).await.unwrap();
-    assert_eq!(load.keys, 1000);
+    assert_eq!(load.keys, 1000, "the walk saw the whole range: exact");
+    // Everything is still in the memtable, which the estimate walks.
     assert_eq!(load.bytes, 1000 * (5 + 10));
-    let split = String::from_utf8(load.split_keys[0].as_bytes().to_vec()).unwrap();
-    let n: u32 = split[1..].parse().unwrap();
-    assert!((400..600).contains(&n), "split key {split} near the median");
+    let by_size = String::from_utf8(load.split_keys[0].as_bytes().to_vec()).unwrap();
+    let n: u32 = by_size[1..].parse().unwrap();
+    assert!(
+        (400..600).contains(&n),
+        "size split key {by_size} near the median"
+    );
+    let by_load = String::from_utf8(load.load_split_keys[0].as_bytes().to_vec()).unwrap();
+    assert!(
+        ("k0800".."k0810").contains(&by_load.as_str()),
+        "load split key {by_load} among the hot keys"
+    );
+    assert!(load.reads_per_second > 0.0 && load.writes_per_second > 0.0);
+}
+
+#[tokio::test]
+async fn request_rates_follow_traffic_and_decay_once_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ranger_node_sdk::load::ManualClock::new();
+    let mut config = KvNodeConfig::new("");
+    config.load_clock = clock.clone();
+    let a = TestNode::start_with(dir.path(), config).await;
+    a.own(meta(1, "", "m")).await;
+    let mut c = a.client().await;
+    // Ten seconds (on the meter's clock) of 20 writes and 40 reads a second.
+    for second in 0..10 {
+        for i in 0..20 {
+            let key = format!("k{second}-{i}");
+            put(&mut c, &key, "v").await.unwrap();
+            get(&mut c, &key).await.unwrap();
+            get(&mut c, &key).await.unwrap();
+        }
+        clock.advance(Duration::from_secs(1));
+    }
+    let busy = a.node.load_info(id(1)).await.unwrap();
+    assert!((19.0..=21.0).contains(&busy.writes_per_second), "{busy:?}");
+    assert!((38.0..=42.0).contains(&busy.reads_per_second), "{busy:?}");
+    assert!(!busy.load_split_keys.is_empty(), "{busy:?}");
+
+    // Traffic stops: the window slides past it.
+    clock.advance(Duration::from_secs(10));
+    let fading = a.node.load_info(id(1)).await.unwrap();
+    assert!(
+        fading.writes_per_second > 0.0 && fading.writes_per_second < busy.writes_per_second,
+        "{fading:?}"
+    );
+    clock.advance(Duration::from_secs(15));
+    let idle = a.node.load_info(id(1)).await.unwrap();
+    assert_eq!((idle.reads_per_second, idle.writes_per_second), (0.0, 0.0));
+    assert!(idle.load_split_keys.is_empty(), "no recent keys: {idle:?}");
+}
+
+#[tokio::test]
+async fn bytes_grow_with_the_data_written_in_memtables_and_in_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = KvNodeConfig::new("");
+    config.load_cache = Duration::ZERO;
+    // A short walk: the key count beyond it is RocksDB's estimate.
+    config.split_walk_cap = 100;
+    let a = TestNode::start_with(dir.path(), config).await;
+    a.own(meta(1, "b", "")).await;
+    let store = a.node.store().clone();
+    // Values that LZ4 cannot shrink much: a simple generator's bytes.
+    let mut state = 0x1234_5678_u64;
+    let mut value = || {
+        (0..1000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    let empty = a.node.load_info(id(1)).await.unwrap();
+    assert_eq!((empty.keys, empty.bytes), (0, 0));
+    // A key of another range ("a..." is below "b"): not counted.
+    store.put(b"a-elsewhere", &value()).unwrap();
+    for i in 0..200 {
+        store.put(format!("b{i:05}").as_bytes(), &value()).unwrap();
+    }
+    let in_memtable = a.node.load_info(id(1)).await.unwrap();
+    assert_eq!(in_memtable.bytes, 200 * (6 + 1000));
+    for i in 200..2000 {
+        store.put(format!("b{i:05}").as_bytes(), &value()).unwrap();
+    }
+    store.flush().unwrap();
+    let flushed = a.node.load_info(id(1)).await.unwrap();
+    assert!(
+        flushed.bytes > 1_500_000 && flushed.bytes < 2_500_000,
+        "2000 values of 1000 random bytes, from the SST files: {flushed:?}"
+    );
+    assert!(
+        (1600..=2400).contains(&flushed.keys),
+        "about 2000 keys, estimated: {flushed:?}"
+    );
+    assert!(
+        !flushed.split_keys.is_empty(),
+        "a size split key: {flushed:?}"
+    );
 }
 
 // ---- Issue 9: sources, reference-shaped Prepares, Dump fallback, timeouts ----

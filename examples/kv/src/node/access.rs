@@ -86,7 +86,7 @@ impl KvNode {
         key: &str,
     ) -> Result<RangeId, AccessError> {
         let range = self.route(rangelet, key)?;
-        self.inner.loads.read(range);
+        self.inner.loads.read(range, key.as_bytes());
         Ok(range)
     }
 
@@ -128,6 +128,6 @@ impl KvNode {
     /// Notes a write of `key` in `range`: transfers track it, load counts it.
     fn wrote(&self, range: RangeId, key: &[u8]) {
         self.inner.trackers.record(key);
-        self.inner.loads.wrote(range);
+        self.inner.loads.wrote(range, key);
     }
 }

@@ -14,14 +14,16 @@
 //!   frozen when the controller activates the destination;
 //! - `drop` deletes the range's keys (leaving those of other ranges on this node)
 //!   and frees the space;
-//! - `load_info` reports keys, bytes, request rates and a median split key.
+//! - `load_info` reports keys and bytes (RocksDB's estimates), request rates
+//!   over a sliding window, and two split keys: by size (a median key) and by
+//!   load (the median of recently accessed keys), see [`load`].
 //!
 //! Keys are stored as they are, so a split or join whose parent and child share a
 //! node copies nothing. [`service::KvService`] serves `kv.KV`; what a client read
 //! or write checks is in [`access`], both sides of a transfer in [`transfer`].
 
 pub mod access;
-mod load;
+pub mod load;
 pub mod server;
 pub mod service;
 pub mod sources;
@@ -38,7 +40,8 @@ use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta};
 use tokio::sync::RwLock;
 use tonic::transport::Channel;
 
-use load::LoadTracker;
+use load::RangeLoads;
+use ranger_node_sdk::load::{Clock, LoadMeterConfig, RangeLoadMeter, TokioClock};
 use spans::Span;
 use store::{RangeStates, Store, StoreError};
 use transfer::{Trackers, TransferLog};
@@ -53,10 +56,18 @@ pub struct KvNodeConfig {
     pub self_addr: String,
     /// Target size of one transfer chunk.
     pub chunk_bytes: usize,
-    /// At most this many keys are walked to measure a range for `load_info`.
-    pub measure_cap: usize,
-    /// How long a range's measured load is reused (probes come every second).
+    /// At most this many keys are walked to find a range's size-based split
+    /// key for `load_info` (sizes are RocksDB's estimates, see
+    /// [`store::Store::size`]).
+    pub split_walk_cap: usize,
+    /// How long a range's size estimate is reused (probes come every second;
+    /// request rates are always fresh).
     pub load_cache: Duration,
+    /// The request meter's window and sampling (see
+    /// [`ranger_node_sdk::load`]).
+    pub load_meter: LoadMeterConfig,
+    /// The meter's clock: tokio's, or a test's manual one.
+    pub load_clock: Arc<dyn Clock>,
     /// How long a peer may stay silent: a unary call as a whole, each chunk of
     /// a transfer stream (an idle timeout, so a big range still moves), the
     /// connection attempt, and the answer to an HTTP/2 keepalive ping. A source
@@ -76,8 +87,10 @@ impl KvNodeConfig {
         KvNodeConfig {
             self_addr: self_addr.into(),
             chunk_bytes: 1 << 20,
-            measure_cap: 200_000,
+            split_walk_cap: 100_000,
             load_cache: Duration::from_secs(5),
+            load_meter: LoadMeterConfig::default(),
+            load_clock: Arc::new(TokioClock),
             peer_timeout: Duration::from_secs(10),
             activate_delay: Duration::ZERO,
             capacity: 1.0,
@@ -103,7 +116,8 @@ struct Inner {
     /// Per range: writes hold it shared, `deactivate` takes it exclusively, so a
     /// range is frozen once `deactivate` returns.
     gates: Mutex<HashMap<RangeId, Arc<RwLock<()>>>>,
-    loads: LoadTracker,
+    /// Request rates, load split keys and cached sizes per range.
+    loads: RangeLoads,
     /// One channel per peer node, for transfers.
     peers: Mutex<HashMap<String, Channel>>,
     /// The last snapshot copies into this node, for operators and benchmarks.
@@ -126,7 +140,9 @@ fn failed(e: impl std::fmt::Display) -> CallbackError {
 
 impl KvNode {
     /// A node over `store`, knowing the ranges its state store kept.
-    pub fn open(store: Arc<Store>, config: KvNodeConfig) -> Result<KvNode, StoreError> {
+    pub fn open(store: Arc<Store>, config: KvNodeConfig) -> Result<KvNode, server::ServeError> {
+        let meter =
+            RangeLoadMeter::with_clock(config.load_meter.clone(), Arc::clone(&config.load_clock))?;
         let held = RangeStates(Arc::clone(&store))
             .load()
             .map_err(|e| StoreError::Corrupt {
@@ -143,7 +159,7 @@ impl KvNode {
                 held: Mutex::new(held),
                 trackers: Trackers::default(),
                 gates: Mutex::new(HashMap::new()),
-                loads: LoadTracker::default(),
+                loads: RangeLoads::new(meter),
                 peers: Mutex::new(HashMap::new()),
                 transfers_in: TransferLog::default(),
                 instance: rand::random(),
@@ -255,7 +271,7 @@ impl Node for KvNode {
             .load_info(&meta, self.inner.config.load_cache, move |span| {
                 node.inner
                     .store
-                    .measure(span, node.inner.config.measure_cap)
+                    .size(span, node.inner.config.split_walk_cap)
             })
             .await
             .map_err(failed)

@@ -22,6 +22,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("restoring the node's range states: {0}")]
     Restore(#[from] StateStoreError),
+    #[error("configuring the load meter: {0}")]
+    LoadMeter(#[from] ranger_node_sdk::load::LoadMeterError),
     #[error("reading the listener's address: {0}")]
     Listener(#[from] std::io::Error),
     #[error("serving: {0}")]

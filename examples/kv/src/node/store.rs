@@ -270,36 +270,129 @@ impl Store {
         Ok(())
     }
 
-    /// Counts and sizes `span` by walking it (at most `cap` keys), keeping a
-    /// sample of keys to suggest the median as a split point.
-    pub fn measure(&self, span: &Span, cap: usize) -> Result<Measure, StoreError> {
+    /// Writes the memtables out to SST files (tests and operators: RocksDB's
+    /// size estimates then come from the files' indexes).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(rocks("flush"))
+    }
+
+    /// Sizes `span` from RocksDB's own estimates rather than by reading it:
+    ///
+    /// - **bytes**: the span's share of the SST files as RocksDB estimates it
+    ///   from its index blocks (`get_approximate_sizes_cf`: file-system bytes,
+    ///   so compressed), plus the span's entries in the memtables, which that
+    ///   estimate leaves out (the safe API has no "include memtables" flag) and
+    ///   which a memtable-only iterator walks (bounded by RocksDB's memtable
+    ///   budget, `write_buffer_size` × `max_write_buffer_number`, not by keys).
+    ///   A key both flushed and rewritten since counts twice: an estimate.
+    /// - **keys**: the memtable entries counted, plus the span's file bytes times
+    ///   the column family's keys per file byte (`rocksdb.estimate-num-keys`
+    ///   less the memtables' entries, over `rocksdb.live-sst-files-size`). When
+    ///   the split-key walk below saw the whole span, its exact count wins.
+    /// - **split key by size**: a walk of at most `walk_cap` keys keeping a
+    ///   bounded sample; the median sampled key if the walk reached the span's
+    ///   end, else the last key walked (the balancer splits off that much and
+    ///   splits the rest again later).
+    pub fn size(&self, span: &Span, walk_cap: usize) -> Result<Size, StoreError> {
+        let cf = self
+            .db
+            .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .ok_or(StoreError::MissingColumnFamily("default"))?;
+        let end = match &span.end {
+            Some(end) => Some(end.clone()),
+            // An open end: just past the last key, if there is any.
+            None => match self.db.iterator(IteratorMode::End).next() {
+                Some(item) => {
+                    let (last, _) = item.map_err(rocks("find last key"))?;
+                    let mut past = last.to_vec();
+                    past.push(0);
+                    Some(past)
+                }
+                None => None,
+            },
+        };
+        let file_bytes = match &end {
+            Some(end) if end.as_slice() > span.start.as_slice() => self
+                .db
+                .get_approximate_sizes_cf(&cf, &[rocksdb::Range::new(&span.start, end)])
+                .first()
+                .copied()
+                .unwrap_or(0),
+            _ => 0,
+        };
+
+        let mut memtable = Self::read_options(span);
+        memtable.set_read_tier(rocksdb::ReadTier::Memtable);
+        let iter = self.db.iterator_opt(
+            IteratorMode::From(&span.start, rocksdb::Direction::Forward),
+            memtable,
+        );
+        let (mut mem_keys, mut mem_bytes) = (0u64, 0u64);
+        for item in iter {
+            let (key, value) = item.map_err(rocks("walk memtables"))?;
+            mem_keys += 1;
+            mem_bytes += (key.len() + value.len()) as u64;
+        }
+
+        let property = |name: &str| {
+            self.db
+                .property_int_value_cf(&cf, name)
+                .map_err(rocks("read a property"))
+                .map(Option::unwrap_or_default)
+        };
+        let memtable_entries = property("rocksdb.num-entries-active-mem-table")?
+            + property("rocksdb.num-entries-imm-mem-tables")?;
+        let flushed_keys = property("rocksdb.estimate-num-keys")?.saturating_sub(memtable_entries);
+        let sst_bytes = property("rocksdb.live-sst-files-size")?;
+        let file_keys = if sst_bytes == 0 {
+            0
+        } else {
+            (file_bytes as f64 * flushed_keys as f64 / sst_bytes as f64).round() as u64
+        };
+
+        let walk = self.walk_for_split(span, walk_cap)?;
+        Ok(Size {
+            keys: walk.exact_keys.unwrap_or(mem_keys + file_keys),
+            bytes: file_bytes + mem_bytes,
+            split_key: walk.split_key,
+        })
+    }
+
+    /// Walks at most `cap` keys of `span` for a size split key (see
+    /// [`Store::size`]), keeping every `stride`-th key and doubling the stride
+    /// when the sample fills: bounded memory, and the middle sample stays near
+    /// the median key.
+    fn walk_for_split(&self, span: &Span, cap: usize) -> Result<Walk, StoreError> {
         let iter = self.db.iterator_opt(
             IteratorMode::From(&span.start, rocksdb::Direction::Forward),
             Self::read_options(span),
         );
-        let mut measure = Measure::default();
-        // Keep every `stride`-th key, doubling the stride when the sample fills:
-        // bounded memory, and the middle sample stays near the median key.
         let mut sample: Vec<Vec<u8>> = Vec::new();
         let mut stride = 1u64;
+        let mut walked = 0u64;
+        let mut last = None;
         for item in iter {
-            let (key, value) = item.map_err(rocks("measure"))?;
-            if measure.keys % stride == 0 {
+            let (key, _) = item.map_err(rocks("walk for a split key"))?;
+            if walked as usize >= cap {
+                return Ok(Walk {
+                    exact_keys: None,
+                    split_key: last,
+                });
+            }
+            if walked.is_multiple_of(stride) {
                 sample.push(key.to_vec());
                 if sample.len() >= 1024 {
                     sample = sample.into_iter().step_by(2).collect();
                     stride *= 2;
                 }
             }
-            measure.keys += 1;
-            measure.bytes += (key.len() + value.len()) as u64;
-            if measure.keys as usize >= cap {
-                measure.truncated = true;
-                break;
-            }
+            walked += 1;
+            last = Some(key.to_vec());
         }
-        measure.median = sample.get(sample.len() / 2).cloned();
-        Ok(measure)
+        Ok(Walk {
+            exact_keys: Some(walked),
+            split_key: sample.get(sample.len() / 2).cloned(),
+        })
     }
 
     // ---- bookkeeping ----
@@ -377,15 +470,20 @@ impl Store {
     }
 }
 
-/// What [`Store::measure`] found.
+/// What [`Store::size`] estimated.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Measure {
+pub struct Size {
     pub keys: u64,
     pub bytes: u64,
-    /// Stopped at the cap: the figures are lower bounds.
-    pub truncated: bool,
-    /// A key near the middle of the span.
-    pub median: Option<Vec<u8>>,
+    /// A key that roughly halves the span's data (see [`Store::size`]).
+    pub split_key: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct Walk {
+    /// The walk reached the span's end: this many keys, exactly.
+    exact_keys: Option<u64>,
+    split_key: Option<Vec<u8>>,
 }
 
 /// The rangelet's [`StateStore`] in the node's RocksDB, written with fsync.
