@@ -9,37 +9,24 @@
 // Tests fail by panicking: unwrapping is the point.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+mod support;
+
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ranger_controller::balancer::{Action, BalancerConfig, Plan, PlannedAction, Reason};
 use ranger_controller::config::{BalanceMode, Balancing, OrchestratorConfig};
-use ranger_controller::persist::MemoryPersister;
-use ranger_controller::runtime::{self, ControllerHandle, RuntimeConfig};
-use ranger_controller::transport::GrpcTransport;
+use ranger_controller::runtime::{ControllerHandle, RuntimeConfig};
 use ranger_kv::hammer::{self, HammerConfig, OpMix, Report};
 use ranger_kv::node::KvNodeConfig;
-use ranger_kv::node::server::NodeServer;
-use ranger_kv::proxy::{Proxy, ProxyConfig};
 use ranger_node_sdk::load::LoadMeterConfig;
 use ranger_proto::{NodeId, PlacementState, RangeId};
-use tokio::net::TcpListener;
-
-/// A KV node served on 127.0.0.1; its data lives as long as `_dir`.
-struct ServedNode {
-    id: NodeId,
-    addr: String,
-    _server: NodeServer,
-    _dir: tempfile::TempDir,
-}
+use support::{MembershipTx, ServedNode, serve_proxy};
 
 /// A node whose meter window is short (4 s in half-second buckets) and whose
 /// sizes are re-estimated every second, so the balancer sees a change in
 /// traffic within a round or two.
 async fn serve_node(name: &str) -> ServedNode {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = KvNodeConfig {
         load_cache: Duration::from_secs(1),
         load_meter: LoadMeterConfig {
@@ -49,28 +36,8 @@ async fn serve_node(name: &str) -> ServedNode {
         },
         ..KvNodeConfig::new("")
     };
-    let server = NodeServer::start(dir.path(), listener, config)
-        .await
-        .unwrap();
-    ServedNode {
-        id: NodeId::new(name).unwrap(),
-        addr: server.addr.to_string(),
-        _server: server,
-        _dir: dir,
-    }
+    support::serve_node_with(name, config).await
 }
-
-async fn serve_proxy(nodes: &[ServedNode]) -> String {
-    let proxy = Proxy::new(ProxyConfig::default());
-    proxy.set_nodes(nodes.iter().map(|n| n.addr.clone()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { proxy.serve(listener, std::future::pending()).await });
-    addr
-}
-
-/// Discovery for the test controller: which nodes exist.
-type MembershipTx = tokio::sync::watch::Sender<BTreeMap<NodeId, String>>;
 
 /// Balancing on, a round every second, tuned for a cluster that lives seconds:
 /// loads smoothed over a second, a range hot for two rounds is split, moves
@@ -96,24 +63,16 @@ fn balancing_config() -> OrchestratorConfig {
 }
 
 async fn start_controller(nodes: &[ServedNode]) -> (ControllerHandle, MembershipTx) {
-    let (membership_tx, membership) = tokio::sync::watch::channel(
-        nodes
-            .iter()
-            .map(|n| (n.id.clone(), n.addr.clone()))
-            .collect(),
-    );
-    let parts = runtime::Parts {
-        persister: MemoryPersister::new(),
-        transport: Arc::new(GrpcTransport::new()),
-        membership,
-        orchestrator: balancing_config(),
-        runtime: RuntimeConfig {
-            balance_interval: Duration::from_secs(1),
-            ..RuntimeConfig::default()
-        },
+    let runtime_config = RuntimeConfig {
+        balance_interval: Duration::from_secs(1),
+        ..RuntimeConfig::default()
     };
-    let (handle, _task) = runtime::start(parts, std::future::pending()).await.unwrap();
-    (handle, membership_tx)
+    support::start_controller(
+        nodes.iter().map(|n| (n.id.clone(), n.addr.clone())),
+        balancing_config(),
+        runtime_config,
+    )
+    .await
 }
 
 /// The current ranges, their bounds, and where each is Active.

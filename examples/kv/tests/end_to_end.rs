@@ -6,51 +6,19 @@
 // Tests fail by panicking: unwrapping is the point.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
 use ranger_controller::config::OrchestratorConfig;
-use ranger_controller::persist::MemoryPersister;
-use ranger_controller::runtime::{self, ControllerHandle, OpRequest, RuntimeConfig};
-use ranger_controller::transport::GrpcTransport;
+use ranger_controller::runtime::{ControllerHandle, OpRequest, RuntimeConfig};
 use ranger_kv::hammer::{self, HammerConfig, OpMix};
 use ranger_kv::node::KvNodeConfig;
 use ranger_kv::node::server::NodeServer;
 use ranger_kv::proxy::{Proxy, ProxyConfig};
 use ranger_proto::{Key, NodeId, PlacementState, RangeId};
+use support::{ServedNode, serve_node, serve_proxy};
 use tokio::net::TcpListener;
-
-/// A KV node served on 127.0.0.1; its data lives as long as `_dir`.
-struct ServedNode {
-    id: NodeId,
-    addr: String,
-    _server: NodeServer,
-    _dir: tempfile::TempDir,
-}
-
-async fn serve_node(name: &str) -> ServedNode {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = NodeServer::start(dir.path(), listener, KvNodeConfig::new(""))
-        .await
-        .unwrap();
-    ServedNode {
-        id: NodeId::new(name).unwrap(),
-        addr: server.addr.to_string(),
-        _server: server,
-        _dir: dir,
-    }
-}
-
-async fn serve_proxy(nodes: &[ServedNode]) -> String {
-    let proxy = Proxy::new(ProxyConfig::default());
-    proxy.set_nodes(nodes.iter().map(|n| n.addr.clone()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { proxy.serve(listener, std::future::pending()).await });
-    addr
-}
 
 /// The current (non-obsolete) ranges and where each is Active.
 async fn tiling(handle: &ControllerHandle) -> Vec<(RangeId, Vec<NodeId>)> {
@@ -217,23 +185,12 @@ async fn hammer_sees_no_error_and_no_lost_write_through_move_split_and_join() {
 }
 
 /// Discovery for the test controller: which nodes exist, changeable.
-type MembershipTx = tokio::sync::watch::Sender<BTreeMap<NodeId, String>>;
-
-/// A controller over `nodes` (gRPC transport, in-memory store).
+/// A controller over `nodes` with the default runtime settings.
 async fn start_controller(
     nodes: impl IntoIterator<Item = (NodeId, String)>,
     config: OrchestratorConfig,
-) -> (ControllerHandle, MembershipTx) {
-    let (membership_tx, membership) = tokio::sync::watch::channel(nodes.into_iter().collect());
-    let parts = runtime::Parts {
-        persister: MemoryPersister::new(),
-        transport: Arc::new(GrpcTransport::new()),
-        membership,
-        orchestrator: config,
-        runtime: RuntimeConfig::default(),
-    };
-    let (handle, _task) = runtime::start(parts, std::future::pending()).await.unwrap();
-    (handle, membership_tx)
+) -> (ControllerHandle, support::MembershipTx) {
+    support::start_controller(nodes, config, RuntimeConfig::default()).await
 }
 
 /// Waits until the controller knows `count` nodes and each answered a probe
@@ -467,9 +424,9 @@ async fn forgetting_a_lost_node_recreates_its_range_empty_on_a_kv_node() {
     drop(client);
     // a disappears for good; the range waits until the operator forgets a.
     let a_id = a.id.clone();
-    let ServedNode { _server, _dir, .. } = a;
-    _server.shutdown().await.unwrap();
-    drop(_dir);
+    let ServedNode { server, dir, .. } = a;
+    server.shutdown().await.unwrap();
+    drop(dir);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let waiting = handle
         .inspect(move |e| e.unavailable(range).is_some())
