@@ -173,6 +173,12 @@ fn a_pause_lets_running_moves_finish_and_skips_rounds_until_it_ends() {
         driver.engine.pause_balancing(Duration::ZERO, driver.now),
         Err(OpError::InvalidArgument(_))
     ));
+    // Absurdly long pauses are refused, not overflowed.
+    assert!(matches!(
+        driver.engine.pause_balancing(Duration::MAX, driver.now),
+        Err(OpError::InvalidArgument(_))
+    ));
+    assert_eq!(driver.engine.balance_status(driver.now).paused_for, None);
 
     // A round starts its moves; a pause does not stop running handoffs.
     driver.engine.balance_tick();

@@ -356,6 +356,13 @@ async fn rangerctl_shows_the_balancer_pauses_it_and_explains_a_range() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let out = ctl(&addr, &["balance", "pause", "100000years"]);
+    assert!(!out.status.success(), "an endless pause is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at most"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = ctl(&addr, &["balance", "pause", "soon"]);
     assert!(!out.status.success(), "a duration that does not parse");
     let resumed = ctl_json(&addr, &["balance", "resume"]);

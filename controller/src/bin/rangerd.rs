@@ -127,7 +127,8 @@ struct Args {
     balance: BalanceMode,
 
     /// Seconds between balancing rounds.
-    #[arg(long, env = "RANGERD_BALANCE_INTERVAL_S", default_value_t = 10)]
+    #[arg(long, env = "RANGERD_BALANCE_INTERVAL_S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     balance_interval_s: u64,
 
     /// A node more than this fraction above (below) the mean load sheds (takes)
@@ -201,7 +202,7 @@ fn orchestrator_config(args: &Args) -> OrchestratorConfig {
 
 fn runtime_config(args: &Args) -> RuntimeConfig {
     RuntimeConfig {
-        balance_interval: Duration::from_secs(args.balance_interval_s.max(1)),
+        balance_interval: Duration::from_secs(args.balance_interval_s),
         ..RuntimeConfig::default()
     }
 }

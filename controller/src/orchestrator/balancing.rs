@@ -25,6 +25,10 @@ use crate::balancer::{
 };
 use crate::config::BalanceMode;
 
+/// The longest pause: long enough for any maintenance, short enough that a
+/// forgotten pause ends (and that no clock arithmetic can overflow).
+const MAX_PAUSE: Duration = Duration::from_secs(30 * 86_400);
+
 /// What the engine keeps between balancing rounds.
 #[derive(Debug, Default)]
 pub(super) struct Balancing {
@@ -82,6 +86,12 @@ impl Engine {
             return Err(OpError::InvalidArgument(
                 "a pause needs a duration (it always ends on its own)".into(),
             ));
+        }
+        if duration > MAX_PAUSE {
+            return Err(OpError::InvalidArgument(format!(
+                "a pause may last at most {} days; pause again when it ends",
+                MAX_PAUSE.as_secs() / 86_400
+            )));
         }
         self.balancing.paused_until = Some(now + duration);
         let queued: Vec<OpId> = self
