@@ -356,3 +356,34 @@ fn a_hot_range_is_split_at_its_load_key_not_at_its_size_key() {
         .collect();
     assert_eq!(starts, ["", "q"], "split by load at q, not by size at c");
 }
+
+#[test]
+fn the_balancers_memory_of_a_move_ends_with_its_cooldown() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::On);
+    driver.engine.balance_tick();
+    driver.settle();
+    let moved = driver
+        .engine
+        .keyspace()
+        .current_ranges()
+        .find(|r| r.placements().iter().any(|p| p.node().as_str() == "b"))
+        .map(|r| r.id())
+        .unwrap();
+    // The next round still remembers the move (its cooldown holds).
+    driver.engine.balance_tick();
+    driver.settle();
+    let explained = driver.engine.explain(moved).unwrap();
+    assert!(
+        explained.iter().any(|l| l.starts_with("last moved")),
+        "{explained:?}"
+    );
+    // Past the longest cooldown (10 min by default) it is forgotten.
+    driver.now += Duration::from_secs(11 * 60);
+    driver.engine.balance_tick();
+    driver.settle();
+    let explained = driver.engine.explain(moved).unwrap();
+    assert!(
+        !explained.iter().any(|l| l.starts_with("last moved")),
+        "{explained:?}"
+    );
+}

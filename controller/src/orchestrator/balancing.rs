@@ -251,6 +251,7 @@ impl Engine {
             return;
         }
         self.balancing.paused_until = None;
+        self.forget_old_history(now);
         let snapshot = self.balance_snapshot(now);
         let (plan, memory) = balancer::plan(
             &snapshot,
@@ -333,8 +334,28 @@ impl Engine {
         Ok(self.new_op(request, origin, Progress::NotStarted, OpPhase::Queued, now))
     }
 
-    /// Notes when a finished operation moved, split or joined its ranges.
+    /// Keeps only what a cooldown can still use: current ranges with an event
+    /// younger than the longest cooldown (the map would otherwise grow with
+    /// every operation the cluster ever ran).
+    fn forget_old_history(&mut self, now: Instant) {
+        let planner = &self.config.balancing.planner;
+        let horizon = planner.move_cooldown.max(planner.join_cooldown_after_split);
+        let now_ts = self.timestamp(now);
+        let keyspace = &self.keyspace;
+        self.balancing.history.retain(|range, h| {
+            keyspace.is_current(*range)
+                && [h.split, h.moved, h.joined]
+                    .into_iter()
+                    .any(|at| now_ts.within(at, horizon))
+        });
+    }
+
+    /// Notes when a finished operation moved, split or joined its ranges (only
+    /// while the balancer runs: nothing else reads it).
     pub(super) fn note_balance_history(&mut self, op: &Operation, now: Instant) {
+        if self.config.balancing.mode == BalanceMode::Off {
+            return;
+        }
         let at = self.timestamp(now);
         let history = &mut self.balancing.history;
         match (&op.request, &op.progress) {
