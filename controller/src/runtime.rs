@@ -393,6 +393,10 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
     /// what each step asks for in order (saves first where the engine says so).
     async fn step(&mut self) -> Result<(), RuntimeError> {
         for _ in 0..8 {
+            // Probes first and on their own: each lease counts from the
+            // instant the engine records it, so nothing may run in between.
+            let probes = self.engine.take_probes(Instant::now());
+            self.execute(probes).await?;
             let effects = self.engine.step(Instant::now());
             if effects.is_empty() {
                 break;

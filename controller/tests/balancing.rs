@@ -387,3 +387,35 @@ fn the_balancers_memory_of_a_move_ends_with_its_cooldown() {
         "{explained:?}"
     );
 }
+
+#[test]
+fn a_dry_run_shows_the_same_plan_round_after_round() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::DryRun);
+    let mut plans = Vec::new();
+    for _ in 0..3 {
+        driver.engine.balance_tick();
+        driver.settle();
+        let round = driver.engine.balance_status(driver.now).last.unwrap();
+        let actions: Vec<String> = round
+            .plan
+            .actions
+            .iter()
+            .map(|a| ranger_controller::orchestrator::describe_action(&a.action))
+            .collect();
+        plans.push(actions);
+    }
+    assert_eq!(plans[0].len(), 2, "{plans:?}");
+    assert_eq!(plans[0], plans[1], "nothing moved, so nothing cools down");
+    assert_eq!(plans[1], plans[2]);
+}
+
+#[test]
+fn explaining_a_range_that_was_split_names_its_children() {
+    let driver = four_hot_ranges_on_a(BalanceMode::DryRun);
+    let lines = driver.engine.explain(id(1)).unwrap();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("no longer part of the keyspace") && lines[0].contains("2, 3"),
+        "{lines:?}"
+    );
+}

@@ -64,8 +64,12 @@ fn a_new_engine_asks_only_to_save_its_term_until_the_save_succeeds() {
     );
 
     // Saved: only now is the node probed, with the new term.
+    assert!(
+        engine.take_probes(now).is_empty(),
+        "no probe before the term is saved"
+    );
     assert!(engine.persisted(Persisted::Saved).is_empty());
-    let effects = engine.step(now);
+    let effects = engine.take_probes(now);
     let probes: Vec<_> = effects
         .iter()
         .filter_map(|e| match e {
@@ -108,6 +112,12 @@ fn a_placement_is_saved_before_its_prepare_is_sent_and_no_step_decides_while_sav
     driver.engine.probe_tick();
     let during = driver.engine.step(driver.now);
     assert!(during.is_empty(), "{during:?}");
+    // ...but probes still leave: a save in flight never holds them back.
+    let probes = driver.engine.take_probes(driver.now);
+    assert!(
+        matches!(probes.as_slice(), [Effect::Probe(p)] if p.node.as_str() == "a"),
+        "{probes:?}"
+    );
 
     let mut after = driver.engine.persisted(Persisted::Saved);
     after.extend(driver.step_saved());
@@ -141,7 +151,9 @@ fn commands_held_behind_failed_saves_are_sent_once_the_saves_succeed() {
     let mut sent = Vec::new();
     for _ in 0..200 {
         driver.engine.probe_tick();
-        for effect in driver.engine.step(driver.now) {
+        let mut effects = driver.engine.take_probes(driver.now);
+        effects.extend(driver.engine.step(driver.now));
+        for effect in effects {
             let mut released = Vec::new();
             match effect {
                 Effect::Persist(_) => {
@@ -222,7 +234,7 @@ fn after_a_failed_probe_the_next_grants_no_lease_until_one_succeeds() {
             _ => None,
         })
     };
-    let first = driver.engine.step(driver.now);
+    let first = driver.engine.take_probes(driver.now);
     assert_eq!(lease_of(&first), Some(Duration::from_secs(2)));
     let timeout = first.iter().find_map(|e| match e {
         Effect::Probe(p) => Some(p.timeout),
@@ -238,14 +250,14 @@ fn after_a_failed_probe_the_next_grants_no_lease_until_one_succeeds() {
         .engine
         .on_probe(&node("a"), driver.now, Err("timed out".into()));
     driver.engine.probe_tick();
-    let second = driver.engine.step(driver.now);
+    let second = driver.engine.take_probes(driver.now);
     assert_eq!(lease_of(&second), Some(Duration::ZERO));
 
     driver
         .engine
         .on_probe(&node("a"), driver.now, Ok(NodeReport::of(Vec::new())));
     driver.engine.probe_tick();
-    let third = driver.engine.step(driver.now);
+    let third = driver.engine.take_probes(driver.now);
     assert_eq!(lease_of(&third), Some(Duration::from_secs(2)));
 }
 
@@ -452,4 +464,61 @@ fn requests_for_unknown_ranges_and_nodes_are_refused_and_change_nothing() {
         "{effects:?}"
     );
     assert_eq!(driver.engine.operations().count(), 0);
+}
+
+#[test]
+fn an_operation_is_reported_done_only_once_its_end_is_saved() {
+    // Range 1 is not placed anywhere: its split ends in the step that saves it.
+    let now = Instant::now();
+    let mut engine = Engine::new(Keyspace::new(), support::config(Replication::R1), now);
+    let term = engine.step(now);
+    assert!(matches!(term.as_slice(), [Effect::Persist(_)]));
+    engine.persisted(Persisted::Saved);
+    let op = engine
+        .request_split(range(1), Key::from("m"), None, None, now)
+        .unwrap();
+    let finished = |effects: &[Effect]| {
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Finished { op: o, .. } if *o == op))
+    };
+
+    let effects = engine.step(now);
+    assert!(effects.iter().any(|e| matches!(e, Effect::Persist(_))));
+    assert!(!finished(&effects), "reported before its save: {effects:?}");
+    // The save fails: still not reported, and not forgotten either.
+    assert!(!finished(&engine.persisted(Persisted::Failed)));
+    let effects = engine.step(now);
+    assert!(effects.iter().any(|e| matches!(e, Effect::Persist(_))));
+    assert!(!finished(&effects));
+    let released = engine.persisted(Persisted::Saved);
+    assert!(finished(&released), "{released:?}");
+}
+
+#[test]
+fn a_node_registered_again_while_its_probe_is_out_is_probed_as_soon_as_it_answers() {
+    let mut driver = Driver::start(&["a"]);
+    let first = driver.engine.take_probes(driver.now);
+    assert_eq!(first.len(), 1);
+    // Discovery moves a to a new address while the first probe is out.
+    driver
+        .engine
+        .node_registered(node("a"), "a:7001".into(), driver.now);
+    assert!(
+        driver.engine.take_probes(driver.now).is_empty(),
+        "one probe at a time"
+    );
+    driver
+        .engine
+        .on_probe(&node("a"), driver.now, Err("connection refused".into()));
+    // No tick needed: the re-registration's probe goes now, to the new address.
+    let again = driver.engine.take_probes(driver.now);
+    let addrs: Vec<&str> = again
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Probe(p) => Some(p.addr.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(addrs, ["a:7001"]);
 }

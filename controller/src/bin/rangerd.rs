@@ -30,6 +30,20 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 /// The Ranger controller.
+/// Durations are bounded so that no deadline can overflow the clock (a day is
+/// far beyond any sensible setting) and no interval is zero.
+fn millis() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..=86_400_000)
+}
+
+fn millis_or_zero() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(0..=86_400_000)
+}
+
+fn seconds() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..=86_400)
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "rangerd", version, about)]
 struct Args {
@@ -74,7 +88,7 @@ struct Args {
     nodes: Option<String>,
 
     /// How long a node's registration lasts without renewal (embedded discovery).
-    #[arg(long, env = "RANGERD_REGISTRY_TTL_MS", default_value_t = 6000)]
+    #[arg(long, env = "RANGERD_REGISTRY_TTL_MS", default_value_t = 6000, value_parser = millis())]
     registry_ttl_ms: u64,
 
     /// Active placements per range (1, or 3 for R3).
@@ -82,42 +96,42 @@ struct Args {
     replication: usize,
 
     /// Write lease granted to nodes with every probe, in milliseconds.
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 4000, value_parser = millis())]
     lease_ms: u64,
 
     /// Extra wait past the lease before a silent node's ranges are placed elsewhere.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = millis_or_zero())]
     lease_margin_ms: u64,
 
     /// How often nodes are probed, in milliseconds.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = millis())]
     probe_ms: u64,
 
     /// Deadline of one RPC to a node, in milliseconds.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 3000, value_parser = millis())]
     rpc_timeout_ms: u64,
 
     /// How long an operation may take before it is rolled back (while no
     /// destination has been told to activate), in seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = seconds())]
     op_deadline_s: u64,
 
     /// How long a Prepare may stay in progress before the controller gives up.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = seconds())]
     prepare_deadline_s: u64,
 
     /// How much longer than the operation deadline a request waits for a
     /// destination already told to activate (it owns the range from then on).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = seconds())]
     activate_deadline_s: u64,
 
     /// How long a prepare may go without visible progress (its copy growing)
     /// before the deadlines apply to it: big ranges that keep copying may move.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = seconds())]
     prepare_stall_s: u64,
 
     /// Longest a Move/Split/Join call waits before answering DEADLINE_EXCEEDED.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, value_parser = seconds())]
     max_wait_s: u64,
 
     /// Whether the controller balances on its own: `on` plans each round and
@@ -128,7 +142,7 @@ struct Args {
 
     /// Seconds between balancing rounds.
     #[arg(long, env = "RANGERD_BALANCE_INTERVAL_S", default_value_t = 10,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+          value_parser = seconds())]
     balance_interval_s: u64,
 
     /// A node more than this fraction above (below) the mean load sheds (takes)
@@ -145,11 +159,11 @@ struct Args {
     balance_max_ops: usize,
 
     /// Seconds a moved range stays put (and never goes back where it came from).
-    #[arg(long, env = "RANGERD_MOVE_COOLDOWN_S", default_value_t = 600)]
+    #[arg(long, env = "RANGERD_MOVE_COOLDOWN_S", default_value_t = 600, value_parser = seconds())]
     move_cooldown_s: u64,
 
     /// Seconds after a split before its pieces may be joined again.
-    #[arg(long, env = "RANGERD_JOIN_COOLDOWN_S", default_value_t = 600)]
+    #[arg(long, env = "RANGERD_JOIN_COOLDOWN_S", default_value_t = 600, value_parser = seconds())]
     join_cooldown_s: u64,
 
     /// Log format.

@@ -139,6 +139,19 @@ impl Engine {
             .keyspace
             .range(range)
             .map_err(|_| OpError::UnknownRange(range))?;
+        if !self.keyspace.is_current(range) {
+            let children: Vec<String> = r.children().iter().map(ToString::to_string).collect();
+            return Ok(vec![format!(
+                "range {range} {} is {}: no longer part of the keyspace; its keys are in {}",
+                r.meta(),
+                r.state(),
+                if children.is_empty() {
+                    "its replacement".to_owned()
+                } else {
+                    format!("range(s) {}", children.join(", "))
+                }
+            )]);
+        }
         let mut lines = Vec::new();
         let nodes: Vec<String> = r
             .placements()
@@ -247,18 +260,17 @@ impl Engine {
         if mode == BalanceMode::Off {
             return;
         }
+        self.forget_old_history(now);
         if self.balancing.paused_until.is_some_and(|until| until > now) {
             return;
         }
         self.balancing.paused_until = None;
-        self.forget_old_history(now);
         let snapshot = self.balance_snapshot(now);
-        let (plan, memory) = balancer::plan(
+        let (plan, mut memory) = balancer::plan(
             &snapshot,
             &self.config.balancing.planner,
             &self.balancing.memory,
         );
-        self.balancing.memory = memory;
         let mut queued = Vec::new();
         let mut refused = Vec::new();
         if mode == BalanceMode::On {
@@ -269,6 +281,35 @@ impl Engine {
                 }
             }
         }
+        // The planner remembers the moves it planned (for cooldowns and no
+        // A->B->A); only moves that became operations count. A dry run must
+        // show the same plan round after round, as `on` would run it.
+        let unsent: Vec<&Action> = match mode {
+            BalanceMode::On => refused.iter().map(|(p, _)| &p.action).collect(),
+            _ => plan.actions.iter().map(|p| &p.action).collect(),
+        };
+        let unsent_moves: Vec<(ranger_proto::Key, ranger_proto::Key, NodeId, NodeId)> = unsent
+            .into_iter()
+            .filter_map(|action| match action {
+                Action::Move { range, from, to } => {
+                    let meta = self.keyspace.range(*range).ok()?.meta();
+                    Some((
+                        meta.start().clone(),
+                        meta.end().clone(),
+                        from.clone(),
+                        to.clone(),
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
+        memory.recent_moves.retain(|m| {
+            m.at != plan.now
+                || !unsent_moves.iter().any(|(start, end, from, to)| {
+                    m.start == *start && m.end == *end && m.from == *from && m.to == *to
+                })
+        });
+        self.balancing.memory = memory;
         tracing::info!(
             %mode,
             actions = plan.actions.len(),

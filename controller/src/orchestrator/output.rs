@@ -9,11 +9,16 @@
 //!   [`Effect::Persist`] and holds its commands back until the runtime reports
 //!   the save with [`Engine::persisted`]; a failed save keeps the changes for
 //!   the next step and abandons the commands.
+//! - **An operation is reported done only once its end is saved**: a step's
+//!   `Finished` effects wait with its commands, and a failed save keeps them
+//!   for the next one (a controller that dies first never acknowledged them).
 //! - **Probes leave at once**: a probe's lease counts from when the engine
-//!   recorded it, so probes come before the save in a step's output, and are
-//!   never held behind it (the time a save takes would eat the lease margin).
+//!   recorded it, so probes are handed out by [`Engine::take_probes`], apart
+//!   from the step: no reconciliation, planning or save runs between recording
+//!   a lease and sending its probe (each would eat the lease margin), and a
+//!   save in flight does not hold them back.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use ranger_proto::{NodeId, RangeId};
 use tokio::time::Instant;
@@ -32,20 +37,24 @@ pub(super) struct Output {
     persisting: Option<Vec<RangeId>>,
     /// Commands waiting for the save in flight.
     held: Vec<Dispatch>,
+    /// Operation ends waiting for a successful save (kept across failed ones).
+    held_reports: Vec<Effect>,
     /// Nodes with a probe out: one at a time per node.
     probing: HashSet<NodeId>,
     /// The runtime's probe tick came: probe every registered node.
     probe_round_due: bool,
-    /// Nodes to probe at the next step whatever the tick (just registered, so
-    /// they are eligible for placements within one round trip, SCENARIOS.md #33).
-    probe_soon: Vec<NodeId>,
+    /// Nodes to probe as soon as possible whatever the tick (just registered,
+    /// so they are eligible for placements within one round trip, SCENARIOS.md
+    /// #33). Kept while the node's previous probe is still out.
+    probe_soon: BTreeSet<NodeId>,
 }
 
 impl Engine {
     /// Reconciles everything in play and returns what the runtime must do, in
-    /// order: probes, then the save of this step's keyspace changes (if any),
-    /// then operator-facing effects. Commands that depend on the save come out
-    /// of [`Engine::persisted`]; commands that do not (retries) come out here.
+    /// order: the save of this step's keyspace changes (if any), then events.
+    /// Commands and operation ends that depend on the save come out of
+    /// [`Engine::persisted`]; commands that do not (retries) come out here.
+    /// Probes come from [`Engine::take_probes`].
     ///
     /// While a save is outstanding, or before the term is durable, the step only
     /// reports what is already decided; it does not reconcile.
@@ -63,15 +72,16 @@ impl Engine {
         }
         self.balance_if_due(now);
         self.reconcile_all(now);
-        let mut out = self.due_probes(now);
+        let mut out = Vec::new();
         let decided = std::mem::take(&mut self.effects);
-        if self.keyspace.has_changes() {
+        if self.keyspace.has_changes() || !self.output.held_reports.is_empty() {
             let changes = self.keyspace.take_changes();
             self.output.persisting = Some(changes.upserts.iter().map(|r| r.id).collect());
             out.push(Effect::Persist(changes));
             for effect in decided {
                 match effect {
                     Effect::Send(dispatch) => self.output.held.push(dispatch),
+                    finished @ Effect::Finished { .. } => self.output.held_reports.push(finished),
                     other => out.push(other),
                 }
             }
@@ -79,6 +89,16 @@ impl Engine {
             out.extend(decided);
         }
         out
+    }
+
+    /// The probes to send now (every registered node on a probe tick, new
+    /// nodes at once), each lease recorded as granted from `now`. The runtime
+    /// sends them the moment it gets them. Nothing before the term is saved.
+    pub fn take_probes(&mut self, now: Instant) -> Vec<Effect> {
+        if !self.output.term_durable {
+            return Vec::new();
+        }
+        self.due_probes(now)
     }
 
     /// The runtime saved (or failed to save) the last [`Effect::Persist`].
@@ -97,7 +117,9 @@ impl Engine {
                     self.output.term_durable = true;
                     tracing::info!(term = self.term(), "term persisted");
                 }
-                held.into_iter().map(Effect::Send).collect()
+                let mut released: Vec<Effect> = held.into_iter().map(Effect::Send).collect();
+                released.append(&mut self.output.held_reports);
+                released
             }
             Persisted::Failed => {
                 self.keyspace.requeue_ranges(ranges);
@@ -116,9 +138,9 @@ impl Engine {
         self.output.probe_round_due = true;
     }
 
-    /// A node was registered: probe it at the next step.
+    /// A node was registered: probe it as soon as possible.
     pub(super) fn probe_soon(&mut self, node: NodeId) {
-        self.output.probe_soon.push(node);
+        self.output.probe_soon.insert(node);
     }
 
     /// A probe's answer arrived: the node may be probed again.
@@ -130,17 +152,24 @@ impl Engine {
     /// granted from `now` (SCENARIOS.md #38).
     fn due_probes(&mut self, now: Instant) -> Vec<Effect> {
         let targets: Vec<(NodeId, String)> = if std::mem::take(&mut self.output.probe_round_due) {
-            self.output.probe_soon.clear();
             self.roster.probe_targets()
         } else {
-            let soon = std::mem::take(&mut self.output.probe_soon);
-            soon.into_iter()
+            self.output
+                .probe_soon
+                .iter()
                 .filter_map(|id| {
-                    let node = self.roster.get(&id).filter(|n| n.registered)?;
-                    Some((id, node.addr.clone()))
+                    let node = self.roster.get(id).filter(|n| n.registered)?;
+                    Some((id.clone(), node.addr.clone()))
                 })
                 .collect()
         };
+        // A node whose previous probe is still out stays due: its answer may
+        // come from an address it no longer has.
+        let probing = &self.output.probing;
+        let roster = &self.roster;
+        self.output
+            .probe_soon
+            .retain(|id| probing.contains(id) && roster.get(id).is_some_and(|n| n.registered));
         let timeout = self.config.rpc_timeout.min(self.config.lease_margin);
         let mut probes = Vec::new();
         for (node, addr) in targets {

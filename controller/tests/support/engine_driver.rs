@@ -189,6 +189,8 @@ impl Driver {
         let mut quiet = 0;
         while self.now < until && quiet < 3 {
             self.engine.probe_tick();
+            let probes = self.engine.take_probes(self.now);
+            self.execute(probes);
             let effects = self.engine.step(self.now);
             let busy = effects
                 .iter()
@@ -200,10 +202,11 @@ impl Driver {
         }
     }
 
-    /// One step, its save (if any) answered `Saved`: what else it asked for,
+    /// The due probes, then one step with its save (if any) answered `Saved`:
+    /// what else it asked for,
     /// with the commands the save released at the end. Nothing is executed.
     pub fn step_saved(&mut self) -> Vec<Effect> {
-        let mut out = Vec::new();
+        let mut out = self.engine.take_probes(self.now);
         for effect in self.engine.step(self.now) {
             match effect {
                 Effect::Persist(_) => {
