@@ -1,12 +1,14 @@
 //! The runtime around the [`Engine`]: one task that owns it, feeds it events
-//! (command answers, probe results, discovery changes, operator requests), runs
-//! its steps, persists the keyspace changes each step made, and only then sends
-//! the commands that depend on them (DESIGN.md invariant 4).
+//! (command answers, probe results, saves that ended, discovery changes,
+//! operator requests), runs its steps and executes the effects they return. The
+//! engine holds every command that depends on a save until the save is
+//! reported done (DESIGN.md invariant 4), so the runtime decides nothing.
 //!
-//! Every I/O happens in tasks of its own (one per command or probe), so one slow
-//! node never delays the loop, other nodes' probes, or other ranges' commands.
+//! Every I/O happens in tasks of its own (one per save, command or probe), so a
+//! slow store or a slow node never delays the loop: probes keep leases alive
+//! while a save is in flight, and other ranges' commands keep going.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +65,8 @@ enum Request {
 enum Internal {
     Answer(Dispatch, Answer),
     Probe(NodeId, Instant, ProbeAnswer),
+    /// A save the engine asked for ended.
+    Saved(Result<(), PersistError>),
 }
 
 /// Why the controller loop stopped other than by a shutdown request.
@@ -246,7 +250,9 @@ where
     let (internal_tx, internal) = mpsc::unbounded_channel();
     let runtime = Runtime {
         engine,
-        persister,
+        persister: Arc::new(persister),
+        saving: false,
+        retry_save_at: None,
         transport,
         membership,
         config,
@@ -269,7 +275,12 @@ where
 
 struct Runtime<P, T> {
     engine: Engine,
-    persister: P,
+    persister: Arc<P>,
+    /// A save runs in its own task: the loop goes on answering, probing and
+    /// sending retries meanwhile (a slow store must not let leases lapse).
+    saving: bool,
+    /// After a failed save, no new step until then (no tight retry loop).
+    retry_save_at: Option<Instant>,
     transport: Arc<T>,
     membership: watch::Receiver<Membership>,
     config: RuntimeConfig,
@@ -281,7 +292,7 @@ struct Runtime<P, T> {
     known: Membership,
 }
 
-impl<P: Persister, T: NodeTransport> Runtime<P, T> {
+impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
     async fn run(
         mut self,
         shutdown: impl std::future::Future<Output = ()> + Send,
@@ -308,7 +319,7 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
                     Some(request) => self.handle_request(request),
                     None => return Ok(()),
                 },
-                Some(internal) = self.internal.recv() => self.handle_internal(internal),
+                Some(internal) = self.internal.recv() => self.handle_internal(internal)?,
                 changed = self.membership.changed() => {
                     if changed.is_ok() {
                         self.apply_membership();
@@ -320,7 +331,7 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
             }
             // Take everything else that is ready, then step once for the batch.
             while let Ok(internal) = self.internal.try_recv() {
-                self.handle_internal(internal);
+                self.handle_internal(internal)?;
             }
             self.step().await?;
         }
@@ -358,7 +369,7 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
         }
     }
 
-    fn handle_internal(&mut self, internal: Internal) {
+    fn handle_internal(&mut self, internal: Internal) -> Result<(), RuntimeError> {
         match internal {
             Internal::Answer(dispatch, answer) => {
                 self.engine.on_answer(&dispatch, answer, Instant::now());
@@ -367,7 +378,25 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
                 tracing::trace!(%node, ok = result.is_ok(), "probe answered");
                 self.engine.on_probe(&node, sent_at, result);
             }
+            Internal::Saved(result) => {
+                self.saving = false;
+                let persisted = match result {
+                    Ok(()) => Persisted::Saved,
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(error = %e, "could not persist the keyspace; commands held back");
+                        self.retry_save_at = Some(Instant::now() + self.config.tick);
+                        Persisted::Failed
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "persistence failed permanently; stopping");
+                        return Err(e.into());
+                    }
+                };
+                let released = self.engine.persisted(persisted);
+                self.execute(released);
+            }
         }
+        Ok(())
     }
 
     /// Applies discovery's latest node set (the engine probes new nodes at its
@@ -390,47 +419,37 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
     }
 
     /// Steps the engine until it has nothing more to do right now, executing
-    /// what each step asks for in order (saves first where the engine says so).
+    /// what each step asks for in order. A save runs in its own task; its end
+    /// comes back as an event and releases what waited for it.
     async fn step(&mut self) -> Result<(), RuntimeError> {
         for _ in 0..8 {
             // Probes first and on their own: each lease counts from the
             // instant the engine records it, so nothing may run in between.
             let probes = self.engine.take_probes(Instant::now());
-            self.execute(probes).await?;
+            self.execute(probes);
+            if self.retry_save_at.is_some_and(|at| Instant::now() < at) {
+                break;
+            }
+            self.retry_save_at = None;
             let effects = self.engine.step(Instant::now());
             if effects.is_empty() {
                 break;
             }
-            if !self.execute(effects).await? {
-                // A save failed: retry at the next tick, not in a tight loop.
+            self.execute(effects);
+            if self.saving {
+                // Nothing new is decided until the save ends.
                 break;
             }
         }
         Ok(())
     }
 
-    /// Executes effects in order; a save's answer may release more. Returns
-    /// false if a save failed (and may be retried).
-    async fn execute(&mut self, effects: Vec<Effect>) -> Result<bool, RuntimeError> {
-        let mut saved = true;
-        let mut queue = VecDeque::from(effects);
-        while let Some(effect) = queue.pop_front() {
+    /// Executes effects in order; none waits (saves, probes and commands each
+    /// run in a task of their own).
+    fn execute(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
             match effect {
-                Effect::Persist(changes) => {
-                    let result = match self.persister.save(&changes).await {
-                        Ok(()) => Persisted::Saved,
-                        Err(e) if e.is_retryable() => {
-                            tracing::warn!(error = %e, "could not persist the keyspace; commands held back");
-                            saved = false;
-                            Persisted::Failed
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "persistence failed permanently; stopping");
-                            return Err(e.into());
-                        }
-                    };
-                    queue.extend(self.engine.persisted(result));
-                }
+                Effect::Persist(changes) => self.save(changes),
                 Effect::Probe(probe) => self.probe(probe),
                 Effect::Send(dispatch) => self.dispatch(dispatch),
                 Effect::Finished { op, result } => {
@@ -444,7 +463,16 @@ impl<P: Persister, T: NodeTransport> Runtime<P, T> {
                 }
             }
         }
-        Ok(saved)
+    }
+
+    fn save(&mut self, changes: crate::keyspace::ChangeSet) {
+        self.saving = true;
+        let persister = Arc::clone(&self.persister);
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = persister.save(&changes).await;
+            let _ = tx.send(Internal::Saved(result));
+        });
     }
 
     fn probe(&self, probe: Probe) {

@@ -758,3 +758,25 @@ async fn s31_the_reason_says_so_when_a_lost_node_also_left_discovery() {
     assert!(reason.contains("left discovery"), "{reason}");
     assert!(reason.contains("rangerctl forget a"), "{reason}");
 }
+
+/// A store slower than a lease (an overloaded Consul) must not starve the
+/// nodes of probes: saves run beside the loop, which keeps probing, so the
+/// node serving a range keeps its lease while the save of a move waits.
+#[tokio::test(start_paused = true)]
+async fn s38_a_store_slower_than_a_lease_does_not_let_the_nodes_leases_lapse() {
+    let cluster = range_1_on_a(&["a", "b"]).await;
+    // Every save now takes longer than the lease (2 s) and its margin (1 s).
+    cluster.persister.slow_saves(Duration::from_secs(8));
+    let done = move_1_to_b(&cluster).await;
+    for tenth in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            cluster.rangelets["a"].may_write(id(1)),
+            "a lost its lease {} ms into a slow save",
+            tenth * 100
+        );
+    }
+    cluster.persister.slow_saves(Duration::ZERO);
+    done.await.unwrap().unwrap();
+    cluster.wait_active_on(id(1), &["b"]).await;
+}

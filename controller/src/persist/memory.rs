@@ -22,6 +22,7 @@ struct State {
     counters: Option<Counters>,
     records: BTreeMap<u64, Vec<u8>>,
     fail_saves: usize,
+    save_delay: std::time::Duration,
     records_written: u64,
     saves: u64,
 }
@@ -34,6 +35,12 @@ impl MemoryPersister {
     /// Makes the next `n` saves fail with a backend error, writing nothing.
     pub fn fail_next_saves(&self, n: usize) {
         self.lock().fail_saves = n;
+    }
+
+    /// Makes every save take `delay` before it writes (a slow or overloaded
+    /// store), until set back to zero.
+    pub fn slow_saves(&self, delay: std::time::Duration) {
+        self.lock().save_delay = delay;
     }
 
     /// How many records successful saves have written in total.
@@ -81,6 +88,10 @@ impl Persister for MemoryPersister {
 
     async fn save(&self, changes: &ChangeSet) -> Result<(), PersistError> {
         let encoded = codec::encode_all(changes)?;
+        let delay = self.lock().save_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut state = self.lock();
         if state.fail_saves > 0 {
             state.fail_saves -= 1;
