@@ -508,9 +508,16 @@ fn a_node_registered_again_while_its_probe_is_out_is_probed_as_soon_as_it_answer
         driver.engine.take_probes(driver.now).is_empty(),
         "one probe at a time"
     );
+    // The old address answers (another process, or a's before it moved): it
+    // says nothing about a as it is now, so it is not taken as a's answer.
     driver
         .engine
-        .on_probe(&node("a"), driver.now, Err("connection refused".into()));
+        .on_probe(&node("a"), driver.now, Ok(NodeReport::of(Vec::new())));
+    let a = driver.engine.roster().get(&node("a")).unwrap();
+    assert!(
+        a.last_ok.is_none(),
+        "an answer from a former address counted"
+    );
     // No tick needed: the re-registration's probe goes now, to the new address.
     let again = driver.engine.take_probes(driver.now);
     let addrs: Vec<&str> = again

@@ -336,7 +336,9 @@ impl Engine {
         sent_at: Instant,
         result: crate::transport::ProbeAnswer,
     ) {
-        self.probe_returned(node);
+        if !self.probe_returned(node) {
+            return;
+        }
         match result {
             Ok(crate::transport::NodeReport {
                 ranges,

@@ -18,7 +18,7 @@
 //!   a lease and sending its probe (each would eat the lease margin), and a
 //!   save in flight does not hold them back.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use ranger_proto::{NodeId, RangeId};
 use tokio::time::Instant;
@@ -39,8 +39,10 @@ pub(super) struct Output {
     held: Vec<Dispatch>,
     /// Operation ends waiting for a successful save (kept across failed ones).
     held_reports: Vec<Effect>,
-    /// Nodes with a probe out: one at a time per node.
-    probing: HashSet<NodeId>,
+    /// Nodes with a probe out, and the address it went to: one at a time per
+    /// node, and an answer from an address the node no longer has is not
+    /// taken for the node's.
+    probing: HashMap<NodeId, String>,
     /// The runtime's probe tick came: probe every registered node.
     probe_round_due: bool,
     /// Nodes to probe as soon as possible whatever the tick (just registered,
@@ -143,9 +145,19 @@ impl Engine {
         self.output.probe_soon.insert(node);
     }
 
-    /// A probe's answer arrived: the node may be probed again.
-    pub(super) fn probe_returned(&mut self, node: &NodeId) {
-        self.output.probing.remove(node);
+    /// A probe's answer arrived: the node may be probed again. False if it
+    /// went to an address the node has since left (discovery moved it): that
+    /// answer says nothing about the node as it is now.
+    pub(super) fn probe_returned(&mut self, node: &NodeId) -> bool {
+        let probed = self.output.probing.remove(node);
+        let current = self.roster.get(node).map(|n| n.addr.as_str());
+        match (probed, current) {
+            (Some(probed), Some(current)) if probed != current => {
+                tracing::debug!(%node, %probed, %current, "answer from a former address ignored");
+                false
+            }
+            _ => true,
+        }
     }
 
     /// The probes to send now, each with the lease it grants recorded as
@@ -169,13 +181,14 @@ impl Engine {
         let roster = &self.roster;
         self.output
             .probe_soon
-            .retain(|id| probing.contains(id) && roster.get(id).is_some_and(|n| n.registered));
+            .retain(|id| probing.contains_key(id) && roster.get(id).is_some_and(|n| n.registered));
         let timeout = self.config.rpc_timeout.min(self.config.lease_margin);
         let mut probes = Vec::new();
         for (node, addr) in targets {
-            if !self.output.probing.insert(node.clone()) {
+            if self.output.probing.contains_key(&node) {
                 continue;
             }
+            self.output.probing.insert(node.clone(), addr.clone());
             let lease = self.roster.begin_probe(&node, self.config.lease, now);
             tracing::trace!(%node, %addr, ?lease, "probing");
             probes.push(Effect::Probe(Probe {
