@@ -20,7 +20,7 @@ use ranger_controller::runtime::{ControllerHandle, RuntimeConfig};
 use ranger_kv::hammer::{self, HammerConfig, OpMix, Report};
 use ranger_kv::node::KvNodeConfig;
 use ranger_node_sdk::load::LoadMeterConfig;
-use ranger_proto::{NodeId, PlacementState, RangeId};
+use ranger_proto::NodeId;
 use support::{MembershipTx, ServedNode, serve_proxy};
 
 /// A node whose meter window is short (4 s in half-second buckets) and whose
@@ -73,28 +73,6 @@ async fn start_controller(nodes: &[ServedNode]) -> (ControllerHandle, Membership
         runtime_config,
     )
     .await
-}
-
-/// The current ranges, their bounds, and where each is Active.
-async fn tiling(handle: &ControllerHandle) -> Vec<(RangeId, String, Vec<NodeId>)> {
-    handle
-        .inspect(|engine| {
-            engine
-                .keyspace()
-                .current_ranges()
-                .map(|range| {
-                    let active = range
-                        .placements()
-                        .iter()
-                        .filter(|p| p.state() == PlacementState::Active)
-                        .map(|p| p.node().clone())
-                        .collect();
-                    (range.meta().id(), range.meta().to_string(), active)
-                })
-                .collect()
-        })
-        .await
-        .unwrap()
 }
 
 /// The last round's plan, if the balancer planned one.
@@ -192,7 +170,7 @@ async fn the_balancer_splits_a_hot_range_at_its_load_key_and_spreads_it_under_a_
         assert!(
             tokio::time::Instant::now() < deadline,
             "the balancer did not spread the hot range in 45 s: {:?}; actions {actions:?}",
-            tiling(&handle).await
+            support::tiling(&handle).await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
         if let Some((at, plan)) = last_plan(&handle).await
@@ -203,9 +181,9 @@ async fn the_balancer_splits_a_hot_range_at_its_load_key_and_spreads_it_under_a_
             }
             actions.extend(plan.actions.iter().cloned());
         }
-        let ranges = tiling(&handle).await;
-        let settled = ranges.iter().all(|(_, _, on)| on.len() == 1);
-        let holders: BTreeSet<&NodeId> = ranges.iter().flat_map(|(_, _, on)| on).collect();
+        let ranges = support::tiling(&handle).await;
+        let settled = ranges.iter().all(|(_, on)| on.len() == 1);
+        let holders: BTreeSet<&NodeId> = ranges.iter().flat_map(|(_, on)| on).collect();
         let split_by_load = actions.iter().any(|a| a.reason == Reason::SplitByLoad);
         if settled && split_by_load && ranges.len() >= 2 && holders.len() >= 2 {
             break ranges;
@@ -240,7 +218,7 @@ async fn the_balancer_splits_a_hot_range_at_its_load_key_and_spreads_it_under_a_
     // Two more rounds of load on the new layout, then the after picture.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, after) = last_plan(&handle).await.unwrap();
-    println!("layout at the end: {:?}", tiling(&handle).await);
+    println!("layout at the end: {:?}", support::tiling(&handle).await);
     stop_hot.send(()).unwrap();
     stop_cold.send(()).unwrap();
     let hot_report = hot_run.await.unwrap().unwrap();

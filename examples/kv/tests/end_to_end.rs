@@ -20,26 +20,13 @@ use ranger_proto::{Key, NodeId, PlacementState, RangeId};
 use support::{ServedNode, serve_node, serve_proxy};
 use tokio::net::TcpListener;
 
-/// The current (non-obsolete) ranges and where each is Active.
+/// The current ranges by id, and where each is Active.
 async fn tiling(handle: &ControllerHandle) -> Vec<(RangeId, Vec<NodeId>)> {
-    handle
-        .inspect(|engine| {
-            engine
-                .keyspace()
-                .current_ranges()
-                .map(|range| {
-                    let active = range
-                        .placements()
-                        .iter()
-                        .filter(|p| p.state() == PlacementState::Active)
-                        .map(|p| p.node().clone())
-                        .collect();
-                    (range.meta().id(), active)
-                })
-                .collect()
-        })
+    support::tiling(handle)
         .await
-        .unwrap()
+        .into_iter()
+        .map(|(meta, nodes)| (meta.id(), nodes))
+        .collect()
 }
 
 /// Waits until every current range is Active on exactly one node and no other

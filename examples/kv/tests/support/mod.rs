@@ -14,7 +14,7 @@ use ranger_controller::transport::GrpcTransport;
 use ranger_kv::node::KvNodeConfig;
 use ranger_kv::node::server::NodeServer;
 use ranger_kv::proxy::{Proxy, ProxyConfig};
-use ranger_proto::NodeId;
+use ranger_proto::{NodeId, PlacementState, RangeMeta};
 use tokio::net::TcpListener;
 
 /// A KV node served on 127.0.0.1; its data lives as long as `_dir`.
@@ -53,6 +53,28 @@ pub async fn serve_proxy(nodes: &[ServedNode]) -> String {
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move { proxy.serve(listener, std::future::pending()).await });
     addr
+}
+
+/// The current (non-obsolete) ranges and the nodes each is Active on.
+pub async fn tiling(handle: &ControllerHandle) -> Vec<(RangeMeta, Vec<NodeId>)> {
+    handle
+        .inspect(|engine| {
+            engine
+                .keyspace()
+                .current_ranges()
+                .map(|range| {
+                    let active = range
+                        .placements()
+                        .iter()
+                        .filter(|p| p.state() == PlacementState::Active)
+                        .map(|p| p.node().clone())
+                        .collect();
+                    (range.meta().clone(), active)
+                })
+                .collect()
+        })
+        .await
+        .unwrap()
 }
 
 /// Discovery for the test controller: which nodes exist.
