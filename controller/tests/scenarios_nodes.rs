@@ -68,12 +68,7 @@ async fn s32_draining_nodes_are_emptied_and_get_nothing_new() {
     cluster.wait_active_on(id(1), &["a"]).await;
     cluster
         .handle
-        .run(OpRequest::Split {
-            range: id(1),
-            key: Key::from("m"),
-            left: Some(node_id("a")),
-            right: Some(node_id("a")),
-        })
+        .run(split_1_at_m(Some("a"), Some("a")))
         .await
         .unwrap();
     cluster.wait_active_on(id(2), &["a"]).await;
@@ -222,12 +217,7 @@ async fn s34_controller_killed_after_each_command_of_a_split() {
         kill_after(
             k,
             &["a", "b", "c"],
-            OpRequest::Split {
-                range: id(1),
-                key: Key::from("m"),
-                left: Some(node_id("b")),
-                right: Some(node_id("c")),
-            },
+            split_1_at_m(Some("b"), Some("c")),
             |e| {
                 placements_of(e, id(2)) == vec![("b".to_owned(), PlacementState::Active)]
                     && placements_of(e, id(3)) == vec![("c".to_owned(), PlacementState::Active)]
@@ -259,12 +249,7 @@ async fn s34_controller_killed_after_each_command_of_a_join() {
             async |cluster: &Cluster| {
                 cluster
                     .handle
-                    .run(OpRequest::Split {
-                        range: id(1),
-                        key: Key::from("m"),
-                        left: Some(node_id("a")),
-                        right: Some(node_id("b")),
-                    })
+                    .run(split_1_at_m(Some("a"), Some("b")))
                     .await
                     .unwrap();
                 cluster.wait_obsolete(&[1]).await;

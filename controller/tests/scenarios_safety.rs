@@ -155,12 +155,7 @@ async fn s37_a_split_child_activating_at_the_deadline_rolls_forward() {
     }
     let (_, done) = cluster
         .handle
-        .submit(OpRequest::Split {
-            range: id(1),
-            key: Key::from("m"),
-            left: Some(node_id("b")),
-            right: Some(node_id("c")),
-        })
+        .submit(split_1_at_m(Some("b"), Some("c")))
         .await
         .unwrap();
     run_checking_one_writer(&cluster, Duration::from_secs(15)).await;
@@ -448,12 +443,7 @@ async fn s42_a_split_rollback_whose_child_drops_keep_failing_still_answers() {
     let started = tokio::time::Instant::now();
     let (_, done) = cluster
         .handle
-        .submit(OpRequest::Split {
-            range: id(1),
-            key: Key::from("m"),
-            left: Some(node_id("b")),
-            right: Some(node_id("c")),
-        })
+        .submit(split_1_at_m(Some("b"), Some("c")))
         .await
         .unwrap();
     let limit = cluster.config.op_deadline * 2 + Duration::from_secs(2);
@@ -493,12 +483,7 @@ async fn s39_a_retired_destination_is_never_offered_as_a_data_source() {
         .on(Command::Activate, Behaviour::Fail("corrupt".into()));
     cluster
         .handle
-        .run(OpRequest::Split {
-            range: id(1),
-            key: Key::from("m"),
-            left: Some(node_id("b")),
-            right: Some(node_id("c")),
-        })
+        .run(split_1_at_m(Some("b"), Some("c")))
         .await
         .unwrap();
     cluster.wait_active_on(id(2), &["d"]).await;
@@ -643,12 +628,7 @@ async fn s31_an_unavailable_range_cannot_be_moved_split_or_drained_away_empty() 
     });
     let refused = format!("{:?}", moved.await);
     assert!(refused.contains("unavailable"), "{refused}");
-    let split = cluster.handle.run(OpRequest::Split {
-        range: id(1),
-        key: Key::from("m"),
-        left: None,
-        right: None,
-    });
+    let split = cluster.handle.run(split_1_at_m(None, None));
     let refused = format!("{:?}", split.await);
     assert!(refused.contains("unavailable"), "{refused}");
     cluster.handle.drain(node_id("a"), true).await.unwrap();
@@ -680,15 +660,7 @@ async fn s39_a_source_replaced_by_a_destination_that_may_have_served_is_not_a_so
     cluster
         .wait_for("range 1 unavailable", |e| e.unavailable(id(1)).is_some())
         .await;
-    let split = cluster
-        .handle
-        .run(OpRequest::Split {
-            range: id(1),
-            key: Key::from("m"),
-            left: Some(node_id("c")),
-            right: Some(node_id("c")),
-        })
-        .await;
+    let split = cluster.handle.run(split_1_at_m(Some("c"), Some("c"))).await;
     assert!(split.is_err(), "{split:?}");
     assert!(
         !cluster.calls().iter().any(|c| c.starts_with("P(c")),
@@ -708,16 +680,7 @@ async fn s39_r3_a_child_replica_placed_late_copies_from_the_parent_not_a_sibling
     cluster
         .node("d")
         .on(Command::Prepare, Behaviour::Fail("disk".into()));
-    cluster
-        .handle
-        .run(OpRequest::Split {
-            range: id(1),
-            key: Key::from("m"),
-            left: None,
-            right: None,
-        })
-        .await
-        .unwrap();
+    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
     for node in nodes {
         for call in cluster.node(node).calls() {
             if call.command != Command::Prepare || call.range == id(1) {

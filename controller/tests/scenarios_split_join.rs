@@ -14,12 +14,7 @@ use ranger_proto::{Key, RangeState};
 use support::*;
 
 fn split(left: &str, right: &str) -> OpRequest {
-    OpRequest::Split {
-        range: id(1),
-        key: Key::from("m"),
-        left: Some(node_id(left)),
-        right: Some(node_id(right)),
-    }
+    split_1_at_m(Some(left), Some(right))
 }
 
 fn join(node: Option<&str>) -> OpRequest {
@@ -111,16 +106,7 @@ async fn s17_r3_split_on_six_empty_nodes() {
     let cluster = Cluster::start(&nodes, Replication::R3).await;
     cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
     cluster.log.clear();
-    cluster
-        .handle
-        .run(OpRequest::Split {
-            range: id(1),
-            key: Key::from("m"),
-            left: None,
-            right: None,
-        })
-        .await
-        .unwrap();
+    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
     cluster.wait_obsolete(&[1]).await;
     let calls = cluster.calls();
     let count = |letter: char| calls.iter().filter(|c| c.starts_with(letter)).count();
@@ -450,16 +436,7 @@ async fn r3_join_in_the_reference_order() {
     let nodes = ["a", "b", "c", "d", "e", "f"];
     let cluster = Cluster::start(&nodes, Replication::R3).await;
     cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
-    cluster
-        .handle
-        .run(OpRequest::Split {
-            range: id(1),
-            key: Key::from("m"),
-            left: None,
-            right: None,
-        })
-        .await
-        .unwrap();
+    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
     cluster.wait_obsolete(&[1]).await;
     cluster.log.clear();
     cluster.handle.run(join(None)).await.unwrap();
@@ -497,16 +474,7 @@ async fn r3_split_child_prepare_fails_on_one_node_placed_elsewhere() {
     cluster
         .node("d")
         .on(Command::Prepare, Behaviour::Fail("disk".into()));
-    cluster
-        .handle
-        .run(OpRequest::Split {
-            range: id(1),
-            key: Key::from("m"),
-            left: None,
-            right: None,
-        })
-        .await
-        .unwrap();
+    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
     for child in [2, 3] {
         cluster
             .wait_for("child on three nodes, none on d", move |e| {

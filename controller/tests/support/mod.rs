@@ -33,6 +33,19 @@ pub fn addr(name: &str) -> String {
     format!("{name}:7000")
 }
 
+/// The split most scenarios run: range 1 at "m", halves on the nodes named.
+pub fn split_1_at_m(
+    left: Option<&str>,
+    right: Option<&str>,
+) -> ranger_controller::runtime::OpRequest {
+    ranger_controller::runtime::OpRequest::Split {
+        range: id(1),
+        key: ranger_proto::Key::from("m"),
+        left: left.map(node_id),
+        right: right.map(node_id),
+    }
+}
+
 /// Test timings: short, so failure paths finish quickly under paused time.
 pub fn config(replication: Replication) -> OrchestratorConfig {
     OrchestratorConfig {
