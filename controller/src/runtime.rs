@@ -251,7 +251,6 @@ where
     let runtime = Runtime {
         engine,
         persister: Arc::new(persister),
-        saving: false,
         retry_save_at: None,
         transport,
         membership,
@@ -276,9 +275,6 @@ where
 struct Runtime<P, T> {
     engine: Engine,
     persister: Arc<P>,
-    /// A save runs in its own task: the loop goes on answering, probing and
-    /// sending retries meanwhile (a slow store must not let leases lapse).
-    saving: bool,
     /// After a failed save, no new step until then (no tight retry loop).
     retry_save_at: Option<Instant>,
     transport: Arc<T>,
@@ -333,7 +329,7 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
             while let Ok(internal) = self.internal.try_recv() {
                 self.handle_internal(internal)?;
             }
-            self.step().await?;
+            self.step();
         }
     }
 
@@ -379,7 +375,6 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
                 self.engine.on_probe(&node, sent_at, result);
             }
             Internal::Saved(result) => {
-                self.saving = false;
                 let persisted = match result {
                     Ok(()) => Persisted::Saved,
                     Err(e) if e.is_retryable() => {
@@ -421,7 +416,7 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
     /// Steps the engine until it has nothing more to do right now, executing
     /// what each step asks for in order. A save runs in its own task; its end
     /// comes back as an event and releases what waited for it.
-    async fn step(&mut self) -> Result<(), RuntimeError> {
+    fn step(&mut self) {
         for _ in 0..8 {
             // Probes first and on their own: each lease counts from the
             // instant the engine records it, so nothing may run in between.
@@ -435,13 +430,10 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
             if effects.is_empty() {
                 break;
             }
+            // While a save is in flight the engine decides nothing new, so
+            // the next step comes back empty and ends the loop.
             self.execute(effects);
-            if self.saving {
-                // Nothing new is decided until the save ends.
-                break;
-            }
         }
-        Ok(())
     }
 
     /// Executes effects in order; none waits (saves, probes and commands each
@@ -465,8 +457,9 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
         }
     }
 
-    fn save(&mut self, changes: crate::keyspace::ChangeSet) {
-        self.saving = true;
+    /// A save runs in its own task: the loop goes on answering, probing and
+    /// sending retries meanwhile (a slow store must not let leases lapse).
+    fn save(&self, changes: crate::keyspace::ChangeSet) {
         let persister = Arc::clone(&self.persister);
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
