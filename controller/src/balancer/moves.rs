@@ -40,19 +40,10 @@ pub(super) fn plan_drains(round: &mut Round<'_>) {
             fb.total_cmp(&fa).then(a.cmp(&b))
         });
         for ri in ranges {
-            if round.ranges[ri].acted {
-                continue;
-            }
-            if let Some(why) = round.blocked(ri) {
-                round.skip(Candidate::Move, Some(ri), Some(s), why);
-                continue;
-            }
-            if let Err(why) = move_limits(round, ri, s) {
-                round.skip(Candidate::Move, Some(ri), Some(s), why);
-                if why == SkipReason::RateLimitBytes {
-                    continue;
-                }
-                break;
+            match may_move(round, ri, s) {
+                Gate::Go => {}
+                Gate::NextRange => continue,
+                Gate::NextNode => break,
             }
             match best_target(round, ri, s, f64::INFINITY, f64::INFINITY) {
                 Ok(t) => round.push_move(ri, s, t, Reason::MoveDrain),
@@ -87,19 +78,10 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
             if util_s <= shed_to {
                 break;
             }
-            if round.ranges[ri].acted {
-                continue;
-            }
-            if let Some(why) = round.blocked(ri) {
-                round.skip(Candidate::Move, Some(ri), Some(s), why);
-                continue;
-            }
-            if let Err(why) = move_limits(round, ri, s) {
-                round.skip(Candidate::Move, Some(ri), Some(s), why);
-                if why == SkipReason::RateLimitBytes {
-                    continue;
-                }
-                break;
+            match may_move(round, ri, s) {
+                Gate::Go => {}
+                Gate::NextRange => continue,
+                Gate::NextNode => break,
             }
             if round.delta(ri, s) < min_delta {
                 round.skip(
@@ -281,6 +263,39 @@ fn candidates(round: &Round<'_>, s: usize, fill_to: f64) -> Vec<usize> {
 }
 
 /// The limits that depend only on the range and its source.
+/// What a candidate move off a node may do next.
+enum Gate {
+    Go,
+    /// This range may not move; another of the node's may.
+    NextRange,
+    /// A limit of the node (or the round) is reached: none of its ranges may.
+    NextNode,
+}
+
+/// Whether range `ri` may move off node `s` now, recording why not: the one
+/// check drains and sheds share (already acted on, blocked, or over a limit;
+/// only the byte budget leaves room for a smaller range of the same node).
+fn may_move(round: &mut Round<'_>, ri: usize, s: usize) -> Gate {
+    if round.ranges[ri].acted {
+        return Gate::NextRange;
+    }
+    if let Some(why) = round.blocked(ri) {
+        round.skip(Candidate::Move, Some(ri), Some(s), why);
+        return Gate::NextRange;
+    }
+    match move_limits(round, ri, s) {
+        Ok(()) => Gate::Go,
+        Err(why) => {
+            round.skip(Candidate::Move, Some(ri), Some(s), why);
+            if why == SkipReason::RateLimitBytes {
+                Gate::NextRange
+            } else {
+                Gate::NextNode
+            }
+        }
+    }
+}
+
 fn move_limits(round: &Round<'_>, ri: usize, s: usize) -> Result<(), SkipReason> {
     if round.slots == 0 {
         return Err(SkipReason::RateLimitInFlight);
