@@ -175,9 +175,7 @@ impl Engine {
         for op in self.ops.values().filter(|op| op.ranges().contains(&range)) {
             lines.push(format!(
                 "{}: {op} ({:?}, started by {})",
-                op.id,
-                op.phase,
-                origin_name(&op.origin)
+                op.id, op.phase, op.origin
             ));
         }
         let history = self
@@ -515,16 +513,6 @@ impl Engine {
             excluded: self.exclusions.keys().cloned().collect(),
             in_flight,
         }
-    }
-}
-
-/// How an operation's origin reads in listings.
-pub fn origin_name(origin: &Origin) -> String {
-    match origin {
-        Origin::Operator => "operator".into(),
-        Origin::Drain(node) => format!("drain of {node}"),
-        Origin::Balancer(b) => format!("balancer: {}", b.reason),
-        Origin::Resumed => "a previous controller".into(),
     }
 }
 

@@ -53,7 +53,7 @@ use ranger_proto::{Key, NodeId, RangeId, RangeInfo, RangeState};
 use tokio::time::Instant;
 
 pub use attempts::{Attempt, Subject};
-pub use balancing::{BalanceRound, BalanceStatus, describe as describe_action, origin_name};
+pub use balancing::{BalanceRound, BalanceStatus, describe as describe_action};
 pub use ownership::{ForgetReport, Unavailable};
 pub use types::{
     Answer, BalancerOrigin, Call, CallError, Dispatch, Effect, Event, OpError, OpId, OpPhase,

@@ -177,6 +177,18 @@ pub enum Origin {
     Resumed,
 }
 
+/// How an origin reads in listings (`rangerctl ops`, `explain`).
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Operator => f.write_str("operator"),
+            Origin::Drain(node) => write!(f, "drain of {node}"),
+            Origin::Balancer(b) => write!(f, "balancer: {}", b.reason),
+            Origin::Resumed => f.write_str("a previous controller"),
+        }
+    }
+}
+
 /// A balancer operation's why: which copy it moves and the planner's reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BalancerOrigin {

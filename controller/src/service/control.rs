@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::ControllerSlot;
 use super::{bad_request, status};
-use crate::orchestrator::{OpId, OpPhase, origin_name};
+use crate::orchestrator::{OpId, OpPhase};
 
 #[derive(Debug)]
 pub struct ControlService {
@@ -114,7 +114,7 @@ impl pb::control_server::Control for ControlService {
                             now.saturating_duration_since(op.started).as_millis(),
                         )
                         .unwrap_or(u64::MAX),
-                        origin: origin_name(&op.origin),
+                        origin: op.origin.to_string(),
                     })
                     .collect()
             })
