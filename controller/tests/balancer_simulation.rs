@@ -12,8 +12,9 @@
 //! What is measured is the *true* request load per node (not the planner's own
 //! smoothed figure), so a planner that fooled itself would fail here.
 //!
-//! `RANGER_SEED=N` replays one seed; by default a few seeds run. Run with
-//! `--nocapture` to see max/mean and bytes moved per round.
+//! `RANGER_SEED=N` replays one seed, `RANGER_SEEDS=1-20` runs twenty; by default
+//! seeds 1-5 run. Run with `--nocapture` to see max/mean and bytes moved per
+//! round, and with `SIM_TRACE=1-8` to see what the planner did in rounds 1-8.
 
 // Tests fail by panicking: unwrapping is the point.
 #![allow(clippy::unwrap_used)]
@@ -38,29 +39,44 @@ const ROUND: Duration = Duration::from_secs(60);
 const ZIPF_S: f64 = 1.1;
 
 /// Rounds within which max/mean must first reach 1.10 from a random placement of
-/// the Zipf load, and after which it must stay there. DESIGN.md §10 asks for 5;
-/// with the default limits (4 operations in flight, 2 transfers out of a node)
-/// that is out of reach from this start: the node holding the hottest block
-/// (~1.8× the mean) must shed ~1.2× the mean into nodes with ~0.15 of room each,
-/// so at least 6 moves out of one node (3+ rounds at 2 per round) after 4 levels
-/// of binary splits (4 rounds). What this planner reaches is asserted here.
-const CONVERGE_WITHIN: usize = 15;
+/// the Zipf load, and after which it must stay there. DESIGN.md §10 asks for 5.
+/// Measured over seeds 1-20 (`RANGER_SEEDS=1-20`): 5 rounds for 4 seeds, 6 for 9,
+/// 7 for 3, 8 for 3, 9 for 1. What keeps it above 5: the hottest block carries
+/// ~1.8 node shares and often shares its node with the second (up to 3.0 shares
+/// on one node); it takes two rounds of halving before its pieces fit anywhere,
+/// and that node may send only 2 ranges per round (`max_transfers_out`) into
+/// nodes whose room is ~0.1-0.4 of a share, so late pieces need halving again.
+/// Asserted at the worst seen, so that a regression shows.
+const CONVERGE_WITHIN: usize = 9;
 
 /// Rounds within which a shifted hot spot must be followed (max/mean back at
-/// 1.10). DESIGN.md's brief asks for 3; see `CONVERGE_WITHIN` for why the
-/// default limits do not allow it when the hot spot must first be split.
-const FOLLOW_WITHIN: usize = 12;
+/// 1.10). DESIGN.md's brief asks for 3: over seeds 1-20 (80 shifts, max/mean up
+/// to 1.40 at the shift), 75 were followed within 3 rounds, the other 5 within
+/// 4 or 5 (those whose hot ranges had to be halved twice).
+const FOLLOW_WITHIN: usize = 5;
 
-/// How many times its usual load the shifting hot spot's 1% of the keys gets:
-/// ~9% of all requests, which unbalances the nodes that hold it (max/mean ~1.3
-/// to 2) without needing a cascade of splits to follow.
-const HOT_SPOT: f64 = 10.0;
+/// The share of all requests the shifting hot spot's 1% of the keys gets on top
+/// of the Zipf load (spread evenly over its keys): a fixed extra, wherever it
+/// lands, so that every shift is the same size of event. 10% is a whole node's
+/// fair share arriving on a few neighbouring ranges.
+const HOT_SPOT_SHARE: f64 = 0.10;
 
+/// `RANGER_SEED=N` replays one seed, `RANGER_SEEDS=A-B` runs a span of them;
+/// by default seeds 1-5 run.
 fn seeds() -> Vec<u64> {
-    match std::env::var("RANGER_SEED") {
-        Ok(seed) => vec![seed.parse().expect("RANGER_SEED is a number")],
-        Err(_) => vec![1, 2, 3],
+    if let Ok(seed) = std::env::var("RANGER_SEED") {
+        return vec![seed.parse().expect("RANGER_SEED is a number")];
     }
+    let span = std::env::var("RANGER_SEEDS").unwrap_or_else(|_| "1-5".into());
+    let (first, last) = span.split_once('-').expect("RANGER_SEEDS is A-B");
+    (first.parse().expect("a number")..=last.parse().expect("a number")).collect()
+}
+
+/// `SIM_TRACE=FIRST-LAST` prints those rounds of every simulation run.
+fn trace_rounds() -> Option<(u64, u64)> {
+    let value = std::env::var("SIM_TRACE").ok()?;
+    let (first, last) = value.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
 }
 
 /// Prints the seed if the test panics, so that the run can be replayed.
@@ -124,7 +140,7 @@ struct Sim {
     block_weight: Vec<f64>,
     /// Bytes per key in each block.
     block_key_bytes: Vec<u64>,
-    /// A region of keys whose popularity is multiplied, and the factor.
+    /// A region of keys that gets this extra share of all requests.
     hot_spot: Option<(u64, u64, f64)>,
     /// One key that gets this share of all requests.
     hot_key: Option<(u64, f64)>,
@@ -201,28 +217,22 @@ impl Sim {
     /// Recomputes the cumulative load and bytes per key after the popularity changed.
     fn rebuild_prefixes(&mut self) {
         let mut weights: Vec<f64> = (0..KEYS)
-            .map(|k| {
-                let mut w =
-                    self.block_weight[(k / KEYS_PER_BLOCK) as usize] / KEYS_PER_BLOCK as f64;
-                if let Some((s, e, factor)) = self.hot_spot
-                    && (s..e).contains(&k)
-                {
-                    w *= factor;
-                }
-                w
-            })
+            .map(|k| self.block_weight[(k / KEYS_PER_BLOCK) as usize] / KEYS_PER_BLOCK as f64)
             .collect();
         let base: f64 = weights.iter().sum();
+        // Extra shares on top: the rest keeps its proportions.
+        let spot = self.hot_spot.map_or(0.0, |(_, _, share)| share);
+        let key = self.hot_key.map_or(0.0, |(_, share)| share);
+        for w in &mut weights {
+            *w *= (1.0 - spot - key) / base;
+        }
+        if let Some((s, e, share)) = self.hot_spot {
+            for w in &mut weights[s as usize..e as usize] {
+                *w += share / (e - s) as f64;
+            }
+        }
         if let Some((k, share)) = self.hot_key {
-            // The key gets `share` of everything: the rest keeps its proportions.
-            for w in &mut weights {
-                *w *= (1.0 - share) / base;
-            }
             weights[k as usize] += share;
-        } else {
-            for w in &mut weights {
-                *w /= base;
-            }
         }
         self.load_prefix = Vec::with_capacity(KEYS as usize + 1);
         self.bytes_prefix = Vec::with_capacity(KEYS as usize + 1);
@@ -457,6 +467,9 @@ impl Sim {
         let snap = self.snapshot();
         let (plan, memory) = plan(&snap, &self.config, &self.memory);
         self.memory = memory;
+        if trace_rounds().is_some_and(|(a, b)| (a..=b).contains(&(self.round + 1))) {
+            self.trace(&plan);
+        }
         let bytes = self.apply(&plan);
         let stats = RoundStats {
             max_over_mean: self.max_over_mean(),
@@ -467,6 +480,44 @@ impl Sim {
         self.stats.push(stats);
         self.plans.push(plan);
         stats
+    }
+
+    /// Prints a round as the simulation sees it (true load shares) and as the
+    /// planner saw it, with what it planned and skipped: what one reads to find
+    /// out why a seed converges slowly.
+    fn trace(&self, plan: &Plan) {
+        let loads = self.node_loads();
+        let fair = TOTAL_RPS / self.nodes.len() as f64;
+        let shares: Vec<String> = loads.iter().map(|l| format!("{:.2}", l / fair)).collect();
+        eprintln!("round {}: true shares {shares:?}", self.round + 1);
+        let seen: Vec<String> = plan
+            .nodes
+            .iter()
+            .map(|n| format!("{:.2}->{:.2}", n.share_of_mean, n.planned_share_of_mean))
+            .collect();
+        eprintln!("  planner's shares (now->planned) {seen:?}");
+        for a in &plan.actions {
+            let what = match &a.action {
+                Action::Split { range, .. } => {
+                    let r = &self.ranges[self.index_of(*range)];
+                    format!(
+                        "split {range} ({:.2}) on n{:02}",
+                        self.true_rps(r) / fair,
+                        r.node
+                    )
+                }
+                Action::Move { range, from, to } => {
+                    let r = &self.ranges[self.index_of(*range)];
+                    format!(
+                        "move {range} ({:.2}) {from} -> {to}",
+                        self.true_rps(r) / fair
+                    )
+                }
+                Action::Join { left, right } => format!("join {left} + {right}"),
+            };
+            eprintln!("  {:?}: {what}", a.reason);
+        }
+        eprintln!("  skipped {:?}", plan.skip_counts);
     }
 
     fn run(&mut self, rounds: usize) {
@@ -551,10 +602,10 @@ fn a_hot_spot_that_shifts_every_twenty_rounds_is_followed() {
         sim.run(20);
         let mut disruptive = 0;
         for shift in 1..=4 {
-            // 1% of the keys, somewhere new, get HOT_SPOT times their usual load.
+            // 1% of the keys, somewhere new, get HOT_SPOT_SHARE of all requests.
             let width = KEYS / 100;
             let start = sim.rng.random_range(0..KEYS - width);
-            sim.hot_spot = Some((start, start + width, HOT_SPOT));
+            sim.hot_spot = Some((start, start + width, HOT_SPOT_SHARE));
             sim.rebuild_prefixes();
             let before = sim.max_over_mean();
             if before > 1.10 {

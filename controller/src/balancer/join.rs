@@ -91,7 +91,7 @@ fn colocate(
     }
     // Both nodes stay within their bands: a join is not worth an imbalance.
     let fill_to = round.mean * (1.0 - round.config.tolerance / 2.0);
-    if target.util() + round.delta(ri, t) > shed_to
+    if target.util_as_target() + round.delta(ri, t) > shed_to
         || round.nodes[s].util() - round.delta(ri, s) < fill_to
     {
         return Err(SkipReason::NoTarget);

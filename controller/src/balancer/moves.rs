@@ -16,6 +16,8 @@
 //! that would overshoot the source below its band waits until the ones that
 //! do not have been tried.
 
+use ranger_proto::Key;
+
 use super::plan::{Candidate, Reason, SkipReason};
 use super::round::Round;
 use super::split;
@@ -73,6 +75,13 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
         let excess = round.nodes[s].util() - shed_to;
         let min_delta = round.config.min_move_fraction * excess;
         let mut split_one = false;
+        for (ri, key) in splits_to_make_moves_count(round, s, shed_to, fill_to) {
+            if round.slots == 0 {
+                break;
+            }
+            split_one = true;
+            round.push_split(ri, key, Reason::SplitToMove);
+        }
         for ri in candidates(round, s, fill_to) {
             let util_s = round.nodes[s].util();
             if util_s <= shed_to {
@@ -101,10 +110,8 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
                 // a move too small for its deficit is left to the fill rule,
                 // which sends it the biggest loads that fit.
                 Ok(t)
-                    if round.nodes[t].util() < lower
-                        && round.delta(ri, t)
-                            < round.config.min_move_fraction
-                                * (fill_to - round.nodes[t].util()) =>
+                    if round.nodes[t].util_as_target() < lower
+                        && !fills_enough(round, ri, t, fill_to) =>
                 {
                     round.skip(
                         Candidate::Move,
@@ -137,7 +144,149 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
                 Err(why) => round.skip(Candidate::Move, Some(ri), Some(s), why),
             }
         }
+        reserve_room(round, s, shed_to);
     }
+}
+
+/// Holds room on the least loaded nodes for what `s` could not shed this round
+/// while its hot ranges are being split, so that the less overloaded sources
+/// planned after it do not take the room its pieces need next round (sources are
+/// planned most overloaded first). The fill rule ignores the hold: it takes from
+/// the most overloaded sources first anyway.
+fn reserve_room(round: &mut Round<'_>, s: usize, shed_to: f64) {
+    let pieces_coming = round.nodes[s].ranges.iter().any(|&ri| {
+        let r = &round.ranges[ri];
+        r.nodes.contains(&s) && (r.acted || r.hot_rounds > 0)
+    });
+    if !pieces_coming {
+        return;
+    }
+    let mut left = (round.nodes[s].util() - shed_to) * round.nodes[s].capacity();
+    if left <= 0.0 {
+        return;
+    }
+    let mut targets: Vec<usize> = round
+        .eligible_nodes()
+        .into_iter()
+        .filter(|&t| t != s && round.nodes[t].util_as_target() < shed_to)
+        .collect();
+    targets.sort_by(|&a, &b| {
+        let (ua, ub) = (
+            round.nodes[a].util_as_target(),
+            round.nodes[b].util_as_target(),
+        );
+        ua.total_cmp(&ub).then(a.cmp(&b))
+    });
+    for t in targets {
+        if left <= 0.0 {
+            break;
+        }
+        let node = &mut round.nodes[t];
+        let room = (shed_to - node.util_as_target()) * node.capacity();
+        let held = room.min(left);
+        node.reserved += held;
+        left -= held;
+    }
+}
+
+/// Ranges of overloaded `s` to halve now, when the moves `s` may still make this
+/// round cannot bring it down to `shed_to`: its ranges that fit elsewhere are too
+/// small (a node sends only `max_transfers_out` at a time) and the ones that would
+/// make a difference are too big for any node's room or would overshoot `s` below
+/// `fill_to`. Without this, such a node sheds crumbs for many rounds; with it, a
+/// half fits next round. The ranges halved are those whose halves come closest to
+/// the excess while fitting the roomiest node, as many as `s` may send at once
+/// and no more than the excess needs.
+fn splits_to_make_moves_count(
+    round: &Round<'_>,
+    s: usize,
+    shed_to: f64,
+    fill_to: f64,
+) -> Vec<(usize, Key)> {
+    let slots = round.slots.min(
+        round
+            .config
+            .max_transfers_out
+            .saturating_sub(round.nodes[s].transfers_out),
+    );
+    if round.slots == 0 {
+        return Vec::new();
+    }
+    let util_s = round.nodes[s].util();
+    let excess = util_s - shed_to;
+    let least = round
+        .eligible_nodes()
+        .into_iter()
+        .filter(|&t| t != s)
+        .map(|t| round.nodes[t].util_as_target())
+        .fold(f64::INFINITY, f64::min);
+    let room = shed_to - least;
+    if excess <= 0.0 || !room.is_finite() || room <= 0.0 {
+        return Vec::new();
+    }
+    let movable = |ri: usize| {
+        let r = &round.ranges[ri];
+        !r.acted
+            && r.figure > 0.0
+            && r.nodes.contains(&s)
+            && round.blocked(ri).is_none()
+            && !round.in_move_cooldown(ri)
+    };
+    let mut fitting: Vec<f64> = round.nodes[s]
+        .ranges
+        .iter()
+        .copied()
+        .filter(|&ri| movable(ri))
+        .map(|ri| round.delta(ri, s))
+        .filter(|&d| d <= room && util_s - d >= fill_to)
+        .collect();
+    fitting.sort_by(|a, b| b.total_cmp(a));
+    let reachable: f64 = fitting.iter().take(slots).sum();
+    if reachable >= excess {
+        return Vec::new();
+    }
+    let miss = |ri: usize| {
+        let half = round.delta(ri, s) / 2.0;
+        let over_room = if half > room { half } else { 0.0 };
+        over_room + (half - excess).abs()
+    };
+    let mut candidates: Vec<(usize, Key)> = round.nodes[s]
+        .ranges
+        .iter()
+        .copied()
+        .filter(|&ri| movable(ri))
+        .filter(|&ri| {
+            let d = round.delta(ri, s);
+            (d > room || util_s - d < fill_to)
+                && d / 2.0 > reachable / slots.max(1) as f64
+                && round.ranges[ri].dims.requests >= round.config.split_min_rate
+                && (round.ranges[ri].hot_rounds == 0
+                    || round.ranges[ri].hot_rounds >= round.config.split_hot_rounds
+                    || round.unplaceable(ri))
+        })
+        .filter_map(|ri| split::load_key(round, ri).map(|key| (ri, key)))
+        .collect();
+    candidates.sort_by(|a, b| miss(a.0).total_cmp(&miss(b.0)).then(a.0.cmp(&b.0)));
+    let mut owed = excess - reachable;
+    let mut chosen = Vec::new();
+    for (ri, key) in candidates {
+        if owed <= 0.0 || chosen.len() >= round.config.max_transfers_out.max(1) {
+            break;
+        }
+        owed -= round.delta(ri, s) / 2.0;
+        chosen.push((ri, key));
+    }
+    chosen
+}
+
+/// Whether moving `ri` into underloaded `t` uses one of its few transfer slots
+/// well: at least its share of the deficit if every slot of this round and the
+/// next brought as much. The fill rule sends such a node the biggest loads that
+/// fit; a shed that happens to pick it must not spend its slots on crumbs.
+fn fills_enough(round: &Round<'_>, ri: usize, t: usize, fill_to: f64) -> bool {
+    let deficit = fill_to - round.nodes[t].util_as_target();
+    let slots = 2 * round.config.max_transfers_in.max(1);
+    round.delta(ri, t) >= deficit / slots as f64
 }
 
 /// Underloaded nodes (a new node, one whose hot ranges cooled) take load from the
@@ -327,7 +476,7 @@ pub(super) fn best_target(
         if t == s || !node.eligible() || round.ranges[ri].nodes.contains(&t) {
             continue;
         }
-        let after = node.util() + round.delta(ri, t);
+        let after = node.util_as_target() + round.delta(ri, t);
         if after > cap || after >= below {
             continue;
         }

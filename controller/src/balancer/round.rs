@@ -30,6 +30,10 @@ pub(super) struct NodeWork<'a> {
     pub load: f64,
     /// The load figure after the moves planned so far.
     pub planned: f64,
+    /// Room held this round for a more overloaded node that could not shed all
+    /// its excess yet (its hot range is being split): its pieces get this room
+    /// next round instead of finding it taken by smaller moves from elsewhere.
+    pub reserved: f64,
     /// Ranges with a placement here (moves in flight counted as done).
     pub ranges: Vec<usize>,
     pub transfers_out: usize,
@@ -51,6 +55,16 @@ impl NodeWork<'_> {
     pub fn util(&self) -> f64 {
         if has_capacity(self.snap) {
             self.planned / self.snap.capacity
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// Planned load per unit of capacity as a destination sees it: with the room
+    /// reserved for others counted as taken.
+    pub fn util_as_target(&self) -> f64 {
+        if has_capacity(self.snap) {
+            (self.planned + self.reserved) / self.snap.capacity
         } else {
             f64::INFINITY
         }
@@ -119,6 +133,7 @@ impl<'a> Round<'a> {
                 dims: Dims::default(),
                 load: 0.0,
                 planned: 0.0,
+                reserved: 0.0,
                 ranges: Vec::new(),
                 transfers_out: 0,
                 transfers_in: 0,
@@ -371,6 +386,20 @@ impl<'a> Round<'a> {
             || self.memory.recent_moves.iter().any(|m| {
                 now.within(Some(m.at), window) && overlaps(&m.start, &m.end, &r.start, &r.end)
             })
+    }
+
+    /// Whether the range alone carries more than any node may hold within
+    /// tolerance: no placement of it can be balanced, so waiting for more hot
+    /// rounds only delays the split that is certain to be needed.
+    pub fn unplaceable(&self, ri: usize) -> bool {
+        let biggest = self
+            .nodes
+            .iter()
+            .filter(|n| n.eligible())
+            .map(|n| n.capacity())
+            .fold(0.0, f64::max);
+        biggest > 0.0
+            && self.ranges[ri].figure / biggest > self.mean * (1.0 + self.config.tolerance)
     }
 
     pub fn is_excluded(&self, ri: usize, node: usize) -> bool {

@@ -152,7 +152,8 @@ fn splits_a_range_larger_than_split_bytes_at_the_node_s_size_key() {
 #[test]
 fn splits_a_hot_range_only_after_it_stayed_hot_for_the_configured_rounds() {
     let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
-    c.range(2).load.reads_per_second = 500.0;
+    // Hot (above half a node's fair share) but placeable (below a whole share).
+    c.range(2).load.reads_per_second = 150.0;
     c.range(2).split_keys_by_load = vec![Key::from("k00002x")];
     let (first, memory) = c.plan_with(&BalancerMemory::default());
     assert!(splits(&first).is_empty());
@@ -166,17 +167,30 @@ fn splits_a_hot_range_only_after_it_stayed_hot_for_the_configured_rounds() {
 }
 
 #[test]
+fn a_range_hotter_than_any_node_may_carry_is_split_without_waiting() {
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    // 500 of ~690 requests/s: no node can hold it within tolerance.
+    c.range(2).load.reads_per_second = 500.0;
+    c.range(2).split_keys_by_load = vec![Key::from("k00002x")];
+    let (first, _) = c.plan_with(&BalancerMemory::default());
+    assert_eq!(
+        splits(&first),
+        vec![(c.id(2), Key::from("k00002x"), Reason::SplitByLoad)]
+    );
+}
+
+#[test]
 fn a_burst_that_cools_down_resets_the_hot_count() {
     let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
     c.config.smoothing_half_life = Duration::from_millis(1);
-    c.range(2).load.reads_per_second = 500.0;
+    c.range(2).load.reads_per_second = 150.0;
     c.range(2).split_keys_by_load = vec![Key::from("k00002x")];
     let (_, memory) = c.plan_with(&BalancerMemory::default());
     c.snap.now = c.snap.now.plus(Duration::from_secs(60));
     c.range(2).load.reads_per_second = 10.0;
     let (_, memory) = c.plan_with(&memory);
     c.snap.now = c.snap.now.plus(Duration::from_secs(60));
-    c.range(2).load.reads_per_second = 500.0;
+    c.range(2).load.reads_per_second = 150.0;
     let (third, _) = c.plan_with(&memory);
     assert!(splits(&third).is_empty(), "{:?}", third.actions);
 }
@@ -314,6 +328,87 @@ fn moves_the_range_with_the_most_load_per_byte_first() {
         moves(&p),
         vec![(c.id(2), "a".into(), "b".into(), Reason::MoveOverloaded)]
     );
+}
+
+#[test]
+fn a_node_whose_movable_ranges_are_crumbs_halves_a_big_one_so_that_the_halves_can_move() {
+    // a: one range of 60 and nine of 2 (78); b and c: 50 each. a must shed ~16,
+    // b has ~12 of room: the 60 fits nowhere, and the two moves a may make this
+    // round (2 × 2) would take many rounds. Loads only, no hot rule involved.
+    let mut c = Cluster::new()
+        .node("a", &[60.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0])
+        .node("b", &even(5.0))
+        .node("c", &even(5.0));
+    c.config.split_load_share = 10.0;
+    c.range(0).split_keys_by_load = vec![Key::from("k00000m")];
+    let p = c.plan();
+    assert_eq!(
+        splits(&p),
+        vec![(c.id(0), Key::from("k00000m"), Reason::SplitToMove)]
+    );
+}
+
+#[test]
+fn room_held_for_the_pieces_of_a_node_splitting_a_hot_range_is_not_given_to_another() {
+    // a: a range of 130 that no node can carry (split at once) and four crumbs;
+    // b sheds in ranges of 13; c..f are at 95, below the mean. a is planned
+    // first, moves nothing yet and holds the most room (c's) for its pieces; b
+    // must leave it.
+    let mut c = Cluster::new()
+        .node("a", &[130.0, 1.0, 1.0, 1.0, 1.0])
+        .node("b", &even(13.0))
+        .node("c", &even(9.5))
+        .node("d", &even(9.5))
+        .node("e", &even(9.5))
+        .node("f", &even(9.5));
+    c.config.max_bytes_moved_share = 1.0;
+    c.range(0).split_keys_by_load = vec![Key::from("k00000m")];
+    let p = c.plan();
+    assert_eq!(splits(&p).len(), 1, "{:?}", p.actions);
+    let from_b: Vec<String> = moves(&p)
+        .into_iter()
+        .filter(|m| m.1 == "b")
+        .map(|m| m.2)
+        .collect();
+    assert!(!from_b.is_empty(), "{:?}", p.actions);
+    assert!(!from_b.contains(&"c".to_string()), "{:?}", p.actions);
+}
+
+#[test]
+fn a_shed_does_not_spend_a_new_node_s_transfer_slots_on_crumbs() {
+    // a is overloaded in ranges of 11 and of 2; the new node n takes two ranges per
+    // round. A shed picks the least loaded target (n) for a crumb; the crumbs must
+    // be left for the fill rule, which sends n the biggest loads that fit.
+    let mut reads = vec![11.0; 6];
+    reads.extend([2.0; 6]);
+    let mut c = Cluster::new()
+        .node("a", &reads)
+        .node("b", &even(6.0))
+        .node("n", &[]);
+    c.config.max_bytes_moved_share = 1.0;
+    for i in 6..12 {
+        c.range(i).load.bytes = MIB; // the crumbs carry the most load per byte
+    }
+    let p = c.plan();
+    let into_n: Vec<RangeId> = moves(&p)
+        .into_iter()
+        .filter(|m| m.2 == "n")
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(into_n.len(), 2, "{:?}", p.actions);
+    for id in into_n {
+        let i = c
+            .snap
+            .ranges
+            .iter()
+            .position(|r| r.id == id)
+            .expect("known");
+        assert_eq!(
+            c.snap.ranges[i].load.reads_per_second, 11.0,
+            "{:?}",
+            p.actions
+        );
+    }
 }
 
 #[test]
