@@ -377,6 +377,31 @@ async fn a_source_can_serve_again_after_a_rolled_back_handoff() {
 }
 
 #[tokio::test]
+async fn a_size_measured_while_a_range_was_being_copied_in_is_not_reported_once_it_is_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = KvNodeConfig::new("");
+    config.load_cache = Duration::from_secs(3600);
+    let a = TestNode::start_with(dir.path(), config).await;
+    let range = meta(1, "b", "");
+    let outcome = a.rangelet.prepare(range.clone(), vec![]).await.unwrap();
+    assert_eq!(outcome.state, RemoteState::Inactive, "{outcome:?}");
+    let copying = a.node.load_info(id(1)).await.unwrap();
+    assert_eq!((copying.keys, copying.bytes), (0, 0));
+    // The data arrives (as a transfer would write it), then the range activates.
+    for i in 0..100 {
+        a.node
+            .store()
+            .put(format!("b{i:03}").as_bytes(), b"value")
+            .unwrap();
+    }
+    let outcome = a.rangelet.activate(id(1)).await.unwrap();
+    assert_eq!(outcome.state, RemoteState::Active, "{outcome:?}");
+    let active = a.node.load_info(id(1)).await.unwrap();
+    assert_eq!(active.keys, 100, "{active:?}");
+    assert_eq!(active.bytes, 100 * (4 + 5), "{active:?}");
+}
+
+#[tokio::test]
 async fn load_info_reports_keys_bytes_a_size_split_key_and_a_load_split_key_at_the_hot_keys() {
     let dir = tempfile::tempdir().unwrap();
     let a = TestNode::start(dir.path(), 1 << 20).await;

@@ -38,6 +38,13 @@ impl RangeLoads {
         self.meter.write(range, key);
     }
 
+    /// Drops the range's cached size: measured while its data was still being
+    /// copied in, it would tell the balancer a moved range is empty (and so free
+    /// to move again) for as long as the cache lasts.
+    pub fn forget_size(&self, range: RangeId) {
+        lock(&self.sizes).remove(&range);
+    }
+
     pub fn forget(&self, range: RangeId) {
         self.meter.forget(range);
         lock(&self.sizes).remove(&range);

@@ -233,6 +233,8 @@ impl Node for KvNode {
         self.fetch_pending(id).await?;
         // Serving again: any transfer out of this range is void.
         self.inner.trackers.forget_range(id);
+        // All its data is here now: a size measured during the copy is stale.
+        self.inner.loads.forget_size(id);
         Ok(())
     }
 
