@@ -377,6 +377,32 @@ async fn a_source_can_serve_again_after_a_rolled_back_handoff() {
 }
 
 #[tokio::test]
+async fn the_ack_log_holds_every_acknowledged_write_and_no_refused_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("acks.jsonl");
+    let mut config = KvNodeConfig::new("");
+    config.ack_log = Some(log.clone());
+    let a = TestNode::start_with(&dir.path().join("node"), config).await;
+    a.own(meta(1, "b", "")).await;
+    let mut client = a.client().await;
+    put(&mut client, "b1", "one").await.unwrap();
+    put(&mut client, "b2", "two").await.unwrap();
+    // Outside the node's ranges: refused, so not acknowledged.
+    put(&mut client, "a1", "nope").await.unwrap_err();
+    // Deactivated: refused too.
+    a.rangelet.deactivate(id(1)).await.unwrap();
+    put(&mut client, "b3", "late").await.unwrap_err();
+
+    let acks = ranger_kv::node::ack_log::AckLog::read(&log).unwrap();
+    let keys: Vec<&str> = acks.iter().map(|a| a.key.as_str()).collect();
+    assert_eq!(keys, ["b1", "b2"]);
+    for ack in &acks {
+        assert_eq!(ack.range, 1);
+        assert!(ack.accepted_us <= ack.acked_us, "{ack:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_size_measured_while_a_range_was_being_copied_in_is_not_reported_once_it_is_active() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = KvNodeConfig::new("");

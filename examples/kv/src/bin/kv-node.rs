@@ -58,6 +58,11 @@ struct Args {
     /// twice as big); the balancer divides its load by it.
     #[arg(long, env = "KV_NODE_CAPACITY", default_value_t = 1.0, value_parser = positive)]
     capacity: f64,
+    /// For fault drills: log every acknowledged write to this file, one JSON
+    /// line each (key, range, accepted and acknowledged times), so that a test
+    /// can check from outside that no key had two writers at once.
+    #[arg(long)]
+    ack_log: Option<PathBuf>,
     /// On SIGTERM, ask to be drained and wait up to this long before stopping.
     #[arg(long, default_value_t = 0)]
     drain_on_shutdown_s: u64,
@@ -92,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let config = KvNodeConfig {
         capacity: args.capacity,
+        ack_log: args.ack_log.clone(),
         ..KvNodeConfig::new(advertise.clone())
     };
     let server = NodeServer::start(&args.data, listener, config)

@@ -6,8 +6,8 @@ use ranger_node_sdk::{KeyRejection, Rangelet};
 use ranger_proto::{RangeId, RemoteState};
 use tonic::Status;
 
-use super::KvNode;
 use super::store::StoreError;
+use super::{KvNode, ack_log};
 
 /// A client write.
 #[derive(Debug)]
@@ -111,15 +111,23 @@ impl KvNode {
         if !rangelet.may_write(range) {
             return Err(AccessError::StoppedWriting { range });
         }
+        let accepted_us = ack_log::now_us();
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
             let _writing = writing;
-            let key = key.as_bytes();
             match op {
-                WriteOp::Put(value) => node.store().put(key, &value),
-                WriteOp::Delete => node.store().delete(key),
+                WriteOp::Put(value) => node.store().put(key.as_bytes(), &value),
+                WriteOp::Delete => node.store().delete(key.as_bytes()),
             }?;
-            node.wrote(range, key);
+            node.wrote(range, key.as_bytes());
+            if let Some(acks) = &node.inner.acks {
+                acks.record(&ack_log::Ack {
+                    key,
+                    range: range.get(),
+                    accepted_us,
+                    acked_us: ack_log::now_us(),
+                });
+            }
             Ok(())
         })
         .await?

@@ -23,6 +23,7 @@
 //! or write checks is in [`access`], both sides of a transfer in [`transfer`].
 
 pub mod access;
+pub mod ack_log;
 pub mod load;
 pub mod server;
 pub mod service;
@@ -80,6 +81,9 @@ pub struct KvNodeConfig {
     /// How much load this node can carry relative to the others (1.0: like a
     /// default node); the controller's balancer divides its load by it.
     pub capacity: f64,
+    /// For fault drills: log every acknowledged client write here (see
+    /// [`ack_log`]). None in production.
+    pub ack_log: Option<std::path::PathBuf>,
 }
 
 impl KvNodeConfig {
@@ -94,6 +98,7 @@ impl KvNodeConfig {
             peer_timeout: Duration::from_secs(10),
             activate_delay: Duration::ZERO,
             capacity: 1.0,
+            ack_log: None,
         }
     }
 }
@@ -126,6 +131,8 @@ struct Inner {
     /// reaches itself under an address it does not know as its own must notice,
     /// or it would clear the very keys it is about to copy.
     instance: u64,
+    /// Every acknowledged write, when a fault drill asked for it.
+    acks: Option<ack_log::AckLog>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -152,6 +159,15 @@ impl KvNode {
             .into_iter()
             .map(|r| (r.meta.id(), r.meta))
             .collect();
+        let acks = match &config.ack_log {
+            Some(path) => Some(ack_log::AckLog::create(path).map_err(|source| {
+                server::ServeError::AckLog {
+                    path: path.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
         Ok(KvNode {
             inner: Arc::new(Inner {
                 store,
@@ -163,6 +179,7 @@ impl KvNode {
                 peers: Mutex::new(HashMap::new()),
                 transfers_in: TransferLog::default(),
                 instance: rand::random(),
+                acks,
             }),
         })
     }

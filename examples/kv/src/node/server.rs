@@ -26,6 +26,11 @@ pub enum ServeError {
     LoadMeter(#[from] ranger_node_sdk::load::LoadMeterError),
     #[error("reading the listener's address: {0}")]
     Listener(#[from] std::io::Error),
+    #[error("creating the acknowledged-writes log {path}: {source}")]
+    AckLog {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("serving: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("the server task failed: {0}")]
