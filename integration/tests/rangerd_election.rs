@@ -89,3 +89,24 @@ async fn rangerd_standby_names_the_leader_and_takes_over_after_a_kill() {
         "the leader lock is still held"
     );
 }
+
+/// A lone controller restarted after `kill -9` must not wait for its dead
+/// predecessor's session to time out (up to 20 s): it leads once that
+/// session's health check has lapsed (3 s) and the lock delay passed (1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rangerd_restarted_after_a_kill_leads_again_within_the_check_ttl_and_lock_delay() {
+    let Some(mut cluster) = Cluster::builder(Backend::Consul)
+        .nodes(0)
+        .proxy(false)
+        .start_or_skip()
+        .await
+    else {
+        return;
+    };
+    cluster.kill_controller(0).unwrap();
+    let killed = Instant::now();
+    cluster.restart_controller(0).await.unwrap();
+    let took = killed.elapsed();
+    eprintln!("kill -9 and restart of a lone rangerd -> it leads again: {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
