@@ -62,6 +62,7 @@ pub struct ClusterBuilder {
     node_ids: Vec<String>,
     proxy: bool,
     proxy_deadline: Duration,
+    rangerd_flags: Vec<(String, String)>,
     rangerd_args: Vec<String>,
     rangerd_env: Vec<(String, String)>,
     advertise: Option<AdvertiseFn>,
@@ -113,7 +114,18 @@ impl ClusterBuilder {
         self
     }
 
-    /// More `rangerd` arguments (after the harness's own, so they win).
+    /// Sets a `rangerd` flag that takes a value, replacing the harness's
+    /// default for it if it has one (`--lease-ms`, `--lease-margin-ms`,
+    /// `--probe-ms`, `--rpc-timeout-ms`; rangerd refuses a flag given twice).
+    pub fn rangerd_flag(mut self, flag: &str, value: &str) -> Self {
+        match self.rangerd_flags.iter_mut().find(|(f, _)| f == flag) {
+            Some((_, v)) => *v = value.to_owned(),
+            None => self.rangerd_flags.push((flag.to_owned(), value.to_owned())),
+        }
+        self
+    }
+
+    /// More `rangerd` arguments, given as they are.
     pub fn rangerd_args(mut self, args: &[&str]) -> Self {
         self.rangerd_args
             .extend(args.iter().map(|s| (*s).to_owned()));
@@ -225,12 +237,12 @@ impl Controller {
     fn new(spec: &ClusterBuilder, cluster: &Cluster, index: usize) -> anyhow::Result<Controller> {
         let addr = free_addr()?.to_string();
         let name = format!("rangerd{}", index + 1);
-        // Short timings, so that losses and leases play out in seconds.
         let mut process = Process::new(&name, binary(RANGERD)?, cluster.dir())
             .args(["--listen", &addr])
-            .args(["--probe-ms", "100", "--rpc-timeout-ms", "2000"])
-            .args(["--lease-ms", "2000", "--lease-margin-ms", "1000"])
             .env("RUST_LOG", "info,ranger_controller=debug");
+        for (flag, value) in &spec.rangerd_flags {
+            process = process.args([flag, value]);
+        }
         process = match (&spec.backend, &cluster.consul) {
             (Backend::Consul, Some(consul)) => process
                 .args(["--consul", &consul.address()])
@@ -374,6 +386,16 @@ impl Cluster {
             node_ids: Vec::new(),
             proxy: true,
             proxy_deadline: Duration::from_secs(5),
+            // Short timings, so that losses and leases play out in seconds.
+            rangerd_flags: [
+                ("--probe-ms", "100"),
+                ("--rpc-timeout-ms", "2000"),
+                ("--lease-ms", "2000"),
+                ("--lease-margin-ms", "1000"),
+            ]
+            .into_iter()
+            .map(|(f, v)| (f.to_owned(), v.to_owned()))
+            .collect(),
             rangerd_args: Vec::new(),
             rangerd_env: Vec::new(),
             advertise: None,

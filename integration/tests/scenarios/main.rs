@@ -9,3 +9,4 @@
 
 mod common;
 mod s01_operations;
+mod s02_controller_kill;
