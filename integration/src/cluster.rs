@@ -660,6 +660,21 @@ impl Cluster {
         Ok(since.elapsed())
     }
 
+    /// Ends a test that returns its failure instead of panicking: on an
+    /// error, prints every log's tail and keeps the cluster's directory (as
+    /// a panic would), then stops everything and passes the result on.
+    pub fn conclude<T>(mut self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        if let Err(error) = &result {
+            eprintln!("----- the test failed: {error:#}");
+            self.print_logs();
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("----- cluster files kept in {} -----", kept.display());
+            }
+        }
+        result
+    }
+
     /// Prints every process's log tail (and Consul's) on stderr.
     pub fn print_logs(&self) {
         let mut processes: Vec<&Process> = Vec::new();
@@ -688,14 +703,21 @@ impl Cluster {
     }
 }
 
+/// Set (to anything) to keep every cluster's directory, logs included, also
+/// when its test passes.
+pub const KEEP_ENV: &str = "RANGER_IT_KEEP";
+
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        let failed = std::thread::panicking();
+        if failed {
             self.print_logs();
-            if let Some(dir) = self.dir.take() {
-                let kept = dir.keep();
-                eprintln!("----- cluster files kept in {} -----", kept.display());
-            }
+        }
+        if (failed || std::env::var_os(KEEP_ENV).is_some())
+            && let Some(dir) = self.dir.take()
+        {
+            let kept = dir.keep();
+            eprintln!("----- cluster files kept in {} -----", kept.display());
         }
     }
 }

@@ -10,3 +10,7 @@
 mod common;
 mod s01_operations;
 mod s02_controller_kill;
+mod s03_failover;
+mod s04_node_restart;
+mod s06_drain;
+mod s09_bad_input;

@@ -3,7 +3,7 @@
 //! sides of every boundary are read back, through the proxy and from the
 //! node that serves them. Planned operations cost clients no error.
 
-use ranger_integration::{Backend, Summary};
+use ranger_integration::{Backend, Cluster, Summary};
 
 use crate::common::{self, Markers};
 
@@ -11,10 +11,15 @@ async fn place_move_split_and_join(backend: Backend, name: &str) -> anyhow::Resu
     let Some(cluster) = common::cluster(backend).await else {
         return Ok(());
     };
+    let result = operations(&cluster, backend, name).await;
+    cluster.conclude(result)
+}
+
+async fn operations(cluster: &Cluster, backend: Backend, name: &str) -> anyhow::Result<()> {
     // Place: range 1 was placed when the nodes came (the harness waited).
-    let markers = Markers::write(&cluster).await?;
-    markers.check(&cluster).await?;
-    let hammer = common::hammer(&cluster, 101).await?;
+    let markers = Markers::write(cluster).await?;
+    markers.check(cluster).await?;
+    let hammer = common::hammer(cluster, 101).await?;
 
     let mut operations = 0;
     for step in [
@@ -30,12 +35,12 @@ async fn place_move_split_and_join(backend: Backend, name: &str) -> anyhow::Resu
         Step::Join("h2"),
     ] {
         match step {
-            Step::Split(key) => common::split_at(&cluster, key).await?,
-            Step::Move(key) => common::move_holding(&cluster, key).await?,
-            Step::Join(key) => common::join_at(&cluster, key).await?,
+            Step::Split(key) => common::split_at(cluster, key).await?,
+            Step::Move(key) => common::move_holding(cluster, key).await?,
+            Step::Join(key) => common::join_at(cluster, key).await?,
         };
         operations += 1;
-        markers.check(&cluster).await?;
+        markers.check(cluster).await?;
     }
 
     let report = hammer.stop().await?;
