@@ -38,7 +38,8 @@ impl Process {
             name: name.to_owned(),
             program,
             args: Vec::new(),
-            envs: Vec::new(),
+            // Logs go to files, read by people: no colour escapes.
+            envs: vec![("NO_COLOR".into(), "1".into())],
             log: dir.join(format!("{name}.log")),
             stdout: None,
             child: None,
