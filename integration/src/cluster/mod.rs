@@ -7,24 +7,30 @@
 //!
 //! Processes keep their command line, so a restart after `kill -9` is the same
 //! program on the same port with the same data, as an operator's restart is.
+//!
+//! [`ClusterBuilder`] says what to start; [`members`] are the processes
+//! (their command lines); [`Cluster`] reaches them, kills and restarts them,
+//! and waits for the states tests expect.
+
+mod builder;
+mod members;
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use ranger_consul::test_agent::TestAgent;
 
-use crate::binaries::{KV_NODE, KV_PROXY, RANGERD, binary};
 use crate::ctl::Ctl;
 use crate::hammer::{HammerOptions, HammerRun};
 use crate::kv::Kv;
-use crate::ports::free_addr;
 use crate::process::Process;
 use crate::views::{RangeView, settled};
 use crate::wait::{self, PATIENCE};
+
+pub use builder::{AdvertiseFn, ClusterBuilder};
+pub use members::{CONSUL_PREFIX, Controller, KvNode, Proxy};
 
 /// Lines of each log printed when a test fails.
 const LOG_TAIL_LINES: usize = 40;
@@ -48,332 +54,19 @@ impl fmt::Display for Backend {
     }
 }
 
-/// Maps a node's index and listening address to the address it advertises
-/// (to the controller and, through it or Consul, to the proxy): the hook that
-/// puts a fault-injecting relay in front of a node.
-pub type AdvertiseFn = Arc<dyn Fn(usize, SocketAddr) -> String + Send + Sync>;
-
-/// What to start.
-#[derive(Clone)]
-pub struct ClusterBuilder {
-    backend: Backend,
-    controllers: usize,
-    nodes: usize,
-    node_ids: Vec<String>,
-    proxy: bool,
-    proxy_deadline: Duration,
-    rangerd_flags: Vec<(String, String)>,
-    rangerd_args: Vec<String>,
-    rangerd_env: Vec<(String, String)>,
-    advertise: Option<AdvertiseFn>,
-}
-
-impl fmt::Debug for ClusterBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClusterBuilder")
-            .field("backend", &self.backend)
-            .field("controllers", &self.controllers)
-            .field("nodes", &self.nodes)
-            .field("proxy", &self.proxy)
-            .field("rangerd_args", &self.rangerd_args)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ClusterBuilder {
-    /// Controllers (2 needs Consul: the embedded backend has no election).
-    pub fn controllers(mut self, n: usize) -> Self {
-        self.controllers = n;
-        self
-    }
-
-    /// KV nodes.
-    pub fn nodes(mut self, n: usize) -> Self {
-        self.nodes = n;
-        self
-    }
-
-    /// The nodes' ids on the embedded backend (default `node1`, `node2`...).
-    /// On Consul a node's id is its advertised port (Consul's service id).
-    pub fn node_ids(mut self, ids: &[&str]) -> Self {
-        self.node_ids = ids.iter().map(|s| (*s).to_owned()).collect();
-        self.nodes = ids.len();
-        self
-    }
-
-    /// Whether to start a proxy (default yes).
-    pub fn proxy(mut self, proxy: bool) -> Self {
-        self.proxy = proxy;
-        self
-    }
-
-    /// How long the proxy retries one request before the client gets an
-    /// error (default 5 s).
-    pub fn proxy_deadline(mut self, deadline: Duration) -> Self {
-        self.proxy_deadline = deadline;
-        self
-    }
-
-    /// Sets a `rangerd` flag that takes a value, replacing the harness's
-    /// default for it if it has one (`--lease-ms`, `--lease-margin-ms`,
-    /// `--probe-ms`, `--rpc-timeout-ms`; rangerd refuses a flag given twice).
-    pub fn rangerd_flag(mut self, flag: &str, value: &str) -> Self {
-        match self.rangerd_flags.iter_mut().find(|(f, _)| f == flag) {
-            Some((_, v)) => *v = value.to_owned(),
-            None => self.rangerd_flags.push((flag.to_owned(), value.to_owned())),
-        }
-        self
-    }
-
-    /// More `rangerd` arguments, given as they are.
-    pub fn rangerd_args(mut self, args: &[&str]) -> Self {
-        self.rangerd_args
-            .extend(args.iter().map(|s| (*s).to_owned()));
-        self
-    }
-
-    /// An environment variable for `rangerd`.
-    pub fn rangerd_env(mut self, key: &str, value: &str) -> Self {
-        self.rangerd_env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Nodes advertise `f(index, listen)` instead of their listening address.
-    pub fn advertise(mut self, f: AdvertiseFn) -> Self {
-        self.advertise = Some(f);
-        self
-    }
-
-    /// Starts everything, on Consul from `TestAgent::start`; waits until
-    /// every node is known, every range is served, and (with a proxy) the
-    /// proxy routes.
-    pub async fn start(self) -> anyhow::Result<Cluster> {
-        let consul = match self.backend {
-            Backend::Embedded => None,
-            Backend::Consul => Some(
-                TestAgent::start()
-                    .await
-                    .context("starting Consul for the cluster")?,
-            ),
-        };
-        self.start_with(consul).await
-    }
-
-    /// [`ClusterBuilder::start`], except that a Consul that cannot run here
-    /// (no container engine in container mode) skips the test: `None`, after
-    /// `TestAgent::start_or_skip` said why. Any other failure panics.
-    pub async fn start_or_skip(self) -> Option<Cluster> {
-        let consul = match self.backend {
-            Backend::Embedded => None,
-            Backend::Consul => Some(TestAgent::start_or_skip().await?),
-        };
-        match self.start_with(consul).await {
-            Ok(cluster) => Some(cluster),
-            Err(error) => panic!("the cluster did not start: {error:#}"),
-        }
-    }
-
-    async fn start_with(self, consul: Option<TestAgent>) -> anyhow::Result<Cluster> {
-        if self.controllers == 0 {
-            bail!("a cluster needs a controller");
-        }
-        if self.controllers > 1 && self.backend == Backend::Embedded {
-            bail!("several controllers need Consul: the embedded backend elects no leader");
-        }
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("ranger-it-{}-", self.backend))
-            .tempdir()
-            .context("creating the cluster's directory")?;
-        let mut cluster = Cluster {
-            backend: self.backend,
-            controllers: Vec::new(),
-            nodes: Vec::new(),
-            proxy: None,
-            consul,
-            dir: Some(dir),
-        };
-        for index in 0..self.controllers {
-            let controller = Controller::new(&self, &cluster, index)?;
-            cluster.controllers.push(controller);
-            cluster.controllers[index].process.start()?;
-            if index == 0 {
-                cluster.wait_leads(0).await?;
-            } else {
-                cluster.wait_controller_serves(index).await?;
-            }
-        }
-        for index in 0..self.nodes {
-            let node = KvNode::new(&self, &cluster, index)?;
-            cluster.nodes.push(node);
-            cluster.nodes[index].process.start()?;
-        }
-        if self.nodes > 0 {
-            cluster.wait_nodes_known().await?;
-            cluster.wait_settled().await?;
-        }
-        if self.proxy {
-            let mut proxy = Proxy::new(&self, &cluster)?;
-            proxy.process.start()?;
-            cluster.proxy = Some(proxy);
-            if self.nodes > 0 {
-                cluster.wait_proxy_routes().await?;
-            }
-        }
-        Ok(cluster)
-    }
-}
-
-/// One `rangerd`.
-#[derive(Debug)]
-pub struct Controller {
-    /// The process.
-    pub process: Process,
-    /// Where it serves.
-    pub addr: String,
-    ctl: Ctl,
-}
-
-impl Controller {
-    fn new(spec: &ClusterBuilder, cluster: &Cluster, index: usize) -> anyhow::Result<Controller> {
-        let addr = free_addr()?.to_string();
-        let name = format!("rangerd{}", index + 1);
-        let mut process = Process::new(&name, binary(RANGERD)?, cluster.dir())
-            .args(["--listen", &addr])
-            .env("RUST_LOG", "info,ranger_controller=debug");
-        for (flag, value) in &spec.rangerd_flags {
-            process = process.args([flag, value]);
-        }
-        process = match (&spec.backend, &cluster.consul) {
-            (Backend::Consul, Some(consul)) => process
-                .args(["--consul", &consul.address()])
-                .args(["--consul-prefix", CONSUL_PREFIX]),
-            (Backend::Embedded, _) => process
-                .arg_path("--store", &cluster.dir().join(format!("{name}.redb")))
-                .args(["--registry-ttl-ms", "3000"]),
-            (Backend::Consul, None) => bail!("a Consul cluster without Consul"),
-        };
-        for (key, value) in &spec.rangerd_env {
-            process = process.env(key, value);
-        }
-        process = process.args(&spec.rangerd_args);
-        Ok(Controller {
-            process,
-            ctl: Ctl::new(addr.clone())?,
-            addr,
-        })
-    }
-
-    /// `rangerctl` for this controller.
-    pub fn ctl(&self) -> &Ctl {
-        &self.ctl
-    }
-}
-
-/// The Consul KV prefix of the cluster (`<prefix>leader` is the leader lock).
-pub const CONSUL_PREFIX: &str = "ranger/";
-
-/// One `kv-node`.
-#[derive(Debug)]
-pub struct KvNode {
-    /// The process.
-    pub process: Process,
-    /// Where it listens.
-    pub listen: SocketAddr,
-    /// Where others reach it.
-    pub advertise: String,
-    /// Its id as the controller knows it.
-    pub id: String,
-    /// Its RocksDB directory, kept across restarts.
-    pub data: PathBuf,
-}
-
-impl KvNode {
-    fn new(spec: &ClusterBuilder, cluster: &Cluster, index: usize) -> anyhow::Result<KvNode> {
-        let listen = free_addr()?;
-        let advertise = match &spec.advertise {
-            Some(f) => f(index, listen),
-            None => listen.to_string(),
-        };
-        let id = match spec.backend {
-            Backend::Embedded => spec
-                .node_ids
-                .get(index)
-                .cloned()
-                .unwrap_or_else(|| format!("node{}", index + 1)),
-            // Consul's service id for a node on loopback is its port.
-            Backend::Consul => advertise
-                .rsplit_once(':')
-                .map(|(_, port)| port.to_owned())
-                .with_context(|| format!("advertised address {advertise} has no port"))?,
-        };
-        let data = cluster.dir().join(format!("data-{id}"));
-        let mut process = Process::new(&format!("kv-node-{id}"), binary(KV_NODE)?, cluster.dir())
-            .args(["--listen", &listen.to_string()])
-            .args(["--advertise", &advertise, "--id", &id])
-            .arg_path("--data", &data);
-        process = match &cluster.consul {
-            Some(consul) => process.args(["--consul", &consul.address()]),
-            None => process.args(["--controller", &cluster.controllers[0].addr]),
-        };
-        Ok(KvNode {
-            process,
-            listen,
-            advertise,
-            id,
-            data,
-        })
-    }
-
-    /// The `kv` client talking to this node directly (not through the proxy).
-    pub fn kv(&self) -> anyhow::Result<Kv> {
-        Kv::new(self.listen.to_string())
-    }
-}
-
-/// The `kv-proxy`.
-#[derive(Debug)]
-pub struct Proxy {
-    /// The process.
-    pub process: Process,
-    /// Where it serves `kv.KV`.
-    pub addr: String,
-}
-
-impl Proxy {
-    fn new(spec: &ClusterBuilder, cluster: &Cluster) -> anyhow::Result<Proxy> {
-        let addr = free_addr()?.to_string();
-        let mut process = Process::new("kv-proxy", binary(KV_PROXY)?, cluster.dir())
-            .args(["--listen", &addr])
-            .args([
-                "--deadline-ms",
-                &spec.proxy_deadline.as_millis().to_string(),
-            ]);
-        process = match &cluster.consul {
-            Some(consul) => process.args(["--consul", &consul.address()]),
-            None => process.args([
-                "--controller",
-                &cluster.controllers[0].addr,
-                "--poll-ms",
-                "200",
-            ]),
-        };
-        Ok(Proxy { process, addr })
-    }
-}
-
 /// A running cluster. Dropping it kills every process.
 #[derive(Debug)]
 pub struct Cluster {
-    backend: Backend,
+    pub(super) backend: Backend,
     /// The controllers, in start order.
     pub controllers: Vec<Controller>,
     /// The KV nodes, in start order.
     pub nodes: Vec<KvNode>,
     /// The proxy, if started.
     pub proxy: Option<Proxy>,
-    consul: Option<TestAgent>,
+    pub(super) consul: Option<TestAgent>,
     // Last: removed after every process is gone (kept when a test fails).
-    dir: Option<tempfile::TempDir>,
+    pub(super) dir: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -437,7 +130,7 @@ impl Cluster {
             let mut seen = Vec::new();
             for (index, controller) in self.controllers.iter().enumerate() {
                 let out = controller
-                    .ctl
+                    .ctl()
                     .run(&["ranges"])
                     .await
                     .map_err(|e| e.to_string())?;
@@ -523,7 +216,7 @@ impl Cluster {
             PATIENCE,
             async || {
                 let out = controller
-                    .ctl
+                    .ctl()
                     .run(&["ranges"])
                     .await
                     .map_err(|e| e.to_string())?;
@@ -546,7 +239,7 @@ impl Cluster {
             PATIENCE,
             async || {
                 let out = controller
-                    .ctl
+                    .ctl()
                     .run(&["ranges"])
                     .await
                     .map_err(|e| e.to_string())?;
@@ -628,8 +321,8 @@ impl Cluster {
             if controller.process.pid().is_none() {
                 continue;
             }
-            match controller.ctl.ranges().await {
-                Ok(ranges) => return Ok((&controller.ctl, ranges)),
+            match controller.ctl().ranges().await {
+                Ok(ranges) => return Ok((controller.ctl(), ranges)),
                 Err(e) => seen.push(format!("{e:#}")),
             }
         }
