@@ -163,6 +163,8 @@ pub struct HammerReport {
     pub ops: u64,
     /// Successful ones.
     pub ok_ops: u64,
+    /// Latency of successful requests, by operation.
+    pub latency: Latencies,
     /// Failed requests by gRPC code name: what clients saw.
     pub errors: BTreeMap<String, u64>,
     /// Acknowledged writes found missing.
@@ -183,6 +185,32 @@ pub struct HammerReport {
     /// The hammer's exit code: 0 when it passed, 1 when it found a loss.
     #[serde(skip)]
     pub exit_code: i32,
+}
+
+/// Latency summaries by operation.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Latencies {
+    /// Puts of absent keys.
+    pub create: Latency,
+    /// Gets.
+    pub read: Latency,
+    /// Puts of present keys.
+    pub update: Latency,
+    /// Deletes.
+    pub delete: Latency,
+}
+
+/// One operation's latency, in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
 }
 
 /// Write-unavailable figures of a run.
@@ -225,6 +253,22 @@ impl HammerReport {
         self.write_unavailable
             .longest_wait_ms
             .max(self.write_unavailable.max_ms)
+    }
+
+    /// The slowest single request of any kind that succeeded, in
+    /// milliseconds. A worker sends one request at a time, so a worker held
+    /// up by a read during an outage writes nothing meanwhile: its wait shows
+    /// here, not in [`HammerReport::longest_unavailable_ms`].
+    pub fn longest_request_ms(&self) -> f64 {
+        let l = &self.latency;
+        [
+            l.create.max_ms,
+            l.read.max_ms,
+            l.update.max_ms,
+            l.delete.max_ms,
+        ]
+        .into_iter()
+        .fold(0.0, f64::max)
     }
 
     /// `Ok` when nothing acknowledged was lost, nothing foreign or stale was

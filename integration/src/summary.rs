@@ -20,6 +20,9 @@ pub struct Summary {
     pub client_errors: u64,
     /// The longest a write waited, first attempt to acknowledgement.
     pub longest_unavailable_ms: f64,
+    /// The slowest single request of any kind (a read held up by an outage
+    /// counts here).
+    pub longest_request_ms: f64,
     /// From the fault's end (restart, takeover...) until the cluster served
     /// every range again; `None` for scenarios without a fault.
     pub recovered_in: Option<Duration>,
@@ -36,6 +39,7 @@ impl Summary {
             lost_writes: report.lost,
             client_errors: report.client_errors(),
             longest_unavailable_ms: report.longest_unavailable_ms(),
+            longest_request_ms: report.longest_request_ms(),
             recovered_in: None,
             note: String::new(),
         }
@@ -71,12 +75,13 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "SCENARIO {} [{}]: lost writes {}, client-visible errors {}, longest write-unavailable {:.0} ms, time to recover {recovered}",
+            "SCENARIO {} [{}]: lost writes {}, client-visible errors {}, longest write-unavailable {:.0} ms (slowest request {:.0} ms), time to recover {recovered}",
             self.scenario,
             self.backend,
             self.lost_writes,
             self.client_errors,
-            self.longest_unavailable_ms
+            self.longest_unavailable_ms,
+            self.longest_request_ms
         )?;
         if !self.note.is_empty() {
             write!(f, " ({})", self.note)?;

@@ -99,3 +99,24 @@ async fn hammer_through_the_proxy_loses_nothing_while_rangerctl_splits_moves_and
     assert!(report.ok_ops > 100, "{report:?}");
     report.check_no_loss().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_killed_and_restarted_on_its_port_serves_the_same_data() {
+    let mut cluster = Cluster::builder(Backend::Embedded)
+        .nodes(1)
+        .start()
+        .await
+        .unwrap();
+    let kv = cluster.kv().unwrap();
+    kv.put("kept", "across the proxy's restart").await.unwrap();
+    cluster.kill_proxy().unwrap();
+    assert!(
+        kv.get("kept").await.is_err(),
+        "a killed proxy must not answer"
+    );
+    cluster.restart_proxy().await.unwrap();
+    assert_eq!(
+        kv.get("kept").await.unwrap().as_deref(),
+        Some("across the proxy's restart")
+    );
+}

@@ -8,9 +8,9 @@
 //! Processes keep their command line, so a restart after `kill -9` is the same
 //! program on the same port with the same data, as an operator's restart is.
 //!
-//! [`ClusterBuilder`] says what to start; [`members`] are the processes
-//! (their command lines); [`Cluster`] reaches them, kills and restarts them,
-//! and waits for the states tests expect.
+//! [`ClusterBuilder`] says what to start; [`Controller`], [`KvNode`] and
+//! [`Proxy`] are the processes (their command lines); [`Cluster`] reaches
+//! them, kills and restarts them, and waits for the states tests expect.
 
 mod builder;
 mod members;
@@ -189,6 +189,25 @@ impl Cluster {
     /// Starts node `index` again: same port, same data.
     pub fn restart_node(&mut self, index: usize) -> anyhow::Result<()> {
         self.nodes[index].process.start()
+    }
+
+    /// `kill -9` of the proxy.
+    pub fn kill_proxy(&mut self) -> anyhow::Result<()> {
+        self.proxy
+            .as_mut()
+            .context("no proxy in this cluster")?
+            .process
+            .kill9()
+    }
+
+    /// Starts the proxy again on its port and waits until it routes.
+    pub async fn restart_proxy(&mut self) -> anyhow::Result<()> {
+        self.proxy
+            .as_mut()
+            .context("no proxy in this cluster")?
+            .process
+            .start()?;
+        self.wait_proxy_routes().await
     }
 
     /// `kill -9` of controller `index`.
