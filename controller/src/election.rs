@@ -122,8 +122,14 @@ pub struct ElectionConfig {
     pub candidate: Candidate,
     /// The service this controller registers with its agent (`rangerd`).
     pub service_name: String,
-    /// The registration's ID, unique on the agent; stable across restarts of
-    /// one controller, so that a restart replaces its old registration.
+    /// The registration's ID, unique on the agent and to this candidate (so
+    /// to this process: see [`Candidate::id`]). A restarted controller must
+    /// not take over its dead predecessor's registration: re-registering the
+    /// same health check keeps it passing, which keeps the predecessor's
+    /// session, and so the lock, alive until the session's own TTL runs out
+    /// (Consul allows up to twice its 10 s) instead of one check TTL. The
+    /// predecessor's check turns critical and ends its session as after any
+    /// crash; Consul removes its registration a minute later.
     pub service_id: String,
     /// See [`DEFAULT_CHECK_TTL`].
     pub check_ttl: Duration,
@@ -145,7 +151,8 @@ impl ElectionConfig {
     /// The defaults for `candidate`, with the lock under `prefix` (e.g.
     /// `ranger/`) and the service `rangerd`.
     pub fn new(prefix: &str, candidate: Candidate) -> Self {
-        let service_id = format!("rangerd-{}", candidate.addr);
+        // Service IDs appear in URL paths: no slashes.
+        let service_id = format!("rangerd-{}", candidate.id.replace('/', "_"));
         ElectionConfig {
             key: format!("{prefix}{LEADER_KEY}"),
             candidate,
@@ -721,12 +728,13 @@ mod tests {
         let config = ElectionConfig::new(
             "ranger/",
             Candidate {
-                id: "x".into(),
+                id: "127.0.0.1:5000/pid-42".into(),
                 addr: "127.0.0.1:5000".into(),
             },
         );
         assert_eq!(config.key, "ranger/leader");
-        assert_eq!(config.service_id, "rangerd-127.0.0.1:5000");
+        // One registration per process, never a predecessor's.
+        assert_eq!(config.service_id, "rangerd-127.0.0.1:5000_pid-42");
         assert!(config.lock_delay < config.check_ttl);
     }
 }

@@ -260,6 +260,25 @@ async fn s22_bad_boundaries_are_refused_at_once() {
             "split {range} at {key}: {result:?}"
         );
     }
+    // A boundary longer than any range may have (one byte too many), inside 2.
+    let long = format!(
+        "a{}",
+        "x".repeat(ranger_controller::orchestrator::MAX_BOUNDARY_BYTES)
+    );
+    let result = cluster
+        .handle
+        .run(OpRequest::Split {
+            range: id(2),
+            key: Key::from(long.as_str()),
+            left: None,
+            right: None,
+        })
+        .await;
+    assert!(
+        matches!(&result, Err(HandleError::Op(OpError::InvalidArgument(why))) if why.contains("too long")),
+        "split at a key of {} bytes: {result:?}",
+        long.len()
+    );
     // An obsolete range or an unknown one.
     let obsolete = cluster.handle.run(split("b", "c")).await;
     assert!(

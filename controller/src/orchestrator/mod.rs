@@ -61,6 +61,14 @@ pub use types::{
 };
 
 use crate::config::OrchestratorConfig;
+
+/// The longest key a range may start or end at (Bigtable's limit for row
+/// keys). Every range record, listing and Prepare carries its boundaries,
+/// some several times: a boundary of a mebibyte made the Consul record too
+/// large to save (the split stuck half begun) and the `Debug` listing larger
+/// than a gRPC message (rangerctl could no longer list ranges). Keys of the
+/// data may be longer; a boundary between them need not be a whole key.
+pub const MAX_BOUNDARY_BYTES: usize = 4096;
 use crate::keyspace::{Keyspace, PlacementId, Range};
 use crate::roster::Roster;
 use attempts::Attempts;
@@ -544,6 +552,12 @@ impl Engine {
                     return Err(OpError::InvalidArgument(
                         "split key must not be empty".into(),
                     ));
+                }
+                if key.as_bytes().len() > MAX_BOUNDARY_BYTES {
+                    return Err(OpError::InvalidArgument(format!(
+                        "split key of {} bytes is too long: range boundaries are at most {MAX_BOUNDARY_BYTES} bytes",
+                        key.as_bytes().len()
+                    )));
                 }
                 if !r.meta().can_split_at(key.as_bytes()) {
                     return Err(OpError::InvalidArgument(format!(

@@ -30,6 +30,10 @@ struct Faults {
     /// Answer UNAVAILABLE (without doing anything) for this long, from the
     /// put number `.0` on (deletes clear the keys first, so puts mean load).
     outage: Option<(u64, Duration)>,
+    /// Hold every put (and answer it late, successfully) for this long, from
+    /// the put number `.0` on: what a client sees of a handoff behind a proxy
+    /// that waits and retries.
+    stall: Option<(u64, Duration)>,
 }
 
 /// `kv.KV` over a map, with injected faults.
@@ -38,7 +42,9 @@ struct Fake {
     data: Mutex<BTreeMap<String, Vec<u8>>>,
     faults: Faults,
     outage_start: OnceLock<Instant>,
+    stall_start: OnceLock<Instant>,
     put_calls: AtomicU64,
+    stalled_calls: AtomicU64,
     puts: AtomicU64,
     gets: AtomicU64,
 }
@@ -85,6 +91,14 @@ impl Kv for Fake {
             && self.put_calls.fetch_add(1, Ordering::Relaxed) == after
         {
             let _ = self.outage_start.set(Instant::now());
+        }
+        if let Some((after, length)) = self.faults.stall {
+            if self.stalled_calls.fetch_add(1, Ordering::Relaxed) == after {
+                let _ = self.stall_start.set(Instant::now());
+            }
+            if let Some(start) = self.stall_start.get() {
+                tokio::time::sleep(length.saturating_sub(start.elapsed())).await;
+            }
         }
         self.check(&key)?;
         if !every(self.faults.drop_every, &self.puts) {
@@ -142,7 +156,9 @@ async fn serve(faults: Faults) -> (SocketAddr, Arc<Fake>) {
         data: Mutex::default(),
         faults,
         outage_start: OnceLock::new(),
+        stall_start: OnceLock::new(),
         put_calls: AtomicU64::new(0),
+        stalled_calls: AtomicU64::new(0),
         puts: AtomicU64::new(0),
         gets: AtomicU64::new(0),
     });
@@ -268,5 +284,27 @@ async fn an_outage_costs_errors_and_a_window_but_no_writes() {
     // Every worker writes throughout, so some key waits out most of the outage.
     assert!(w.max_ms >= 300.0 && w.max_ms < 1500.0, "{report}");
     assert_eq!(w.open, 0);
+    // A write's wait includes its failed attempts, so it spans the window.
+    assert!(w.longest_wait_ms >= w.max_ms, "{report}");
     assert_eq!(report.verification.ok, report.verification.keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_without_errors_shows_as_the_longest_wait_for_a_write() {
+    let faults = Faults {
+        stall: Some((100, Duration::from_millis(400))),
+        ..Faults::default()
+    };
+    let (addr, _fake) = serve(faults).await;
+    let report = hammer(config(addr, 1500)).await;
+    assert!(report.passed(), "{report}");
+    assert!(report.errors.is_empty(), "{report}");
+    let w = &report.write_unavailable;
+    // No write failed, so there is no failure window...
+    assert_eq!((w.count, w.open), (0, 0), "{report}");
+    // ...but the put that began the stall waited it out whole.
+    assert!(
+        w.longest_wait_ms >= 390.0 && w.longest_wait_ms < 1500.0,
+        "{report}"
+    );
 }

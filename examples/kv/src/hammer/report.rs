@@ -141,11 +141,17 @@ pub struct WindowSummary {
     pub max_ms: f64,
     /// Keys whose writes were still failing when the load stopped.
     pub open: u64,
+    /// The longest a worker waited for one write: from the start of its first
+    /// attempt (failed attempts at the same key included) to its
+    /// acknowledgement. Unlike the windows it also counts a write that
+    /// succeeded late without failing, which is how a handoff behind a
+    /// retrying proxy shows: as latency, not as errors.
+    pub longest_wait_ms: f64,
 }
 
 impl WindowSummary {
     /// Exact percentiles: windows are few (at most one per failure episode).
-    fn of(mut windows: Vec<Duration>, open: u64) -> WindowSummary {
+    fn of(mut windows: Vec<Duration>, open: u64, longest_wait: Duration) -> WindowSummary {
         windows.sort_unstable();
         let at = |q: f64| {
             let rank = ((q * windows.len() as f64).ceil() as usize).max(1);
@@ -157,6 +163,7 @@ impl WindowSummary {
             p99_ms: at(0.99),
             max_ms: windows.last().copied().map_or(0.0, ms),
             open,
+            longest_wait_ms: ms(longest_wait),
         }
     }
 }
@@ -189,6 +196,8 @@ pub(crate) struct Tally {
     pub uncertain_writes: u64,
     pub windows: Vec<Duration>,
     pub open_windows: u64,
+    /// The longest wait for one acknowledged write (see [`WindowSummary`]).
+    pub longest_wait: Duration,
     pub verification: Verification,
     pub problems: Vec<String>,
 }
@@ -217,6 +226,7 @@ impl Tally {
         self.uncertain_writes += other.uncertain_writes;
         self.windows.extend(other.windows);
         self.open_windows += other.open_windows;
+        self.longest_wait = self.longest_wait.max(other.longest_wait);
         let v = &mut self.verification;
         v.keys += other.verification.keys;
         v.ok += other.verification.ok;
@@ -270,7 +280,7 @@ impl Tally {
             stale: all.stale,
             unexpected: all.unexpected,
             uncertain_writes: all.uncertain_writes,
-            write_unavailable: WindowSummary::of(all.windows, all.open_windows),
+            write_unavailable: WindowSummary::of(all.windows, all.open_windows, all.longest_wait),
             verification: all.verification,
             problems: all.problems,
         }
@@ -319,8 +329,8 @@ impl fmt::Display for Report {
         let w = &self.write_unavailable;
         writeln!(
             f,
-            "write-unavailable windows: {} (p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms), {} still open",
-            w.count, w.p50_ms, w.p99_ms, w.max_ms, w.open
+            "write-unavailable windows: {} (p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms), {} still open; longest wait for one write {:.1} ms",
+            w.count, w.p50_ms, w.p99_ms, w.max_ms, w.open, w.longest_wait_ms
         )?;
         writeln!(
             f,
@@ -350,10 +360,21 @@ mod tests {
 
     #[test]
     fn windows_and_verdict() {
-        let w = WindowSummary::of((1..=100).map(Duration::from_millis).collect(), 2);
+        let w = WindowSummary::of(
+            (1..=100).map(Duration::from_millis).collect(),
+            2,
+            Duration::from_millis(120),
+        );
         assert_eq!(
-            (w.count, w.p50_ms, w.p99_ms, w.max_ms, w.open),
-            (100, 50.0, 99.0, 100.0, 2)
+            (
+                w.count,
+                w.p50_ms,
+                w.p99_ms,
+                w.max_ms,
+                w.open,
+                w.longest_wait_ms
+            ),
+            (100, 50.0, 99.0, 100.0, 2, 120.0)
         );
         let tally = Tally {
             lost: 1,

@@ -41,6 +41,9 @@ pub(crate) struct Worker {
     /// After a failed write the next write retries the same key, as a client
     /// would, so that the key's write-unavailable window closes promptly.
     retry: Option<usize>,
+    /// When the first attempt of the write being retried began: a client waits
+    /// from then until the write is acknowledged.
+    pending_since: Option<Instant>,
     backoff: Duration,
     tally: Tally,
     live: Arc<Live>,
@@ -80,6 +83,7 @@ impl Worker {
             keys: vec![KeyModel::default(); config.keys_per_worker],
             rng: StdRng::seed_from_u64(seed),
             retry: None,
+            pending_since: None,
             backoff: Duration::ZERO,
             tally: Tally::default(),
             live,
@@ -217,6 +221,8 @@ impl Worker {
                 self.succeeded(kind, now - started);
                 let window = self.keys[k].acknowledged(state, now.into_std());
                 self.tally.windows.extend(window);
+                let waited = now - self.pending_since.take().unwrap_or(started);
+                self.tally.longest_wait = self.tally.longest_wait.max(waited);
                 self.retry = None;
                 true
             }
@@ -226,6 +232,7 @@ impl Worker {
                 self.failed(&status);
                 self.tally.uncertain_writes += u64::from(uncertain);
                 self.keys[k].failed(state, uncertain, now.into_std());
+                self.pending_since.get_or_insert(started);
                 self.retry = Some(k);
                 false
             }

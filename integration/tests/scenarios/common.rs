@@ -1,0 +1,221 @@
+//! What the scenarios share: the cluster they start, marker keys on both
+//! sides of each boundary, and the range operations they drive with
+//! `rangerctl`.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ranger_integration::views::{RangeView, current};
+use ranger_integration::{Backend, Cluster, HammerOptions, HammerRun};
+
+/// Where the scenarios cut the keyspace: between the hammer's workers
+/// (`h0-...` to `h3-...`), so that every range holds keys under load.
+pub const BOUNDARIES: [&str; 3] = ["h1", "h2", "h3"];
+
+/// Three nodes and a proxy on `backend`, with one controller.
+pub async fn cluster(backend: Backend) -> Option<Cluster> {
+    Cluster::builder(backend).nodes(3).start_or_skip().await
+}
+
+/// The hammer every scenario runs through the proxy: four workers, one per
+/// range once the keyspace is cut at [`BOUNDARIES`].
+pub async fn hammer(cluster: &Cluster, seed: u64) -> anyhow::Result<HammerRun> {
+    cluster
+        .hammer(&HammerOptions {
+            seed,
+            ..HammerOptions::default()
+        })
+        .await
+}
+
+/// The key just before `boundary` that the scenarios use: `h1~` before
+/// `h2` (`~` sorts after the hammer's `h1-...` keys).
+fn just_before(boundary: &str) -> String {
+    let mut bytes = boundary.as_bytes().to_vec();
+    if let Some(last) = bytes.last_mut() {
+        *last -= 1;
+    }
+    bytes.push(b'~');
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Keys written before a scenario's operations and read back after each:
+/// for every boundary, the last key before it and the boundary itself (the
+/// first key after it), plus one key at each end of the keyspace.
+#[derive(Debug, Clone)]
+pub struct Markers {
+    pairs: Vec<(String, String)>,
+}
+
+impl Markers {
+    /// Writes the markers through the proxy.
+    pub async fn write(cluster: &Cluster) -> anyhow::Result<Markers> {
+        let mut keys = vec!["a-first".to_owned(), "z-last".to_owned()];
+        for boundary in BOUNDARIES {
+            keys.push(just_before(boundary));
+            keys.push(boundary.to_owned());
+        }
+        let kv = cluster.kv()?;
+        let mut pairs = Vec::new();
+        for key in keys {
+            let value = format!("marker of {key}");
+            kv.put(&key, &value).await?;
+            pairs.push((key, value));
+        }
+        Ok(Markers { pairs })
+    }
+
+    /// Reads every marker back through the proxy, and directly from the node
+    /// that serves its range now: the data is where the keyspace says.
+    pub async fn check(&self, cluster: &Cluster) -> anyhow::Result<()> {
+        let kv = cluster.kv()?;
+        let (_, ranges) = cluster.leader_ranges().await.map_err(anyhow::Error::msg)?;
+        for (key, value) in &self.pairs {
+            let got = kv.get(key).await?;
+            if got.as_deref() != Some(value.as_str()) {
+                bail!("marker {key:?} through the proxy: {got:?}, want {value:?}");
+            }
+            let range = current(&ranges)
+                .into_iter()
+                .find(|r| r.contains(key.as_bytes()))
+                .with_context(|| format!("no current range holds {key:?}"))?;
+            let node = range
+                .served_by()
+                .with_context(|| format!("range {} is not served: {range:?}", range.id))?;
+            let direct = cluster.nodes[cluster.node_index(&node)?].kv()?;
+            let got = direct.get(key).await?;
+            if got.as_deref() != Some(value.as_str()) {
+                bail!(
+                    "marker {key:?} on {node}, which serves range {}: {got:?}, want {value:?}",
+                    range.id
+                );
+            }
+        }
+        // A scan from the start crosses every boundary through the proxy.
+        let scanned = kv.scan("a", None).await?;
+        for (key, value) in &self.pairs {
+            if !scanned.iter().any(|p| &p.key == key && &p.value == value) {
+                bail!("marker {key:?} missing from a scan across every range");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The current range holding `key`.
+pub fn holding<'a>(ranges: &'a [RangeView], key: &str) -> anyhow::Result<&'a RangeView> {
+    current(ranges)
+        .into_iter()
+        .find(|r| r.contains(key.as_bytes()))
+        .with_context(|| format!("no current range holds {key:?}"))
+}
+
+/// A node other than the one serving `range`.
+pub fn other_node(cluster: &Cluster, range: &RangeView) -> anyhow::Result<String> {
+    let from = range.served_by();
+    cluster
+        .node_ids()
+        .into_iter()
+        .find(|n| Some(n) != from.as_ref())
+        .context("no other node")
+}
+
+/// Splits the range holding `key` at `key` and waits until the cluster
+/// settles.
+pub async fn split_at(cluster: &Cluster, key: &str) -> anyhow::Result<Vec<RangeView>> {
+    let (ctl, ranges) = cluster.leader_ranges().await.map_err(anyhow::Error::msg)?;
+    let range = holding(&ranges, key)?;
+    ctl.operation_ok(&["split", &range.id.to_string(), key])
+        .await?;
+    cluster.wait_settled().await
+}
+
+/// Cuts the keyspace at every one of [`BOUNDARIES`], and spreads the ranges
+/// so that every node serves at least one.
+pub async fn cut_and_spread(cluster: &Cluster) -> anyhow::Result<Vec<RangeView>> {
+    for boundary in BOUNDARIES {
+        split_at(cluster, boundary).await?;
+    }
+    let nodes = cluster.node_ids();
+    for node in &nodes {
+        let (ctl, ranges) = cluster.leader_ranges().await.map_err(anyhow::Error::msg)?;
+        if current(&ranges)
+            .iter()
+            .any(|r| r.served_by().as_ref() == Some(node))
+        {
+            continue;
+        }
+        // Move a range from the busiest node.
+        let busiest = busiest_node(&ranges).context("no node serves anything")?;
+        let range = current(&ranges)
+            .into_iter()
+            .find(|r| r.served_by().as_ref() == Some(&busiest))
+            .context("the busiest node serves nothing")?;
+        ctl.operation_ok(&["move", &range.id.to_string(), node])
+            .await?;
+        cluster.wait_settled().await?;
+    }
+    cluster.wait_settled().await
+}
+
+/// The node serving the most current ranges.
+pub fn busiest_node(ranges: &[RangeView]) -> Option<String> {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for range in current(ranges) {
+        if let Some(node) = range.served_by() {
+            *counts.entry(node).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(node, _)| node)
+}
+
+/// The ids of the current ranges served by `node`.
+pub fn ranges_on(ranges: &[RangeView], node: &str) -> Vec<u64> {
+    current(ranges)
+        .into_iter()
+        .filter(|r| r.served_by().as_deref() == Some(node))
+        .map(|r| r.id)
+        .collect()
+}
+
+/// `Ok` when `cond` holds, else `what` as the reason.
+pub fn ok_if(cond: bool, what: impl Into<String>) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(what.into()) }
+}
+
+/// How long a scenario waits for things that should be quick.
+pub const SHORT: Duration = Duration::from_secs(30);
+
+/// Joins the two ranges that meet at `boundary` and waits until the cluster
+/// settles.
+pub async fn join_at(cluster: &Cluster, boundary: &str) -> anyhow::Result<Vec<RangeView>> {
+    let (ctl, ranges) = cluster.leader_ranges().await.map_err(anyhow::Error::msg)?;
+    let (left, right) = neighbours(&ranges, boundary)?;
+    ctl.operation_ok(&["join", &left.to_string(), &right.to_string()])
+        .await?;
+    cluster.wait_settled().await
+}
+
+/// The ids of the current ranges left and right of `boundary`.
+pub fn neighbours(ranges: &[RangeView], boundary: &str) -> anyhow::Result<(u64, u64)> {
+    let left = holding(ranges, &just_before(boundary))?;
+    let right = holding(ranges, boundary)?;
+    if left.id == right.id {
+        bail!("no boundary at {boundary:?}: range {} spans it", left.id);
+    }
+    Ok((left.id, right.id))
+}
+
+/// Moves the range holding `key` to another node and waits until the
+/// cluster settles.
+pub async fn move_holding(cluster: &Cluster, key: &str) -> anyhow::Result<Vec<RangeView>> {
+    let (ctl, ranges) = cluster.leader_ranges().await.map_err(anyhow::Error::msg)?;
+    let range = holding(&ranges, key)?;
+    let to = other_node(cluster, range)?;
+    ctl.operation_ok(&["move", &range.id.to_string(), &to])
+        .await?;
+    cluster.wait_settled().await
+}
