@@ -13,6 +13,8 @@
 //!   output typed ([`views`], [`hammer::HammerReport`]);
 //! - [`events`]: the controller's live events, to act at a precise step;
 //! - [`raw_grpc`]: arbitrary bytes to any gRPC method (garbage input);
+//! - [`relay`]: a TCP relay in front of a node that delays, stalls one or both
+//!   directions, or resets (partitions from outside the processes);
 //! - [`wait`]: polling with deadlines; [`summary`]: each scenario's line.
 
 pub mod binaries;
@@ -24,6 +26,7 @@ pub mod kv;
 pub mod ports;
 pub mod process;
 pub mod raw_grpc;
+pub mod relay;
 pub mod summary;
 pub mod views;
 pub mod wait;

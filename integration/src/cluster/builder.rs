@@ -29,6 +29,8 @@ pub struct ClusterBuilder {
     pub(super) rangerd_args: Vec<String>,
     pub(super) rangerd_env: Vec<(String, String)>,
     pub(super) advertise: Option<AdvertiseFn>,
+    pub(super) ack_logs: bool,
+    pub(super) proxy_direct: bool,
 }
 
 impl fmt::Debug for ClusterBuilder {
@@ -104,6 +106,23 @@ impl ClusterBuilder {
     /// Nodes advertise `f(index, listen)` instead of their listening address.
     pub fn advertise(mut self, f: AdvertiseFn) -> Self {
         self.advertise = Some(f);
+        self
+    }
+
+    /// Every node logs each write it acknowledges (`kv-node --ack-log`, in the
+    /// cluster's directory; see [`super::members::KvNode::ack_log`]), so that
+    /// a test can check that no key had two writers at once.
+    pub fn ack_logs(mut self, on: bool) -> Self {
+        self.ack_logs = on;
+        self
+    }
+
+    /// The proxy reaches the nodes at their listening addresses, from a static
+    /// list, instead of the advertised ones it would learn from the controller
+    /// or Consul: with a relay in the advertised address, a fault then cuts
+    /// the controller (and Consul) from a node while clients still reach it.
+    pub fn proxy_direct(mut self, on: bool) -> Self {
+        self.proxy_direct = on;
         self
     }
 

@@ -80,6 +80,9 @@ pub struct KvNode {
     pub id: String,
     /// Its RocksDB directory, kept across restarts.
     pub data: PathBuf,
+    /// Its log of acknowledged writes, when the cluster asked for them (one
+    /// JSON line per write; appended to across restarts).
+    pub ack_log: Option<PathBuf>,
 }
 
 impl KvNode {
@@ -110,6 +113,12 @@ impl KvNode {
             .args(["--listen", &listen.to_string()])
             .args(["--advertise", &advertise, "--id", &id])
             .arg_path("--data", &data);
+        let ack_log = spec
+            .ack_logs
+            .then(|| cluster.dir().join(format!("acks-{id}.jsonl")));
+        if let Some(path) = &ack_log {
+            process = process.arg_path("--ack-log", path);
+        }
         process = match &cluster.consul {
             Some(consul) => process.args(["--consul", &consul.address()]),
             None => process.args(["--controller", &cluster.controllers[0].addr]),
@@ -120,6 +129,7 @@ impl KvNode {
             advertise,
             id,
             data,
+            ack_log,
         })
     }
 
@@ -148,6 +158,17 @@ impl Proxy {
                 &spec.proxy_deadline.as_millis().to_string(),
             ]);
         process = match &cluster.consul {
+            _ if spec.proxy_direct => {
+                let nodes: Vec<String> = cluster
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{}={}", n.id, n.listen))
+                    .collect();
+                if nodes.is_empty() {
+                    bail!("a proxy with a static node list needs the nodes first");
+                }
+                process.args(["--nodes", &nodes.join(",")])
+            }
             Some(consul) => process.args(["--consul", &consul.address()]),
             None => process.args([
                 "--controller",

@@ -92,6 +92,8 @@ impl Cluster {
             rangerd_args: Vec::new(),
             rangerd_env: Vec::new(),
             advertise: None,
+            ack_logs: false,
+            proxy_direct: false,
         }
     }
 

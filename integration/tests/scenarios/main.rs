@@ -13,4 +13,5 @@ mod s02_controller_kill;
 mod s03_failover;
 mod s04_node_restart;
 mod s06_drain;
+mod s07_partition;
 mod s09_bad_input;

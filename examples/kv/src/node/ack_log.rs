@@ -47,10 +47,15 @@ pub struct AckLog {
 }
 
 impl AckLog {
-    /// Creates (or truncates) the log at `path`.
+    /// Opens the log at `path` for appending (creating it): a node restarted
+    /// on the same log adds to what it acknowledged before.
     pub fn create(path: &Path) -> std::io::Result<AckLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         Ok(AckLog {
-            file: Mutex::new(BufWriter::new(File::create(path)?)),
+            file: Mutex::new(BufWriter::new(file)),
         })
     }
 
@@ -214,6 +219,15 @@ mod tests {
             .unwrap()
             .write_all(b"{\"key\":\"k3\",\"ran")
             .unwrap();
+        assert_eq!(
+            AckLog::read(&path).unwrap(),
+            vec![ack("k1", 1, 2), ack("k2", 3, 4)]
+        );
+        // Reopened (a restarted node): appends.
+        drop(log);
+        std::fs::write(&path, b"").unwrap();
+        AckLog::create(&path).unwrap().record(&ack("k1", 1, 2));
+        AckLog::create(&path).unwrap().record(&ack("k2", 3, 4));
         assert_eq!(
             AckLog::read(&path).unwrap(),
             vec![ack("k1", 1, 2), ack("k2", 3, 4)]
