@@ -65,6 +65,11 @@ impl Markers {
         Ok(Markers { pairs })
     }
 
+    /// The marker keys and their values.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.pairs
+    }
+
     /// Reads every marker back through the proxy, and directly from the node
     /// that serves its range now: the data is where the keyspace says.
     pub async fn check(&self, cluster: &Cluster) -> anyhow::Result<()> {

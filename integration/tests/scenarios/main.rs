@@ -12,6 +12,7 @@ mod s01_operations;
 mod s02_controller_kill;
 mod s03_failover;
 mod s04_node_restart;
+mod s05_node_gone;
 mod s06_drain;
 mod s07_partition;
 mod s09_bad_input;
