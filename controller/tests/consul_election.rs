@@ -89,7 +89,7 @@ async fn two(agent: &TestAgent, prefix: &str) -> (LeaderElection, LeaderElection
 
 #[tokio::test]
 async fn one_leader_and_a_clean_stop_hands_over_within_a_second() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let (leader, standby) = two(&agent, "clean/").await;
     let mut roles = standby.role();
     let stopped = Instant::now();
@@ -103,7 +103,7 @@ async fn one_leader_and_a_clean_stop_hands_over_within_a_second() {
 
 #[tokio::test]
 async fn a_killed_session_deposes_the_leader_at_once_and_fences_its_writes() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let (leader, standby) = two(&agent, "killed/").await;
     let Role::Leader { fence, .. } = leader.current() else {
@@ -231,7 +231,7 @@ fn stderr(out: &Output) -> String {
 
 #[tokio::test]
 async fn rangerd_standby_names_the_leader_and_takes_over_after_a_kill() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let dir = tempfile::tempdir().unwrap();
     let consul = agent.address();
     let first = Rangerd::start(&consul, dir.path(), "first");

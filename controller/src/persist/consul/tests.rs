@@ -119,7 +119,7 @@ impl Harness for ConsulPersister {
 
 /// A fenced persister on its own agent, for the conformance suite.
 async fn fresh() -> (ConsulPersister, TestAgent) {
-    let agent = TestAgent::start().await.unwrap();
+    let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let fence = lead(&client).await;
     let persister = ConsulPersister::new(client, DEFAULT_PREFIX, Some(fence)).unwrap();
@@ -129,7 +129,7 @@ async fn fresh() -> (ConsulPersister, TestAgent) {
 crate::persistence_suite!(fresh);
 
 async fn start(fenced: bool) -> (TestAgent, ConsulPersister) {
-    let agent = TestAgent::start().await.unwrap();
+    let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let fence = if fenced {
         Some(lead(&client).await)
