@@ -1,5 +1,5 @@
-//! Discovery against a real `consul agent -dev`: nodes register with a real
-//! gRPC health check (served by tonic-health), watchers follow the passing
+//! Discovery against a real Consul agent (`test_agent!`): nodes register with
+//! a real gRPC health check (served by tonic-health), watchers follow the passing
 //! instances. Timings are printed (run with `--nocapture` to see them).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 

@@ -1,5 +1,5 @@
-//! The Consul discovery backend against a real `consul agent -dev`: nodes
-//! register the way kv-node does (with a real gRPC health server for the
+//! The Consul discovery backend against a real Consul agent (`test_agent!`):
+//! nodes register the way kv-node does (with a real gRPC health server for the
 //! agent's checks) and the controller's membership follows them. The backend
 //! runs the public discovery suite (`ranger_controller::testing::discovery`)
 //! from here, as a third-party backend would.

@@ -1,5 +1,5 @@
-//! Leader election against a real `consul agent -dev`: exactly one leader, fast
-//! failover on a clean stop and on a killed session, fencing of a deposed
+//! Leader election against a real Consul agent (`test_agent!`): exactly one
+//! leader, fast failover on a clean stop and on a killed session, fencing of a deposed
 //! leader's writes; and two `rangerd --consul` processes, where the standby
 //! names the leader and takes over after the leader is killed with SIGKILL.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]

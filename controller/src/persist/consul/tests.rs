@@ -1,5 +1,5 @@
-//! The Consul backend against a real `consul agent -dev` (DESIGN.md §8: tests
-//! run against a real Consul, whose indexes and sessions the fencing rests on):
+//! The Consul backend against a real Consul agent (`test_agent!`; DESIGN.md
+//! §8: tests run against a real Consul, whose indexes and sessions the fencing rests on):
 //! the persistence suite, then what only this backend has to get right:
 //! fencing, races between writers, two-phase saves cut at each phase, lost
 //! answers; and the pure parts (value layout, batch packing) alone.
