@@ -1,5 +1,5 @@
-//! How long a `TestAgent` takes to start (until leader with its node in the
-//! catalog), to restart, and to stop when dropped, in each mode: the figures
+//! How long a `TestAgent` takes to start (until leader, its node's serfHealth
+//! check passing), to restart, and to stop when dropped, in each mode: the figures
 //! behind the choice of container mode as the default for tests.
 //!
 //! `cargo run -p ranger-consul --features test-agent --example bench_test_agent [RUNS]`

@@ -320,8 +320,9 @@ impl TestAgent {
         Self::start_in(Mode::from_env()?).await
     }
 
-    /// Starts an agent in `mode` and waits until it is leader and its node is
-    /// in the catalog, so that sessions and service registrations work at once.
+    /// Starts an agent in `mode` and waits until it is leader and its node's
+    /// `serfHealth` check passes, so that sessions and service registrations
+    /// work at once.
     pub async fn start_in(mode: Mode) -> Result<Self, TestAgentError> {
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
@@ -373,7 +374,7 @@ impl TestAgent {
         Ok(agent)
     }
 
-    /// Waits for a leader and for the agent's node in the catalog.
+    /// Waits for a leader and for the node's passing `serfHealth` check.
     async fn wait_ready(&mut self) -> Result<(), TestAgentError> {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut waiting_for = "a leader";
@@ -382,8 +383,8 @@ impl TestAgent {
                 return Err(exited);
             }
             if let Ok(Some(_)) = self.client.status_leader().await {
-                waiting_for = "its node in the catalog";
-                if self.node_registered().await {
+                waiting_for = "its node's serfHealth check";
+                if self.serf_health_passing().await {
                     return Ok(());
                 }
             }
@@ -398,17 +399,27 @@ impl TestAgent {
         }
     }
 
-    async fn node_registered(&self) -> bool {
-        let url = self.client.url(&["catalog", "node"], Some(&self.node));
+    /// Whether the node's `serfHealth` check is registered and passing: the
+    /// check a session binds to by default. The node itself appears in the
+    /// catalog earlier (the agent's own sync registers it), and a session
+    /// created before the leader has added the check fails with "Missing
+    /// check 'serfHealth' registration".
+    async fn serf_health_passing(&self) -> bool {
+        let url = self.client.url(&["health", "node"], Some(&self.node));
         let answer = self
             .client
             .call(Method::GET, url, Scope::Cluster)
             .send()
             .await;
-        match answer {
-            Ok(answer) => matches!(answer.json::<serde_json::Value>().await, Ok(v) if !v.is_null()),
-            Err(_) => false,
-        }
+        let Ok(answer) = answer else {
+            return false;
+        };
+        let Ok(checks) = answer.json::<Vec<serde_json::Value>>().await else {
+            return false;
+        };
+        checks
+            .iter()
+            .any(|check| check["CheckID"] == "serfHealth" && check["Status"] == "passing")
     }
 
     /// Freezes the agent, as a machine that stops being scheduled or a
@@ -429,8 +440,8 @@ impl TestAgent {
     }
 
     /// Thaws an agent frozen by [`TestAgent::pause`]: requests that were
-    /// waiting are answered, and timers run again (a session whose TTL ran
-    /// out while frozen expires then).
+    /// waiting are answered, and its timers run again, late (whatever fell
+    /// due while it was frozen, such as a session's TTL, comes due at once).
     pub async fn unpause(&self) -> Result<(), TestAgentError> {
         match &self.backend {
             Backend::Process(process) => process.signal("unpause", "CONT"),
@@ -438,11 +449,12 @@ impl TestAgent {
         }
     }
 
-    /// Stops the agent as an operator or a crash would: SIGTERM, then SIGKILL
-    /// after ten seconds. Its ports refuse connections until
+    /// Stops the agent the way an operator or an orchestrator does: SIGTERM,
+    /// then SIGKILL after ten seconds. Its ports refuse connections until
     /// [`TestAgent::restart`]; its data directory is kept. What clients and
     /// leaders must survive: Consul gone, then back with everything it had
-    /// acknowledged.
+    /// acknowledged. A paused agent is thawed to receive the signal, so it
+    /// may run for an instant before it stops.
     pub async fn stop(&mut self) -> Result<(), TestAgentError> {
         match &mut self.backend {
             Backend::Process(process) => process.stop().await,
@@ -866,9 +878,15 @@ mod container {
         }
 
         /// Stops the container (the engine sends SIGTERM, then SIGKILL after
-        /// [`STOP_GRACE`]; a paused container is thawed to receive them).
-        /// Stopping a stopped container does nothing.
+        /// [`STOP_GRACE`]). Stopping a stopped container does nothing.
+        ///
+        /// A paused container is thawed first: podman refuses to stop a
+        /// paused one ("container state improper"), and a frozen process
+        /// cannot act on SIGTERM anyway. The unpause fails harmlessly when
+        /// the container is not paused; if the engine is gone, the stop that
+        /// follows reports it.
         pub(super) async fn stop(&self) -> Result<(), TestAgentError> {
+            let _not_paused = self.container.unpause().await;
             let grace = i32::try_from(STOP_GRACE.as_secs()).unwrap_or(i32::MAX);
             self.container
                 .stop_with_timeout(Some(grace))

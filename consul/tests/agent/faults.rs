@@ -82,7 +82,7 @@ async fn writes_survive_restarts(mode: Option<Mode>) {
 }
 
 async fn pause_holds_requests_until_unpause(mode: Option<Mode>) {
-    let agent = start(mode).await;
+    let mut agent = start(mode).await;
     let addr = agent.http_addr();
     // Which agent this is, as the value read back: a read answered by
     // anything else would show.
@@ -123,6 +123,15 @@ async fn pause_holds_requests_until_unpause(mode: Option<Mode>) {
         .unwrap();
     assert_eq!(answer.as_deref(), Some(who.as_bytes()));
     assert!(paused.elapsed() >= Duration::from_secs(2));
+
+    // A paused agent can be stopped and restarted, data and all.
+    agent.pause().await.unwrap();
+    agent.stop().await.unwrap();
+    agent.restart().await.unwrap();
+    assert_eq!(
+        read(&patient, "faults/frozen").await.unwrap().as_deref(),
+        Some(who.as_bytes())
+    );
 
     // Dropping a paused agent still removes it: nothing listens any more.
     agent.pause().await.unwrap();
