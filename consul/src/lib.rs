@@ -23,7 +23,8 @@
 //! - [`status`]: the cluster leader, to wait until Consul can serve writes.
 //!
 //! With the `test-agent` feature, [`test_agent::TestAgent`] runs a real
-//! `consul agent -dev` for tests.
+//! single-node Consul server for tests, as a container through testcontainers
+//! (the default) or as a process, and can freeze, stop and restart it.
 
 pub mod agent;
 pub mod blocking;

@@ -1,5 +1,5 @@
-//! Discovery against a real `consul agent -dev`: nodes register with a real
-//! gRPC health check (served by tonic-health), watchers follow the passing
+//! Discovery against a real Consul agent (`test_agent!`): nodes register with
+//! a real gRPC health check (served by tonic-health), watchers follow the passing
 //! instances. Timings are printed (run with `--nocapture` to see them).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -107,7 +107,7 @@ fn lacks(id: &str) -> impl Fn(&[ServiceInstance]) -> bool + '_ {
 
 #[tokio::test]
 async fn a_registration_is_seen_once_its_check_passes_and_deregistration_removes_it_at_once() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let server = HealthServer::start("127.0.0.1").await;
     let (mut rx, watch) = watch_service(client.clone(), "node");
@@ -185,7 +185,7 @@ async fn a_registration_is_seen_once_its_check_passes_and_deregistration_removes
 
 #[tokio::test]
 async fn a_node_whose_health_server_stops_goes_critical_and_leaves() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let server = HealthServer::start("127.0.0.1").await;
     let port = server.port;
@@ -212,7 +212,7 @@ async fn a_node_whose_health_server_stops_goes_critical_and_leaves() {
 
 #[tokio::test]
 async fn a_service_deregistered_behind_its_back_is_registered_again() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let server = HealthServer::start("127.0.0.1").await;
     let id = server.port.to_string();
@@ -240,7 +240,7 @@ async fn a_service_deregistered_behind_its_back_is_registered_again() {
 
 #[tokio::test]
 async fn service_ids_follow_the_localhost_rule_and_names_are_configurable() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let (mut rx, _watch) = watch_service(client.clone(), "kv");
 
@@ -292,7 +292,7 @@ async fn service_ids_follow_the_localhost_rule_and_names_are_configurable() {
 
 #[tokio::test]
 async fn the_watch_keeps_the_last_known_set_while_consul_is_unreachable() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let server = HealthServer::start("127.0.0.1").await;
     let id = server.port.to_string();

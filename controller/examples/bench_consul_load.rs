@@ -1,8 +1,8 @@
 //! How long a controller restart spends reading the keyspace from Consul
 //! (DESIGN.md §10: restart or failover to serving < 2 s at 100k ranges).
 //!
-//! Starts a real `consul agent -dev` (from `bin/consul`), saves N ranges (each
-//! with one Active placement, as in `bench_reconcile`) through a fenced
+//! Starts a real Consul (a `TestAgent`, in the mode `RANGER_CONSUL_MODE`
+//! selects), saves N ranges (each with one Active placement, as in `bench_reconcile`) through a fenced
 //! `ConsulPersister` in one change set, then, several times, does what a
 //! restarted controller does with its store: a new persister, `load()` (one
 //! recursive listing of the prefix, decoded and checked), and

@@ -1,5 +1,5 @@
-//! The Consul discovery backend against a real `consul agent -dev`: nodes
-//! register the way kv-node does (with a real gRPC health server for the
+//! The Consul discovery backend against a real Consul agent (`test_agent!`):
+//! nodes register the way kv-node does (with a real gRPC health server for the
 //! agent's checks) and the controller's membership follows them. The backend
 //! runs the public discovery suite (`ranger_controller::testing::discovery`)
 //! from here, as a third-party backend would.
@@ -110,7 +110,7 @@ fn node_id(id: &str) -> NodeId {
 
 #[tokio::test]
 async fn membership_follows_the_passing_instances_of_the_service() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let discovery = ConsulDiscovery::spawn(client.clone(), "node");
     assert_eq!(discovery.service(), "node");
@@ -175,8 +175,8 @@ struct ConsulNodes {
 }
 
 impl ConsulNodes {
-    async fn start() -> Option<ConsulNodes> {
-        let agent = TestAgent::start_or_skip().await?;
+    async fn start() -> ConsulNodes {
+        let agent = ranger_consul::test_agent!();
         let discovery = ConsulDiscovery::spawn(agent.client(), "node");
         let mut harness = ConsulNodes {
             discovery,
@@ -187,7 +187,7 @@ impl ConsulNodes {
         for _ in 0..2 {
             harness.join().await;
         }
-        Some(harness)
+        harness
     }
 }
 
@@ -259,40 +259,30 @@ impl DynamicHarness for ConsulNodes {
 
 #[tokio::test]
 async fn consul_discovery_lists_exactly_its_nodes() {
-    let Some(harness) = ConsulNodes::start().await else {
-        return;
-    };
+    let harness = ConsulNodes::start().await;
     suite::lists_exactly_its_nodes(harness).await;
 }
 
 #[tokio::test]
 async fn consul_discovery_announces_nothing_while_nodes_only_renew() {
-    let Some(harness) = ConsulNodes::start().await else {
-        return;
-    };
+    let harness = ConsulNodes::start().await;
     suite::renewals_announce_nothing(harness).await;
 }
 
 #[tokio::test]
 async fn consul_discovery_lists_a_joining_node() {
-    let Some(harness) = ConsulNodes::start().await else {
-        return;
-    };
+    let harness = ConsulNodes::start().await;
     suite::a_joining_node_is_listed(harness).await;
 }
 
 #[tokio::test]
 async fn consul_discovery_follows_a_node_to_its_new_address() {
-    let Some(harness) = ConsulNodes::start().await else {
-        return;
-    };
+    let harness = ConsulNodes::start().await;
     suite::a_moved_node_is_listed_at_its_new_address(harness).await;
 }
 
 #[tokio::test]
 async fn consul_discovery_drops_a_deregistered_node() {
-    let Some(harness) = ConsulNodes::start().await else {
-        return;
-    };
+    let harness = ConsulNodes::start().await;
     suite::a_leaving_node_is_dropped(harness).await;
 }

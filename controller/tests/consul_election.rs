@@ -1,8 +1,8 @@
-//! Leader election against a real `consul agent -dev`: exactly one leader, fast
-//! failover on a clean stop and on a killed session, fencing of a deposed
-//! leader's writes. Two `rangerd --consul` processes, where the standby names
-//! the leader and takes over after the leader is killed with SIGKILL, are in
-//! `integration/tests/rangerd_election.rs`.
+//! Leader election against a real Consul agent (`test_agent!`): exactly one
+//! leader, fast failover on a clean stop and on a killed session, fencing of a
+//! deposed leader's writes. Two `rangerd --consul` processes, where the standby
+//! names the leader and takes over after the leader is killed with SIGKILL, are
+//! in `integration/tests/rangerd_election.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -89,7 +89,7 @@ async fn two(agent: &TestAgent, prefix: &str) -> (LeaderElection, LeaderElection
 
 #[tokio::test]
 async fn one_leader_and_a_clean_stop_hands_over_within_a_second() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let (leader, standby) = two(&agent, "clean/").await;
     let mut roles = standby.role();
     let stopped = Instant::now();
@@ -103,7 +103,7 @@ async fn one_leader_and_a_clean_stop_hands_over_within_a_second() {
 
 #[tokio::test]
 async fn a_killed_session_deposes_the_leader_at_once_and_fences_its_writes() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let (leader, standby) = two(&agent, "killed/").await;
     let Role::Leader { fence, .. } = leader.current() else {

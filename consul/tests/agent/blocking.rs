@@ -4,7 +4,7 @@ use ranger_consul::{BlockingQuery, PutOptions, QueryOptions};
 
 #[tokio::test]
 async fn a_blocking_get_returns_promptly_on_change() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     assert!(
         c.kv_put("watched", b"1", &PutOptions::default())
@@ -45,7 +45,7 @@ async fn a_blocking_get_returns_promptly_on_change() {
 
 #[tokio::test]
 async fn a_blocking_get_times_out_with_the_same_index() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     assert!(
         c.kv_put("quiet", b"1", &PutOptions::default())
@@ -72,7 +72,7 @@ async fn a_blocking_get_times_out_with_the_same_index() {
 
 #[tokio::test]
 async fn a_watch_sees_each_change_of_a_prefix() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     let mut watch = BlockingQuery::new(Duration::from_secs(2));
     let first = watch.next(|o| c.kv_list("ranges/", o)).await;

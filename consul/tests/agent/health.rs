@@ -42,7 +42,7 @@ fn ids(entries: &[ServiceEntry]) -> Vec<&str> {
 
 #[tokio::test]
 async fn ttl_check_decides_whether_the_service_is_listed_as_passing() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     let mut check = CheckDefinition::ttl(Duration::from_secs(30));
     check.deregister_critical_service_after = Some(Duration::from_secs(60));
@@ -116,7 +116,7 @@ async fn ttl_check_decides_whether_the_service_is_listed_as_passing() {
 
 #[tokio::test]
 async fn grpc_check_of_a_dead_port_goes_critical() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     // A port nothing listens on.
     let port = {

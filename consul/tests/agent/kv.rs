@@ -2,7 +2,7 @@ use ranger_consul::{DeleteOptions, Error, PutOptions, QueryOptions};
 
 #[tokio::test]
 async fn binary_values_round_trip() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     let value: Vec<u8> = vec![0xff, 0xfe, 0x00, 0x80, b'k', 0xc3];
     assert!(std::str::from_utf8(&value).is_err());
@@ -87,7 +87,7 @@ async fn binary_values_round_trip() {
 
 #[tokio::test]
 async fn compare_and_set() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     assert!(
         c.kv_put("k", b"v1", &PutOptions::cas(0)).await.unwrap(),
@@ -143,7 +143,7 @@ async fn compare_and_set() {
 
 #[tokio::test]
 async fn oversized_values_are_refused_before_sending() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     let big = vec![7u8; 512 * 1024 + 1];
     let error = c

@@ -9,7 +9,7 @@ const TTL: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn renew_info_destroy() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     let mut request = SessionRequest::with_ttl(TTL, SessionBehavior::Delete);
     request.name = Some("controller".into());
@@ -44,7 +44,7 @@ async fn renew_info_destroy() {
 
 #[tokio::test]
 async fn ttl_bounds_are_checked() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     let request = SessionRequest::with_ttl(Duration::from_secs(5), SessionBehavior::Release);
     assert!(matches!(
@@ -55,7 +55,7 @@ async fn ttl_bounds_are_checked() {
 
 #[tokio::test]
 async fn keeper_renews_and_reports_loss() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     let id = c
         .session_create(&SessionRequest::with_ttl(TTL, SessionBehavior::Release))
@@ -80,7 +80,7 @@ async fn keeper_renews_and_reports_loss() {
 
 #[tokio::test]
 async fn keeper_keeps_a_session_past_its_ttl_and_shutdown_destroys_it() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     let id = c
         .session_create(&SessionRequest::with_ttl(TTL, SessionBehavior::Release))
@@ -118,7 +118,7 @@ async fn keeper_keeps_a_session_past_its_ttl_and_shutdown_destroys_it() {
 
 #[tokio::test]
 async fn keeper_reports_loss_when_consul_is_unreachable() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     let id = c
         .session_create(&SessionRequest::with_ttl(TTL, SessionBehavior::Release))

@@ -4,7 +4,7 @@ use ranger_consul::{Error, PutOptions, QueryOptions, SessionBehavior, SessionReq
 
 #[tokio::test]
 async fn commits_all_ops_and_returns_results() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     let results = c
         .txn(&[
@@ -29,7 +29,7 @@ async fn commits_all_ops_and_returns_results() {
 
 #[tokio::test]
 async fn a_failed_check_rolls_back_every_op() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     assert!(c.kv_put("t/c", b"c", &PutOptions::default()).await.unwrap());
     let index = c
@@ -79,7 +79,7 @@ async fn a_failed_check_rolls_back_every_op() {
 
 #[tokio::test]
 async fn more_than_64_ops_are_refused_client_side() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     let ops: Vec<_> = (0..65)
         .map(|i| TxnOp::set(format!("t/{i:03}"), b"x".to_vec()))
@@ -102,7 +102,7 @@ async fn more_than_64_ops_are_refused_client_side() {
 
 #[tokio::test]
 async fn check_session_fences_a_destroyed_sessions_writes() {
-    let agent = ranger_consul::test_agent_or_skip!();
+    let agent = ranger_consul::test_agent!();
     let c = agent.client();
     let mut request = SessionRequest::with_ttl(Duration::from_secs(30), SessionBehavior::Release);
     request.lock_delay = Some(Duration::ZERO);

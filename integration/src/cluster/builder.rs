@@ -126,9 +126,10 @@ impl ClusterBuilder {
         self
     }
 
-    /// Starts everything, on Consul from `TestAgent::start`; waits until
-    /// every node is known, every range is served, and (with a proxy) the
-    /// proxy routes.
+    /// Starts everything, on Consul from `TestAgent::start` (which fails, saying
+    /// how to fix it, where no container engine answers); waits until every
+    /// node is known, every range is served, and (with a proxy) the proxy
+    /// routes.
     pub async fn start(self) -> anyhow::Result<Cluster> {
         let consul = match self.backend {
             Backend::Embedded => None,
@@ -139,20 +140,6 @@ impl ClusterBuilder {
             ),
         };
         self.start_with(consul).await
-    }
-
-    /// [`ClusterBuilder::start`], except that a Consul that cannot run here
-    /// (no container engine in container mode) skips the test: `None`, after
-    /// `TestAgent::start_or_skip` said why. Any other failure panics.
-    pub async fn start_or_skip(self) -> Option<Cluster> {
-        let consul = match self.backend {
-            Backend::Embedded => None,
-            Backend::Consul => Some(TestAgent::start_or_skip().await?),
-        };
-        match self.start_with(consul).await {
-            Ok(cluster) => Some(cluster),
-            Err(error) => panic!("the cluster did not start: {error:#}"),
-        }
     }
 
     async fn start_with(self, consul: Option<TestAgent>) -> anyhow::Result<Cluster> {

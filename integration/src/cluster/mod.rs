@@ -412,8 +412,20 @@ impl Cluster {
             );
         }
         if let Some(consul) = &self.consul {
-            eprintln!("----- consul -----\n{}", consul.log_tail(LOG_TAIL_LINES));
+            eprintln!("----- consul -----\n{}", consul_log_tail(consul));
         }
+    }
+}
+
+/// The end of Consul's log. Fetching it may take a call to the container
+/// engine, while logs are printed from sync code (a panic, a drop): it blocks
+/// in place on a multi-threaded runtime, the flavour every test here uses.
+fn consul_log_tail(consul: &TestAgent) -> String {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| handle.block_on(consul.log_tail(LOG_TAIL_LINES)))
+        }
+        _ => "(not printed: no multi-threaded runtime to fetch it with)".to_owned(),
     }
 }
 

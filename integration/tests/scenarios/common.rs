@@ -13,8 +13,8 @@ use ranger_integration::{Backend, Cluster, HammerOptions, HammerRun};
 pub const BOUNDARIES: [&str; 3] = ["h1", "h2", "h3"];
 
 /// Three nodes and a proxy on `backend`, with one controller.
-pub async fn cluster(backend: Backend) -> Option<Cluster> {
-    Cluster::builder(backend).nodes(3).start_or_skip().await
+pub async fn cluster(backend: Backend) -> anyhow::Result<Cluster> {
+    Cluster::builder(backend).nodes(3).start().await
 }
 
 /// The hammer every scenario runs through the proxy: four workers, one per

@@ -8,9 +8,7 @@ use ranger_integration::{Backend, Cluster, Summary};
 use crate::common::{self, Markers};
 
 async fn place_move_split_and_join(backend: Backend, name: &str) -> anyhow::Result<()> {
-    let Some(cluster) = common::cluster(backend).await else {
-        return Ok(());
-    };
+    let cluster = common::cluster(backend).await?;
     let result = operations(&cluster, backend, name).await;
     cluster.conclude(result)
 }

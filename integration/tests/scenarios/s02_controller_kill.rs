@@ -96,9 +96,7 @@ async fn kill_after_answer(
 }
 
 async fn controller_killed_after_each_answer(backend: Backend, name: &str) -> anyhow::Result<()> {
-    let Some(mut cluster) = common::cluster(backend).await else {
-        return Ok(());
-    };
+    let mut cluster = common::cluster(backend).await?;
     let result = killed_after_each_answer(&mut cluster, backend, name).await;
     cluster.conclude(result)
 }

@@ -12,9 +12,7 @@ use ranger_integration::{Backend, Cluster, Summary};
 use crate::common::{self, Markers, busiest_node, ok_if, ranges_on};
 
 async fn node_killed_and_restarted(backend: Backend, name: &str) -> anyhow::Result<()> {
-    let Some(mut cluster) = common::cluster(backend).await else {
-        return Ok(());
-    };
+    let mut cluster = common::cluster(backend).await?;
     let result = killed_and_restarted(&mut cluster, backend, name).await;
     cluster.conclude(result)
 }

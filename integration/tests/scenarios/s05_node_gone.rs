@@ -26,9 +26,7 @@ use crate::common::{self, Markers, busiest_node, holding, ok_if, ranges_on};
 const STAYS_UNAVAILABLE: Duration = Duration::from_secs(5);
 
 async fn node_gone(backend: Backend, name: &str) -> anyhow::Result<()> {
-    let Some(mut cluster) = common::cluster(backend).await else {
-        return Ok(());
-    };
+    let mut cluster = common::cluster(backend).await?;
     let outcome = run(&mut cluster, backend, name).await;
     cluster.conclude(outcome)
 }

@@ -145,9 +145,7 @@ struct Ranges {
 }
 
 async fn bad_input(backend: Backend, name: &str) -> anyhow::Result<()> {
-    let Some(cluster) = common::cluster(backend).await else {
-        return Ok(());
-    };
+    let cluster = common::cluster(backend).await?;
     let result = all_bad_input(&cluster, backend, name).await;
     cluster.conclude(result)
 }

@@ -1,5 +1,5 @@
-//! The Consul backend against a real `consul agent -dev` (DESIGN.md §8: tests
-//! run against a real Consul, whose indexes and sessions the fencing rests on):
+//! The Consul backend against a real Consul agent (`test_agent!`; DESIGN.md
+//! §8: tests run against a real Consul, whose indexes and sessions the fencing rests on):
 //! the persistence suite, then what only this backend has to get right:
 //! fencing, races between writers, two-phase saves cut at each phase, lost
 //! answers; and the pure parts (value layout, batch packing) alone.
@@ -119,7 +119,7 @@ impl Harness for ConsulPersister {
 
 /// A fenced persister on its own agent, for the conformance suite.
 async fn fresh() -> (ConsulPersister, TestAgent) {
-    let agent = TestAgent::start().await.unwrap();
+    let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let fence = lead(&client).await;
     let persister = ConsulPersister::new(client, DEFAULT_PREFIX, Some(fence)).unwrap();
@@ -129,7 +129,7 @@ async fn fresh() -> (ConsulPersister, TestAgent) {
 crate::persistence_suite!(fresh);
 
 async fn start(fenced: bool) -> (TestAgent, ConsulPersister) {
-    let agent = TestAgent::start().await.unwrap();
+    let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let fence = if fenced {
         Some(lead(&client).await)
