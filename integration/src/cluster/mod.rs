@@ -114,6 +114,11 @@ impl Cluster {
         self.consul.as_ref()
     }
 
+    /// The Consul agent, to stop and restart it (a fault from outside).
+    pub fn consul_mut(&mut self) -> Option<&mut TestAgent> {
+        self.consul.as_mut()
+    }
+
     /// `rangerctl` for the first controller (the only one, or the first
     /// leader).
     pub fn ctl(&self) -> &Ctl {

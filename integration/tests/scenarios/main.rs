@@ -15,4 +15,5 @@ mod s04_node_restart;
 mod s05_node_gone;
 mod s06_drain;
 mod s07_partition;
+mod s08_consul_faults;
 mod s09_bad_input;
