@@ -127,8 +127,11 @@ start_podman_service() {
   mkdir -p /run/podman
   # A socket file left by a killed service would make the new one fail to bind.
   rm -f "$ranger_podman_socket"
-  setsid podman system service --time=0 "unix://$ranger_podman_socket" \
-    </dev/null >>"$ranger_podman_log" 2>&1 &
+  # From `/`: the service outlives this script, and its container monitors
+  # (conmon) fail with "Failed to get working directory" once the directory it
+  # was started from is deleted (a CI clone, a worktree).
+  (cd / && exec setsid podman system service --time=0 "unix://$ranger_podman_socket" \
+    </dev/null >>"$ranger_podman_log" 2>&1) &
   echo $! >/run/podman/ranger-service.pid
   local tries
   for tries in $(seq 100); do

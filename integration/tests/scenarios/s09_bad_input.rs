@@ -9,6 +9,8 @@
 //! group, and the hammer's clients see no error at all.
 
 use std::fmt::Debug;
+use std::io::Write;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ranger_integration::ctl::{Ctl, CtlOutput};
@@ -755,4 +757,96 @@ async fn s09_bad_input_at_every_service_gets_a_clear_error_and_changes_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s09_on_the_embedded_default_bad_input_also_at_the_registry_changes_nothing() {
     bad_input(Backend::Embedded, "s09 bad input").await.unwrap();
+}
+
+/// A range record in Consul overwritten with garbage while the controller is
+/// down (a bad restore, a stray tool): the restarted controller must refuse to
+/// lead on it, say which record, and write nothing (SCENARIOS.md #35); once the
+/// record is put back it leads with the keyspace as it was.
+async fn corrupt_keyspace_in_consul() -> anyhow::Result<()> {
+    let mut cluster = Cluster::builder(Backend::Consul)
+        .nodes(1)
+        .proxy(false)
+        .start()
+        .await?;
+    let result = refuses_corrupt_keyspace(&mut cluster).await;
+    cluster.conclude(result)
+}
+
+async fn refuses_corrupt_keyspace(cluster: &mut Cluster) -> anyhow::Result<()> {
+    use ranger_consul::{PutOptions, QueryOptions};
+    use ranger_integration::cluster::CONSUL_PREFIX;
+
+    let before = Layout::of(&cluster.wait_settled().await?);
+    let range = before.0.first().context("the keyspace has no range")?.id;
+    cluster.kill_controller(0)?;
+    let client = cluster.consul().context("no Consul")?.client();
+    let key = format!("{CONSUL_PREFIX}keyspace/ranges/{range:020}");
+    let original = client
+        .kv_get(&key, QueryOptions::default())
+        .await?
+        .value
+        .with_context(|| format!("no record at {key}"))?
+        .value;
+    let garbage = b"not a range record \xff\x00".to_vec();
+    client
+        .kv_put(&key, &garbage, &PutOptions::default())
+        .await?;
+
+    cluster.controllers[0].process.start()?;
+    let refused = ranger_integration::wait::until(
+        "the controller refuses the corrupt keyspace",
+        Duration::from_secs(60),
+        async || {
+            let log = cluster.controllers[0].process.log_text();
+            match log
+                .lines()
+                .find(|l| l.contains("cannot lead with this keyspace"))
+            {
+                Some(line) => Ok(line.to_owned()),
+                None => Err("not yet".to_owned()),
+            }
+        },
+    )
+    .await?;
+    if !refused.contains(&key) {
+        bail!("the refusal does not name the record: {refused}");
+    }
+    let listing = cluster.ctl().run(&["ranges"]).await?;
+    if listing.success() {
+        bail!(
+            "a controller leads on a corrupt keyspace: {}",
+            listing.stdout
+        );
+    }
+    let stored = client
+        .kv_get(&key, QueryOptions::default())
+        .await?
+        .value
+        .map(|p| p.value);
+    if stored.as_deref() != Some(garbage.as_slice()) {
+        bail!("the corrupt record was changed: {stored:?}");
+    }
+
+    // Put back: the same controller leads with the keyspace it had.
+    client
+        .kv_put(&key, &original, &PutOptions::default())
+        .await?;
+    cluster.wait_leads(0).await?;
+    let after = Layout::of(&cluster.wait_settled().await?);
+    if after != before {
+        bail!("the keyspace changed: {before:?} -> {after:?}");
+    }
+    // Straight to stderr, like `Summary::print`: libtest captures `eprintln!`.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SCENARIO s09 corrupt keyspace in Consul [consul]: refused with {:?}; nothing written; led again once restored",
+        refused.trim()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s09_a_corrupt_range_record_in_consul_is_refused_by_name_and_left_as_it_is() {
+    corrupt_keyspace_in_consul().await.unwrap();
 }
