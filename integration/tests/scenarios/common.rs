@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ranger_integration::views::{RangeView, current};
+use ranger_integration::views::{RangeView, current, range};
 use ranger_integration::{Backend, Cluster, HammerOptions, HammerRun};
 
 /// Where the scenarios cut the keyspace: between the hammer's workers
@@ -184,6 +184,24 @@ pub fn ranges_on(ranges: &[RangeView], node: &str) -> Vec<u64> {
         .filter(|r| r.served_by().as_deref() == Some(node))
         .map(|r| r.id)
         .collect()
+}
+
+/// Whether every range of `held` is shown unavailable and still placed on
+/// `node` alone: at R1 the controller waits for a lost node's data instead of
+/// re-creating its ranges empty elsewhere (DESIGN.md §6).
+pub fn waiting_for(ranges: &[RangeView], held: &[u64], node: &str) -> Result<(), String> {
+    for id in held {
+        let range = range(ranges, *id).ok_or(format!("range {id} is gone"))?;
+        ok_if(
+            range.unavailable.is_some(),
+            format!("range {id} not unavailable"),
+        )?;
+        ok_if(
+            range.placements.iter().all(|p| p.node == node),
+            format!("range {id} re-placed while its node may come back: {range:?}"),
+        )?;
+    }
+    Ok(())
 }
 
 /// `Ok` when `cond` holds, else `what` as the reason.

@@ -6,10 +6,9 @@
 
 use std::time::Instant;
 
-use ranger_integration::views::range;
 use ranger_integration::{Backend, Cluster, Summary};
 
-use crate::common::{self, Markers, busiest_node, ok_if, ranges_on};
+use crate::common::{self, Markers, busiest_node, ok_if, ranges_on, waiting_for};
 
 async fn node_killed_and_restarted(backend: Backend, name: &str) -> anyhow::Result<()> {
     let mut cluster = common::cluster(backend).await?;
@@ -36,18 +35,7 @@ async fn killed_and_restarted(
     // ranges elsewhere, empty.
     cluster
         .wait_ranges("the killed node's ranges are unavailable", |r| {
-            for id in &held {
-                let range = range(r, *id).ok_or(format!("range {id} is gone"))?;
-                ok_if(
-                    range.unavailable.is_some(),
-                    format!("range {id} not unavailable"),
-                )?;
-                ok_if(
-                    range.placements.iter().all(|p| p.node == victim),
-                    format!("range {id} re-placed: {range:?}"),
-                )?;
-            }
-            Ok(())
+            waiting_for(r, &held, &victim)
         })
         .await?;
     let down = killed.elapsed();

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use ranger_integration::views::{ForgetView, current, range};
 use ranger_integration::{Backend, Cluster, HammerOptions, Summary};
 
-use crate::common::{self, Markers, busiest_node, holding, ok_if, ranges_on};
+use crate::common::{self, Markers, busiest_node, holding, ok_if, ranges_on, waiting_for};
 
 /// How long past being declared lost the scenario checks that nothing was
 /// re-created: several lease periods.
@@ -61,20 +61,7 @@ async fn run(cluster: &mut Cluster, backend: Backend, name: &str) -> anyhow::Res
     let index = cluster.node_index(&victim)?;
     cluster.kill_node(index)?;
     let killed = Instant::now();
-    let unavailable = |r: &[ranger_integration::views::RangeView]| {
-        for id in &held {
-            let range = range(r, *id).ok_or(format!("range {id} is gone"))?;
-            ok_if(
-                range.unavailable.is_some(),
-                format!("range {id} not unavailable"),
-            )?;
-            ok_if(
-                range.placements.iter().all(|p| p.node == victim),
-                format!("range {id} re-placed while its node may come back: {range:?}"),
-            )?;
-        }
-        Ok(())
-    };
+    let unavailable = |r: &[ranger_integration::views::RangeView]| waiting_for(r, &held, &victim);
     cluster
         .wait_ranges("the dead node's ranges are unavailable", unavailable)
         .await?;

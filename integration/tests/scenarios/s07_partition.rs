@@ -12,11 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ranger_integration::relay::{Fault, Relay};
-use ranger_integration::views::range;
 use ranger_integration::{Backend, Cluster, Summary};
 use ranger_kv::node::ack_log::{AckLog, check_one_writer_per_key, now_us};
 
-use crate::common::{self, Markers, busiest_node, ok_if, ranges_on};
+use crate::common::{self, Markers, busiest_node, ok_if, ranges_on, waiting_for};
 
 /// The lease the harness gives rangerd (`--lease-ms`), and how long after a
 /// cut a node may still accept a write: the lease from the last probe that
@@ -115,18 +114,7 @@ async fn run(
     // shows its ranges unavailable (R1: waiting for its data, not re-placed).
     cluster
         .wait_ranges("the cut node's ranges are unavailable", |r| {
-            for id in &held {
-                let range = range(r, *id).ok_or(format!("range {id} is gone"))?;
-                ok_if(
-                    range.unavailable.is_some(),
-                    format!("range {id} not unavailable"),
-                )?;
-                ok_if(
-                    range.placements.iter().all(|p| p.node == victim),
-                    format!("range {id} re-placed: {range:?}"),
-                )?;
-            }
-            Ok(())
+            waiting_for(r, &held, &victim)
         })
         .await?;
     let declared = cut.elapsed();
