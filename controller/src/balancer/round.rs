@@ -107,6 +107,9 @@ pub(super) struct Round<'a> {
     pub mean: f64,
     /// Request rate above which a range is hot.
     pub hot_rate: f64,
+    /// The largest capacity of an eligible node: a range whose load per this
+    /// much capacity is over the band fits on no node.
+    biggest_capacity: f64,
     /// Operations that may still be planned.
     pub slots: usize,
     pub bytes_budget: u64,
@@ -247,6 +250,11 @@ impl<'a> Round<'a> {
         for r in &mut ranges {
             r.figure = scale.figure(&r.dims);
         }
+        let biggest_capacity = nodes
+            .iter()
+            .filter(|n| n.eligible())
+            .map(|n| n.capacity())
+            .fold(0.0, f64::max);
         let mut counted = 0.0;
         for n in &mut nodes {
             n.load = scale.figure(&n.dims);
@@ -318,6 +326,7 @@ impl<'a> Round<'a> {
             excluded,
             mean,
             hot_rate,
+            biggest_capacity,
             slots,
             bytes_budget,
             bytes_moved: 0,
@@ -392,14 +401,9 @@ impl<'a> Round<'a> {
     /// tolerance: no placement of it can be balanced, so waiting for more hot
     /// rounds only delays the split that is certain to be needed.
     pub fn unplaceable(&self, ri: usize) -> bool {
-        let biggest = self
-            .nodes
-            .iter()
-            .filter(|n| n.eligible())
-            .map(|n| n.capacity())
-            .fold(0.0, f64::max);
-        biggest > 0.0
-            && self.ranges[ri].figure / biggest > self.mean * (1.0 + self.config.tolerance)
+        self.biggest_capacity > 0.0
+            && self.ranges[ri].figure / self.biggest_capacity
+                > self.mean * (1.0 + self.config.tolerance)
     }
 
     pub fn is_excluded(&self, ri: usize, node: usize) -> bool {
