@@ -2,9 +2,10 @@
 //! sides of each boundary, and the range operations they drive with
 //! `rangerctl`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use ranger_integration::events::{Events, is_command_answer};
 use ranger_integration::views::{RangeView, current, range};
 use ranger_integration::{Backend, Cluster, HammerOptions, HammerRun};
 
@@ -241,4 +242,34 @@ pub async fn move_holding(cluster: &Cluster, key: &str) -> anyhow::Result<Vec<Ra
     ctl.operation_ok(&["move", &range.id.to_string(), &to])
         .await?;
     cluster.wait_settled().await
+}
+
+/// Runs `rangerctl ARGS` on controller `index`, kills that controller with
+/// SIGKILL right after the `k`-th node answer of the operation, and waits for
+/// `rangerctl` to end (what it says then does not matter). Returns when the
+/// kill happened.
+pub async fn kill_controller_after_answer(
+    cluster: &mut Cluster,
+    index: usize,
+    args: Vec<String>,
+    k: usize,
+) -> anyhow::Result<Instant> {
+    let ctl = cluster.ctl_at(index).clone();
+    let mut events = Events::subscribe(ctl.addr()).await?;
+    let operation = tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ctl.operation(&args).await
+    });
+    for n in 1..=k {
+        events
+            .next_matching(SHORT, is_command_answer)
+            .await
+            .with_context(|| format!("waiting for answer {n} of {k}"))?;
+    }
+    cluster.kill_controller(index)?;
+    let killed = Instant::now();
+    tokio::time::timeout(SHORT, operation)
+        .await
+        .context("rangerctl did not end after its controller was killed")???;
+    Ok(killed)
 }

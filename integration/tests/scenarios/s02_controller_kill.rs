@@ -9,10 +9,9 @@
 //! sent: the point of the test is that any such instant is safe.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ranger_integration::events::{Events, is_command_answer};
 use ranger_integration::views::{RangeView, range};
 use ranger_integration::{Backend, Cluster, Summary};
 
@@ -73,24 +72,7 @@ async fn kill_after_answer(
     args: Vec<String>,
     k: usize,
 ) -> anyhow::Result<Duration> {
-    let ctl = cluster.ctl().clone();
-    let mut events = Events::subscribe(ctl.addr()).await?;
-    let operation = tokio::spawn(async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ctl.operation(&args).await
-    });
-    for n in 1..=k {
-        events
-            .next_matching(common::SHORT, is_command_answer)
-            .await
-            .with_context(|| format!("waiting for answer {n} of {k}"))?;
-    }
-    cluster.kill_controller(0)?;
-    let killed = Instant::now();
-    // rangerctl loses its controller and ends; what it says does not matter.
-    tokio::time::timeout(common::SHORT, operation)
-        .await
-        .context("rangerctl did not end after its controller was killed")???;
+    let killed = common::kill_controller_after_answer(cluster, 0, args, k).await?;
     cluster.restart_controller(0).await?;
     cluster.recovered_since(killed).await
 }

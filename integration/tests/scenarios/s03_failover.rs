@@ -5,10 +5,9 @@
 //! killed after its second answer (the source deactivated: no one serves
 //! the range until the destination is activated).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ranger_integration::events::{Events, is_command_answer};
 use ranger_integration::views::range;
 use ranger_integration::{Backend, Cluster, Summary};
 
@@ -26,23 +25,7 @@ async fn kill_leader_after_answer(
 ) -> anyhow::Result<(Duration, Duration)> {
     let leader = cluster.leader().await?;
     let standby = 1 - leader;
-    let ctl = cluster.ctl_at(leader).clone();
-    let mut events = Events::subscribe(ctl.addr()).await?;
-    let operation = tokio::spawn(async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ctl.operation(&args).await
-    });
-    for n in 1..=k {
-        events
-            .next_matching(common::SHORT, is_command_answer)
-            .await
-            .with_context(|| format!("waiting for answer {n} of {k}"))?;
-    }
-    cluster.kill_controller(leader)?;
-    let killed = Instant::now();
-    tokio::time::timeout(common::SHORT, operation)
-        .await
-        .context("rangerctl did not end after its controller was killed")???;
+    let killed = common::kill_controller_after_answer(cluster, leader, args, k).await?;
     cluster.wait_leads(standby).await?;
     let failover = killed.elapsed();
     let recovery = cluster.recovered_since(killed).await?;

@@ -17,10 +17,11 @@ use ranger_kv::node::ack_log::{AckLog, check_one_writer_per_key, now_us};
 
 use crate::common::{self, Markers, busiest_node, ok_if, ranges_on, waiting_for};
 
-/// The lease the harness gives rangerd (`--lease-ms`), and how long after a
-/// cut a node may still accept a write: the lease from the last probe that
-/// reached it (at most one probe interval after the cut when requests still
-/// flow), plus a write already past its lease check when the lease ran out.
+/// The lease and probe interval this scenario gives rangerd (set as its flags
+/// below, so the bound cannot drift from them), and how long after a cut a
+/// node may still accept a write: the lease from the last probe that reached
+/// it (at most one probe interval after the cut when requests still flow),
+/// plus a write already past its lease check when the lease ran out.
 const LEASE: Duration = Duration::from_millis(2000);
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 const IN_FLIGHT_SLACK: Duration = Duration::from_millis(300);
@@ -50,6 +51,8 @@ fn set_fault(relays: &Relays, index: usize, fault: Fault) {
 async fn partitioned_cluster(backend: Backend, relays: &Relays) -> anyhow::Result<Cluster> {
     let hook = Arc::clone(relays);
     Cluster::builder(backend)
+        .rangerd_flag("--lease-ms", &LEASE.as_millis().to_string())
+        .rangerd_flag("--probe-ms", &PROBE_INTERVAL.as_millis().to_string())
         .nodes(3)
         .ack_logs(true)
         .proxy_direct(true)
