@@ -88,13 +88,6 @@ impl Relay {
         Relay::serve(listener, target)
     }
 
-    /// Starts a relay to `target` on `listen` (to put one back on the port a
-    /// process already knows, e.g. after restarting it behind the relay).
-    pub async fn start_on(listen: SocketAddr, target: SocketAddr) -> std::io::Result<Relay> {
-        let listener = TcpListener::bind(listen).await?;
-        Relay::serve(listener, target)
-    }
-
     /// Starts a relay to `target` on a free loopback port without awaiting
     /// (for hooks that must return an address at once, such as the cluster's
     /// `advertise`); needs a running tokio runtime.
@@ -122,11 +115,6 @@ impl Relay {
         self.addr
     }
 
-    /// The address the relay forwards to.
-    pub fn target(&self) -> SocketAddr {
-        self.target
-    }
-
     /// Switches the fault, for open connections and new ones.
     pub fn set(&self, fault: Fault) {
         tracing::info!(relay = %self.addr, target = %self.target, ?fault, "relay fault");
@@ -136,11 +124,6 @@ impl Relay {
     /// Back to forwarding everything; stalled bytes flow again.
     pub fn heal(&self) {
         self.set(Fault::None);
-    }
-
-    /// The fault in force.
-    pub fn fault(&self) -> Fault {
-        *self.fault.borrow()
     }
 }
 
