@@ -14,6 +14,7 @@ pub mod config;
 pub mod discovery;
 pub mod election;
 pub mod ha;
+pub mod http;
 pub mod keyspace;
 pub mod orchestrator;
 pub mod persist;

@@ -1,10 +1,11 @@
 //! What every Ranger binary does the same way, whichever side it is on: how it
-//! logs and when it stops. The controller (`rangerd`), the nodes and proxies of
+//! logs, when it stops and how it serves its metrics. The controller (`rangerd`), the nodes and proxies of
 //! the example, and the command-line tools all use it, so none of them depends on
 //! another side's crate just to start up (the controller does not link the node
 //! SDK; see the architecture notes in the README).
 
 mod logging;
+pub mod metrics;
 mod signals;
 mod stop;
 

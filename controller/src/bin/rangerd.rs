@@ -23,8 +23,9 @@ use ranger_controller::discovery::{Discovery, Registry, StaticDiscovery};
 use ranger_controller::orchestrator::Engine;
 use ranger_controller::persist::{DynPersister, MemoryPersister, RedbPersister};
 use ranger_controller::runtime::{self, RuntimeConfig};
-use ranger_controller::service;
+use ranger_controller::service::{self, ControllerSlot};
 use ranger_controller::transport::GrpcTransport;
+use ranger_process::metrics::MetricsSource;
 use ranger_process::{LogOutput, Stop, init_logging};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -50,6 +51,11 @@ struct Args {
     /// Address to serve the Orchestrator, Debug, Control and Registry services on.
     #[arg(long, env = "RANGERD_LISTEN", default_value = "127.0.0.1:5000")]
     listen: SocketAddr,
+
+    /// Address to serve HTTP on: Prometheus metrics at `/metrics` and the
+    /// dashboard at `/` (off unless set; `bin/cluster` sets it).
+    #[arg(long, env = "RANGERD_HTTP")]
+    http: Option<SocketAddr>,
 
     /// Embedded keyspace database file (created if missing; unused with --consul).
     #[arg(long, env = "RANGERD_STORE", default_value = "rangerd.redb")]
@@ -221,6 +227,21 @@ fn runtime_config(args: &Args) -> RuntimeConfig {
     }
 }
 
+/// Serves `/metrics` and the dashboard on `--http`, if set, until `stop`.
+async fn serve_http(
+    args: &Args,
+    slot: ControllerSlot,
+    stop: &Stop,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    let Some(addr) = args.http else {
+        return Ok(None);
+    };
+    let registry = prometheus_client::registry::Registry::default();
+    let router = ranger_controller::http::router(slot, MetricsSource::new(registry));
+    let (_, task) = ranger_process::metrics::serve_http(addr, router, stop.wait()).await?;
+    Ok(Some(task))
+}
+
 /// One controller, keyspace in an embedded database (or memory), nodes from the
 /// embedded registry or `--nodes`.
 async fn run_embedded(args: &Args, config: OrchestratorConfig) -> anyhow::Result<()> {
@@ -263,7 +284,9 @@ async fn run_embedded(args: &Args, config: OrchestratorConfig) -> anyhow::Result
         stop.wait(),
     );
 
-    let mut router = service::router(handle, Duration::from_secs(args.max_wait_s));
+    let slot = ControllerSlot::fixed(handle);
+    let http = serve_http(args, slot.clone(), &stop).await?;
+    let mut router = service::router(slot, Duration::from_secs(args.max_wait_s));
     if let Some(registry) = &registry {
         router = router.add_service(registry.service());
     }
@@ -279,6 +302,9 @@ async fn run_embedded(args: &Args, config: OrchestratorConfig) -> anyhow::Result
     let controller = controller.await;
     stop.stop();
     let _ = server.await;
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     match controller {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e).context("controller stopped"),
@@ -293,7 +319,7 @@ mod consul_mode {
     use ranger_controller::discovery::ConsulDiscovery;
     use ranger_controller::election::{Candidate, ElectionConfig, LeaderElection};
     use ranger_controller::ha::{self, LeaderSetup};
-    use ranger_controller::service::{ControllerSlot, SlotState};
+    use ranger_controller::service::SlotState;
 
     use super::*;
 
@@ -331,7 +357,7 @@ mod consul_mode {
 
         // Serve before campaigning, so that the address in the lock answers.
         let (slot_tx, slot) = ControllerSlot::channel(SlotState::Standby { leader: None });
-        let router = service::router(slot, Duration::from_secs(args.max_wait_s));
+        let router = service::router(slot.clone(), Duration::from_secs(args.max_wait_s));
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
@@ -339,6 +365,7 @@ mod consul_mode {
         let server = tokio::spawn(
             router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.wait()),
         );
+        let http = serve_http(args, slot, &stop).await?;
 
         let candidate = Candidate {
             id: format!("{advertise}/pid-{}", std::process::id()),
@@ -369,6 +396,9 @@ mod consul_mode {
         // The controller loop has stopped: only now let a standby take over.
         let left = election.shutdown().await;
         let _ = server.await;
+        if let Some(http) = http {
+            let _ = http.await;
+        }
         result.context("running under leader election")?;
         left.context("leaving the leader election")?;
         Ok(())
