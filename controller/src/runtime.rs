@@ -346,7 +346,7 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
                 let _ = reply.send(answer);
             }
             Request::Cancel { op, reply } => {
-                let _ = reply.send(self.engine.cancel(op));
+                let _ = reply.send(self.engine.cancel(op, Instant::now()));
             }
             Request::Drain { node, drain, reply } => {
                 let _ = reply.send(self.engine.drain(&node, drain));

@@ -529,3 +529,95 @@ fn a_node_registered_again_while_its_probe_is_out_is_probed_as_soon_as_it_answer
         .collect();
     assert_eq!(addrs, ["a:7001"]);
 }
+
+// ---- what operators and metrics see of ended operations ----
+
+#[test]
+fn ended_operations_are_listed_newest_first_and_counted_by_kind_and_result() {
+    use ranger_controller::orchestrator::history::{OpKind, OriginKind};
+
+    let mut driver = Driver::with_range_on_a(&["a", "b"]);
+    let moved = driver
+        .engine
+        .request_move(range(1), Some(node("b")), driver.now)
+        .unwrap();
+    driver.settle();
+    driver.nodes.failing.push(("a".into(), "prepare"));
+    let failed = driver
+        .engine
+        .request_move(range(1), Some(node("a")), driver.now)
+        .unwrap();
+    driver.settle();
+
+    let recent: Vec<_> = driver
+        .engine
+        .history()
+        .recent()
+        .map(|op| (op.id, op.description.clone(), op.result.is_ok()))
+        .collect();
+    assert_eq!(
+        recent,
+        [
+            (failed, "move 1 to a".to_string(), false),
+            (moved, "move 1 to b".to_string(), true),
+        ]
+    );
+    let totals = driver.engine.history().totals();
+    assert_eq!(
+        totals.get(&(OpKind::Move, OriginKind::Operator, "ok")),
+        Some(&1)
+    );
+    assert_eq!(totals.values().sum::<u64>(), 2);
+    let durations = driver.engine.history().durations();
+    assert_eq!(durations[&(OpKind::Move, "ok")].count(), 1);
+}
+
+#[test]
+fn a_queued_operation_cancelled_is_recorded_as_cancelled() {
+    use ranger_controller::orchestrator::history::{OpKind, OriginKind};
+
+    let mut driver = Driver::with_range_on_a(&["a", "b"]);
+    driver
+        .engine
+        .request_move(range(1), Some(node("b")), driver.now)
+        .unwrap();
+    // Queued behind the move: same range.
+    let queued = driver
+        .engine
+        .request_split(range(1), Key::from("m"), None, None, driver.now)
+        .unwrap();
+    driver.engine.cancel(queued, driver.now).unwrap();
+
+    let last = driver.engine.history().recent().next().unwrap();
+    assert_eq!(last.id, queued);
+    assert!(matches!(last.result, Err(OpError::Cancelled(_))));
+    assert_eq!(
+        driver
+            .engine
+            .history()
+            .totals()
+            .get(&(OpKind::Split, OriginKind::Operator, "cancelled")),
+        Some(&1)
+    );
+}
+
+#[test]
+fn placement_transitions_are_counted_by_the_state_entered() {
+    let mut driver = Driver::with_range_on_a(&["a", "b"]);
+    let before = driver.engine.keyspace().transition_counts().clone();
+    driver
+        .engine
+        .request_move(range(1), Some(node("b")), driver.now)
+        .unwrap();
+    driver.settle();
+    let after = driver.engine.keyspace().transition_counts();
+    let entered = |state: PlacementState| {
+        after.get(&state).copied().unwrap_or(0) - before.get(&state).copied().unwrap_or(0)
+    };
+    // The destination: Pending, Inactive (prepared), Active; the source: Inactive
+    // (deactivated), Dropped.
+    assert_eq!(entered(PlacementState::Pending), 1);
+    assert_eq!(entered(PlacementState::Active), 1);
+    assert_eq!(entered(PlacementState::Dropped), 1);
+    assert_eq!(entered(PlacementState::Inactive), 2);
+}

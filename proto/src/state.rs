@@ -10,7 +10,7 @@ use crate::ConversionError;
 use crate::pb::ranger as pb;
 
 /// The state of a range on a node, as the node reports it (PROTOCOL.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RemoteState {
     /// The storage system is loading the range (Prepare in progress).
     Preparing,
@@ -94,7 +94,7 @@ impl TryFrom<i32> for RemoteState {
 }
 
 /// The controller's state of a range (DESIGN.md section 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RangeState {
     /// Serving (or to be served) as it is.
     Active,
@@ -140,7 +140,7 @@ impl TryFrom<i32> for RangeState {
 }
 
 /// The controller's state of a placement (DESIGN.md section 3.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PlacementState {
     /// A node was chosen; it has not accepted the range yet.
     Pending,

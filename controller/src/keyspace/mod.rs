@@ -43,7 +43,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
-use ranger_proto::{RangeId, RangeMeta, RangeState};
+use ranger_proto::{PlacementState, RangeId, RangeMeta, RangeState};
 
 pub use error::KeyspaceError;
 pub use range::{Placement, PlacementId, Range, placement_transition_allowed};
@@ -68,6 +68,9 @@ pub struct Keyspace {
     term: u64,
     /// Ranges changed since the last `take_changes`, in id order for the records.
     dirty: BTreeSet<RangeId>,
+    /// How many times a placement entered each state since this keyspace was
+    /// built (volatile; for metrics). Adding a placement enters Pending.
+    transitions: BTreeMap<PlacementState, u64>,
 }
 
 impl Default for Keyspace {
@@ -95,6 +98,7 @@ impl Keyspace {
             next_placement_id: 1,
             term: 0,
             dirty: BTreeSet::new(),
+            transitions: BTreeMap::new(),
         };
         keyspace.touched(&[RangeId::FIRST]);
         keyspace
@@ -133,6 +137,7 @@ impl Keyspace {
             next_placement_id: counters.next_placement_id,
             term: counters.term,
             dirty: BTreeSet::new(),
+            transitions: BTreeMap::new(),
         };
         keyspace.check_records()?;
         keyspace.build_index()?;
@@ -258,6 +263,12 @@ impl Keyspace {
     }
 
     /// Whether some change has not been taken for saving yet.
+    /// How many times a placement entered each state since this keyspace was
+    /// built or loaded (adding a placement enters Pending).
+    pub fn transition_counts(&self) -> &BTreeMap<PlacementState, u64> {
+        &self.transitions
+    }
+
     pub fn has_changes(&self) -> bool {
         !self.dirty.is_empty()
     }

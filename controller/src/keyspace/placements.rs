@@ -49,6 +49,7 @@ impl Keyspace {
             served: false,
         });
         self.next_placement_id = next;
+        *self.transitions.entry(PlacementState::Pending).or_default() += 1;
         self.touched(&[range]);
         Ok(id)
     }
@@ -99,6 +100,7 @@ impl Keyspace {
         } else {
             self.touched(&[range]);
         }
+        *self.transitions.entry(state).or_default() += 1;
         Ok(())
     }
 

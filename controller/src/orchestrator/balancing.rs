@@ -42,6 +42,20 @@ pub(super) struct Balancing {
     /// When each range last split, moved or joined (for the planner's cooldowns).
     history: HashMap<RangeId, History>,
     last: Option<BalanceRound>,
+    /// Counts since this engine began, for metrics.
+    totals: BalanceTotals,
+}
+
+/// What the balancer did since this engine began: rounds planned, actions by
+/// reason (queued as operations, or only shown in a dry run), candidates
+/// skipped by reason, and actions the engine refused to queue. Cumulative, so
+/// that a scrape between two rounds misses nothing.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct BalanceTotals {
+    pub rounds: u64,
+    pub actions: std::collections::BTreeMap<crate::balancer::Reason, u64>,
+    pub skips: std::collections::BTreeMap<crate::balancer::SkipReason, u64>,
+    pub refused: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -101,12 +115,13 @@ impl Engine {
             .map(|op| op.id)
             .collect();
         for id in queued {
-            self.ops.remove(&id);
+            let result = Err(OpError::Cancelled("balancer paused".into()));
+            if let Some(op) = self.ops.remove(&id) {
+                self.history.record(&op, &result, now);
+            }
             tracing::info!(op = %id, "balancer paused: queued operation cancelled");
-            self.effects.push(super::Effect::Finished {
-                op: id,
-                result: Err(OpError::Cancelled("balancer paused".into())),
-            });
+            self.effects
+                .push(super::Effect::Finished { op: id, result });
         }
         tracing::info!(?duration, "balancing paused");
         Ok(())
@@ -117,6 +132,11 @@ impl Engine {
         self.balancing.paused_until = None;
         self.balancing.due = true;
         tracing::info!("balancing resumed");
+    }
+
+    /// The balancer's counts since this engine began.
+    pub fn balance_totals(&self) -> &BalanceTotals {
+        &self.balancing.totals
     }
 
     /// Mode, pause and the last round's plan.
@@ -308,6 +328,15 @@ impl Engine {
                 })
         });
         self.balancing.memory = memory;
+        let totals = &mut self.balancing.totals;
+        totals.rounds += 1;
+        for planned in &plan.actions {
+            *totals.actions.entry(planned.reason).or_default() += 1;
+        }
+        for (reason, count) in &plan.skip_counts {
+            *totals.skips.entry(*reason).or_default() += *count as u64;
+        }
+        totals.refused += refused.len() as u64;
         tracing::info!(
             %mode,
             actions = plan.actions.len(),

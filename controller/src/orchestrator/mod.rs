@@ -40,6 +40,7 @@
 
 mod attempts;
 mod balancing;
+pub mod history;
 mod operations;
 mod output;
 mod ownership;
@@ -53,7 +54,7 @@ use ranger_proto::{Key, NodeId, RangeId, RangeInfo, RangeState};
 use tokio::time::Instant;
 
 pub use attempts::{Attempt, Subject};
-pub use balancing::{BalanceRound, BalanceStatus, describe as describe_action};
+pub use balancing::{BalanceRound, BalanceStatus, BalanceTotals, describe as describe_action};
 pub use ownership::{ForgetReport, Unavailable};
 pub use types::{
     Answer, BalancerOrigin, Call, CallError, Dispatch, Effect, Event, OpError, OpId, OpPhase,
@@ -136,6 +137,8 @@ pub struct Engine {
     output: Output,
     /// The balancer's rounds, pause and memory.
     balancing: balancing::Balancing,
+    /// Operations that ended: the latest, and totals for metrics.
+    history: history::OpHistory,
 }
 
 /// How many ranges of the tiling the background sweep re-checks per step.
@@ -165,6 +168,7 @@ impl Engine {
             next_op: 1,
             exclusions: HashMap::new(),
             notes: HashMap::new(),
+            history: history::OpHistory::default(),
             subsuming,
             dirty: HashSet::new(),
             full_sweep: true,
@@ -309,6 +313,11 @@ impl Engine {
     /// Operations in flight (and queued), oldest first.
     pub fn operations(&self) -> impl Iterator<Item = &Operation> {
         self.ops.values()
+    }
+
+    /// Operations that ended (the latest, and totals since this engine began).
+    pub fn history(&self) -> &history::OpHistory {
+        &self.history
     }
 
     /// The latest problem noted for a range.
@@ -616,14 +625,14 @@ impl Engine {
 
     /// Cancels an operation before its point of no return (the first activation of
     /// a destination). The operation then ends with [`OpError::Cancelled`].
-    pub fn cancel(&mut self, op: OpId) -> Result<(), OpError> {
+    pub fn cancel(&mut self, op: OpId, now: Instant) -> Result<(), OpError> {
         let operation = self.ops.get(&op).ok_or(OpError::UnknownOp(op))?;
         if operation.phase == OpPhase::Queued {
-            self.ops.remove(&op);
-            self.effects.push(Effect::Finished {
-                op,
-                result: Err(OpError::Cancelled("cancelled before it started".into())),
-            });
+            let result = Err(OpError::Cancelled("cancelled before it started".into()));
+            if let Some(ended) = self.ops.remove(&op) {
+                self.history.record(&ended, &result, now);
+            }
+            self.effects.push(Effect::Finished { op, result });
             return Ok(());
         }
         if self.past_point_of_no_return(operation) {

@@ -33,6 +33,7 @@ impl Engine {
                         tracing::warn!(op = %id, kind = %op, error = %e, "operation failed")
                     }
                 }
+                self.history.record(&op, &result, now);
                 self.effects.push(Effect::Finished { op: id, result });
             }
         }

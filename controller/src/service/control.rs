@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::ControllerSlot;
 use super::{bad_request, status};
+use crate::orchestrator::history::result_label;
 use crate::orchestrator::{OpId, OpPhase};
 
 #[derive(Debug)]
@@ -93,12 +94,12 @@ impl pb::control_server::Control for ControlService {
         &self,
         _request: Request<pb::OperationsRequest>,
     ) -> Result<Response<pb::OperationsResponse>, Status> {
-        let operations = self
+        let response = self
             .slot
             .handle()?
             .inspect(|engine| {
                 let now = tokio::time::Instant::now();
-                engine
+                let operations = engine
                     .operations()
                     .map(|op| pb::OperationInfo {
                         id: op.id.0,
@@ -110,17 +111,34 @@ impl pb::control_server::Control for ControlService {
                         }
                         .to_owned(),
                         ranges: op.ranges().iter().map(|r| r.get()).collect(),
-                        age_millis: u64::try_from(
-                            now.saturating_duration_since(op.started).as_millis(),
-                        )
-                        .unwrap_or(u64::MAX),
+                        age_millis: millis(now.saturating_duration_since(op.started)),
                         origin: op.origin.to_string(),
                     })
-                    .collect()
+                    .collect();
+                let recent = engine
+                    .history()
+                    .recent()
+                    .map(|op| pb::EndedOperationInfo {
+                        id: op.id.0,
+                        description: op.description.clone(),
+                        origin: op.origin.clone(),
+                        ranges: op.ranges.iter().map(|r| r.get()).collect(),
+                        duration_millis: millis(op.duration()),
+                        ended_ago_millis: millis(now.saturating_duration_since(op.ended)),
+                        result: result_label(&op.result).to_owned(),
+                        error: op
+                            .result
+                            .as_ref()
+                            .err()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                pb::OperationsResponse { operations, recent }
             })
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::OperationsResponse { operations }))
+        Ok(Response::new(response))
     }
 
     async fn balance(
@@ -215,4 +233,9 @@ impl pb::control_server::Control for ControlService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// A duration in whole milliseconds, saturating (the wire has no room for more).
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
