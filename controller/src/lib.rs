@@ -16,6 +16,7 @@ pub mod election;
 pub mod ha;
 pub mod http;
 pub mod keyspace;
+pub mod metrics;
 pub mod orchestrator;
 pub mod persist;
 pub mod roster;

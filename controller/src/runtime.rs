@@ -24,6 +24,7 @@ use crate::persist::{PersistError, Persister};
 use crate::transport::{NodeTransport, ProbeAnswer};
 
 use crate::discovery::Membership;
+use crate::metrics::RuntimeMetrics;
 
 /// An operator's request for an operation: the engine's own type, here too
 /// because it is what callers of [`ControllerHandle::submit`] build.
@@ -185,6 +186,9 @@ pub struct RuntimeConfig {
     pub tick: Duration,
     /// How often the balancer plans a round (when balancing is on or dry-run).
     pub balance_interval: Duration,
+    /// Where the loop records saves, probe failures and command answers
+    /// (registered nowhere by default).
+    pub metrics: RuntimeMetrics,
 }
 
 impl Default for RuntimeConfig {
@@ -192,6 +196,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             tick: Duration::from_millis(100),
             balance_interval: Duration::from_secs(10),
+            metrics: RuntimeMetrics::default(),
         }
     }
 }
@@ -372,6 +377,9 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
             }
             Internal::Probe(node, sent_at, result) => {
                 tracing::trace!(%node, ok = result.is_ok(), "probe answered");
+                if result.is_err() {
+                    self.config.metrics.probe_failed(node.as_str());
+                }
                 self.engine.on_probe(&node, sent_at, result);
             }
             Internal::Saved(result) => {
@@ -462,8 +470,11 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
     fn save(&self, changes: crate::keyspace::ChangeSet) {
         let persister = Arc::clone(&self.persister);
         let tx = self.internal_tx.clone();
+        let metrics = self.config.metrics.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let result = persister.save(&changes).await;
+            metrics.saved(result.is_ok(), started.elapsed());
             let _ = tx.send(Internal::Saved(result));
         });
     }
@@ -482,8 +493,10 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
     fn dispatch(&self, dispatch: Dispatch) {
         let transport = Arc::clone(&self.transport);
         let tx = self.internal_tx.clone();
+        let metrics = self.config.metrics.clone();
         tokio::spawn(async move {
             tracing::debug!(node = %dispatch.node, range = %dispatch.range, call = ?dispatch.call.command(), "sending");
+            let started = std::time::Instant::now();
             let answer = transport
                 .call(
                     &dispatch.addr,
@@ -493,7 +506,37 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
                     dispatch.timeout,
                 )
                 .await;
+            metrics.command_answered(
+                command_label(&dispatch.call),
+                answer_label(&answer),
+                started.elapsed(),
+            );
             let _ = tx.send(Internal::Answer(dispatch, answer));
         });
+    }
+}
+
+/// A command as a metric label.
+fn command_label(call: &crate::orchestrator::Call) -> &'static str {
+    use crate::orchestrator::Call;
+    match call {
+        Call::Prepare { .. } => "prepare",
+        Call::Activate => "activate",
+        Call::Deactivate => "deactivate",
+        Call::Drop { .. } => "drop",
+    }
+}
+
+/// A command's answer as a metric label: ok, `failed` when the node answered
+/// that its callback failed, or the call's error kind.
+fn answer_label(answer: &Answer) -> &'static str {
+    use crate::orchestrator::CallError;
+    match answer {
+        Ok(outcome) if outcome.failure.is_some() => "failed",
+        Ok(_) => "ok",
+        Err(CallError::Invalid(_)) => "invalid",
+        Err(CallError::WrongState(_)) => "wrong_state",
+        Err(CallError::Unreachable(_)) => "unreachable",
+        Err(CallError::Other(_)) => "error",
     }
 }

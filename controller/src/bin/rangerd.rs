@@ -16,16 +16,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use prometheus_client::registry::Registry as MetricsRegistry;
 use ranger_controller::balancer::BalancerConfig;
 use ranger_controller::bootstrap::load_keyspace;
 use ranger_controller::config::{BalanceMode, Balancing, OrchestratorConfig, Replication};
 use ranger_controller::discovery::{Discovery, Registry, StaticDiscovery};
+use ranger_controller::metrics::RuntimeMetrics;
 use ranger_controller::orchestrator::Engine;
 use ranger_controller::persist::{DynPersister, MemoryPersister, RedbPersister};
 use ranger_controller::runtime::{self, RuntimeConfig};
 use ranger_controller::service::{self, ControllerSlot};
 use ranger_controller::transport::GrpcTransport;
-use ranger_process::metrics::MetricsSource;
 use ranger_process::{LogOutput, Stop, init_logging};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -187,10 +188,15 @@ async fn main() -> anyhow::Result<()> {
         .planner
         .validate()
         .context("balancer settings")?;
+    // Registered whether or not --http serves them: recording is cheap, and one
+    // code path is easier to trust than two.
+    let mut metrics_registry = MetricsRegistry::default();
+    let metrics = RuntimeMetrics::default();
+    metrics.register(&mut metrics_registry);
     if args.consul.is_some() {
-        consul_mode::run(&args, config).await
+        consul_mode::run(&args, config, metrics_registry, metrics).await
     } else {
-        run_embedded(&args, config).await
+        run_embedded(&args, config, metrics_registry, metrics).await
     }
 }
 
@@ -220,9 +226,10 @@ fn orchestrator_config(args: &Args) -> OrchestratorConfig {
     }
 }
 
-fn runtime_config(args: &Args) -> RuntimeConfig {
+fn runtime_config(args: &Args, metrics: RuntimeMetrics) -> RuntimeConfig {
     RuntimeConfig {
         balance_interval: Duration::from_secs(args.balance_interval_s),
+        metrics,
         ..RuntimeConfig::default()
     }
 }
@@ -231,20 +238,26 @@ fn runtime_config(args: &Args) -> RuntimeConfig {
 async fn serve_http(
     args: &Args,
     slot: ControllerSlot,
+    metrics_registry: MetricsRegistry,
     stop: &Stop,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
     let Some(addr) = args.http else {
         return Ok(None);
     };
-    let registry = prometheus_client::registry::Registry::default();
-    let router = ranger_controller::http::router(slot, MetricsSource::new(registry));
+    let metrics = ranger_controller::metrics::source(metrics_registry, slot.clone());
+    let router = ranger_controller::http::router(slot, metrics);
     let (_, task) = ranger_process::metrics::serve_http(addr, router, stop.wait()).await?;
     Ok(Some(task))
 }
 
 /// One controller, keyspace in an embedded database (or memory), nodes from the
 /// embedded registry or `--nodes`.
-async fn run_embedded(args: &Args, config: OrchestratorConfig) -> anyhow::Result<()> {
+async fn run_embedded(
+    args: &Args,
+    config: OrchestratorConfig,
+    metrics_registry: MetricsRegistry,
+    metrics: RuntimeMetrics,
+) -> anyhow::Result<()> {
     let persister: Arc<dyn DynPersister> = if args.memory {
         Arc::new(MemoryPersister::new())
     } else {
@@ -280,12 +293,12 @@ async fn run_embedded(args: &Args, config: OrchestratorConfig) -> anyhow::Result
         persister,
         Arc::new(GrpcTransport::new()),
         membership,
-        runtime_config(args),
+        runtime_config(args, metrics),
         stop.wait(),
     );
 
     let slot = ControllerSlot::fixed(handle);
-    let http = serve_http(args, slot.clone(), &stop).await?;
+    let http = serve_http(args, slot.clone(), metrics_registry, &stop).await?;
     let mut router = service::router(slot, Duration::from_secs(args.max_wait_s));
     if let Some(registry) = &registry {
         router = router.add_service(registry.service());
@@ -323,7 +336,12 @@ mod consul_mode {
 
     use super::*;
 
-    pub async fn run(args: &Args, config: OrchestratorConfig) -> anyhow::Result<()> {
+    pub async fn run(
+        args: &Args,
+        config: OrchestratorConfig,
+        metrics_registry: MetricsRegistry,
+        metrics: RuntimeMetrics,
+    ) -> anyhow::Result<()> {
         let address = args.consul.as_deref().context("--consul is required")?;
         let mut client_config = ClientConfig::new(address);
         if let Some(token) = &args.consul_token {
@@ -365,7 +383,7 @@ mod consul_mode {
         let server = tokio::spawn(
             router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.wait()),
         );
-        let http = serve_http(args, slot, &stop).await?;
+        let http = serve_http(args, slot, metrics_registry, &stop).await?;
 
         let candidate = Candidate {
             id: format!("{advertise}/pid-{}", std::process::id()),
@@ -381,7 +399,7 @@ mod consul_mode {
             client,
             keyspace_prefix: format!("{prefix}keyspace/"),
             orchestrator: config,
-            runtime: runtime_config(args),
+            runtime: runtime_config(args, metrics),
         };
         let result = ha::run_when_leader(
             setup,

@@ -87,6 +87,11 @@ impl ControllerSlot {
         (tx, ControllerSlot { state })
     }
 
+    /// What this process is right now (leader, standby, starting).
+    pub fn state(&self) -> SlotState {
+        self.state.borrow().clone()
+    }
+
     /// The controller to call, or the status that tells the caller where to go.
     pub(crate) fn handle(&self) -> Result<ControllerHandle, Status> {
         match &*self.state.borrow() {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ranger_controller::config::{OrchestratorConfig, Replication};
 use ranger_controller::discovery::Membership;
+use ranger_controller::metrics::RuntimeMetrics;
 use ranger_controller::orchestrator::Engine;
 use ranger_controller::persist::MemoryPersister;
 use ranger_controller::runtime::{self, ControllerHandle, RuntimeConfig, RuntimeError};
@@ -75,6 +76,8 @@ pub struct Cluster {
     pub rangelets: BTreeMap<String, Rangelet<ScriptedNode>>,
     pub persister: MemoryPersister,
     pub config: OrchestratorConfig,
+    /// What the runtime records (register it to read it).
+    pub runtime_metrics: RuntimeMetrics,
     membership: watch::Sender<Membership>,
     task: Option<JoinHandle<Result<(), RuntimeError>>>,
     stop: Option<oneshot::Sender<()>>,
@@ -107,8 +110,15 @@ impl Cluster {
             });
         }
         let persister = MemoryPersister::new();
-        let (handle, task, stop) =
-            spawn_controller(&persister, &transport, &membership, &config).await;
+        let runtime_metrics = RuntimeMetrics::default();
+        let (handle, task, stop) = spawn_controller(
+            &persister,
+            &transport,
+            &membership,
+            &config,
+            &runtime_metrics,
+        )
+        .await;
         Cluster {
             handle,
             transport,
@@ -117,6 +127,7 @@ impl Cluster {
             rangelets,
             persister,
             config,
+            runtime_metrics,
             membership,
             task: Some(task),
             stop: Some(stop),
@@ -166,6 +177,7 @@ impl Cluster {
             &self.transport,
             &self.membership,
             &self.config,
+            &self.runtime_metrics,
         )
         .await;
         self.handle = handle;
@@ -312,6 +324,7 @@ async fn spawn_controller(
     transport: &InProcessTransport<ScriptedNode>,
     membership: &watch::Sender<Membership>,
     config: &OrchestratorConfig,
+    metrics: &RuntimeMetrics,
 ) -> (
     ControllerHandle,
     JoinHandle<Result<(), RuntimeError>>,
@@ -326,6 +339,7 @@ async fn spawn_controller(
         runtime: RuntimeConfig {
             tick: Duration::from_millis(50),
             balance_interval: Duration::from_secs(1),
+            metrics: metrics.clone(),
         },
     };
     let (handle, task) = runtime::start(parts, async move {
