@@ -16,6 +16,7 @@ use ranger_proto::NodeId;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::orchestrator::{
     Answer, Dispatch, Effect, Engine, Event, ForgetReport, OpError, OpId, Persisted, Probe,
@@ -497,15 +498,24 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
         tokio::spawn(async move {
             tracing::debug!(node = %dispatch.node, range = %dispatch.range, call = ?dispatch.call.command(), "sending");
             let started = std::time::Instant::now();
-            let answer = transport
-                .call(
-                    &dispatch.addr,
-                    dispatch.range,
-                    dispatch.call.clone(),
-                    dispatch.term,
-                    dispatch.timeout,
-                )
-                .await;
+            let call = transport.call(
+                &dispatch.addr,
+                dispatch.range,
+                dispatch.call.clone(),
+                dispatch.term,
+                dispatch.timeout,
+            );
+            let answer = match dispatch.op {
+                // One span per operation's command, named by the operation's id,
+                // which the node's logs carry too (OPERATION_METADATA).
+                Some(op) => {
+                    let span = tracing::info_span!("operation", %op, node = %dispatch.node, range = %dispatch.range);
+                    crate::transport::context::with_operation(Some(op), call)
+                        .instrument(span)
+                        .await
+                }
+                None => call.await,
+            };
             metrics.command_answered(
                 command_label(&dispatch.call),
                 answer_label(&answer),

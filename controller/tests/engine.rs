@@ -621,3 +621,33 @@ fn placement_transitions_are_counted_by_the_state_entered() {
     assert_eq!(entered(PlacementState::Dropped), 1);
     assert_eq!(entered(PlacementState::Inactive), 2);
 }
+
+#[test]
+fn a_handoffs_commands_name_their_operation_and_a_first_placement_names_none() {
+    let mut driver = Driver::start(&["a"]);
+    driver.settle();
+    assert_eq!(driver.sent, strings(&["prepare 1@a", "activate 1@a"]));
+    assert_eq!(
+        driver.sent_for,
+        [None, None],
+        "placing the first range is no operation"
+    );
+    driver.commands();
+    driver
+        .engine
+        .node_registered(node("b"), "b:7000".into(), driver.now);
+    let op = driver
+        .engine
+        .request_move(range(1), Some(node("b")), driver.now)
+        .unwrap();
+    driver.settle();
+    assert_eq!(
+        driver.sent,
+        strings(&["prepare 1@b", "deactivate 1@a", "activate 1@b", "drop 1@a"])
+    );
+    assert_eq!(
+        driver.sent_for,
+        [Some(op); 4],
+        "the source's drop after the move ended is the move's too"
+    );
+}

@@ -17,6 +17,7 @@ use ranger_proto::{ConversionError, Parent, RangeId, RangeMeta, RemoteState, con
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::node::Node;
 use crate::rangelet::{CommandError, Outcome, RangeChange, Rangelet};
@@ -71,6 +72,20 @@ fn range_id(id: u64) -> Result<RangeId, Status> {
     RangeId::new(id).map_err(bad_request)
 }
 
+/// The span a command runs in: which command, and the controller's operation it
+/// is for when the controller named one (`ranger-operation` metadata), so that
+/// a node's logs of a handoff can be found from the controller's by its id.
+fn command_span<T>(request: &Request<T>, command: &'static str) -> tracing::Span {
+    let op = request
+        .metadata()
+        .get(ranger_proto::OPERATION_METADATA)
+        .and_then(|value| value.to_str().ok());
+    match op {
+        Some(op) => tracing::info_span!("operation", op, command),
+        None => tracing::info_span!("command", command),
+    }
+}
+
 type RangesStream = Pin<Box<dyn Stream<Item = Result<pb::RangesResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -79,70 +94,90 @@ impl<N: Node> pb::node_server::Node for NodeService<N> {
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
+        let span = command_span(&request, "prepare");
         let request = request.into_inner();
-        let meta: RangeMeta = convert::require(request.range, "PrepareRequest.range")
-            .and_then(RangeMeta::try_from)
-            .map_err(bad_request)?;
-        let parents = request
-            .parents
-            .into_iter()
-            .map(Parent::try_from)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(bad_request)?;
-        let outcome = self
-            .rangelet
-            .prepare_in_term(request.term, meta.clone(), parents)
-            .await?;
-        Ok(Response::new(pb::PrepareResponse {
-            range_info: Some(pb::RangeInfo {
-                meta: Some((&meta).into()),
-                state: outcome.state.into(),
-                info: None,
-            }),
-            failure: failure(&outcome),
-        }))
+        async move {
+            let meta: RangeMeta = convert::require(request.range, "PrepareRequest.range")
+                .and_then(RangeMeta::try_from)
+                .map_err(bad_request)?;
+            let parents = request
+                .parents
+                .into_iter()
+                .map(Parent::try_from)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(bad_request)?;
+            let outcome = self
+                .rangelet
+                .prepare_in_term(request.term, meta.clone(), parents)
+                .await?;
+            Ok(Response::new(pb::PrepareResponse {
+                range_info: Some(pb::RangeInfo {
+                    meta: Some((&meta).into()),
+                    state: outcome.state.into(),
+                    info: None,
+                }),
+                failure: failure(&outcome),
+            }))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn activate(
         &self,
         request: Request<pb::ActivateRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
+        let span = command_span(&request, "activate");
         let request = request.into_inner();
-        let id = range_id(request.range)?;
-        let outcome = self.rangelet.activate_in_term(request.term, id).await?;
-        Ok(Response::new(pb::ActivateResponse {
-            state: outcome.state.into(),
-            failure: failure(&outcome),
-        }))
+        async move {
+            let id = range_id(request.range)?;
+            let outcome = self.rangelet.activate_in_term(request.term, id).await?;
+            Ok(Response::new(pb::ActivateResponse {
+                state: outcome.state.into(),
+                failure: failure(&outcome),
+            }))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn deactivate(
         &self,
         request: Request<pb::DeactivateRequest>,
     ) -> Result<Response<pb::DeactivateResponse>, Status> {
+        let span = command_span(&request, "deactivate");
         let request = request.into_inner();
-        let id = range_id(request.range)?;
-        let outcome = self.rangelet.deactivate_in_term(request.term, id).await?;
-        Ok(Response::new(pb::DeactivateResponse {
-            state: outcome.state.into(),
-            failure: failure(&outcome),
-        }))
+        async move {
+            let id = range_id(request.range)?;
+            let outcome = self.rangelet.deactivate_in_term(request.term, id).await?;
+            Ok(Response::new(pb::DeactivateResponse {
+                state: outcome.state.into(),
+                failure: failure(&outcome),
+            }))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn drop(
         &self,
         request: Request<pb::DropRequest>,
     ) -> Result<Response<pb::DropResponse>, Status> {
+        let span = command_span(&request, "drop");
         let request = request.into_inner();
-        let id = range_id(request.range)?;
-        let outcome = self
-            .rangelet
-            .drop_range_in_term(request.term, id, request.force)
-            .await?;
-        Ok(Response::new(pb::DropResponse {
-            state: outcome.state.into(),
-            failure: failure(&outcome),
-        }))
+        async move {
+            let id = range_id(request.range)?;
+            let outcome = self
+                .rangelet
+                .drop_range_in_term(request.term, id, request.force)
+                .await?;
+            Ok(Response::new(pb::DropResponse {
+                state: outcome.state.into(),
+                failure: failure(&outcome),
+            }))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn info(

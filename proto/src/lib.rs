@@ -26,6 +26,11 @@ pub use membership::{Membership, parse_node_list};
 pub use meta::{InvalidBounds, RangeMeta};
 pub use state::{PlacementState, RangeState, RemoteState};
 
+/// The gRPC metadata entry in which the controller names the operation a
+/// command belongs to ("op7"), so that a node's logs of a handoff can be found
+/// from the controller's (our extension; nodes that do not read it lose nothing).
+pub const OPERATION_METADATA: &str = "ranger-operation";
+
 /// Code generated from `proto/*.proto` by `build.rs`.
 pub mod pb {
     /// Package `ranger`: the Node, Orchestrator and Debug services.

@@ -19,6 +19,10 @@ use super::{OpError, OpId, OpRequest, Operation, Origin};
 /// How many ended operations [`OpHistory::recent`] keeps.
 pub const RECENT_OPERATIONS: usize = 200;
 
+/// How long after an operation ended its clean-up (dropping a handoff's
+/// sources) is still counted as its own, for logs.
+pub const CLEAN_UP_WINDOW: Duration = Duration::from_secs(60);
+
 /// Upper bounds, in seconds, of the duration histogram's buckets: from a
 /// handoff of an empty range to one that copies for minutes.
 pub const DURATION_BUCKETS: [f64; 12] = [
@@ -201,6 +205,15 @@ impl OpHistory {
     /// The latest ended operations, newest first.
     pub fn recent(&self) -> impl Iterator<Item = &EndedOp> {
         self.recent.iter().rev()
+    }
+
+    /// The latest operation on `range` that ended less than
+    /// [`CLEAN_UP_WINDOW`] before `now`: what a clean-up after it belongs to.
+    pub fn recently_ended_on(&self, range: RangeId, now: Instant) -> Option<OpId> {
+        self.recent()
+            .take_while(|op| now.saturating_duration_since(op.ended) < CLEAN_UP_WINDOW)
+            .find(|op| op.ranges.contains(&range))
+            .map(|op| op.id)
     }
 
     pub fn totals(&self) -> &OpTotals {

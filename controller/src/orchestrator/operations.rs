@@ -39,6 +39,23 @@ impl Engine {
         }
     }
 
+    /// The started operation that works on `range`: the range it was asked
+    /// about, or a child its split or join built.
+    pub(super) fn operation_touching(&self, range: RangeId) -> Option<OpId> {
+        self.ops
+            .values()
+            .filter(|op| op.phase != OpPhase::Queued)
+            .find(|op| {
+                op.request.ranges().contains(&range)
+                    || match op.progress {
+                        Progress::Split { left, right } => left == range || right == range,
+                        Progress::Join { child } => child == range,
+                        Progress::NotStarted | Progress::Move { .. } => false,
+                    }
+            })
+            .map(|op| op.id)
+    }
+
     /// Whether another running operation touches any of these ranges.
     pub(super) fn busy(&self, ranges: &[RangeId], except: OpId) -> bool {
         self.ops.values().any(|op| {

@@ -698,6 +698,12 @@ impl Engine {
         {
             return false;
         }
+        let op = self.operation_touching(range).or_else(|| match call {
+            // A handoff's sources are dropped after it ended: the clean-up is
+            // still its own.
+            Call::Drop { .. } => self.history.recently_ended_on(range, now),
+            _ => None,
+        });
         self.effects.push(Effect::Send(Dispatch {
             node,
             addr,
@@ -706,6 +712,7 @@ impl Engine {
             call,
             term: self.keyspace.term(),
             timeout: self.config.rpc_timeout,
+            op,
         }));
         true
     }

@@ -49,6 +49,10 @@ pub struct Dispatch {
     pub term: u64,
     /// How long to wait for the answer before reporting the node unreachable.
     pub timeout: Duration,
+    /// The operation the command works for, if any (a handoff's commands do; the
+    /// placement of a new range or a repair does not): carried to the node so
+    /// that both sides' logs of one operation can be found by its id.
+    pub op: Option<OpId>,
 }
 
 /// A probe to send at once: `Info` to a node, granting it a write lease.

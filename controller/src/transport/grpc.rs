@@ -79,6 +79,20 @@ fn outcome(state: i32, failure: Option<pb::CallbackFailure>) -> Answer {
     })
 }
 
+/// A request carrying the operation it is sent for, if the sending task has
+/// one (see [`super::context`]), in the `ranger-operation` metadata entry.
+fn with_context<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(op) = super::context::current_operation()
+        && let Ok(value) = op.to_string().parse()
+    {
+        request
+            .metadata_mut()
+            .insert(ranger_proto::OPERATION_METADATA, value);
+    }
+    request
+}
+
 impl NodeTransport for GrpcTransport {
     async fn call(
         &self,
@@ -95,11 +109,11 @@ impl NodeTransport for GrpcTransport {
             match call {
                 Call::Prepare { meta, parents } => {
                     let response = client
-                        .prepare(pb::PrepareRequest {
+                        .prepare(with_context(pb::PrepareRequest {
                             range: Some((&meta).into()),
                             parents: parents.iter().map(pb::Parent::from).collect(),
                             term,
-                        })
+                        }))
                         .await?
                         .into_inner();
                     let state = response.range_info.map_or(0, |i| i.state);
@@ -107,29 +121,29 @@ impl NodeTransport for GrpcTransport {
                 }
                 Call::Activate => {
                     let r = client
-                        .activate(pb::ActivateRequest {
+                        .activate(with_context(pb::ActivateRequest {
                             range: id,
                             force: false,
                             term,
-                        })
+                        }))
                         .await?
                         .into_inner();
                     Ok(outcome(r.state, r.failure))
                 }
                 Call::Deactivate => {
                     let r = client
-                        .deactivate(pb::DeactivateRequest { range: id, term })
+                        .deactivate(with_context(pb::DeactivateRequest { range: id, term }))
                         .await?
                         .into_inner();
                     Ok(outcome(r.state, r.failure))
                 }
                 Call::Drop { force } => {
                     let r = client
-                        .drop(pb::DropRequest {
+                        .drop(with_context(pb::DropRequest {
                             range: id,
                             force,
                             term,
-                        })
+                        }))
                         .await?
                         .into_inner();
                     Ok(outcome(r.state, r.failure))

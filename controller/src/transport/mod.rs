@@ -4,6 +4,7 @@
 //! feature), which exercises the same node-side state machine without sockets.
 //! Only that transport links the node SDK, so `rangerd` does not.
 
+pub mod context;
 mod grpc;
 #[cfg(any(test, feature = "testing"))]
 mod in_process;

@@ -119,6 +119,8 @@ pub struct Driver {
     pub nodes: Nodes,
     /// Every command the engine sent, in order, as "verb range@node".
     pub sent: Vec<String>,
+    /// The operation each of those commands was sent for, in the same order.
+    pub sent_for: Vec<Option<OpId>>,
     /// Operations that ended, with their results.
     pub finished: BTreeMap<OpId, Result<(), OpError>>,
 }
@@ -138,6 +140,7 @@ impl Driver {
             now,
             nodes: Nodes::default(),
             sent: Vec::new(),
+            sent_for: Vec::new(),
             finished: BTreeMap::new(),
         };
         let effects = driver.engine.step(now);
@@ -170,6 +173,7 @@ impl Driver {
                 }
                 Effect::Send(dispatch) => {
                     self.sent.push(describe(&dispatch));
+                    self.sent_for.push(dispatch.op);
                     let outcome = self.nodes.apply(&dispatch);
                     self.engine.on_answer(&dispatch, Ok(outcome), self.now);
                 }
@@ -237,6 +241,7 @@ impl Driver {
     }
 
     pub fn commands(&mut self) -> Vec<String> {
+        self.sent_for.clear();
         std::mem::take(&mut self.sent)
     }
 

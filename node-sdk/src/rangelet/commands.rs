@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use ranger_proto::{Command, Outcome, Parent, RangeId, RangeMeta, RemoteState};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::errors::CommandError;
 use super::handle::Rangelet;
@@ -94,13 +95,18 @@ impl<N: Node> Rangelet<N> {
         self.publish(&table, id);
         let inner = Arc::clone(&self.inner);
         let this = self.clone();
-        tokio::spawn(async move {
-            let result = tokio::select! {
-                result = inner.node.prepare(meta, parents) => Some(result),
-                _ = cancel_rx => None,
-            };
-            this.finish_prepare(id, epoch, result).await;
-        });
+        // The callback runs on in the command's span (and so under the
+        // controller's operation id, when it sent one).
+        tokio::spawn(
+            async move {
+                let result = tokio::select! {
+                    result = inner.node.prepare(meta, parents) => Some(result),
+                    _ = cancel_rx => None,
+                };
+                this.finish_prepare(id, epoch, result).await;
+            }
+            .instrument(tracing::Span::current()),
+        );
         tracing::debug!(range = %id, epoch, "prepare started");
         Ok(Begin::Wait(RemoteState::Preparing))
     }
@@ -267,15 +273,18 @@ impl<N: Node> Rangelet<N> {
         self.publish(table, id);
         let callback = self.callback(command, id);
         let this = self.clone();
-        tokio::spawn(async move {
-            let result = callback.await;
-            if command == Command::Activate {
-                this.finish_activate(id, epoch, lapses_at_start, result)
-                    .await;
-            } else {
-                this.finish(id, epoch, transition, result);
+        tokio::spawn(
+            async move {
+                let result = callback.await;
+                if command == Command::Activate {
+                    this.finish_activate(id, epoch, lapses_at_start, result)
+                        .await;
+                } else {
+                    this.finish(id, epoch, transition, result);
+                }
             }
-        });
+            .instrument(tracing::Span::current()),
+        );
         tracing::debug!(range = %id, ?command, "transition started");
         Ok(Begin::Wait(transition.during))
     }
