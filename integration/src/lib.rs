@@ -12,6 +12,7 @@
 //! - [`ctl`], [`kv`], [`hammer`]: the command-line tools, their `--json`
 //!   output typed ([`views`], [`hammer::HammerReport`]);
 //! - [`events`]: the controller's live events, to act at a precise step;
+//! - [`metrics`]: a process's Prometheus metrics, scraped and parsed;
 //! - [`raw_grpc`]: arbitrary bytes to any gRPC method (garbage input);
 //! - [`relay`]: a TCP relay in front of a node that delays, stalls one or both
 //!   directions, or resets (partitions from outside the processes);
@@ -23,6 +24,7 @@ pub mod ctl;
 pub mod events;
 pub mod hammer;
 pub mod kv;
+pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod raw_grpc;

@@ -13,6 +13,7 @@
 //! that keep their range states in their own database.
 
 pub mod load;
+pub mod metrics;
 mod node;
 mod rangelet;
 mod registration;
@@ -21,6 +22,7 @@ mod service;
 mod state_store;
 pub mod testing;
 
+pub use metrics::NodeMetrics;
 pub use node::{CallbackError, Node};
 pub use rangelet::{
     Command, CommandError, KeyRejection, Outcome, RangeChange, Rangelet, RangeletConfig,

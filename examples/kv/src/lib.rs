@@ -6,6 +6,7 @@
 //! - [`proxy`]: the routing proxy: `kv.KV` in front of every node.
 //! - [`hammer`]: a load generator that checks every acknowledged write.
 //! - [`keys`]: how keys are written on command lines.
+//! - [`metrics`]: request metrics, shared by the node and the proxy.
 //! - [`pb`]: the store's own wire contract, `proto/kv.proto` (package `kv`).
 
 /// Code generated from `proto/kv.proto` by `build.rs`: the `kv.KV` service,
@@ -17,5 +18,6 @@ pub mod pb {
 
 pub mod hammer;
 pub mod keys;
+pub mod metrics;
 pub mod node;
 pub mod proxy;

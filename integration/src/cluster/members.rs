@@ -83,6 +83,8 @@ pub struct KvNode {
     /// Its log of acknowledged writes, when the cluster asked for them (one
     /// JSON line per write; appended to across restarts).
     pub ack_log: Option<PathBuf>,
+    /// Where it serves Prometheus metrics (`kv-node --metrics`).
+    pub metrics: SocketAddr,
 }
 
 impl KvNode {
@@ -113,6 +115,8 @@ impl KvNode {
             .args(["--listen", &listen.to_string()])
             .args(["--advertise", &advertise, "--id", &id])
             .arg_path("--data", &data);
+        let metrics = free_addr()?;
+        process = process.args(["--metrics", &metrics.to_string()]);
         let ack_log = spec
             .ack_logs
             .then(|| cluster.dir().join(format!("acks-{id}.jsonl")));
@@ -130,6 +134,7 @@ impl KvNode {
             id,
             data,
             ack_log,
+            metrics,
         })
     }
 
@@ -146,13 +151,17 @@ pub struct Proxy {
     pub process: Process,
     /// Where it serves `kv.KV`.
     pub addr: String,
+    /// Where it serves Prometheus metrics (`kv-proxy --metrics`).
+    pub metrics: SocketAddr,
 }
 
 impl Proxy {
     pub(super) fn new(spec: &ClusterBuilder, cluster: &Cluster) -> anyhow::Result<Proxy> {
         let addr = free_addr()?.to_string();
+        let metrics = free_addr()?;
         let mut process = Process::new("kv-proxy", binary(KV_PROXY)?, cluster.dir())
             .args(["--listen", &addr])
+            .args(["--metrics", &metrics.to_string()])
             .args([
                 "--deadline-ms",
                 &spec.proxy_deadline.as_millis().to_string(),
@@ -177,6 +186,10 @@ impl Proxy {
                 "200",
             ]),
         };
-        Ok(Proxy { process, addr })
+        Ok(Proxy {
+            process,
+            addr,
+            metrics,
+        })
     }
 }

@@ -16,6 +16,7 @@ mod builder;
 mod members;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -168,6 +169,20 @@ impl Cluster {
     /// The `kv` client through the proxy.
     pub fn kv(&self) -> anyhow::Result<Kv> {
         Kv::new(self.proxy_addr()?)
+    }
+
+    /// Where node `id` serves its Prometheus metrics.
+    pub fn node_metrics(&self, id: &str) -> anyhow::Result<SocketAddr> {
+        Ok(self.nodes[self.node_index(id)?].metrics)
+    }
+
+    /// Where the proxy serves its Prometheus metrics.
+    pub fn proxy_metrics(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self
+            .proxy
+            .as_ref()
+            .context("no proxy in this cluster")?
+            .metrics)
     }
 
     /// The index of the node with id `id`.

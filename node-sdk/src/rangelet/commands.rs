@@ -23,6 +23,7 @@ use super::lease::LEASE_LAPSED_BEFORE_ACTIVATE;
 use super::table::{Entry, Table, next_epoch, take_failure};
 use super::term::NO_TERM;
 use super::transitions::{ACTIVATE, DEACTIVATE, DROP, Transition};
+use crate::metrics::CallbackKind;
 use crate::node::Node;
 
 /// What a command does after its synchronous part: answer now, or wait on a
@@ -99,10 +100,16 @@ impl<N: Node> Rangelet<N> {
         // controller's operation id, when it sent one).
         tokio::spawn(
             async move {
+                let began = std::time::Instant::now();
                 let result = tokio::select! {
                     result = inner.node.prepare(meta, parents) => Some(result),
                     _ = cancel_rx => None,
                 };
+                this.metrics().callback_ended(
+                    CallbackKind::Prepare,
+                    result.as_ref(),
+                    began.elapsed(),
+                );
                 this.finish_prepare(id, epoch, result).await;
             }
             .instrument(tracing::Span::current()),

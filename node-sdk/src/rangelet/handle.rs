@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::errors::{CommandError, KeyRejection};
 use super::table::{Entry, RangeChange, Table};
+use crate::metrics::{CallbackKind, NodeMetrics};
 use crate::node::Node;
 use crate::state_store::{StateStore, StateStoreError, StoredRange, lock};
 
@@ -33,6 +34,10 @@ pub struct RangeletConfig {
     /// same as a default node; 2.0: twice as much). Sent with every probe
     /// answer; the controller's balancer divides the node's load by it.
     pub capacity: f64,
+    /// Where the rangelet records its callbacks and, when asked
+    /// ([`Rangelet::sample_metrics`]), its ranges by state and its lease. Keep a
+    /// clone to register it and to report transfers (see [`crate::metrics`]).
+    pub metrics: NodeMetrics,
 }
 
 impl Default for RangeletConfig {
@@ -41,6 +46,7 @@ impl Default for RangeletConfig {
             grace_period: Duration::from_millis(500),
             change_buffer: 1024,
             capacity: 1.0,
+            metrics: NodeMetrics::new(),
         }
     }
 }
@@ -117,7 +123,8 @@ impl<N: Node> Rangelet<N> {
             match range.state {
                 RemoteState::Preparing | RemoteState::Dropping | RemoteState::NotFound => {
                     tracing::info!(range = %id, state = %range.state, "dropping half-done range left by the last run");
-                    if let Err(e) = node.drop(id).await {
+                    let dropped = config.metrics.time(CallbackKind::Drop, node.drop(id)).await;
+                    if let Err(e) = dropped {
                         tracing::warn!(range = %id, error = %e, "cleanup drop failed; forgetting the range anyway");
                     }
                     store.remove(id)?;
@@ -243,6 +250,30 @@ impl<N: Node> Rangelet<N> {
     /// whose prepare is abandoned.
     pub async fn force_drop(&self, id: RangeId) -> Result<Outcome, CommandError> {
         self.drop_range(id, true).await
+    }
+
+    /// The metrics this rangelet records into (see [`RangeletConfig::metrics`]).
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.inner.config.metrics
+    }
+
+    /// Samples the gauges kept only at scrape time: the ranges by state and the
+    /// time left on the controller's lease. Call it just before each scrape
+    /// (e.g. from a [`crate::metrics::BeforeScrape`]).
+    pub fn sample_metrics(&self) {
+        let states: Vec<RemoteState> = lock(&self.inner.table)
+            .ranges
+            .values()
+            .map(|e| e.state)
+            .collect();
+        let lease_left = self
+            .inner
+            .lease_until
+            .borrow()
+            .map_or(Duration::ZERO, |until| {
+                until.saturating_duration_since(Instant::now())
+            });
+        self.inner.config.metrics.set_sampled(states, lease_left);
     }
 
     /// Asks the controller to drain this node, then waits until it holds no ranges

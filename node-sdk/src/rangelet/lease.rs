@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::errors::CommandError;
 use super::handle::Rangelet;
 use super::table::{RangeChange, Table};
+use crate::metrics::CallbackKind;
 use crate::node::Node;
 use crate::state_store::lock;
 
@@ -81,7 +82,8 @@ impl<N: Node> Rangelet<N> {
     async fn report(&self) -> Vec<RangeInfo> {
         let ranges: Vec<RangeChange> = lock(&self.inner.table).snapshot();
         let loads = futures::future::join_all(ranges.iter().map(|r| async {
-            match self.inner.node.load_info(r.meta.id()).await {
+            let load = self.inner.node.load_info(r.meta.id());
+            match self.metrics().time(CallbackKind::LoadInfo, load).await {
                 Ok(load) => load,
                 Err(e) => {
                     tracing::debug!(range = %r.meta.id(), error = %e, "load_info failed; reporting no load");

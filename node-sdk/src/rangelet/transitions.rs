@@ -36,6 +36,7 @@ use super::errors::CommandError;
 use super::handle::{Inner, Rangelet};
 use super::lease::LEASE_LAPSED_DURING_ACTIVATE;
 use super::table::{PendingFailure, RangeChange, Table, next_epoch};
+use crate::metrics::CallbackKind;
 use crate::node::{CallbackError, Node};
 use crate::state_store::{StoredRange, lock};
 
@@ -85,9 +86,22 @@ impl<N: Node> Rangelet<N> {
     pub(super) fn callback(&self, command: Command, id: RangeId) -> CallbackFuture {
         let inner = Arc::clone(&self.inner);
         match command {
-            Command::Activate => Box::pin(async move { inner.node.activate(id).await }),
-            Command::Deactivate => Box::pin(async move { inner.node.deactivate(id).await }),
-            Command::Drop => Box::pin(async move { inner.node.drop(id).await }),
+            Command::Activate => Box::pin(async move {
+                let metrics = &inner.config.metrics;
+                metrics
+                    .time(CallbackKind::Activate, inner.node.activate(id))
+                    .await
+            }),
+            Command::Deactivate => Box::pin(async move {
+                let metrics = &inner.config.metrics;
+                metrics
+                    .time(CallbackKind::Deactivate, inner.node.deactivate(id))
+                    .await
+            }),
+            Command::Drop => Box::pin(async move {
+                let metrics = &inner.config.metrics;
+                metrics.time(CallbackKind::Drop, inner.node.drop(id)).await
+            }),
             // Prepare needs its arguments; it is spawned by `prepare` itself.
             Command::Prepare => Box::pin(async move {
                 Err(CallbackError::refused(format!(
@@ -137,7 +151,10 @@ impl<N: Node> Rangelet<N> {
             drop_epoch
         };
         tracing::info!(range = %id, "prepare abandoned; dropping what it wrote");
-        let result = self.inner.node.drop(id).await;
+        let result = self
+            .metrics()
+            .time(CallbackKind::Drop, self.inner.node.drop(id))
+            .await;
         // A drop of an abandoned prepare that fails leaves nothing to roll back to:
         // the range is forgotten either way, and the failure reported.
         let transition = Transition {
@@ -191,7 +208,11 @@ impl<N: Node> Rangelet<N> {
             table.fenced.insert(id);
         }
         tracing::warn!(range = %id, "controller lease lapsed while activating; undoing the activation");
-        match self.inner.node.deactivate(id).await {
+        let undone = self
+            .metrics()
+            .time(CallbackKind::Deactivate, self.inner.node.deactivate(id))
+            .await;
+        match undone {
             Ok(()) => self.finish(
                 id,
                 epoch,

@@ -15,6 +15,7 @@ use ranger_consul::discovery::ServiceRegistration;
 use ranger_consul::{ClientConfig, RegistrationConfig};
 use ranger_kv::node::KvNodeConfig;
 use ranger_kv::node::server::NodeServer;
+use ranger_node_sdk::metrics::serve_metrics;
 use ranger_node_sdk::{LogOutput, Registration, init_logging, shutdown_signal};
 use ranger_proto::NodeId;
 use tokio::net::TcpListener;
@@ -63,6 +64,10 @@ struct Args {
     /// can check from outside that no key had two writers at once.
     #[arg(long)]
     ack_log: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address: the node
+    /// SDK's `ranger_node_*` and the KV node's `ranger_kv_node_*`.
+    #[arg(long, env = "KV_NODE_METRICS")]
+    metrics: Option<SocketAddr>,
     /// On SIGTERM, ask to be drained and wait up to this long before stopping.
     #[arg(long, default_value_t = 0)]
     drain_on_shutdown_s: u64,
@@ -104,6 +109,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("starting the node on {}", args.data.display()))?;
     tracing::info!(node = %id, ranges = server.rangelet.ranges().len(), "node state restored");
+    if let Some(addr) = args.metrics {
+        let (bound, _task) =
+            serve_metrics(addr, server.metrics(), server.rangelet.shutdown_signal())
+                .await
+                .context("--metrics")?;
+        tracing::info!(metrics = %bound, "serving metrics");
+    }
     let registration = if args.no_register {
         Joined::Nothing
     } else if let Some(address) = &args.consul {

@@ -15,6 +15,7 @@ use ranger_consul::ClientConfig;
 use ranger_kv::proxy::{
     ConsulNodes, ControllerConfig, NodeDiscovery, Proxy, ProxyConfig, RetryPolicy,
 };
+use ranger_node_sdk::metrics::serve_metrics;
 use ranger_node_sdk::{LogOutput, init_logging, shutdown_signal};
 use tokio::net::TcpListener;
 
@@ -57,6 +58,11 @@ struct Args {
     #[arg(long, env = "KV_PROXY_DEADLINE_MS", default_value_t = 5000)]
     deadline_ms: u64,
 
+    /// Serve Prometheus metrics (`GET /metrics`, `ranger_kv_proxy_*`) on this
+    /// address.
+    #[arg(long, env = "KV_PROXY_METRICS")]
+    metrics: Option<SocketAddr>,
+
     /// Log format.
     #[arg(long, env = "KV_PROXY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -97,6 +103,13 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(controller = %args.controller, "following the controller's node list");
         Following::Controller(proxy.follow_controller(config).context("--controller")?)
     };
+
+    if let Some(addr) = args.metrics {
+        let (bound, _task) = serve_metrics(addr, proxy.metrics(), shutdown_signal())
+            .await
+            .context("--metrics")?;
+        tracing::info!(metrics = %bound, "serving metrics");
+    }
 
     let listener = TcpListener::bind(args.listen)
         .await

@@ -25,6 +25,7 @@
 pub mod access;
 pub mod ack_log;
 pub mod load;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod sources;
@@ -36,12 +37,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ranger_node_sdk::{CallbackError, Node, StateStore};
+use ranger_node_sdk::{CallbackError, Node, NodeMetrics, StateStore};
 use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta};
 use tokio::sync::RwLock;
 use tonic::transport::Channel;
 
 use load::RangeLoads;
+use metrics::KvNodeMetrics;
 use ranger_node_sdk::load::{Clock, LoadMeterConfig, RangeLoadMeter, TokioClock};
 use spans::Span;
 use store::{RangeStates, Store, StoreError};
@@ -84,6 +86,9 @@ pub struct KvNodeConfig {
     /// For fault drills: log every acknowledged client write here (see
     /// [`ack_log`]). None in production.
     pub ack_log: Option<std::path::PathBuf>,
+    /// The node SDK's metrics: the rangelet records its callbacks into them,
+    /// the node its transfers (see [`ranger_node_sdk::metrics`]).
+    pub metrics: NodeMetrics,
 }
 
 impl KvNodeConfig {
@@ -99,6 +104,7 @@ impl KvNodeConfig {
             activate_delay: Duration::ZERO,
             capacity: 1.0,
             ack_log: None,
+            metrics: NodeMetrics::new(),
         }
     }
 }
@@ -133,6 +139,8 @@ struct Inner {
     instance: u64,
     /// Every acknowledged write, when a fault drill asked for it.
     acks: Option<ack_log::AckLog>,
+    /// Requests and store size (the SDK's metrics are in `config.metrics`).
+    metrics: KvNodeMetrics,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -180,6 +188,7 @@ impl KvNode {
                 transfers_in: TransferLog::default(),
                 instance: rand::random(),
                 acks,
+                metrics: KvNodeMetrics::default(),
             }),
         })
     }
@@ -195,6 +204,11 @@ impl KvNode {
     /// This running node's instance id (see `Inner::instance`).
     pub fn instance(&self) -> u64 {
         self.inner.instance
+    }
+
+    /// The node's own metrics (requests, store size).
+    pub fn metrics(&self) -> &KvNodeMetrics {
+        &self.inner.metrics
     }
 
     pub fn config(&self) -> &KvNodeConfig {

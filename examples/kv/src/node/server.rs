@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use prometheus_client::registry::Registry;
+use ranger_node_sdk::metrics::{BeforeScrape, MetricsSource};
 use ranger_node_sdk::{Rangelet, RangeletConfig, StateStoreError, node_router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -68,6 +70,7 @@ impl NodeServer {
         let store = Store::open(data)?;
         let rangelet_config = RangeletConfig {
             capacity: config.capacity,
+            metrics: config.metrics.clone(),
             ..RangeletConfig::default()
         };
         let node = KvNode::open(Arc::clone(&store), config)?;
@@ -96,6 +99,32 @@ impl NodeServer {
     /// The node's database, e.g. to load data in bulk before a benchmark.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// Everything this node reports to Prometheus: the node SDK's metrics
+    /// (`ranger_node_*`) and the KV node's (`ranger_kv_node_*`), with the range,
+    /// lease and store gauges sampled before each scrape. Serve it with
+    /// [`ranger_node_sdk::metrics::serve_metrics`].
+    pub fn metrics(&self) -> MetricsSource {
+        let mut registry = Registry::default();
+        self.rangelet.metrics().register(&mut registry);
+        self.node.metrics().register(&mut registry);
+        let (rangelet, node) = (self.rangelet.clone(), self.node.clone());
+        let sample: BeforeScrape = Arc::new(move || {
+            let (rangelet, node) = (rangelet.clone(), node.clone());
+            Box::pin(async move {
+                rangelet.sample_metrics();
+                // RocksDB's properties are read under its own locks: off the runtime.
+                let sampled = tokio::task::spawn_blocking(move || {
+                    node.metrics().sample_store(node.store());
+                })
+                .await;
+                if let Err(error) = sampled {
+                    tracing::warn!(%error, "sampling the store's size failed");
+                }
+            })
+        });
+        MetricsSource::new(registry).before_scrape(sample)
     }
 
     /// Stops serving (health turns NOT_SERVING first) and waits for the server.

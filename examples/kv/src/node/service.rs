@@ -1,5 +1,6 @@
 //! The `kv.KV` service of a node: client reads and writes (only for keys in a
-//! range this node serves Active), and the node-to-node transfer streams.
+//! range this node serves Active), and the node-to-node transfer streams. Every
+//! call is counted, by method and code, in the node's request metrics.
 
 use std::pin::Pin;
 
@@ -75,92 +76,117 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let key = request.into_inner().key;
-        self.node.read_range(&self.rangelet, &key)?;
-        match self.node.store().get(key.as_bytes()) {
-            Ok(Some(value)) => Ok(Response::new(pb::GetResponse { value })),
-            Ok(None) => Err(Status::not_found(format!("no such key: {key:?}"))),
-            Err(e) => Err(Status::internal(e.to_string())),
-        }
+        let requests = &self.node.metrics().requests;
+        requests
+            .observe("Get", async move {
+                let key = request.into_inner().key;
+                self.node.read_range(&self.rangelet, &key)?;
+                match self.node.store().get(key.as_bytes()) {
+                    Ok(Some(value)) => Ok(Response::new(pb::GetResponse { value })),
+                    Ok(None) => Err(Status::not_found(format!("no such key: {key:?}"))),
+                    Err(e) => Err(Status::internal(e.to_string())),
+                }
+            })
+            .await
     }
 
     async fn put(
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        let request = request.into_inner();
-        self.node
-            .write(&self.rangelet, request.key, WriteOp::Put(request.value))
-            .await?;
-        Ok(Response::new(pb::PutResponse {}))
+        let requests = &self.node.metrics().requests;
+        requests
+            .observe("Put", async move {
+                let request = request.into_inner();
+                self.node
+                    .write(&self.rangelet, request.key, WriteOp::Put(request.value))
+                    .await?;
+                Ok(Response::new(pb::PutResponse {}))
+            })
+            .await
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let key = request.into_inner().key;
-        self.node
-            .write(&self.rangelet, key, WriteOp::Delete)
-            .await?;
-        Ok(Response::new(pb::DeleteResponse {}))
+        let requests = &self.node.metrics().requests;
+        requests
+            .observe("Delete", async move {
+                let key = request.into_inner().key;
+                self.node
+                    .write(&self.rangelet, key, WriteOp::Delete)
+                    .await?;
+                Ok(Response::new(pb::DeleteResponse {}))
+            })
+            .await
     }
 
     async fn scan(
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
-        let request = request.into_inner();
-        let range = self.node.read_range(&self.rangelet, &request.start)?;
-        let range_span = self.held_span(range)?;
-        let wanted = Span::from_wire(request.start.into_bytes(), request.end.into_bytes());
-        let Some(span) = wanted.intersect(&range_span) else {
-            return Ok(Response::new(pb::ScanResponse::default()));
-        };
-        let limit = match request.limit {
-            0 => DEFAULT_SCAN_LIMIT,
-            n => n as usize,
-        };
-        let (pairs, more) = self
-            .node
-            .store()
-            .scan(&span, limit)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        // Continue at the first key not returned, or where this range ends if the
-        // client asked for more than it holds.
-        let next = match more {
-            Some(key) => text(&key),
-            None => match (&range_span.end, &wanted.end) {
-                (Some(range_end), None) => text(range_end),
-                (Some(range_end), Some(end)) if range_end < end => text(range_end),
-                _ => String::new(),
-            },
-        };
-        Ok(Response::new(pb::ScanResponse {
-            pairs: wire_pairs(pairs),
-            next,
-        }))
+        let requests = &self.node.metrics().requests;
+        requests
+            .observe("Scan", async move {
+                let request = request.into_inner();
+                let range = self.node.read_range(&self.rangelet, &request.start)?;
+                let range_span = self.held_span(range)?;
+                let wanted = Span::from_wire(request.start.into_bytes(), request.end.into_bytes());
+                let Some(span) = wanted.intersect(&range_span) else {
+                    return Ok(Response::new(pb::ScanResponse::default()));
+                };
+                let limit = match request.limit {
+                    0 => DEFAULT_SCAN_LIMIT,
+                    n => n as usize,
+                };
+                let (pairs, more) = self
+                    .node
+                    .store()
+                    .scan(&span, limit)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                // Continue at the first key not returned, or where this range ends if the
+                // client asked for more than it holds.
+                let next = match more {
+                    Some(key) => text(&key),
+                    None => match (&range_span.end, &wanted.end) {
+                        (Some(range_end), None) => text(range_end),
+                        (Some(range_end), Some(end)) if range_end < end => text(range_end),
+                        _ => String::new(),
+                    },
+                };
+                Ok(Response::new(pb::ScanResponse {
+                    pairs: wire_pairs(pairs),
+                    next,
+                }))
+            })
+            .await
     }
 
     async fn dump(
         &self,
         request: Request<pb::DumpRequest>,
     ) -> Result<Response<pb::DumpResponse>, Status> {
-        let range = range_id(request.into_inner().range_ident)?;
-        let span = self.held_span(range)?;
-        let (pairs, more) = self
-            .node
-            .store()
-            .scan(&span, DUMP_LIMIT)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        if more.is_some() {
-            return Err(Status::resource_exhausted(format!(
-                "range {range} holds more than {DUMP_LIMIT} pairs; use Scan"
-            )));
-        }
-        Ok(Response::new(pb::DumpResponse {
-            pairs: wire_pairs(pairs),
-        }))
+        let requests = &self.node.metrics().requests;
+        requests
+            .observe("Dump", async move {
+                let range = range_id(request.into_inner().range_ident)?;
+                let span = self.held_span(range)?;
+                let (pairs, more) = self
+                    .node
+                    .store()
+                    .scan(&span, DUMP_LIMIT)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                if more.is_some() {
+                    return Err(Status::resource_exhausted(format!(
+                        "range {range} holds more than {DUMP_LIMIT} pairs; use Scan"
+                    )));
+                }
+                Ok(Response::new(pb::DumpResponse {
+                    pairs: wire_pairs(pairs),
+                }))
+            })
+            .await
     }
 
     type SnapshotStream = SnapshotStream;
@@ -169,22 +195,27 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let request = request.into_inner();
-        let source = range_id(request.source_range)?;
-        let range_span = self.held_span(source)?;
-        let span = Span::from_wire(request.start, request.end);
-        if !span.within(&range_span) {
-            return Err(Status::invalid_argument(format!(
-                "span is not within range {source}"
-            )));
-        }
-        let stream = self.node.stream_snapshot(source, span);
-        let mut response: Response<Self::SnapshotStream> = Response::new(Box::pin(stream));
-        response.metadata_mut().insert(
-            super::transfer::INSTANCE_HEADER,
-            tonic::metadata::MetadataValue::from(self.node.instance()),
-        );
-        Ok(response)
+        let requests = &self.node.metrics().requests;
+        requests
+            .observe("Snapshot", async move {
+                let request = request.into_inner();
+                let source = range_id(request.source_range)?;
+                let range_span = self.held_span(source)?;
+                let span = Span::from_wire(request.start, request.end);
+                if !span.within(&range_span) {
+                    return Err(Status::invalid_argument(format!(
+                        "span is not within range {source}"
+                    )));
+                }
+                let stream = self.node.stream_snapshot(source, span);
+                let mut response: Response<Self::SnapshotStream> = Response::new(Box::pin(stream));
+                response.metadata_mut().insert(
+                    super::transfer::INSTANCE_HEADER,
+                    tonic::metadata::MetadataValue::from(self.node.instance()),
+                );
+                Ok(response)
+            })
+            .await
     }
 
     type DeltaStream = DeltaStream;
@@ -193,26 +224,39 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeltaRequest>,
     ) -> Result<Response<Self::DeltaStream>, Status> {
-        let transfer = request.into_inner().transfer;
-        let (source, _span, keys) = self.node.trackers().changes(transfer).ok_or_else(|| {
-            Status::not_found(format!(
-                "transfer {transfer} is unknown here (the source restarted or dropped the range)"
-            ))
-        })?;
-        let state = self.rangelet.state(source);
-        if state != RemoteState::Inactive {
-            return Err(Status::failed_precondition(format!(
-                "range {source} is {state} here: the delta is final only once it is Inactive"
-            )));
-        }
-        Ok(Response::new(Box::pin(self.node.stream_delta(keys))))
+        let requests = &self.node.metrics().requests;
+        requests
+            .observe("Delta", async move {
+                let transfer = request.into_inner().transfer;
+                let unknown = || {
+                    Status::not_found(format!(
+                        "transfer {transfer} is unknown here (the source restarted or dropped the range)"
+                    ))
+                };
+                let (source, _span, keys) =
+                    self.node.trackers().changes(transfer).ok_or_else(unknown)?;
+                let state = self.rangelet.state(source);
+                if state != RemoteState::Inactive {
+                    return Err(Status::failed_precondition(format!(
+                        "range {source} is {state} here: the delta is final only once it is Inactive"
+                    )));
+                }
+                let stream: Self::DeltaStream = Box::pin(self.node.stream_delta(keys));
+                Ok(Response::new(stream))
+            })
+            .await
     }
 
     async fn end_transfer(
         &self,
         request: Request<pb::EndTransferRequest>,
     ) -> Result<Response<pb::EndTransferResponse>, Status> {
-        self.node.trackers().end(request.into_inner().transfer);
-        Ok(Response::new(pb::EndTransferResponse {}))
+        let requests = &self.node.metrics().requests;
+        requests
+            .observe("EndTransfer", async move {
+                self.node.trackers().end(request.into_inner().transfer);
+                Ok(Response::new(pb::EndTransferResponse {}))
+            })
+            .await
     }
 }

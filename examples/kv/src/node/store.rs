@@ -98,6 +98,13 @@ impl PairChecksum {
 /// A key and its value, as stored.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
+/// The space a node's RocksDB takes (see [`Store::usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub sst_bytes: u64,
+    pub memtable_bytes: u64,
+}
+
 /// One RocksDB per node.
 #[derive(Debug)]
 pub struct Store {
@@ -274,6 +281,29 @@ impl Store {
     /// size estimates then come from the files' indexes).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(rocks("flush"))
+    }
+
+    /// How much space the database takes, from RocksDB's own properties summed
+    /// over both column families: the SST files (`rocksdb.total-sst-files-size`,
+    /// obsolete files still referenced included) and the memtables
+    /// (`rocksdb.size-all-mem-tables`, active, immutable and pinned).
+    pub fn usage(&self) -> Result<Usage, StoreError> {
+        let mut usage = Usage::default();
+        for name in [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, RANGER_CF] {
+            let cf = self
+                .db
+                .cf_handle(name)
+                .ok_or(StoreError::MissingColumnFamily(name))?;
+            let property = |property: &str| {
+                self.db
+                    .property_int_value_cf(&cf, property)
+                    .map_err(rocks("read a property"))
+                    .map(Option::unwrap_or_default)
+            };
+            usage.sst_bytes += property("rocksdb.total-sst-files-size")?;
+            usage.memtable_bytes += property("rocksdb.size-all-mem-tables")?;
+        }
+        Ok(usage)
     }
 
     /// Sizes `span` from RocksDB's own estimates rather than by reading it:

@@ -260,6 +260,15 @@ pub struct SnapshotCopied {
     pub bytes: u64,
 }
 
+/// What a delta or a dump brought in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Pairs written or deleted.
+    pub changes: u64,
+    /// Key and value bytes received.
+    pub bytes: u64,
+}
+
 /// The response header in which a node names its running instance, so that a
 /// destination recognises itself behind an address it does not know as its own.
 pub const INSTANCE_HEADER: &str = "ranger-kv-instance";
@@ -379,7 +388,7 @@ pub async fn fetch_delta(
     peer: &mut Peer,
     store: &Store,
     transfer: u64,
-) -> Result<u64, TransferError> {
+) -> Result<Applied, TransferError> {
     let Peer {
         client,
         addr,
@@ -395,10 +404,12 @@ pub async fn fetch_delta(
     .await?
     .into_inner();
     let mut checksum = PairChecksum::default();
+    let mut bytes = 0u64;
     while let Some(chunk) = answer(addr, timeout, "delta stream", stream.message()).await? {
         let mut batch = WriteBatch::default();
         for change in &chunk.changes {
             checksum.add(&change.key, &change.value, change.deleted);
+            bytes += (change.key.len() + change.value.len()) as u64;
             if change.deleted {
                 batch.delete(&change.key);
             } else {
@@ -408,7 +419,10 @@ pub async fn fetch_delta(
         store.write_unsynced(batch)?;
         if chunk.last {
             settle(addr, store, &checksum, chunk.total_changes, chunk.checksum)?;
-            return Ok(checksum.count());
+            return Ok(Applied {
+                changes: checksum.count(),
+                bytes,
+            });
         }
     }
     Err(TransferError::Truncated {
@@ -424,7 +438,7 @@ pub async fn fetch_dump(
     store: &Arc<Store>,
     source_range: RangeId,
     span: &Span,
-) -> Result<u64, TransferError> {
+) -> Result<Applied, TransferError> {
     let Peer {
         client,
         addr,
@@ -439,11 +453,12 @@ pub async fn fetch_dump(
         .into_inner()
         .pairs;
     let mut batch = WriteBatch::default();
-    let mut count = 0;
+    let mut applied = Applied::default();
     // A split child takes only its part of the parent's dump.
     for pair in pairs.iter().filter(|p| span.contains(p.key.as_bytes())) {
         batch.put(pair.key.as_bytes(), &pair.value);
-        count += 1;
+        applied.changes += 1;
+        applied.bytes += (pair.key.len() + pair.value.len()) as u64;
     }
     // Clearing compacts: disk work, off the runtime.
     let (store, span) = (Arc::clone(store), span.clone());
@@ -455,7 +470,7 @@ pub async fn fetch_dump(
     .map_err(|join| StoreError::Task {
         reason: join.to_string(),
     })??;
-    Ok(count)
+    Ok(applied)
 }
 
 /// Tells the source that the delta of `transfer` is no longer needed.
@@ -590,8 +605,10 @@ impl KvNode {
                 // Nothing this node held under the span survives the copy. (Only
                 // now: the source is known not to be this node itself.)
                 touched.push(span.clone());
-                self.clear(span).await.map_err(failed)?;
-                receive_snapshot(&peer, open, &self.inner.store, span).await
+                match self.clear(span).await {
+                    Ok(()) => receive_snapshot(&peer, open, &self.inner.store, span).await,
+                    Err(e) => Err(e.into()),
+                }
             }
             Err(e) => Err(e),
         };
@@ -611,8 +628,12 @@ impl KvNode {
                     }),
                 });
             }
-            Err(e) => return Err(failed(e)),
+            Err(e) => {
+                self.transfer_ended(0, began, false);
+                return Err(failed(e));
+            }
         };
+        self.transfer_ended(copied.bytes, began, true);
         let record = TransferRecord {
             range: id,
             source_addr: addr.to_owned(),
@@ -637,6 +658,15 @@ impl KvNode {
         })
     }
 
+    /// Reports one transfer into this node (a snapshot, a delta or a dump)
+    /// that ended, to the node SDK's metrics.
+    fn transfer_ended(&self, bytes: u64, began: std::time::Instant, ok: bool) {
+        self.inner
+            .config
+            .metrics
+            .transfer_finished(bytes, began.elapsed(), ok);
+    }
+
     /// Tells the sources of snapshot copies that their deltas are no longer
     /// needed. Best effort: a source that is gone forgets them anyway.
     async fn end_transfers(&self, pending: &[PendingTransfer]) {
@@ -656,21 +686,28 @@ impl KvNode {
         let pending = self.inner.store.pending(id).map_err(failed)?;
         for p in &pending {
             let mut peer = self.peer(&p.source_addr)?;
-            match &p.dump {
-                None => {
-                    let changes = fetch_delta(&mut peer, &self.inner.store, p.transfer)
-                        .await
-                        .map_err(failed)?;
-                    tracing::info!(range = %id, addr = %p.source_addr, changes, "delta applied");
-                }
+            let began = std::time::Instant::now();
+            let fetched = match &p.dump {
+                None => fetch_delta(&mut peer, &self.inner.store, p.transfer).await,
                 Some(from) => {
                     let source_range = RangeId::new(from.source_range).map_err(failed)?;
-                    let pairs = fetch_dump(&mut peer, &self.inner.store, source_range, &from.span)
-                        .await
-                        .map_err(failed)?;
-                    tracing::info!(range = %id, addr = %p.source_addr, %source_range, pairs, "dump copied");
+                    fetch_dump(&mut peer, &self.inner.store, source_range, &from.span).await
                 }
-            }
+            };
+            let applied = match fetched {
+                Ok(applied) => applied,
+                Err(e) => {
+                    self.transfer_ended(0, began, false);
+                    return Err(failed(e));
+                }
+            };
+            self.transfer_ended(applied.bytes, began, true);
+            let what = if p.dump.is_some() {
+                "dump copied"
+            } else {
+                "delta applied"
+            };
+            tracing::info!(range = %id, addr = %p.source_addr, changes = applied.changes, bytes = applied.bytes, "{what}");
         }
         self.end_transfers(&pending).await;
         self.inner.store.set_pending(id, &[]).map_err(failed)

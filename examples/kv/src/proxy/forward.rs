@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use tonic::{Response, Status};
 
 use super::error::{GaveUp, LastFailure};
+use super::metrics::ProxyMetrics;
 use super::pool::ChannelPool;
 use super::retry::{RetryPolicy, is_retryable};
 
@@ -22,15 +23,26 @@ pub(crate) struct Forwarder {
     table: RoutingTable,
     pool: ChannelPool,
     policy: RetryPolicy,
+    metrics: ProxyMetrics,
 }
 
 impl Forwarder {
-    pub(crate) fn new(table: RoutingTable, pool: ChannelPool, policy: RetryPolicy) -> Self {
+    pub(crate) fn new(
+        table: RoutingTable,
+        pool: ChannelPool,
+        policy: RetryPolicy,
+        metrics: ProxyMetrics,
+    ) -> Self {
         Forwarder {
             table,
             pool,
             policy,
+            metrics,
         }
+    }
+
+    pub(crate) fn metrics(&self) -> &ProxyMetrics {
+        &self.metrics
     }
 
     pub(crate) fn table(&self) -> &RoutingTable {
@@ -68,6 +80,14 @@ impl Forwarder {
         let mut backoff = self.policy.backoff();
         let mut attempts = 0u32;
         let mut last;
+        // When the request first failed to be served: from then on it waits
+        // through a handoff (or an outage), which the metrics time.
+        let mut first_failure: Option<Instant> = None;
+        let waited = |outcome, first_failure: Option<Instant>| {
+            if let Some(first) = first_failure {
+                self.metrics.handoff_waited(outcome, first.elapsed());
+            }
+        };
         loop {
             // Seen before the lookup, so a change that lands after it wakes us.
             changes.borrow_and_update();
@@ -87,8 +107,14 @@ impl Forwarder {
                         }
                     }
                     Ok(client) => match tokio::time::timeout_at(deadline, call(client)).await {
-                        Ok(Ok(response)) => return Ok(Response::new(response.into_inner())),
-                        Ok(Err(status)) if !is_retryable(status.code()) => return Err(status),
+                        Ok(Ok(response)) => {
+                            waited("served", first_failure);
+                            return Ok(Response::new(response.into_inner()));
+                        }
+                        Ok(Err(status)) if !is_retryable(status.code()) => {
+                            waited("failed", first_failure);
+                            return Err(status);
+                        }
                         Ok(Err(status)) => {
                             tracing::debug!(
                                 method, key = %Key::from(key), node = %route.addr,
@@ -110,6 +136,7 @@ impl Forwarder {
                     },
                 }
             }
+            first_failure.get_or_insert_with(Instant::now);
             let pause = (Instant::now() + backoff.next_delay()).min(deadline);
             tokio::select! {
                 // A closed channel cannot happen while the table lives; if it
@@ -120,7 +147,9 @@ impl Forwarder {
             if Instant::now() >= deadline {
                 break;
             }
+            self.metrics.retried(&last);
         }
+        waited("gave_up", first_failure);
         let gave_up = GaveUp {
             method,
             key: Key::from(key),

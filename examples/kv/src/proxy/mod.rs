@@ -16,10 +16,13 @@
 //! - `forward`: the route-call-wait-retry loop.
 //! - [`service`]: the `kv.KV` implementation on top of it.
 //! - [`discovery`]: node addresses from the controller or a static list.
+//! - [`metrics`]: requests, retries, handoff waits and the routing table's age,
+//!   for Prometheus.
 
 pub mod discovery;
 pub mod error;
 mod forward;
+pub mod metrics;
 mod pool;
 pub mod retry;
 pub mod service;
@@ -36,7 +39,10 @@ pub use retry::RetryPolicy;
 pub use service::ProxyService;
 
 use forward::Forwarder;
+use metrics::ProxyMetrics;
 use pool::ChannelPool;
+use prometheus_client::registry::Registry;
+use ranger_node_sdk::metrics::{BeforeScrape, MetricsSource};
 
 /// Tunables of the proxy.
 #[derive(Debug, Clone)]
@@ -76,8 +82,10 @@ impl Proxy {
     pub fn new(config: ProxyConfig) -> Self {
         let table = RoutingTable::new(config.routing);
         let pool = ChannelPool::new(config.connect_timeout);
+        let metrics = ProxyMetrics::default();
+        metrics.follow_routing(table.changes());
         Proxy {
-            forwarder: Arc::new(Forwarder::new(table, pool, config.retry)),
+            forwarder: Arc::new(Forwarder::new(table, pool, config.retry, metrics)),
         }
     }
 
@@ -107,6 +115,20 @@ impl Proxy {
     /// The routing table, for inspection (which node serves what, as last seen).
     pub fn routing(&self) -> &RoutingTable {
         self.forwarder.table()
+    }
+
+    /// The proxy's metrics (`ranger_kv_proxy_*`), the routing table's age
+    /// sampled before each scrape. Serve it with
+    /// [`ranger_node_sdk::metrics::serve_metrics`].
+    pub fn metrics(&self) -> MetricsSource {
+        let metrics = self.forwarder.metrics().clone();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let sample: BeforeScrape = Arc::new(move || {
+            metrics.sample();
+            Box::pin(async {})
+        });
+        MetricsSource::new(registry).before_scrape(sample)
     }
 
     /// Serves `kv.KV` on `listener` until `shutdown` resolves: the one server

@@ -1,5 +1,6 @@
 //! The `kv.KV` service the proxy serves: each client method forwarded to the
-//! right node, the node-to-node transfer methods refused.
+//! right node, the node-to-node transfer methods refused. Every call is counted,
+//! by method and code, in the proxy's request metrics.
 
 use std::sync::Arc;
 
@@ -43,12 +44,17 @@ impl Kv for ProxyService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let request = request.into_inner();
-        let key = require_key("Get", &request.key)?;
-        self.forwarder
-            .by_key("Get", key, |mut client| {
-                let request = request.clone();
-                async move { client.get(request).await }
+        let requests = &self.forwarder.metrics().requests;
+        requests
+            .observe("Get", async move {
+                let request = request.into_inner();
+                let key = require_key("Get", &request.key)?;
+                self.forwarder
+                    .by_key("Get", key, |mut client| {
+                        let request = request.clone();
+                        async move { client.get(request).await }
+                    })
+                    .await
             })
             .await
     }
@@ -60,12 +66,17 @@ impl Kv for ProxyService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        let request = request.into_inner();
-        let key = require_key("Put", &request.key)?;
-        self.forwarder
-            .by_key("Put", key, |mut client| {
-                let request = request.clone();
-                async move { client.put(request).await }
+        let requests = &self.forwarder.metrics().requests;
+        requests
+            .observe("Put", async move {
+                let request = request.into_inner();
+                let key = require_key("Put", &request.key)?;
+                self.forwarder
+                    .by_key("Put", key, |mut client| {
+                        let request = request.clone();
+                        async move { client.put(request).await }
+                    })
+                    .await
             })
             .await
     }
@@ -74,14 +85,19 @@ impl Kv for ProxyService {
         &self,
         request: Request<pb::DumpRequest>,
     ) -> Result<Response<pb::DumpResponse>, Status> {
-        let request = request.into_inner();
-        let id = RangeId::new(request.range_ident)
-            .map_err(|e| Status::invalid_argument(format!("Dump: {e}")))?;
-        self.forwarder
-            .by_range(id, |mut client| async move {
-                client
-                    .dump(pb::DumpRequest {
-                        range_ident: id.get(),
+        let requests = &self.forwarder.metrics().requests;
+        requests
+            .observe("Dump", async move {
+                let request = request.into_inner();
+                let id = RangeId::new(request.range_ident)
+                    .map_err(|e| Status::invalid_argument(format!("Dump: {e}")))?;
+                self.forwarder
+                    .by_range(id, |mut client| async move {
+                        client
+                            .dump(pb::DumpRequest {
+                                range_ident: id.get(),
+                            })
+                            .await
                     })
                     .await
             })
@@ -93,12 +109,17 @@ impl Kv for ProxyService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let request = request.into_inner();
-        let key = require_key("Delete", &request.key)?;
-        self.forwarder
-            .by_key("Delete", key, |mut client| {
-                let request = request.clone();
-                async move { client.delete(request).await }
+        let requests = &self.forwarder.metrics().requests;
+        requests
+            .observe("Delete", async move {
+                let request = request.into_inner();
+                let key = require_key("Delete", &request.key)?;
+                self.forwarder
+                    .by_key("Delete", key, |mut client| {
+                        let request = request.clone();
+                        async move { client.delete(request).await }
+                    })
+                    .await
             })
             .await
     }
@@ -109,12 +130,17 @@ impl Kv for ProxyService {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
-        let request = request.into_inner();
-        let start = request.start.as_bytes();
-        self.forwarder
-            .by_key("Scan", start, |mut client| {
-                let request = request.clone();
-                async move { client.scan(request).await }
+        let requests = &self.forwarder.metrics().requests;
+        requests
+            .observe("Scan", async move {
+                let request = request.into_inner();
+                let start = request.start.as_bytes();
+                self.forwarder
+                    .by_key("Scan", start, |mut client| {
+                        let request = request.clone();
+                        async move { client.scan(request).await }
+                    })
+                    .await
             })
             .await
     }
@@ -125,7 +151,10 @@ impl Kv for ProxyService {
         &self,
         _request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(node_to_node("Snapshot"))
+        let requests = &self.forwarder.metrics().requests;
+        requests
+            .observe("Snapshot", async move { Err(node_to_node("Snapshot")) })
+            .await
     }
 
     type DeltaStream = tokio_stream::Empty<Result<pb::DeltaChunk, Status>>;
@@ -134,13 +163,22 @@ impl Kv for ProxyService {
         &self,
         _request: Request<pb::DeltaRequest>,
     ) -> Result<Response<Self::DeltaStream>, Status> {
-        Err(node_to_node("Delta"))
+        let requests = &self.forwarder.metrics().requests;
+        requests
+            .observe("Delta", async move { Err(node_to_node("Delta")) })
+            .await
     }
 
     async fn end_transfer(
         &self,
         _request: Request<pb::EndTransferRequest>,
     ) -> Result<Response<pb::EndTransferResponse>, Status> {
-        Err(node_to_node("EndTransfer"))
+        let requests = &self.forwarder.metrics().requests;
+        requests
+            .observe(
+                "EndTransfer",
+                async move { Err(node_to_node("EndTransfer")) },
+            )
+            .await
     }
 }
