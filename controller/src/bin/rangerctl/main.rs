@@ -50,8 +50,12 @@ enum Cmd {
     Nodes,
     /// One node.
     Node { id: String },
-    /// Operations in flight.
-    Ops,
+    /// Operations in flight (with --recent: the latest that ended, newest
+    /// first, with how long they took and how they ended).
+    Ops {
+        #[arg(long)]
+        recent: bool,
+    },
     /// Move a range to a node (any node if omitted).
     Move { id: u64, node: Option<String> },
     /// Split a range at KEY (text, or hex:..., or b64:...).
@@ -171,14 +175,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             print_nodes(&[node], cli.json);
         }
-        Cmd::Ops => {
-            let ops = control
+        Cmd::Ops { recent } => {
+            let response = control
                 .operations(pb::OperationsRequest {})
                 .await
                 .map_err(status_error)?
-                .into_inner()
-                .operations;
-            print_ops(&ops, cli.json);
+                .into_inner();
+            if recent {
+                print_ended_ops(&response.recent, cli.json);
+            } else {
+                print_ops(&response.operations, cli.json);
+            }
         }
         Cmd::Move { id, node } => {
             let request = pb::MoveRequest {
@@ -493,6 +500,41 @@ fn print_nodes(nodes: &[pb::NodeResponse], json: bool) {
                 "-".to_owned()
             } else {
                 ranges.join(" ")
+            }
+        );
+    }
+}
+
+fn print_ended_ops(ops: &[pb::EndedOperationInfo], json: bool) {
+    if json {
+        let all: Vec<Value> = ops
+            .iter()
+            .map(|o| json!({"id": o.id, "description": o.description, "origin": o.origin, "ranges": o.ranges, "duration_ms": o.duration_millis, "ended_ago_ms": o.ended_ago_millis, "result": o.result, "error": o.error}))
+            .collect();
+        println!("{}", Value::Array(all));
+        return;
+    }
+    if ops.is_empty() {
+        println!("no operation ended since this controller started leading");
+        return;
+    }
+    println!(
+        "{:<6} {:<20} {:>9} {:>10}  {:<28} BY",
+        "OP", "RESULT", "TOOK", "ENDED", "WHAT"
+    );
+    for o in ops {
+        println!(
+            "{:<6} {:<20} {:>7}ms {:>6}s ago  {:<28} {}{}",
+            o.id,
+            o.result,
+            o.duration_millis,
+            o.ended_ago_millis / 1000,
+            o.description,
+            o.origin,
+            if o.error.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", o.error)
             }
         );
     }
