@@ -87,6 +87,12 @@ impl ControllerSlot {
         (tx, ControllerSlot { state })
     }
 
+    /// What this process is right now (the dashboard shows it: leader,
+    /// standby naming the leader, or starting).
+    pub fn current(&self) -> SlotState {
+        self.state.borrow().clone()
+    }
+
     /// The controller to call, or the status that tells the caller where to go.
     pub(crate) fn handle(&self) -> Result<ControllerHandle, Status> {
         match &*self.state.borrow() {
