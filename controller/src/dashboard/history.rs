@@ -26,6 +26,11 @@ use crate::service::DebugService;
 pub struct RangeLoad {
     /// The range id.
     pub id: u64,
+    /// Its start key in hex ("" is minus infinity): hex sorts as the bytes do,
+    /// so the page can find which range held a key in an older sample.
+    pub start: String,
+    /// Its end key in hex ("" is plus infinity).
+    pub end: String,
     /// Its start key as text ("-inf" for the first range).
     pub start_text: String,
     /// Its end key as text ("+inf" for the last range).
@@ -93,6 +98,8 @@ async fn take_sample(debug: &DebugService) -> Option<LoadSample> {
                 r.start.clone(),
                 RangeLoad {
                     id: r.id,
+                    start: r.start.clone(),
+                    end: r.end,
                     start_text: r.start_text,
                     end_text: r.end_text,
                     load: r.load,
