@@ -263,16 +263,32 @@ async fn bad_input_is_refused_with_400_and_changes_nothing() {
         ("/api/move", r#"{"range": "one", "node": "b"}"#, "not an id"),
         ("/api/move", r#"{"range": -1}"#, "negative"),
         ("/api/move", r#"{"node": "b"}"#, "missing field `range`"),
-        ("/api/move", r#"{"range": 1, "node": "b""#, "bad request body"),
+        (
+            "/api/move",
+            r#"{"range": 1, "node": "b""#,
+            "bad request body",
+        ),
         ("/api/move", "", "needs a JSON body"),
         ("/api/move", r#"{"range": 0, "node": "b"}"#, "range"),
         ("/api/move", r#"{"range": 1, "nod": "b"}"#, "unknown field"),
-        ("/api/split", r#"{"range": 1, "key": "hex:zz"}"#, "bad split key"),
-        ("/api/split", r#"{"range": 1, "key": ""}"#, "must not be empty"),
+        (
+            "/api/split",
+            r#"{"range": 1, "key": "hex:zz"}"#,
+            "bad split key",
+        ),
+        (
+            "/api/split",
+            r#"{"range": 1, "key": ""}"#,
+            "must not be empty",
+        ),
         ("/api/join", r#"{"left": 1}"#, "missing field `right`"),
         ("/api/cancel", r#"{"operation": "x7"}"#, "not an id"),
         ("/api/drain", r#"{}"#, "missing field `node`"),
-        ("/api/balance/pause", r#"{"duration": "soon"}"#, "bad duration"),
+        (
+            "/api/balance/pause",
+            r#"{"duration": "soon"}"#,
+            "bad duration",
+        ),
         ("/api/balance/pause", r#"{"duration": "0s"}"#, ""),
     ] {
         let (status, answer) = call(&router, Method::POST, path, body).await;
@@ -289,9 +305,21 @@ async fn bad_input_is_refused_with_400_and_changes_nothing() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = call(&router, Method::GET, "/api/nope", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, answer) = call(&router, Method::POST, "/api/move", r#"{"range": 1, "node": "zed"}"#).await;
+    let (status, answer) = call(
+        &router,
+        Method::POST,
+        "/api/move",
+        r#"{"range": 1, "node": "zed"}"#,
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
-    let (status, answer) = call(&router, Method::POST, "/api/split", r#"{"range": 1, "key": "m", "node_left": "zed"}"#).await;
+    let (status, answer) = call(
+        &router,
+        Method::POST,
+        "/api/split",
+        r#"{"range": 1, "key": "m", "node_left": "zed"}"#,
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
 
     assert_eq!(services_view(&cluster).await, before);
@@ -333,9 +361,8 @@ async fn read_events_until(body: Body, kind: &str, needle: &str) -> String {
     let mut chunks = body.into_data_stream();
     let mut text = String::new();
     let wanted = |text: &str| {
-        text.split("\n\n").any(|event| {
-            event.contains(&format!("event: {kind}")) && event.contains(needle)
-        })
+        text.split("\n\n")
+            .any(|event| event.contains(&format!("event: {kind}")) && event.contains(needle))
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !wanted(&text) {
@@ -356,11 +383,14 @@ async fn the_event_stream_carries_controller_events_and_refreshes() {
     let request = Request::get("/api/events").body(Body::empty()).unwrap();
     let response = router.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.headers()["content-type"],
-        "text/event-stream"
-    );
-    let (status, body) = call(&router, Method::POST, "/api/move", r#"{"range": 1, "node": "b"}"#).await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let (status, body) = call(
+        &router,
+        Method::POST,
+        "/api/move",
+        r#"{"range": 1, "node": "b"}"#,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let text = read_events_until(response.into_body(), "change", "\"range\":1").await;
     assert!(text.contains("event: refresh"), "{text}");

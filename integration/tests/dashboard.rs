@@ -335,20 +335,26 @@ async fn a_standby_dashboard_names_the_leader() {
     let http = reqwest::Client::new();
 
     // The API: 503, naming the leader.
-    let answer: Value = wait::until("the standby's API names the leader", PAGE_PATIENCE, async || {
-        let response = http
-            .get(format!("{standby}/api/nodes"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body: Value = response.json().await.map_err(|e| e.to_string())?;
-        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && body["leader"] == leader.as_str() {
-            Ok(body)
-        } else {
-            Err(format!("{status}: {body}"))
-        }
-    })
+    let answer: Value = wait::until(
+        "the standby's API names the leader",
+        PAGE_PATIENCE,
+        async || {
+            let response = http
+                .get(format!("{standby}/api/nodes"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body: Value = response.json().await.map_err(|e| e.to_string())?;
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && body["leader"] == leader.as_str()
+            {
+                Ok(body)
+            } else {
+                Err(format!("{status}: {body}"))
+            }
+        },
+    )
     .await
     .unwrap();
     eprintln!("the standby's API answers: {answer}");
@@ -375,7 +381,10 @@ async fn a_standby_dashboard_names_the_leader() {
                  return role === 'standby' && leader ? leader.dataset.leader : null;",
             )
             .await?;
-        ensure!(shown == leader, "the page names {shown}, the leader is {leader}");
+        ensure!(
+            shown == leader,
+            "the page names {shown}, the leader is {leader}"
+        );
         Ok(())
     })
     .await;

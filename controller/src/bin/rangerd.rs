@@ -18,8 +18,8 @@ use anyhow::Context;
 use clap::Parser;
 use ranger_controller::balancer::BalancerConfig;
 use ranger_controller::bootstrap::load_keyspace;
-use ranger_controller::dashboard::DashboardConfig;
 use ranger_controller::config::{BalanceMode, Balancing, OrchestratorConfig, Replication};
+use ranger_controller::dashboard::DashboardConfig;
 use ranger_controller::discovery::{Discovery, Registry, StaticDiscovery};
 use ranger_controller::orchestrator::Engine;
 use ranger_controller::persist::{DynPersister, MemoryPersister, RedbPersister};
@@ -242,12 +242,8 @@ async fn serve_http(
         max_wait: Duration::from_secs(args.max_wait_s),
         ..DashboardConfig::default()
     };
-    let router = ranger_controller::http::router(
-        slot,
-        MetricsSource::new(registry),
-        dashboard,
-        stop.wait(),
-    );
+    let router =
+        ranger_controller::http::router(slot, MetricsSource::new(registry), dashboard, stop.wait());
     let (_, task) = ranger_process::metrics::serve_http(addr, router, stop.wait()).await?;
     Ok(Some(task))
 }

@@ -32,7 +32,9 @@ pub(super) async fn move_range(State(api): State<Api>, bytes: Bytes) -> Answer {
             node: node.clone(),
         }))
         .await?;
-    Ok(Json(json!({"ok": true, "range": input.range.0, "node": node})))
+    Ok(Json(
+        json!({"ok": true, "range": input.range.0, "node": node}),
+    ))
 }
 
 pub(super) async fn split(State(api): State<Api>, bytes: Bytes) -> Answer {
@@ -47,12 +49,18 @@ pub(super) async fn split(State(api): State<Api>, bytes: Bytes) -> Answer {
             node_right: optional_node(input.node_right),
         }))
         .await?;
-    Ok(Json(json!({"ok": true, "range": input.range.0, "key": input.key})))
+    Ok(Json(
+        json!({"ok": true, "range": input.range.0, "key": input.key}),
+    ))
 }
 
 pub(super) async fn join(State(api): State<Api>, bytes: Bytes) -> Answer {
     let input: JoinBody = body(&bytes)?;
-    tracing::info!(left = input.left.0, right = input.right.0, "dashboard: join");
+    tracing::info!(
+        left = input.left.0,
+        right = input.right.0,
+        "dashboard: join"
+    );
     api.orchestrator
         .join(Request::new(pb::JoinRequest {
             range_left: input.left.0,

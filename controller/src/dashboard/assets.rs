@@ -24,7 +24,10 @@ pub(super) async fn index() -> impl IntoResponse {
 
 pub(super) async fn script() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), NO_CACHE],
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            NO_CACHE,
+        ],
         APP_JS,
     )
 }

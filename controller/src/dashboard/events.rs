@@ -114,7 +114,8 @@ fn live(
     let ticks = {
         let api = api.clone();
         let start = tokio::time::Instant::now() + every;
-        IntervalStream::new(tokio::time::interval_at(start, every)).map(move |_| Some(refresh(&api)))
+        IntervalStream::new(tokio::time::interval_at(start, every))
+            .map(move |_| Some(refresh(&api)))
     };
     stream::once(ready(refresh(api))).chain(
         stream::select(changes, ticks)

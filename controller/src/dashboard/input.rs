@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use ranger_proto::Key;
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 
 use super::error::ApiError;
 
@@ -65,7 +65,8 @@ pub(super) fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
             "the request needs a JSON body".to_owned(),
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))
 }
 
 /// A node id from a form: blank means "any node" (the services' empty string).
@@ -161,7 +162,11 @@ mod tests {
         assert_eq!(body.operation, Id(7));
         let body: CancelBody = serde_json::from_str(r#"{"operation": " 8 "}"#).expect("string");
         assert_eq!(body.operation, Id(8));
-        for bad in [r#"{"operation": "x"}"#, r#"{"operation": -1}"#, r#"{"operation": 1.5}"#] {
+        for bad in [
+            r#"{"operation": "x"}"#,
+            r#"{"operation": -1}"#,
+            r#"{"operation": 1.5}"#,
+        ] {
             assert!(serde_json::from_str::<CancelBody>(bad).is_err(), "{bad}");
         }
     }

@@ -289,11 +289,7 @@ impl From<&pb::BalanceResponse> for BalanceView {
                     refused: a.refused.clone(),
                 })
                 .collect(),
-            skip_counts: b
-                .skip_counts
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+            skip_counts: b.skip_counts.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         }
     }
 }

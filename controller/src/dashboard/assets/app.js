@@ -246,7 +246,7 @@ function render() {
     operations: operationsPage,
     admin: adminPage,
   }[route.page];
-  main.replaceChildren(...view());
+  main.replaceChildren(...view().flat());
 }
 
 function renderStatus() {
