@@ -11,6 +11,7 @@
 pub mod balancer;
 pub mod bootstrap;
 pub mod config;
+pub mod dashboard;
 pub mod discovery;
 pub mod election;
 pub mod ha;

@@ -16,9 +16,11 @@
 //! - [`raw_grpc`]: arbitrary bytes to any gRPC method (garbage input);
 //! - [`relay`]: a TCP relay in front of a node that delays, stalls one or both
 //!   directions, or resets (partitions from outside the processes);
+//! - [`browser`]: a real headless Chromium over WebDriver (the dashboard);
 //! - [`wait`]: polling with deadlines; [`summary`]: each scenario's line.
 
 pub mod binaries;
+pub mod browser;
 pub mod cluster;
 pub mod ctl;
 pub mod events;

@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 use ranger_controller::balancer::BalancerConfig;
 use ranger_controller::bootstrap::load_keyspace;
 use ranger_controller::config::{BalanceMode, Balancing, OrchestratorConfig, Replication};
+use ranger_controller::dashboard::DashboardConfig;
 use ranger_controller::discovery::{Discovery, Registry, StaticDiscovery};
 use ranger_controller::metrics::RuntimeMetrics;
 use ranger_controller::orchestrator::Engine;
@@ -245,7 +246,11 @@ async fn serve_http(
         return Ok(None);
     };
     let metrics = ranger_controller::metrics::source(metrics_registry, slot.clone());
-    let router = ranger_controller::http::router(slot, metrics);
+    let dashboard = DashboardConfig {
+        max_wait: Duration::from_secs(args.max_wait_s),
+        ..DashboardConfig::default()
+    };
+    let router = ranger_controller::http::router(slot, metrics, dashboard, stop.wait());
     let (_, task) = ranger_process::metrics::serve_http(addr, router, stop.wait()).await?;
     Ok(Some(task))
 }

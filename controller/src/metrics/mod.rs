@@ -154,7 +154,7 @@ pub fn source(mut registry: Registry, slot: ControllerSlot) -> MetricsSource {
 }
 
 async fn refresh(slot: &ControllerSlot, collector: &EngineCollector) {
-    let handle = match slot.state() {
+    let handle = match slot.current() {
         SlotState::Running(handle) => handle,
         SlotState::Standby { .. } | SlotState::Starting => {
             collector.store(false, None);

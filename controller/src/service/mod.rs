@@ -87,8 +87,9 @@ impl ControllerSlot {
         (tx, ControllerSlot { state })
     }
 
-    /// What this process is right now (leader, standby, starting).
-    pub fn state(&self) -> SlotState {
+    /// What this process is right now (the dashboard shows it: leader,
+    /// standby naming the leader, or starting).
+    pub fn current(&self) -> SlotState {
         self.state.borrow().clone()
     }
 

@@ -21,6 +21,8 @@ pub struct Controller {
     pub process: Process,
     /// Where it serves.
     pub addr: String,
+    /// Where it serves HTTP (`rangerd --http`: metrics and the dashboard).
+    pub http: SocketAddr,
     ctl: Ctl,
 }
 
@@ -31,9 +33,11 @@ impl Controller {
         index: usize,
     ) -> anyhow::Result<Controller> {
         let addr = free_addr()?.to_string();
+        let http = free_addr()?;
         let name = format!("rangerd{}", index + 1);
         let mut process = Process::new(&name, binary(RANGERD)?, cluster.dir())
             .args(["--listen", &addr])
+            .args(["--http", &http.to_string()])
             .env("RUST_LOG", "info,ranger_controller=debug");
         for (flag, value) in &spec.rangerd_flags {
             process = process.args([flag, value]);
@@ -55,7 +59,13 @@ impl Controller {
             process,
             ctl: Ctl::new(addr.clone())?,
             addr,
+            http,
         })
+    }
+
+    /// The base URL of its dashboard, e.g. `http://127.0.0.1:4321`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
     }
 
     /// `rangerctl` for this controller.

@@ -131,6 +131,12 @@ impl Cluster {
         self.controllers[index].ctl()
     }
 
+    /// The base URL of controller `index`'s HTTP side (`rangerd --http`:
+    /// `/metrics` and the dashboard), e.g. `http://127.0.0.1:4321`.
+    pub fn controller_http(&self, index: usize) -> String {
+        self.controllers[index].http_url()
+    }
+
     /// The index of the controller that leads now: the one whose `rangerctl
     /// ranges` succeeds (standbys refuse, naming the leader).
     pub async fn leader(&self) -> anyhow::Result<usize> {
