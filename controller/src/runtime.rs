@@ -496,7 +496,6 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
         let tx = self.internal_tx.clone();
         let metrics = self.config.metrics.clone();
         tokio::spawn(async move {
-            tracing::debug!(node = %dispatch.node, range = %dispatch.range, call = ?dispatch.call.command(), "sending");
             let started = std::time::Instant::now();
             let call = transport.call(
                 &dispatch.addr,
@@ -505,17 +504,23 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
                 dispatch.term,
                 dispatch.timeout,
             );
-            let answer = match dispatch.op {
-                // One span per operation's command, named by the operation's id,
-                // which the node's logs carry too (OPERATION_METADATA).
+            // One span per operation's command, named by the operation's id,
+            // which the node's logs carry too (OPERATION_METADATA).
+            let span = match dispatch.op {
                 Some(op) => {
-                    let span = tracing::info_span!("operation", %op, node = %dispatch.node, range = %dispatch.range);
-                    crate::transport::context::with_operation(Some(op), call)
-                        .instrument(span)
-                        .await
+                    tracing::info_span!("operation", %op, node = %dispatch.node, range = %dispatch.range)
                 }
-                None => call.await,
+                None => tracing::Span::none(),
             };
+            let command = dispatch.call.command();
+            let answer = crate::transport::context::with_operation(dispatch.op, async {
+                tracing::debug!(node = %dispatch.node, range = %dispatch.range, ?command, "sending");
+                let answer = call.await;
+                tracing::debug!(node = %dispatch.node, range = %dispatch.range, ?command, ok = answer.is_ok(), "answered");
+                answer
+            })
+            .instrument(span)
+            .await;
             metrics.command_answered(
                 command_label(&dispatch.call),
                 answer_label(&answer),

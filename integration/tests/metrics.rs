@@ -4,7 +4,10 @@
 //! and the destination's prepare and activate, with bytes transferred; a
 //! split as its callbacks across the nodes; a key asked of a node that does
 //! not serve it as a refused request there; a killed node as the proxy's
-//! retries, its handoff wait given up, and an Unavailable answer.
+//! retries, its handoff wait given up, and an Unavailable answer. The
+//! controller's own (`rangerd --http`) count the same operations ended, the
+//! ranges after the split, and the killed node's failed probes; and the move's
+//! operation id is in the controller's log and in both nodes' logs.
 
 // Tests fail by panicking: unwrapping is the point.
 #![allow(clippy::unwrap_used)]
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use ranger_integration::metrics::{Samples, scrape};
 use ranger_integration::views::current;
+use ranger_integration::wait::{self, PATIENCE};
 use ranger_integration::{Backend, Cluster};
 
 const CALLBACKS: &str = "ranger_node_callback_duration_seconds_count";
@@ -22,6 +26,40 @@ const NODE_REQUESTS: &str = "ranger_kv_node_request_duration_seconds_count";
 const PROXY_REQUESTS: &str = "ranger_kv_proxy_request_duration_seconds_count";
 const RETRIES: &str = "ranger_kv_proxy_retries_total";
 const HANDOFF_WAITS: &str = "ranger_kv_proxy_handoff_wait_seconds_count";
+
+/// The controller's metrics (the only controller of the cluster).
+async fn controller(cluster: &Cluster) -> Samples {
+    let url = cluster.controller_http(0);
+    let addr = url.trim_start_matches("http://").parse().unwrap();
+    scrape(addr).await.unwrap()
+}
+
+/// Operations of `kind` that ended with `result`, as the controller counts them.
+fn ended(samples: &Samples, kind: &str, result: &str) -> f64 {
+    samples.sum(
+        "ranger_operations_total",
+        &[("kind", kind), ("origin", "operator"), ("result", result)],
+    )
+}
+
+/// A log without its colours, so that fields can be matched as text.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence runs to its final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 async fn node(cluster: &Cluster, id: &str) -> Samples {
     scrape(cluster.node_metrics(id).unwrap()).await.unwrap()
@@ -79,6 +117,12 @@ async fn node_and_proxy_metrics_follow_a_move_a_split_and_failures() {
     );
     assert_eq!(active(&src_before), 1.0);
     assert_eq!(active(&dst_before), 0.0);
+    let controller_before = controller(&cluster).await;
+    assert_eq!(controller_before.sum("ranger_controller_leader", &[]), 1.0);
+    assert_eq!(
+        controller_before.sum("ranger_nodes", &[("state", "active")]),
+        3.0
+    );
     ctl.operation_ok(&["move", "1", &destination])
         .await
         .unwrap();
@@ -123,6 +167,62 @@ async fn node_and_proxy_metrics_follow_a_move_a_split_and_failures() {
         "the controller's probes grant a lease"
     );
     assert!(dst.sum("ranger_kv_node_store_bytes", &[]) > 0.0);
+    let after_move = controller(&cluster).await;
+    assert_eq!(
+        ended(&after_move, "move", "ok") - ended(&controller_before, "move", "ok"),
+        1.0
+    );
+    assert_eq!(
+        after_move.sum(
+            "ranger_operation_duration_seconds_count",
+            &[("kind", "move"), ("result", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        after_move.sum(
+            "ranger_commands_total",
+            &[("command", "drop"), ("result", "ok")]
+        ) - controller_before.sum(
+            "ranger_commands_total",
+            &[("command", "drop"), ("result", "ok")]
+        ),
+        1.0,
+        "the source's drop"
+    );
+
+    // The move's id, in the controller's log and in both nodes' logs.
+    let recent: Vec<serde_json::Value> = ctl.json(&["ops", "--recent"]).await.unwrap();
+    let moved = recent
+        .iter()
+        .find(|op| op["description"] == format!("move 1 to {destination}"))
+        .unwrap_or_else(|| panic!("the move is not among the recent operations: {recent:?}"));
+    assert_eq!(moved["result"], "ok");
+    let op = format!("op{}", moved["id"]);
+    let controller_log = plain(&cluster.controllers[0].process.log_text());
+    assert!(
+        controller_log
+            .lines()
+            .any(|l| l.contains(&format!("operation{{op={op} ")) && l.contains("sending")),
+        "the controller's log has no command sent for {op}"
+    );
+    for (side, id, command) in [
+        ("source", &source, "Deactivate"),
+        ("source", &source, "Drop"),
+        ("destination", &destination, "Activate"),
+    ] {
+        let log = plain(
+            &cluster.nodes[cluster.node_index(id).unwrap()]
+                .process
+                .log_text(),
+        );
+        assert!(
+            log.lines().any(|l| l.contains(&format!("op=\"{op}\""))
+                && l.contains("transition done")
+                && l.contains(&format!("command={command}"))),
+            "the {side}'s log has no {command} under {op}"
+        );
+    }
 
     // A split: the parent deactivated and dropped, both children prepared
     // and activated, wherever the controller placed them.
@@ -151,6 +251,16 @@ async fn node_and_proxy_metrics_follow_a_move_a_split_and_failures() {
         serving += active(&node(&cluster, &id).await);
     }
     assert_eq!(serving, 2.0, "two ranges active across the nodes");
+    let after_split = controller(&cluster).await;
+    assert_eq!(ended(&after_split, "split", "ok"), 1.0);
+    assert_eq!(
+        after_split.sum("ranger_ranges", &[("state", "active")]),
+        2.0
+    );
+    assert_eq!(
+        after_split.sum("ranger_ranges", &[("state", "obsolete")]),
+        1.0
+    );
 
     // A key asked of a node that serves none: refused there, and counted.
     let ranges = cluster.wait_settled().await.unwrap();
@@ -206,4 +316,20 @@ async fn node_and_proxy_metrics_follow_a_move_a_split_and_failures() {
         proxy.sum("ranger_kv_proxy_routing_table_age_seconds", &[]) < 60.0,
         "the table follows the nodes"
     );
+
+    // The controller: the killed node's probes fail, and it is no longer active.
+    wait::until(
+        "the controller counts the killed node's failed probes",
+        PATIENCE,
+        async || {
+            let samples = controller(&cluster).await;
+            let failures = samples.sum("ranger_probe_failures_total", &[("node", victim.as_str())]);
+            let active = samples.sum("ranger_nodes", &[("state", "active")]);
+            (failures >= 1.0 && active == 2.0)
+                .then_some(())
+                .ok_or_else(|| format!("{failures} failed probes, {active} active nodes"))
+        },
+    )
+    .await
+    .unwrap();
 }

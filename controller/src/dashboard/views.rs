@@ -118,6 +118,8 @@ pub(super) struct NodeView {
     pub id: String,
     pub address: String,
     pub draining: bool,
+    /// The capacity the node declared (relative; 1 by default).
+    pub capacity: f64,
     pub ranges: Vec<NodeRangeView>,
 }
 
@@ -135,6 +137,7 @@ impl From<&pb::NodeResponse> for NodeView {
             id: meta.ident,
             address: meta.address,
             draining: meta.want_drain,
+            capacity: n.capacity,
             ranges: n
                 .ranges
                 .iter()

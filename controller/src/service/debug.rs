@@ -84,6 +84,7 @@ fn node_response(engine: &Engine, node: &NodeStatus) -> pb::NodeResponse {
             want_drain: node.draining(),
         }),
         ranges,
+        capacity: node.capacity,
     }
 }
 

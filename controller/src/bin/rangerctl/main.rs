@@ -467,6 +467,7 @@ fn print_nodes(nodes: &[pb::NodeResponse], json: bool) {
                     "id": meta.ident,
                     "address": meta.address,
                     "draining": meta.want_drain,
+                    "capacity": n.capacity,
                     "ranges": n.ranges.iter().map(|r| json!({
                         "id": r.meta.as_ref().map_or(0, |m| m.ident),
                         "state": placement_state(r.state),

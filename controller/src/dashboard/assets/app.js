@@ -183,23 +183,18 @@ function liveRanges() {
     .sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
 }
 
-// Per node: load (requests/s of its active ranges), capacity and share of
-// the mean per unit of capacity, from the balancer's last round when there is
-// one, else from the ranges' own reports (capacity 1).
+// Per node: load (requests/s of its active ranges), the capacity it declared,
+// and its share of the mean per unit of capacity; the imbalance is the
+// balancer's last round's when there is one.
 function nodeLoads() {
   const byNode = new Map();
-  for (const node of state.nodes) byNode.set(node.id, { load: 0, capacity: null });
+  for (const node of state.nodes) byNode.set(node.id, { load: 0, capacity: node.capacity || null });
   for (const range of state.ranges) {
     for (const node of activeNodes(range)) {
       const entry = byNode.get(node) || { load: 0, capacity: null };
       entry.load += range.load;
       byNode.set(node, entry);
     }
-  }
-  for (const b of (state.balance && state.balance.nodes) || []) {
-    const entry = byNode.get(b.node) || { load: 0, capacity: null };
-    entry.capacity = b.capacity;
-    byNode.set(b.node, entry);
   }
   const perCapacity = [...byNode.values()].map((e) => e.load / (e.capacity || 1));
   const mean = perCapacity.length ? perCapacity.reduce((a, b) => a + b, 0) / perCapacity.length : 0;
