@@ -47,7 +47,9 @@ use ranger_proto::{PlacementState, RangeId, RangeMeta, RangeState};
 
 pub use error::KeyspaceError;
 pub use range::{Placement, PlacementId, Range, placement_transition_allowed};
-pub use record::{ChangeSet, Counters, RECORD_VERSION, RangeRecord, RecordError};
+pub use record::{
+    ChangeSet, Counters, READABLE_RECORD_VERSIONS, RECORD_VERSION, RangeRecord, RecordError,
+};
 
 type Result<T, E = KeyspaceError> = std::result::Result<T, E>;
 
@@ -111,7 +113,7 @@ impl Keyspace {
     pub fn from_records(counters: Counters, records: Vec<RangeRecord>) -> Result<Self> {
         let mut ranges = HashMap::with_capacity(records.len());
         for record in records {
-            if record.v != RECORD_VERSION {
+            if !READABLE_RECORD_VERSIONS.contains(&record.v) {
                 return Err(KeyspaceError::Malformed {
                     range: record.id,
                     detail: format!("record schema version {} is not supported", record.v),

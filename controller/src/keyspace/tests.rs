@@ -692,8 +692,8 @@ fn load_reports_other_corruption() {
     assert!(matches!(err, KeyspaceError::LivePlacement { .. }), "{err}");
     let err = load_with(|_, records| record(records, 3).ever_activated = false);
     assert!(matches!(err, KeyspaceError::Malformed { .. }), "{err}");
-    let err = load_with(|_, records| record(records, 3).v = 2);
-    assert!(err.to_string().contains("version 2"), "{err}");
+    let err = load_with(|_, records| record(records, 3).v = 3);
+    assert!(err.to_string().contains("version 3"), "{err}");
     let err = load_with(|_, records| records.clear());
     assert_eq!(err, KeyspaceError::Empty);
     let err = load_with(|_, records| record(records, 1).state = RangeState::Active);
