@@ -74,7 +74,9 @@ async fn main() -> Result<()> {
         let started = Instant::now();
         persister.save(&changes).await?;
         let save = started.elapsed();
-        let listed = client.kv_list(persister.prefix(), Default::default()).await?;
+        let listed = client
+            .kv_list(persister.prefix(), Default::default())
+            .await?;
         let bytes: usize = listed.value.iter().map(|pair| pair.value.len()).sum();
         println!(
             "v{version}: saved {} ranges in one change set: {:.2} s ({:.0} records/s), {:.1} MB of values",

@@ -151,13 +151,21 @@ async fn restart(path: &std::path::Path, n: u64) -> Result<Restart> {
     let persister = RedbPersister::open(path)?;
     let (counters, records) = persister.load().await?.context("store is empty")?;
     let load = started.elapsed();
-    ensure!(records.len() as u64 == n, "loaded {} records", records.len());
+    ensure!(
+        records.len() as u64 == n,
+        "loaded {} records",
+        records.len()
+    );
     let started = Instant::now();
     let keyspace = Keyspace::from_records(counters, records)?;
     let validate = started.elapsed();
     ensure!(keyspace.current_len() as u64 == n);
     let started = Instant::now();
-    let engine = Engine::new(keyspace, OrchestratorConfig::default(), tokio::time::Instant::now());
+    let engine = Engine::new(
+        keyspace,
+        OrchestratorConfig::default(),
+        tokio::time::Instant::now(),
+    );
     let engine_new = started.elapsed();
     // Freeing a million ranges is not part of a restart.
     std::mem::forget(engine);
