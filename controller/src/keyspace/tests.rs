@@ -503,6 +503,30 @@ fn loads_a_valid_keyspace() {
 }
 
 #[test]
+fn load_reports_a_current_range_after_one_that_reaches_plus_infinity() {
+    // Two unrelated Active ranges: [-inf, +inf) and [m, +inf). The cover walk
+    // must not stop at the first one's end.
+    let err = load_with(|counters, records| {
+        let mut whole = record(records, 2).clone();
+        whole.end = Key::empty();
+        whole.parents.clear();
+        let mut tail = record(records, 3).clone();
+        tail.parents.clear();
+        tail.placements.clear();
+        tail.ever_activated = false;
+        *records = vec![whole, tail];
+        counters.next_placement_id = 1;
+    });
+    assert_eq!(
+        err,
+        KeyspaceError::Overlap {
+            first: id(2),
+            second: id(3)
+        }
+    );
+}
+
+#[test]
 fn load_reports_a_gap() {
     let err = load_with(|_, records| {
         record(records, 3).end = Key::from("x");
