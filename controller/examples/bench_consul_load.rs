@@ -2,13 +2,18 @@
 //! (DESIGN.md §10: restart or failover to serving < 2 s at 100k ranges).
 //!
 //! Starts a real Consul (a `TestAgent`, in the mode `RANGER_CONSUL_MODE`
-//! selects), saves N ranges (each with one Active placement, as in `bench_reconcile`) through a fenced
-//! `ConsulPersister` in one change set, then, several times, does what a
-//! restarted controller does with its store: a new persister, `load()` (one
-//! recursive listing of the prefix, decoded and checked), and
-//! `Keyspace::from_records` (full validation). Prints min / median / max, with
-//! the time of the bare listing (Consul's answer, fetched and parsed by the
-//! client) beside it, to show how much of a load is Consul's.
+//! selects), saves N ranges (each with one steady Active placement) through a
+//! fenced `ConsulPersister` in one change set twice: under one prefix with every
+//! record in schema version 1 (as an older build wrote them), under another in
+//! version 2 (what this build writes). Then, several times and alternating the
+//! two, does what a restarted controller does with its store: a new persister,
+//! `load()` (one recursive listing of the prefix, decoded and checked), and
+//! `Keyspace::from_records` (full validation). Prints every run, min / median /
+//! max per version with the time of the bare listing (Consul's answer, fetched
+//! and parsed by the client) beside it, to show how much of a load is Consul's,
+//! and the ratio of the medians (v1 / v2), measured in the same run.
+//!
+//! Target (issue 13): restart from Consul < 1 s at 100k ranges.
 //!
 //! Run (release build, figures are meaningless in debug):
 //!
@@ -24,9 +29,7 @@ use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use ranger_consul::test_agent::TestAgent;
 use ranger_consul::{Client, ClientConfig, PutOptions, SessionRequest};
-use ranger_controller::keyspace::{
-    ChangeSet, Counters, Keyspace, Placement, RECORD_VERSION, RangeRecord,
-};
+use ranger_controller::keyspace::{ChangeSet, Counters, Keyspace, Placement, RangeRecord};
 use ranger_controller::persist::{ConsulPersister, DEFAULT_CONSUL_PREFIX, Fence, Persister};
 use ranger_proto::{Key, PlacementState, RangeId, RangeState};
 
@@ -63,69 +66,92 @@ async fn main() -> Result<()> {
     )?;
     let fence = lead(&client).await?;
 
-    let changes = synthetic(args.ranges, args.nodes)?;
-    let persister = ConsulPersister::new(client.clone(), DEFAULT_CONSUL_PREFIX, Some(fence))?;
-    let started = Instant::now();
-    persister.save(&changes).await?;
-    let save = started.elapsed();
-    println!(
-        "saved {} ranges in one change set: {:.2} s ({:.0} records/s)",
-        args.ranges,
-        save.as_secs_f64(),
-        args.ranges as f64 / save.as_secs_f64()
-    );
-
-    let mut lists = Vec::new();
-    let mut loads = Vec::new();
-    let mut restarts = Vec::new();
-    for run in 0..args.runs {
-        // Consul's share: the listing alone, fetched and parsed by the client.
+    let mut stores = Vec::new();
+    for version in [1u32, 2] {
+        let changes = synthetic(args.ranges, args.nodes, version)?;
+        let prefix = format!("{DEFAULT_CONSUL_PREFIX}v{version}/");
+        let persister = ConsulPersister::new(client.clone(), prefix, Some(fence.clone()))?;
         let started = Instant::now();
+        persister.save(&changes).await?;
+        let save = started.elapsed();
         let listed = client
-            .kv_list(DEFAULT_CONSUL_PREFIX, Default::default())
-            .await?
-            .value
-            .len();
-        let list = started.elapsed();
-        ensure!(listed as u64 > args.ranges, "listed only {listed} keys");
-
-        let restarted = ConsulPersister::new(
-            client.clone(),
-            persister.prefix(),
-            persister.fence().cloned(),
-        )?;
-        let started = Instant::now();
-        let (counters, records) = restarted.load().await?.context("nothing stored")?;
-        let load = started.elapsed();
-        ensure!(
-            records.len() as u64 == args.ranges,
-            "loaded {} records",
-            records.len()
-        );
-        let keyspace = Keyspace::from_records(counters, records)?;
-        let restart = started.elapsed();
-        ensure!(keyspace.current_len() as u64 == args.ranges);
+            .kv_list(persister.prefix(), Default::default())
+            .await?;
+        let bytes: usize = listed.value.iter().map(|pair| pair.value.len()).sum();
         println!(
-            "run {run}: raw listing {:.0} ms, load {:.0} ms, load + Keyspace::from_records {:.0} ms",
-            ms(list),
-            ms(load),
-            ms(restart)
+            "v{version}: saved {} ranges in one change set: {:.2} s ({:.0} records/s), {:.1} MB of values",
+            args.ranges,
+            save.as_secs_f64(),
+            args.ranges as f64 / save.as_secs_f64(),
+            bytes as f64 / 1e6
         );
-        lists.push(ms(list));
-        loads.push(ms(load));
-        restarts.push(ms(restart));
+        stores.push((version, persister));
+    }
+
+    // Per version: listing, load, restart times.
+    let mut times: Vec<[Vec<f64>; 3]> = vec![Default::default(), Default::default()];
+    for run in 0..args.runs {
+        for (i, (version, persister)) in stores.iter().enumerate() {
+            let [lists, loads, restarts] = &mut times[i];
+            // Consul's share: the listing alone, fetched and parsed by the client.
+            let started = Instant::now();
+            let listed = client
+                .kv_list(persister.prefix(), Default::default())
+                .await?
+                .value
+                .len();
+            let list = started.elapsed();
+            ensure!(listed as u64 > args.ranges, "listed only {listed} keys");
+
+            let restarted = ConsulPersister::new(
+                client.clone(),
+                persister.prefix(),
+                persister.fence().cloned(),
+            )?;
+            let started = Instant::now();
+            let (counters, records) = restarted.load().await?.context("nothing stored")?;
+            let load = started.elapsed();
+            ensure!(
+                records.len() as u64 == args.ranges,
+                "loaded {} records",
+                records.len()
+            );
+            let keyspace = Keyspace::from_records(counters, records)?;
+            let restart = started.elapsed();
+            ensure!(keyspace.current_len() as u64 == args.ranges);
+            println!(
+                "run {run} v{version}: raw listing {:.0} ms, load {:.0} ms, load + Keyspace::from_records {:.0} ms",
+                ms(list),
+                ms(load),
+                ms(restart)
+            );
+            lists.push(ms(list));
+            loads.push(ms(load));
+            restarts.push(ms(restart));
+        }
     }
     println!();
     println!("min / median / max of {} runs:", args.runs);
-    println!("| ranges | raw listing | load | load + from_records (restart) |");
-    println!("|---|---|---|---|");
+    println!("| ranges | version | raw listing | load | load + from_records (restart) |");
+    println!("|---|---|---|---|---|");
+    for ((version, _), [lists, loads, restarts]) in stores.iter().zip(&mut times) {
+        println!(
+            "| {} | v{version} | {} | {} | {} |",
+            args.ranges,
+            summary(lists),
+            summary(loads),
+            summary(restarts)
+        );
+    }
+    let median = |values: &[f64]| values[values.len() / 2];
+    let ([l1, o1, r1], [l2, o2, r2]) = (&times[0], &times[1]);
     println!(
-        "| {} | {} | {} | {} |",
-        args.ranges,
-        summary(&mut lists),
-        summary(&mut loads),
-        summary(&mut restarts)
+        "v1 / v2 medians: raw listing {:.2}x, load {:.2}x, restart {:.2}x",
+        median(l1) / median(l2),
+        median(o1) / median(o2),
+        median(r1) / median(r2)
     );
+    println!("target (issue 13): restart from Consul < 1000 ms at 100k ranges");
     Ok(())
 }
 
@@ -160,14 +186,14 @@ async fn lead(client: &Client) -> Result<Fence> {
     })
 }
 
-/// `n` ranges tiling the keyspace, range `i` with one Active placement on node
-/// `n{i % nodes}`.
-fn synthetic(n: u64, nodes: u64) -> Result<ChangeSet> {
+/// `n` ranges tiling the keyspace, range `i` with one steady Active placement
+/// on node `n{i % nodes}`, every record in schema `version`.
+fn synthetic(n: u64, nodes: u64, version: u32) -> Result<ChangeSet> {
     let key = |i: u64| Key::from(format!("k{i:010}"));
     let upserts = (1..=n)
         .map(|i| {
             Ok(RangeRecord {
-                v: RECORD_VERSION,
+                v: version,
                 id: RangeId::new(i)?,
                 start: if i == 1 { Key::empty() } else { key(i) },
                 end: if i == n { Key::empty() } else { key(i + 1) },
@@ -189,8 +215,9 @@ fn synthetic(n: u64, nodes: u64) -> Result<ChangeSet> {
     })
 }
 
-/// An Active placement, made from its persisted (serde) form as a load makes
-/// it: its fields belong to the keyspace.
+/// An Active placement whose Activate was sent and answered, made from its
+/// persisted (version 1 serde) form as a load makes it: its fields belong to
+/// the keyspace.
 fn active_placement(id: u64, node: u64) -> Result<Placement> {
     Ok(serde_json::from_value(serde_json::json!({
         "id": id,
@@ -198,5 +225,7 @@ fn active_placement(id: u64, node: u64) -> Result<Placement> {
         "state": PlacementState::Active,
         "replaces": null,
         "retiring": false,
+        "activate_sent": true,
+        "served": true,
     }))?)
 }

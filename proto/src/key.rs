@@ -59,6 +59,32 @@ impl Key {
         }
         Ok(Key::from(text))
     }
+
+    /// The exact text form: the key itself when every byte is printable ASCII
+    /// (space to `~`) and it does not start with `hex:` or `b64:`, otherwise
+    /// `hex:` and its bytes in lower-case hex. Unlike [`fmt::Display`], which
+    /// prints a text key such as `hex:00` as it is, this never confuses two keys:
+    /// `Key::parse(&key.to_text()) == Ok(key)` for every key. Persisted records
+    /// store keys this way, so that an operator reads them as rangerctl prints
+    /// and accepts them.
+    pub fn to_text(&self) -> String {
+        if self.is_plain_text() {
+            // Every byte is printable ASCII, so this is valid UTF-8.
+            String::from_utf8_lossy(&self.0).into_owned()
+        } else {
+            let mut text = String::with_capacity(4 + 2 * self.0.len());
+            text.push_str("hex:");
+            text.push_str(&hex::encode(&self.0));
+            text
+        }
+    }
+
+    /// Whether [`Key::to_text`] writes the key as it is.
+    fn is_plain_text(&self) -> bool {
+        self.0.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
+            && !self.0.starts_with(b"hex:")
+            && !self.0.starts_with(b"b64:")
+    }
 }
 
 impl From<&str> for Key {
@@ -133,6 +159,39 @@ mod tests {
         assert!(Key::parse("b64:***").is_err());
         let binary = Key::new(vec![0u8, 1]);
         assert_eq!(Key::parse(&binary.to_string()), Ok(binary));
+    }
+
+    #[test]
+    fn the_text_form_round_trips_every_awkward_key() {
+        let mut awkward = vec![
+            Key::empty(),
+            Key::from("user:1"),
+            Key::from(" leading and trailing "),
+            Key::from("quote \" and backslash \\"),
+            Key::new(vec![0u8]),
+            Key::new(vec![0xff, 0xfe, 0x80]),
+            Key::from("hex:00"),
+            Key::from("b64:YWI="),
+            Key::from("hex:"),
+            Key::from("hex"),
+            Key::new(b"hex:\x00".to_vec()),
+            Key::from("caf\u{e9}"),
+            Key::new(vec![b'a'; 64 * 1024]),
+            Key::new((0..=255u8).collect::<Vec<_>>()),
+        ];
+        awkward.extend((0..=255u8).map(|b| Key::new(vec![b])));
+        for key in awkward {
+            let text = key.to_text();
+            assert_eq!(Key::parse(&text), Ok(key.clone()), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_text_form_is_the_key_itself_when_printable() {
+        assert_eq!(Key::from("k0000000005").to_text(), "k0000000005");
+        assert_eq!(Key::empty().to_text(), "");
+        assert_eq!(Key::new(vec![0u8, 255]).to_text(), "hex:00ff");
+        assert_eq!(Key::from("hex:00").to_text(), "hex:6865783a3030");
     }
 
     #[test]

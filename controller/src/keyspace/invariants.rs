@@ -1,11 +1,13 @@
 //! The keyspace's invariants, checked in full when loading and around each mutation
 //! in debug builds.
 //!
-//! The full check is O(n log n); the local one ([`Keyspace::check_around`]) costs
+//! Loading runs the full checks once, in O(n) apart from sorting the current
+//! ranges by start key; [`Keyspace::check_invariants`] adds the index lookups
+//! (O(n log n)). The local one ([`Keyspace::check_around`]) costs
 //! O(log n) per touched range plus the current ranges inside its span, which keeps
 //! debug builds usable with many ranges.
 
-use std::collections::HashMap;
+#[cfg(debug_assertions)]
 use std::ops::Bound;
 
 use ranger_proto::{Key, PlacementState, RangeId, RangeMeta, RangeState};
@@ -16,10 +18,13 @@ impl Keyspace {
     /// Validates the whole keyspace: every range on its own (bounds, counters,
     /// links, placements), placement ids unique across ranges, the current ranges
     /// tiling the keyspace with no gap and no overlap, and the key index matching
-    /// the ranges' states. O(n log n): called on load and from tests.
+    /// the ranges' states. O(n log n): called from tests (loading runs the same
+    /// checks, see [`Keyspace::from_records`]).
     pub fn check_invariants(&self) -> Result<()> {
-        self.check_records()?;
-        self.check_cover_between(&Key::empty(), &Key::empty())?;
+        let mut ids: Vec<RangeId> = self.ranges.keys().copied().collect();
+        ids.sort_unstable();
+        self.check_records_in_order(&ids)?;
+        self.check_full_cover()?;
         let mut current = 0usize;
         for r in self.ranges.values() {
             if self.computes_current(r) {
@@ -41,15 +46,16 @@ impl Keyspace {
         Ok(())
     }
 
-    /// Every check that does not need the index.
-    pub(super) fn check_records(&self) -> Result<()> {
+    /// Every check that does not need the index, over `ids`: every range id, in
+    /// ascending order. O(n) with a sort of the placement ids (linear when they
+    /// rise with the range ids, as they do in a keyspace that grew by splits).
+    pub(super) fn check_records_in_order(&self, ids: &[RangeId]) -> Result<()> {
         if self.ranges.is_empty() {
             return Err(KeyspaceError::Empty);
         }
         // In id order and in passes (links, then groups, then placements), so that
         // the error names the root problem and is the same from run to run.
-        let mut ranges: Vec<&Range> = self.ranges.values().collect();
-        ranges.sort_unstable_by_key(|r| r.id());
+        let ranges: Vec<&Range> = ids.iter().filter_map(|id| self.ranges.get(id)).collect();
         for r in &ranges {
             self.check_references(r)?;
         }
@@ -59,35 +65,98 @@ impl Keyspace {
         for r in ranges.iter().filter(|r| !r.children.is_empty()) {
             self.check_group(r)?;
         }
-        let mut owners: HashMap<PlacementId, RangeId> = HashMap::new();
+        let mut owners: Vec<(PlacementId, RangeId)> = Vec::with_capacity(ranges.len());
         for r in &ranges {
             self.check_placements(r)?;
-            for p in &r.placements {
-                if let Some(first) = owners.insert(p.id, r.id()) {
-                    return Err(KeyspaceError::DuplicatePlacement {
-                        placement: p.id,
-                        first,
-                        second: r.id(),
-                    });
-                }
-            }
+            owners.extend(r.placements.iter().map(|p| (p.id, r.id())));
+        }
+        // A placement listed twice by one range was reported above; here, by
+        // two: the first pair in (placement, range) order, naming both ranges.
+        if !owners.is_sorted() {
+            owners.sort_unstable();
+        }
+        if let Some(pair) = owners.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(KeyspaceError::DuplicatePlacement {
+                placement: pair[0].0,
+                first: pair[0].1,
+                second: pair[1].1,
+            });
         }
         Ok(())
     }
 
     /// Fills the index from the ranges' states, reporting two current ranges that
     /// start at the same key. Gaps and other overlaps are found by the cover check.
-    pub(super) fn build_index(&mut self) -> Result<()> {
-        let mut index = std::collections::BTreeMap::new();
-        for r in self.ranges.values() {
-            if self.computes_current(r)
-                && let Some(first) = index.insert(r.meta.start().as_bytes().to_vec(), r.id())
-            {
-                return Err(overlap(first, r.id()));
-            }
+    /// `ids` are every range id in ascending order, so that the outcome does not
+    /// depend on the map's order. O(n) plus a sort by start key, which is
+    /// linear when the ranges' keys rise with their ids.
+    pub(super) fn build_index(&mut self, ids: &[RangeId]) -> Result<()> {
+        let mut starts: Vec<(&[u8], RangeId)> = ids
+            .iter()
+            .filter_map(|id| self.ranges.get(id))
+            .filter(|r| self.computes_current(r))
+            .map(|r| (r.meta.start().as_bytes(), r.id()))
+            .collect();
+        if !starts.is_sorted() {
+            starts.sort_unstable();
         }
+        if let Some(pair) = starts.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(overlap(pair[0].1, pair[1].1));
+        }
+        // From sorted, distinct keys: built in bulk, without a search per entry.
+        let index = starts
+            .into_iter()
+            .map(|(start, id)| (start.to_vec(), id))
+            .collect();
         self.index = index;
         Ok(())
+    }
+
+    /// Walks the whole index in key order, checking that the first current
+    /// range starts at minus infinity, each one ends where the next starts, and
+    /// the last ends at plus infinity. O(n).
+    pub(super) fn check_full_cover(&self) -> Result<()> {
+        let mut entries = self.index.iter();
+        let Some((key, id)) = entries.next().filter(|(key, _)| key.is_empty()) else {
+            let before = self.index.iter().next();
+            return Err(KeyspaceError::Gap {
+                after: None,
+                before: before.map(|(_, id)| *id),
+                from: Key::empty(),
+                to: before.map(|(k, _)| Key::new(k.clone())).unwrap_or_default(),
+            });
+        };
+        let mut previous = self.indexed(key, *id)?;
+        for (key, id) in entries {
+            let next = self.indexed(key, *id)?;
+            let reached = previous.meta.end();
+            if reached.is_empty() {
+                // The previous range already reaches plus infinity.
+                return Err(overlap(previous.id(), next.id()));
+            }
+            match next.meta.start().cmp(reached) {
+                std::cmp::Ordering::Less => return Err(overlap(previous.id(), next.id())),
+                std::cmp::Ordering::Greater => {
+                    return Err(KeyspaceError::Gap {
+                        after: Some(previous.id()),
+                        before: Some(next.id()),
+                        from: reached.clone(),
+                        to: next.meta.start().clone(),
+                    });
+                }
+                std::cmp::Ordering::Equal => previous = next,
+            }
+        }
+        if previous.meta.end().is_empty() {
+            Ok(())
+        } else {
+            Err(KeyspaceError::Gap {
+                after: Some(previous.id()),
+                before: None,
+                from: previous.meta.end().clone(),
+                to: Key::empty(),
+            })
+        }
     }
 
     /// The checks around the ranges a mutation touched (debug builds).
@@ -266,6 +335,7 @@ impl Keyspace {
 
     /// Walks the index from the range holding `start` until `end` (empty: +inf),
     /// checking that consecutive current ranges meet exactly.
+    #[cfg(debug_assertions)]
     fn check_cover_between(&self, start: &Key, end: &Key) -> Result<()> {
         let Some((key, id)) = self
             .index

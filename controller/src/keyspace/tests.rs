@@ -503,6 +503,30 @@ fn loads_a_valid_keyspace() {
 }
 
 #[test]
+fn load_reports_a_current_range_after_one_that_reaches_plus_infinity() {
+    // Two unrelated Active ranges: [-inf, +inf) and [m, +inf). The cover walk
+    // must not stop at the first one's end.
+    let err = load_with(|counters, records| {
+        let mut whole = record(records, 2).clone();
+        whole.end = Key::empty();
+        whole.parents.clear();
+        let mut tail = record(records, 3).clone();
+        tail.parents.clear();
+        tail.placements.clear();
+        tail.ever_activated = false;
+        *records = vec![whole, tail];
+        counters.next_placement_id = 1;
+    });
+    assert_eq!(
+        err,
+        KeyspaceError::Overlap {
+            first: id(2),
+            second: id(3)
+        }
+    );
+}
+
+#[test]
 fn load_reports_a_gap() {
     let err = load_with(|_, records| {
         record(records, 3).end = Key::from("x");
@@ -692,8 +716,8 @@ fn load_reports_other_corruption() {
     assert!(matches!(err, KeyspaceError::LivePlacement { .. }), "{err}");
     let err = load_with(|_, records| record(records, 3).ever_activated = false);
     assert!(matches!(err, KeyspaceError::Malformed { .. }), "{err}");
-    let err = load_with(|_, records| record(records, 3).v = 2);
-    assert!(err.to_string().contains("version 2"), "{err}");
+    let err = load_with(|_, records| record(records, 3).v = 3);
+    assert!(err.to_string().contains("version 3"), "{err}");
     let err = load_with(|_, records| records.clear());
     assert_eq!(err, KeyspaceError::Empty);
     let err = load_with(|_, records| record(records, 1).state = RangeState::Active);

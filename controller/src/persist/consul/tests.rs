@@ -361,7 +361,7 @@ async fn a_record_too_large_for_consul_is_refused_before_writing() {
     let client = Client::from_address("http://127.0.0.1:1").unwrap();
     let p = ConsulPersister::new(client, DEFAULT_PREFIX, None).unwrap();
     let mut changes = tiling(2);
-    changes.upserts[1].start = Key::from("k".repeat(300 * 1024));
+    changes.upserts[1].start = Key::from("k".repeat(600 * 1024));
     let err = p.save(&changes).await.unwrap_err();
     assert!(err.to_string().contains("too large"), "{err}");
     assert!(err.to_string().contains("range 2"), "{err}");
