@@ -331,6 +331,7 @@ fn debug_responses() {
             meta: meta(1),
             state: 3,
         }],
+        capacity: 0.0,
     };
     #[rustfmt::skip]
     let golden = [
@@ -338,6 +339,13 @@ fn debug_responses() {
         0x12, 6, 0x0a, 2, 0x08, 1, 0x18, 3,
     ];
     assert_wire(node, &golden);
+
+    // Extension: capacity = 16 (double, fixed64: tag 0x81 0x01), 2.0 little-endian.
+    let capacity = pb::NodeResponse {
+        capacity: 2.0,
+        ..Default::default()
+    };
+    assert_wire(capacity, &[0x81, 0x01, 0, 0, 0, 0, 0, 0, 0, 0x40]);
 }
 
 #[test]

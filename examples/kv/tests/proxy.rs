@@ -534,6 +534,7 @@ impl pb::debug_server::Debug for FakeController {
                     want_drain: false,
                 }),
                 ranges: vec![],
+                capacity: 1.0,
             })
             .collect();
         Ok(Response::new(pb::NodesListResponse { nodes }))
