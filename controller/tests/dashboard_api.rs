@@ -30,6 +30,7 @@ fn config() -> DashboardConfig {
         sample_every: Duration::from_millis(500),
         history_len: 4,
         refresh_every: Duration::from_secs(1),
+        event_log_len: 100,
     }
 }
 
@@ -211,6 +212,11 @@ async fn the_json_listings_match_what_the_services_answer() {
 async fn a_posted_move_moves_the_range_and_is_listed_as_ended() {
     let cluster = two_nodes().await;
     let router = api(&cluster);
+    // Let the event logger the router spawned subscribe to the controller's
+    // events (one scheduling turn on this single-threaded runtime).
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
 
     let (status, body) = call(
         &router,
@@ -231,6 +237,28 @@ async fn a_posted_move_moves_the_range_and_is_listed_as_ended() {
         recent["description"].as_str().unwrap().contains("move"),
         "{operations}"
     );
+
+    // The range's state history shows the move, newest first: the source
+    // dropped after the destination became Active.
+    let history = get(&router, "/api/ranges/1/events").await;
+    let messages: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    let activated = messages
+        .iter()
+        .position(|m| m.contains("on b") && m.ends_with("-> Active"));
+    let dropped = messages
+        .iter()
+        .position(|m| m.contains("on a") && m.ends_with("-> Dropped"));
+    assert!(
+        matches!((dropped, activated), (Some(d), Some(a)) if d < a),
+        "{messages:#?}"
+    );
+    let (status, body) = call(&router, Method::GET, "/api/ranges/99/events", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
     // Drain and undrain answer with the node's new state.
     let (status, body) = call(&router, Method::POST, "/api/drain", r#"{"node": "a"}"#).await;

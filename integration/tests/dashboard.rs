@@ -308,6 +308,17 @@ async fn the_dashboard_shows_what_rangerctl_shows_and_follows_a_move_made_on_the
                 ),
             )
             .await?;
+        // Its state history: the destination became Active there.
+        browser
+            .wait_for::<String>(
+                "the range page's state history shows the move",
+                PAGE_PATIENCE,
+                &format!(
+                    "const t = document.getElementById('range-history').textContent;
+                     return t.includes('on {to}: Inactive -> Active') ? t : null;"
+                ),
+            )
+            .await?;
 
         if std::env::var_os("RANGER_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
             show(&browser, "overview", "#nodes .node-card").await?;

@@ -14,11 +14,13 @@
 //! endpoints), [`act`] (POST endpoints), [`input`] (request bodies and ids,
 //! refused with 400 before anything is called), [`error`] (status to HTTP),
 //! [`views`] (wire messages as JSON), [`events`] (the server-sent event
-//! stream), [`history`] (the load samples behind the heatmap).
+//! stream), [`history`] (the load samples behind the heatmap), [`event_log`]
+//! (recent controller events, each range's state history).
 
 mod act;
 mod assets;
 mod error;
+mod event_log;
 mod events;
 mod history;
 mod input;
@@ -36,6 +38,7 @@ use futures::future::{BoxFuture, Shared};
 use crate::service::{ControlService, ControllerSlot, DebugService, OrchestratorService};
 
 pub use error::ApiError;
+pub use event_log::{EventLog, LoggedEvent};
 pub use history::{LoadHistory, LoadSample, RangeLoad};
 
 /// How the dashboard behaves; [`Default`] is what `rangerd` uses.
@@ -51,6 +54,8 @@ pub struct DashboardConfig {
     /// How often the event stream tells the page to fetch the state again,
     /// on top of the controller's own events.
     pub refresh_every: Duration,
+    /// How many controller events the range pages' state history keeps.
+    pub event_log_len: usize,
 }
 
 impl Default for DashboardConfig {
@@ -60,6 +65,7 @@ impl Default for DashboardConfig {
             sample_every: Duration::from_secs(5),
             history_len: 120,
             refresh_every: Duration::from_secs(3),
+            event_log_len: 2000,
         }
     }
 }
@@ -74,6 +80,7 @@ pub(crate) struct Api {
     control: Arc<ControlService>,
     orchestrator: Arc<OrchestratorService>,
     history: Arc<Mutex<LoadHistory>>,
+    event_log: Arc<Mutex<EventLog>>,
     stop: Shared<BoxFuture<'static, ()>>,
     config: DashboardConfig,
 }
@@ -102,10 +109,12 @@ pub fn router(
         orchestrator: Arc::new(OrchestratorService::new(slot.clone(), config.max_wait)),
         slot,
         history: Arc::new(Mutex::new(LoadHistory::new(config.history_len))),
+        event_log: Arc::new(Mutex::new(EventLog::new(config.event_log_len))),
         stop,
         config,
     };
     history::spawn_sampler(&api);
+    event_log::spawn_logger(&api);
     Router::new()
         .route("/", get(assets::index))
         .route("/dashboard/app.js", get(assets::script))
@@ -115,6 +124,7 @@ pub fn router(
         .route("/api/ranges", get(read::ranges))
         .route("/api/ranges/{id}", get(read::range))
         .route("/api/ranges/{id}/explain", get(read::explain))
+        .route("/api/ranges/{id}/events", get(read::range_events))
         .route("/api/operations", get(read::operations))
         .route("/api/balance", get(read::balance))
         .route("/api/history", get(read::history))

@@ -104,6 +104,30 @@ pub(super) async fn explain(
     }))
 }
 
+/// A range's state history: the controller events about it that this process
+/// logged, newest first. The range is looked up first, so an unknown one is a
+/// 404 and a standby answers 503 naming the leader, as for every read.
+pub(super) async fn range_events(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<RangeEventsView>, ApiError> {
+    let range = path_id("range id", &id)?;
+    api.debug
+        .range(Request::new(pb::RangeRequest { range }))
+        .await?;
+    Ok(Json(RangeEventsView {
+        range,
+        events: api.range_events(range),
+    }))
+}
+
+/// `GET /api/ranges/{id}/events`.
+#[derive(Debug, Serialize)]
+pub(super) struct RangeEventsView {
+    range: u64,
+    events: Vec<super::LoggedEvent>,
+}
+
 pub(super) async fn operations(State(api): State<Api>) -> Result<Json<OperationsView>, ApiError> {
     let reply = api
         .control

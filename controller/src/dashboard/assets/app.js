@@ -18,6 +18,7 @@ const state = {
   sort: { key: "id", dir: 1 },
   filter: "",
   explain: {}, // range id -> explain lines (or an error)
+  rangeEvents: {}, // range id -> its logged events, newest first (or an error line)
   action: null, // the last action's {state, text}: pending, ok or error
 };
 
@@ -135,6 +136,12 @@ async function loadExplain(id) {
     state.explain[id] = (await api(`ranges/${encodeURIComponent(id)}/explain`)).lines;
   } catch (e) {
     state.explain[id] = [`(${e.message})`];
+  }
+  try {
+    const events = (await api(`ranges/${encodeURIComponent(id)}/events`)).events;
+    state.rangeEvents[id] = events.map((e) => `${new Date(e.at_ms).toLocaleTimeString()}  ${e.message}`);
+  } catch (e) {
+    state.rangeEvents[id] = [`(${e.message})`];
   }
 }
 
@@ -541,6 +548,19 @@ function rangePage(id) {
     opsTable("range-ops", ops, false),
     h("h2", {}, "Explain"),
     h("div", { class: "panel" }, h("pre", { class: "explain", id: "range-explain" }, (state.explain[range.id] || ["…"]).join("\n"))),
+    h("h2", {}, "State history"),
+    h(
+      "div",
+      { class: "panel" },
+      h(
+        "pre",
+        { class: "explain", id: "range-history" },
+        (state.rangeEvents[range.id] && state.rangeEvents[range.id].length
+          ? state.rangeEvents[range.id]
+          : ["No events logged for this range since this controller started."]
+        ).join("\n"),
+      ),
+    ),
   ];
 }
 
