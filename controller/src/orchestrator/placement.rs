@@ -143,11 +143,22 @@ impl Engine {
         for node in self.roster.nodes() {
             load.insert(node.id.clone(), 0);
         }
-        for id in self.ranges_in_play() {
-            if let Ok(range) = self.keyspace.range(id) {
-                for p in range.placements().iter().filter(|p| p.is_live()) {
-                    *load.entry(p.node().clone()).or_default() += 1;
-                }
+        // Current ranges, walked once without collecting their ids; then the
+        // subsuming parents and their children that are not current (a child
+        // may already be, and must not count twice).
+        let mut count = |range: &Range| {
+            for p in range.placements().iter().filter(|p| p.is_live()) {
+                *load.entry(p.node().clone()).or_default() += 1;
+            }
+        };
+        for range in self.keyspace.current_ranges() {
+            count(range);
+        }
+        for id in self.subsuming_in_play() {
+            if !self.keyspace.is_current(id)
+                && let Ok(range) = self.keyspace.range(id)
+            {
+                count(range);
             }
         }
         load

@@ -71,7 +71,7 @@ impl Engine {
         self.drive_operations(now);
         self.start_drain_moves(now);
         let mut load = None;
-        for id in self.ranges_to_reconcile() {
+        for id in self.ranges_to_reconcile(now) {
             let settled = self.reconcile_range(id, now, &mut load);
             if !settled {
                 self.dirty.insert(id);
@@ -103,10 +103,10 @@ impl Engine {
     /// The ranges this step looks at: everything on a full sweep; otherwise what
     /// changed, what operations are working on, and the next chunk of the
     /// background sweep.
-    pub(super) fn ranges_to_reconcile(&mut self) -> Vec<RangeId> {
+    pub(super) fn ranges_to_reconcile(&mut self, now: Instant) -> Vec<RangeId> {
         if std::mem::take(&mut self.full_sweep) {
             self.dirty.clear();
-            return self.ranges_in_play();
+            return self.unsettled_in_play(now);
         }
         let mut ids: Vec<RangeId> = self.dirty.drain().collect();
         for parent in &self.subsuming {
@@ -137,8 +137,29 @@ impl Engine {
 
     /// Current ranges, plus the parents and children of splits and joins under
     /// way (which are not all in the current tiling).
-    pub(super) fn ranges_in_play(&self) -> Vec<RangeId> {
-        let mut ids: Vec<RangeId> = self.keyspace.current_ranges().map(Range::id).collect();
+    /// What a full pass must look at: every range in play that is not steady,
+    /// in id order. Steady ranges (the vast majority at scale) are skipped in
+    /// the same walk that finds them, so a pass over a million settled ranges
+    /// costs one lookup each and no list (or sort) of every id; a steady range
+    /// needs nothing ([`Engine::reconcile_range`] would return at once).
+    /// Subsuming parents and their children are always looked at.
+    pub(super) fn unsettled_in_play(&self, now: Instant) -> Vec<RangeId> {
+        let mut ids: Vec<RangeId> = self
+            .keyspace
+            .current_ranges()
+            .filter(|range| !self.is_steady(range, now))
+            .map(Range::id)
+            .collect();
+        ids.extend(self.subsuming_in_play());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The parents of splits and joins in progress and their children, in id
+    /// order: in play whether or not they are current.
+    pub(super) fn subsuming_in_play(&self) -> Vec<RangeId> {
+        let mut ids = Vec::new();
         for parent in &self.subsuming {
             ids.push(*parent);
             if let Ok(range) = self.keyspace.range(*parent) {
