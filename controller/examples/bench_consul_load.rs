@@ -29,9 +29,9 @@ use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use ranger_consul::test_agent::TestAgent;
 use ranger_consul::{Client, ClientConfig, PutOptions, SessionRequest};
-use ranger_controller::keyspace::{ChangeSet, Counters, Keyspace, Placement, RangeRecord};
+use ranger_controller::keyspace::Keyspace;
 use ranger_controller::persist::{ConsulPersister, DEFAULT_CONSUL_PREFIX, Fence, Persister};
-use ranger_proto::{Key, PlacementState, RangeId, RangeState};
+use ranger_controller::testing::synthetic::settled_keyspace;
 
 #[derive(Parser, Debug)]
 #[command(about = "Measures loading the keyspace from a real Consul agent")]
@@ -68,7 +68,7 @@ async fn main() -> Result<()> {
 
     let mut stores = Vec::new();
     for version in [1u32, 2] {
-        let changes = synthetic(args.ranges, args.nodes, version)?;
+        let changes = settled_keyspace(args.ranges, args.nodes, version)?;
         let prefix = format!("{DEFAULT_CONSUL_PREFIX}v{version}/");
         let persister = ConsulPersister::new(client.clone(), prefix, Some(fence.clone()))?;
         let started = Instant::now();
@@ -184,48 +184,4 @@ async fn lead(client: &Client) -> Result<Fence> {
         leader_key: LEADER_KEY.into(),
         session_id: session,
     })
-}
-
-/// `n` ranges tiling the keyspace, range `i` with one steady Active placement
-/// on node `n{i % nodes}`, every record in schema `version`.
-fn synthetic(n: u64, nodes: u64, version: u32) -> Result<ChangeSet> {
-    let key = |i: u64| Key::from(format!("k{i:010}"));
-    let upserts = (1..=n)
-        .map(|i| {
-            Ok(RangeRecord {
-                v: version,
-                id: RangeId::new(i)?,
-                start: if i == 1 { Key::empty() } else { key(i) },
-                end: if i == n { Key::empty() } else { key(i + 1) },
-                state: RangeState::Active,
-                parents: vec![],
-                children: vec![],
-                ever_activated: true,
-                placements: vec![active_placement(i, i % nodes)?],
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok(ChangeSet {
-        counters: Counters {
-            next_range_id: n + 1,
-            next_placement_id: n + 1,
-            term: 0,
-        },
-        upserts,
-    })
-}
-
-/// An Active placement whose Activate was sent and answered, made from its
-/// persisted (version 1 serde) form as a load makes it: its fields belong to
-/// the keyspace.
-fn active_placement(id: u64, node: u64) -> Result<Placement> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "id": id,
-        "node": format!("n{node}"),
-        "state": PlacementState::Active,
-        "replaces": null,
-        "retiring": false,
-        "activate_sent": true,
-        "served": true,
-    }))?)
 }

@@ -47,15 +47,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use ranger_controller::config::OrchestratorConfig;
-use ranger_controller::keyspace::{
-    ChangeSet, Counters, Keyspace, Placement, RECORD_VERSION, RangeRecord,
-};
+use ranger_controller::keyspace::{ChangeSet, Keyspace, RECORD_VERSION};
 use ranger_controller::orchestrator::{Effect, Engine, Persisted};
 use ranger_controller::persist::{Persister, RedbPersister};
+use ranger_controller::testing::synthetic::settled_keyspace;
 use ranger_controller::transport::NodeReport;
-use ranger_proto::{
-    Key, LoadInfo, NodeId, PlacementState, RangeId, RangeInfo, RangeState, RemoteState,
-};
+use ranger_proto::{LoadInfo, NodeId, RangeInfo, RemoteState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -163,7 +160,10 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
 
     // 1. Build the keyspace straight from records, as a load would.
     let started = Instant::now();
-    let (counters, records) = synthetic_records(n, nodes)?;
+    let ChangeSet {
+        counters,
+        upserts: records,
+    } = settled_keyspace(n as u64, nodes as u64, RECORD_VERSION)?;
     let made = started.elapsed();
     let keyspace = Keyspace::from_records(counters, records)?;
     let build = started.elapsed();
@@ -332,46 +332,6 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
         restart_ms: millis(restart),
         first_step_ms: millis(first_step),
     })
-}
-
-/// `n` ranges tiling the keyspace (`k00000002`.. as boundaries), range `i` with
-/// one Active placement on node `n{i % nodes}`.
-fn synthetic_records(n: usize, nodes: usize) -> Result<(Counters, Vec<RangeRecord>)> {
-    let key = |i: usize| Key::from(format!("k{i:010}"));
-    let records = (1..=n)
-        .map(|i| {
-            Ok(RangeRecord {
-                v: RECORD_VERSION,
-                id: RangeId::new(i as u64)?,
-                start: if i == 1 { Key::empty() } else { key(i) },
-                end: if i == n { Key::empty() } else { key(i + 1) },
-                state: RangeState::Active,
-                parents: vec![],
-                children: vec![],
-                ever_activated: true,
-                placements: vec![active_placement(i as u64, i % nodes)?],
-            })
-        })
-        .collect::<Result<_>>()?;
-    let counters = Counters {
-        next_range_id: n as u64 + 1,
-        next_placement_id: n as u64 + 1,
-        term: 0,
-    };
-    Ok((counters, records))
-}
-
-/// An Active placement. Its fields belong to the keyspace, so it is made from its
-/// persisted (serde) form, exactly as a load makes it.
-fn active_placement(id: u64, node: usize) -> Result<Placement> {
-    let json = serde_json::json!({
-        "id": id,
-        "node": format!("n{node}"),
-        "state": PlacementState::Active,
-        "replaces": null,
-        "retiring": false,
-    });
-    Ok(serde_json::from_value(json)?)
 }
 
 fn node_id(i: usize) -> Result<NodeId> {

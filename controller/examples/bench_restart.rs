@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use ranger_controller::config::OrchestratorConfig;
-use ranger_controller::keyspace::{ChangeSet, Counters, Keyspace, Placement, RangeRecord};
+use ranger_controller::keyspace::Keyspace;
 use ranger_controller::orchestrator::Engine;
 use ranger_controller::persist::{Persister, RedbPersister};
-use ranger_proto::{Key, PlacementState, RangeId, RangeState};
+use ranger_controller::testing::synthetic::settled_keyspace;
 
 #[derive(Parser, Debug)]
 #[command(about = "Measures a controller restart from redb, record versions 1 and 2")]
@@ -93,7 +93,7 @@ async fn measure(n: u64, args: &Args) -> Result<Vec<String>> {
     let mut stores = Vec::new();
     for version in [1u32, 2] {
         let path = dir.path().join(format!("v{version}.redb"));
-        let changes = synthetic(n, args.nodes, version)?;
+        let changes = settled_keyspace(n, args.nodes, version)?;
         let persister = RedbPersister::open(&path)?;
         let started = Instant::now();
         persister.save(&changes).await?;
@@ -190,48 +190,4 @@ fn summary(runs: &[Restart], f: fn(&Restart) -> Duration) -> String {
         values[values.len() / 2],
         values[values.len() - 1]
     )
-}
-
-/// `n` ranges tiling the keyspace, range `i` with one steady Active placement
-/// on node `n{i % nodes}`, every record in schema `version`.
-fn synthetic(n: u64, nodes: u64, version: u32) -> Result<ChangeSet> {
-    let key = |i: u64| Key::from(format!("k{i:010}"));
-    let upserts = (1..=n)
-        .map(|i| {
-            Ok(RangeRecord {
-                v: version,
-                id: RangeId::new(i)?,
-                start: if i == 1 { Key::empty() } else { key(i) },
-                end: if i == n { Key::empty() } else { key(i + 1) },
-                state: RangeState::Active,
-                parents: vec![],
-                children: vec![],
-                ever_activated: true,
-                placements: vec![steady_placement(i, i % nodes)?],
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok(ChangeSet {
-        counters: Counters {
-            next_range_id: n + 1,
-            next_placement_id: n + 1,
-            term: 0,
-        },
-        upserts,
-    })
-}
-
-/// An Active placement whose Activate was sent and answered, made from its
-/// persisted (version 1 serde) form as a load makes it: its fields belong to
-/// the keyspace.
-fn steady_placement(id: u64, node: u64) -> Result<Placement> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "id": id,
-        "node": format!("n{node}"),
-        "state": PlacementState::Active,
-        "replaces": null,
-        "retiring": false,
-        "activate_sent": true,
-        "served": true,
-    }))?)
 }

@@ -64,6 +64,24 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// A settled placement: Active, its activation sent and seen, replacing
+    /// nothing. What every placement of a steady keyspace looks like; for
+    /// building large keyspaces in benchmarks and tests without replaying the
+    /// operations that would have made them.
+    pub fn settled(id: PlacementId, node: NodeId) -> Self {
+        Placement {
+            id,
+            node,
+            state: PlacementState::Active,
+            replaces: None,
+            retiring: false,
+            activate_sent: true,
+            served: true,
+        }
+    }
+}
+
+impl Placement {
     pub fn id(&self) -> PlacementId {
         self.id
     }

@@ -8,4 +8,5 @@
 
 pub mod discovery;
 pub mod persistence;
+pub mod synthetic;
 pub mod transport;
