@@ -19,25 +19,44 @@
 //! a session whose owner is gone even if the check were somehow removed.
 //!
 //! - **Crash**: the lock is free about one check TTL after the last pass, taken
-//!   after the lock delay: 3 s + 1 s with the defaults.
+//!   after the lock delay: 1 s + 0.5 s with the defaults; measured from the
+//!   `kill -9` to the standby answering as leader, 1.42-1.51 s (it was
+//!   3.75-3.87 s with the former 3 s + 1 s; `integration/examples/bench_failover.rs`).
 //! - **Clean stop** ([`LeaderElection::shutdown`]): the leader releases the key
 //!   first (an explicit release sets no lock delay), then destroys its session
 //!   and deregisters its service; a standby's blocking query wakes at the
 //!   release, so it leads within a few milliseconds.
-//! - **Lock delay**: [`DEFAULT_LOCK_DELAY`] (1 s) instead of Consul's 15 s. The
-//!   lock delay exists so that a holder that has not yet noticed the loss of
-//!   its session stops before anyone else takes over. Here that protection
-//!   comes from elsewhere: every keyspace write of the leader is a Consul
-//!   transaction that checks its session still holds this lock
-//!   ([`crate::persist::Fence`]), so a deposed leader can never write; it sends
-//!   node commands only after persisting the state they carry out, so a late
-//!   command of the old leader is one the new leader's loaded state already
-//!   expects; and nodes stop writing on their own when their lease is not
-//!   renewed (DESIGN.md §6). The leader also deposes itself when it could not
-//!   pass its check for a whole check TTL, measured from when it *sent* the
-//!   last successful pass, which is before the agent's timer for that pass
-//!   started: it stops before Consul can end its session. The 1 s covers the
-//!   scheduling slack around that.
+//! - **Lock delay**: [`DEFAULT_LOCK_DELAY`] (500 ms) instead of Consul's 15 s.
+//!   The lock delay exists so that a holder that has not yet noticed the loss
+//!   of its session stops before anyone else takes over. Here that protection
+//!   comes from elsewhere, so the margins can be short:
+//!   1. every keyspace write of the leader is a Consul transaction that checks
+//!      its session still holds this lock ([`crate::persist::Fence`]): a
+//!      deposed leader can never write, however late it notices;
+//!   2. it sends node commands only after persisting the state they carry
+//!      out, so a late command of the old leader is one the new leader's
+//!      loaded state already expects, and every command carries the
+//!      controller term, which the new leader bumps and persists before it
+//!      sends anything: a node that heard from the new leader refuses the old
+//!      one (SCENARIOS.md #43);
+//!   3. nodes stop writing on their own when their lease is not renewed
+//!      (DESIGN.md §6), whoever leads.
+//!
+//!   On top of that, the two leaderships do not overlap in time: the leader
+//!   deposes itself when it could not pass its check for a whole check TTL,
+//!   measured from when it *sent* the last successful pass, which is before the
+//!   agent's timer for that pass started, so it stops before Consul can end its
+//!   session; a new leader can take the lock only a lock delay after that.
+//!   The lock delay covers the scheduling slack of the deposition (the check
+//!   keeper wakes at the exact deadline; the controller loop stops on the role
+//!   change). If that slack ever exceeded 500 ms, 1-3 still hold.
+//!
+//!   What a short check TTL costs: a leader that cannot pass its check for
+//!   1 s (passes every 250 ms to the local agent) steps down and a standby
+//!   takes over: a busy machine may see a needless failover, never two
+//!   writers. Both are flags (`rangerd --leader-check-ttl-ms`,
+//!   `--leader-lock-delay-ms`) for clusters that prefer fewer failovers to
+//!   faster ones.
 //!
 //! # Being deposed
 //!
@@ -66,13 +85,13 @@ use crate::persist::Fence;
 
 /// How long the candidate's health check stays passing without a new pass. A
 /// crashed leader's lock is free this long after its last pass.
-pub const DEFAULT_CHECK_TTL: Duration = Duration::from_secs(3);
+pub const DEFAULT_CHECK_TTL: Duration = Duration::from_secs(1);
 /// The session's own TTL: Consul's minimum (the health check is what ends a
 /// crashed leader's session quickly).
 pub const DEFAULT_SESSION_TTL: Duration = SessionRequest::MIN_TTL;
 /// How long after a session is *invalidated* nobody can take its lock (Consul's
-/// default is 15 s; see the module docs for why 1 s is safe here).
-pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(1);
+/// default is 15 s; see the module docs for why 500 ms is safe here).
+pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_millis(500);
 /// The key under the Consul prefix that holds the leader lock.
 pub const LEADER_KEY: &str = "leader";
 

@@ -91,6 +91,20 @@ struct Args {
     #[arg(long, env = "RANGERD_ADVERTISE")]
     advertise: Option<String>,
 
+    /// With --consul: how long this process's leader health check stays
+    /// passing without a new pass. A crashed leader's lock is free this long
+    /// after its last pass; a leader that could not pass it for this long
+    /// deposes itself (see `ranger_controller::election`).
+    #[arg(long, env = "RANGERD_LEADER_CHECK_TTL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(500..=60_000))]
+    leader_check_ttl_ms: u64,
+
+    /// With --consul: how long after a leader's session ends nobody may take
+    /// the lock (covers the scheduling slack of a leader deposing itself).
+    #[arg(long, env = "RANGERD_LEADER_LOCK_DELAY_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    leader_lock_delay_ms: u64,
+
     /// A fixed node list, `id=host:port,...`, instead of nodes registering.
     #[arg(long, env = "RANGERD_NODES")]
     nodes: Option<String>,
@@ -394,10 +408,12 @@ mod consul_mode {
             id: format!("{advertise}/pid-{}", std::process::id()),
             addr: advertise.clone(),
         };
-        let election =
-            LeaderElection::start(client.clone(), ElectionConfig::new(&prefix, candidate))
-                .await
-                .context("joining the leader election")?;
+        let mut election_config = ElectionConfig::new(&prefix, candidate);
+        election_config.check_ttl = Duration::from_millis(args.leader_check_ttl_ms);
+        election_config.lock_delay = Duration::from_millis(args.leader_lock_delay_ms);
+        let election = LeaderElection::start(client.clone(), election_config)
+            .await
+            .context("joining the leader election")?;
         tracing::info!(listen = %args.listen, %advertise, consul = %address, %prefix, "rangerd serving (Consul mode)");
 
         let setup = LeaderSetup {
