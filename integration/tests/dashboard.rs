@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use fantoccini::Locator;
 use ranger_integration::browser::{self, Browser};
+use ranger_integration::hammer::HammerOptions;
 use ranger_integration::views::{RangeView, range};
 use ranger_integration::{Backend, Cluster, wait};
 use serde::Deserialize;
@@ -50,6 +51,15 @@ async fn show(browser: &Browser, route: &str, selector: &str) -> anyhow::Result<
             &format!("return document.querySelector({selector:?}) ? true : null;"),
         )
         .await?;
+    // A page that printed an element instead of rendering it (an array of
+    // elements turned into text) is broken, whatever else it shows.
+    let text: String = browser
+        .eval("return document.getElementById('page').textContent;")
+        .await?;
+    ensure!(
+        !text.contains("[object "),
+        "page {route} renders an object as text: {text}"
+    );
     Ok(())
 }
 
@@ -284,6 +294,16 @@ async fn the_dashboard_shows_what_rangerctl_shows_and_follows_a_move_made_on_the
             show(&browser, route, selector).await?;
         }
         show(&browser, "keyspace", "#heatmap").await?;
+        let cells: u64 = browser
+            .wait_for(
+                "the heatmap has samples, drawn as cells",
+                PAGE_PATIENCE,
+                "const g = document.querySelector('#heatmap[data-samples]');
+                 const n = g ? g.querySelectorAll('.hcell').length : 0;
+                 return n > 0 ? n : null;",
+            )
+            .await?;
+        ensure!(cells > 0, "no heatmap cells");
         let cell: Option<String> = browser
             .eval(&format!(
                 "const c = document.querySelector(\"#keyspace-map td[data-range-id='{id}'][data-node-id='{to}']\");
@@ -321,10 +341,31 @@ async fn the_dashboard_shows_what_rangerctl_shows_and_follows_a_move_made_on_the
             .await?;
 
         if std::env::var_os("RANGER_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+            // The README's picture, under load: the hammer through the proxy
+            // until the nodes report requests, and a few heatmap samples more.
+            let hammer = cluster.hammer(&HammerOptions::default()).await?;
             show(&browser, "overview", "#nodes .node-card").await?;
-            let path = repo_root().join("docs").join("dashboard.png");
-            browser.screenshot(&path).await?;
-            eprintln!("saved {}", path.display());
+            browser
+                .wait_for::<bool>(
+                    "the nodes report load",
+                    PAGE_PATIENCE,
+                    "const busy = [...document.querySelectorAll('#nodes .node-card')]
+                       .some((c) => /[1-9][0-9.]* req\\/s/.test(c.textContent));
+                     return busy ? true : null;",
+                )
+                .await?;
+            tokio::time::sleep(Duration::from_secs(12)).await;
+            for (route, selector, file) in [
+                ("overview", "#nodes .node-card", "dashboard.png"),
+                ("keyspace", "#heatmap", "dashboard-keyspace.png"),
+            ] {
+                show(&browser, route, selector).await?;
+                let path = repo_root().join("docs").join(file);
+                browser.screenshot(&path).await?;
+                eprintln!("saved {}", path.display());
+            }
+            let report = hammer.stop().await?;
+            ensure!(report.lost == 0, "the hammer lost writes: {report:?}");
         }
         Ok(())
     })
