@@ -134,18 +134,8 @@ impl Keyspace {
                 // The previous range already reaches plus infinity.
                 return Err(overlap(previous.id(), next.id()));
             }
-            match next.meta.start().cmp(reached) {
-                std::cmp::Ordering::Less => return Err(overlap(previous.id(), next.id())),
-                std::cmp::Ordering::Greater => {
-                    return Err(KeyspaceError::Gap {
-                        after: Some(previous.id()),
-                        before: Some(next.id()),
-                        from: reached.clone(),
-                        to: next.meta.start().clone(),
-                    });
-                }
-                std::cmp::Ordering::Equal => previous = next,
-            }
+            adjoins(previous, next)?;
+            previous = next;
         }
         if previous.meta.end().is_empty() {
             Ok(())
@@ -372,18 +362,8 @@ impl Keyspace {
                 });
             };
             let next = self.indexed(key, *id)?;
-            match next.meta.start().cmp(reached) {
-                std::cmp::Ordering::Less => return Err(overlap(previous.id(), next.id())),
-                std::cmp::Ordering::Greater => {
-                    return Err(KeyspaceError::Gap {
-                        after: Some(previous.id()),
-                        before: Some(next.id()),
-                        from: reached.clone(),
-                        to: next.meta.start().clone(),
-                    });
-                }
-                std::cmp::Ordering::Equal => previous = next,
-            }
+            adjoins(previous, next)?;
+            previous = next;
         }
     }
 
@@ -407,6 +387,22 @@ fn contiguous_span(metas: &mut [&RangeMeta]) -> std::result::Result<(Key, Key), 
     match (metas.first(), metas.last()) {
         (Some(first), Some(last)) => Ok((first.start().clone(), last.end().clone())),
         _ => Err("no ranges".into()),
+    }
+}
+
+/// Whether `next` starts exactly where `previous` ends: the step of every
+/// walk along the tiling. An earlier start overlaps; a later one leaves a gap.
+fn adjoins(previous: &Range, next: &Range) -> Result<()> {
+    let reached = previous.meta.end();
+    match next.meta.start().cmp(reached) {
+        std::cmp::Ordering::Less => Err(overlap(previous.id(), next.id())),
+        std::cmp::Ordering::Greater => Err(KeyspaceError::Gap {
+            after: Some(previous.id()),
+            before: Some(next.id()),
+            from: reached.clone(),
+            to: next.meta.start().clone(),
+        }),
+        std::cmp::Ordering::Equal => Ok(()),
     }
 }
 

@@ -84,6 +84,23 @@ fn counter(
     ConstCounter::new(value).encode(metric)
 }
 
+/// One sample per state, in the order given, 0 for a state nobody is in (so a
+/// state that empties reads 0 rather than disappearing).
+fn by_state<S: Ord + std::fmt::Debug>(
+    states: &[S],
+    counts: &std::collections::BTreeMap<S, u64>,
+) -> Vec<(Labels, f64)> {
+    states
+        .iter()
+        .map(|s| {
+            (
+                vec![("state", lower(s))],
+                counts.get(s).copied().unwrap_or(0) as f64,
+            )
+        })
+        .collect()
+}
+
 const RANGE_STATES: [RangeState; 3] = [
     RangeState::Active,
     RangeState::Subsuming,
@@ -132,23 +149,13 @@ impl Collector for EngineCollector {
             e,
             "ranger_ranges",
             "Ranges in the keyspace, by state",
-            RANGE_STATES.iter().map(|s| {
-                (
-                    vec![("state", lower(s))],
-                    sample.ranges.get(s).copied().unwrap_or(0) as f64,
-                )
-            }),
+            by_state(&RANGE_STATES, &sample.ranges),
         )?;
         gauges(
             e,
             "ranger_placements",
             "Placements in the keyspace, by state",
-            PLACEMENT_STATES.iter().map(|s| {
-                (
-                    vec![("state", lower(s))],
-                    sample.placements.get(s).copied().unwrap_or(0) as f64,
-                )
-            }),
+            by_state(&PLACEMENT_STATES, &sample.placements),
         )?;
         gauge(
             e,
