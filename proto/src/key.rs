@@ -79,11 +79,15 @@ impl Key {
         }
     }
 
-    /// Whether [`Key::to_text`] writes the key as it is.
+    /// Whether [`Key::to_text`] writes the key as it is: printable, and not
+    /// read back as an encoded key.
     fn is_plain_text(&self) -> bool {
+        self.is_printable() && !self.0.starts_with(b"hex:") && !self.0.starts_with(b"b64:")
+    }
+
+    /// Every byte printable ASCII (or a space), so the bytes are their own text.
+    fn is_printable(&self) -> bool {
         self.0.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
-            && !self.0.starts_with(b"hex:")
-            && !self.0.starts_with(b"b64:")
     }
 }
 
@@ -119,8 +123,7 @@ impl AsRef<[u8]> for Key {
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let printable = self.0.iter().all(|b| b.is_ascii_graphic() || *b == b' ');
-        if printable {
+        if self.is_printable() {
             // Every byte is ASCII, so this is valid UTF-8.
             f.write_str(&String::from_utf8_lossy(&self.0))
         } else {

@@ -148,7 +148,7 @@ impl PauseBody {
     pub fn millis(&self) -> Result<u64, ApiError> {
         let duration: Duration = humantime::parse_duration(self.duration.trim())
             .map_err(|e| ApiError::BadRequest(format!("bad duration {:?}: {e}", self.duration)))?;
-        Ok(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+        Ok(crate::service::millis(duration))
     }
 }
 

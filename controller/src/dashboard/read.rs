@@ -157,7 +157,7 @@ pub(super) struct HistoryView {
 pub(super) async fn history(State(api): State<Api>) -> Json<HistoryView> {
     let samples = api.history_snapshot();
     Json(HistoryView {
-        interval_ms: u64::try_from(api.config.sample_every.as_millis()).unwrap_or(u64::MAX),
+        interval_ms: crate::service::millis(api.config.sample_every),
         samples,
     })
 }

@@ -37,36 +37,41 @@ fn lower(value: impl std::fmt::Debug) -> String {
     format!("{value:?}").to_lowercase()
 }
 
-fn gauges<I>(
+/// Writes one family of constant metrics (`ConstGauge`s or `ConstCounter`s),
+/// one per label set. The type is given, not read off the first sample, so an
+/// empty family still says what it is.
+fn family<M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    samples: I,
-) -> std::fmt::Result
-where
-    I: IntoIterator<Item = (Labels, f64)>,
-{
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in samples {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    metric_type: MetricType,
+    samples: impl IntoIterator<Item = (Labels, M)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, metric) in samples {
+        metric.encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }
 
-fn counters<I>(
+fn gauges(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    samples: I,
-) -> std::fmt::Result
-where
-    I: IntoIterator<Item = (Labels, u64)>,
-{
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in samples {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+    samples: impl IntoIterator<Item = (Labels, f64)>,
+) -> std::fmt::Result {
+    let samples = samples.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+    family(encoder, name, help, MetricType::Gauge, samples)
+}
+
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) -> std::fmt::Result {
+    let samples = samples.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+    family(encoder, name, help, MetricType::Counter, samples)
 }
 
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> std::fmt::Result {

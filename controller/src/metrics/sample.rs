@@ -136,8 +136,7 @@ impl EngineSample {
                 .entry((OpKind::of(&op.request), phase))
                 .or_default() += 1;
         }
-        let status = engine.balance_status(now);
-        let last_plan = status.last.as_ref().map(|round| &round.plan);
+        let last_plan = engine.last_balance_round().map(|round| &round.plan);
         let node_figures = engine
             .roster()
             .nodes()
@@ -175,8 +174,8 @@ impl EngineSample {
             op_durations: engine.history().durations().clone(),
             placement_transitions: engine.keyspace().transition_counts().clone(),
             balancer: BalancerSample {
-                mode: status.mode,
-                paused: status.paused_for.is_some(),
+                mode: engine.config().balancing.mode,
+                paused: engine.balance_paused_for(now).is_some(),
                 tolerance: engine.config().balancing.planner.tolerance,
                 imbalance: last_plan.map(|plan| plan.imbalance),
                 totals: engine.balance_totals().clone(),

@@ -143,13 +143,23 @@ impl Engine {
     pub fn balance_status(&self, now: Instant) -> BalanceStatus {
         BalanceStatus {
             mode: self.config.balancing.mode,
-            paused_for: self
-                .balancing
-                .paused_until
-                .filter(|until| *until > now)
-                .map(|until| until - now),
-            last: self.balancing.last.clone(),
+            paused_for: self.balance_paused_for(now),
+            last: self.last_balance_round().cloned(),
         }
+    }
+
+    /// How long an operator's pause still lasts, if one does.
+    pub fn balance_paused_for(&self, now: Instant) -> Option<Duration> {
+        self.balancing
+            .paused_until
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+    }
+
+    /// The last planning round, without copying it (for samplers that read a
+    /// few figures of it on every scrape).
+    pub fn last_balance_round(&self) -> Option<&BalanceRound> {
+        self.balancing.last.as_ref()
     }
 
     /// Why `range` is where it is and why it is (not) moving: its placements,

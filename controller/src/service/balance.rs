@@ -5,12 +5,9 @@
 use ranger_proto::pb::ranger as pb;
 use tokio::time::Instant;
 
+use super::millis;
 use crate::balancer::NodeState;
 use crate::orchestrator::{BalanceStatus, describe_action};
-
-fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 fn node_state(state: NodeState) -> &'static str {
     match state {

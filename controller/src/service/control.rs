@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::ControllerSlot;
-use super::{bad_request, status};
+use super::{bad_request, millis, status};
 use crate::orchestrator::history::result_label;
 use crate::orchestrator::{OpId, OpPhase};
 
@@ -233,9 +233,4 @@ impl pb::control_server::Control for ControlService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
-}
-
-/// A duration in whole milliseconds, saturating (the wire has no room for more).
-fn millis(duration: std::time::Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -5,7 +5,7 @@ use ranger_proto::{NodeId, RangeId, RangeInfo};
 use tonic::{Request, Response, Status};
 
 use super::ControllerSlot;
-use super::{bad_request, status};
+use super::{bad_request, millis, status};
 use crate::keyspace::Range;
 use crate::orchestrator::Engine;
 use crate::roster::NodeStatus;
@@ -29,9 +29,7 @@ fn range_response(engine: &Engine, range: &Range) -> pb::RangeResponse {
     let unavailable = engine.unavailable(range.id());
     pb::RangeResponse {
         unavailable: unavailable.map(|u| u.reason.clone()).unwrap_or_default(),
-        unavailable_millis: unavailable.map_or(0, |u| {
-            u64::try_from(u.since.elapsed().as_millis()).unwrap_or(u64::MAX)
-        }),
+        unavailable_millis: unavailable.map_or(0, |u| millis(u.since.elapsed())),
         meta: Some(range.meta().into()),
         state: range.state().into(),
         parents: range.parents().iter().map(|id| id.get()).collect(),

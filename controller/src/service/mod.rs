@@ -48,6 +48,12 @@ pub(crate) fn status(e: HandleError) -> Status {
     }
 }
 
+/// A duration in whole milliseconds, as the wire carries it, saturating (no
+/// field has room for more).
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 pub(crate) fn bad_request(e: ConversionError) -> Status {
     Status::invalid_argument(e.to_string())
 }
