@@ -406,6 +406,25 @@ impl<'a> Round<'a> {
                 > self.mean * (1.0 + self.config.tolerance)
     }
 
+    /// Whether the range sits on a node above its band and is too big for the
+    /// room any other node has now: none of its load can move until it is cut,
+    /// so waiting for more hot rounds would only delay a split that the
+    /// overload already proves necessary (a burst on a balanced node still waits).
+    pub fn stuck(&self, ri: usize) -> bool {
+        let tol = self.config.tolerance;
+        let (upper, shed_to) = (self.mean * (1.0 + tol), self.mean * (1.0 + tol / 2.0));
+        self.ranges[ri].nodes.iter().any(|&s| {
+            if self.nodes[s].util() <= upper {
+                return false;
+            }
+            let least = (0..self.nodes.len())
+                .filter(|&t| t != s && self.nodes[t].eligible())
+                .map(|t| self.nodes[t].util_as_target() + self.delta(ri, t))
+                .fold(f64::INFINITY, f64::min);
+            least > shed_to
+        })
+    }
+
     pub fn is_excluded(&self, ri: usize, node: usize) -> bool {
         self.excluded.contains(&(self.snap.ranges[ri].id, node))
     }

@@ -36,6 +36,7 @@ pub(super) fn plan_splits(round: &mut Round<'_>) {
         if reason == Reason::SplitByLoad
             && round.ranges[ri].hot_rounds < round.config.split_hot_rounds
             && !round.unplaceable(ri)
+            && !round.stuck(ri)
         {
             round.skip(
                 Candidate::Split,

@@ -151,7 +151,9 @@ fn splits_a_range_larger_than_split_bytes_at_the_node_s_size_key() {
 
 #[test]
 fn splits_a_hot_range_only_after_it_stayed_hot_for_the_configured_rounds() {
-    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    // Both nodes within the band (a: 240, b: 250), so the hot range is no
+    // obstacle to balance: only the hot rule could split it.
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(25.0));
     // Hot (above half a node's fair share) but placeable (below a whole share).
     c.range(2).load.reads_per_second = 150.0;
     c.range(2).split_keys_by_load = vec![Key::from("k00002x")];
@@ -180,8 +182,23 @@ fn a_range_hotter_than_any_node_may_carry_is_split_without_waiting() {
 }
 
 #[test]
-fn a_burst_that_cools_down_resets_the_hot_count() {
+fn a_hot_range_that_fits_on_no_node_is_split_at_once_when_its_node_is_overloaded() {
+    // a: 90 + 150 = 240 against b's 100: a is over its band, and the hot range
+    // (150) would put any other node over it: it must be cut before any of its
+    // load can move, so the hot rule's rounds are not waited for.
     let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    c.range(2).load.reads_per_second = 150.0;
+    c.range(2).split_keys_by_load = vec![Key::from("k00002x")];
+    let (first, _) = c.plan_with(&BalancerMemory::default());
+    assert_eq!(
+        splits(&first),
+        vec![(c.id(2), Key::from("k00002x"), Reason::SplitByLoad)]
+    );
+}
+
+#[test]
+fn a_burst_that_cools_down_resets_the_hot_count() {
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(25.0));
     c.config.smoothing_half_life = Duration::from_millis(1);
     c.range(2).load.reads_per_second = 150.0;
     c.range(2).split_keys_by_load = vec![Key::from("k00002x")];
@@ -300,7 +317,9 @@ fn moves_the_smaller_of_two_cold_neighbours_on_different_nodes_next_to_the_other
 // ---- moves ----
 
 #[test]
-fn moves_load_from_an_overloaded_node_to_the_least_loaded_one() {
+fn moves_load_from_an_overloaded_node_to_the_node_below_the_mean_it_fills_best() {
+    // a 200, b 100, c 80 (mean 127): a piece of 20 fits both; b ends closer to
+    // the ceiling, which leaves c's bigger room for a bigger piece.
     let c = Cluster::new()
         .node("a", &even(20.0))
         .node("b", &even(10.0))
@@ -312,8 +331,15 @@ fn moves_load_from_an_overloaded_node_to_the_least_loaded_one() {
         m.iter()
             .all(|(_, from, _, r)| from == "a" && *r == Reason::MoveOverloaded)
     );
-    assert_eq!(m[0].2, "c");
+    assert_eq!(m[0].2, "b");
     assert!(p.planned_imbalance < p.imbalance.load);
+    let ceiling = 1.0 + c.config.tolerance / 2.0;
+    for n in ["b", "c"] {
+        assert!(
+            share(&p, n) <= ceiling + 1e-9,
+            "{n} planned above the ceiling"
+        );
+    }
 }
 
 #[test]
@@ -544,6 +570,53 @@ fn capacity_divides_load() {
     // The same loads with equal capacities are not.
     c.node_mut("big").capacity = 1.0;
     assert!(!moves(&c.plan()).is_empty());
+}
+
+#[test]
+fn a_shed_leaves_the_biggest_room_to_the_piece_that_needs_it() {
+    // Mean 216.7, ceiling 227.5. a (300) sheds a 25 (most load per byte, so
+    // tried first) and a 60; b has room for 30, c for 75. The 25 into c (the
+    // emptiest) would leave the 60 nowhere to go; best fit puts it into b.
+    let mut c = Cluster::new()
+        .node("a", &[25.0, 60.0, 75.0, 70.0, 70.0])
+        .node("b", &[40.0, 40.0, 40.0, 40.0, 37.5])
+        .node("c", &[40.0, 40.0, 40.0, 32.5]);
+    c.config.max_bytes_moved_share = 1.0;
+    c.range(0).load.bytes = 8 * MIB;
+    c.range(1).load.bytes = 32 * MIB;
+    let p = c.plan();
+    let m = moves(&p);
+    let to = |i: usize| {
+        m.iter()
+            .find(|(r, ..)| *r == c.id(i))
+            .map(|(_, _, t, _)| t.clone())
+    };
+    assert_eq!(to(0).as_deref(), Some("b"), "{m:?}");
+    assert_eq!(to(1).as_deref(), Some("c"), "{m:?}");
+    assert_eq!(m.len(), 2, "{m:?}");
+}
+
+#[test]
+fn a_crumb_goes_to_a_node_below_the_mean_not_to_one_above_it() {
+    // Mean 100: b (103) is above it with room under the ceiling (105), c (90)
+    // and d (87) below it. The small piece (most load per byte, so first) fits
+    // b most tightly, but b gains nothing from it: it goes to c, the tighter of
+    // the two below the mean.
+    let mut c = Cluster::new()
+        .node("a", &[2.0, 40.0, 40.0, 38.0])
+        .node("b", &[40.0, 40.0, 23.0])
+        .node("c", &[40.0, 40.0, 10.0])
+        .node("d", &[40.0, 40.0, 7.0]);
+    c.config.max_bytes_moved_share = 1.0;
+    c.range(0).load.bytes = MIB;
+    let p = c.plan();
+    let m = moves(&p);
+    assert_eq!(
+        m.first().map(|(r, _, to, _)| (*r, to.as_str())),
+        Some((c.id(0), "c")),
+        "{m:?}"
+    );
+    assert!(m.iter().all(|(_, _, to, _)| to != "b"), "{m:?}");
 }
 
 // ---- limits ----
