@@ -7,6 +7,7 @@
 //! O(log n) per touched range plus the current ranges inside its span, which keeps
 //! debug builds usable with many ranges.
 
+use std::collections::BTreeMap;
 #[cfg(debug_assertions)]
 use std::ops::Bound;
 
@@ -27,6 +28,9 @@ impl Keyspace {
         self.check_full_cover()?;
         let mut current = 0usize;
         for r in self.ranges.values() {
+            if r.current != self.computes_current(r) {
+                return Err(KeyspaceError::IndexMismatch(r.id()));
+            }
             if self.computes_current(r) {
                 current += 1;
                 if self.index.get(r.meta.start().as_bytes()) != Some(&r.id()) {
@@ -104,10 +108,18 @@ impl Keyspace {
             return Err(overlap(pair[0].1, pair[1].1));
         }
         // From sorted, distinct keys: built in bulk, without a search per entry.
-        let index = starts
+        let index: BTreeMap<Vec<u8>, RangeId> = starts
             .into_iter()
             .map(|(start, id)| (start.to_vec(), id))
             .collect();
+        for r in self.ranges.values_mut() {
+            r.current = false;
+        }
+        for id in index.values() {
+            if let Some(r) = self.ranges.get_mut(id) {
+                r.current = true;
+            }
+        }
         self.index = index;
         Ok(())
     }
@@ -156,7 +168,7 @@ impl Keyspace {
             let r = self.range(*id)?;
             self.check_range(r)?;
             let indexed = self.index.get(r.meta.start().as_bytes()) == Some(id);
-            if indexed != self.computes_current(r) {
+            if indexed != self.computes_current(r) || r.current != indexed {
                 return Err(KeyspaceError::IndexMismatch(*id));
             }
             self.check_cover_between(r.meta.start(), r.meta.end())?;

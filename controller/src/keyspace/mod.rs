@@ -92,6 +92,7 @@ impl Keyspace {
             children: Vec::new(),
             placements: Vec::new(),
             ever_activated: false,
+            current: true,
         };
         let mut keyspace = Keyspace {
             ranges: HashMap::from([(RangeId::FIRST, first)]),
@@ -135,6 +136,7 @@ impl Keyspace {
                 children: record.children,
                 placements: record.placements,
                 ever_activated: record.ever_activated,
+                current: false,
             };
             if ranges.insert(record.id, range).is_some() {
                 return Err(KeyspaceError::DuplicateRange(record.id));
@@ -211,6 +213,15 @@ impl Keyspace {
     /// The current tiling, in key order.
     pub fn current_ranges(&self) -> impl Iterator<Item = &Range> {
         self.index.values().filter_map(|id| self.ranges.get(id))
+    }
+
+    /// The current tiling in no particular order: a walk in the order the ranges
+    /// lie in memory, for the callers that sort or count what they find
+    /// anyway. At a million ranges it is several times cheaper than
+    /// [`Keyspace::current_ranges`], whose every step is a lookup that misses
+    /// the cache.
+    pub fn current_ranges_unordered(&self) -> impl Iterator<Item = &Range> {
+        self.ranges.values().filter(|r| r.current)
     }
 
     /// The current ranges starting at or after `start`, in key order: lets a caller
@@ -321,6 +332,12 @@ impl Keyspace {
                 .all(|p| self.ranges.get(p).is_none_or(|p| self.handed_over(p)))
     }
 
+    fn set_current(&mut self, id: RangeId, current: bool) {
+        if let Some(r) = self.ranges.get_mut(&id) {
+            r.current = current;
+        }
+    }
+
     /// Brings the index up to date for these ranges: removals first, because a
     /// child may start where its parent does.
     fn reindex(&mut self, ids: &[RangeId]) {
@@ -340,9 +357,13 @@ impl Keyspace {
             if self.index.get(&start) == Some(&id) {
                 self.index.remove(&start);
             }
+            self.set_current(id, false);
         }
         for (start, id) in current {
-            self.index.insert(start, id);
+            if let Some(previous) = self.index.insert(start, id) {
+                self.set_current(previous, false);
+            }
+            self.set_current(id, true);
         }
     }
 

@@ -153,6 +153,11 @@ pub struct Range {
     /// range may have accepted writes, so the split or join that created it can no
     /// longer be rolled back without losing them.
     pub(super) ever_activated: bool,
+    /// Whether the key index lists this range (it is in the current tiling):
+    /// set wherever the index changes, so that a walk that needs no key order
+    /// reads the ranges where they lie instead of looking each one up from the
+    /// index (see [`super::Keyspace::current_ranges_unordered`]).
+    pub(super) current: bool,
 }
 
 impl Range {

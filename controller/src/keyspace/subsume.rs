@@ -167,6 +167,7 @@ impl Keyspace {
             children: Vec::new(),
             placements: Vec::new(),
             ever_activated: false,
+            current: false,
         };
         self.ranges.insert(range.id(), range);
     }

@@ -31,8 +31,22 @@ fn drop_placement(ks: &mut Keyspace, range: RangeId, p: PlacementId) {
     ks.set_placement_state(range, p, Dropped).unwrap();
 }
 
+/// The current tiling's ids in key order, after checking that the unordered
+/// walk (which reads each range's `current` flag, not the index) finds the same.
 fn current_ids(ks: &Keyspace) -> Vec<u64> {
-    ks.current_ranges().map(|r| r.id().get()).collect()
+    let ordered: Vec<u64> = ks.current_ranges().map(|r| r.id().get()).collect();
+    let mut unordered: Vec<u64> = ks
+        .current_ranges_unordered()
+        .map(|r| r.id().get())
+        .collect();
+    let mut sorted = ordered.clone();
+    sorted.sort_unstable();
+    unordered.sort_unstable();
+    assert_eq!(
+        unordered, sorted,
+        "the unordered walk disagrees with the index"
+    );
+    ordered
 }
 
 fn reload(ks: &Keyspace) -> Keyspace {

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::types::{Call, Dispatch, Effect, OpPhase, OpRequest};
 use super::{Engine, SWEEP_CHUNK, Subject};
 use crate::keyspace::{Placement, PlacementId, Range};
+use crate::roster::NodeStatus;
 
 /// How many entries Prepare's parents list holds at most: the range and its
 /// history, nearest first. Bounded so that a range with a long history of
@@ -135,25 +136,39 @@ impl Engine {
         ids
     }
 
-    /// Current ranges, plus the parents and children of splits and joins under
-    /// way (which are not all in the current tiling).
     /// What a full pass must look at: every range in play that is not steady,
-    /// in id order. Steady ranges (the vast majority at scale) are skipped in
-    /// the same walk that finds them, so a pass over a million settled ranges
-    /// costs one lookup each and no list (or sort) of every id; a steady range
-    /// needs nothing ([`Engine::reconcile_range`] would return at once).
-    /// Subsuming parents and their children are always looked at.
+    /// in id order. Steady ranges (the vast majority at scale) need nothing
+    /// ([`Engine::reconcile_range`] would return at once), so the pass only has
+    /// to find the others, and it does so in two walks: the keyspace's own
+    /// checks range by range, then what each node reported, node by node. At a
+    /// million ranges, looking up each range's report as the keyspace walk
+    /// reaches it missed the cache twice per range (a thousand nodes' tables
+    /// of 112 MB together); one node's table at a time stays in the CPU's
+    /// cache. Subsuming parents and their children are always looked at.
     pub(super) fn unsettled_in_play(&self, now: Instant) -> Vec<RangeId> {
-        let mut ids: Vec<RangeId> = self
-            .keyspace
-            .current_ranges()
-            .filter(|range| !self.is_steady(range, now))
-            .map(Range::id)
-            .collect();
-        ids.extend(self.subsuming_in_play());
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+        let mut unsettled = Vec::new();
+        let mut to_confirm: HashMap<&NodeId, Vec<RangeId>> = HashMap::new();
+        for range in self.keyspace.current_ranges_unordered() {
+            if !self.steady_here(range) {
+                unsettled.push(range.id());
+                continue;
+            }
+            for p in range.placements() {
+                to_confirm.entry(p.node()).or_default().push(range.id());
+            }
+        }
+        for (node, ids) in to_confirm {
+            let status = self.roster.get(node);
+            for id in ids {
+                if !status.is_some_and(|n| self.node_confirms(n, id, now)) {
+                    unsettled.push(id);
+                }
+            }
+        }
+        unsettled.extend(self.subsuming_in_play());
+        unsettled.sort_unstable();
+        unsettled.dedup();
+        unsettled
     }
 
     /// The parents of splits and joins in progress and their children, in id
@@ -194,22 +209,31 @@ impl Engine {
     /// A range in the steady state needs nothing: checked first, cheaply, so that a
     /// pass over a million settled ranges stays fast.
     pub(super) fn is_steady(&self, range: &Range, now: Instant) -> bool {
+        self.steady_here(range)
+            && range.placements().iter().all(|p| {
+                self.roster
+                    .get(p.node())
+                    .is_some_and(|n| self.node_confirms(n, range.id(), now))
+            })
+    }
+
+    /// The half of [`Engine::is_steady`] the keyspace answers alone: the range
+    /// and every placement Active, as many as the replication wants, none on
+    /// its way out or replacing another.
+    fn steady_here(&self, range: &Range) -> bool {
         range.state() == RangeState::Active
             && range.placements().len() == self.config.replication.target
             && range.placements().iter().all(|p| {
-                // One roster lookup per placement: this runs for every range on
-                // a full pass.
-                let node = self.roster.get(p.node());
-                p.state() == PlacementState::Active
-                    && !p.retiring()
-                    && p.replaces().is_none()
-                    && node.is_some_and(|n| {
-                        !n.draining()
-                            && !n.is_lost(now, self.config.node_loss_after())
-                            && n.ranges.get(&range.id()).map(|v| v.state)
-                                == Some(RemoteState::Active)
-                    })
+                p.state() == PlacementState::Active && !p.retiring() && p.replaces().is_none()
             })
+    }
+
+    /// The half the node answers: it may hold the range (neither draining nor
+    /// lost) and said it is Active there.
+    fn node_confirms(&self, node: &NodeStatus, range: RangeId, now: Instant) -> bool {
+        !node.draining()
+            && !node.is_lost(now, self.config.node_loss_after())
+            && node.ranges.get(&range).map(|v| v.state) == Some(RemoteState::Active)
     }
 
     /// Does what the range needs next. Returns whether it was settled (nothing to
