@@ -163,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         "errors"
     );
     let mut loaded = 0;
+    let mut breakdowns = Vec::new();
     for size_mb in sizes {
         let pairs = size_mb * 1_000_000 / VALUE_SIZE;
         if pairs > loaded {
@@ -174,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
             loaded = pairs;
         }
         let mut rates = Vec::new();
+        let mut breakdown = Vec::new();
         let mut windows = Vec::new();
         let mut errors = 0;
         let mut raw_rates = Vec::new();
@@ -223,6 +225,12 @@ async fn main() -> anyhow::Result<()> {
                 .pop()
                 .context("the destination recorded no transfer")?;
             rates.push(record.megabytes_per_second());
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            breakdown.push((
+                ms(record.times.waiting),
+                ms(record.times.writing),
+                ms(record.times.ingesting),
+            ));
         }
         windows.sort_by(f64::total_cmp);
         let median = |v: &mut Vec<f64>| {
@@ -242,10 +250,21 @@ async fn main() -> anyhow::Result<()> {
             windows[windows.len() - 1],
             errors
         );
+        breakdowns.push((size_mb, breakdown));
     }
     println!(
         "xfer: the snapshot copy (bytes of keys and values / time, median of the moves); raw: copying the source's RocksDB files (median)"
     );
+    println!(
+        "copy time at the destination, per move (ms): waiting for the source's chunks (its reading, the network, decoding) / checking and writing them into table files / ingesting those"
+    );
+    for (size_mb, moves) in &breakdowns {
+        let parts: Vec<String> = moves
+            .iter()
+            .map(|(w, t, i)| format!("{w:.0}/{t:.0}/{i:.0}"))
+            .collect();
+        println!("  {size_mb:>5}MB: {}", parts.join("  "));
+    }
     println!(
         "window: per move, the longest write through the proxy (a write arriving when the range froze waits until it is served again)"
     );

@@ -49,7 +49,7 @@ use spans::Span;
 use store::{RangeStates, Store, StoreError};
 use transfer::{Trackers, TransferLog};
 
-pub use transfer::TransferRecord;
+pub use transfer::{CopyTimes, TransferRecord};
 
 /// Tunables of a KV node.
 #[derive(Debug, Clone)]

@@ -54,6 +54,19 @@ pub struct TransferRecord {
     pub bytes: u64,
     /// From the request to the verified last chunk.
     pub elapsed: Duration,
+    /// Where `elapsed` went on this side (see [`CopyTimes`]).
+    pub times: CopyTimes,
+}
+
+/// Where a snapshot copy's time went at the destination, to find what limits
+/// a transfer's rate: waiting for the source's next chunk (its reading, the
+/// network, and decoding the chunk), checking and writing the pairs into table
+/// files, and ingesting those.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyTimes {
+    pub waiting: Duration,
+    pub writing: Duration,
+    pub ingesting: Duration,
 }
 
 impl TransferRecord {
@@ -258,6 +271,7 @@ pub struct SnapshotCopied {
     pub pairs: u64,
     /// Key and value bytes written.
     pub bytes: u64,
+    pub times: CopyTimes,
 }
 
 /// What a delta or a dump brought in.
@@ -331,8 +345,15 @@ pub async fn receive_snapshot(
     let mut stream = open.stream;
     let mut checksum = PairChecksum::default();
     let mut bytes = 0u64;
+    let options = Store::table_options();
+    // Table files, ingested once the stream is complete and verified (no
+    // memtable, no WAL: what a transfer's speed was lost to).
+    let mut sink = store.table_sink(&options)?;
+    let mut times = CopyTimes::default();
+    let mut lap = std::time::Instant::now();
     while let Some(chunk) = answer(addr, timeout, "snapshot stream", stream.message()).await? {
-        let mut batch = WriteBatch::default();
+        times.waiting += lap.elapsed();
+        lap = std::time::Instant::now();
         for pair in &chunk.pairs {
             bytes += (pair.key.len() + pair.value.len()) as u64;
             if !span.contains(&pair.key) {
@@ -342,29 +363,32 @@ pub async fn receive_snapshot(
                 });
             }
             checksum.add(&pair.key, &pair.value, false);
-            batch.put(&pair.key, &pair.value);
+            sink.put(&pair.key, &pair.value)?;
         }
-        store.write_unsynced(batch)?;
+        times.writing += lap.elapsed();
         if chunk.last {
-            settle(addr, store, &checksum, chunk.total_pairs, chunk.checksum)?;
+            verify(addr, &checksum, chunk.total_pairs, chunk.checksum)?;
+            let ingest = std::time::Instant::now();
+            sink.ingest()?;
+            times.ingesting = ingest.elapsed();
             return Ok(SnapshotCopied {
                 transfer: chunk.transfer,
                 pairs: checksum.count(),
                 bytes,
+                times,
             });
         }
+        lap = std::time::Instant::now();
     }
     Err(TransferError::Truncated {
         addr: addr.to_owned(),
     })
 }
 
-/// Checks what a stream wrote against the count and checksum its last chunk
-/// announced, then makes it durable: chunks are written unsynced, so a copy is
-/// acknowledged only here.
-fn settle(
+/// Checks what a stream brought against the count and checksum its last chunk
+/// announced.
+fn verify(
     addr: &str,
-    store: &Store,
     got: &PairChecksum,
     want_pairs: u64,
     want_sum: u64,
@@ -378,6 +402,19 @@ fn settle(
             want_sum,
         });
     }
+    Ok(())
+}
+
+/// [`verify`], then makes what was written durable: chunks are written
+/// unsynced, so a copy is acknowledged only here.
+fn settle(
+    addr: &str,
+    store: &Store,
+    got: &PairChecksum,
+    want_pairs: u64,
+    want_sum: u64,
+) -> Result<(), TransferError> {
+    verify(addr, got, want_pairs, want_sum)?;
     Ok(store.sync_wal()?)
 }
 
@@ -640,6 +677,7 @@ impl KvNode {
             pairs: copied.pairs,
             bytes: copied.bytes,
             elapsed: began.elapsed(),
+            times: copied.times,
         };
         tracing::info!(
             range = %id,
@@ -647,6 +685,9 @@ impl KvNode {
             %source_range,
             pairs = record.pairs,
             bytes = record.bytes,
+            waiting_ms = record.times.waiting.as_millis() as u64,
+            writing_ms = record.times.writing.as_millis() as u64,
+            ingesting_ms = record.times.ingesting.as_millis() as u64,
             mb_per_s = record.megabytes_per_second(),
             "snapshot copied"
         );
@@ -743,6 +784,10 @@ impl KvNode {
         tokio::task::spawn_blocking(move || {
             let mut transfer = 0;
             let chunk_bytes = node.config().chunk_bytes;
+            // Where the source's time goes: reading (and packing) versus
+            // waiting for the destination to take a chunk.
+            let began = std::time::Instant::now();
+            let mut send_wait = Duration::ZERO;
             let result = node.store().stream_snapshot(
                 &span,
                 chunk_bytes,
@@ -755,8 +800,17 @@ impl KvNode {
                             .collect(),
                         ..Default::default()
                     };
-                    tx.blocking_send(Ok(chunk)).is_ok()
+                    let sent = std::time::Instant::now();
+                    let ok = tx.blocking_send(Ok(chunk)).is_ok();
+                    send_wait += sent.elapsed();
+                    ok
                 },
+            );
+            tracing::info!(
+                source_range = %source,
+                elapsed_ms = began.elapsed().as_millis() as u64,
+                send_wait_ms = send_wait.as_millis() as u64,
+                "snapshot streamed"
             );
             let last = match result {
                 Ok(checksum) => Ok(pb::SnapshotChunk {
