@@ -1141,3 +1141,67 @@ async fn a_source_listed_under_another_address_of_this_node_is_refused_and_nothi
         "copying from itself must not clear what it serves"
     );
 }
+
+/// Every pair a Snapshot stream carries, in either form, and its last chunk's
+/// count and checksum.
+async fn snapshot_pairs(
+    client: &mut KvClient<Channel>,
+    range: u64,
+    packed: bool,
+) -> (Vec<(Vec<u8>, Vec<u8>)>, u64, u64, bool) {
+    let mut stream = client
+        .snapshot(pb::SnapshotRequest {
+            source_range: range,
+            start: Vec::new(),
+            end: Vec::new(),
+            packed,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut pairs = Vec::new();
+    let mut saw_packed = false;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        pairs.extend(chunk.pairs.into_iter().map(|p| (p.key, p.value)));
+        saw_packed |= !chunk.packed.is_empty();
+        for pair in ranger_kv::node::packed::unpack(&chunk.packed) {
+            let (k, v) = pair.unwrap();
+            pairs.push((k.to_vec(), v.to_vec()));
+        }
+        if chunk.last {
+            return (pairs, chunk.total_pairs, chunk.checksum, saw_packed);
+        }
+    }
+    panic!("the stream ended without its last chunk");
+}
+
+#[tokio::test]
+async fn a_destination_that_asks_for_packed_chunks_gets_them_and_an_older_one_gets_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small chunks, so that both forms span several.
+    let a = TestNode::start(dir.path(), 4 << 10).await;
+    let range = meta(1, "", "");
+    a.own(range.clone()).await;
+    let mut client = a.client().await;
+    for i in 0..200 {
+        put(&mut client, &format!("k{i:03}"), &"v".repeat(i))
+            .await
+            .unwrap();
+    }
+    let (packed, packed_count, packed_sum, saw_packed) = snapshot_pairs(&mut client, 1, true).await;
+    let (plain, plain_count, plain_sum, plain_saw_packed) =
+        snapshot_pairs(&mut client, 1, false).await;
+    assert!(saw_packed, "asked for packed chunks, got pairs");
+    assert!(
+        !plain_saw_packed,
+        "an older destination cannot read packed chunks"
+    );
+    assert_eq!(packed.len(), 200);
+    assert_eq!(packed, plain);
+    assert_eq!((packed_count, packed_sum), (plain_count, plain_sum));
+    let stored: Vec<(Vec<u8>, Vec<u8>)> = all_pairs(&a.node)
+        .into_iter()
+        .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
+        .collect();
+    assert_eq!(packed, stored);
+}

@@ -370,6 +370,7 @@ async fn node_verdicts_pass_through_and_bad_requests_fail_fast() {
             source_range: 1,
             start: vec![],
             end: vec![],
+            packed: true,
         })
         .await
         .unwrap_err();

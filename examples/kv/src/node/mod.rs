@@ -26,6 +26,7 @@ pub mod access;
 pub mod ack_log;
 pub mod load;
 pub mod metrics;
+pub mod packed;
 pub mod server;
 pub mod service;
 pub mod sources;

@@ -207,7 +207,7 @@ impl pb::kv_server::Kv for KvService {
                         "span is not within range {source}"
                     )));
                 }
-                let stream = self.node.stream_snapshot(source, span);
+                let stream = self.node.stream_snapshot(source, span, request.packed);
                 let mut response: Response<Self::SnapshotStream> = Response::new(Box::pin(stream));
                 response.metadata_mut().insert(
                     super::transfer::INSTANCE_HEADER,

@@ -164,6 +164,13 @@ impl Store {
     pub fn table_options() -> Options {
         let mut options = Options::default();
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // 16 KiB blocks rather than RocksDB's 4: a quarter of the per-block
+        // work (compression, checksum, index entry) when a copy writes its
+        // tables, which made 100 MB moves 20% faster (`bench_handoff`); a
+        // point read in them reads one such block.
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_size(16 << 10);
+        options.set_block_based_table_factory(&table);
         options
     }
 
@@ -260,38 +267,38 @@ impl Store {
     }
 
     /// Streams a consistent snapshot of `span` to `emit` in chunks of about
-    /// `chunk_bytes`; `emit` returns false to stop (the receiver went away).
-    /// Returns the checksum of everything emitted. Blocking: call it from
-    /// `spawn_blocking`. `before_snapshot` runs right before the snapshot is taken
-    /// (the source starts tracking writes there, so nothing falls between).
+    /// `chunk_bytes`, packed ([`super::packed`]); `emit` returns false to stop
+    /// (the receiver went away). Returns the checksum of everything emitted.
+    /// Blocking: call it from `spawn_blocking`. `before_snapshot` runs right
+    /// before the snapshot is taken (the source starts tracking writes there,
+    /// so nothing falls between). Pairs are packed straight from the iterator's
+    /// buffers: no allocation per pair.
     pub fn stream_snapshot(
         &self,
         span: &Span,
         chunk_bytes: usize,
         before_snapshot: impl FnOnce(),
-        mut emit: impl FnMut(Vec<Pair>) -> bool,
+        mut emit: impl FnMut(Vec<u8>) -> bool,
     ) -> Result<PairChecksum, StoreError> {
         before_snapshot();
         let snapshot = self.db.snapshot();
-        let iter = snapshot.iterator_opt(
-            IteratorMode::From(&span.start, rocksdb::Direction::Forward),
-            Self::read_options(span),
-        );
+        let mut iter = snapshot.raw_iterator_opt(Self::read_options(span));
+        iter.seek(&span.start);
         let mut checksum = PairChecksum::default();
-        let mut chunk = Vec::new();
-        let mut size = 0;
-        for item in iter {
-            let (key, value) = item.map_err(rocks("snapshot scan"))?;
-            checksum.add(&key, &value, false);
-            size += key.len() + value.len();
-            chunk.push((key.to_vec(), value.to_vec()));
-            if size >= chunk_bytes {
-                if !emit(std::mem::take(&mut chunk)) {
+        let capacity = chunk_bytes.saturating_add(chunk_bytes / 8);
+        let mut chunk = Vec::with_capacity(capacity);
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            checksum.add(key, value, false);
+            super::packed::pack(&mut chunk, key, value);
+            if chunk.len() >= chunk_bytes {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(capacity));
+                if !emit(full) {
                     return Ok(checksum);
                 }
-                size = 0;
             }
+            iter.next();
         }
+        iter.status().map_err(rocks("snapshot scan"))?;
         if !chunk.is_empty() {
             emit(chunk);
         }

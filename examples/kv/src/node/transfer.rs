@@ -112,6 +112,11 @@ pub enum TransferError {
     Truncated { addr: String },
     #[error("source {addr} sent key {key:?} outside the requested span")]
     OutOfSpan { addr: String, key: String },
+    #[error("source {addr} sent a chunk that does not parse: {error}")]
+    Malformed {
+        addr: String,
+        error: super::packed::UnpackError,
+    },
     #[error(
         "verification failed from {addr}: got {got_pairs} pairs (checksum {got_sum:x}), source sent {want_pairs} (checksum {want_sum:x})"
     )]
@@ -312,6 +317,7 @@ pub async fn open_snapshot(
         source_range: source_range.get(),
         start: span.start.clone(),
         end: span.end_for_wire(),
+        packed: true,
     };
     let response = match answer(addr, *timeout, "snapshot", client.snapshot(request)).await {
         Ok(response) => response,
@@ -354,16 +360,28 @@ pub async fn receive_snapshot(
     while let Some(chunk) = answer(addr, timeout, "snapshot stream", stream.message()).await? {
         times.waiting += lap.elapsed();
         lap = std::time::Instant::now();
-        for pair in &chunk.pairs {
-            bytes += (pair.key.len() + pair.value.len()) as u64;
-            if !span.contains(&pair.key) {
+        // A source that packs sends `packed`, one that does not (an older
+        // node) `pairs`: each is read, checked and written the same way.
+        let mut absorb = |key: &[u8], value: &[u8]| -> Result<(), TransferError> {
+            bytes += (key.len() + value.len()) as u64;
+            if !span.contains(key) {
                 return Err(TransferError::OutOfSpan {
                     addr: addr.to_owned(),
-                    key: String::from_utf8_lossy(&pair.key).into_owned(),
+                    key: String::from_utf8_lossy(key).into_owned(),
                 });
             }
-            checksum.add(&pair.key, &pair.value, false);
-            sink.put(&pair.key, &pair.value)?;
+            checksum.add(key, value, false);
+            Ok(sink.put(key, value)?)
+        };
+        for pair in &chunk.pairs {
+            absorb(&pair.key, &pair.value)?;
+        }
+        for pair in super::packed::unpack(&chunk.packed) {
+            let (key, value) = pair.map_err(|error| TransferError::Malformed {
+                addr: addr.to_owned(),
+                error,
+            })?;
+            absorb(key, value)?;
         }
         times.writing += lap.elapsed();
         if chunk.last {
@@ -773,11 +791,13 @@ impl KvNode {
     /// from the moment the snapshot is taken, so that the delta can follow. The
     /// last chunk names the transfer and carries the count and checksum. A
     /// transfer whose last chunk never reaches the destination is ended here:
-    /// nobody will ask for its delta.
+    /// nobody will ask for its delta. Chunks are `packed` when the destination
+    /// asked for them so, else a message per pair (an older destination).
     pub(super) fn stream_snapshot(
         &self,
         source: RangeId,
         span: Span,
+        packed: bool,
     ) -> ChunkStream<pb::SnapshotChunk> {
         let node = self.clone();
         let (tx, rx) = mpsc::channel(4);
@@ -792,13 +812,24 @@ impl KvNode {
                 &span,
                 chunk_bytes,
                 || transfer = node.trackers().begin(source, span.clone()),
-                |pairs| {
-                    let chunk = pb::SnapshotChunk {
-                        pairs: pairs
-                            .into_iter()
-                            .map(|(key, value)| pb::RawPair { key, value })
-                            .collect(),
-                        ..Default::default()
+                |buffer| {
+                    let chunk = if packed {
+                        pb::SnapshotChunk {
+                            packed: buffer,
+                            ..Default::default()
+                        }
+                    } else {
+                        pb::SnapshotChunk {
+                            // The store packed them itself: they parse.
+                            pairs: super::packed::unpack(&buffer)
+                                .map_while(Result::ok)
+                                .map(|(key, value)| pb::RawPair {
+                                    key: key.to_vec(),
+                                    value: value.to_vec(),
+                                })
+                                .collect(),
+                            ..Default::default()
+                        }
                     };
                     let sent = std::time::Instant::now();
                     let ok = tx.blocking_send(Ok(chunk)).is_ok();
@@ -814,11 +845,11 @@ impl KvNode {
             );
             let last = match result {
                 Ok(checksum) => Ok(pb::SnapshotChunk {
-                    pairs: Vec::new(),
                     transfer,
                     last: true,
                     total_pairs: checksum.count(),
                     checksum: checksum.value(),
+                    ..Default::default()
                 }),
                 Err(e) => Err(tonic::Status::internal(format!("snapshot failed: {e}"))),
             };
