@@ -23,9 +23,9 @@ use ranger_controller::persist::MemoryPersister;
 use ranger_controller::runtime::{self, ControllerHandle, OpRequest, RuntimeConfig};
 use ranger_controller::transport::GrpcTransport;
 use ranger_kv::hammer::{self, HammerConfig, OpMix};
-use ranger_kv::node::KvNodeConfig;
 use ranger_kv::node::server::NodeServer;
 use ranger_kv::node::store::Store;
+use ranger_kv::node::{HandoffStep, KvNodeConfig};
 use ranger_kv::proxy::{Proxy, ProxyConfig};
 use ranger_proto::{NodeId, PlacementState, RangeId};
 use rocksdb::WriteBatch;
@@ -176,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let mut rates = Vec::new();
         let mut breakdown = Vec::new();
+        let mut window_parts = Vec::new();
         let mut windows = Vec::new();
         let mut errors = 0;
         let mut raw_rates = Vec::new();
@@ -203,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
             config.request_timeout = Duration::from_secs(30);
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let hammering = tokio::spawn(hammer::run(config, stopped));
+            let from = holder.clone();
             tokio::time::sleep(Duration::from_millis(500)).await;
             handle
                 .run(OpRequest::Move {
@@ -218,7 +220,33 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(report.passed(), "the hammer lost writes: {report}");
             errors += report.errors.values().sum::<u64>();
             let l = &report.latency;
-            windows.push(l.update.max_ms.max(l.create.max_ms));
+            let window = l.update.max_ms.max(l.create.max_ms);
+            windows.push(window);
+            let last = |id: &NodeId, step| {
+                nodes[id]
+                    .node
+                    .recent_handoff_callbacks()
+                    .into_iter()
+                    .rev()
+                    .find(|c| c.range == RangeId::FIRST && c.step == step)
+            };
+            let (deactivated, activated) = (
+                last(&from, HandoffStep::Deactivate)
+                    .context("the source recorded no deactivate")?,
+                last(&to, HandoffStep::Activate).context("the destination recorded no activate")?,
+            );
+            let since = |later: Instant, earlier: Instant| {
+                later.saturating_duration_since(earlier).as_secs_f64() * 1e3
+            };
+            let fetched = activated.fetched.unwrap_or(activated.ended);
+            let seen_by_nodes = since(activated.ended, deactivated.started);
+            window_parts.push([
+                since(deactivated.ended, deactivated.started),
+                since(activated.started, deactivated.ended),
+                since(fetched, activated.started),
+                since(activated.ended, fetched),
+                (window - seen_by_nodes).max(0.0),
+            ]);
             let record = nodes[&to]
                 .node
                 .recent_transfers()
@@ -250,7 +278,7 @@ async fn main() -> anyhow::Result<()> {
             windows[windows.len() - 1],
             errors
         );
-        breakdowns.push((size_mb, breakdown));
+        breakdowns.push((size_mb, breakdown, window_parts));
     }
     println!(
         "xfer: the snapshot copy (bytes of keys and values / time, median of the moves); raw: copying the source's RocksDB files (median)"
@@ -258,10 +286,25 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "copy time at the destination, per move (ms): waiting for the source's chunks (its reading, the network, decoding) / checking and writing them into table files / ingesting those"
     );
-    for (size_mb, moves) in &breakdowns {
+    for (size_mb, moves, _) in &breakdowns {
         let parts: Vec<String> = moves
             .iter()
             .map(|(w, t, i)| format!("{w:.0}/{t:.0}/{i:.0}"))
+            .collect();
+        println!("  {size_mb:>5}MB: {}", parts.join("  "));
+    }
+    println!(
+        "window per move (ms): source's deactivate (draining writes in flight) / until the destination's activate starts (the answer, the controller, the command) / delta fetch / rest of activate / the rest of the longest write's wait (the proxy learning the route, its retry)"
+    );
+    for (size_mb, _, windows) in &breakdowns {
+        let parts: Vec<String> = windows
+            .iter()
+            .map(|p| {
+                format!(
+                    "{:.1}/{:.1}/{:.1}/{:.1}/{:.1}",
+                    p[0], p[1], p[2], p[3], p[4]
+                )
+            })
             .collect();
         println!("  {size_mb:>5}MB: {}", parts.join("  "));
     }

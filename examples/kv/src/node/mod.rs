@@ -24,6 +24,7 @@
 
 pub mod access;
 pub mod ack_log;
+pub mod handoffs;
 pub mod load;
 pub mod metrics;
 pub mod packed;
@@ -36,7 +37,7 @@ pub mod transfer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ranger_node_sdk::{CallbackError, Node, NodeMetrics, StateStore};
 use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta};
@@ -50,6 +51,7 @@ use spans::Span;
 use store::{RangeStates, Store, StoreError};
 use transfer::{Trackers, TransferLog};
 
+pub use handoffs::{CallbackTimes, HandoffStep};
 pub use transfer::{CopyTimes, TransferRecord};
 
 /// Tunables of a KV node.
@@ -134,6 +136,8 @@ struct Inner {
     peers: Mutex<HashMap<String, Channel>>,
     /// The last snapshot copies into this node, for operators and benchmarks.
     transfers_in: TransferLog,
+    /// When the last `deactivate` and `activate` callbacks ran (benchmarks).
+    handoffs: handoffs::HandoffLog,
     /// This running node, as its Snapshot answers name it: a destination that
     /// reaches itself under an address it does not know as its own must notice,
     /// or it would clear the very keys it is about to copy.
@@ -187,6 +191,7 @@ impl KvNode {
                 loads: RangeLoads::new(meter),
                 peers: Mutex::new(HashMap::new()),
                 transfers_in: TransferLog::default(),
+                handoffs: handoffs::HandoffLog::default(),
                 instance: rand::random(),
                 acks,
                 metrics: KvNodeMetrics::default(),
@@ -259,22 +264,39 @@ impl Node for KvNode {
     }
 
     async fn activate(&self, id: RangeId) -> Result<(), CallbackError> {
+        let started = Instant::now();
         if !self.inner.config.activate_delay.is_zero() {
             tokio::time::sleep(self.inner.config.activate_delay).await;
         }
         self.fetch_pending(id).await?;
+        let fetched = Instant::now();
         // Serving again: any transfer out of this range is void.
         self.inner.trackers.forget_range(id);
         // All its data is here now: a size measured during the copy is stale.
         self.inner.loads.forget_size(id);
+        self.inner.handoffs.record(CallbackTimes {
+            range: id,
+            step: HandoffStep::Activate,
+            started,
+            fetched: Some(fetched),
+            ended: Instant::now(),
+        });
         Ok(())
     }
 
     async fn deactivate(&self, id: RangeId) -> Result<(), CallbackError> {
+        let started = Instant::now();
         // The rangelet already refuses new writes (the range is Deactivating);
         // wait for the ones in flight.
         let gate = self.gate(id);
         let _frozen = gate.write().await;
+        self.inner.handoffs.record(CallbackTimes {
+            range: id,
+            step: HandoffStep::Deactivate,
+            started,
+            fetched: None,
+            ended: Instant::now(),
+        });
         Ok(())
     }
 

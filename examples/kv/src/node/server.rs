@@ -11,7 +11,6 @@ use ranger_node_sdk::metrics::{BeforeScrape, MetricsSource};
 use ranger_node_sdk::{Rangelet, RangeletConfig, StateStoreError, node_router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use super::service::KvService;
 use super::store::{RangeStates, Store, StoreError};
@@ -84,7 +83,7 @@ impl NodeServer {
             .await
             .add_service(KvService::new(node.clone(), rangelet.clone()).into_server());
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            ranger_node_sdk::incoming(listener),
             rangelet.shutdown_signal(),
         ));
         Ok(NodeServer {

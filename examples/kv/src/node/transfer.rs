@@ -549,6 +549,12 @@ impl KvNode {
         lock(&self.inner.transfers_in.0).iter().cloned().collect()
     }
 
+    /// The most recent `deactivate` and `activate` callbacks here, oldest
+    /// first: where a handoff's window went (see [`super::handoffs`]).
+    pub fn recent_handoff_callbacks(&self) -> Vec<super::CallbackTimes> {
+        self.inner.handoffs.recent()
+    }
+
     /// A client to the peer at `addr`, on one cached channel per peer. Every
     /// call through it is bounded (see [`Peer`]); HTTP/2 keepalive
     /// pings find a dead connection even while no call is in flight.

@@ -140,10 +140,7 @@ impl Proxy {
     ) -> Result<(), tonic::transport::Error> {
         tonic::transport::Server::builder()
             .add_service(self.service())
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown,
-            )
+            .serve_with_incoming_shutdown(ranger_node_sdk::incoming(listener), shutdown)
             .await
     }
 
