@@ -177,6 +177,8 @@ async fn main() -> anyhow::Result<()> {
         let mut rates = Vec::new();
         let mut breakdown = Vec::new();
         let mut window_parts = Vec::new();
+        let mut floors = Vec::new();
+        let mut proxy_waits = Vec::new();
         let mut windows = Vec::new();
         let mut errors = 0;
         let mut raw_rates = Vec::new();
@@ -202,9 +204,40 @@ async fn main() -> anyhow::Result<()> {
             config.duration = Duration::ZERO;
             config.mix = OpMix::new(5, 25, 70, 0)?;
             config.request_timeout = Duration::from_secs(30);
+            // The same hammer for as long, with no move: its longest write is
+            // the floor under a move's window (a slow WAL sync, a busy core).
+            let quiet = hammer::run(
+                config.clone(),
+                tokio::time::sleep(Duration::from_millis(1500)),
+            )
+            .await?;
+            anyhow::ensure!(quiet.passed(), "the hammer lost writes: {quiet}");
+            let q = &quiet.latency;
+            floors.push(q.update.max_ms.max(q.create.max_ms));
+            let _ = proxy.take_longest_handoff_wait();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let hammering = tokio::spawn(hammer::run(config, stopped));
             let from = holder.clone();
+            // When the proxy's routing table first shows the destination
+            // serving the range: how long the proxy took to learn the new route.
+            let seen_active = {
+                let proxy = proxy.clone();
+                let dest_addr = nodes[&to].addr.to_string();
+                tokio::spawn(async move {
+                    let routing = proxy.routing();
+                    let mut changes = routing.changes();
+                    loop {
+                        changes.borrow_and_update();
+                        let routes = routing.lookup(b"", ranger_proto::RemoteState::Active);
+                        if routes.iter().any(|r| r.addr == dest_addr) {
+                            return Instant::now();
+                        }
+                        if changes.changed().await.is_err() {
+                            return Instant::now();
+                        }
+                    }
+                })
+            };
             tokio::time::sleep(Duration::from_millis(500)).await;
             handle
                 .run(OpRequest::Move {
@@ -222,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
             let l = &report.latency;
             let window = l.update.max_ms.max(l.create.max_ms);
             windows.push(window);
+            proxy_waits.push(proxy.take_longest_handoff_wait().as_secs_f64() * 1e3);
             let last = |id: &NodeId, step| {
                 nodes[id]
                     .node
@@ -239,13 +273,15 @@ async fn main() -> anyhow::Result<()> {
                 later.saturating_duration_since(earlier).as_secs_f64() * 1e3
             };
             let fetched = activated.fetched.unwrap_or(activated.ended);
-            let seen_by_nodes = since(activated.ended, deactivated.started);
+            let seen_active = seen_active.await?;
+            let seen_by_proxy = since(seen_active, deactivated.started);
             window_parts.push([
                 since(deactivated.ended, deactivated.started),
                 since(activated.started, deactivated.ended),
                 since(fetched, activated.started),
                 since(activated.ended, fetched),
-                (window - seen_by_nodes).max(0.0),
+                since(seen_active, activated.ended),
+                (window - seen_by_proxy).max(0.0),
             ]);
             let record = nodes[&to]
                 .node
@@ -278,7 +314,7 @@ async fn main() -> anyhow::Result<()> {
             windows[windows.len() - 1],
             errors
         );
-        breakdowns.push((size_mb, breakdown, window_parts));
+        breakdowns.push((size_mb, breakdown, window_parts, floors, proxy_waits));
     }
     println!(
         "xfer: the snapshot copy (bytes of keys and values / time, median of the moves); raw: copying the source's RocksDB files (median)"
@@ -286,7 +322,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "copy time at the destination, per move (ms): waiting for the source's chunks (its reading, the network, decoding) / checking and writing them into table files / ingesting those"
     );
-    for (size_mb, moves, _) in &breakdowns {
+    for (size_mb, moves, _, _, _) in &breakdowns {
         let parts: Vec<String> = moves
             .iter()
             .map(|(w, t, i)| format!("{w:.0}/{t:.0}/{i:.0}"))
@@ -294,19 +330,38 @@ async fn main() -> anyhow::Result<()> {
         println!("  {size_mb:>5}MB: {}", parts.join("  "));
     }
     println!(
-        "window per move (ms): source's deactivate (draining writes in flight) / until the destination's activate starts (the answer, the controller, the command) / delta fetch / rest of activate / the rest of the longest write's wait (the proxy learning the route, its retry)"
+        "window per move (ms): source's deactivate (draining writes in flight) / until the destination's activate starts (the answer, the controller, the command) / delta fetch / rest of activate / until the proxy's routing table shows the destination serving / the rest of the longest write's wait (its retry, its own latency)"
     );
-    for (size_mb, _, windows) in &breakdowns {
+    for (size_mb, _, windows, _, _) in &breakdowns {
         let parts: Vec<String> = windows
             .iter()
             .map(|p| {
-                format!(
-                    "{:.1}/{:.1}/{:.1}/{:.1}/{:.1}",
-                    p[0], p[1], p[2], p[3], p[4]
-                )
+                let parts: Vec<String> = p.iter().map(|ms| format!("{ms:.1}")).collect();
+                parts.join("/")
             })
             .collect();
         println!("  {size_mb:>5}MB: {}", parts.join("  "));
+    }
+    println!(
+        "longest write of the same hammer for 1.5 s with no move, before each move (ms): the floor under the windows above"
+    );
+    for (size_mb, _, _, floors, _) in &breakdowns {
+        let parts: Vec<String> = floors.iter().map(|ms| format!("{ms:.1}")).collect();
+        println!("  {size_mb:>5}MB: {}", parts.join("  "));
+    }
+    println!(
+        "longest handoff wait of a served write, as the proxy timed it (first refusal to answer), per move (ms): the window without the slow writes that had nothing to do with the move"
+    );
+    for (size_mb, _, _, _, waits) in &breakdowns {
+        let mut sorted = waits.clone();
+        sorted.sort_by(f64::total_cmp);
+        let parts: Vec<String> = waits.iter().map(|ms| format!("{ms:.1}")).collect();
+        println!(
+            "  {size_mb:>5}MB: {}  (p50 {:.1}, max {:.1})",
+            parts.join("  "),
+            percentile(&sorted, 0.5),
+            sorted.last().copied().unwrap_or_default()
+        );
     }
     println!(
         "window: per move, the longest write through the proxy (a write arriving when the range froze waits until it is served again)"

@@ -65,6 +65,10 @@ pub struct ProxyMetrics {
     routing_age: Gauge<f64, AtomicU64>,
     /// When the routing table last changed.
     routing_changed: Arc<Mutex<Instant>>,
+    /// The longest handoff wait of a served request since
+    /// [`ProxyMetrics::take_longest_handoff_wait`] last ran: the histogram keeps
+    /// buckets, and a benchmark wants the exact worst case of one move.
+    longest_handoff_wait: Arc<Mutex<Duration>>,
 }
 
 impl Default for ProxyMetrics {
@@ -75,6 +79,7 @@ impl Default for ProxyMetrics {
             handoff_waits: Family::new_with_constructor(wait_histogram),
             routing_age: Gauge::default(),
             routing_changed: Arc::new(Mutex::new(Instant::now())),
+            longest_handoff_wait: Arc::new(Mutex::new(Duration::ZERO)),
         }
     }
 }
@@ -117,6 +122,18 @@ impl ProxyMetrics {
         self.handoff_waits
             .get_or_create(&OutcomeLabels { outcome })
             .observe(waited.as_secs_f64());
+        if outcome == "served" {
+            let mut longest = lock(&self.longest_handoff_wait);
+            *longest = (*longest).max(waited);
+        }
+    }
+
+    /// The longest time a served request waited through a handoff (from the
+    /// first refusal or failure to the answer) since the last call, and starts
+    /// over: a move's write-unavailable window as the proxy saw it, without the
+    /// slow writes that had nothing to do with the move.
+    pub fn take_longest_handoff_wait(&self) -> Duration {
+        std::mem::take(&mut *lock(&self.longest_handoff_wait))
     }
 
     /// Follows the routing table's changes (`changes` is its change signal),
@@ -213,5 +230,24 @@ mod tests {
         metrics.sample();
         let after = value(&registry, "ranger_kv_proxy_routing_table_age_seconds");
         assert!(after < 0.3, "a change restarts the age: {after}");
+    }
+
+    #[test]
+    fn the_longest_served_handoff_wait_is_kept_until_taken() {
+        let metrics = ProxyMetrics::default();
+        metrics.handoff_waited("served", Duration::from_millis(5));
+        metrics.handoff_waited("served", Duration::from_millis(3));
+        // A request that gave up is not a served write's window.
+        metrics.handoff_waited("gave_up", Duration::from_millis(100));
+        assert_eq!(
+            metrics.take_longest_handoff_wait(),
+            Duration::from_millis(5)
+        );
+        assert_eq!(metrics.take_longest_handoff_wait(), Duration::ZERO);
+        metrics.handoff_waited("served", Duration::from_millis(2));
+        assert_eq!(
+            metrics.take_longest_handoff_wait(),
+            Duration::from_millis(2)
+        );
     }
 }
