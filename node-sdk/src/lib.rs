@@ -29,27 +29,14 @@ pub use rangelet::{
 };
 /// Re-exported so that a storage system built on the SDK starts up like every
 /// Ranger binary (one log set-up, one shutdown signal) with one dependency.
-pub use ranger_process::{LogOutput, init_logging, shutdown_signal};
+pub use ranger_process::{LogOutput, incoming, init_logging, shutdown_signal};
 pub use registration::{Registration, RegistrationError};
 pub use routing::{Route, RoutingConfig, RoutingTable};
 pub use service::NodeService;
 pub use state_store::{FileStateStore, MemoryStateStore, StateStore, StateStoreError, StoredRange};
 
 use ranger_proto::pb::ranger::node_server::NodeServer;
-use tonic::transport::server::{Router, TcpIncoming};
-
-/// The connections a server accepts on `listener`, with Nagle's algorithm off
-/// (`TCP_NODELAY`), to pass to `serve_with_incoming(_shutdown)`.
-///
-/// Why: tonic sets `TCP_NODELAY` only on the sockets it binds itself; on a
-/// listener handed to it (what a server on port 0 or behind a fault relay
-/// needs) the kernel's default holds back a small write until the previous one
-/// is acknowledged, and the peer delays that acknowledgement by up to 40 ms.
-/// Every answer that ends in a small frame paid it: a handoff's delta fetch
-/// took ~45 ms for a handful of keys.
-pub fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
-}
+use tonic::transport::server::Router;
 
 /// A tonic router serving the rangelet's `ranger.Node` service and a
 /// `grpc.health.v1.Health` service reporting it (and the server as a whole) as

@@ -34,14 +34,6 @@ use tokio::net::TcpListener;
 /// The Ranger controller.
 /// Durations are bounded so that no deadline can overflow the clock (a day is
 /// far beyond any sensible setting) and no interval is zero.
-/// The connections accepted on `listener`, with `TCP_NODELAY` on: tonic sets
-/// it only on sockets it binds itself, and without it a small answer can wait
-/// for a delayed acknowledgement (up to 40 ms; see `ranger_node_sdk::incoming`,
-/// which this crate's binaries do not depend on).
-fn nodelay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 fn millis() -> clap::builder::RangedU64ValueParser {
     clap::value_parser!(u64).range(1..=86_400_000)
 }
@@ -333,7 +325,9 @@ async fn run_embedded(
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, discovery = if registry.is_some() { "embedded registry" } else { "static" }, "rangerd serving");
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(nodelay(listener), stop.wait()));
+    let server = tokio::spawn(
+        router.serve_with_incoming_shutdown(ranger_process::incoming(listener), stop.wait()),
+    );
 
     // The loop ends on a stop, or on its own (an error): either way the server follows.
     let controller = controller.await;
@@ -404,8 +398,9 @@ mod consul_mode {
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let stop = Stop::on_signals();
-        let server =
-            tokio::spawn(router.serve_with_incoming_shutdown(nodelay(listener), stop.wait()));
+        let server = tokio::spawn(
+            router.serve_with_incoming_shutdown(ranger_process::incoming(listener), stop.wait()),
+        );
         let http = serve_http(args, slot, metrics_registry, &stop).await?;
 
         let candidate = Candidate {

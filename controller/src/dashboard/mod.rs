@@ -25,7 +25,7 @@ mod events;
 mod history;
 mod input;
 mod read;
-mod views;
+pub mod views;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

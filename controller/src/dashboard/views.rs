@@ -4,12 +4,15 @@
 //! `rangerctl --json` (`id`, `start_text`, `placements[].node`, ...), so a
 //! script written against one reads the other, and the browser test can
 //! compare the two directly. Loads are added where the wire carries them.
+//! `rangerctl --json` prints [`RangeView`] itself, and both show keys and
+//! states with the helpers here.
 
 use ranger_proto::pb::ranger as pb;
 use ranger_proto::{Key, PlacementState, RangeState, RemoteState};
 use serde::Serialize;
 
-fn show_key(bytes: &[u8], infinity: &str) -> String {
+/// A key for people; the empty key as `infinity` (`-inf` or `+inf`).
+pub fn show_key(bytes: &[u8], infinity: &str) -> String {
     if bytes.is_empty() {
         infinity.to_owned()
     } else {
@@ -17,21 +20,24 @@ fn show_key(bytes: &[u8], infinity: &str) -> String {
     }
 }
 
-fn range_state(state: i32) -> String {
+/// A range state's name, or `?N` for a value the wire does not define.
+pub fn range_state(state: i32) -> String {
     RangeState::try_from(state).map_or_else(|_| format!("?{state}"), |s| s.to_string())
 }
 
-fn placement_state(state: i32) -> String {
+/// A placement state's name, or `?N` for a value the wire does not define.
+pub fn placement_state(state: i32) -> String {
     PlacementState::try_from(state).map_or_else(|_| format!("?{state}"), |s| s.to_string())
 }
 
-fn remote_state(state: i32) -> String {
+/// A remote state's name, or `?N` for a value the wire does not define.
+pub fn remote_state(state: i32) -> String {
     RemoteState::try_from(state).map_or_else(|_| format!("?{state}"), |s| s.to_string())
 }
 
 /// One range (`GET /api/ranges`, `/api/ranges/{id}`).
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct RangeView {
+pub struct RangeView {
     pub id: u64,
     /// The start key in hex ("" is minus infinity).
     pub start: String,
@@ -50,14 +56,14 @@ pub(super) struct RangeView {
 
 /// Why a range cannot be served, and for how long it has not been.
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct Unavailable {
+pub struct Unavailable {
     pub reason: String,
     pub for_ms: u64,
 }
 
 /// One placement of a range, with what its node last reported about it.
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct PlacementView {
+pub struct PlacementView {
     pub node: String,
     pub state: String,
     pub remote_state: Option<String>,

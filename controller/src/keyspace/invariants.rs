@@ -124,19 +124,25 @@ impl Keyspace {
         Ok(())
     }
 
+    /// The error for a keyspace whose first current range does not start at
+    /// minus infinity (or that has none).
+    fn gap_at_start(&self) -> KeyspaceError {
+        let before = self.index.iter().next();
+        KeyspaceError::Gap {
+            after: None,
+            before: before.map(|(_, id)| *id),
+            from: Key::empty(),
+            to: before.map(|(k, _)| Key::new(k.clone())).unwrap_or_default(),
+        }
+    }
+
     /// Walks the whole index in key order, checking that the first current
     /// range starts at minus infinity, each one ends where the next starts, and
     /// the last ends at plus infinity. O(n).
     pub(super) fn check_full_cover(&self) -> Result<()> {
         let mut entries = self.index.iter();
         let Some((key, id)) = entries.next().filter(|(key, _)| key.is_empty()) else {
-            let before = self.index.iter().next();
-            return Err(KeyspaceError::Gap {
-                after: None,
-                before: before.map(|(_, id)| *id),
-                from: Key::empty(),
-                to: before.map(|(k, _)| Key::new(k.clone())).unwrap_or_default(),
-            });
+            return Err(self.gap_at_start());
         };
         let mut previous = self.indexed(key, *id)?;
         for (key, id) in entries {
@@ -344,13 +350,7 @@ impl Keyspace {
             .range::<[u8], _>((Bound::Unbounded, Bound::Included(start.as_bytes())))
             .next_back()
         else {
-            let before = self.index.iter().next();
-            return Err(KeyspaceError::Gap {
-                after: None,
-                before: before.map(|(_, id)| *id),
-                from: Key::empty(),
-                to: before.map(|(k, _)| Key::new(k.clone())).unwrap_or_default(),
-            });
+            return Err(self.gap_at_start());
         };
         let mut previous = self.indexed(key, *id)?;
         loop {

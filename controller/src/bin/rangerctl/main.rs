@@ -12,11 +12,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use ranger_controller::dashboard::views::{RangeView, placement_state, range_state, show_key};
+use ranger_proto::Key;
 use ranger_proto::pb::ranger as pb;
 use ranger_proto::pb::ranger::control_client::ControlClient;
 use ranger_proto::pb::ranger::debug_client::DebugClient;
 use ranger_proto::pb::ranger::orchestrator_client::OrchestratorClient;
-use ranger_proto::{Key, PlacementState, RangeState};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -112,14 +113,6 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn show_key(bytes: &[u8], infinity: &str) -> String {
-    if bytes.is_empty() {
-        infinity.to_owned()
-    } else {
-        Key::from(bytes).to_string()
     }
 }
 
@@ -380,47 +373,11 @@ fn print_event(event: &pb::WatchEvent, started: std::time::Instant, json: bool) 
     }
 }
 
-fn range_state(state: i32) -> String {
-    RangeState::try_from(state).map_or_else(|_| format!("?{state}"), |s| s.to_string())
-}
-
-fn placement_state(state: i32) -> String {
-    PlacementState::try_from(state).map_or_else(|_| format!("?{state}"), |s| s.to_string())
-}
-
-fn range_json(r: &pb::RangeResponse) -> Value {
-    let meta = r.meta.clone().unwrap_or_default();
-    json!({
-        "id": meta.ident,
-        "start": hex::encode(&meta.start),
-        "end": hex::encode(&meta.end),
-        "start_text": show_key(&meta.start, "-inf"),
-        "end_text": show_key(&meta.end, "+inf"),
-        "state": range_state(r.state),
-        "unavailable": (!r.unavailable.is_empty()).then(|| json!({
-            "reason": r.unavailable,
-            "for_ms": r.unavailable_millis,
-        })),
-        "parents": r.parents,
-        "children": r.children,
-        "placements": r.placements.iter().map(|p| {
-            let placement = p.placement.clone().unwrap_or_default();
-            json!({
-                "node": placement.node,
-                "state": placement_state(placement.state),
-                "remote_state": p.range_info.as_ref().map(|i| {
-                    ranger_proto::RemoteState::try_from(i.state).map_or_else(|_| "?".to_owned(), |s| s.to_string())
-                }),
-                "keys": p.range_info.as_ref().and_then(|i| i.info.as_ref()).map(|l| l.keys),
-            })
-        }).collect::<Vec<_>>(),
-    })
-}
-
 fn print_ranges(ranges: &[pb::RangeResponse], json: bool) {
     if json {
-        let all: Vec<Value> = ranges.iter().map(range_json).collect();
-        println!("{}", Value::Array(all));
+        // The dashboard's `/api/ranges` answers with the same view.
+        let all: Vec<RangeView> = ranges.iter().map(RangeView::from).collect();
+        println!("{}", json!(all));
         return;
     }
     println!(

@@ -14,13 +14,9 @@
 //! - whatever remains of the longest write's wait: the proxy learning the new
 //!   route and sending the write again.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use ranger_proto::RangeId;
-
-use super::lock;
 
 /// Which callback a [`CallbackTimes`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,24 +34,4 @@ pub struct CallbackTimes {
     /// For `activate`: when the delta (or dump) had been fetched and applied.
     pub fetched: Option<Instant>,
     pub ended: Instant,
-}
-
-/// The last [`HandoffLog::KEEP`] callback runs, newest last.
-#[derive(Debug, Default)]
-pub(super) struct HandoffLog(Mutex<VecDeque<CallbackTimes>>);
-
-impl HandoffLog {
-    const KEEP: usize = 64;
-
-    pub(super) fn record(&self, times: CallbackTimes) {
-        let mut log = lock(&self.0);
-        if log.len() == Self::KEEP {
-            log.pop_front();
-        }
-        log.push_back(times);
-    }
-
-    pub(super) fn recent(&self) -> Vec<CallbackTimes> {
-        lock(&self.0).iter().copied().collect()
-    }
 }

@@ -28,6 +28,7 @@ pub mod handoffs;
 pub mod load;
 pub mod metrics;
 pub mod packed;
+mod recent;
 pub mod server;
 pub mod service;
 pub mod sources;
@@ -47,9 +48,10 @@ use tonic::transport::Channel;
 use load::RangeLoads;
 use metrics::KvNodeMetrics;
 use ranger_node_sdk::load::{Clock, LoadMeterConfig, RangeLoadMeter, TokioClock};
+use recent::Recent;
 use spans::Span;
 use store::{RangeStates, Store, StoreError};
-use transfer::{Trackers, TransferLog};
+use transfer::Trackers;
 
 pub use handoffs::{CallbackTimes, HandoffStep};
 pub use transfer::{CopyTimes, TransferRecord};
@@ -135,9 +137,9 @@ struct Inner {
     /// One channel per peer node, for transfers.
     peers: Mutex<HashMap<String, Channel>>,
     /// The last snapshot copies into this node, for operators and benchmarks.
-    transfers_in: TransferLog,
+    transfers_in: Recent<TransferRecord>,
     /// When the last `deactivate` and `activate` callbacks ran (benchmarks).
-    handoffs: handoffs::HandoffLog,
+    handoffs: Recent<CallbackTimes>,
     /// This running node, as its Snapshot answers name it: a destination that
     /// reaches itself under an address it does not know as its own must notice,
     /// or it would clear the very keys it is about to copy.
@@ -190,8 +192,8 @@ impl KvNode {
                 gates: Mutex::new(HashMap::new()),
                 loads: RangeLoads::new(meter),
                 peers: Mutex::new(HashMap::new()),
-                transfers_in: TransferLog::default(),
-                handoffs: handoffs::HandoffLog::default(),
+                transfers_in: Recent::new(32),
+                handoffs: Recent::new(64),
                 instance: rand::random(),
                 acks,
                 metrics: KvNodeMetrics::default(),

@@ -75,22 +75,6 @@ impl TransferRecord {
     }
 }
 
-/// The last [`TransferLog::KEEP`] transfer records, newest last.
-#[derive(Debug, Default)]
-pub(super) struct TransferLog(Mutex<std::collections::VecDeque<TransferRecord>>);
-
-impl TransferLog {
-    const KEEP: usize = 32;
-
-    fn record(&self, record: TransferRecord) {
-        let mut log = lock(&self.0);
-        if log.len() == Self::KEEP {
-            log.pop_front();
-        }
-        log.push_back(record);
-    }
-}
-
 /// Why a transfer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -546,13 +530,13 @@ pub async fn end_transfer(peer: &mut Peer, transfer: u64) -> Result<(), Transfer
 impl KvNode {
     /// The most recent snapshot copies into this node, oldest first.
     pub fn recent_transfers(&self) -> Vec<TransferRecord> {
-        lock(&self.inner.transfers_in.0).iter().cloned().collect()
+        self.inner.transfers_in.all()
     }
 
     /// The most recent `deactivate` and `activate` callbacks here, oldest
     /// first: where a handoff's window went (see [`super::handoffs`]).
     pub fn recent_handoff_callbacks(&self) -> Vec<super::CallbackTimes> {
-        self.inner.handoffs.recent()
+        self.inner.handoffs.all()
     }
 
     /// A client to the peer at `addr`, on one cached channel per peer. Every

@@ -1,4 +1,4 @@
-//! `ranger_node_sdk::incoming`: the connections a node's server accepts have
+//! `ranger_process::incoming`: the connections a server accepts have
 //! Nagle's algorithm off, so that a small answer is not held back for a delayed
 //! acknowledgement (a handoff's delta fetch took ~45 ms before).
 
@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 async fn accepted_connections_have_nagle_off() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut incoming = ranger_node_sdk::incoming(listener);
+    let mut incoming = ranger_process::incoming(listener);
     let client = TcpStream::connect(addr).await.unwrap();
     let accepted = incoming.next().await.unwrap().unwrap();
     assert!(
