@@ -4,7 +4,10 @@
 //! Each node gets a watcher task that holds its stream open, applies every change,
 //! and on a broken stream forgets that node's ranges (they may be stale) and
 //! reconnects with exponential backoff. Readers never wait on the network: lookups
-//! read the last known state under a short lock.
+//! read the last known state under a short lock, through an index by start key
+//! ([`index`]) rebuilt on the first lookup after a change.
+
+mod index;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::state_store::lock;
+use index::RouteIndex;
 
 /// How the routing table reconnects to nodes.
 #[derive(Debug, Clone)]
@@ -51,8 +55,42 @@ type NodeRanges = BTreeMap<RangeId, (RangeMeta, RemoteState)>;
 
 #[derive(Debug, Default)]
 struct Shared {
+    table: RwLock<Table>,
+}
+
+/// What the nodes said, and the lookup index over it.
+#[derive(Debug, Default)]
+struct Table {
     /// Per node address, its ranges as its stream last said.
-    nodes: RwLock<HashMap<String, NodeRanges>>,
+    nodes: HashMap<String, NodeRanges>,
+    /// Built from `nodes` by the first lookup after a change, and dropped by
+    /// every change: a node's stream may send a thousand ranges in a row, and
+    /// the index is rebuilt once after them, not a thousand times.
+    index: Option<Arc<RouteIndex>>,
+}
+
+impl Table {
+    /// The node's ranges, for a change: the index no longer matches them.
+    fn node_mut(&mut self, addr: &str) -> &mut NodeRanges {
+        self.index = None;
+        self.nodes.entry(addr.to_owned()).or_default()
+    }
+
+    /// Forgets a node's ranges; true if it was known.
+    fn remove_node(&mut self, addr: &str) -> bool {
+        self.index = None;
+        self.nodes.remove(addr).is_some()
+    }
+
+    fn routes(&self) -> impl Iterator<Item = Route> + '_ {
+        self.nodes.iter().flat_map(|(addr, ranges)| {
+            ranges.values().map(move |(meta, state)| Route {
+                addr: addr.clone(),
+                meta: meta.clone(),
+                state: *state,
+            })
+        })
+    }
 }
 
 /// The routing table. Dropping it stops every watcher.
@@ -97,7 +135,7 @@ impl RoutingTable {
         if let Some(task) = lock(&self.watchers).remove(addr) {
             task.abort();
         }
-        let removed = write(&self.shared.nodes).remove(addr).is_some();
+        let removed = write(&self.shared.table).remove_node(addr);
         if removed {
             self.version.send_modify(|v| *v += 1);
         }
@@ -122,20 +160,23 @@ impl RoutingTable {
 
     /// Every route for `key` whose node reports it in `state`.
     pub fn lookup(&self, key: &[u8], state: RemoteState) -> Vec<Route> {
-        let nodes = read(&self.shared.nodes);
-        let mut routes = Vec::new();
-        for (addr, ranges) in nodes.iter() {
-            for (meta, s) in ranges.values() {
-                if *s == state && meta.contains(key) {
-                    routes.push(Route {
-                        addr: addr.clone(),
-                        meta: meta.clone(),
-                        state: *s,
-                    });
-                }
-            }
+        self.index().lookup(key, state)
+    }
+
+    /// The index over the table as it is now, built if a change dropped it.
+    fn index(&self) -> Arc<RouteIndex> {
+        if let Some(index) = &read(&self.shared.table).index {
+            return Arc::clone(index);
         }
-        routes
+        // Built under the write lock, so no change can land between reading the
+        // nodes and storing the index made from them.
+        let mut table = write(&self.shared.table);
+        if let Some(index) = &table.index {
+            return Arc::clone(index);
+        }
+        let index = Arc::new(RouteIndex::build(table.routes().collect()));
+        table.index = Some(Arc::clone(&index));
+        index
     }
 
     /// The node serving `key` (Active), if the table knows one.
@@ -145,17 +186,7 @@ impl RoutingTable {
 
     /// Every known (node, range, state), for debugging and tests.
     pub fn snapshot(&self) -> Vec<Route> {
-        let nodes = read(&self.shared.nodes);
-        let mut all: Vec<Route> = nodes
-            .iter()
-            .flat_map(|(addr, ranges)| {
-                ranges.values().map(move |(meta, state)| Route {
-                    addr: addr.clone(),
-                    meta: meta.clone(),
-                    state: *state,
-                })
-            })
-            .collect();
+        let mut all: Vec<Route> = read(&self.shared.table).routes().collect();
         all.sort_by(|a, b| (a.meta.id(), &a.addr).cmp(&(b.meta.id(), &b.addr)));
         all
     }
@@ -199,7 +230,7 @@ async fn watch_node(
             Err(e) => tracing::debug!(%addr, error = %e, "Ranges stream failed; reconnecting"),
         }
         // Whatever we knew may be stale now: forget it until the stream is back.
-        let forgot = write(&shared.nodes).remove(&addr).is_some();
+        let forgot = write(&shared.table).remove_node(&addr);
         if forgot {
             version.send_modify(|v| *v += 1);
         }
@@ -235,14 +266,14 @@ async fn follow_stream(
     let mut stream = client.ranges(pb::RangesRequest {}).await?.into_inner();
     // The stream opened: this node is known (possibly with no ranges).
     *established = true;
-    write(&shared.nodes).entry(addr.to_owned()).or_default();
+    write(&shared.table).node_mut(addr);
     version.send_modify(|v| *v += 1);
     while let Some(message) = stream.message().await? {
         let meta: RangeMeta = convert::require(message.meta, "RangesResponse.meta")?.try_into()?;
         let state = RemoteState::try_from(message.state)?;
         {
-            let mut nodes = write(&shared.nodes);
-            let ranges = nodes.entry(addr.to_owned()).or_default();
+            let mut table = write(&shared.table);
+            let ranges = table.node_mut(addr);
             if state == RemoteState::NotFound {
                 ranges.remove(&meta.id());
             } else {
