@@ -161,8 +161,19 @@ impl ClusterBuilder {
             consul,
             dir: Some(dir),
         };
+        // A cluster that fails to start says why from its processes' logs (a
+        // node that could not bind its port, a controller that refused its
+        // store): dropped here, outside a panic, it would print nothing.
+        match self.start_processes(&mut cluster).await {
+            Ok(()) => Ok(cluster),
+            Err(error) => cluster.conclude(Err(error.context("starting the cluster"))),
+        }
+    }
+
+    /// Starts the controllers, nodes and proxy in order, each waited for.
+    async fn start_processes(&self, cluster: &mut Cluster) -> anyhow::Result<()> {
         for index in 0..self.controllers {
-            let controller = Controller::new(&self, &cluster, index)?;
+            let controller = Controller::new(self, cluster, index)?;
             cluster.controllers.push(controller);
             cluster.controllers[index].process.start()?;
             if index == 0 {
@@ -172,7 +183,7 @@ impl ClusterBuilder {
             }
         }
         for index in 0..self.nodes {
-            let node = KvNode::new(&self, &cluster, index)?;
+            let node = KvNode::new(self, cluster, index)?;
             cluster.nodes.push(node);
             cluster.nodes[index].process.start()?;
         }
@@ -181,13 +192,13 @@ impl ClusterBuilder {
             cluster.wait_settled().await?;
         }
         if self.proxy {
-            let mut proxy = Proxy::new(&self, &cluster)?;
+            let mut proxy = Proxy::new(self, cluster)?;
             proxy.process.start()?;
             cluster.proxy = Some(proxy);
             if self.nodes > 0 {
                 cluster.wait_proxy_routes().await?;
             }
         }
-        Ok(cluster)
+        Ok(())
     }
 }
