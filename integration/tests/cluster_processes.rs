@@ -120,3 +120,21 @@ async fn a_proxy_killed_and_restarted_on_its_port_serves_the_same_data() {
         Some("across the proxy's restart")
     );
 }
+
+#[tokio::test]
+async fn a_cluster_whose_node_cannot_start_fails_at_once_with_that_node_s_log() {
+    // An empty node id: kv-node refuses it and exits at start.
+    let started = Cluster::builder(Backend::Embedded)
+        .nodes(1)
+        .node_ids(&[""])
+        .start()
+        .await;
+    let error = match started {
+        Ok(_) => panic!("a node with an empty id must not start"),
+        Err(e) => format!("{e:#}"),
+    };
+    // The start says which process died and why, instead of waiting out its
+    // patience for a node that will never register ("timed out after ...").
+    assert!(error.contains("exited; its log ends"), "{error}");
+    assert!(!error.contains("timed out"), "{error}");
+}

@@ -302,20 +302,66 @@ impl Cluster {
 
     /// Waits until the leader lists exactly this cluster's nodes.
     pub async fn wait_nodes_known(&self) -> anyhow::Result<()> {
-        let ctl = self.leader_ctl().await?;
-        let mut want = self.node_ids();
-        want.sort();
         wait::until("every node is known", PATIENCE, async || {
-            let nodes = ctl.nodes().await.map_err(|e| format!("{e:#}"))?;
-            let mut ids: Vec<String> = nodes.into_iter().map(|n| n.id).collect();
-            ids.sort();
-            if ids == want {
-                Ok(())
-            } else {
-                Err(format!("nodes {ids:?}, want {want:?}"))
-            }
+            self.nodes_known().await
         })
         .await
+    }
+
+    /// Like [`Cluster::wait_nodes_known`], but fails at once, with the log's
+    /// tail, if a process of the cluster exits meanwhile (a node that could
+    /// not bind its port would otherwise be waited for until the patience ran
+    /// out).
+    pub(crate) async fn wait_nodes_known_while_alive(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(exited) = self.first_exited() {
+                anyhow::bail!("waiting until every node is known: {exited}");
+            }
+            match self.nodes_known().await {
+                Ok(()) => return Ok(()),
+                Err(last) if tokio::time::Instant::now() >= deadline => anyhow::bail!(
+                    "timed out after {PATIENCE:?} waiting until every node is known; last seen: {last}"
+                ),
+                Err(_) => tokio::time::sleep(wait::POLL).await,
+            }
+        }
+    }
+
+    /// Whether the leader lists exactly this cluster's nodes; what it lists if not.
+    async fn nodes_known(&self) -> Result<(), String> {
+        let ctl = self.leader_ctl().await.map_err(|e| format!("{e:#}"))?;
+        let mut want = self.node_ids();
+        want.sort();
+        let nodes = ctl.nodes().await.map_err(|e| format!("{e:#}"))?;
+        let mut ids: Vec<String> = nodes.into_iter().map(|n| n.id).collect();
+        ids.sort();
+        if ids == want {
+            Ok(())
+        } else {
+            Err(format!("nodes {ids:?}, want {want:?}"))
+        }
+    }
+
+    /// The first started process of the cluster that has exited, named, with
+    /// its log's tail.
+    fn first_exited(&mut self) -> Option<String> {
+        let processes = self
+            .controllers
+            .iter_mut()
+            .map(|c| &mut c.process)
+            .chain(self.nodes.iter_mut().map(|n| &mut n.process))
+            .chain(self.proxy.iter_mut().map(|p| &mut p.process));
+        for process in processes {
+            if process.starts() > 0 && !process.is_running() {
+                return Some(format!(
+                    "{} exited; its log ends:\n{}",
+                    process.name(),
+                    process.log_tail(LOG_TAIL_LINES)
+                ));
+            }
+        }
+        None
     }
 
     /// Waits until every current range is served by exactly one Active
