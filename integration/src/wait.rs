@@ -22,14 +22,35 @@ pub async fn until<T>(
     timeout: Duration,
     mut probe: impl AsyncFnMut() -> Result<T, String>,
 ) -> anyhow::Result<T> {
+    until_or_fail(what, timeout, async || probe().await.map_err(NotYet::Waiting)).await
+}
+
+/// Why a probe of [`until_or_fail`] did not answer `Ok` yet.
+#[derive(Debug)]
+pub enum NotYet {
+    /// Not yet; what the probe saw. The wait goes on.
+    Waiting(String),
+    /// A state the wait can never leave (a process it waits for has exited):
+    /// the wait ends at once with this.
+    Failed(String),
+}
+
+/// Like [`until`], but the probe can also end the wait at once
+/// ([`NotYet::Failed`]) instead of letting the timeout run out.
+pub async fn until_or_fail<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, NotYet>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         match probe().await {
             Ok(value) => return Ok(value),
-            Err(last) if Instant::now() >= deadline => {
+            Err(NotYet::Failed(why)) => bail!("waiting until {what}: {why}"),
+            Err(NotYet::Waiting(last)) if Instant::now() >= deadline => {
                 bail!("timed out after {timeout:?} waiting until {what}; last seen: {last}")
             }
-            Err(_) => tokio::time::sleep(POLL).await,
+            Err(NotYet::Waiting(_)) => tokio::time::sleep(POLL).await,
         }
     }
 }

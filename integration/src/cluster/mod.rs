@@ -313,19 +313,13 @@ impl Cluster {
     /// not bind its port would otherwise be waited for until the patience ran
     /// out).
     pub(crate) async fn wait_nodes_known_while_alive(&mut self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        wait::until_or_fail("every node is known", PATIENCE, async || {
             if let Some(exited) = self.first_exited() {
-                anyhow::bail!("waiting until every node is known: {exited}");
+                return Err(wait::NotYet::Failed(exited));
             }
-            match self.nodes_known().await {
-                Ok(()) => return Ok(()),
-                Err(last) if tokio::time::Instant::now() >= deadline => anyhow::bail!(
-                    "timed out after {PATIENCE:?} waiting until every node is known; last seen: {last}"
-                ),
-                Err(_) => tokio::time::sleep(wait::POLL).await,
-            }
-        }
+            self.nodes_known().await.map_err(wait::NotYet::Waiting)
+        })
+        .await
     }
 
     /// Whether the leader lists exactly this cluster's nodes; what it lists if not.

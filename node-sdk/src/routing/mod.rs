@@ -53,11 +53,6 @@ pub struct Route {
 
 type NodeRanges = BTreeMap<RangeId, (RangeMeta, RemoteState)>;
 
-#[derive(Debug, Default)]
-struct Shared {
-    table: RwLock<Table>,
-}
-
 /// What the nodes said, and the lookup index over it.
 #[derive(Debug, Default)]
 struct Table {
@@ -96,7 +91,8 @@ impl Table {
 /// The routing table. Dropping it stops every watcher.
 #[derive(Debug)]
 pub struct RoutingTable {
-    shared: Arc<Shared>,
+    /// What the watchers write and lookups read.
+    shared: Arc<RwLock<Table>>,
     config: RoutingConfig,
     watchers: Mutex<HashMap<String, JoinHandle<()>>>,
     /// Bumped on every change, so callers can wait for the table to move (a proxy
@@ -135,7 +131,7 @@ impl RoutingTable {
         if let Some(task) = lock(&self.watchers).remove(addr) {
             task.abort();
         }
-        let removed = write(&self.shared.table).remove_node(addr);
+        let removed = write(&self.shared).remove_node(addr);
         if removed {
             self.version.send_modify(|v| *v += 1);
         }
@@ -165,12 +161,12 @@ impl RoutingTable {
 
     /// The index over the table as it is now, built if a change dropped it.
     fn index(&self) -> Arc<RouteIndex> {
-        if let Some(index) = &read(&self.shared.table).index {
+        if let Some(index) = &read(&self.shared).index {
             return Arc::clone(index);
         }
         // Built under the write lock, so no change can land between reading the
         // nodes and storing the index made from them.
-        let mut table = write(&self.shared.table);
+        let mut table = write(&self.shared);
         if let Some(index) = &table.index {
             return Arc::clone(index);
         }
@@ -186,7 +182,7 @@ impl RoutingTable {
 
     /// Every known (node, range, state), for debugging and tests.
     pub fn snapshot(&self) -> Vec<Route> {
-        let mut all: Vec<Route> = read(&self.shared.table).routes().collect();
+        let mut all: Vec<Route> = read(&self.shared).routes().collect();
         all.sort_by(|a, b| (a.meta.id(), &a.addr).cmp(&(b.meta.id(), &b.addr)));
         all
     }
@@ -218,7 +214,7 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// Follows one node's `Ranges` stream forever (until aborted).
 async fn watch_node(
     addr: String,
-    shared: Arc<Shared>,
+    shared: Arc<RwLock<Table>>,
     version: Arc<watch::Sender<u64>>,
     config: RoutingConfig,
 ) {
@@ -230,7 +226,7 @@ async fn watch_node(
             Err(e) => tracing::debug!(%addr, error = %e, "Ranges stream failed; reconnecting"),
         }
         // Whatever we knew may be stale now: forget it until the stream is back.
-        let forgot = write(&shared.table).remove_node(&addr);
+        let forgot = write(&shared).remove_node(&addr);
         if forgot {
             version.send_modify(|v| *v += 1);
         }
@@ -254,7 +250,7 @@ enum StreamError {
 
 async fn follow_stream(
     addr: &str,
-    shared: &Shared,
+    shared: &RwLock<Table>,
     version: &watch::Sender<u64>,
     config: &RoutingConfig,
     established: &mut bool,
@@ -266,13 +262,13 @@ async fn follow_stream(
     let mut stream = client.ranges(pb::RangesRequest {}).await?.into_inner();
     // The stream opened: this node is known (possibly with no ranges).
     *established = true;
-    write(&shared.table).node_mut(addr);
+    write(shared).node_mut(addr);
     version.send_modify(|v| *v += 1);
     while let Some(message) = stream.message().await? {
         let meta: RangeMeta = convert::require(message.meta, "RangesResponse.meta")?.try_into()?;
         let state = RemoteState::try_from(message.state)?;
         {
-            let mut table = write(&shared.table);
+            let mut table = write(shared);
             let ranges = table.node_mut(addr);
             if state == RemoteState::NotFound {
                 ranges.remove(&meta.id());

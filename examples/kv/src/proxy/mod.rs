@@ -117,9 +117,6 @@ impl Proxy {
         self.forwarder.table()
     }
 
-    /// The proxy's metrics (`ranger_kv_proxy_*`), the routing table's age
-    /// sampled before each scrape. Serve it with
-    /// [`ranger_node_sdk::metrics::serve_metrics`].
     /// The longest time a served request waited through a handoff since the
     /// last call (see [`ProxyMetrics::take_longest_handoff_wait`]): what
     /// `bench_handoff` reports as a move's window.
@@ -127,6 +124,9 @@ impl Proxy {
         self.forwarder.metrics().take_longest_handoff_wait()
     }
 
+    /// The proxy's metrics (`ranger_kv_proxy_*`), the routing table's age
+    /// sampled before each scrape. Serve it with
+    /// [`ranger_node_sdk::metrics::serve_metrics`].
     pub fn metrics(&self) -> MetricsSource {
         let metrics = self.forwarder.metrics().clone();
         let mut registry = Registry::default();
