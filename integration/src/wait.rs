@@ -22,7 +22,10 @@ pub async fn until<T>(
     timeout: Duration,
     mut probe: impl AsyncFnMut() -> Result<T, String>,
 ) -> anyhow::Result<T> {
-    until_or_fail(what, timeout, async || probe().await.map_err(NotYet::Waiting)).await
+    until_or_fail(what, timeout, async || {
+        probe().await.map_err(NotYet::Waiting)
+    })
+    .await
 }
 
 /// Why a probe of [`until_or_fail`] did not answer `Ok` yet.
