@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use ranger_proto::{Key, RangeId, RangeMeta};
+use ranger_proto::{Key, LoadCut, RangeId, RangeMeta};
 use tokio::time::Instant;
 
 /// Where a meter reads the time. The default follows tokio's clock (so tests
@@ -91,6 +91,11 @@ pub struct LoadMeterConfig {
     /// No load split key from fewer samples than this: a handful of requests
     /// says nothing about where a range's load lies.
     pub min_samples: usize,
+    /// How many load cuts to report: keys at each `1/(cuts + 1)` of the
+    /// window's requests, so that the controller can cut a piece of the size a
+    /// node has room for off a hot range. 15 (sixteenths) stays well within
+    /// what the default 640 samples can place.
+    pub cuts: usize,
     /// Seed of the reservoirs' random draws (mixed with the range id), so that
     /// a run is reproducible.
     pub seed: u64,
@@ -105,6 +110,7 @@ impl Default for LoadMeterConfig {
             samples_per_bucket: 64,
             max_key_bytes: 256,
             min_samples: 16,
+            cuts: 15,
             seed: 0x5eed_10ad,
         }
     }
@@ -128,6 +134,10 @@ pub struct MeteredLoad {
     /// range (else the nearest sampled key above it that does), and if enough
     /// keys were sampled.
     pub split_key: Option<Key>,
+    /// Sampled keys strictly inside the range with the share of the window's
+    /// accesses below each, keys and shares rising (see
+    /// [`LoadMeterConfig::cuts`]); empty with too few samples.
+    pub cuts: Vec<LoadCut>,
 }
 
 impl MeteredLoad {
@@ -339,18 +349,28 @@ impl RangeLoadMeter {
         let start_ms = (oldest * self.bucket_ms).max(window.since_ms);
         let covered_ms = now_ms.saturating_sub(start_ms).max(self.bucket_ms);
         let seconds = covered_ms as f64 / 1000.0;
+        let (split_key, cuts) = self.split_points(&window, index, meta);
         MeteredLoad {
             reads_per_second: reads as f64 / seconds,
             writes_per_second: writes as f64 / seconds,
-            split_key: self.split_key(&window, index, meta),
+            split_key,
+            cuts,
         }
     }
 
-    /// The weighted median of the window's sampled keys: each bucket's samples
-    /// stand for `seen / samples` accesses each, so a busy bucket counts more
-    /// than a quiet one. If the median is not strictly inside the range (a hot
-    /// key at the range's start), the nearest sampled key above it that is.
-    fn split_key(&self, window: &Window, index: u64, meta: &RangeMeta) -> Option<Key> {
+    /// The weighted median of the window's sampled keys, and the keys at each
+    /// `1/(cuts + 1)` of the accesses: each bucket's samples stand for
+    /// `seen / samples` accesses each, so a busy bucket counts more than a
+    /// quiet one. If the median is not strictly inside the range (a hot key at
+    /// the range's start), the nearest sampled key above it that is; a cut
+    /// that is not inside the range, or repeats the key or share of the one
+    /// before, is left out.
+    fn split_points(
+        &self,
+        window: &Window,
+        index: u64,
+        meta: &RangeMeta,
+    ) -> (Option<Key>, Vec<LoadCut>) {
         let mut weighted: Vec<(&[u8], f64)> = Vec::new();
         for bucket in window.live(index) {
             if bucket.sample.is_empty() {
@@ -360,7 +380,7 @@ impl RangeLoadMeter {
             weighted.extend(bucket.sample.iter().map(|k| (k.as_slice(), weight)));
         }
         if weighted.is_empty() || weighted.len() < self.config.min_samples {
-            return None;
+            return (None, Vec::new());
         }
         weighted.sort_by(|a, b| a.0.cmp(b.0));
         let total: f64 = weighted.iter().map(|(_, w)| w).sum();
@@ -372,11 +392,38 @@ impl RangeLoadMeter {
                 sum >= total / 2.0
             })
             .unwrap_or(weighted.len() - 1);
-        weighted[median..]
+        let split_key = weighted[median..]
             .iter()
             .map(|(k, _)| *k)
             .find(|k| meta.can_split_at(k))
-            .map(Key::from)
+            .map(Key::from);
+
+        // The share below a key counts every sample strictly before it; the
+        // first sample at or past each step of 1/(cuts + 1) is that step's cut.
+        let step = 1.0 / (self.config.cuts as f64 + 1.0);
+        let mut cuts: Vec<LoadCut> = Vec::with_capacity(self.config.cuts);
+        let mut below = 0.0;
+        let mut next = step;
+        for (i, (key, w)) in weighted.iter().enumerate() {
+            let share = below / total;
+            let new_key = i == 0 || weighted[i - 1].0 != *key;
+            if new_key && share >= next && share < 1.0 && meta.can_split_at(key) {
+                let rising = cuts
+                    .last()
+                    .is_none_or(|c| c.key.as_bytes() < *key && c.below < share);
+                if rising {
+                    cuts.push(LoadCut {
+                        key: Key::from(*key),
+                        below: share,
+                    });
+                }
+                while next <= share {
+                    next += step;
+                }
+            }
+            below += w;
+        }
+        (split_key, cuts)
     }
 
     /// How many keys the meter holds for `range` (to check that memory stays
@@ -517,6 +564,54 @@ mod tests {
         let key = meter.load(&range).split_key.unwrap();
         let key = std::str::from_utf8(key.as_bytes()).unwrap().to_owned();
         assert!(("k350".."k650").contains(&key.as_str()), "{key}");
+    }
+
+    #[test]
+    fn load_cuts_say_where_the_requests_lie() {
+        let clock = ManualClock::new();
+        let meter = meter(&clock);
+        let range = meta(1, "", "");
+        // Keys a000..a099 take a quarter of the accesses, b000..b099 the other
+        // three quarters: the cut at a quarter of the requests is near b000,
+        // and the shares rise with the keys.
+        for round in 0..20u32 {
+            for i in 0..100u32 {
+                let i = (i * 37 + round) % 100;
+                meter.read(range.id(), format!("a{i:03}").as_bytes());
+                for _ in 0..3 {
+                    meter.write(range.id(), format!("b{i:03}").as_bytes());
+                }
+            }
+            clock.advance(Duration::from_millis(400));
+        }
+        let cuts = meter.load(&range).cuts;
+        assert!(LoadCut::well_formed(&cuts), "{cuts:?}");
+        assert!(cuts.len() >= 10, "{cuts:?}");
+        let first_b = cuts
+            .iter()
+            .find(|c| c.key.as_bytes().starts_with(b"b"))
+            .unwrap();
+        assert!((0.2..0.32).contains(&first_b.below), "{first_b:?}");
+        let before_b = cuts.iter().filter(|c| c.key.as_bytes() < b"b".as_slice());
+        assert!(before_b.clone().count() >= 2, "{cuts:?}");
+        assert!(before_b.clone().all(|c| c.below < 0.26), "{cuts:?}");
+    }
+
+    #[test]
+    fn load_cuts_lie_strictly_inside_the_range_and_need_samples() {
+        let clock = ManualClock::new();
+        let meter = meter(&clock);
+        let range = meta(1, "h", "p");
+        for _ in 0..100 {
+            meter.write(range.id(), b"h");
+        }
+        // Every access on the first key: no cut inside the range.
+        assert!(meter.load(&range).cuts.is_empty());
+        let few = meta(2, "", "");
+        for key in ["a", "b", "c"] {
+            meter.read(few.id(), key.as_bytes());
+        }
+        assert!(meter.load(&few).cuts.is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! [`ConversionError`] here, so that nothing past this module has to re-check it.
 
 use crate::pb::ranger as pb;
-use crate::{InvalidBounds, Key, LoadInfo, PlacementState, RangeId, RangeMeta, RemoteState};
+use crate::{
+    InvalidBounds, Key, LoadCut, LoadInfo, PlacementState, RangeId, RangeMeta, RemoteState,
+};
 
 /// Why wire data could not become a domain value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,8 +84,24 @@ impl From<RangeMeta> for pb::RangeMeta {
 
 impl From<pb::LoadInfo> for LoadInfo {
     /// Takes the raw `split_keys` when present (our nodes), else the string
-    /// `splits` (reference nodes); `load_split_keys` only our nodes send.
+    /// `splits` (reference nodes); `load_split_keys` and `load_cuts` only our
+    /// nodes send. Load cuts that do not describe a distribution (see
+    /// [`LoadCut::well_formed`]) are dropped whole: they are a hint, and the
+    /// controller then halves at the load split key as it would without them.
     fn from(value: pb::LoadInfo) -> Self {
+        let load_cuts: Vec<LoadCut> = value
+            .load_cuts
+            .into_iter()
+            .map(|c| LoadCut {
+                key: Key::new(c.key),
+                below: c.below,
+            })
+            .collect();
+        let load_cuts = if LoadCut::well_formed(&load_cuts) {
+            load_cuts
+        } else {
+            Vec::new()
+        };
         let split_keys = if value.split_keys.is_empty() {
             value.splits.into_iter().map(Key::from).collect()
         } else {
@@ -96,6 +114,7 @@ impl From<pb::LoadInfo> for LoadInfo {
             writes_per_second: value.writes_per_second,
             split_keys,
             load_split_keys: value.load_split_keys.into_iter().map(Key::new).collect(),
+            load_cuts,
         }
     }
 }
@@ -123,6 +142,14 @@ impl From<&LoadInfo> for pb::LoadInfo {
                 .load_split_keys
                 .iter()
                 .map(|k| k.as_bytes().to_vec())
+                .collect(),
+            load_cuts: value
+                .load_cuts
+                .iter()
+                .map(|c| pb::LoadCut {
+                    key: c.key.as_bytes().to_vec(),
+                    below: c.below,
+                })
                 .collect(),
         }
     }
@@ -325,6 +352,16 @@ mod tests {
             writes_per_second: 2.5,
             split_keys: vec![Key::from("m"), Key::new(vec![0xff])],
             load_split_keys: vec![Key::new(vec![0x00, 0xfe])],
+            load_cuts: vec![
+                LoadCut {
+                    key: Key::from("c"),
+                    below: 0.25,
+                },
+                LoadCut {
+                    key: Key::from("p"),
+                    below: 0.9,
+                },
+            ],
         };
         let wire = pb::LoadInfo::from(&load);
         assert_eq!(wire.splits, vec!["m".to_owned()]);
@@ -339,5 +376,35 @@ mod tests {
         let from_reference = LoadInfo::from(reference);
         assert_eq!(from_reference.split_keys, vec![Key::from("k")]);
         assert!(from_reference.load_split_keys.is_empty());
+        assert!(from_reference.load_cuts.is_empty());
+    }
+
+    #[test]
+    fn load_cuts_that_do_not_describe_a_distribution_are_dropped_whole() {
+        let cut = |key: &str, below: f64| pb::LoadCut {
+            key: key.as_bytes().to_vec(),
+            below,
+        };
+        let good = vec![cut("a", 0.2), cut("b", 0.7)];
+        let with = |cuts: Vec<pb::LoadCut>| {
+            LoadInfo::from(pb::LoadInfo {
+                load_cuts: cuts,
+                ..Default::default()
+            })
+            .load_cuts
+            .len()
+        };
+        assert_eq!(with(good), 2);
+        for bad in [
+            vec![cut("b", 0.2), cut("a", 0.7)],
+            vec![cut("a", 0.7), cut("b", 0.2)],
+            vec![cut("a", 0.2), cut("a", 0.7)],
+            vec![cut("a", 0.0)],
+            vec![cut("a", 1.0)],
+            vec![cut("a", f64::NAN)],
+            vec![cut("a", -0.5), cut("b", 0.5)],
+        ] {
+            assert_eq!(with(bad.clone()), 0, "{bad:?}");
+        }
     }
 }

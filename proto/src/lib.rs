@@ -21,7 +21,7 @@ pub use command::{Command, Outcome};
 pub use convert::{ConversionError, Parent, ParentPlacement, RangeInfo, capacity_from_wire};
 pub use ids::{NodeId, RangeId};
 pub use key::{Key, KeyParseError};
-pub use load::LoadInfo;
+pub use load::{LoadCut, LoadInfo};
 pub use membership::{Membership, parse_node_list};
 pub use meta::{InvalidBounds, RangeMeta};
 pub use state::{PlacementState, RangeState, RemoteState};

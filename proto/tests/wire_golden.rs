@@ -65,6 +65,18 @@ fn load_info_reference_fields_and_extensions() {
         ..Default::default()
     };
     assert_wire(by_load, &[0x32, 1, 0x01, 0x3a, 2, 0xfe, 0x00]);
+    // Load cuts in field 8: each a message of key (1) and share below it (2, a double).
+    let cuts = pb::LoadInfo {
+        load_cuts: vec![pb::LoadCut {
+            key: vec![b'k'],
+            below: 0.5,
+        }],
+        ..Default::default()
+    };
+    assert_wire(
+        cuts,
+        &[0x42, 12, 0x0a, 1, b'k', 0x11, 0, 0, 0, 0, 0, 0, 0xe0, 0x3f],
+    );
 }
 
 #[test]

@@ -16,11 +16,9 @@
 //! that would overshoot the source below its band waits until the ones that
 //! do not have been tried.
 
-use ranger_proto::Key;
-
 use super::plan::{Candidate, Reason, SkipReason};
 use super::round::Round;
-use super::split;
+use super::split::{self, Carve};
 
 /// Drains first: those moves are owed whatever the balance.
 pub(super) fn plan_drains(round: &mut Round<'_>) {
@@ -75,12 +73,12 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
         let excess = round.nodes[s].util() - shed_to;
         let min_delta = round.config.min_move_fraction * excess;
         let mut split_one = false;
-        for (ri, key) in splits_to_make_moves_count(round, s, shed_to, fill_to) {
+        for (ri, cut) in splits_to_make_moves_count(round, s, shed_to, fill_to) {
             if round.slots == 0 {
                 break;
             }
             split_one = true;
-            round.push_split(ri, key, Reason::SplitToMove);
+            round.push_carve(ri, cut);
         }
         for ri in candidates(round, s, fill_to) {
             let util_s = round.nodes[s].util();
@@ -132,10 +130,10 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
                             || round.ranges[ri].hot_rounds >= round.config.split_hot_rounds
                             || round.stuck(ri)) =>
                 {
-                    match split::load_key(round, ri) {
-                        Some(key) => {
+                    match split::carve(round, ri, s) {
+                        Some(cut) => {
                             split_one = true;
-                            round.push_split(ri, key, Reason::SplitToMove);
+                            round.push_carve(ri, cut);
                         }
                         None => {
                             round.skip(Candidate::Move, Some(ri), Some(s), SkipReason::NoTarget)
@@ -203,7 +201,7 @@ fn splits_to_make_moves_count(
     s: usize,
     shed_to: f64,
     fill_to: f64,
-) -> Vec<(usize, Key)> {
+) -> Vec<(usize, Carve)> {
     let slots = round.slots.min(
         round
             .config
@@ -251,7 +249,7 @@ fn splits_to_make_moves_count(
         let over_room = if half > room { half } else { 0.0 };
         over_room + (half - excess).abs()
     };
-    let mut candidates: Vec<(usize, Key)> = round.nodes[s]
+    let mut candidates: Vec<(usize, Carve)> = round.nodes[s]
         .ranges
         .iter()
         .copied()
@@ -266,17 +264,17 @@ fn splits_to_make_moves_count(
                     || round.unplaceable(ri)
                     || round.stuck(ri))
         })
-        .filter_map(|ri| split::load_key(round, ri).map(|key| (ri, key)))
+        .filter_map(|ri| split::carve(round, ri, s).map(|cut| (ri, cut)))
         .collect();
     candidates.sort_by(|a, b| miss(a.0).total_cmp(&miss(b.0)).then(a.0.cmp(&b.0)));
     let mut owed = excess - reachable;
     let mut chosen = Vec::new();
-    for (ri, key) in candidates {
+    for (ri, cut) in candidates {
         if owed <= 0.0 || chosen.len() >= round.config.max_transfers_out.max(1) {
             break;
         }
         owed -= round.delta(ri, s) / 2.0;
-        chosen.push((ri, key));
+        chosen.push((ri, cut));
     }
     chosen
 }

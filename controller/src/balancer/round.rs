@@ -460,6 +460,21 @@ impl<'a> Round<'a> {
         });
     }
 
+    /// Plans a split that carves a piece for a node's room, and holds that
+    /// room for the piece.
+    pub fn push_carve(&mut self, ri: usize, cut: super::split::Carve) {
+        self.push_split(ri, cut.key, Reason::SplitToMove);
+        if let Some((t, piece)) = cut.room {
+            self.hold(t, piece);
+        }
+    }
+
+    /// Holds `load` of node `t`'s room for a piece that moves there next round
+    /// (it counts as taken for every destination choice of this round).
+    pub fn hold(&mut self, t: usize, load: f64) {
+        self.nodes[t].reserved += load;
+    }
+
     pub fn push_join(&mut self, left: usize, right: usize) {
         self.ranges[left].acted = true;
         self.ranges[right].acted = true;

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use ranger_proto::{Key, LoadInfo, NodeId, RangeId};
+use ranger_proto::{Key, LoadCut, LoadInfo, NodeId, RangeId};
 
 /// A point in time, in milliseconds since an epoch the caller chooses (the runtime
 /// may use its start, a simulation its round counter × period). Only differences
@@ -84,6 +84,10 @@ pub struct RangeSnapshot {
     pub split_keys_by_size: Vec<Key>,
     /// Where the node suggests splitting to halve the range's load, best first.
     pub split_keys_by_load: Vec<Key>,
+    /// Where the range's requests lie, as its node reports them (keys with the
+    /// share of requests below each, rising): where to cut a piece of a given
+    /// load off a hot range, rather than always halving it.
+    pub load_cuts: Vec<LoadCut>,
     /// When the range was created by a split (or last split, for its children).
     pub last_split: Option<Timestamp>,
     /// When a placement of the range last moved.
@@ -104,6 +108,7 @@ impl RangeSnapshot {
             load: RangeLoad::default(),
             split_keys_by_size: Vec::new(),
             split_keys_by_load: Vec::new(),
+            load_cuts: Vec::new(),
             last_split: None,
             last_moved: None,
             last_joined: None,

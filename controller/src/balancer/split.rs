@@ -5,6 +5,16 @@
 //! until the range has been hot for `split_hot_rounds` consecutive rounds, so that
 //! a burst does not fragment the keyspace. The biggest excess goes first, because
 //! the operation slots are few.
+//!
+//! Where a hot range is cut: at its load median by default, but a range on a node
+//! above its band is *carved* when its node reports where its requests lie
+//! (`LoadInfo.load_cuts`): one side is cut to the biggest piece the roomiest node
+//! can take, and that room is held for it. Halving alone makes pieces of 1/2,
+//! 1/4, 1/8 of the range whatever the rooms are, and a piece a little too big
+//! for every room costs another round of halving; carving took the simulation's
+//! seeds that reach max/mean 1.10 within 5 rounds from 54 to 71 of 100. A range
+//! no node could carry whole is still halved: two pieces to cut again next round
+//! make progress faster than one.
 
 use ranger_proto::Key;
 
@@ -46,7 +56,20 @@ pub(super) fn plan_splits(round: &mut Round<'_>) {
             );
             continue;
         }
-        let Some(key) = split_key(round, ri, reason) else {
+        // A hot range on a node above its band is carved to fit the room
+        // there is, unless no node could carry it whole (then halved).
+        let upper = round.mean * (1.0 + round.config.tolerance);
+        let overloaded = round.ranges[ri]
+            .nodes
+            .iter()
+            .copied()
+            .find(|&n| round.nodes[n].util() > upper);
+        let carving = reason == Reason::SplitByLoad && !round.unplaceable(ri);
+        let cut = match overloaded {
+            Some(s) if carving => carve(round, ri, s),
+            _ => split_key(round, ri, reason).map(|key| Carve { key, room: None }),
+        };
+        let Some(Carve { key, room }) = cut else {
             round.skip(Candidate::Split, Some(ri), None, SkipReason::NoSplitKey);
             continue;
         };
@@ -60,6 +83,9 @@ pub(super) fn plan_splits(round: &mut Round<'_>) {
             continue;
         }
         round.push_split(ri, key, reason);
+        if let Some((t, piece)) = room {
+            round.hold(t, piece);
+        }
     }
 }
 
@@ -82,4 +108,62 @@ fn split_key(round: &Round<'_>, ri: usize, reason: Reason) -> Option<Key> {
         .chain(second.iter())
         .find(|k| r.splits_at(k))
         .cloned()
+}
+
+/// A cut that carves a piece off a range for one node's room.
+pub(super) struct Carve {
+    pub key: Key,
+    /// The node whose room the piece is cut for, and the piece's load: held
+    /// for it (see [`Round::hold`]) so that the next cut this round aims at
+    /// the next room, and no smaller move takes this one before the piece
+    /// can move next round.
+    pub room: Option<(usize, f64)>,
+}
+
+/// Where to cut a range of overloaded node `s` so that one side is the biggest
+/// piece the roomiest other node can take (no more than `s` needs to shed):
+/// halving blindly takes more rounds of halving when the rooms are small. The
+/// node's load cuts say where the range's requests lie; without them, or when
+/// a half fits the room anyway, the cut is the load key (halving).
+pub(super) fn carve(round: &Round<'_>, ri: usize, s: usize) -> Option<Carve> {
+    let halve = || load_key(round, ri).map(|key| Carve { key, room: None });
+    let r = round.range(ri);
+    if r.load_cuts.is_empty() {
+        return halve();
+    }
+    let shed_to = round.mean * (1.0 + round.config.tolerance / 2.0);
+    let figure = round.ranges[ri].figure;
+    let roomiest = (0..round.nodes.len())
+        .filter(|&t| t != s && round.nodes[t].eligible() && !round.ranges[ri].nodes.contains(&t))
+        .map(|t| {
+            let node = &round.nodes[t];
+            ((shed_to - node.util_as_target()) * node.capacity(), t)
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+    let Some((room, t)) = roomiest else {
+        return halve();
+    };
+    let need = (round.nodes[s].util() - shed_to) * round.nodes[s].capacity();
+    let want = room.min(need);
+    if want <= 0.0 || figure / 2.0 <= want {
+        return halve();
+    }
+    let mut best: Option<(f64, &Key)> = None;
+    for cut in &r.load_cuts {
+        if !r.splits_at(&cut.key) {
+            continue;
+        }
+        for piece in [cut.below * figure, (1.0 - cut.below) * figure] {
+            if piece <= want && best.is_none_or(|(b, _)| piece > b) {
+                best = Some((piece, &cut.key));
+            }
+        }
+    }
+    match best {
+        Some((piece, key)) => Some(Carve {
+            key: key.clone(),
+            room: Some((t, piece)),
+        }),
+        None => halve(),
+    }
 }

@@ -375,6 +375,33 @@ fn a_node_whose_movable_ranges_are_crumbs_halves_a_big_one_so_that_the_halves_ca
 }
 
 #[test]
+fn a_range_too_big_for_any_room_is_cut_to_the_biggest_room_when_its_node_says_where_its_load_lies()
+{
+    // The cluster of the test above: b has ~12 of room, a must shed ~16, the
+    // range of 60 fits nowhere. Its node reports where its requests lie: the
+    // cut leaving 9 on one side fits b's room, where halving (30) would need
+    // two more rounds of halving before a piece fits.
+    let mut c = Cluster::new()
+        .node("a", &[60.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0])
+        .node("b", &even(5.0))
+        .node("c", &even(5.0));
+    c.config.split_load_share = 10.0;
+    c.range(0).split_keys_by_load = vec![Key::from("k00000m")];
+    c.range(0).load_cuts = [("k00000b", 0.1), ("k00000d", 0.15), ("k00000m", 0.5)]
+        .into_iter()
+        .map(|(k, below)| ranger_proto::LoadCut {
+            key: Key::from(k),
+            below,
+        })
+        .collect();
+    let p = c.plan();
+    assert_eq!(
+        splits(&p),
+        vec![(c.id(0), Key::from("k00000d"), Reason::SplitToMove)]
+    );
+}
+
+#[test]
 fn room_held_for_the_pieces_of_a_node_splitting_a_hot_range_is_not_given_to_another() {
     // a: a range of 130 that no node can carry (split at once) and four crumbs;
     // b sheds in ranges of 13; c..f are at 95, below the mean. a is planned

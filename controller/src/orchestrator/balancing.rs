@@ -516,6 +516,7 @@ impl Engine {
                     // back on them).
                     snapshot.split_keys_by_size = info.split_keys.clone();
                     snapshot.split_keys_by_load = info.load_split_keys.clone();
+                    snapshot.load_cuts = info.load_cuts.clone();
                 }
                 snapshot.last_split = history.split;
                 snapshot.last_moved = history.moved;

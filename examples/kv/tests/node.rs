@@ -428,7 +428,7 @@ async fn a_size_measured_while_a_range_was_being_copied_in_is_not_reported_once_
 }
 
 #[tokio::test]
-async fn load_info_reports_keys_bytes_a_size_split_key_and_a_load_split_key_at_the_hot_keys() {
+async fn load_info_reports_keys_bytes_split_keys_and_where_the_requests_lie() {
     let dir = tempfile::tempdir().unwrap();
     let a = TestNode::start(dir.path(), 1 << 20).await;
     a.own(meta(1, "", "")).await;
@@ -459,6 +459,30 @@ async fn load_info_reports_keys_bytes_a_size_split_key_and_a_load_split_key_at_t
     assert!(
         ("k0800".."k0810").contains(&by_load.as_str()),
         "load split key {by_load} among the hot keys"
+    );
+    // Where the requests lie: the 800 writes below k0800 are about a quarter
+    // of the 3,000 accesses, the 2,000 reads of k0800..k0809 two thirds. The
+    // bounds leave room for the sample (64 keys a bucket): 4 standard
+    // deviations each.
+    assert!(
+        ranger_proto::LoadCut::well_formed(&load.load_cuts),
+        "{:?}",
+        load.load_cuts
+    );
+    for cut in &load.load_cuts {
+        let key = String::from_utf8(cut.key.as_bytes().to_vec()).unwrap();
+        if key.as_str() < "k0800" {
+            assert!(cut.below < 0.5, "{cut:?}");
+        } else if key.as_str() >= "k0810" {
+            assert!(cut.below > 0.8, "{cut:?}");
+        }
+    }
+    assert!(
+        load.load_cuts
+            .iter()
+            .any(|c| c.key.as_bytes() >= b"k0800".as_slice()),
+        "{:?}",
+        load.load_cuts
     );
     assert!(load.reads_per_second > 0.0 && load.writes_per_second > 0.0);
 }

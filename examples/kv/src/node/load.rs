@@ -90,6 +90,7 @@ impl RangeLoads {
                 .map(|k| vec![Key::new(k)])
                 .unwrap_or_default(),
             load_split_keys: metered.load_split_keys(),
+            load_cuts: metered.cuts,
         })
     }
 }
