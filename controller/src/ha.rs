@@ -171,7 +171,8 @@ async fn lead<T: NodeTransport>(
         keyspace,
         setup.orchestrator.clone(),
         tokio::time::Instant::now(),
-    );
+    )
+    .with_wall_clock(crate::orchestrator::wall_clock_now());
     let (handle, task) = runtime::spawn(
         engine,
         persister,

@@ -226,7 +226,8 @@ where
     T: NodeTransport,
 {
     let keyspace = crate::bootstrap::load_keyspace(&parts.persister).await?;
-    let engine = Engine::new(keyspace, parts.orchestrator, Instant::now());
+    let engine = Engine::new(keyspace, parts.orchestrator, Instant::now())
+        .with_wall_clock(crate::orchestrator::wall_clock_now());
     Ok(spawn(
         engine,
         parts.persister,

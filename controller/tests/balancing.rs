@@ -12,7 +12,7 @@ use std::time::Duration;
 use ranger_controller::balancer::BalancerConfig;
 use ranger_controller::config::{BalanceMode, Balancing, Replication};
 use ranger_controller::orchestrator::{OpError, Origin};
-use ranger_proto::{Key, LoadInfo, PlacementState};
+use ranger_proto::{Key, LoadInfo, PlacementState, RangeId};
 use support::engine_driver::Driver;
 use support::{config, id};
 
@@ -385,6 +385,69 @@ fn the_balancers_memory_of_a_move_ends_with_its_cooldown() {
     assert!(
         !explained.iter().any(|l| l.starts_with("last moved")),
         "{explained:?}"
+    );
+}
+
+#[test]
+fn a_controller_that_takes_over_keeps_the_cooldown_of_a_move_its_predecessor_made() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::On);
+    driver.engine.balance_tick();
+    driver.settle();
+    let on_b = |driver: &Driver| -> Vec<RangeId> {
+        driver
+            .engine
+            .keyspace()
+            .current_ranges()
+            .filter(|r| r.placements().iter().any(|p| p.node().as_str() == "b"))
+            .map(|r| r.id())
+            .collect()
+    };
+    let moved = on_b(&driver);
+    assert_eq!(moved.len(), 2, "the first leader moved two ranges to b");
+
+    // A minute later the leader dies and another takes over from the store;
+    // meanwhile the load turned: b's ranges are hot, a's idle, so a planner
+    // that forgot the moves would send them straight back (A→B→A).
+    driver.now += Duration::from_secs(60);
+    driver.fail_over(&["a", "b"]);
+    for (range, load) in driver.nodes.loads.iter_mut() {
+        load.reads_per_second = if moved.contains(range) { 300.0 } else { 1.0 };
+    }
+    driver.settle();
+    driver.engine.balance_tick();
+    driver.settle();
+    let round = driver.engine.balance_status(driver.now).last.unwrap();
+    assert!(
+        round.plan.imbalance.load > 1.5,
+        "{:?}",
+        round.plan.imbalance
+    );
+    assert_eq!(on_b(&driver), moved, "{:?}", round.plan.actions);
+    for range in &moved {
+        assert!(
+            round.plan.skipped.iter().any(|s| s.range == Some(*range)
+                && s.reason == ranger_controller::balancer::SkipReason::Cooldown),
+            "range {range}: {:?}",
+            round.plan.skipped
+        );
+    }
+
+    // Once the cooldown is over, the same load moves one back: the planner
+    // wanted to, and only the remembered move held it.
+    driver.now += Duration::from_secs(10 * 60);
+    driver.engine.balance_tick();
+    driver.settle();
+    let now_on_b = on_b(&driver);
+    assert!(
+        moved.iter().any(|r| !now_on_b.contains(r)),
+        "{now_on_b:?}: {:?}",
+        driver
+            .engine
+            .balance_status(driver.now)
+            .last
+            .unwrap()
+            .plan
+            .actions
     );
 }
 

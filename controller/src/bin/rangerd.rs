@@ -304,7 +304,8 @@ async fn run_embedded(
         }
     };
 
-    let engine = Engine::new(keyspace, config, tokio::time::Instant::now());
+    let engine = Engine::new(keyspace, config, tokio::time::Instant::now())
+        .with_wall_clock(ranger_controller::orchestrator::wall_clock_now());
     let stop = Stop::on_signals();
     let (handle, controller) = runtime::spawn(
         engine,

@@ -46,7 +46,7 @@ use std::ops::Bound;
 use ranger_proto::{PlacementState, RangeId, RangeMeta, RangeState};
 
 pub use error::KeyspaceError;
-pub use range::{Placement, PlacementId, Range, placement_transition_allowed};
+pub use range::{Placement, PlacementId, Range, RangeHistory, placement_transition_allowed};
 pub use record::{
     ChangeSet, Counters, READABLE_RECORD_VERSIONS, RECORD_VERSION, RangeRecord, RecordError,
 };
@@ -92,6 +92,7 @@ impl Keyspace {
             children: Vec::new(),
             placements: Vec::new(),
             ever_activated: false,
+            history: RangeHistory::default(),
             current: true,
         };
         let mut keyspace = Keyspace {
@@ -136,6 +137,7 @@ impl Keyspace {
                 children: record.children,
                 placements: record.placements,
                 ever_activated: record.ever_activated,
+                history: record.history,
                 current: false,
             };
             if ranges.insert(record.id, range).is_some() {
@@ -289,6 +291,25 @@ impl Keyspace {
         records
     }
 
+    /// Updates when `id` last split, moved or joined (see [`RangeHistory`]);
+    /// the range is saved again with the next change set if that changed it.
+    pub fn note_history(
+        &mut self,
+        id: RangeId,
+        update: impl FnOnce(&mut RangeHistory),
+    ) -> Result<()> {
+        let range = self
+            .ranges
+            .get_mut(&id)
+            .ok_or(KeyspaceError::UnknownRange(id))?;
+        let before = range.history;
+        update(&mut range.history);
+        if range.history != before {
+            self.dirty.insert(id);
+        }
+        Ok(())
+    }
+
     /// Whether some change has not been taken for saving yet.
     /// How many times a placement entered each state since this keyspace was
     /// built or loaded (adding a placement enters Pending).
@@ -389,5 +410,6 @@ fn to_record(r: &Range) -> RangeRecord {
         children: r.children.clone(),
         ever_activated: r.ever_activated,
         placements: r.placements.clone(),
+        history: r.history,
     }
 }

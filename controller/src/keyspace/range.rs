@@ -138,6 +138,34 @@ pub fn placement_transition_allowed(from: PlacementState, to: PlacementState) ->
     )
 }
 
+/// When the events the balancer's cooldowns count happened to a range, in
+/// wall-clock milliseconds since the Unix epoch.
+///
+/// Kept with the range and persisted with it (record version 3), so that a
+/// controller that takes over after a failover still knows that a range moved
+/// a minute ago (no A→B→A, no move within the cooldown) or was just split (no
+/// join within the cooldown): in the leader's memory alone, a failover forgot
+/// them. Wall-clock rather than monotonic time, because the next leader is
+/// another process, maybe on another machine; the cooldowns are minutes, far
+/// above the skew of synchronised clocks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RangeHistory {
+    /// When the split that created this range ended.
+    pub split: Option<u64>,
+    /// When a placement of this range (or of a range it came from: the children
+    /// of a range that just moved are as recently moved as their parent) last
+    /// moved.
+    pub moved: Option<u64>,
+    /// When the join that created this range ended.
+    pub joined: Option<u64>,
+}
+
+impl RangeHistory {
+    pub fn is_empty(&self) -> bool {
+        *self == RangeHistory::default()
+    }
+}
+
 /// A range of the keyspace with its history links and placements.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
@@ -153,6 +181,8 @@ pub struct Range {
     /// range may have accepted writes, so the split or join that created it can no
     /// longer be rolled back without losing them.
     pub(super) ever_activated: bool,
+    /// When it last split, moved or joined, for the balancer's cooldowns.
+    pub(super) history: RangeHistory,
     /// Whether the key index lists this range (it is in the current tiling):
     /// set wherever the index changes, so that a walk that needs no key order
     /// reads the ranges where they lie instead of looking each one up from the
@@ -191,6 +221,10 @@ impl Range {
 
     pub fn ever_activated(&self) -> bool {
         self.ever_activated
+    }
+
+    pub fn history(&self) -> RangeHistory {
+        self.history
     }
 
     /// The first placement that may still hold data, if any.

@@ -4,7 +4,7 @@
 
 use ranger_proto::{Key, RangeId, RangeMeta, RangeState};
 
-use super::{Keyspace, KeyspaceError, Range, Result};
+use super::{Keyspace, KeyspaceError, Range, RangeHistory, Result};
 
 impl Keyspace {
     /// Begins a split of a current Active range at `key`: the range goes Subsuming
@@ -160,6 +160,11 @@ impl Keyspace {
     }
 
     fn insert_child(&mut self, meta: RangeMeta, parents: Vec<RangeId>) {
+        // The children of a range that moved recently are as recently moved.
+        let moved = parents
+            .iter()
+            .filter_map(|p| self.ranges.get(p).and_then(|r| r.history.moved))
+            .max();
         let range = Range {
             meta,
             state: RangeState::Active,
@@ -167,6 +172,10 @@ impl Keyspace {
             children: Vec::new(),
             placements: Vec::new(),
             ever_activated: false,
+            history: RangeHistory {
+                moved,
+                ..RangeHistory::default()
+            },
             current: false,
         };
         self.ranges.insert(range.id(), range);

@@ -206,6 +206,35 @@ fn every_placement_path_of_the_state_machine_is_reachable() {
     assert!(ks.range(RangeId::FIRST).unwrap().placements().is_empty());
 }
 
+// ---- balancing history ----
+
+#[test]
+fn the_balancing_history_is_saved_with_the_range_and_a_split_s_children_inherit_its_last_move() {
+    let mut ks = Keyspace::new();
+    let r1 = RangeId::FIRST;
+    ks.take_changes();
+    ks.note_history(r1, |h| h.moved = Some(5_000)).unwrap();
+    let saved = ks.take_changes();
+    assert_eq!(saved.upserts.len(), 1, "noting history saves the range");
+    assert_eq!(saved.upserts[0].history.moved, Some(5_000));
+    // Noting the same again changes nothing, so saves nothing.
+    ks.note_history(r1, |h| h.moved = Some(5_000)).unwrap();
+    assert!(!ks.has_changes());
+    assert_eq!(
+        ks.note_history(id(99), |h| h.split = Some(1)),
+        Err(KeyspaceError::UnknownRange(id(99)))
+    );
+
+    let (l, r) = ks.split(r1, "m".into()).unwrap();
+    for child in [l, r] {
+        let history = ks.range(child).unwrap().history();
+        assert_eq!((history.moved, history.split), (Some(5_000), None));
+    }
+    // A controller that loads the store reads it back.
+    let loaded = Keyspace::from_records(ks.counters(), ks.to_records()).unwrap();
+    assert_eq!(loaded.range(l).unwrap().history().moved, Some(5_000));
+}
+
 // ---- split ----
 
 #[test]
@@ -638,6 +667,7 @@ fn bare(n: u64, start: &str, end: &str) -> RangeRecord {
         children: vec![],
         ever_activated: false,
         placements: vec![],
+        history: Default::default(),
     }
 }
 
@@ -730,8 +760,8 @@ fn load_reports_other_corruption() {
     assert!(matches!(err, KeyspaceError::LivePlacement { .. }), "{err}");
     let err = load_with(|_, records| record(records, 3).ever_activated = false);
     assert!(matches!(err, KeyspaceError::Malformed { .. }), "{err}");
-    let err = load_with(|_, records| record(records, 3).v = 3);
-    assert!(err.to_string().contains("version 3"), "{err}");
+    let err = load_with(|_, records| record(records, 3).v = 4);
+    assert!(err.to_string().contains("version 4"), "{err}");
     let err = load_with(|_, records| records.clear());
     assert_eq!(err, KeyspaceError::Empty);
     let err = load_with(|_, records| record(records, 1).state = RangeState::Active);

@@ -5,11 +5,14 @@
 //! [`Origin::Balancer`], through the same machinery as `rangerctl`'s: queued,
 //! cancellable, listed, and checked against the same preconditions.
 //!
-//! The planner never reads a clock; the engine hands it milliseconds since the
-//! engine started, and remembers (volatile, like every cooldown) when each
-//! range last moved, split or joined.
+//! The planner never reads a clock; the engine hands it wall-clock milliseconds
+//! (the runtime's clock at the engine's start plus the engine's own `now`), and
+//! notes when each range last moved, split or joined in the keyspace
+//! ([`crate::keyspace::RangeHistory`]), which persists it with the range: a
+//! controller that takes over keeps the cooldowns (no A→B→A, no join right
+//! after a split). The planner's own memory (smoothed loads, hot counts) stays
+//! volatile: a new leader's first rounds are only less informed.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use ranger_proto::{NodeId, RangeId, RangeState};
@@ -25,6 +28,14 @@ use crate::balancer::{
 };
 use crate::config::BalanceMode;
 
+/// The wall clock now, in milliseconds since the Unix epoch, for
+/// [`Engine::with_wall_clock`] (0 on a clock set before 1970).
+pub fn wall_clock_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The longest pause: long enough for any maintenance, short enough that a
 /// forgotten pause ends (and that no clock arithmetic can overflow).
 const MAX_PAUSE: Duration = Duration::from_secs(30 * 86_400);
@@ -39,8 +50,6 @@ pub(super) struct Balancing {
     paused_until: Option<Instant>,
     /// The planner's memory: smoothed loads, hot counts, recent moves.
     memory: BalancerMemory,
-    /// When each range last split, moved or joined (for the planner's cooldowns).
-    history: HashMap<RangeId, History>,
     last: Option<BalanceRound>,
     /// Counts since this engine began, for metrics.
     totals: BalanceTotals,
@@ -56,13 +65,6 @@ pub struct BalanceTotals {
     pub actions: std::collections::BTreeMap<crate::balancer::Reason, u64>,
     pub skips: std::collections::BTreeMap<crate::balancer::SkipReason, u64>,
     pub refused: u64,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct History {
-    split: Option<Timestamp>,
-    moved: Option<Timestamp>,
-    joined: Option<Timestamp>,
 }
 
 /// One balancing round as operators see it (`rangerctl balance`).
@@ -208,19 +210,18 @@ impl Engine {
                 op.id, op.phase, op.origin
             ));
         }
-        let history = self
-            .balancing
-            .history
-            .get(&range)
-            .copied()
-            .unwrap_or_default();
+        let history = r.history();
         let now_ts = self.balancing.last.as_ref().map(|l| l.plan.now);
+        let horizon = self.history_horizon();
         for (what, at) in [
             ("moved", history.moved),
             ("split", history.split),
             ("joined", history.joined),
         ] {
-            if let (Some(at), Some(now)) = (at, now_ts) {
+            let at = at.map(Timestamp::from_millis);
+            if let (Some(at), Some(now)) = (at, now_ts)
+                && now.within(Some(at), horizon)
+            {
                 lines.push(format!(
                     "last {what} {:.1} s before the last round",
                     now.since(at).as_secs_f64()
@@ -288,7 +289,6 @@ impl Engine {
         if mode == BalanceMode::Off {
             return;
         }
-        self.forget_old_history(now);
         if self.balancing.paused_until.is_some_and(|until| until > now) {
             return;
         }
@@ -412,49 +412,44 @@ impl Engine {
         Ok(self.new_op(request, origin, Progress::NotStarted, OpPhase::Queued, now))
     }
 
-    /// Keeps only what a cooldown can still use: current ranges with an event
-    /// younger than the longest cooldown (the map would otherwise grow with
-    /// every operation the cluster ever ran).
-    fn forget_old_history(&mut self, now: Instant) {
+    /// How long an event of a range's history still matters: the longest
+    /// cooldown.
+    fn history_horizon(&self) -> Duration {
         let planner = &self.config.balancing.planner;
-        let horizon = planner.move_cooldown.max(planner.join_cooldown_after_split);
-        let now_ts = self.timestamp(now);
-        let keyspace = &self.keyspace;
-        self.balancing.history.retain(|range, h| {
-            keyspace.is_current(*range)
-                && [h.split, h.moved, h.joined]
-                    .into_iter()
-                    .any(|at| now_ts.within(at, horizon))
-        });
+        planner.move_cooldown.max(planner.join_cooldown_after_split)
     }
 
-    /// Notes when a finished operation moved, split or joined its ranges (only
-    /// while the balancer runs: nothing else reads it).
+    /// Notes in the keyspace (which persists it) when a finished operation
+    /// moved, split or joined its ranges (only while the balancer runs:
+    /// nothing else reads it). The children of a split or join already
+    /// inherited their parents' last move when they were created.
     pub(super) fn note_balance_history(&mut self, op: &Operation, now: Instant) {
         if self.config.balancing.mode == BalanceMode::Off {
             return;
         }
-        let at = self.timestamp(now);
-        let history = &mut self.balancing.history;
-        match (&op.request, &op.progress) {
+        let at = self.timestamp(now).as_millis();
+        let noted = match (&op.request, &op.progress) {
             (OpRequest::Move { range, .. }, _) => {
-                history.entry(*range).or_default().moved = Some(at);
+                self.keyspace.note_history(*range, |h| h.moved = Some(at))
             }
-            (_, Progress::Split { left, right }) => {
-                for child in [left, right] {
-                    history.entry(*child).or_default().split = Some(at);
-                }
-            }
+            (_, Progress::Split { left, right }) => [left, right]
+                .into_iter()
+                .try_for_each(|child| self.keyspace.note_history(*child, |h| h.split = Some(at))),
             (_, Progress::Join { child }) => {
-                history.entry(*child).or_default().joined = Some(at);
+                self.keyspace.note_history(*child, |h| h.joined = Some(at))
             }
-            _ => {}
+            _ => Ok(()),
+        };
+        if let Err(error) = noted {
+            tracing::warn!(op = %op.id, %error, "could not note the balancing history");
         }
     }
 
+    /// The balancer's time at `now`: wall-clock milliseconds.
     fn timestamp(&self, now: Instant) -> Timestamp {
         let millis = now.saturating_duration_since(self.started).as_millis();
-        Timestamp::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+        let millis = u64::try_from(millis).unwrap_or(u64::MAX);
+        Timestamp::from_millis(self.wall_start_ms.saturating_add(millis))
     }
 
     /// The planner's view of the cluster now.
@@ -496,12 +491,7 @@ impl Engine {
                         .and_then(|n| n.ranges.get(&r.id()))
                         .map(|view| &view.load)
                 });
-                let history = self
-                    .balancing
-                    .history
-                    .get(&r.id())
-                    .copied()
-                    .unwrap_or_default();
+                let history = r.history();
                 let mut snapshot = RangeSnapshot::new(
                     r.id(),
                     r.meta().start().clone(),
@@ -518,9 +508,9 @@ impl Engine {
                     snapshot.split_keys_by_load = info.load_split_keys.clone();
                     snapshot.load_cuts = info.load_cuts.clone();
                 }
-                snapshot.last_split = history.split;
-                snapshot.last_moved = history.moved;
-                snapshot.last_joined = history.joined;
+                snapshot.last_split = history.split.map(Timestamp::from_millis);
+                snapshot.last_moved = history.moved.map(Timestamp::from_millis);
+                snapshot.last_joined = history.joined.map(Timestamp::from_millis);
                 snapshot
             })
             .collect();

@@ -54,7 +54,9 @@ use ranger_proto::{Key, NodeId, RangeId, RangeInfo, RangeState};
 use tokio::time::Instant;
 
 pub use attempts::{Attempt, Subject};
-pub use balancing::{BalanceRound, BalanceStatus, BalanceTotals, describe as describe_action};
+pub use balancing::{
+    BalanceRound, BalanceStatus, BalanceTotals, describe as describe_action, wall_clock_now,
+};
 pub use ownership::{ForgetReport, Unavailable};
 pub use types::{
     Answer, BalancerOrigin, Call, CallError, Dispatch, Effect, Event, OpError, OpId, OpPhase,
@@ -85,6 +87,12 @@ pub struct Engine {
     /// When this controller started: a placement on a node it never heard from is
     /// lost once the loss period has passed since then.
     started: Instant,
+    /// The wall-clock time at `started`, in milliseconds since the Unix epoch:
+    /// the balancer's timestamps are wall-clock, so that the history persisted
+    /// with each range (`RangeHistory`) means the same to the next leader. 0
+    /// unless the runtime sets it ([`Engine::with_wall_clock`]): tests then
+    /// count from the engine's start.
+    wall_start_ms: u64,
     attempts: Attempts,
     ops: BTreeMap<OpId, Operation>,
     next_op: u64,
@@ -163,6 +171,7 @@ impl Engine {
             roster: Roster::new(),
             config,
             started: now,
+            wall_start_ms: 0,
             attempts: Attempts::default(),
             ops: BTreeMap::new(),
             next_op: 1,
@@ -187,6 +196,15 @@ impl Engine {
         };
         engine.resume_operations(now);
         engine
+    }
+
+    /// Sets the wall-clock time at the `now` given to [`Engine::new`], in
+    /// milliseconds since the Unix epoch (see [`wall_clock_now`]): the runtime
+    /// does, so that the balancing history kept with each range is wall-clock
+    /// time that a later leader reads the same way.
+    pub fn with_wall_clock(mut self, unix_ms_at_start: u64) -> Self {
+        self.wall_start_ms = unix_ms_at_start;
+        self
     }
 
     /// Rebuilds operation records for what the keyspace shows in flight.

@@ -48,7 +48,7 @@ use std::future::Future;
 
 use ranger_proto::{Key, NodeId, PlacementState, RangeId, RangeState};
 
-use crate::keyspace::{ChangeSet, Counters, Keyspace, RECORD_VERSION, RangeRecord};
+use crate::keyspace::{ChangeSet, Counters, Keyspace, RECORD_VERSION, RangeHistory, RangeRecord};
 use crate::persist::{PersistError, Persister};
 
 /// What the suite must do to a store beyond [`Persister`]: break a save, count
@@ -126,6 +126,12 @@ fn sample_keyspace() -> Keyspace {
         .expect("a valid keyspace change");
     ks.set_placement_state(r3, p, PlacementState::Loading)
         .expect("a valid keyspace change");
+    // The balancing history travels with the records (version 3).
+    ks.note_history(r3, |h| {
+        h.split = Some(1_796_000_000_000);
+        h.moved = Some(1_796_000_060_000);
+    })
+    .expect("a valid keyspace change");
     ks
 }
 
@@ -332,6 +338,7 @@ pub async fn stores_and_loads_100k_ranges<P: Harness>(store: P) {
             children: vec![],
             ever_activated: false,
             placements: vec![],
+            history: RangeHistory::default(),
         })
         .collect();
     let changes = ChangeSet {

@@ -6,7 +6,7 @@
 
 use ranger_proto::{ConversionError, Key, NodeId, RangeId, RangeState};
 
-use crate::keyspace::{ChangeSet, Counters, Placement, PlacementId, RangeRecord};
+use crate::keyspace::{ChangeSet, Counters, Placement, PlacementId, RangeHistory, RangeRecord};
 
 /// The change set that creates a settled keyspace of `n` ranges over `nodes`
 /// nodes (at least one), every record in schema `version`.
@@ -28,6 +28,7 @@ pub fn settled_keyspace(n: u64, nodes: u64, version: u32) -> Result<ChangeSet, C
                     PlacementId::new(i),
                     NodeId::new(format!("n{}", i % nodes))?,
                 )],
+                history: RangeHistory::default(),
             })
         })
         .collect::<Result<_, ConversionError>>()?;

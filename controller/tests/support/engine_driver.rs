@@ -115,6 +115,8 @@ pub fn describe(dispatch: &Dispatch) -> String {
 /// Plays the runtime for one engine, with a hand-held clock.
 pub struct Driver {
     pub engine: Engine,
+    /// When the first engine started (its wall clock counts from 0 there).
+    pub started: Instant,
     pub now: Instant,
     pub nodes: Nodes,
     /// Every command the engine sent, in order, as "verb range@node".
@@ -137,6 +139,7 @@ impl Driver {
         let now = Instant::now();
         let mut driver = Driver {
             engine: Engine::new(Keyspace::new(), config, now),
+            started: now,
             now,
             nodes: Nodes::default(),
             sent: Vec::new(),
@@ -155,6 +158,24 @@ impl Driver {
                 .node_registered(node(name), format!("{name}:7000"), now);
         }
         driver
+    }
+
+    /// Replaces the engine by one loaded from what the old one saved, as a
+    /// controller that takes over does (its wall clock continuing the old
+    /// one's), with `names` registered again; the model nodes keep their state.
+    pub fn fail_over(&mut self, names: &[&str]) {
+        let saved = self.engine.keyspace();
+        let keyspace = Keyspace::from_records(saved.counters(), saved.to_records())
+            .expect("what the engine saved loads");
+        let wall = self.now.saturating_duration_since(self.started).as_millis();
+        self.engine = Engine::new(keyspace, self.engine.config().clone(), self.now)
+            .with_wall_clock(u64::try_from(wall).expect("a test's clock"));
+        let effects = self.engine.step(self.now);
+        self.execute(effects);
+        for name in names {
+            self.engine
+                .node_registered(node(name), format!("{name}:7000"), self.now);
+        }
     }
 
     /// Executes effects as the runtime does: saves succeed, probes and

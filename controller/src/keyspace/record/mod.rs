@@ -10,7 +10,11 @@
 //! operator can read it with `consul kv get` and a record from another build is
 //! reported by its version number, not as a parse error.
 //!
-//! - Version 2 ([`v2`], written by this build): keys as text (the key itself when
+//! - Version 3 (written by this build): version 2 plus the range's balancing
+//!   history (`split`, `moved`, `joined`: wall-clock milliseconds, each left out
+//!   when unknown; see [`super::RangeHistory`]), so that a controller taking
+//!   over keeps the balancer's cooldowns. The same module reads and writes both.
+//! - Version 2 ([`v2`]): keys as text (the key itself when
 //!   printable, else `hex:...`), placements as short arrays, empty and false fields
 //!   left out. About half the bytes of version 1 for a range with one placement, and
 //!   about twice as fast to load.
@@ -24,14 +28,14 @@ mod v2;
 use ranger_proto::{Key, RangeId, RangeState};
 use serde::{Deserialize, Serialize};
 
-use super::Placement;
+use super::{Placement, RangeHistory};
 
 /// The schema version this build writes.
-pub const RECORD_VERSION: u32 = 2;
+pub const RECORD_VERSION: u32 = 3;
 
 /// Every schema version this build reads (and can write, see
 /// [`RangeRecord::encode`]).
-pub const READABLE_RECORD_VERSIONS: [u32; 2] = [1, 2];
+pub const READABLE_RECORD_VERSIONS: [u32; 3] = [1, 2, 3];
 
 /// The id counters. Persisted with every change set, so that ids are never reused
 /// after a restart, not even the ids of ranges whose creation was rolled back.
@@ -67,15 +71,19 @@ pub struct RangeRecord {
     pub children: Vec<RangeId>,
     pub ever_activated: bool,
     pub placements: Vec<Placement>,
+    /// Empty in records of versions 1 and 2, which cannot carry it.
+    pub history: RangeHistory,
 }
 
 /// Why a stored record could not be decoded (or a record encoded).
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error(
-        "record schema version {found} is not supported (this build reads versions 1 and {RECORD_VERSION})"
+        "record schema version {found} is not supported (this build reads versions 1 to {RECORD_VERSION})"
     )]
     UnsupportedVersion { found: u64 },
+    #[error("record field `{field}` does not exist in schema version {version}")]
+    FieldNotInVersion { field: &'static str, version: u32 },
     #[error("record has no schema version field `v`")]
     MissingVersion,
     #[error("malformed record: {0}")]
@@ -83,13 +91,14 @@ pub enum RecordError {
 }
 
 impl RangeRecord {
-    /// Encodes the record as JSON in the schema its `v` names: version 2 for
-    /// every record the keyspace hands out; version 1 only for tests and
-    /// benchmarks that need a store as an older build wrote it.
+    /// Encodes the record as JSON in the schema its `v` names: version 3 for
+    /// every record the keyspace hands out; versions 1 and 2 (which drop the
+    /// history) only for tests and benchmarks that need a store as an older
+    /// build wrote it.
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
         match self.v {
             1 => v1::encode(self),
-            2 => v2::encode(self),
+            2 | 3 => v2::encode(self, self.v),
             other => Err(RecordError::UnsupportedVersion {
                 found: u64::from(other),
             }),
@@ -101,7 +110,7 @@ impl RangeRecord {
     /// such, not as a parse error. The record keeps the version it was read in.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         // What this build writes starts so: no need to look for `v` first.
-        if bytes.starts_with(v2::PREFIX) {
+        if bytes.starts_with(v2::PREFIX_V3) || bytes.starts_with(v2::PREFIX_V2) {
             return v2::decode(bytes);
         }
         #[derive(Deserialize)]
@@ -112,7 +121,7 @@ impl RangeRecord {
         match probe.v {
             None => Err(RecordError::MissingVersion),
             Some(1) => v1::decode(bytes),
-            Some(2) => v2::decode(bytes),
+            Some(2 | 3) => v2::decode(bytes),
             Some(found) => Err(RecordError::UnsupportedVersion { found }),
         }
     }

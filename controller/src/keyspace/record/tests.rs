@@ -1,4 +1,4 @@
-//! Round trips of both schema versions, and what a damaged record is refused as.
+//! Round trips of every schema version, and what a damaged record is refused as.
 
 use ranger_proto::NodeId;
 
@@ -16,6 +16,7 @@ fn record() -> RangeRecord {
         children: vec![],
         ever_activated: false,
         placements: vec![],
+        history: RangeHistory::default(),
     }
 }
 
@@ -54,6 +55,11 @@ fn busy_record() -> RangeRecord {
         children: vec![range(13), range(14)],
         ever_activated: true,
         placements: vec![source, moving],
+        history: RangeHistory {
+            split: Some(1_796_000_000_000),
+            moved: Some(1_796_000_060_000),
+            joined: Some(1),
+        },
     }
 }
 
@@ -62,13 +68,36 @@ fn round_trip(record: &RangeRecord) -> RangeRecord {
 }
 
 #[test]
-fn a_record_round_trips_in_both_versions() {
+fn a_record_round_trips_in_every_version_and_only_version_3_keeps_the_history() {
     for v in READABLE_RECORD_VERSIONS {
         for mut r in [record(), busy_record()] {
             r.v = v;
-            assert_eq!(round_trip(&r), r, "version {v}");
+            let mut expected = r.clone();
+            if v < 3 {
+                expected.history = RangeHistory::default();
+            }
+            assert_eq!(round_trip(&r), expected, "version {v}");
         }
     }
+}
+
+#[test]
+fn a_version_2_record_loads_without_history_and_may_not_carry_any() {
+    let stored = br#"{"v":2,"id":1,"start":"","end":"","state":"Active"}"#;
+    let r = RangeRecord::decode(stored).expect("a v2 record loads");
+    assert_eq!((r.v, r.history), (2, RangeHistory::default()));
+    let with_history = br#"{"v":2,"id":1,"start":"","end":"","state":"Active","moved":5}"#;
+    let err = RangeRecord::decode(with_history).expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            RecordError::FieldNotInVersion {
+                field: "moved",
+                version: 2
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -96,8 +125,9 @@ fn awkward_keys_round_trip_exactly() {
 }
 
 #[test]
-fn version_2_is_what_the_keyspace_writes_and_is_readable_text() {
+fn version_3_is_what_the_keyspace_writes_and_is_readable_text() {
     let mut r = record();
+    r.history.moved = Some(1_796_000_000_000);
     r.end = Key::from("k0000000006");
     let mut p = placement(5, "n5");
     p.activate_sent = true;
@@ -107,13 +137,13 @@ fn version_2_is_what_the_keyspace_writes_and_is_readable_text() {
     let text = String::from_utf8(r.encode().expect("encodes")).expect("text");
     assert_eq!(
         text,
-        r#"{"v":2,"id":1,"start":"","end":"k0000000006","state":"Active","activated":true,"placements":[[5,"n5","Active","sent","served"]]}"#
+        r#"{"v":3,"id":1,"start":"","end":"k0000000006","state":"Active","activated":true,"placements":[[5,"n5","Active","sent","served"]],"moved":1796000000000}"#
     );
-    assert!(text.as_bytes().starts_with(v2::PREFIX));
+    assert!(text.as_bytes().starts_with(v2::PREFIX_V3));
 }
 
 #[test]
-fn version_2_takes_about_half_the_bytes_of_version_1() {
+fn version_3_takes_about_half_the_bytes_of_version_1() {
     let mut r = record();
     r.start = Key::from("k0000000005");
     r.end = Key::from("k0000000006");
@@ -153,7 +183,7 @@ fn a_version_2_record_with_its_fields_in_another_order_loads() {
 
 #[test]
 fn other_versions_are_refused_by_number() {
-    for found in [0u64, 3, 99] {
+    for found in [0u64, 4, 99] {
         let stored = format!(r#"{{"v":{found},"id":1,"start":"","end":"","state":"Active"}}"#);
         let err = RangeRecord::decode(stored.as_bytes()).unwrap_err();
         assert!(
@@ -163,10 +193,10 @@ fn other_versions_are_refused_by_number() {
         assert!(err.to_string().contains(&format!("version {found}")));
     }
     let mut r = record();
-    r.v = 3;
+    r.v = 4;
     assert!(matches!(
         r.encode(),
-        Err(RecordError::UnsupportedVersion { found: 3 })
+        Err(RecordError::UnsupportedVersion { found: 4 })
     ));
 }
 

@@ -8,7 +8,7 @@ use ranger_proto::{Key, RangeId, RangeState};
 use serde::{Deserialize, Serialize};
 
 use super::{RangeRecord, RecordError};
-use crate::keyspace::Placement;
+use crate::keyspace::{Placement, RangeHistory};
 
 /// The stored shape of a version 1 record, field for field.
 #[derive(Serialize, Deserialize)]
@@ -57,5 +57,6 @@ pub(super) fn decode(bytes: &[u8]) -> Result<RangeRecord, RecordError> {
         children: stored.children,
         ever_activated: stored.ever_activated,
         placements: stored.placements,
+        history: RangeHistory::default(),
     })
 }

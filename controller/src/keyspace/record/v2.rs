@@ -1,9 +1,9 @@
-//! Record schema version 2, the compact one this build writes. Still JSON, so
-//! that `consul kv get` and a redb dump stay readable, but about half the bytes
-//! of version 1 and about twice as fast to load:
+//! Record schema versions 2 and 3, the compact ones (this build writes 3).
+//! Still JSON, so that `consul kv get` and a redb dump stay readable, but about
+//! half the bytes of version 1 and about twice as fast to load:
 //!
 //! ```text
-//! {"v":2,"id":5,"start":"k0000000005","end":"k0000000006","state":"Active","activated":true,"placements":[[5,"n5","Active","sent","served"]]}
+//! {"v":3,"id":5,"start":"k0000000005","end":"k0000000006","state":"Active","activated":true,"placements":[[5,"n5","Active","sent","served"]],"moved":1796000000000}
 //! ```
 //!
 //! - `start`, `end`: the key's exact text form ([`Key::to_text`]): the key itself
@@ -15,6 +15,9 @@
 //!   order when written, any order when read, each at most once: `"replaces=N"`
 //!   (the placement it replaces), `"retiring"`, `"sent"` (an Activate was sent)
 //!   and `"served"` (it was seen Active).
+//! - Version 3 adds `split`, `moved` and `joined` (wall-clock milliseconds of
+//!   the range's balancing history), each left out when unknown; a version 2
+//!   record that has one is refused.
 //! - Unknown fields and flags are refused, not ignored: a newer build that adds
 //!   one bumps the version.
 
@@ -26,16 +29,27 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{RangeRecord, RecordError};
-use crate::keyspace::{Placement, PlacementId};
+use crate::keyspace::{Placement, PlacementId, RangeHistory};
 
-/// How every version 2 record this build writes starts: decoding can skip the
-/// search for `v`.
-pub(super) const PREFIX: &[u8] = b"{\"v\":2,";
+/// How every version 2 and 3 record this build writes starts: decoding can
+/// skip the search for `v`.
+pub(super) const PREFIX_V2: &[u8] = b"{\"v\":2,";
+pub(super) const PREFIX_V3: &[u8] = b"{\"v\":3,";
 
-/// Encodes `record` in version 2, whatever its `v`.
-pub(super) fn encode(record: &RangeRecord) -> Result<Vec<u8>, RecordError> {
+/// Encodes `record` in `version` (2 or 3), whatever its `v`: version 2 leaves
+/// the history out.
+pub(super) fn encode(record: &RangeRecord, version: u32) -> Result<Vec<u8>, RecordError> {
+    let history = match version {
+        2 => RangeHistory::default(),
+        3 => record.history,
+        found => {
+            return Err(RecordError::UnsupportedVersion {
+                found: u64::from(found),
+            });
+        }
+    };
     let stored = Out {
-        v: 2,
+        v: version,
         id: record.id,
         start: TextKey(&record.start),
         end: TextKey(&record.end),
@@ -44,6 +58,9 @@ pub(super) fn encode(record: &RangeRecord) -> Result<Vec<u8>, RecordError> {
         children: &record.children,
         activated: record.ever_activated,
         placements: record.placements.iter().map(CompactPlacement).collect(),
+        split: history.split,
+        moved: history.moved,
+        joined: history.joined,
     };
     let mut bytes = Vec::with_capacity(160);
     serde_json::to_writer(&mut bytes, &stored)?;
@@ -53,13 +70,29 @@ pub(super) fn encode(record: &RangeRecord) -> Result<Vec<u8>, RecordError> {
 /// Decodes a version 2 record (its `v` is checked again here).
 pub(super) fn decode(bytes: &[u8]) -> Result<RangeRecord, RecordError> {
     let stored: In = serde_json::from_slice(bytes)?;
-    if stored.v != 2 {
+    if stored.v != 2 && stored.v != 3 {
         return Err(RecordError::UnsupportedVersion {
             found: u64::from(stored.v),
         });
     }
+    let history = RangeHistory {
+        split: stored.split,
+        moved: stored.moved,
+        joined: stored.joined,
+    };
+    if stored.v == 2 {
+        for (field, value) in [
+            ("split", history.split),
+            ("moved", history.moved),
+            ("joined", history.joined),
+        ] {
+            if value.is_some() {
+                return Err(RecordError::FieldNotInVersion { field, version: 2 });
+            }
+        }
+    }
     Ok(RangeRecord {
-        v: 2,
+        v: stored.v,
         id: stored.id,
         start: stored.start.0,
         end: stored.end.0,
@@ -68,6 +101,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<RangeRecord, RecordError> {
         children: stored.children,
         ever_activated: stored.activated,
         placements: stored.placements.into_iter().map(|p| p.0).collect(),
+        history,
     })
 }
 
@@ -87,6 +121,12 @@ struct Out<'a> {
     activated: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     placements: Vec<CompactPlacement<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    split: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    moved: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    joined: Option<u64>,
 }
 
 /// The read shape.
@@ -106,6 +146,12 @@ struct In {
     activated: bool,
     #[serde(default)]
     placements: Vec<OwnedPlacement>,
+    #[serde(default)]
+    split: Option<u64>,
+    #[serde(default)]
+    moved: Option<u64>,
+    #[serde(default)]
+    joined: Option<u64>,
 }
 
 /// A key written in its exact text form.

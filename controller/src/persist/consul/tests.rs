@@ -160,6 +160,7 @@ fn tiling(n: u64) -> ChangeSet {
                 children: vec![],
                 ever_activated: false,
                 placements: vec![],
+                history: Default::default(),
             })
             .collect(),
     }
