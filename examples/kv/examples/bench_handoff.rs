@@ -80,16 +80,39 @@ fn load(store: &Store, from: usize, to: usize) -> anyhow::Result<()> {
 }
 
 /// Copies every file of `from` into `to`; returns the bytes and the time taken.
-fn raw_copy(from: &Path, to: &Path) -> anyhow::Result<(u64, Duration)> {
+/// With `sync`, each copy is flushed to disk before the next (and the directory
+/// after the last): the same durability a move gives its table files before it
+/// ingests them, so that the move is compared with a copy doing the same work;
+/// without, the copy may end in the page cache.
+fn raw_copy(from: &Path, to: &Path, sync: bool) -> anyhow::Result<(u64, Duration)> {
     let began = Instant::now();
     let mut bytes = 0;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         if entry.file_type()?.is_file() {
-            bytes += std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+            let target = to.join(entry.file_name());
+            bytes += std::fs::copy(entry.path(), &target)?;
+            if sync {
+                std::fs::File::open(&target)?.sync_all()?;
+            }
         }
     }
+    if sync {
+        std::fs::File::open(to)?.sync_all()?;
+    }
     Ok((bytes, began.elapsed()))
+}
+
+/// Reads every file of `dir` once, so that the copies timed next find it in
+/// the page cache.
+fn warm_up(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::io::copy(&mut std::fs::File::open(entry.path())?, &mut std::io::sink())?;
+        }
+    }
+    Ok(())
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -151,11 +174,13 @@ async fn main() -> anyhow::Result<()> {
         "move of range 1 under a hammer through the proxy (4 workers, 10 hot keys each, 100-byte values); {VALUE_SIZE}-byte incompressible values in bulk"
     );
     println!(
-        "{:>7} {:>6} {:>10} {:>10} {:>9} {:>14} {:>14} {:>14} {:>7}",
+        "{:>7} {:>6} {:>10} {:>10} {:>9} {:>12} {:>9} {:>14} {:>14} {:>14} {:>7}",
         "size",
         "moves",
         "xfer MB/s",
         "raw MB/s",
+        "ratio",
+        "synced MB/s",
         "ratio",
         "window p50 ms",
         "window p99 ms",
@@ -182,15 +207,26 @@ async fn main() -> anyhow::Result<()> {
         let mut windows = Vec::new();
         let mut errors = 0;
         let mut raw_rates = Vec::new();
+        let mut synced_rates = Vec::new();
         for _ in 0..moves {
             // The raw copy: the source's database files, as they are on disk now.
             let source_dir = dirs[if holder.as_str() == "a" { 0 } else { 1 }].path();
             let copy_dir = tempfile::tempdir()?;
+            // Both copies read the source from the page cache, as the move does
+            // (its data was just written): read it once first.
+            let warm = source_dir.to_owned();
+            tokio::task::spawn_blocking(move || warm_up(&warm)).await??;
             let (source, target) = (source_dir.to_owned(), copy_dir.path().to_owned());
             let (raw_bytes, raw_time) =
-                tokio::task::spawn_blocking(move || raw_copy(&source, &target)).await??;
+                tokio::task::spawn_blocking(move || raw_copy(&source, &target, false)).await??;
             raw_rates.push(raw_bytes as f64 / 1e6 / raw_time.as_secs_f64());
             drop(copy_dir);
+            let synced_dir = tempfile::tempdir()?;
+            let (source, target) = (source_dir.to_owned(), synced_dir.path().to_owned());
+            let (synced_bytes, synced_time) =
+                tokio::task::spawn_blocking(move || raw_copy(&source, &target, true)).await??;
+            synced_rates.push(synced_bytes as f64 / 1e6 / synced_time.as_secs_f64());
+            drop(synced_dir);
 
             let to = nodes
                 .keys()
@@ -302,13 +338,16 @@ async fn main() -> anyhow::Result<()> {
             v[v.len() / 2]
         };
         let (rate, raw) = (median(&mut rates), median(&mut raw_rates));
+        let synced = median(&mut synced_rates);
         println!(
-            "{:>5}MB {:>6} {:>10.1} {:>10.1} {:>8.0}% {:>14.1} {:>14.1} {:>14.1} {:>7}",
+            "{:>5}MB {:>6} {:>10.1} {:>10.1} {:>8.0}% {:>12.1} {:>8.0}% {:>14.1} {:>14.1} {:>14.1} {:>7}",
             size_mb,
             moves,
             rate,
             raw,
             100.0 * rate / raw,
+            synced,
+            100.0 * rate / synced,
             percentile(&windows, 0.5),
             percentile(&windows, 0.99),
             windows[windows.len() - 1],
@@ -317,7 +356,7 @@ async fn main() -> anyhow::Result<()> {
         breakdowns.push((size_mb, breakdown, window_parts, floors, proxy_waits));
     }
     println!(
-        "xfer: the snapshot copy (bytes of keys and values / time, median of the moves); raw: copying the source's RocksDB files (median)"
+        "xfer: the snapshot copy (bytes of keys and values / time, median of the moves); raw: copying the source's RocksDB files (median); synced: the same copy with each file synced to disk, as a move syncs its table files"
     );
     println!(
         "copy time at the destination, per move (ms): waiting for the source's chunks (its reading, the network, decoding) / checking and writing them into table files / ingesting those"
