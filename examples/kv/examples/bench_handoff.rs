@@ -109,7 +109,10 @@ fn warm_up(dir: &Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if entry.file_type()?.is_file() {
-            std::io::copy(&mut std::fs::File::open(entry.path())?, &mut std::io::sink())?;
+            std::io::copy(
+                &mut std::fs::File::open(entry.path())?,
+                &mut std::io::sink(),
+            )?;
         }
     }
     Ok(())
