@@ -356,17 +356,23 @@ fn moves_the_range_with_the_most_load_per_byte_first() {
     );
 }
 
-#[test]
-fn a_node_whose_movable_ranges_are_crumbs_halves_a_big_one_so_that_the_halves_can_move() {
-    // a: one range of 60 and nine of 2 (78); b and c: 50 each. a must shed ~16,
-    // b has ~12 of room: the 60 fits nowhere, and the two moves a may make this
-    // round (2 × 2) would take many rounds. Loads only, no hot rule involved.
+/// a: one range of 60 and nine of 2 (78); b and c: 50 each. a must shed ~16,
+/// b has ~12 of room: the 60 fits nowhere, and the two moves a may make this
+/// round (2 × 2) would take many rounds. Loads only, no hot rule involved; the
+/// 60's node suggests halving it at k00000m.
+fn crumbs_and_one_big_range() -> Cluster {
     let mut c = Cluster::new()
         .node("a", &[60.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0])
         .node("b", &even(5.0))
         .node("c", &even(5.0));
     c.config.split_load_share = 10.0;
     c.range(0).split_keys_by_load = vec![Key::from("k00000m")];
+    c
+}
+
+#[test]
+fn a_node_whose_movable_ranges_are_crumbs_halves_a_big_one_so_that_the_halves_can_move() {
+    let c = crumbs_and_one_big_range();
     let p = c.plan();
     assert_eq!(
         splits(&p),
@@ -377,16 +383,11 @@ fn a_node_whose_movable_ranges_are_crumbs_halves_a_big_one_so_that_the_halves_ca
 #[test]
 fn a_range_too_big_for_any_room_is_cut_to_the_biggest_room_when_its_node_says_where_its_load_lies()
 {
-    // The cluster of the test above: b has ~12 of room, a must shed ~16, the
-    // range of 60 fits nowhere. Its node reports where its requests lie: the
-    // cut leaving 9 on one side fits b's room, where halving (30) would need
-    // two more rounds of halving before a piece fits.
-    let mut c = Cluster::new()
-        .node("a", &[60.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0])
-        .node("b", &even(5.0))
-        .node("c", &even(5.0));
-    c.config.split_load_share = 10.0;
-    c.range(0).split_keys_by_load = vec![Key::from("k00000m")];
+    // b has ~12 of room, a must shed ~16, the range of 60 fits nowhere. Its
+    // node reports where its requests lie: the cut leaving 9 on one side fits
+    // b's room, where halving (30) would need two more rounds of halving
+    // before a piece fits.
+    let mut c = crumbs_and_one_big_range();
     c.range(0).load_cuts = [("k00000b", 0.1), ("k00000d", 0.15), ("k00000m", 0.5)]
         .into_iter()
         .map(|(k, below)| ranger_proto::LoadCut {
