@@ -67,6 +67,17 @@ fn four_hot_ranges_on_a(mode: BalanceMode) -> Driver {
     driver
 }
 
+/// The current ranges with a placement on b.
+fn on_b(driver: &Driver) -> Vec<RangeId> {
+    driver
+        .engine
+        .keyspace()
+        .current_ranges()
+        .filter(|r| r.placements().iter().any(|p| p.node().as_str() == "b"))
+        .map(|r| r.id())
+        .collect()
+}
+
 fn nodes_of(driver: &Driver) -> Vec<String> {
     driver
         .engine
@@ -393,15 +404,6 @@ fn a_controller_that_takes_over_keeps_the_cooldown_of_a_move_its_predecessor_mad
     let mut driver = four_hot_ranges_on_a(BalanceMode::On);
     driver.engine.balance_tick();
     driver.settle();
-    let on_b = |driver: &Driver| -> Vec<RangeId> {
-        driver
-            .engine
-            .keyspace()
-            .current_ranges()
-            .filter(|r| r.placements().iter().any(|p| p.node().as_str() == "b"))
-            .map(|r| r.id())
-            .collect()
-    };
     let moved = on_b(&driver);
     assert_eq!(moved.len(), 2, "the first leader moved two ranges to b");
 
@@ -449,6 +451,38 @@ fn a_controller_that_takes_over_keeps_the_cooldown_of_a_move_its_predecessor_mad
             .plan
             .actions
     );
+}
+
+#[test]
+fn a_move_recorded_by_a_clock_a_day_ahead_holds_for_one_cooldown_not_a_day() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::On);
+    // The first leader's clock reads a day later than the next one's.
+    const DAY_MS: u64 = 86_400_000;
+    driver.fail_over_with_clock(&["a", "b"], DAY_MS);
+    driver.settle();
+    driver.engine.balance_tick();
+    driver.settle();
+    let moved = on_b(&driver);
+    assert_eq!(moved.len(), 2, "the first leader moved two ranges to b");
+
+    driver.fail_over_with_clock(&["a", "b"], 0);
+    for (range, load) in driver.nodes.loads.iter_mut() {
+        load.reads_per_second = if moved.contains(range) { 300.0 } else { 1.0 };
+    }
+    driver.settle();
+    driver.engine.balance_tick();
+    driver.settle();
+    assert_eq!(
+        on_b(&driver),
+        moved,
+        "within the cooldown: nothing moves back"
+    );
+    // One cooldown later, not a day later, one moves back.
+    driver.now += Duration::from_secs(11 * 60);
+    driver.engine.balance_tick();
+    driver.settle();
+    let now_on_b = on_b(&driver);
+    assert!(moved.iter().any(|r| !now_on_b.contains(r)), "{now_on_b:?}");
 }
 
 #[test]

@@ -293,6 +293,7 @@ impl Engine {
             return;
         }
         self.balancing.paused_until = None;
+        self.bring_future_history_to_now(now);
         let snapshot = self.balance_snapshot(now);
         let (plan, mut memory) = balancer::plan(
             &snapshot,
@@ -442,6 +443,35 @@ impl Engine {
         };
         if let Err(error) = noted {
             tracing::warn!(op = %op.id, %error, "could not note the balancing history");
+        }
+    }
+
+    /// Moves every history event later than now (a wall clock stepped back, or
+    /// a predecessor's clock ahead of this one) to now, and saves that: such a
+    /// cooldown then lasts one window from now, not until the clock catches up
+    /// with the other clock (a day ahead would block a range for a day).
+    fn bring_future_history_to_now(&mut self, now: Instant) {
+        let now_ms = self.timestamp(now).as_millis();
+        let future: Vec<RangeId> = self
+            .keyspace
+            .current_ranges_unordered()
+            .filter(|r| {
+                let h = r.history();
+                [h.split, h.moved, h.joined]
+                    .into_iter()
+                    .any(|at| at.is_some_and(|at| at > now_ms))
+            })
+            .map(|r| r.id())
+            .collect();
+        for id in future {
+            let clamped = self.keyspace.note_history(id, |h| {
+                for at in [&mut h.split, &mut h.moved, &mut h.joined] {
+                    *at = at.map(|ms| ms.min(now_ms));
+                }
+            });
+            if let Err(error) = clamped {
+                tracing::warn!(range = %id, %error, "could not correct a future history");
+            }
         }
     }
 

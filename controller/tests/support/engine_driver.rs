@@ -164,12 +164,18 @@ impl Driver {
     /// controller that takes over does (its wall clock continuing the old
     /// one's), with `names` registered again; the model nodes keep their state.
     pub fn fail_over(&mut self, names: &[&str]) {
+        let wall = self.now.saturating_duration_since(self.started).as_millis();
+        self.fail_over_with_clock(names, u64::try_from(wall).expect("a test's clock"));
+    }
+
+    /// [`Driver::fail_over`] to a controller whose wall clock reads `wall_ms`
+    /// now (to test clocks that disagree).
+    pub fn fail_over_with_clock(&mut self, names: &[&str], wall_ms: u64) {
         let saved = self.engine.keyspace();
         let keyspace = Keyspace::from_records(saved.counters(), saved.to_records())
             .expect("what the engine saved loads");
-        let wall = self.now.saturating_duration_since(self.started).as_millis();
-        self.engine = Engine::new(keyspace, self.engine.config().clone(), self.now)
-            .with_wall_clock(u64::try_from(wall).expect("a test's clock"));
+        self.engine =
+            Engine::new(keyspace, self.engine.config().clone(), self.now).with_wall_clock(wall_ms);
         let effects = self.engine.step(self.now);
         self.execute(effects);
         for name in names {
