@@ -363,8 +363,7 @@ impl RangeLoadMeter {
     /// `seen / samples` accesses each, so a busy bucket counts more than a
     /// quiet one. If the median is not strictly inside the range (a hot key at
     /// the range's start), the nearest sampled key above it that is; a cut
-    /// that is not inside the range, or repeats the key or share of the one
-    /// before, is left out.
+    /// that is not strictly inside the range is left out.
     fn split_points(
         &self,
         window: &Window,
@@ -399,7 +398,9 @@ impl RangeLoadMeter {
             .map(Key::from);
 
         // The share below a key counts every sample strictly before it; the
-        // first sample at or past each step of 1/(cuts + 1) is that step's cut.
+        // first new key at or past each step of 1/(cuts + 1) is that step's
+        // cut. Samples are sorted and shares only grow, so keys and shares
+        // rise; every weight is positive, so a share stays below 1.
         let step = 1.0 / (self.config.cuts as f64 + 1.0);
         let mut cuts: Vec<LoadCut> = Vec::with_capacity(self.config.cuts);
         let mut below = 0.0;
@@ -407,16 +408,11 @@ impl RangeLoadMeter {
         for (i, (key, w)) in weighted.iter().enumerate() {
             let share = below / total;
             let new_key = i == 0 || weighted[i - 1].0 != *key;
-            if new_key && share >= next && share < 1.0 && meta.can_split_at(key) {
-                let rising = cuts
-                    .last()
-                    .is_none_or(|c| c.key.as_bytes() < *key && c.below < share);
-                if rising {
-                    cuts.push(LoadCut {
-                        key: Key::from(*key),
-                        below: share,
-                    });
-                }
+            if new_key && share >= next && meta.can_split_at(key) {
+                cuts.push(LoadCut {
+                    key: Key::from(*key),
+                    below: share,
+                });
                 while next <= share {
                     next += step;
                 }

@@ -78,7 +78,7 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
                 break;
             }
             split_one = true;
-            round.push_carve(ri, cut);
+            round.push_carve(ri, cut, Reason::SplitToMove);
         }
         for ri in candidates(round, s, fill_to) {
             let util_s = round.nodes[s].util();
@@ -133,7 +133,7 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
                     match split::carve(round, ri, s) {
                         Some(cut) => {
                             split_one = true;
-                            round.push_carve(ri, cut);
+                            round.push_carve(ri, cut, Reason::SplitToMove);
                         }
                         None => {
                             round.skip(Candidate::Move, Some(ri), Some(s), SkipReason::NoTarget)

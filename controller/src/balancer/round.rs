@@ -462,8 +462,8 @@ impl<'a> Round<'a> {
 
     /// Plans a split that carves a piece for a node's room, and holds that
     /// room for the piece.
-    pub fn push_carve(&mut self, ri: usize, cut: super::split::Carve) {
-        self.push_split(ri, cut.key, Reason::SplitToMove);
+    pub fn push_carve(&mut self, ri: usize, cut: super::split::Carve, reason: Reason) {
+        self.push_split(ri, cut.key, reason);
         if let Some((t, piece)) = cut.room {
             self.hold(t, piece);
         }

@@ -69,7 +69,7 @@ pub(super) fn plan_splits(round: &mut Round<'_>) {
             Some(s) if carving => carve(round, ri, s),
             _ => split_key(round, ri, reason).map(|key| Carve { key, room: None }),
         };
-        let Some(Carve { key, room }) = cut else {
+        let Some(cut) = cut else {
             round.skip(Candidate::Split, Some(ri), None, SkipReason::NoSplitKey);
             continue;
         };
@@ -82,10 +82,7 @@ pub(super) fn plan_splits(round: &mut Round<'_>) {
             );
             continue;
         }
-        round.push_split(ri, key, reason);
-        if let Some((t, piece)) = room {
-            round.hold(t, piece);
-        }
+        round.push_carve(ri, cut, reason);
     }
 }
 

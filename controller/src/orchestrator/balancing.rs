@@ -293,7 +293,6 @@ impl Engine {
             return;
         }
         self.balancing.paused_until = None;
-        self.bring_future_history_to_now(now);
         let snapshot = self.balance_snapshot(now);
         let (plan, mut memory) = balancer::plan(
             &snapshot,
@@ -446,12 +445,13 @@ impl Engine {
         }
     }
 
-    /// Moves every history event later than now (a wall clock stepped back, or
-    /// a predecessor's clock ahead of this one) to now, and saves that: such a
-    /// cooldown then lasts one window from now, not until the clock catches up
-    /// with the other clock (a day ahead would block a range for a day).
-    fn bring_future_history_to_now(&mut self, now: Instant) {
-        let now_ms = self.timestamp(now).as_millis();
+    /// Moves every history event later than `now_ms` (written by a predecessor
+    /// whose clock was ahead of this one's, or before this machine's clock was
+    /// stepped back) to `now_ms`, to be saved: such a cooldown then lasts one
+    /// window, not until this clock catches up (a day ahead would block a range
+    /// for a day). Once, when the engine learns its wall clock: its own
+    /// timestamps only grow from there (the clock runs on `Instant`s).
+    pub(super) fn bring_future_history_to(&mut self, now_ms: u64) {
         let future: Vec<RangeId> = self
             .keyspace
             .current_ranges_unordered()

@@ -204,6 +204,7 @@ impl Engine {
     /// time that a later leader reads the same way.
     pub fn with_wall_clock(mut self, unix_ms_at_start: u64) -> Self {
         self.wall_start_ms = unix_ms_at_start;
+        self.bring_future_history_to(unix_ms_at_start);
         self
     }
 

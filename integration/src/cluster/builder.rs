@@ -188,7 +188,7 @@ impl ClusterBuilder {
             cluster.nodes[index].process.start()?;
         }
         if self.nodes > 0 {
-            cluster.wait_nodes_known_while_alive().await?;
+            cluster.wait_nodes_known().await?;
             cluster.wait_settled().await?;
         }
         if self.proxy {

@@ -300,19 +300,11 @@ impl Cluster {
         .await
     }
 
-    /// Waits until the leader lists exactly this cluster's nodes.
-    pub async fn wait_nodes_known(&self) -> anyhow::Result<()> {
-        wait::until("every node is known", PATIENCE, async || {
-            self.nodes_known().await
-        })
-        .await
-    }
-
-    /// Like [`Cluster::wait_nodes_known`], but fails at once, with the log's
-    /// tail, if a process of the cluster exits meanwhile (a node that could
-    /// not bind its port would otherwise be waited for until the patience ran
-    /// out).
-    pub(crate) async fn wait_nodes_known_while_alive(&mut self) -> anyhow::Result<()> {
+    /// Waits until the leader lists exactly this cluster's nodes; fails at
+    /// once, with the log's tail, if a process of the cluster exits meanwhile
+    /// (a node that could not bind its port would otherwise be waited for until
+    /// the patience ran out).
+    pub async fn wait_nodes_known(&mut self) -> anyhow::Result<()> {
         wait::until_or_fail("every node is known", PATIENCE, async || {
             if let Some(exited) = self.first_exited() {
                 return Err(wait::NotYet::Failed(exited));

@@ -98,7 +98,7 @@ impl RangeRecord {
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
         match self.v {
             1 => v1::encode(self),
-            2 | 3 => v2::encode(self, self.v),
+            2 | 3 => v2::encode(self),
             other => Err(RecordError::UnsupportedVersion {
                 found: u64::from(other),
             }),

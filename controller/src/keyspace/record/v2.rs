@@ -36,9 +36,10 @@ use crate::keyspace::{Placement, PlacementId, RangeHistory};
 pub(super) const PREFIX_V2: &[u8] = b"{\"v\":2,";
 pub(super) const PREFIX_V3: &[u8] = b"{\"v\":3,";
 
-/// Encodes `record` in `version` (2 or 3), whatever its `v`: version 2 leaves
+/// Encodes `record` in the version its `v` names (2 or 3): version 2 leaves
 /// the history out.
-pub(super) fn encode(record: &RangeRecord, version: u32) -> Result<Vec<u8>, RecordError> {
+pub(super) fn encode(record: &RangeRecord) -> Result<Vec<u8>, RecordError> {
+    let version = record.v;
     let history = match version {
         2 => RangeHistory::default(),
         3 => record.history,

@@ -796,18 +796,13 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let table_options = Store::table_options();
         let mut sink = store.table_sink(&table_options).unwrap();
-        // Incompressible values (a fixed xorshift stream), so that the files
+        // Incompressible values (a seeded random stream), so that the files
         // reach their size: 1.5 table files' worth.
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
         let mut value = vec![0u8; 1000];
         let pairs = (TABLE_FILE_BYTES as usize * 3 / 2) / value.len();
         for i in 0..pairs {
-            for byte in value.iter_mut() {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                *byte = state as u8;
-            }
+            rand::RngCore::fill_bytes(&mut rng, &mut value);
             sink.put(format!("k{i:08}").as_bytes(), &value).unwrap();
         }
         assert!(
