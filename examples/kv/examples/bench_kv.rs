@@ -1,11 +1,13 @@
 //! What each layer costs: Get/Put throughput and latency of the same workload
 //! (same workers, keys, values and mix) run three ways, side by side in one run:
 //!
-//! 1. hammer -> proxy -> node (gRPC twice),
+//! 1. hammer -> proxy -> node (gRPC twice; the proxy batches what its clients
+//!    ask of the node meanwhile, see `ranger_kv::proxy::batch`),
 //! 2. hammer -> node (gRPC once),
 //! 3. RocksDB in-process (the node's `Store`, no network), one thread per worker,
 //! 4. the same on a plain RocksDB whose writes do not wait for the WAL to be
-//!    synced: what acknowledging only durable writes (SCENARIOS.md #44) costs.
+//!    synced: what acknowledging only durable writes (SCENARIOS.md #44) costs,
+//! 5. path 1 with batching off: each request forwarded as its own call.
 //!
 //! Prints each path's figures and the ratios between them.
 //!
@@ -21,7 +23,7 @@ use ranger_kv::hammer::{self, HammerConfig, Histogram, OpKind, OpMix};
 use ranger_kv::node::KvNodeConfig;
 use ranger_kv::node::server::NodeServer;
 use ranger_kv::node::store::Store;
-use ranger_kv::proxy::{Proxy, ProxyConfig};
+use ranger_kv::proxy::{BatchConfig, Proxy, ProxyConfig};
 use ranger_proto::{Key, RangeId, RangeMeta};
 use tokio::net::TcpListener;
 
@@ -163,6 +165,29 @@ fn in_process(store: &dyn Kv, seconds: u64, workers: usize) -> anyhow::Result<Fi
     })
 }
 
+/// A proxy in front of the node at `node`, serving on a free port.
+async fn start_proxy(node: &str, batch: BatchConfig) -> anyhow::Result<(Proxy, String)> {
+    let proxy = Proxy::new(ProxyConfig {
+        batch,
+        ..ProxyConfig::default()
+    });
+    proxy.set_nodes([node.to_owned()]);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let serving = proxy.clone();
+    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+    // The proxy learns the node's ranges from its stream.
+    let ready = Instant::now();
+    while proxy.routing().active_route(b"h0").is_none() {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(10),
+            "the proxy never saw the node's range"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok((proxy, addr))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
@@ -181,21 +206,13 @@ async fn main() -> anyhow::Result<()> {
     node.rangelet.prepare(everything, vec![]).await?;
     node.rangelet.activate(RangeId::FIRST).await?;
 
-    let proxy = Proxy::new(ProxyConfig::default());
-    proxy.set_nodes([node.addr.to_string()]);
-    let proxy_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let proxy_addr = proxy_listener.local_addr()?.to_string();
-    let serving = proxy.clone();
-    tokio::spawn(async move { serving.serve(proxy_listener, std::future::pending()).await });
-    // The proxy learns the node's ranges from its stream.
-    let ready = Instant::now();
-    while proxy.routing().active_route(b"h0").is_none() {
-        anyhow::ensure!(
-            ready.elapsed() < Duration::from_secs(10),
-            "the proxy never saw the node's range"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (_batching, proxy_addr) =
+        start_proxy(&node.addr.to_string(), BatchConfig::default()).await?;
+    let single_calls = BatchConfig {
+        max_ops: 1,
+        ..BatchConfig::default()
+    };
+    let (_single, single_addr) = start_proxy(&node.addr.to_string(), single_calls).await?;
 
     println!(
         "Get/Put, {workers} workers, {KEYS_PER_WORKER} keys each, {VALUE_SIZE}-byte values, 50% reads, {seconds} s per path"
@@ -206,6 +223,10 @@ async fn main() -> anyhow::Result<()> {
         hammer(node.addr.to_string(), seconds, workers).await?,
     );
     figures.insert("1 proxy", hammer(proxy_addr, seconds, workers).await?);
+    figures.insert(
+        "5 proxy, single",
+        hammer(single_addr, seconds, workers).await?,
+    );
     let store = node.store().clone();
     let in_proc = tokio::task::spawn_blocking(move || in_process(store.as_ref(), seconds, workers))
         .await
@@ -235,8 +256,9 @@ async fn main() -> anyhow::Result<()> {
             f.put_p99_ms
         );
     }
-    let (proxy, direct, local, unsynced) = (
+    let (proxy, single, direct, local, unsynced) = (
         &figures["1 proxy"],
+        &figures["5 proxy, single"],
         &figures["2 direct"],
         &figures["3 in-process"],
         &figures["4 no WAL sync"],
@@ -252,6 +274,11 @@ async fn main() -> anyhow::Result<()> {
         proxy.ops_per_sec / direct.ops_per_sec,
         direct.ops_per_sec / local.ops_per_sec,
         proxy.ops_per_sec / local.ops_per_sec
+    );
+    println!(
+        "batching in the proxy: proxy/direct {:.2} with it, {:.2} with single calls",
+        proxy.ops_per_sec / direct.ops_per_sec,
+        single.ops_per_sec / direct.ops_per_sec
     );
     println!(
         "p99 ratios (get, put): proxy/direct {:.2}, {:.2}",

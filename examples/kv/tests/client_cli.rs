@@ -65,6 +65,10 @@ impl Kv for Fake {
         Ok(Response::new(DeleteResponse {}))
     }
 
+    async fn batch(&self, _: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         let ScanRequest { start, end, limit } = request.into_inner();
         // The range holding `start` ends at the boundary (or never).

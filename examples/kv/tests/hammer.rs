@@ -121,6 +121,10 @@ impl Kv for Fake {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn batch(&self, _: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn scan(&self, _: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }

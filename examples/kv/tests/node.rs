@@ -402,6 +402,119 @@ async fn the_ack_log_holds_every_acknowledged_write_and_no_refused_one() {
     }
 }
 
+fn batch_put(key: &str, value: &str) -> pb::BatchOp {
+    pb::BatchOp {
+        op: Some(pb::batch_op::Op::Put(pb::PutRequest {
+            key: key.to_owned(),
+            value: value.as_bytes().to_vec(),
+        })),
+    }
+}
+
+fn batch_get(key: &str) -> pb::BatchOp {
+    pb::BatchOp {
+        op: Some(pb::batch_op::Op::Get(pb::GetRequest {
+            key: key.to_owned(),
+        })),
+    }
+}
+
+fn batch_delete(key: &str) -> pb::BatchOp {
+    pb::BatchOp {
+        op: Some(pb::batch_op::Op::Delete(pb::DeleteRequest {
+            key: key.to_owned(),
+        })),
+    }
+}
+
+/// Each op's code and, for a success, its value as text.
+async fn run_batch(client: &mut KvClient<Channel>, ops: Vec<pb::BatchOp>) -> Vec<(Code, String)> {
+    let sent = ops.len();
+    let results = client
+        .batch(pb::BatchRequest { ops })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), sent, "one result per op");
+    results
+        .into_iter()
+        .map(|r| (Code::from(r.code), String::from_utf8(r.value).unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_answers_each_op_as_its_own_call_would_and_its_reads_see_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("acks.jsonl");
+    let mut config = KvNodeConfig::new("");
+    config.ack_log = Some(log.clone());
+    let a = TestNode::start_with(&dir.path().join("node"), config).await;
+    a.own(meta(1, "a", "m")).await;
+    let mut c = a.client().await;
+    put(&mut c, "gone", "soon").await.unwrap();
+
+    let answers = run_batch(
+        &mut c,
+        vec![
+            batch_get("b"),
+            batch_put("b", "two"),
+            batch_put("z", "outside"),
+            batch_put("", "empty"),
+            batch_delete("gone"),
+            batch_get("gone"),
+            batch_get("absent"),
+            pb::BatchOp { op: None },
+            batch_put("c", "three"),
+        ],
+    )
+    .await;
+    let codes: Vec<Code> = answers.iter().map(|(code, _)| *code).collect();
+    assert_eq!(
+        codes,
+        [
+            Code::Ok,
+            Code::Ok,
+            Code::FailedPrecondition,
+            Code::InvalidArgument,
+            Code::Ok,
+            Code::NotFound,
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::Ok,
+        ]
+    );
+    // The writes land before the reads are served.
+    assert_eq!(answers[0].1, "two");
+    // What was refused did not land; the rest did, and was logged as acknowledged.
+    assert_eq!(
+        all_pairs(&a.node),
+        vec![
+            ("b".to_owned(), "two".to_owned()),
+            ("c".to_owned(), "three".to_owned())
+        ]
+    );
+    let acks = ranger_kv::node::ack_log::AckLog::read(&log).unwrap();
+    let keys: Vec<&str> = acks.iter().map(|a| a.key.as_str()).collect();
+    assert_eq!(keys, ["gone", "b", "gone", "c"]);
+
+    // A range that stopped serving refuses every op of a batch, and keeps its data.
+    a.rangelet.deactivate(id(1)).await.unwrap();
+    let answers = run_batch(&mut c, vec![batch_put("b", "late"), batch_get("b")]).await;
+    assert_eq!(
+        answers.iter().map(|(code, _)| *code).collect::<Vec<_>>(),
+        [Code::FailedPrecondition, Code::FailedPrecondition]
+    );
+    assert_eq!(get_pair(&a.node, "b"), Some("two".to_owned()));
+}
+
+fn get_pair(node: &KvNode, key: &str) -> Option<String> {
+    all_pairs(node)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
 #[tokio::test]
 async fn a_size_measured_while_a_range_was_being_copied_in_is_not_reported_once_it_is_active() {
     let dir = tempfile::tempdir().unwrap();
@@ -902,6 +1015,15 @@ impl pb::kv_server::Kv for ReferenceKv {
         _: tonic::Request<pb::DeleteRequest>,
     ) -> Result<tonic::Response<pb::DeleteResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("not in this stub"))
+    }
+
+    async fn batch(
+        &self,
+        _: tonic::Request<pb::BatchRequest>,
+    ) -> Result<tonic::Response<pb::BatchResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the Go reference has no Batch",
+        ))
     }
 
     async fn scan(

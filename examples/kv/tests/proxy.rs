@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ranger_kv::pb::{self as kv, kv_client::KvClient, kv_server::Kv, kv_server::KvServer};
-use ranger_kv::proxy::{ControllerConfig, Proxy, ProxyConfig, RetryPolicy};
+use ranger_kv::proxy::{BatchConfig, ControllerConfig, Proxy, ProxyConfig, RetryPolicy};
 use ranger_node_sdk::testing::ScriptedNode;
 use ranger_node_sdk::{MemoryStateStore, Rangelet, RangeletConfig, node_router};
 use ranger_proto::pb::ranger as pb;
@@ -35,6 +35,23 @@ type Data = Arc<Mutex<BTreeMap<String, Vec<u8>>>>;
 struct FakeKv {
     rangelet: Rangelet<ScriptedNode>,
     data: Data,
+    calls: Calls,
+}
+
+/// What a fake node was asked, to see how the proxy sent it.
+#[derive(Clone, Default)]
+struct Calls {
+    /// `Batch` calls that reached the node (answered or not yet).
+    batch_calls: Arc<std::sync::atomic::AtomicUsize>,
+    /// The number of ops in each `Batch` the node served.
+    batches: Arc<Mutex<Vec<usize>>>,
+    /// Single Get, Put and Delete calls.
+    singles: Arc<std::sync::atomic::AtomicUsize>,
+    /// Answer `Batch` with UNIMPLEMENTED, like the Go reference's node.
+    no_batch: Arc<AtomicBool>,
+    /// While set, a `Batch` waits before it is served, so that requests pile
+    /// up in the proxy.
+    hold_batches: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl FakeKv {
@@ -55,6 +72,7 @@ impl Kv for FakeKv {
         &self,
         request: Request<kv::GetRequest>,
     ) -> Result<Response<kv::GetResponse>, Status> {
+        self.calls.singles.fetch_add(1, Ordering::SeqCst);
         let key = request.into_inner().key;
         self.check(&key)?;
         let value = self.data.lock().unwrap().get(&key).cloned();
@@ -67,6 +85,7 @@ impl Kv for FakeKv {
         &self,
         request: Request<kv::PutRequest>,
     ) -> Result<Response<kv::PutResponse>, Status> {
+        self.calls.singles.fetch_add(1, Ordering::SeqCst);
         let request = request.into_inner();
         self.check(&request.key)?;
         self.data.lock().unwrap().insert(request.key, request.value);
@@ -104,10 +123,63 @@ impl Kv for FakeKv {
         &self,
         request: Request<kv::DeleteRequest>,
     ) -> Result<Response<kv::DeleteResponse>, Status> {
+        self.calls.singles.fetch_add(1, Ordering::SeqCst);
         let key = request.into_inner().key;
         self.check(&key)?;
         self.data.lock().unwrap().remove(&key);
         Ok(Response::new(kv::DeleteResponse {}))
+    }
+
+    /// Each op answered as its single call would be, like a real node.
+    async fn batch(
+        &self,
+        request: Request<kv::BatchRequest>,
+    ) -> Result<Response<kv::BatchResponse>, Status> {
+        self.calls.batch_calls.fetch_add(1, Ordering::SeqCst);
+        if self.calls.no_batch.load(Ordering::SeqCst) {
+            return Err(Status::unimplemented("no Batch here"));
+        }
+        let _held = self.calls.hold_batches.read().await;
+        let ops = request.into_inner().ops;
+        self.calls.batches.lock().unwrap().push(ops.len());
+        let mut results = Vec::new();
+        for op in ops {
+            let answer = match op.op {
+                Some(kv::batch_op::Op::Get(get)) => {
+                    let key = get.key;
+                    self.check(&key).and_then(|()| {
+                        self.data
+                            .lock()
+                            .unwrap()
+                            .get(&key)
+                            .cloned()
+                            .ok_or_else(|| Status::not_found(format!("no key {key}")))
+                    })
+                }
+                Some(kv::batch_op::Op::Put(put)) => self.check(&put.key).map(|()| {
+                    self.data.lock().unwrap().insert(put.key, put.value);
+                    Vec::new()
+                }),
+                Some(kv::batch_op::Op::Delete(delete)) => self.check(&delete.key).map(|()| {
+                    self.data.lock().unwrap().remove(&delete.key);
+                    Vec::new()
+                }),
+                None => Err(Status::invalid_argument("empty op")),
+            };
+            results.push(match answer {
+                Ok(value) => kv::BatchResult {
+                    code: 0,
+                    message: String::new(),
+                    value,
+                },
+                Err(status) => kv::BatchResult {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                    value: Vec::new(),
+                },
+            });
+        }
+        Ok(Response::new(kv::BatchResponse { results }))
     }
 
     /// Stops at the end of the range holding `start`, like a real node.
@@ -179,6 +251,7 @@ struct TestNode {
     addr: String,
     rangelet: Rangelet<ScriptedNode>,
     data: Data,
+    calls: Calls,
 }
 
 impl TestNode {
@@ -191,9 +264,11 @@ impl TestNode {
         .await
         .unwrap();
         let data = Data::default();
+        let calls = Calls::default();
         let fake = FakeKv {
             rangelet: rangelet.clone(),
             data: Arc::clone(&data),
+            calls: calls.clone(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -208,6 +283,7 @@ impl TestNode {
             addr,
             rangelet,
             data,
+            calls,
         }
     }
 
@@ -610,4 +686,115 @@ async fn learns_nodes_from_the_controller_and_keeps_them_when_it_goes_away() {
     let mut expected = vec![a.addr.clone(), b.addr.clone()];
     expected.sort();
     assert_eq!(nodes, expected);
+}
+
+/// Waits (bounded) until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_that_arrive_while_a_batch_is_out_travel_together_each_with_its_own_answer() {
+    let (a, b) = split_cluster().await;
+    a.data
+        .lock()
+        .unwrap()
+        .insert("apple".to_owned(), b"1".to_vec());
+    let proxy = Proxy::new(ProxyConfig {
+        batch: BatchConfig {
+            max_ops: 64,
+            in_flight: 1,
+        },
+        ..config(Duration::from_secs(5))
+    });
+    proxy.set_nodes([a.addr.clone(), b.addr.clone()]);
+    let client = serve_proxy(&proxy).await;
+    put(&mut client.clone(), "a-warm-up", b"0").await.unwrap();
+
+    // Node A holds every batch it gets: one read and one write go out and wait
+    // there, so what comes next queues in the proxy.
+    let held = a.calls.hold_batches.write().await;
+    let first_read = tokio::spawn(get_owned(client.clone(), "apple"));
+    let first_write = tokio::spawn(put_owned(client.clone(), "avocado", b"0"));
+    eventually("both lanes' first batches reached the node", || {
+        a.calls.batch_calls.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    let apple = tokio::spawn(get_owned(client.clone(), "apple"));
+    let absent = tokio::spawn(get_owned(client.clone(), "absent"));
+    let banana = tokio::spawn(put_owned(client.clone(), "banana", b"2"));
+    let cherry = tokio::spawn(put_owned(client.clone(), "cherry", b"3"));
+    eventually("four requests queued", || proxy.queued_for_batches() == 4).await;
+    drop(held);
+
+    assert_eq!(first_read.await.unwrap().unwrap(), b"1");
+    first_write.await.unwrap().unwrap();
+    assert_eq!(apple.await.unwrap().unwrap(), b"1");
+    assert_eq!(absent.await.unwrap().unwrap_err().code(), Code::NotFound);
+    banana.await.unwrap().unwrap();
+    cherry.await.unwrap().unwrap();
+    assert_eq!(a.value("banana").as_deref(), Some(&b"2"[..]));
+    assert_eq!(a.value("cherry").as_deref(), Some(&b"3"[..]));
+
+    // warm, the two held ones, then the two reads together and the two writes.
+    let mut sizes = a.calls.batches.lock().unwrap().clone();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [1, 1, 1, 2, 2]);
+    assert_eq!(a.calls.singles.load(Ordering::SeqCst), 0);
+    assert_eq!(proxy.queued_for_batches(), 0);
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_know_batch_gets_single_calls_and_no_request_fails() {
+    let (a, b) = split_cluster().await;
+    a.calls.no_batch.store(true, Ordering::SeqCst);
+    let proxy = Proxy::new(config(Duration::from_secs(5)));
+    proxy.set_nodes([a.addr.clone(), b.addr.clone()]);
+    let mut client = serve_proxy(&proxy).await;
+    for n in 0..5 {
+        let key = format!("a{n}");
+        put(&mut client, &key, b"v").await.unwrap();
+        assert_eq!(get(&mut client, &key).await.unwrap(), b"v");
+    }
+    // Asked once, then never again; every request went as a single call.
+    assert_eq!(a.calls.batch_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(a.calls.singles.load(Ordering::SeqCst), 10);
+    // Node B knows Batch and keeps getting batches.
+    put(&mut client, "zebra", b"z").await.unwrap();
+    assert_eq!(b.calls.batches.lock().unwrap().as_slice(), [1]);
+    assert_eq!(b.calls.singles.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn with_batching_off_every_request_is_a_single_call() {
+    let (a, b) = split_cluster().await;
+    let proxy = Proxy::new(ProxyConfig {
+        batch: BatchConfig {
+            max_ops: 1,
+            in_flight: 1,
+        },
+        ..config(Duration::from_secs(5))
+    });
+    proxy.set_nodes([a.addr.clone(), b.addr.clone()]);
+    let mut client = serve_proxy(&proxy).await;
+    put(&mut client, "apple", b"1").await.unwrap();
+    assert_eq!(get(&mut client, "apple").await.unwrap(), b"1");
+    assert_eq!(a.calls.batch_calls.load(Ordering::SeqCst), 0);
+    assert_eq!(a.calls.singles.load(Ordering::SeqCst), 2);
+}
+
+async fn get_owned(mut client: KvClient<Channel>, key: &'static str) -> Result<Vec<u8>, Status> {
+    get(&mut client, key).await
+}
+
+async fn put_owned(
+    mut client: KvClient<Channel>,
+    key: &'static str,
+    value: &'static [u8],
+) -> Result<(), Status> {
+    put(&mut client, key, value).await
 }

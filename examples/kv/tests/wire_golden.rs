@@ -38,6 +38,40 @@ fn kv_messages_keep_the_reference_encoding() {
     );
 }
 
+/// Our extension's encoding, fixed so that a proxy and a node of different
+/// builds keep understanding each other's batches.
+#[test]
+fn batch_messages_keep_their_encoding() {
+    assert_wire(
+        kv::BatchRequest {
+            ops: vec![
+                kv::BatchOp {
+                    op: Some(kv::batch_op::Op::Get(kv::GetRequest { key: "k".into() })),
+                },
+                kv::BatchOp {
+                    op: Some(kv::batch_op::Op::Delete(kv::DeleteRequest {
+                        key: "k".into(),
+                    })),
+                },
+            ],
+        },
+        &[
+            0x0a, 5, 0x0a, 3, 0x0a, 1, b'k', // op 1: get = 1
+            0x0a, 5, 0x1a, 3, 0x0a, 1, b'k', // op 2: delete = 3
+        ],
+    );
+    assert_wire(
+        kv::BatchResponse {
+            results: vec![kv::BatchResult {
+                code: 5,
+                message: "m".into(),
+                value: b"v".to_vec(),
+            }],
+        },
+        &[0x0a, 8, 0x08, 5, 0x12, 1, b'm', 0x1a, 1, b'v'],
+    );
+}
+
 #[test]
 fn the_service_is_kv_dot_kv() {
     assert_eq!(kv::kv_server::SERVICE_NAME, "kv.KV");

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use ranger_consul::ClientConfig;
 use ranger_kv::proxy::{
-    ConsulNodes, ControllerConfig, NodeDiscovery, Proxy, ProxyConfig, RetryPolicy,
+    BatchConfig, ConsulNodes, ControllerConfig, NodeDiscovery, Proxy, ProxyConfig, RetryPolicy,
 };
 use ranger_node_sdk::metrics::serve_metrics;
 use ranger_node_sdk::{LogOutput, init_logging, shutdown_signal};
@@ -58,6 +58,16 @@ struct Args {
     #[arg(long, env = "KV_PROXY_DEADLINE_MS", default_value_t = 5000)]
     deadline_ms: u64,
 
+    /// Most client requests sent to one node as one `kv.KV/Batch` (those that
+    /// arrive while that node's previous batch is out). 1 sends every request
+    /// as its own call.
+    #[arg(long, env = "KV_PROXY_BATCH_MAX_OPS", default_value_t = BatchConfig::default().max_ops as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_max_ops: u64,
+
+    /// Batches in flight to one node at once, for reads and for writes each.
+    #[arg(long, env = "KV_PROXY_BATCH_IN_FLIGHT", default_value_t = BatchConfig::default().in_flight as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_in_flight: u64,
+
     /// Serve Prometheus metrics (`GET /metrics`, `ranger_kv_proxy_*`) on this
     /// address.
     #[arg(long, env = "KV_PROXY_METRICS")]
@@ -77,6 +87,10 @@ async fn main() -> anyhow::Result<()> {
         retry: RetryPolicy {
             deadline: Duration::from_millis(args.deadline_ms),
             ..RetryPolicy::default()
+        },
+        batch: BatchConfig {
+            max_ops: usize::try_from(args.batch_max_ops).context("--batch-max-ops")?,
+            in_flight: usize::try_from(args.batch_in_flight).context("--batch-in-flight")?,
         },
         ..ProxyConfig::default()
     });

@@ -40,6 +40,9 @@ pub enum AccessError {
     Store(#[from] StoreError),
     #[error("the write task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The batch's one RocksDB write failed: none of its writes landed.
+    #[error("the batch's write failed: {0}")]
+    BatchFailed(String),
 }
 
 impl From<AccessError> for Status {
@@ -51,7 +54,9 @@ impl From<AccessError> for Status {
             | AccessError::NotActive { .. }
             | AccessError::Fenced { .. }
             | AccessError::StoppedWriting { .. } => Status::failed_precondition(message),
-            AccessError::Store(_) | AccessError::Task(_) => Status::internal(message),
+            AccessError::Store(_) | AccessError::Task(_) | AccessError::BatchFailed(_) => {
+                Status::internal(message)
+            }
         }
     }
 }
@@ -131,6 +136,102 @@ impl KvNode {
             Ok(())
         })
         .await?
+    }
+
+    /// Runs several client writes (a `kv.KV/Batch`) as one synced RocksDB
+    /// write, so that they share one WAL sync and one trip to the blocking
+    /// pool; each write gets its own outcome, exactly what [`KvNode::write`]
+    /// would have answered it (a key this node does not serve is refused on its
+    /// own; the others still land).
+    ///
+    /// The gates of the ranges involved are taken shared in ascending range
+    /// order: a deactivation waits for the batch like for any write, and two
+    /// batches never wait on each other's gates in a cycle.
+    pub async fn write_batch(
+        &self,
+        rangelet: &Rangelet<KvNode>,
+        writes: Vec<(String, WriteOp)>,
+    ) -> Vec<Result<(), AccessError>> {
+        let mut outcomes: Vec<Option<Result<(), AccessError>>> =
+            writes.iter().map(|_| None).collect();
+        let mut routed = Vec::with_capacity(writes.len());
+        for (at, (key, op)) in writes.into_iter().enumerate() {
+            match self.route(rangelet, &key) {
+                Ok(range) => routed.push((at, range, key, op)),
+                Err(e) => outcomes[at] = Some(Err(e)),
+            }
+        }
+        let mut ranges: Vec<RangeId> = routed.iter().map(|(_, range, ..)| *range).collect();
+        ranges.sort_unstable();
+        ranges.dedup();
+        let mut guards = Vec::with_capacity(ranges.len());
+        let mut stopped = Vec::new();
+        for range in ranges {
+            let guard = self.gate(range).read_owned().await;
+            if rangelet.may_write(range) {
+                guards.push(guard);
+            } else {
+                stopped.push(range);
+            }
+        }
+        let (refused, landing): (Vec<_>, Vec<_>) = routed
+            .into_iter()
+            .partition(|(_, range, ..)| stopped.contains(range));
+        for (at, range, ..) in refused {
+            outcomes[at] = Some(Err(AccessError::StoppedWriting { range }));
+        }
+        if !landing.is_empty() {
+            let accepted_us = ack_log::now_us();
+            let node = self.clone();
+            let landed = tokio::task::spawn_blocking(move || {
+                let _writing = guards;
+                let mut batch = rocksdb::WriteBatch::default();
+                for (_, _, key, op) in &landing {
+                    match op {
+                        WriteOp::Put(value) => batch.put(key.as_bytes(), value),
+                        WriteOp::Delete => batch.delete(key.as_bytes()),
+                    }
+                }
+                node.store().write(batch)?;
+                let acked_us = ack_log::now_us();
+                for (_, range, key, _) in &landing {
+                    node.wrote(*range, key.as_bytes());
+                    if let Some(acks) = &node.inner.acks {
+                        acks.record(&ack_log::Ack {
+                            key: key.clone(),
+                            range: range.get(),
+                            accepted_us,
+                            acked_us,
+                        });
+                    }
+                }
+                Ok::<_, StoreError>(landing.into_iter().map(|(at, ..)| at).collect::<Vec<_>>())
+            })
+            .await;
+            let failure = match landed {
+                Ok(Ok(ats)) => {
+                    for at in ats {
+                        outcomes[at] = Some(Ok(()));
+                    }
+                    None
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(join) => Some(join.to_string()),
+            };
+            // The one write failed: every op that was to land in it gets the
+            // reason (those refused before keep theirs).
+            if let Some(reason) = failure {
+                for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
+                    *outcome = Some(Err(AccessError::BatchFailed(reason.clone())));
+                }
+            }
+        }
+        // Every op got its outcome above: routed ops either were refused or
+        // went into the write, whose result each of them got.
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(AccessError::BatchFailed("not applied".into()))))
+            .collect()
     }
 
     /// Notes a write of `key` in `range`: transfers track it, load counts it.

@@ -48,6 +48,34 @@ impl KvService {
     }
 }
 
+impl KvService {
+    /// A client read of `key`: refused unless this node serves it Active.
+    fn get_value(&self, key: &str) -> Result<Vec<u8>, Status> {
+        self.node.read_range(&self.rangelet, key)?;
+        match self.node.store().get(key.as_bytes()) {
+            Ok(Some(value)) => Ok(value),
+            Ok(None) => Err(Status::not_found(format!("no such key: {key:?}"))),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+/// One op's outcome as a batch answer carries it.
+fn batch_result(outcome: Result<Vec<u8>, Status>) -> pb::BatchResult {
+    match outcome {
+        Ok(value) => pb::BatchResult {
+            code: tonic::Code::Ok as i32,
+            message: String::new(),
+            value,
+        },
+        Err(status) => pb::BatchResult {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            value: Vec::new(),
+        },
+    }
+}
+
 fn range_id(id: u64) -> Result<RangeId, Status> {
     RangeId::new(id).map_err(|e| Status::invalid_argument(e.to_string()))
 }
@@ -80,12 +108,8 @@ impl pb::kv_server::Kv for KvService {
         requests
             .observe("Get", async move {
                 let key = request.into_inner().key;
-                self.node.read_range(&self.rangelet, &key)?;
-                match self.node.store().get(key.as_bytes()) {
-                    Ok(Some(value)) => Ok(Response::new(pb::GetResponse { value })),
-                    Ok(None) => Err(Status::not_found(format!("no such key: {key:?}"))),
-                    Err(e) => Err(Status::internal(e.to_string())),
-                }
+                let value = self.get_value(&key)?;
+                Ok(Response::new(pb::GetResponse { value }))
             })
             .await
     }
@@ -118,6 +142,52 @@ impl pb::kv_server::Kv for KvService {
                     .write(&self.rangelet, key, WriteOp::Delete)
                     .await?;
                 Ok(Response::new(pb::DeleteResponse {}))
+            })
+            .await
+    }
+
+    /// Each op answered as its own call would be. The writes land first, in
+    /// one synced write ([`KvNode::write_batch`]); then the reads are served,
+    /// so a Get sees the writes of its own batch.
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        let requests = &self.node.metrics().requests;
+        requests
+            .observe("Batch", async move {
+                let ops = request.into_inner().ops;
+                let mut results: Vec<pb::BatchResult> =
+                    ops.iter().map(|_| pb::BatchResult::default()).collect();
+                let mut writes = Vec::new();
+                let mut write_at = Vec::new();
+                let mut reads = Vec::new();
+                for (at, op) in ops.into_iter().enumerate() {
+                    match op.op {
+                        Some(pb::batch_op::Op::Get(get)) => reads.push((at, get.key)),
+                        Some(pb::batch_op::Op::Put(put)) => {
+                            write_at.push(at);
+                            writes.push((put.key, WriteOp::Put(put.value)));
+                        }
+                        Some(pb::batch_op::Op::Delete(delete)) => {
+                            write_at.push(at);
+                            writes.push((delete.key, WriteOp::Delete));
+                        }
+                        None => {
+                            results[at] = batch_result(Err(Status::invalid_argument(
+                                "a batch op without an operation (get, put or delete)",
+                            )));
+                        }
+                    }
+                }
+                let written = self.node.write_batch(&self.rangelet, writes).await;
+                for (at, outcome) in write_at.into_iter().zip(written) {
+                    results[at] = batch_result(outcome.map(|()| Vec::new()).map_err(Status::from));
+                }
+                for (at, key) in reads {
+                    results[at] = batch_result(self.get_value(&key));
+                }
+                Ok(Response::new(pb::BatchResponse { results }))
             })
             .await
     }

@@ -5,13 +5,12 @@
 use std::collections::HashSet;
 use std::future::Future;
 
-use crate::pb::kv_client::KvClient;
 use ranger_node_sdk::{Route, RoutingTable};
 use ranger_proto::{Key, RangeId, RemoteState};
 use tokio::time::Instant;
-use tonic::transport::Channel;
-use tonic::{Response, Status};
+use tonic::Status;
 
+use super::batch::Batcher;
 use super::error::{GaveUp, LastFailure};
 use super::metrics::ProxyMetrics;
 use super::pool::ChannelPool;
@@ -70,10 +69,10 @@ impl Forwarder {
         method: &'static str,
         key: &[u8],
         mut call: F,
-    ) -> Result<Response<T>, Status>
+    ) -> Result<T, Status>
     where
-        F: FnMut(KvClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<Response<T>, Status>>,
+        F: FnMut(Batcher) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.policy.deadline;
         let mut changes = self.table.changes();
@@ -99,7 +98,7 @@ impl Forwarder {
                 // rotate, so that one dead node does not hide a live one.
                 let route = &routes[attempts as usize % routes.len()];
                 attempts += 1;
-                match self.pool.client(&route.addr) {
+                match self.pool.node(&route.addr) {
                     Err(e) => {
                         last = LastFailure::Unreachable {
                             addr: route.addr.clone(),
@@ -109,7 +108,7 @@ impl Forwarder {
                     Ok(client) => match tokio::time::timeout_at(deadline, call(client)).await {
                         Ok(Ok(response)) => {
                             waited("served", first_failure);
-                            return Ok(Response::new(response.into_inner()));
+                            return Ok(response);
                         }
                         Ok(Err(status)) if !is_retryable(status.code()) => {
                             waited("failed", first_failure);
@@ -163,14 +162,10 @@ impl Forwarder {
 
     /// Sends `call` to a node holding range `id`, Active copies first, trying each
     /// once (for Dump, a debugging aid: no waiting through handoffs).
-    pub(crate) async fn by_range<T, F, Fut>(
-        &self,
-        id: RangeId,
-        mut call: F,
-    ) -> Result<Response<T>, Status>
+    pub(crate) async fn by_range<T, F, Fut>(&self, id: RangeId, mut call: F) -> Result<T, Status>
     where
-        F: FnMut(KvClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<Response<T>, Status>>,
+        F: FnMut(Batcher) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
     {
         let mut holders: Vec<Route> = self
             .table
@@ -188,7 +183,7 @@ impl Forwarder {
         let deadline = Instant::now() + self.policy.deadline;
         let mut failures = Vec::new();
         for route in holders {
-            let client = match self.pool.client(&route.addr) {
+            let client = match self.pool.node(&route.addr) {
                 Ok(client) => client,
                 Err(e) => {
                     failures.push(e.to_string());
@@ -196,7 +191,7 @@ impl Forwarder {
                 }
             };
             match tokio::time::timeout_at(deadline, call(client)).await {
-                Ok(Ok(response)) => return Ok(Response::new(response.into_inner())),
+                Ok(Ok(response)) => return Ok(response),
                 Ok(Err(status)) if !is_retryable(status.code()) => return Err(status),
                 Ok(Err(status)) => failures.push(format!(
                     "node {} answered {:?}: {}",

@@ -2,7 +2,8 @@
 //! code; its retries, by why the attempt before failed; how long requests
 //! waited through handoffs (a range moving, or its node down); and how long
 //! ago its routing table last changed, which tells a proxy that lost sight of
-//! the nodes (an old table) from one that follows them.
+//! the nodes (an old table) from one that follows them; and how its batches to
+//! the nodes form (ops per batch, ops waiting for one).
 //!
 //! Families are named `ranger_kv_proxy_*`; [`super::Proxy::metrics`] serves
 //! them.
@@ -69,6 +70,10 @@ pub struct ProxyMetrics {
     /// [`ProxyMetrics::take_longest_handoff_wait`] last ran: the histogram keeps
     /// buckets, and a benchmark wants the exact worst case of one move.
     longest_handoff_wait: Arc<Mutex<Duration>>,
+    /// Ops per `kv.KV/Batch` sent to a node.
+    batch_ops: Histogram,
+    /// Ops waiting for a batch (every node), now.
+    batch_queued: Gauge,
 }
 
 impl Default for ProxyMetrics {
@@ -80,6 +85,8 @@ impl Default for ProxyMetrics {
             routing_age: Gauge::default(),
             routing_changed: Arc::new(Mutex::new(Instant::now())),
             longest_handoff_wait: Arc::new(Mutex::new(Duration::ZERO)),
+            batch_ops: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            batch_queued: Gauge::default(),
         }
     }
 }
@@ -104,6 +111,38 @@ impl ProxyMetrics {
             "Time since the routing table last changed (a node's range reported in another state, a node added or lost), sampled at scrape time",
             self.routing_age.clone(),
         );
+        registry.register(
+            "batch_ops",
+            "Ops in each kv.KV/Batch the proxy sent to a node (requests that arrived while the node's previous batch was out travel together)",
+            self.batch_ops.clone(),
+        );
+        registry.register(
+            "batch_queued",
+            "Requests waiting for their node's batch in flight to come back, now",
+            self.batch_queued.clone(),
+        );
+    }
+
+    /// One more request waits for a batch.
+    pub(crate) fn batch_queued(&self) {
+        self.batch_queued.inc();
+    }
+
+    /// A request stopped waiting without a batch (its node's sender is gone).
+    pub(crate) fn batch_unqueued(&self) {
+        self.batch_queued.dec();
+    }
+
+    /// A batch of `ops` queued requests leaves for its node.
+    pub(crate) fn batch_sent(&self, ops: usize) {
+        self.batch_queued
+            .dec_by(i64::try_from(ops).unwrap_or(i64::MAX));
+        self.batch_ops.observe(ops as f64);
+    }
+
+    /// Requests waiting for a batch right now (the `batch_queued` gauge).
+    pub fn queued_for_batches(&self) -> i64 {
+        self.batch_queued.get()
     }
 
     /// Counts one more attempt at a request, after `failure`.

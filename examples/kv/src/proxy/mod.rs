@@ -12,13 +12,15 @@
 //!
 //! - [`error`]: what can go wrong, typed.
 //! - [`retry`]: the retry policy and which node answers are worth retrying.
-//! - `pool`: one cached gRPC channel per node address.
+//! - [`batch`]: concurrent requests for one node sent as one `kv.KV/Batch`.
+//! - `pool`: one cached gRPC channel (and batcher) per node address.
 //! - `forward`: the route-call-wait-retry loop.
 //! - [`service`]: the `kv.KV` implementation on top of it.
 //! - [`discovery`]: node addresses from the controller or a static list.
 //! - [`metrics`]: requests, retries, handoff waits and the routing table's age,
 //!   for Prometheus.
 
+pub mod batch;
 pub mod discovery;
 pub mod error;
 mod forward;
@@ -33,6 +35,7 @@ use std::time::Duration;
 use crate::pb::kv_server::KvServer;
 use ranger_node_sdk::{RoutingConfig, RoutingTable};
 
+pub use batch::BatchConfig;
 pub use discovery::{ConsulNodes, ControllerConfig, NodeDiscovery};
 pub use error::ProxyError;
 pub use retry::RetryPolicy;
@@ -54,6 +57,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// How the routing table follows (and reconnects to) nodes' `Ranges` streams.
     pub routing: RoutingConfig,
+    /// How requests for one node are batched.
+    pub batch: BatchConfig,
 }
 
 impl Default for ProxyConfig {
@@ -62,6 +67,7 @@ impl Default for ProxyConfig {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(1),
             routing: RoutingConfig::default(),
+            batch: BatchConfig::default(),
         }
     }
 }
@@ -81,8 +87,8 @@ impl Proxy {
     /// before nodes are added (the routing table spawns a task per node).
     pub fn new(config: ProxyConfig) -> Self {
         let table = RoutingTable::new(config.routing);
-        let pool = ChannelPool::new(config.connect_timeout);
         let metrics = ProxyMetrics::default();
+        let pool = ChannelPool::new(config.connect_timeout, config.batch, metrics.clone());
         metrics.follow_routing(table.changes());
         Proxy {
             forwarder: Arc::new(Forwarder::new(table, pool, config.retry, metrics)),
@@ -122,6 +128,12 @@ impl Proxy {
     /// `bench_handoff` reports as a move's window.
     pub fn take_longest_handoff_wait(&self) -> std::time::Duration {
         self.forwarder.metrics().take_longest_handoff_wait()
+    }
+
+    /// Requests waiting right now for their node's batch in flight to come
+    /// back (see [`batch`]).
+    pub fn queued_for_batches(&self) -> i64 {
+        self.forwarder.metrics().queued_for_batches()
     }
 
     /// The proxy's metrics (`ranger_kv_proxy_*`), the routing table's age

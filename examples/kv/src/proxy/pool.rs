@@ -1,4 +1,5 @@
-//! One gRPC channel per node address, created on first use and reused.
+//! One gRPC channel per node address, created on first use and reused, with
+//! the node's [`Batcher`] over it.
 //!
 //! Channels connect lazily and reconnect by themselves, so a node that restarts
 //! is reached again without the proxy doing anything; a request to a node that is
@@ -9,30 +10,41 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::pb::kv_client::KvClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
+use super::batch::{BatchConfig, Batcher};
 use super::error::ProxyError;
+use super::metrics::ProxyMetrics;
 
 /// The cached channels, keyed by `host:port`.
 #[derive(Debug)]
 pub(crate) struct ChannelPool {
     connect_timeout: Duration,
-    channels: Mutex<HashMap<String, Channel>>,
+    batch: BatchConfig,
+    metrics: ProxyMetrics,
+    nodes: Mutex<HashMap<String, Batcher>>,
 }
 
 impl ChannelPool {
-    pub(crate) fn new(connect_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        batch: BatchConfig,
+        metrics: ProxyMetrics,
+    ) -> Self {
         ChannelPool {
             connect_timeout,
-            channels: Mutex::default(),
+            batch,
+            metrics,
+            nodes: Mutex::default(),
         }
     }
 
-    /// A `kv.KV` client for the node at `addr` (cloning a channel is cheap).
-    pub(crate) fn client(&self, addr: &str) -> Result<KvClient<Channel>, ProxyError> {
-        let mut channels = self.lock();
-        if let Some(channel) = channels.get(addr) {
-            return Ok(KvClient::new(channel.clone()));
+    /// The sender for the node at `addr` (cloning one is cheap). Must be
+    /// called inside a Tokio runtime (a new node's batcher spawns its task).
+    pub(crate) fn node(&self, addr: &str) -> Result<Batcher, ProxyError> {
+        let mut nodes = self.lock();
+        if let Some(node) = nodes.get(addr) {
+            return Ok(node.clone());
         }
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| ProxyError::BadNodeAddress {
@@ -41,8 +53,9 @@ impl ChannelPool {
             })?
             .connect_timeout(self.connect_timeout)
             .connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(KvClient::new(channel))
+        let node = Batcher::new(KvClient::new(channel), self.batch, self.metrics.clone());
+        nodes.insert(addr.to_owned(), node.clone());
+        Ok(node)
     }
 
     /// Closes the channels of nodes no longer followed.
@@ -50,8 +63,8 @@ impl ChannelPool {
         self.lock().retain(|addr, _| addrs.contains(addr));
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Batcher>> {
         // The map stays consistent even if a holder panicked: recover it.
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
+        self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -8,6 +8,7 @@ use crate::pb::{self, kv_server::Kv};
 use ranger_proto::RangeId;
 use tonic::{Request, Response, Status};
 
+use super::batch::Op;
 use super::forward::Forwarder;
 
 /// The proxy's `kv.KV` implementation; get one from [`super::Proxy::service`].
@@ -49,12 +50,11 @@ impl Kv for ProxyService {
             .observe("Get", async move {
                 let request = request.into_inner();
                 let key = require_key("Get", &request.key)?;
-                self.forwarder
-                    .by_key("Get", key, |mut client| {
-                        let request = request.clone();
-                        async move { client.get(request).await }
-                    })
-                    .await
+                let value = self
+                    .forwarder
+                    .by_key("Get", key, |node| node.call(Op::Get(request.clone())))
+                    .await?;
+                Ok(Response::new(pb::GetResponse { value }))
             })
             .await
     }
@@ -72,11 +72,9 @@ impl Kv for ProxyService {
                 let request = request.into_inner();
                 let key = require_key("Put", &request.key)?;
                 self.forwarder
-                    .by_key("Put", key, |mut client| {
-                        let request = request.clone();
-                        async move { client.put(request).await }
-                    })
-                    .await
+                    .by_key("Put", key, |node| node.call(Op::Put(request.clone())))
+                    .await?;
+                Ok(Response::new(pb::PutResponse {}))
             })
             .await
     }
@@ -91,15 +89,16 @@ impl Kv for ProxyService {
                 let request = request.into_inner();
                 let id = RangeId::new(request.range_ident)
                     .map_err(|e| Status::invalid_argument(format!("Dump: {e}")))?;
-                self.forwarder
-                    .by_range(id, |mut client| async move {
-                        client
-                            .dump(pb::DumpRequest {
-                                range_ident: id.get(),
-                            })
-                            .await
+                let pairs = self
+                    .forwarder
+                    .by_range(id, |node| async move {
+                        let request = pb::DumpRequest {
+                            range_ident: id.get(),
+                        };
+                        Ok(node.client().dump(request).await?.into_inner().pairs)
                     })
-                    .await
+                    .await?;
+                Ok(Response::new(pb::DumpResponse { pairs }))
             })
             .await
     }
@@ -115,11 +114,9 @@ impl Kv for ProxyService {
                 let request = request.into_inner();
                 let key = require_key("Delete", &request.key)?;
                 self.forwarder
-                    .by_key("Delete", key, |mut client| {
-                        let request = request.clone();
-                        async move { client.delete(request).await }
-                    })
-                    .await
+                    .by_key("Delete", key, |node| node.call(Op::Delete(request.clone())))
+                    .await?;
+                Ok(Response::new(pb::DeleteResponse {}))
             })
             .await
     }
@@ -135,12 +132,31 @@ impl Kv for ProxyService {
             .observe("Scan", async move {
                 let request = request.into_inner();
                 let start = request.start.as_bytes();
-                self.forwarder
-                    .by_key("Scan", start, |mut client| {
+                let answer = self
+                    .forwarder
+                    .by_key("Scan", start, |node| {
                         let request = request.clone();
-                        async move { client.scan(request).await }
+                        async move { Ok(node.client().scan(request).await?.into_inner()) }
                     })
-                    .await
+                    .await?;
+                Ok(Response::new(answer))
+            })
+            .await
+    }
+
+    /// The proxy batches on its own (see [`super::batch`]); a client's batch
+    /// would have to be split by node and its answers put back in order, which
+    /// the proxy does not do (yet): clients send single calls.
+    async fn batch(
+        &self,
+        _request: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        let requests = &self.forwarder.metrics().requests;
+        requests
+            .observe("Batch", async move {
+                Err(Status::unimplemented(
+                    "Batch is node-facing: send the proxy single Get, Put and Delete calls, which it batches per node",
+                ))
             })
             .await
     }

@@ -1,0 +1,258 @@
+//! Requests for one node, sent together.
+//!
+//! A proxy in front of every node sees many concurrent client requests for the
+//! same node. Sent one by one, each pays its own HTTP/2 frames, its own trip
+//! through the node's gRPC server and its own WAL sync. A [`Batcher`] per node
+//! keeps at most [`BatchConfig::in_flight`] `kv.KV/Batch` calls running; what
+//! arrives meanwhile waits in a queue and goes as the next batch (up to
+//! [`BatchConfig::max_ops`] ops). An idle proxy therefore sends a lone request
+//! at once, with no timer: batches form only when requests would have queued
+//! anyway, which is when batching pays.
+//!
+//! Each op keeps its own answer (a batch is not a transaction), so the
+//! forwarding loop retries it exactly as it would a single call. A node that
+//! does not know `Batch` (the Go reference's) answers UNIMPLEMENTED; the
+//! batcher then remembers it, and that node gets single calls from then on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::metrics::ProxyMetrics;
+use crate::pb::{self, kv_client::KvClient};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// How the proxy batches requests per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most ops in one batch. 1 turns batching off: every request is sent
+    /// as its own call, as before batching existed.
+    pub max_ops: usize,
+    /// Batches in flight to one node at once, for reads and for writes each.
+    /// One lets the most requests gather behind the batch in flight: with 32
+    /// clients `bench_kv` measured the proxy at 1.19 of direct with 1 and
+    /// 0.94 with 4 (0.47-0.72 without batching); with 8 clients all were
+    /// within the noise of each other.
+    pub in_flight: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_ops: 64,
+            in_flight: 1,
+        }
+    }
+}
+
+/// One client op on its way to a node.
+pub(crate) type Op = pb::batch_op::Op;
+
+/// What a node answered one op: its value (a Get's), or its status.
+pub(crate) type OpResult = Result<Vec<u8>, Status>;
+
+struct Queued {
+    op: Op,
+    reply: oneshot::Sender<OpResult>,
+}
+
+/// The batching sender for one node. Dropping every handle ends its task.
+#[derive(Debug, Clone)]
+pub(crate) struct Batcher {
+    client: KvClient<Channel>,
+    /// Reads and writes queue apart: in one batch, reads would wait for the
+    /// writes' WAL sync, which they do not need. None: batching is off.
+    lanes: Option<Lanes>,
+    /// The node answered `Batch` with UNIMPLEMENTED: single calls only.
+    unbatched: Arc<AtomicBool>,
+    metrics: ProxyMetrics,
+}
+
+#[derive(Debug, Clone)]
+struct Lanes {
+    reads: mpsc::UnboundedSender<Queued>,
+    writes: mpsc::UnboundedSender<Queued>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued").finish_non_exhaustive()
+    }
+}
+
+impl Batcher {
+    /// A batcher sending over `client`'s channel. Must be called inside a
+    /// Tokio runtime (it spawns the node's sending task) unless batching is
+    /// off.
+    pub(crate) fn new(
+        client: KvClient<Channel>,
+        config: BatchConfig,
+        metrics: ProxyMetrics,
+    ) -> Batcher {
+        let unbatched = Arc::new(AtomicBool::new(false));
+        let lane = || {
+            let (queue, queued) = mpsc::unbounded_channel();
+            tokio::spawn(send_batches(
+                client.clone(),
+                config,
+                queued,
+                Arc::clone(&unbatched),
+                metrics.clone(),
+            ));
+            queue
+        };
+        let lanes = (config.max_ops > 1).then(|| Lanes {
+            reads: lane(),
+            writes: lane(),
+        });
+        Batcher {
+            client,
+            lanes,
+            unbatched,
+            metrics,
+        }
+    }
+
+    /// A client of the node, for calls that are not batched (Scan, Dump).
+    pub(crate) fn client(&self) -> KvClient<Channel> {
+        self.client.clone()
+    }
+
+    /// Sends `op` to the node, in the next batch if batching is on, and
+    /// returns what the node answered it.
+    pub(crate) async fn call(self, op: Op) -> OpResult {
+        let Some(lanes) = self.lanes.as_ref() else {
+            return single(self.client.clone(), op).await;
+        };
+        let queue = match op {
+            Op::Get(_) => &lanes.reads,
+            Op::Put(_) | Op::Delete(_) => &lanes.writes,
+        };
+        if self.unbatched.load(Ordering::Relaxed) {
+            return single(self.client.clone(), op).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let kept = op.clone();
+        self.metrics.batch_queued();
+        if queue.send(Queued { op, reply }).is_err() {
+            self.metrics.batch_unqueued();
+            // The sending task ended (it cannot while a handle lives, but a
+            // request must not be lost to it): send it on its own.
+            return single(self.client.clone(), kept).await;
+        }
+        match answer.await {
+            Ok(Err(status))
+                if status.code() == Code::Unimplemented
+                    && self.unbatched.load(Ordering::Relaxed) =>
+            {
+                single(self.client.clone(), kept).await
+            }
+            Ok(result) => result,
+            Err(_dropped) => Err(Status::unavailable(
+                "the batch carrying this request was abandoned",
+            )),
+        }
+    }
+}
+
+/// The node's sending task: waits for a free slot, then takes everything
+/// queued (up to `max_ops`) as one batch.
+async fn send_batches(
+    client: KvClient<Channel>,
+    config: BatchConfig,
+    mut queued: mpsc::UnboundedReceiver<Queued>,
+    unbatched: Arc<AtomicBool>,
+    metrics: ProxyMetrics,
+) {
+    let slots = Arc::new(Semaphore::new(config.in_flight.max(1)));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queued.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < config.max_ops {
+            match queued.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        metrics.batch_sent(batch.len());
+        let client = client.clone();
+        let unbatched = Arc::clone(&unbatched);
+        tokio::spawn(async move {
+            let _slot = slot;
+            send_batch(client, batch, &unbatched).await;
+        });
+    }
+}
+
+async fn send_batch(mut client: KvClient<Channel>, batch: Vec<Queued>, unbatched: &AtomicBool) {
+    if batch.is_empty() {
+        return;
+    }
+    let (ops, replies): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|queued| {
+            (
+                pb::BatchOp {
+                    op: Some(queued.op),
+                },
+                queued.reply,
+            )
+        })
+        .unzip();
+    let sent = ops.len();
+    let answers: Vec<OpResult> = match client.batch(pb::BatchRequest { ops }).await {
+        Ok(response) => {
+            let results = response.into_inner().results;
+            if results.len() == sent {
+                results.into_iter().map(op_result).collect()
+            } else {
+                let status = Status::internal(format!(
+                    "the node answered {} results to a batch of {sent} ops",
+                    results.len()
+                ));
+                vec![Err(status); sent]
+            }
+        }
+        Err(status) => {
+            if status.code() == Code::Unimplemented {
+                tracing::info!("node does not know kv.KV/Batch; sending it single calls");
+                unbatched.store(true, Ordering::Relaxed);
+            }
+            vec![Err(status); sent]
+        }
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        // A caller that stopped waiting (its deadline passed) is no loss.
+        let _ = reply.send(answer);
+    }
+}
+
+/// One op's answer in a batch, as its own call's result.
+fn op_result(result: pb::BatchResult) -> OpResult {
+    if result.code == Code::Ok as i32 {
+        Ok(result.value)
+    } else {
+        Err(Status::new(Code::from(result.code), result.message))
+    }
+}
+
+/// `op` as its own call (batching off, or a node without `Batch`).
+async fn single(mut client: KvClient<Channel>, op: Op) -> OpResult {
+    match op {
+        Op::Get(request) => Ok(client.get(request).await?.into_inner().value),
+        Op::Put(request) => {
+            client.put(request).await?;
+            Ok(Vec::new())
+        }
+        Op::Delete(request) => {
+            client.delete(request).await?;
+            Ok(Vec::new())
+        }
+    }
+}
