@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::metrics::ProxyMetrics;
 use crate::pb::{self, kv_client::KvClient};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -165,28 +167,30 @@ async fn send_batches(
     unbatched: Arc<AtomicBool>,
     metrics: ProxyMetrics,
 ) {
-    let slots = Arc::new(Semaphore::new(config.in_flight.max(1)));
-    loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let Some(first) = queued.recv().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < config.max_ops {
-            match queued.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+    // The batches in flight are driven here rather than spawned: one task
+    // hand-off less per batch.
+    let limit = config.in_flight.max(1);
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            first = queued.recv(), if open && in_flight.len() < limit => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
+                };
+                let mut batch = vec![first];
+                while batch.len() < config.max_ops {
+                    match queued.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                metrics.batch_sent(batch.len());
+                in_flight.push(send_batch(client.clone(), batch, &unbatched));
             }
         }
-        metrics.batch_sent(batch.len());
-        let client = client.clone();
-        let unbatched = Arc::clone(&unbatched);
-        tokio::spawn(async move {
-            let _slot = slot;
-            send_batch(client, batch, &unbatched).await;
-        });
     }
 }
 
