@@ -49,6 +49,9 @@ struct Calls {
     singles: Arc<std::sync::atomic::AtomicUsize>,
     /// Answer `Batch` with UNIMPLEMENTED, like the Go reference's node.
     no_batch: Arc<AtomicBool>,
+    /// Answer a `Batch` of more than one op RESOURCE_EXHAUSTED, as a node
+    /// whose answer would exceed its message limit does.
+    refuse_big_batches: Arc<AtomicBool>,
     /// While set, a `Batch` waits before it is served, so that requests pile
     /// up in the proxy.
     hold_batches: Arc<tokio::sync::RwLock<()>>,
@@ -141,6 +144,9 @@ impl Kv for FakeKv {
         }
         let _held = self.calls.hold_batches.read().await;
         let ops = request.into_inner().ops;
+        if ops.len() > 1 && self.calls.refuse_big_batches.load(Ordering::SeqCst) {
+            return Err(Status::resource_exhausted("answer too large"));
+        }
         self.calls.batches.lock().unwrap().push(ops.len());
         let mut results = Vec::new();
         for op in ops {
@@ -708,6 +714,7 @@ async fn requests_that_arrive_while_a_batch_is_out_travel_together_each_with_its
         batch: BatchConfig {
             max_ops: 64,
             in_flight: 1,
+            ..BatchConfig::default()
         },
         ..config(Duration::from_secs(5))
     });
@@ -775,7 +782,7 @@ async fn with_batching_off_every_request_is_a_single_call() {
     let proxy = Proxy::new(ProxyConfig {
         batch: BatchConfig {
             max_ops: 1,
-            in_flight: 1,
+            ..BatchConfig::default()
         },
         ..config(Duration::from_secs(5))
     });
@@ -797,4 +804,78 @@ async fn put_owned(
     value: &'static [u8],
 ) -> Result<(), Status> {
     put(&mut client, key, value).await
+}
+
+#[tokio::test]
+async fn reads_whose_answers_are_too_big_together_are_asked_again_one_by_one() {
+    let (a, b) = split_cluster().await;
+    a.data
+        .lock()
+        .unwrap()
+        .insert("apple".to_owned(), b"1".to_vec());
+    let proxy = Proxy::new(config(Duration::from_secs(5)));
+    proxy.set_nodes([a.addr.clone(), b.addr.clone()]);
+    let client = serve_proxy(&proxy).await;
+    put(&mut client.clone(), "a-warm-up", b"0").await.unwrap();
+
+    let held = a.calls.hold_batches.write().await;
+    let first = tokio::spawn(get_owned(client.clone(), "apple"));
+    eventually("the first read reached the node", || {
+        a.calls.batch_calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let apple = tokio::spawn(get_owned(client.clone(), "apple"));
+    let absent = tokio::spawn(get_owned(client.clone(), "absent"));
+    eventually("two reads queued", || proxy.queued_for_batches() == 2).await;
+    a.calls.refuse_big_batches.store(true, Ordering::SeqCst);
+    drop(held);
+
+    assert_eq!(first.await.unwrap().unwrap(), b"1");
+    assert_eq!(apple.await.unwrap().unwrap(), b"1");
+    assert_eq!(absent.await.unwrap().unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        a.calls.singles.load(Ordering::SeqCst),
+        2,
+        "each asked alone"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_stops_at_its_byte_bound_and_the_op_that_did_not_fit_opens_the_next() {
+    let (a, b) = split_cluster().await;
+    let proxy = Proxy::new(ProxyConfig {
+        batch: BatchConfig {
+            // Two of the queued writes (2-byte key + 4-byte value) fit, not three.
+            max_bytes: 13,
+            ..BatchConfig::default()
+        },
+        ..config(Duration::from_secs(5))
+    });
+    proxy.set_nodes([a.addr.clone(), b.addr.clone()]);
+    let client = serve_proxy(&proxy).await;
+    put(&mut client.clone(), "a-warm-up", b"0").await.unwrap();
+
+    let held = a.calls.hold_batches.write().await;
+    let first = tokio::spawn(put_owned(client.clone(), "a0", b"0000"));
+    eventually("the first write reached the node", || {
+        a.calls.batch_calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let writes = [
+        tokio::spawn(put_owned(client.clone(), "a1", b"1111")),
+        tokio::spawn(put_owned(client.clone(), "a2", b"2222")),
+        tokio::spawn(put_owned(client.clone(), "a3", b"3333")),
+    ];
+    eventually("three writes queued", || proxy.queued_for_batches() == 3).await;
+    drop(held);
+    first.await.unwrap().unwrap();
+    for write in writes {
+        write.await.unwrap().unwrap();
+    }
+    for key in ["a1", "a2", "a3"] {
+        assert!(a.value(key).is_some(), "{key} landed");
+    }
+    let mut sizes = a.calls.batches.lock().unwrap().clone();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [1, 1, 1, 2]);
 }

@@ -64,6 +64,10 @@ struct Args {
     #[arg(long, env = "KV_PROXY_BATCH_MAX_OPS", default_value_t = BatchConfig::default().max_ops as u64, value_parser = clap::value_parser!(u64).range(1..))]
     batch_max_ops: u64,
 
+    /// Most bytes of keys and values in one batch; a bigger op goes alone.
+    #[arg(long, env = "KV_PROXY_BATCH_MAX_BYTES", default_value_t = BatchConfig::default().max_bytes as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_max_bytes: u64,
+
     /// Batches in flight to one node at once, for reads and for writes each.
     #[arg(long, env = "KV_PROXY_BATCH_IN_FLIGHT", default_value_t = BatchConfig::default().in_flight as u64, value_parser = clap::value_parser!(u64).range(1..))]
     batch_in_flight: u64,
@@ -90,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         },
         batch: BatchConfig {
             max_ops: usize::try_from(args.batch_max_ops).context("--batch-max-ops")?,
+            max_bytes: usize::try_from(args.batch_max_bytes).context("--batch-max-bytes")?,
             in_flight: usize::try_from(args.batch_in_flight).context("--batch-in-flight")?,
         },
         ..ProxyConfig::default()

@@ -16,6 +16,9 @@ use super::batch::{BatchConfig, Batcher};
 use super::error::ProxyError;
 use super::metrics::ProxyMetrics;
 
+/// The largest message a KV node sends (`KvService::into_server`).
+const NODE_MESSAGE_LIMIT: usize = 64 << 20;
+
 /// The cached channels, keyed by `host:port`.
 #[derive(Debug)]
 pub(crate) struct ChannelPool {
@@ -53,7 +56,10 @@ impl ChannelPool {
             })?
             .connect_timeout(self.connect_timeout)
             .connect_lazy();
-        let node = Batcher::new(KvClient::new(channel), self.batch, self.metrics.clone());
+        // As big as a node may answer (its server's encoding limit): a batch's
+        // reads answer together.
+        let client = KvClient::new(channel).max_decoding_message_size(NODE_MESSAGE_LIMIT);
+        let node = Batcher::new(client, self.batch, self.metrics.clone());
         nodes.insert(addr.to_owned(), node.clone());
         Ok(node)
     }
