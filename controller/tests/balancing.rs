@@ -454,6 +454,58 @@ fn a_controller_that_takes_over_keeps_the_cooldown_of_a_move_its_predecessor_mad
 }
 
 #[test]
+fn an_operators_move_made_while_balancing_was_off_holds_for_the_cooldown_once_it_is_on() {
+    let mut driver = four_hot_ranges_on_a(BalanceMode::Off);
+    let moved = [id(4), id(5)];
+    for range in moved {
+        driver
+            .engine
+            .request_move(range, Some(support::node_id("b")), driver.now)
+            .unwrap();
+        driver.settle();
+    }
+    assert_eq!(on_b(&driver), moved, "the operator moved two ranges to b");
+
+    // A minute later the controller is restarted with balancing on, and the
+    // load has turned: b's ranges are hot, a's idle. A balancer that knew
+    // nothing of the operator's moves would undo one at once.
+    driver.now += Duration::from_secs(60);
+    let mut config = driver.engine.config().clone();
+    config.balancing = balancing(BalanceMode::On);
+    let wall = u64::try_from(
+        driver
+            .now
+            .saturating_duration_since(driver.started)
+            .as_millis(),
+    )
+    .unwrap();
+    driver.fail_over_to(&["a", "b"], config, wall);
+    for (range, load) in driver.nodes.loads.iter_mut() {
+        load.reads_per_second = if moved.contains(range) { 300.0 } else { 1.0 };
+    }
+    driver.settle();
+    driver.engine.balance_tick();
+    driver.settle();
+    let round = driver.engine.balance_status(driver.now).last.unwrap();
+    assert_eq!(on_b(&driver), moved, "{:?}", round.plan.actions);
+    for range in moved {
+        assert!(
+            round.plan.skipped.iter().any(|s| s.range == Some(range)
+                && s.reason == ranger_controller::balancer::SkipReason::Cooldown),
+            "range {range}: {:?}",
+            round.plan.skipped
+        );
+    }
+
+    // After the cooldown the balancer may move one back.
+    driver.now += Duration::from_secs(10 * 60);
+    driver.engine.balance_tick();
+    driver.settle();
+    let now_on_b = on_b(&driver);
+    assert!(moved.iter().any(|r| !now_on_b.contains(r)), "{now_on_b:?}");
+}
+
+#[test]
 fn a_move_recorded_by_a_clock_a_day_ahead_holds_for_one_cooldown_not_a_day() {
     let mut driver = four_hot_ranges_on_a(BalanceMode::On);
     // The first leader's clock reads a day later than the next one's.

@@ -420,13 +420,13 @@ impl Engine {
     }
 
     /// Notes in the keyspace (which persists it) when a finished operation
-    /// moved, split or joined its ranges (only while the balancer runs:
-    /// nothing else reads it). The children of a split or join already
-    /// inherited their parents' last move when they were created.
+    /// moved, split or joined its ranges, whoever started it and whatever the
+    /// balancer's mode: an operator's move made while balancing was off must
+    /// still hold for a cooldown when a controller with balancing on takes
+    /// over, or the balancer would undo it at once. The children of a split
+    /// or join already inherited their parents' last move when they were
+    /// created.
     pub(super) fn note_balance_history(&mut self, op: &Operation, now: Instant) {
-        if self.config.balancing.mode == BalanceMode::Off {
-            return;
-        }
         let at = self.timestamp(now).as_millis();
         let noted = match (&op.request, &op.progress) {
             (OpRequest::Move { range, .. }, _) => {

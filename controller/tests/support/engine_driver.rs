@@ -171,11 +171,18 @@ impl Driver {
     /// [`Driver::fail_over`] to a controller whose wall clock reads `wall_ms`
     /// now (to test clocks that disagree).
     pub fn fail_over_with_clock(&mut self, names: &[&str], wall_ms: u64) {
+        let config = self.engine.config().clone();
+        self.fail_over_to(names, config, wall_ms);
+    }
+
+    /// [`Driver::fail_over`] to a controller started with `config` (an
+    /// operator restarting it with other flags) whose wall clock reads
+    /// `wall_ms` now.
+    pub fn fail_over_to(&mut self, names: &[&str], config: OrchestratorConfig, wall_ms: u64) {
         let saved = self.engine.keyspace();
         let keyspace = Keyspace::from_records(saved.counters(), saved.to_records())
             .expect("what the engine saved loads");
-        self.engine =
-            Engine::new(keyspace, self.engine.config().clone(), self.now).with_wall_clock(wall_ms);
+        self.engine = Engine::new(keyspace, config, self.now).with_wall_clock(wall_ms);
         let effects = self.engine.step(self.now);
         self.execute(effects);
         for name in names {
