@@ -412,10 +412,23 @@ fn a_controller_that_takes_over_keeps_the_cooldown_of_a_move_its_predecessor_mad
     // that forgot the moves would send them straight back (A→B→A).
     driver.now += Duration::from_secs(60);
     driver.fail_over(&["a", "b"]);
+    turn_the_load_to(&mut driver, &moved);
+    the_moves_hold_for_the_cooldown_and_not_after(&mut driver, &moved);
+}
+
+/// The load turns: `hot` ranges serve 300 reads/s, the others 1.
+fn turn_the_load_to(driver: &mut Driver, hot: &[RangeId]) {
     for (range, load) in driver.nodes.loads.iter_mut() {
-        load.reads_per_second = if moved.contains(range) { 300.0 } else { 1.0 };
+        load.reads_per_second = if hot.contains(range) { 300.0 } else { 1.0 };
     }
     driver.settle();
+}
+
+/// `moved` (now on b, and hot) stay there for the move cooldown, skipped for
+/// it although the planner wants to move one back (the load is unbalanced),
+/// and once the cooldown is over one does move back: only the remembered
+/// moves held them.
+fn the_moves_hold_for_the_cooldown_and_not_after(driver: &mut Driver, moved: &[RangeId]) {
     driver.engine.balance_tick();
     driver.settle();
     let round = driver.engine.balance_status(driver.now).last.unwrap();
@@ -424,8 +437,8 @@ fn a_controller_that_takes_over_keeps_the_cooldown_of_a_move_its_predecessor_mad
         "{:?}",
         round.plan.imbalance
     );
-    assert_eq!(on_b(&driver), moved, "{:?}", round.plan.actions);
-    for range in &moved {
+    assert_eq!(on_b(driver), moved, "{:?}", round.plan.actions);
+    for range in moved {
         assert!(
             round.plan.skipped.iter().any(|s| s.range == Some(*range)
                 && s.reason == ranger_controller::balancer::SkipReason::Cooldown),
@@ -433,13 +446,10 @@ fn a_controller_that_takes_over_keeps_the_cooldown_of_a_move_its_predecessor_mad
             round.plan.skipped
         );
     }
-
-    // Once the cooldown is over, the same load moves one back: the planner
-    // wanted to, and only the remembered move held it.
     driver.now += Duration::from_secs(10 * 60);
     driver.engine.balance_tick();
     driver.settle();
-    let now_on_b = on_b(&driver);
+    let now_on_b = on_b(driver);
     assert!(
         moved.iter().any(|r| !now_on_b.contains(r)),
         "{now_on_b:?}: {:?}",
@@ -472,37 +482,10 @@ fn an_operators_move_made_while_balancing_was_off_holds_for_the_cooldown_once_it
     driver.now += Duration::from_secs(60);
     let mut config = driver.engine.config().clone();
     config.balancing = balancing(BalanceMode::On);
-    let wall = u64::try_from(
-        driver
-            .now
-            .saturating_duration_since(driver.started)
-            .as_millis(),
-    )
-    .unwrap();
+    let wall = driver.wall_ms();
     driver.fail_over_to(&["a", "b"], config, wall);
-    for (range, load) in driver.nodes.loads.iter_mut() {
-        load.reads_per_second = if moved.contains(range) { 300.0 } else { 1.0 };
-    }
-    driver.settle();
-    driver.engine.balance_tick();
-    driver.settle();
-    let round = driver.engine.balance_status(driver.now).last.unwrap();
-    assert_eq!(on_b(&driver), moved, "{:?}", round.plan.actions);
-    for range in moved {
-        assert!(
-            round.plan.skipped.iter().any(|s| s.range == Some(range)
-                && s.reason == ranger_controller::balancer::SkipReason::Cooldown),
-            "range {range}: {:?}",
-            round.plan.skipped
-        );
-    }
-
-    // After the cooldown the balancer may move one back.
-    driver.now += Duration::from_secs(10 * 60);
-    driver.engine.balance_tick();
-    driver.settle();
-    let now_on_b = on_b(&driver);
-    assert!(moved.iter().any(|r| !now_on_b.contains(r)), "{now_on_b:?}");
+    turn_the_load_to(&mut driver, &moved);
+    the_moves_hold_for_the_cooldown_and_not_after(&mut driver, &moved);
 }
 
 #[test]

@@ -164,8 +164,13 @@ impl Driver {
     /// controller that takes over does (its wall clock continuing the old
     /// one's), with `names` registered again; the model nodes keep their state.
     pub fn fail_over(&mut self, names: &[&str]) {
+        self.fail_over_with_clock(names, self.wall_ms());
+    }
+
+    /// The test's wall clock: milliseconds since the driver started.
+    pub fn wall_ms(&self) -> u64 {
         let wall = self.now.saturating_duration_since(self.started).as_millis();
-        self.fail_over_with_clock(names, u64::try_from(wall).expect("a test's clock"));
+        u64::try_from(wall).expect("a test's clock")
     }
 
     /// [`Driver::fail_over`] to a controller whose wall clock reads `wall_ms`

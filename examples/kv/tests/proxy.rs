@@ -703,6 +703,23 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A proxy with `batch` in front of `a` and `b`, served, with a client of it
+/// that has made one write to `a` (so the routes are known).
+async fn batching_proxy(
+    a: &TestNode,
+    b: &TestNode,
+    batch: BatchConfig,
+) -> (Proxy, KvClient<Channel>) {
+    let proxy = Proxy::new(ProxyConfig {
+        batch,
+        ..config(Duration::from_secs(5))
+    });
+    proxy.set_nodes([a.addr.clone(), b.addr.clone()]);
+    let client = serve_proxy(&proxy).await;
+    put(&mut client.clone(), "a-warm-up", b"0").await.unwrap();
+    (proxy, client)
+}
+
 #[tokio::test]
 async fn requests_that_arrive_while_a_batch_is_out_travel_together_each_with_its_own_answer() {
     let (a, b) = split_cluster().await;
@@ -710,17 +727,12 @@ async fn requests_that_arrive_while_a_batch_is_out_travel_together_each_with_its
         .lock()
         .unwrap()
         .insert("apple".to_owned(), b"1".to_vec());
-    let proxy = Proxy::new(ProxyConfig {
-        batch: BatchConfig {
-            max_ops: 64,
-            in_flight: 1,
-            ..BatchConfig::default()
-        },
-        ..config(Duration::from_secs(5))
-    });
-    proxy.set_nodes([a.addr.clone(), b.addr.clone()]);
-    let client = serve_proxy(&proxy).await;
-    put(&mut client.clone(), "a-warm-up", b"0").await.unwrap();
+    let batch = BatchConfig {
+        max_ops: 64,
+        in_flight: 1,
+        ..BatchConfig::default()
+    };
+    let (proxy, client) = batching_proxy(&a, &b, batch).await;
 
     // Node A holds every batch it gets: one read and one write go out and wait
     // there, so what comes next queues in the proxy.
@@ -813,10 +825,7 @@ async fn reads_whose_answers_are_too_big_together_are_asked_again_one_by_one() {
         .lock()
         .unwrap()
         .insert("apple".to_owned(), b"1".to_vec());
-    let proxy = Proxy::new(config(Duration::from_secs(5)));
-    proxy.set_nodes([a.addr.clone(), b.addr.clone()]);
-    let client = serve_proxy(&proxy).await;
-    put(&mut client.clone(), "a-warm-up", b"0").await.unwrap();
+    let (proxy, client) = batching_proxy(&a, &b, BatchConfig::default()).await;
 
     let held = a.calls.hold_batches.write().await;
     let first = tokio::spawn(get_owned(client.clone(), "apple"));
@@ -843,17 +852,12 @@ async fn reads_whose_answers_are_too_big_together_are_asked_again_one_by_one() {
 #[tokio::test]
 async fn a_batch_stops_at_its_byte_bound_and_the_op_that_did_not_fit_opens_the_next() {
     let (a, b) = split_cluster().await;
-    let proxy = Proxy::new(ProxyConfig {
-        batch: BatchConfig {
-            // Two of the queued writes (2-byte key + 4-byte value) fit, not three.
-            max_bytes: 13,
-            ..BatchConfig::default()
-        },
-        ..config(Duration::from_secs(5))
-    });
-    proxy.set_nodes([a.addr.clone(), b.addr.clone()]);
-    let client = serve_proxy(&proxy).await;
-    put(&mut client.clone(), "a-warm-up", b"0").await.unwrap();
+    let batch = BatchConfig {
+        // Two of the queued writes (2-byte key + 4-byte value) fit, not three.
+        max_bytes: 13,
+        ..BatchConfig::default()
+    };
+    let (proxy, client) = batching_proxy(&a, &b, batch).await;
 
     let held = a.calls.hold_batches.write().await;
     let first = tokio::spawn(put_owned(client.clone(), "a0", b"0000"));
