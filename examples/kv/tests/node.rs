@@ -508,6 +508,50 @@ async fn a_batch_answers_each_op_as_its_own_call_would_and_its_reads_see_its_wri
     assert_eq!(get_pair(&a.node, "b"), Some("two".to_owned()));
 }
 
+#[tokio::test]
+async fn a_batch_over_two_ranges_lands_where_the_range_serves_and_is_refused_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestNode::start(dir.path(), 1 << 20).await;
+    a.own(meta(1, "a", "m")).await;
+    a.own(meta(2, "m", "")).await;
+    a.rangelet.deactivate(id(2)).await.unwrap();
+    let mut c = a.client().await;
+    let answers = run_batch(
+        &mut c,
+        vec![
+            batch_put("b", "1"),
+            batch_put("n", "2"),
+            batch_put("c", "3"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        answers.iter().map(|(code, _)| *code).collect::<Vec<_>>(),
+        [Code::Ok, Code::FailedPrecondition, Code::Ok]
+    );
+    assert_eq!(
+        all_pairs(&a.node),
+        vec![
+            ("b".to_owned(), "1".to_owned()),
+            ("c".to_owned(), "3".to_owned())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_batch_of_more_ops_than_a_node_takes_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestNode::start(dir.path(), 1 << 20).await;
+    a.own(meta(1, "a", "")).await;
+    let mut c = a.client().await;
+    let ops = (0..=ranger_kv::node::service::MAX_BATCH_OPS)
+        .map(|n| batch_put(&format!("k{n}"), "v"))
+        .collect();
+    let refused = c.batch(pb::BatchRequest { ops }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(all_pairs(&a.node), vec![], "nothing of it landed");
+}
+
 fn get_pair(node: &KvNode, key: &str) -> Option<String> {
     all_pairs(node)
         .into_iter()

@@ -49,8 +49,8 @@ struct Calls {
     singles: Arc<std::sync::atomic::AtomicUsize>,
     /// Answer `Batch` with UNIMPLEMENTED, like the Go reference's node.
     no_batch: Arc<AtomicBool>,
-    /// Answer a `Batch` of more than one op RESOURCE_EXHAUSTED, as a node
-    /// whose answer would exceed its message limit does.
+    /// Answer a `Batch` of more than one op OUT_OF_RANGE, as a node whose
+    /// answer would exceed its message limit does.
     refuse_big_batches: Arc<AtomicBool>,
     /// While set, a `Batch` waits before it is served, so that requests pile
     /// up in the proxy.
@@ -145,7 +145,10 @@ impl Kv for FakeKv {
         let _held = self.calls.hold_batches.read().await;
         let ops = request.into_inner().ops;
         if ops.len() > 1 && self.calls.refuse_big_batches.load(Ordering::SeqCst) {
-            return Err(Status::resource_exhausted("answer too large"));
+            // What tonic's codec says when an answer exceeds its limit.
+            return Err(Status::out_of_range(
+                "Error, encoded message length too large: found 70000000 bytes, the limit is: 67108864 bytes",
+            ));
         }
         self.calls.batches.lock().unwrap().push(ops.len());
         let mut results = Vec::new();
@@ -703,21 +706,33 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// A proxy with `batch` in front of `a` and `b`, served, with a client of it
-/// that has made one write to `a` (so the routes are known).
-async fn batching_proxy(
+/// A proxy with `batch` and request deadline `deadline` in front of `a` and
+/// `b`, served, with a client of it that has made one write to `a` (so the
+/// routes are known).
+async fn batching_proxy_with(
     a: &TestNode,
     b: &TestNode,
     batch: BatchConfig,
+    deadline: Duration,
 ) -> (Proxy, KvClient<Channel>) {
     let proxy = Proxy::new(ProxyConfig {
         batch,
-        ..config(Duration::from_secs(5))
+        ..config(deadline)
     });
     proxy.set_nodes([a.addr.clone(), b.addr.clone()]);
     let client = serve_proxy(&proxy).await;
     put(&mut client.clone(), "a-warm-up", b"0").await.unwrap();
     (proxy, client)
+}
+
+/// [`batching_proxy_with`] a deadline far longer than any wait of the tests
+/// that hold batches at a node (so a slow machine cannot time them out).
+async fn batching_proxy(
+    a: &TestNode,
+    b: &TestNode,
+    batch: BatchConfig,
+) -> (Proxy, KvClient<Channel>) {
+    batching_proxy_with(a, b, batch, Duration::from_secs(60)).await
 }
 
 #[tokio::test]
@@ -882,4 +897,58 @@ async fn a_batch_stops_at_its_byte_bound_and_the_op_that_did_not_fit_opens_the_n
     let mut sizes = a.calls.batches.lock().unwrap().clone();
     sizes.sort_unstable();
     assert_eq!(sizes, [1, 1, 1, 2]);
+}
+
+#[tokio::test]
+async fn a_write_whose_caller_gave_up_while_it_was_queued_is_never_sent() {
+    let (a, b) = split_cluster().await;
+    let deadline = Duration::from_secs(1);
+    // Every op its own batch (each is over the byte bound), so ops queue
+    // behind each other, one batch in flight at a time.
+    let one_op_each = BatchConfig {
+        max_bytes: 1,
+        ..BatchConfig::default()
+    };
+    let (proxy, client) = batching_proxy_with(&a, &b, one_op_each, deadline).await;
+
+    // The node holds every batch. The first write waits there; the second
+    // queues, and goes out (to wait at the node too) when the first's batch
+    // times out; the third queues behind the second, and its caller gives up
+    // while it is still queued.
+    let held = a.calls.hold_batches.write().await;
+    let first = tokio::spawn(put_owned(client.clone(), "a-first", b"1"));
+    eventually("the first write reached the node", || {
+        a.calls.batch_calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let second = tokio::spawn(put_owned(client.clone(), "a-second", b"2"));
+    eventually("the second write queued", || {
+        proxy.queued_for_batches() == 1
+    })
+    .await;
+    let abandoned = put(&mut client.clone(), "a-abandoned", b"late").await;
+    assert!(abandoned.is_err(), "{abandoned:?}");
+    assert_eq!(
+        a.calls.batch_calls.load(Ordering::SeqCst),
+        3,
+        "the second went out"
+    );
+    assert_eq!(
+        proxy.queued_for_batches(),
+        1,
+        "the abandoned one is still queued"
+    );
+    drop(held);
+    let _ = first.await.unwrap();
+    let _ = second.await.unwrap();
+
+    // A write queued after it is served, so the lane has taken it by now.
+    put(&mut client.clone(), "a-later", b"3").await.unwrap();
+    assert_eq!(a.value("a-later").as_deref(), Some(&b"3"[..]));
+    assert_eq!(
+        a.value("a-abandoned"),
+        None,
+        "sent after its caller was told it failed"
+    );
+    assert_eq!(proxy.queued_for_batches(), 0);
 }

@@ -165,15 +165,16 @@ impl KvNode {
         ranges.sort_unstable();
         ranges.dedup();
         let mut guards = Vec::with_capacity(ranges.len());
-        let mut stopped = Vec::new();
-        for range in ranges {
-            let guard = self.gate(range).read_owned().await;
-            if rangelet.may_write(range) {
-                guards.push(guard);
-            } else {
-                stopped.push(range);
-            }
+        for range in &ranges {
+            guards.push(self.gate(*range).read_owned().await);
         }
+        // Checked once every gate is held, with no wait before the write: a
+        // range allowed when its gate was taken may have been fenced while the
+        // batch waited for the next gate.
+        let stopped: Vec<RangeId> = ranges
+            .into_iter()
+            .filter(|range| !rangelet.may_write(*range))
+            .collect();
         let (refused, landing): (Vec<_>, Vec<_>) = routed
             .into_iter()
             .partition(|(_, range, ..)| stopped.contains(range));

@@ -17,6 +17,9 @@ use super::store::Pair;
 
 /// Most pairs one Scan returns when the client asks for no limit.
 const DEFAULT_SCAN_LIMIT: usize = 1000;
+/// Most ops in one Batch: its reads are served one after another on the
+/// runtime, so a huge batch from a peer must not hold a worker for long.
+pub const MAX_BATCH_OPS: usize = 1024;
 /// Dump is for small ranges and debugging; larger ones must be scanned.
 const DUMP_LIMIT: usize = 100_000;
 
@@ -157,6 +160,12 @@ impl pb::kv_server::Kv for KvService {
         requests
             .observe("Batch", async move {
                 let ops = request.into_inner().ops;
+                if ops.len() > MAX_BATCH_OPS {
+                    return Err(Status::invalid_argument(format!(
+                        "a batch of {} ops; at most {MAX_BATCH_OPS}",
+                        ops.len()
+                    )));
+                }
                 let mut results: Vec<pb::BatchResult> =
                     ops.iter().map(|_| pb::BatchResult::default()).collect();
                 let mut writes = Vec::new();

@@ -12,16 +12,25 @@
 //! Each op keeps its own answer (a batch is not a transaction), so the
 //! forwarding loop retries it exactly as it would a single call. A node that
 //! does not know `Batch` (the Go reference's) answers UNIMPLEMENTED; the
-//! batcher then remembers it, and that node gets single calls from then on.
+//! batcher then remembers it, and that node gets single calls for a minute
+//! before it is asked again (it may have been upgraded in place).
+//!
+//! A request whose caller gave up (its deadline passed) while it waited in the
+//! queue is never sent: otherwise it could land after its client was told it
+//! failed, over a newer write of the same key. A batch that gets no answer
+//! within the request deadline fails its ops, so a silent node cannot hold a
+//! lane forever; the queue is bounded, so an overloaded node slows its
+//! callers down instead of growing the proxy's memory.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::metrics::ProxyMetrics;
 use crate::pb::{self, kv_client::KvClient};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -53,6 +62,13 @@ impl Default for BatchConfig {
     }
 }
 
+/// Ops that may wait for a lane's batch, per `max_ops` of a batch.
+const QUEUE_BATCHES: usize = 16;
+
+/// How long a node that answered `Batch` with UNIMPLEMENTED gets single calls
+/// before it is asked again.
+const UNBATCHED_FOR: Duration = Duration::from_secs(60);
+
 /// One client op on its way to a node.
 pub(crate) type Op = pb::batch_op::Op;
 
@@ -71,15 +87,36 @@ pub(crate) struct Batcher {
     /// Reads and writes queue apart: in one batch, reads would wait for the
     /// writes' WAL sync, which they do not need. None: batching is off.
     lanes: Option<Lanes>,
-    /// The node answered `Batch` with UNIMPLEMENTED: single calls only.
-    unbatched: Arc<AtomicBool>,
+    unbatched: Unbatched,
     metrics: ProxyMetrics,
 }
 
 #[derive(Debug, Clone)]
 struct Lanes {
-    reads: mpsc::UnboundedSender<Queued>,
-    writes: mpsc::UnboundedSender<Queued>,
+    reads: mpsc::Sender<Queued>,
+    writes: mpsc::Sender<Queued>,
+}
+
+/// When the node last answered `Batch` with UNIMPLEMENTED, if lately.
+#[derive(Debug, Clone, Default)]
+struct Unbatched(Arc<Mutex<Option<Instant>>>);
+
+impl Unbatched {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn mark(&self) {
+        *self.lock() = Some(Instant::now());
+    }
+
+    /// Whether the node is to get single calls now.
+    fn now(&self) -> bool {
+        self.lock()
+            .is_some_and(|since| since.elapsed() < UNBATCHED_FOR)
+    }
 }
 
 impl std::fmt::Debug for Queued {
@@ -89,23 +126,28 @@ impl std::fmt::Debug for Queued {
 }
 
 impl Batcher {
-    /// A batcher sending over `client`'s channel. Must be called inside a
-    /// Tokio runtime (it spawns the node's sending task) unless batching is
-    /// off.
+    /// A batcher sending over `client`'s channel; a batch unanswered after
+    /// `deadline` (the proxy's request deadline) fails its ops. Must be called
+    /// inside a Tokio runtime (it spawns the node's sending tasks) unless
+    /// batching is off.
     pub(crate) fn new(
         client: KvClient<Channel>,
         config: BatchConfig,
+        deadline: Duration,
         metrics: ProxyMetrics,
     ) -> Batcher {
-        let unbatched = Arc::new(AtomicBool::new(false));
+        let unbatched = Unbatched::default();
         let lane = || {
-            let (queue, queued) = mpsc::unbounded_channel();
+            let (queue, queued) = mpsc::channel(config.max_ops.max(1) * QUEUE_BATCHES);
             tokio::spawn(send_batches(
-                client.clone(),
-                config,
+                Lane {
+                    client: client.clone(),
+                    config,
+                    deadline,
+                    unbatched: unbatched.clone(),
+                    metrics: metrics.clone(),
+                },
                 queued,
-                Arc::clone(&unbatched),
-                metrics.clone(),
             ));
             queue
         };
@@ -136,23 +178,23 @@ impl Batcher {
             Op::Get(_) => &lanes.reads,
             Op::Put(_) | Op::Delete(_) => &lanes.writes,
         };
-        if self.unbatched.load(Ordering::Relaxed) {
+        if self.unbatched.now() {
             return single(self.client.clone(), op).await;
         }
         let (reply, answer) = oneshot::channel();
         let kept = op.clone();
-        self.metrics.batch_queued();
-        if queue.send(Queued { op, reply }).is_err() {
-            self.metrics.batch_unqueued();
+        // A full queue makes the caller wait (its deadline still applies);
+        // the slot is counted only once it is held, so a caller that gives up
+        // while waiting leaves the count right.
+        let Ok(slot) = queue.reserve().await else {
             // The sending task ended (it cannot while a handle lives, but a
             // request must not be lost to it): send it on its own.
             return single(self.client.clone(), kept).await;
-        }
+        };
+        self.metrics.batch_queued();
+        slot.send(Queued { op, reply });
         match answer.await {
-            Ok(Err(status))
-                if status.code() == Code::Unimplemented
-                    && self.unbatched.load(Ordering::Relaxed) =>
-            {
+            Ok(Err(status)) if status.code() == Code::Unimplemented && self.unbatched.now() => {
                 single(self.client.clone(), kept).await
             }
             Ok(result) => result,
@@ -163,18 +205,22 @@ impl Batcher {
     }
 }
 
-/// The node's sending task for one lane: while fewer than `in_flight` batches
-/// are out, takes what is queued (up to `max_ops` ops and `max_bytes`) as the
-/// next batch.
-async fn send_batches(
+/// What a lane's task needs to send batches to its node.
+struct Lane {
     client: KvClient<Channel>,
     config: BatchConfig,
-    mut queued: mpsc::UnboundedReceiver<Queued>,
-    unbatched: Arc<AtomicBool>,
+    deadline: Duration,
+    unbatched: Unbatched,
     metrics: ProxyMetrics,
-) {
+}
+
+/// The node's sending task for one lane: while fewer than `in_flight` batches
+/// are out, takes what is queued (up to `max_ops` ops and `max_bytes`, leaving
+/// out ops whose caller gave up) as the next batch.
+async fn send_batches(lane: Lane, mut queued: mpsc::Receiver<Queued>) {
     // The batches in flight are driven here rather than spawned: one task
     // hand-off less per batch.
+    let config = lane.config;
     let limit = config.in_flight.max(1);
     let mut in_flight = FuturesUnordered::new();
     // An op taken from the queue that would have made the last batch too big:
@@ -190,21 +236,27 @@ async fn send_batches(
                     open = false;
                     continue;
                 };
+                let mut taken = 1;
                 let mut bytes = op_bytes(&first.op);
                 let mut batch = vec![first];
                 while batch.len() < config.max_ops {
                     let Ok(next) = queued.try_recv() else {
                         break;
                     };
+                    taken += 1;
                     bytes += op_bytes(&next.op);
                     if bytes > config.max_bytes {
+                        taken -= 1;
                         carried = Some(next);
                         break;
                     }
                     batch.push(next);
                 }
-                metrics.batch_sent(batch.len());
-                in_flight.push(send_batch(client.clone(), batch, &unbatched));
+                batch.retain(|queued| !queued.reply.is_closed());
+                lane.metrics.batch_taken(taken, batch.len());
+                if !batch.is_empty() {
+                    in_flight.push(send_batch(&lane, batch));
+                }
             }
         }
     }
@@ -213,7 +265,7 @@ async fn send_batches(
 /// The op carried over from the last batch, else the next one queued.
 async fn next_op(
     carried: &mut Option<Queued>,
-    queued: &mut mpsc::UnboundedReceiver<Queued>,
+    queued: &mut mpsc::Receiver<Queued>,
 ) -> Option<Queued> {
     match carried.take() {
         Some(op) => Some(op),
@@ -230,7 +282,8 @@ fn op_bytes(op: &Op) -> usize {
     }
 }
 
-async fn send_batch(mut client: KvClient<Channel>, batch: Vec<Queued>, unbatched: &AtomicBool) {
+async fn send_batch(lane: &Lane, batch: Vec<Queued>) {
+    let mut client = lane.client.clone();
     // Reads are kept (a key each) in case their answers together are too big
     // for one message: then each is asked again on its own. Writes are not:
     // their batch is bounded by `max_bytes`.
@@ -251,7 +304,15 @@ async fn send_batch(mut client: KvClient<Channel>, batch: Vec<Queued>, unbatched
         })
         .unzip();
     let sent = ops.len();
-    let answers: Vec<OpResult> = match client.batch(pb::BatchRequest { ops }).await {
+    let call = client.batch(pb::BatchRequest { ops });
+    let answered = match tokio::time::timeout(lane.deadline, call).await {
+        Ok(answered) => answered,
+        Err(_elapsed) => Err(Status::deadline_exceeded(format!(
+            "the node did not answer a batch of {sent} ops within {:?}",
+            lane.deadline
+        ))),
+    };
+    let answers: Vec<OpResult> = match answered {
         Ok(response) => {
             let results = response.into_inner().results;
             if results.len() == sent {
@@ -269,12 +330,15 @@ async fn send_batch(mut client: KvClient<Channel>, batch: Vec<Queued>, unbatched
                 ops = sent,
                 "a batch's answer was too big; asking each read alone"
             );
-            futures::future::join_all(reads.into_iter().map(|op| single(client.clone(), op))).await
+            futures::future::join_all(reads.into_iter().map(|op| single(lane.client.clone(), op)))
+                .await
         }
         Err(status) => {
             if status.code() == Code::Unimplemented {
-                tracing::info!("node does not know kv.KV/Batch; sending it single calls");
-                unbatched.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    "node does not know kv.KV/Batch; sending it single calls for {UNBATCHED_FOR:?}"
+                );
+                lane.unbatched.mark();
             }
             vec![Err(status); sent]
         }
@@ -285,9 +349,10 @@ async fn send_batch(mut client: KvClient<Channel>, batch: Vec<Queued>, unbatched
     }
 }
 
-/// A message over a size limit, on either side of the call.
+/// A message over a size limit, on either side of the call (tonic's codec
+/// says OUT_OF_RANGE, "message length too large").
 fn too_big(status: &Status) -> bool {
-    matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange)
+    status.code() == Code::OutOfRange
 }
 
 /// One op's answer in a batch, as its own call's result.
@@ -311,5 +376,29 @@ async fn single(mut client: KvClient<Channel>, op: Op) -> OpResult {
             client.delete(request).await?;
             Ok(Vec::new())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_without_batch_is_asked_again_after_a_minute() {
+        let unbatched = Unbatched::default();
+        assert!(!unbatched.now(), "batched until it says otherwise");
+        unbatched.mark();
+        assert!(unbatched.now());
+        tokio::time::advance(UNBATCHED_FOR - Duration::from_secs(1)).await;
+        assert!(unbatched.now());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!unbatched.now(), "upgraded nodes get batches again");
+    }
+
+    #[test]
+    fn only_a_message_over_its_size_limit_is_too_big() {
+        assert!(too_big(&Status::out_of_range("message length too large")));
+        assert!(!too_big(&Status::resource_exhausted("shedding load")));
+        assert!(!too_big(&Status::unavailable("down")));
     }
 }

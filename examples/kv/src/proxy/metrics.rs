@@ -128,16 +128,14 @@ impl ProxyMetrics {
         self.batch_queued.inc();
     }
 
-    /// A request stopped waiting without a batch (its node's sender is gone).
-    pub(crate) fn batch_unqueued(&self) {
-        self.batch_queued.dec();
-    }
-
-    /// A batch of `ops` queued requests leaves for its node.
-    pub(crate) fn batch_sent(&self, ops: usize) {
+    /// `taken` queued requests left the queue, `sent` of them in a batch to
+    /// their node (the others' callers had given up).
+    pub(crate) fn batch_taken(&self, taken: usize, sent: usize) {
         self.batch_queued
-            .dec_by(i64::try_from(ops).unwrap_or(i64::MAX));
-        self.batch_ops.observe(ops as f64);
+            .dec_by(i64::try_from(taken).unwrap_or(i64::MAX));
+        if sent > 0 {
+            self.batch_ops.observe(sent as f64);
+        }
     }
 
     /// Requests waiting for a batch right now (the `batch_queued` gauge).

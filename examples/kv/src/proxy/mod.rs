@@ -88,7 +88,12 @@ impl Proxy {
     pub fn new(config: ProxyConfig) -> Self {
         let table = RoutingTable::new(config.routing);
         let metrics = ProxyMetrics::default();
-        let pool = ChannelPool::new(config.connect_timeout, config.batch, metrics.clone());
+        let pool = ChannelPool::new(
+            config.connect_timeout,
+            config.batch,
+            config.retry.deadline,
+            metrics.clone(),
+        );
         metrics.follow_routing(table.changes());
         Proxy {
             forwarder: Arc::new(Forwarder::new(table, pool, config.retry, metrics)),

@@ -24,6 +24,8 @@ const NODE_MESSAGE_LIMIT: usize = 64 << 20;
 pub(crate) struct ChannelPool {
     connect_timeout: Duration,
     batch: BatchConfig,
+    /// The proxy's request deadline: no batch is waited for longer.
+    deadline: Duration,
     metrics: ProxyMetrics,
     nodes: Mutex<HashMap<String, Batcher>>,
 }
@@ -32,11 +34,13 @@ impl ChannelPool {
     pub(crate) fn new(
         connect_timeout: Duration,
         batch: BatchConfig,
+        deadline: Duration,
         metrics: ProxyMetrics,
     ) -> Self {
         ChannelPool {
             connect_timeout,
             batch,
+            deadline,
             metrics,
             nodes: Mutex::default(),
         }
@@ -59,7 +63,7 @@ impl ChannelPool {
         // As big as a node may answer (its server's encoding limit): a batch's
         // reads answer together.
         let client = KvClient::new(channel).max_decoding_message_size(NODE_MESSAGE_LIMIT);
-        let node = Batcher::new(client, self.batch, self.metrics.clone());
+        let node = Batcher::new(client, self.batch, self.deadline, self.metrics.clone());
         nodes.insert(addr.to_owned(), node.clone());
         Ok(node)
     }
