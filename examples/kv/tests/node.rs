@@ -552,6 +552,59 @@ async fn a_batch_of_more_ops_than_a_node_takes_is_refused_whole() {
     assert_eq!(all_pairs(&a.node), vec![], "nothing of it landed");
 }
 
+/// Waits (bounded) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The race a batch over several ranges has and a single write does not: it
+/// takes its ranges' gates one after another, so a range it already holds may
+/// stop serving while it waits for the next gate. Its writability must be
+/// judged once every gate is held, not when its own gate was taken.
+#[tokio::test]
+async fn a_batch_that_waited_for_a_gate_does_not_write_a_range_that_stopped_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestNode::start(dir.path(), 1 << 20).await;
+    a.own(meta(1, "a", "m")).await;
+    a.own(meta(2, "m", "")).await;
+    let mut c = a.client().await;
+
+    // Range 2's gate is held (as by a deactivation draining it): the batch
+    // takes range 1's gate, then waits for range 2's.
+    let gate_2 = a.node.gate(id(2));
+    let held = gate_2.write().await;
+    let batch = tokio::spawn(async move {
+        run_batch(&mut c, vec![batch_put("b", "1"), batch_put("n", "2")]).await
+    });
+    let gate_1 = a.node.gate(id(1));
+    until("the batch holds range 1's gate", || {
+        gate_1.try_write().is_err()
+    })
+    .await;
+
+    // Meanwhile range 1 starts deactivating (it then waits for the batch).
+    let rangelet = a.rangelet.clone();
+    let deactivating = tokio::spawn(async move { rangelet.deactivate(id(1)).await });
+    until("range 1 is no longer writable", || {
+        !a.rangelet.may_write(id(1))
+    })
+    .await;
+    drop(held);
+
+    let answers = batch.await.unwrap();
+    assert_eq!(
+        answers.iter().map(|(code, _)| *code).collect::<Vec<_>>(),
+        [Code::FailedPrecondition, Code::Ok],
+        "range 1's write refused, range 2's landed"
+    );
+    deactivating.await.unwrap().unwrap();
+    assert_eq!(all_pairs(&a.node), vec![("n".to_owned(), "2".to_owned())]);
+}
+
 fn get_pair(node: &KvNode, key: &str) -> Option<String> {
     all_pairs(node)
         .into_iter()
