@@ -902,7 +902,9 @@ async fn a_batch_stops_at_its_byte_bound_and_the_op_that_did_not_fit_opens_the_n
 #[tokio::test]
 async fn a_write_whose_caller_gave_up_while_it_was_queued_is_never_sent() {
     let (a, b) = split_cluster().await;
-    let deadline = Duration::from_secs(1);
+    // Long enough that the steps below, which take milliseconds, finish well
+    // within it even on a loaded machine; the test waits about one of it.
+    let deadline = Duration::from_secs(3);
     // Every op its own batch (each is over the byte bound), so ops queue
     // behind each other, one batch in flight at a time.
     let one_op_each = BatchConfig {
