@@ -36,13 +36,10 @@ pub enum AccessError {
     /// A deactivation began while the write waited for the range's gate.
     #[error("range {range} stopped serving writes")]
     StoppedWriting { range: RangeId },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("the write task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-    /// The batch's one RocksDB write failed: none of its writes landed.
-    #[error("the batch's write failed: {0}")]
-    BatchFailed(String),
+    /// The RocksDB write (of one client write, or a batch's) failed: none of
+    /// its writes landed.
+    #[error("the write failed: {0}")]
+    WriteFailed(String),
 }
 
 impl From<AccessError> for Status {
@@ -54,9 +51,7 @@ impl From<AccessError> for Status {
             | AccessError::NotActive { .. }
             | AccessError::Fenced { .. }
             | AccessError::StoppedWriting { .. } => Status::failed_precondition(message),
-            AccessError::Store(_) | AccessError::Task(_) | AccessError::BatchFailed(_) => {
-                Status::internal(message)
-            }
+            AccessError::WriteFailed(_) => Status::internal(message),
         }
     }
 }
@@ -95,58 +90,39 @@ impl KvNode {
         Ok(range)
     }
 
-    /// Runs a client write under the range's gate, re-checking that it may still
-    /// be written once inside (a deactivation may have begun meanwhile). Returns
-    /// only once the write is durable (in the synced WAL).
-    ///
-    /// The write runs on the blocking pool, so that concurrent writers wait for
-    /// their fsync together (RocksDB commits them as a group) instead of each
-    /// holding a runtime thread. The task owns the gate guard and records the
-    /// write for transfers itself: a client that goes away cannot release the
-    /// gate (and let a deactivation finish) while its write is still landing, nor
-    /// leave a landed write unrecorded.
+    /// Runs a client write: [`KvNode::write_batch`] of one. Returns only once
+    /// the write is durable (in the synced WAL).
     pub async fn write(
         &self,
         rangelet: &Rangelet<KvNode>,
         key: String,
         op: WriteOp,
     ) -> Result<(), AccessError> {
-        let range = self.route(rangelet, &key)?;
-        let writing = self.gate(range).read_owned().await;
-        if !rangelet.may_write(range) {
-            return Err(AccessError::StoppedWriting { range });
-        }
-        let accepted_us = ack_log::now_us();
-        let node = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _writing = writing;
-            match op {
-                WriteOp::Put(value) => node.store().put(key.as_bytes(), &value),
-                WriteOp::Delete => node.store().delete(key.as_bytes()),
-            }?;
-            node.wrote(range, key.as_bytes());
-            if let Some(acks) = &node.inner.acks {
-                acks.record(&ack_log::Ack {
-                    key,
-                    range: range.get(),
-                    accepted_us,
-                    acked_us: ack_log::now_us(),
-                });
-            }
-            Ok(())
-        })
-        .await?
+        self.write_batch(rangelet, vec![(key, op)])
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(AccessError::WriteFailed("no outcome for the write".into())))
     }
 
-    /// Runs several client writes (a `kv.KV/Batch`) as one synced RocksDB
-    /// write, so that they share one WAL sync and one trip to the blocking
-    /// pool; each write gets its own outcome, exactly what [`KvNode::write`]
-    /// would have answered it (a key this node does not serve is refused on its
-    /// own; the others still land).
+    /// Runs client writes (one, or a `kv.KV/Batch`'s) under their ranges'
+    /// gates as one synced RocksDB write, so that they share one WAL sync and
+    /// one trip to the blocking pool; each write gets its own outcome (a key
+    /// this node does not serve is refused on its own; the others still land).
     ///
-    /// The gates of the ranges involved are taken shared in ascending range
-    /// order: a deactivation waits for the batch like for any write, and two
-    /// batches never wait on each other's gates in a cycle.
+    /// The gates are taken shared in ascending range order: a deactivation
+    /// waits for the writes in flight, and two batches never wait on each
+    /// other's gates in a cycle. Whether each range may still be written is
+    /// judged once every gate is held, with no wait before the write: a range
+    /// allowed when its gate was taken may have stopped serving (or been
+    /// fenced) while the batch waited for the next gate.
+    ///
+    /// The write runs on the blocking pool, so that concurrent writers wait
+    /// for their fsync together (RocksDB commits them as a group) instead of
+    /// each holding a runtime thread. The task owns the gate guards and records
+    /// the writes for transfers and in the ack log itself: a client that goes
+    /// away cannot release a gate (and let a deactivation finish) while its
+    /// write is still landing, nor leave a landed write unrecorded.
     pub async fn write_batch(
         &self,
         rangelet: &Rangelet<KvNode>,
@@ -168,9 +144,6 @@ impl KvNode {
         for range in &ranges {
             guards.push(self.gate(*range).read_owned().await);
         }
-        // Checked once every gate is held, with no wait before the write: a
-        // range allowed when its gate was taken may have been fenced while the
-        // batch waited for the next gate.
         let stopped: Vec<RangeId> = ranges
             .into_iter()
             .filter(|range| !rangelet.may_write(*range))
@@ -181,6 +154,7 @@ impl KvNode {
         for (at, range, ..) in refused {
             outcomes[at] = Some(Err(AccessError::StoppedWriting { range }));
         }
+        let landing_at: Vec<usize> = landing.iter().map(|(at, ..)| *at).collect();
         if !landing.is_empty() {
             let accepted_us = ack_log::now_us();
             let node = self.clone();
@@ -195,43 +169,38 @@ impl KvNode {
                 }
                 node.store().write(batch)?;
                 let acked_us = ack_log::now_us();
-                for (_, range, key, _) in &landing {
-                    node.wrote(*range, key.as_bytes());
+                for (_, range, key, _) in landing {
+                    node.wrote(range, key.as_bytes());
                     if let Some(acks) = &node.inner.acks {
                         acks.record(&ack_log::Ack {
-                            key: key.clone(),
+                            key,
                             range: range.get(),
                             accepted_us,
                             acked_us,
                         });
                     }
                 }
-                Ok::<_, StoreError>(landing.into_iter().map(|(at, ..)| at).collect::<Vec<_>>())
+                Ok::<(), StoreError>(())
             })
             .await;
+            // One write: each op in it gets its outcome.
             let failure = match landed {
-                Ok(Ok(ats)) => {
-                    for at in ats {
-                        outcomes[at] = Some(Ok(()));
-                    }
-                    None
-                }
+                Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),
-                Err(join) => Some(join.to_string()),
+                Err(join) => Some(format!("the write task failed: {join}")),
             };
-            // The one write failed: every op that was to land in it gets the
-            // reason (those refused before keep theirs).
-            if let Some(reason) = failure {
-                for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
-                    *outcome = Some(Err(AccessError::BatchFailed(reason.clone())));
-                }
+            for at in landing_at {
+                outcomes[at] = Some(match &failure {
+                    None => Ok(()),
+                    Some(reason) => Err(AccessError::WriteFailed(reason.clone())),
+                });
             }
         }
-        // Every op got its outcome above: routed ops either were refused or
-        // went into the write, whose result each of them got.
+        // Every op got its outcome above: refused when routed or at its gate,
+        // or the outcome of the write it went into.
         outcomes
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(AccessError::BatchFailed("not applied".into()))))
+            .map(|o| o.unwrap_or_else(|| Err(AccessError::WriteFailed("not applied".into()))))
             .collect()
     }
 

@@ -15,6 +15,9 @@ use super::access::WriteOp;
 use super::spans::Span;
 use super::store::Pair;
 
+/// The largest message a node takes or sends (a transfer chunk, a batch and
+/// its answers); the proxy accepts node answers up to it.
+pub const MESSAGE_LIMIT: usize = 64 << 20;
 /// Most pairs one Scan returns when the client asks for no limit.
 const DEFAULT_SCAN_LIMIT: usize = 1000;
 /// Most ops in one Batch: its reads are served one after another on the
@@ -37,8 +40,8 @@ impl KvService {
 
     pub fn into_server(self) -> pb::kv_server::KvServer<Self> {
         pb::kv_server::KvServer::new(self)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+            .max_decoding_message_size(MESSAGE_LIMIT)
+            .max_encoding_message_size(MESSAGE_LIMIT)
     }
 
     fn held_span(&self, range: RangeId) -> Result<Span, Status> {
@@ -49,9 +52,7 @@ impl KvService {
             .map(|r| Span::of(&r.meta))
             .ok_or_else(|| Status::not_found(format!("range {range} is not on this node")))
     }
-}
 
-impl KvService {
     /// A client read of `key`: refused unless this node serves it Active.
     fn get_value(&self, key: &str) -> Result<Vec<u8>, Status> {
         self.node.read_range(&self.rangelet, key)?;

@@ -560,8 +560,8 @@ impl KvNode {
             }
         };
         let client = KvClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+            .max_decoding_message_size(super::service::MESSAGE_LIMIT)
+            .max_encoding_message_size(super::service::MESSAGE_LIMIT);
         Ok(Peer::new(client, addr, timeout))
     }
 

@@ -236,22 +236,20 @@ async fn send_batches(lane: Lane, mut queued: mpsc::Receiver<Queued>) {
                     open = false;
                     continue;
                 };
-                let mut taken = 1;
                 let mut bytes = op_bytes(&first.op);
                 let mut batch = vec![first];
                 while batch.len() < config.max_ops {
                     let Ok(next) = queued.try_recv() else {
                         break;
                     };
-                    taken += 1;
                     bytes += op_bytes(&next.op);
                     if bytes > config.max_bytes {
-                        taken -= 1;
                         carried = Some(next);
                         break;
                     }
                     batch.push(next);
                 }
+                let taken = batch.len();
                 batch.retain(|queued| !queued.reply.is_closed());
                 lane.metrics.batch_taken(taken, batch.len());
                 if !batch.is_empty() {

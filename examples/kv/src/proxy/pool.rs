@@ -9,15 +9,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use crate::node::service::MESSAGE_LIMIT;
 use crate::pb::kv_client::KvClient;
 use tonic::transport::Endpoint;
 
 use super::batch::{BatchConfig, Batcher};
 use super::error::ProxyError;
 use super::metrics::ProxyMetrics;
-
-/// The largest message a KV node sends (`KvService::into_server`).
-const NODE_MESSAGE_LIMIT: usize = 64 << 20;
 
 /// The cached channels, keyed by `host:port`.
 #[derive(Debug)]
@@ -60,9 +58,8 @@ impl ChannelPool {
             })?
             .connect_timeout(self.connect_timeout)
             .connect_lazy();
-        // As big as a node may answer (its server's encoding limit): a batch's
-        // reads answer together.
-        let client = KvClient::new(channel).max_decoding_message_size(NODE_MESSAGE_LIMIT);
+        // As big as a node may answer: a batch's reads answer together.
+        let client = KvClient::new(channel).max_decoding_message_size(MESSAGE_LIMIT);
         let node = Batcher::new(client, self.batch, self.deadline, self.metrics.clone());
         nodes.insert(addr.to_owned(), node.clone());
         Ok(node)
