@@ -40,21 +40,24 @@ const ZIPF_S: f64 = 1.1;
 
 /// Rounds within which max/mean must first reach 1.10 from a random placement of
 /// the Zipf load, and after which it must stay there. DESIGN.md §10 asks for 5.
-/// Measured over seeds 1-100 (`RANGER_SEEDS=1-100`) with hot ranges carved to
-/// the rooms there are (`load_cuts`): 4 rounds for 6 seeds, 5 for 65, 6 for 25,
-/// 7 for 4 (halving only: 2, 54, 36, 8). What keeps the rest above 5: the
-/// hottest block carries ~1.8 node shares and no node may take more than ~1.05,
-/// so it is halved twice before its pieces can move, while its node may send
-/// only 2 ranges per round (`max_transfers_out`) and the cluster runs 4
-/// operations at once (`max_in_flight`). Asserted at the worst seen, so that a
-/// regression shows.
-const CONVERGE_WITHIN: usize = 7;
+/// Measured over seeds 1-100 (`RANGER_SEEDS=1-100`, 2026-11-30) with a piece
+/// carved for a node's room sent there by its split: 3 rounds for 73 seeds, 4
+/// for 19, 5 for 7, 6 for 1 (seed 67, one node at 4.1 times the mean: it may
+/// send only 2 ranges per round, `max_transfers_out`, and its hottest range is
+/// halved twice before pieces fit). Before the split sent its piece (held the
+/// room for a move next round): 4 rounds for 6, 5 for 65, 6 for 25, 7 for 4.
+/// Asserted at the worst seen, so that a regression shows.
+const CONVERGE_WITHIN: usize = 6;
 
 /// Rounds within which a shifted hot spot must be followed (max/mean back at
 /// 1.10). DESIGN.md's brief asks for 3: over seeds 1-60 (up to 4 shifts each,
-/// max/mean up to 1.40 at the shift) every shift but two was, most in one
-/// round; seeds 10 and 11 took 4 rounds for their second shift (halving only:
-/// seeds 27 and 30 took 4, seed 54 took 7). The default seeds 1-5 hold to 3.
+/// max/mean up to 1.40 at the shift; a seed's run stops at its first shift
+/// over 3), most shifts are followed in one round, but seeds 8, 10 and 27 took
+/// 4 rounds for one shift, 49 and 51 took 5, 32 took 6 (2026-11-30; before the
+/// splits sent their pieces, seeds 10 and 11 took 4). Those are a node just
+/// above 1.10 by the truth that the planner, through ±5% noise and smoothing,
+/// sees just under it (within tolerance) for a few rounds. The default seeds
+/// 1-5 hold to 3.
 const FOLLOW_WITHIN: usize = 3;
 
 /// The share of all requests the shifting hot spot's 1% of the keys gets on top
@@ -382,7 +385,12 @@ impl Sim {
         let mut bytes_moved = 0;
         for a in &plan.actions {
             match &a.action {
-                Action::Split { range, key } => {
+                Action::Split {
+                    range,
+                    key,
+                    left: left_to,
+                    right: right_to,
+                } => {
                     let i = self.index_of(*range);
                     let at = pos_of(key);
                     let parent = self.ranges[i].clone();
@@ -396,13 +404,24 @@ impl Sim {
                         last_split: Some(now),
                         ..parent.clone()
                     };
-                    let right = SimRange {
+                    let right_half = SimRange {
                         id: self.new_id(),
                         start: at,
                         last_split: Some(now),
-                        ..parent
+                        ..parent.clone()
                     };
-                    self.ranges.splice(i..=i, [left, right]);
+                    let mut halves = [left, right_half];
+                    // A half placed on another node moved there with the split.
+                    for (half, to) in halves.iter_mut().zip([left_to, right_to]) {
+                        let Some(to) = to else { continue };
+                        let t = self.node_ix(to);
+                        if t != parent.node {
+                            bytes_moved += self.bytes(half);
+                            self.note_move(half, t);
+                            half.last_moved = Some(now);
+                        }
+                    }
+                    self.ranges.splice(i..=i, halves);
                 }
                 Action::Join { left, right } => {
                     let i = self.index_of(*left);
@@ -427,26 +446,33 @@ impl Sim {
                     let i = self.index_of(*range);
                     let (f, t) = (self.node_ix(from), self.node_ix(to));
                     assert_eq!(self.ranges[i].node, f, "moved from where it is");
-                    let cooldown_rounds = self.config.move_cooldown.as_secs() / ROUND.as_secs();
-                    let r = &self.ranges[i];
-                    if r.moves.iter().any(|&(a, b, _)| a == t && b == f) {
-                        self.returns_ever += 1;
-                    }
-                    if r.moves
-                        .iter()
-                        .any(|&(a, b, at)| a == t && b == f && self.round - at < cooldown_rounds)
-                    {
-                        self.returns_within_cooldown += 1;
-                    }
-                    bytes_moved += self.bytes(r);
-                    let r = &mut self.ranges[i];
-                    r.node = t;
+                    bytes_moved += self.bytes(&self.ranges[i]);
+                    let mut r = self.ranges[i].clone();
+                    self.note_move(&mut r, t);
                     r.last_moved = Some(now);
-                    r.moves.push((f, t, self.round));
+                    self.ranges[i] = r;
                 }
             }
         }
         bytes_moved
+    }
+
+    /// Moves `r` to node `t`, counting a return to a node it (or a range it
+    /// came from) left.
+    fn note_move(&mut self, r: &mut SimRange, t: usize) {
+        let f = r.node;
+        let cooldown_rounds = self.config.move_cooldown.as_secs() / ROUND.as_secs();
+        if r.moves.iter().any(|&(a, b, _)| a == t && b == f) {
+            self.returns_ever += 1;
+        }
+        if r.moves
+            .iter()
+            .any(|&(a, b, at)| a == t && b == f && self.round - at < cooldown_rounds)
+        {
+            self.returns_within_cooldown += 1;
+        }
+        r.node = t;
+        r.moves.push((f, t, self.round));
     }
 
     /// True request load per node, per unit of capacity.
@@ -520,10 +546,12 @@ impl Sim {
         eprintln!("  planner's shares (now->planned) {seen:?}");
         for a in &plan.actions {
             let what = match &a.action {
-                Action::Split { range, .. } => {
+                Action::Split {
+                    range, left, right, ..
+                } => {
                     let r = &self.ranges[self.index_of(*range)];
                     format!(
-                        "split {range} ({:.2}) on n{:02}",
+                        "split {range} ({:.2}) on n{:02}, halves to {left:?} / {right:?}",
                         self.true_rps(r) / fair,
                         r.node
                     )
@@ -677,11 +705,18 @@ fn a_single_hot_key_s_range_is_split_down_to_that_key_and_the_rest_moves_around_
             .iter()
             .find(|r| r.start <= hot && hot < r.end)
             .unwrap();
-        let moved = sim.plans[first..].iter().any(|p| {
-            p.actions
-                .iter()
-                .any(|a| matches!(&a.action, Action::Move { range, .. } if *range == holder.id))
-        });
+        // Moved on its own, or by the split that cut it (sent to another
+        // node's room): either way a move of the key's span since it got hot.
+        let moved_by_split = holder
+            .moves
+            .iter()
+            .any(|&(_, _, round)| round >= first as u64);
+        let moved = moved_by_split
+            || sim.plans[first..].iter().any(|p| {
+                p.actions
+                    .iter()
+                    .any(|a| matches!(&a.action, Action::Move { range, .. } if *range == holder.id))
+            });
         let last = sim.stats.last().unwrap().max_over_mean;
         println!(
             "hot key (seed {seed}): max/mean {before:.3} when it got hot; after 30 rounds its \

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use ranger_controller::balancer::BalancerConfig;
+use ranger_controller::balancer::{Action, BalancerConfig};
 use ranger_controller::config::{BalanceMode, Balancing, Replication};
 use ranger_controller::orchestrator::{OpError, Origin};
 use ranger_proto::{Key, LoadInfo, PlacementState, RangeId};
@@ -366,6 +366,52 @@ fn a_hot_range_is_split_at_its_load_key_not_at_its_size_key() {
         .map(|r| String::from_utf8_lossy(r.meta().start().as_bytes()).into_owned())
         .collect();
     assert_eq!(starts, ["", "q"], "split by load at q, not by size at c");
+}
+
+#[test]
+fn the_halves_of_a_range_the_balancer_splits_are_placed_where_its_plan_says() {
+    // Range 1 carries all the load on a; c holds a cold range of its own, b
+    // nothing. The range alone is more than any node may carry, so the
+    // balancer halves it, and its plan keeps both halves on a, where the data
+    // is: left to itself, the controller would put each half on the node with
+    // the fewest placements (b), which no plan of the balancer foresaw.
+    let mut cfg = config(Replication::R1);
+    cfg.balancing = balancing(BalanceMode::On);
+    let mut driver = Driver::start_with(&["a"], cfg);
+    driver.settle();
+    driver.nodes.loads.insert(
+        id(1),
+        LoadInfo {
+            keys: 10,
+            bytes: 1000,
+            reads_per_second: 1000.0,
+            load_split_keys: vec![Key::from("q")],
+            ..LoadInfo::default()
+        },
+    );
+    for name in ["b", "c"] {
+        driver
+            .engine
+            .node_registered(support::node_id(name), format!("{name}:7000"), driver.now);
+    }
+    driver.settle();
+    driver.engine.balance_tick();
+    driver.settle();
+    let round = driver.engine.last_balance_round().expect("a round ran");
+    assert!(
+        round
+            .plan
+            .actions
+            .iter()
+            .any(|a| matches!(&a.action, Action::Split { .. })),
+        "{:?}",
+        round.plan.actions
+    );
+    assert_eq!(
+        nodes_of(&driver),
+        ["a", "a"],
+        "both halves where the data is"
+    );
 }
 
 #[test]

@@ -13,9 +13,16 @@ use super::snapshot::{NodeState, Timestamp};
 /// One operation the balancer asks the runtime for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Split `range` at `key`, each half placed on the node given: the
+    /// range's own node (keys stay where they are, nothing is copied), or, for
+    /// a piece cut for another node's room, that node, so that the split is
+    /// also the piece's move (one operation and one round instead of two).
+    /// `None`: the controller chooses (a range with several replicas).
     Split {
         range: RangeId,
         key: Key,
+        left: Option<NodeId>,
+        right: Option<NodeId>,
     },
     Join {
         left: RangeId,

@@ -17,6 +17,7 @@ use super::plan::{
     Action, Candidate, Imbalance, NodeReport, Plan, PlannedAction, Reason, SkipReason, Skipped,
 };
 use super::snapshot::{NodeSnapshot, NodeState, OpKind, RangeSnapshot, Snapshot};
+use super::split::{Piece, Side};
 
 /// A node as the round sees it.
 #[derive(Debug)]
@@ -441,7 +442,12 @@ impl<'a> Round<'a> {
             .collect()
     }
 
+    /// Plans splitting `ri` at `key`, both halves staying on the range's node.
     pub fn push_split(&mut self, ri: usize, key: Key, reason: Reason) {
+        self.push_split_sending(ri, key, reason, None);
+    }
+
+    fn push_split_sending(&mut self, ri: usize, key: Key, reason: Reason, send: Option<Piece>) {
         let r = self.range(ri);
         let rounds = self.ranges[ri].hot_rounds;
         if rounds > 0 {
@@ -452,21 +458,89 @@ impl<'a> Round<'a> {
                 at: self.snap.now,
             });
         }
+        // With one replica, the halves stay where the range is unless sent:
+        // the controller's own choice (fewest placements) knows nothing of
+        // this round's plan. With several, the controller chooses.
+        let stay = match self.ranges[ri].nodes.as_slice() {
+            [only] => Some(self.nodes[*only].snap.id.clone()),
+            _ => None,
+        };
+        let (mut left, mut right) = (stay.clone(), stay);
+        if let Some(piece) = send {
+            let to = self.nodes[piece.to].snap.id.clone();
+            let from = self.nodes[piece.from].snap.id.clone();
+            let (start, end) = match piece.side {
+                Side::Left => (r.start.clone(), key.clone()),
+                Side::Right => (key.clone(), r.end.clone()),
+            };
+            match piece.side {
+                Side::Left => left = Some(to.clone()),
+                Side::Right => right = Some(to.clone()),
+            }
+            self.nodes[piece.from].planned -= piece.load;
+            self.nodes[piece.to].planned += piece.load;
+            self.nodes[piece.from].transfers_out += 1;
+            self.nodes[piece.to].transfers_in += 1;
+            self.bytes_moved = self
+                .bytes_moved
+                .saturating_add(self.piece_bytes(ri, &piece));
+            self.next.recent_moves.push(RecentMove {
+                start,
+                end,
+                from,
+                to,
+                at: self.snap.now,
+            });
+        }
         self.ranges[ri].acted = true;
         self.slots = self.slots.saturating_sub(1);
         self.plan.actions.push(PlannedAction {
-            action: Action::Split { range: r.id, key },
+            action: Action::Split {
+                range: r.id,
+                key,
+                left,
+                right,
+            },
             reason,
         });
     }
 
-    /// Plans a split that carves a piece for a node's room, and holds that
-    /// room for the piece.
+    /// Plans a split that carves a piece for a node's room: the split sends
+    /// the piece there itself when a move of it would be allowed now; else
+    /// it stays, and the room is held for it.
     pub fn push_carve(&mut self, ri: usize, cut: super::split::Carve, reason: Reason) {
+        if let Some(piece) = cut.send.filter(|piece| self.may_send(ri, piece)) {
+            self.push_split_sending(ri, cut.key, reason, Some(piece));
+            return;
+        }
         self.push_split(ri, cut.key, reason);
         if let Some((t, piece)) = cut.room {
             self.hold(t, piece);
         }
+    }
+
+    /// Whether `piece` of `ri` may go to its node with the split: what a move
+    /// of it would need (one replica, no cooldown, a transfer slot at both
+    /// ends, the byte budget, a node that may take it).
+    fn may_send(&self, ri: usize, piece: &Piece) -> bool {
+        self.ranges[ri].nodes.as_slice() == [piece.from]
+            && !self.in_move_cooldown(ri)
+            && self.nodes[piece.to].eligible()
+            && !self.is_excluded(ri, piece.to)
+            && self.nodes[piece.from].transfers_out < self.config.max_transfers_out
+            && self.nodes[piece.to].transfers_in < self.config.max_transfers_in
+            && self.bytes_moved.saturating_add(self.piece_bytes(ri, piece)) <= self.bytes_budget
+    }
+
+    /// A piece's bytes, estimated as its share of the range's load.
+    fn piece_bytes(&self, ri: usize, piece: &Piece) -> u64 {
+        let figure = self.ranges[ri].figure;
+        let share = if figure > 0.0 {
+            (piece.load / figure).clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        (self.range(ri).load.bytes as f64 * share).ceil() as u64
     }
 
     /// Holds `load` of node `t`'s room for a piece that moves there next round

@@ -106,7 +106,24 @@ fn splits(p: &Plan) -> Vec<(RangeId, Key, Reason)> {
     p.actions
         .iter()
         .filter_map(|a| match &a.action {
-            Action::Split { range, key } => Some((*range, key.clone(), a.reason)),
+            Action::Split { range, key, .. } => Some((*range, key.clone(), a.reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where each split of the plan places its halves.
+fn split_halves(p: &Plan) -> Vec<(RangeId, Option<String>, Option<String>)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            Action::Split {
+                range, left, right, ..
+            } => Some((
+                *range,
+                left.as_ref().map(|n| n.to_string()),
+                right.as_ref().map(|n| n.to_string()),
+            )),
             _ => None,
         })
         .collect()
@@ -400,6 +417,55 @@ fn a_range_too_big_for_any_room_is_cut_to_the_biggest_room_when_its_node_says_wh
         splits(&p),
         vec![(c.id(0), Key::from("k00000d"), Reason::SplitToMove)]
     );
+}
+
+/// [`crumbs_and_one_big_range`] whose big range's node says where its load
+/// lies: 9 of its 60 below k00000d, which fits b's room of ~12.
+fn one_big_range_with_load_cuts() -> Cluster {
+    let mut c = crumbs_and_one_big_range();
+    c.range(0).load_cuts = [("k00000b", 0.1), ("k00000d", 0.15), ("k00000m", 0.5)]
+        .into_iter()
+        .map(|(k, below)| ranger_proto::LoadCut {
+            key: Key::from(k),
+            below,
+        })
+        .collect();
+    c
+}
+
+#[test]
+fn a_piece_cut_for_a_node_s_room_goes_there_with_the_split_itself() {
+    let c = one_big_range_with_load_cuts();
+    let p = c.plan();
+    let some = |n: &str| Some(n.to_string());
+    assert_eq!(split_halves(&p), vec![(c.id(0), some("b"), some("a"))]);
+    assert!(
+        !moves(&p).iter().any(|m| m.0 == c.id(0)),
+        "no separate move: {:?}",
+        p.actions
+    );
+    assert!(share(&p, "b") > 1.0 - c.config.tolerance, "{:?}", p.nodes);
+}
+
+#[test]
+fn a_piece_that_may_not_move_now_stays_with_its_range_and_its_room_is_held() {
+    let mut c = one_big_range_with_load_cuts();
+    // b takes no transfer this round: the piece waits on a for next round.
+    c.config.max_transfers_in = 0;
+    let p = c.plan();
+    let some = |n: &str| Some(n.to_string());
+    assert_eq!(split_halves(&p), vec![(c.id(0), some("a"), some("a"))]);
+}
+
+#[test]
+fn a_halved_range_keeps_both_halves_on_its_node() {
+    // Without load cuts the big range is halved; the halves must stay where
+    // the data is (the controller alone would place them on the nodes with
+    // the fewest placements).
+    let c = crumbs_and_one_big_range();
+    let p = c.plan();
+    let some = |n: &str| Some(n.to_string());
+    assert_eq!(split_halves(&p), vec![(c.id(0), some("a"), some("a"))]);
 }
 
 #[test]

@@ -369,12 +369,17 @@ impl Engine {
         now: Instant,
     ) -> Result<OpId, OpError> {
         let (request, from) = match &planned.action {
-            Action::Split { range, key } => (
+            Action::Split {
+                range,
+                key,
+                left,
+                right,
+            } => (
                 OpRequest::Split {
                     range: *range,
                     key: key.clone(),
-                    left: None,
-                    right: None,
+                    left: left.clone(),
+                    right: right.clone(),
                 },
                 None,
             ),
@@ -586,7 +591,18 @@ fn action_ranges(action: &Action) -> Vec<RangeId> {
 /// An action as `rangerctl` prints it.
 pub fn describe(action: &Action) -> String {
     match action {
-        Action::Split { range, key } => format!("split {range} at {key}"),
+        Action::Split {
+            range,
+            key,
+            left,
+            right,
+        } => match (left, right) {
+            (Some(l), Some(r)) if l != r => {
+                format!("split {range} at {key}, left half on {l}, right half on {r}")
+            }
+            (Some(node), Some(_)) => format!("split {range} at {key} on {node}"),
+            _ => format!("split {range} at {key}"),
+        },
         Action::Join { left, right } => format!("join {left} + {right}"),
         Action::Move { range, from, to } => format!("move {range} from {from} to {to}"),
     }
