@@ -63,17 +63,29 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
     let mut sources: Vec<usize> = round
         .eligible_nodes()
         .into_iter()
-        .filter(|&n| round.nodes[n].util() > upper)
+        .filter(|&n| round.nodes[n].util() > upper || round.still_shedding(n))
         .collect();
     sources.sort_by(|&a, &b| {
         let (ua, ub) = (round.nodes[a].util(), round.nodes[b].util());
         ub.total_cmp(&ua).then(a.cmp(&b))
     });
     for s in sources {
+        // A node inside the band that still sheds (see `still_shedding`)
+        // only moves what fits: cutting ranges for its last few percent
+        // would fragment the keyspace for a mark, not for the band.
+        let over = round.nodes[s].util() > upper;
+        if over {
+            round.note_shedding(s);
+        }
         let excess = round.nodes[s].util() - shed_to;
         let min_delta = round.config.min_move_fraction * excess;
-        let mut split_one = false;
-        for (ri, cut) in splits_to_make_moves_count(round, s, shed_to, fill_to) {
+        let mut split_one = !over;
+        let cuts = if over {
+            splits_to_make_moves_count(round, s, shed_to, fill_to)
+        } else {
+            Vec::new()
+        };
+        for (ri, cut) in cuts {
             if round.slots == 0 {
                 break;
             }

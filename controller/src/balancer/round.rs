@@ -386,6 +386,21 @@ impl<'a> Round<'a> {
         None
     }
 
+    /// Whether node `n` shed load last round and is still above the mark it
+    /// sheds to (see [`BalancerMemory::shedding`]).
+    pub fn still_shedding(&self, n: usize) -> bool {
+        let shed_to = self.mean * (1.0 + self.config.tolerance / 2.0);
+        self.nodes[n].util() > shed_to && self.memory.shedding.contains(&self.nodes[n].snap.id)
+    }
+
+    /// Notes that node `n` sheds load this round.
+    pub fn note_shedding(&mut self, n: usize) {
+        let id = self.nodes[n].snap.id.clone();
+        if !self.next.shedding.contains(&id) {
+            self.next.shedding.push(id);
+        }
+    }
+
     /// Whether the range (or a range it came from) moved within the cooldown:
     /// moving it again, back or onwards, would undo a move just paid for.
     pub fn in_move_cooldown(&self, ri: usize) -> bool {

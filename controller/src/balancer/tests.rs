@@ -547,7 +547,12 @@ fn stops_shedding_at_half_the_tolerance() {
     c.config.max_transfers_out = 100;
     c.config.max_transfers_in = 100;
     c.config.max_bytes_moved_share = 1.0;
-    let p = c.plan();
+    let (p, next) = c.plan_with(&BalancerMemory::default());
+    assert_eq!(
+        next.shedding,
+        [node("a")],
+        "a sheds on next round if it lands short"
+    );
     let a = share(&p, "a");
     assert!(a <= 1.05, "a ends at {a}");
     assert!(
@@ -567,6 +572,35 @@ fn does_nothing_when_every_node_is_within_tolerance() {
     let p = c.plan();
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(p.skipped_for(SkipReason::WithinTolerance), 1);
+}
+
+#[test]
+fn a_node_that_shed_last_round_goes_on_shedding_inside_the_band_down_to_half_the_tolerance() {
+    // a at 1.08 of the mean, inside the band: left alone, unless it shed
+    // last round and landed short of 1.05 (its load still rising, noise).
+    let mut c = Cluster::new()
+        .node("a", &even(10.8))
+        .node("b", &even(10.0))
+        .node("c", &even(9.2));
+    c.config.weights.bytes = 0.0;
+    let (first, memory) = c.plan_with(&BalancerMemory::default());
+    assert!(first.actions.is_empty(), "{:?}", first.actions);
+    assert!(memory.shedding.is_empty());
+    let shed_last_round = BalancerMemory {
+        shedding: vec![node("a")],
+        ..memory
+    };
+    let (p, next) = c.plan_with(&shed_last_round);
+    let from_a: Vec<_> = moves(&p).into_iter().filter(|m| m.1 == "a").collect();
+    assert!(!from_a.is_empty(), "{:?}", p.actions);
+    assert!(share(&p, "a") <= 1.05, "{:?}", p.nodes);
+    assert!(
+        splits(&p).is_empty(),
+        "no cuts for the last percent: {:?}",
+        p.actions
+    );
+    // Only a node above the band starts a run of shedding: a stops at 1.05.
+    assert!(next.shedding.is_empty(), "{:?}", next.shedding);
 }
 
 #[test]
