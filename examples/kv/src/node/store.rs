@@ -733,8 +733,24 @@ impl TableSink<'_> {
     /// previous one is finished.
     fn finish_behind(&mut self) -> Result<(), StoreError> {
         self.wait_for_finishing()?;
-        if let Some(mut writer) = self.writer.take() {
-            self.finishing = Some(std::thread::spawn(move || writer.finish()));
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
+        let spawned = std::thread::Builder::new()
+            .name("copy-table-finish".into())
+            .spawn(move || {
+                let mut writer = writer;
+                writer.finish()
+            });
+        match spawned {
+            Ok(handle) => self.finishing = Some(handle),
+            // No thread to be had: the copy fails (its staged files go with
+            // the sink) rather than wait; the controller tries again.
+            Err(e) => {
+                return Err(StoreError::Task {
+                    reason: format!("could not start a thread to finish a table file: {e}"),
+                });
+            }
         }
         Ok(())
     }
