@@ -54,6 +54,9 @@ pub struct BalancerMemory {
     /// can land just inside the band (its load was still rising, or its
     /// reports were noisy) and would otherwise sit at the band's edge.
     pub shedding: Vec<NodeId>,
+    /// Nodes that began last round below the band: they go on taking load
+    /// while below mean × (1 − tolerance / 2), the same hysteresis upwards.
+    pub filling: Vec<NodeId>,
 }
 
 /// Whether `[a_start, a_end)` and `[b_start, b_end)` share a key (empty end =

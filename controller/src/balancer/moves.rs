@@ -69,14 +69,19 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
         let (ua, ub) = (round.nodes[a].util(), round.nodes[b].util());
         ub.total_cmp(&ua).then(a.cmp(&b))
     });
+    // Every node that began the round above the band sheds, whether its
+    // sheds are moves planned here or pieces its splits sent already.
+    for n in round.eligible_nodes() {
+        let node = &round.nodes[n];
+        if node.load / node.capacity() > upper {
+            round.note_shedding(n);
+        }
+    }
     for s in sources {
         // A node inside the band that still sheds (see `still_shedding`)
         // only moves what fits: cutting ranges for its last few percent
         // would fragment the keyspace for a mark, not for the band.
         let over = round.nodes[s].util() > upper;
-        if over {
-            round.note_shedding(s);
-        }
         let excess = round.nodes[s].util() - shed_to;
         let min_delta = round.config.min_move_fraction * excess;
         let mut split_one = !over;
@@ -309,10 +314,16 @@ pub(super) fn plan_fills(round: &mut Round<'_>) {
     let fill_to = round.mean * (1.0 - tol / 2.0);
     let shed_to = round.mean * (1.0 + tol / 2.0);
     let eligible = round.eligible_nodes();
+    for &n in &eligible {
+        let node = &round.nodes[n];
+        if node.load / node.capacity() < lower {
+            round.note_filling(n);
+        }
+    }
     let mut targets: Vec<usize> = eligible
         .iter()
         .copied()
-        .filter(|&n| round.nodes[n].util() < lower)
+        .filter(|&n| round.nodes[n].util() < lower || round.still_filling(n))
         .collect();
     targets.sort_by(|&a, &b| {
         let (ua, ub) = (round.nodes[a].util(), round.nodes[b].util());

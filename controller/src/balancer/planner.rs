@@ -29,7 +29,7 @@ pub fn plan(
     let (upper, lower) = (round.mean * (1.0 + tol), round.mean * (1.0 - tol));
     let out_of_band = round.eligible_nodes().into_iter().any(|n| {
         let u = round.nodes[n].util();
-        u > upper || u < lower || round.still_shedding(n)
+        u > upper || u < lower || round.still_shedding(n) || round.still_filling(n)
     });
     if out_of_band {
         moves::plan_sheds(&mut round);

@@ -401,6 +401,21 @@ impl<'a> Round<'a> {
         }
     }
 
+    /// Whether node `n` began last round below the band and is still below
+    /// the mark it fills to (see [`BalancerMemory::filling`]).
+    pub fn still_filling(&self, n: usize) -> bool {
+        let fill_to = self.mean * (1.0 - self.config.tolerance / 2.0);
+        self.nodes[n].util() < fill_to && self.memory.filling.contains(&self.nodes[n].snap.id)
+    }
+
+    /// Notes that node `n` takes load this round.
+    pub fn note_filling(&mut self, n: usize) {
+        let id = self.nodes[n].snap.id.clone();
+        if !self.next.filling.contains(&id) {
+            self.next.filling.push(id);
+        }
+    }
+
     /// Whether the range (or a range it came from) moved within the cooldown:
     /// moving it again, back or onwards, would undo a move just paid for.
     pub fn in_move_cooldown(&self, ri: usize) -> bool {

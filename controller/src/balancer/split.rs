@@ -16,8 +16,9 @@
 //! 1/4, 1/8 of the range whatever the rooms are, and a piece a little too big
 //! for every room costs another round of halving; carving took the simulation's
 //! seeds that reach max/mean 1.10 within 5 rounds from 54 to 71 of 100. A range
-//! no node could carry whole is still halved: two pieces to cut again next round
-//! make progress faster than one.
+//! no node could carry whole is carved too, now that its piece leaves with the
+//! split: halving it (two pieces to cut again next round) was faster only while
+//! a piece waited a round to move.
 
 use ranger_proto::Key;
 
@@ -60,16 +61,15 @@ pub(super) fn plan_splits(round: &mut Round<'_>) {
             continue;
         }
         // A hot range on a node above its band is carved to fit the room
-        // there is, unless no node could carry it whole (then halved).
+        // there is.
         let upper = round.mean * (1.0 + round.config.tolerance);
         let overloaded = round.ranges[ri]
             .nodes
             .iter()
             .copied()
             .find(|&n| round.nodes[n].util() > upper);
-        let carving = reason == Reason::SplitByLoad && !round.unplaceable(ri);
         let cut = match overloaded {
-            Some(s) if carving => carve(round, ri, s),
+            Some(s) if reason == Reason::SplitByLoad => carve(round, ri, s),
             _ => split_key(round, ri, reason).map(|key| Carve {
                 key,
                 room: None,

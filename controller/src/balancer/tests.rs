@@ -604,6 +604,37 @@ fn a_node_that_shed_last_round_goes_on_shedding_inside_the_band_down_to_half_the
 }
 
 #[test]
+fn a_node_that_began_last_round_below_the_band_goes_on_taking_load_up_to_half_the_tolerance() {
+    // c at 0.92 of the mean, inside the band: left alone, unless it began
+    // last round below the band and is still short of 0.95.
+    let mut c = Cluster::new()
+        .node("a", &[5.2; 20])
+        .node("b", &[5.2; 20])
+        .node("c", &even(9.2));
+    c.config.weights.bytes = 0.0;
+    c.config.join_fraction = 0.0; // this test is about moves only
+    let (first, memory) = c.plan_with(&BalancerMemory::default());
+    assert!(first.actions.is_empty(), "{:?}", first.actions);
+    assert!(memory.filling.is_empty());
+    let filled_last_round = BalancerMemory {
+        filling: vec![node("c")],
+        ..memory
+    };
+    let (p, next) = c.plan_with(&filled_last_round);
+    let into_c: Vec<_> = moves(&p).into_iter().filter(|m| m.2 == "c").collect();
+    assert!(!into_c.is_empty(), "{:?}", p.actions);
+    assert!(next.filling.is_empty(), "{:?}", next.filling);
+    // A node that begins a round below the band is remembered.
+    let mut low = Cluster::new()
+        .node("a", &even(10.8))
+        .node("b", &even(10.8))
+        .node("c", &even(8.4));
+    low.config.weights.bytes = 0.0;
+    let (_, next) = low.plan_with(&BalancerMemory::default());
+    assert_eq!(next.filling, [node("c")]);
+}
+
+#[test]
 fn a_new_empty_node_fills_up() {
     let c = Cluster::new()
         .node("a", &even(10.0))
