@@ -333,28 +333,37 @@ fn a_node_that_declares_twice_the_capacity_is_given_twice_the_load() {
     assert_eq!(b.capacity, 2.0);
 }
 
-#[test]
-fn a_hot_range_is_split_at_its_load_key_not_at_its_size_key() {
+/// Range 1 alone on a, serving 1000 reads/s, its node suggesting `load_key`
+/// (and `size_key`, if any) to split at; then the empty nodes `others` join.
+fn one_hot_range_on_a(load_key: &str, size_key: Option<&str>, others: &[&str]) -> Driver {
     let mut cfg = config(Replication::R1);
     cfg.balancing = balancing(BalanceMode::On);
     let mut driver = Driver::start_with(&["a"], cfg);
     driver.settle();
-    // The range's bytes halve at "c", its requests at "q".
     driver.nodes.loads.insert(
         id(1),
         LoadInfo {
             keys: 10,
             bytes: 1000,
             reads_per_second: 1000.0,
-            split_keys: vec![Key::from("c")],
-            load_split_keys: vec![Key::from("q")],
+            split_keys: size_key.map(Key::from).into_iter().collect(),
+            load_split_keys: vec![Key::from(load_key)],
             ..LoadInfo::default()
         },
     );
-    driver
-        .engine
-        .node_registered(support::node_id("b"), "b:7000".into(), driver.now);
+    for name in others {
+        driver
+            .engine
+            .node_registered(support::node_id(name), format!("{name}:7000"), driver.now);
+    }
     driver.settle();
+    driver
+}
+
+#[test]
+fn a_hot_range_is_split_at_its_load_key_not_at_its_size_key() {
+    // The range's bytes halve at "c", its requests at "q".
+    let mut driver = one_hot_range_on_a("q", Some("c"), &["b"]);
     for _ in 0..4 {
         driver.engine.balance_tick();
         driver.settle();
@@ -370,31 +379,12 @@ fn a_hot_range_is_split_at_its_load_key_not_at_its_size_key() {
 
 #[test]
 fn the_halves_of_a_range_the_balancer_splits_are_placed_where_its_plan_says() {
-    // Range 1 carries all the load on a; c holds a cold range of its own, b
-    // nothing. The range alone is more than any node may carry, so the
-    // balancer halves it, and its plan keeps both halves on a, where the data
-    // is: left to itself, the controller would put each half on the node with
-    // the fewest placements (b), which no plan of the balancer foresaw.
-    let mut cfg = config(Replication::R1);
-    cfg.balancing = balancing(BalanceMode::On);
-    let mut driver = Driver::start_with(&["a"], cfg);
-    driver.settle();
-    driver.nodes.loads.insert(
-        id(1),
-        LoadInfo {
-            keys: 10,
-            bytes: 1000,
-            reads_per_second: 1000.0,
-            load_split_keys: vec![Key::from("q")],
-            ..LoadInfo::default()
-        },
-    );
-    for name in ["b", "c"] {
-        driver
-            .engine
-            .node_registered(support::node_id(name), format!("{name}:7000"), driver.now);
-    }
-    driver.settle();
+    // Range 1 carries all the load on a; b and c hold nothing. The range alone
+    // is more than any node may carry and its node says nothing of where its
+    // load lies, so the balancer halves it, and its plan keeps both halves on
+    // a, where the data is: left to itself, the controller would put each half
+    // on a node with the fewest placements (b, c), which no plan foresaw.
+    let mut driver = one_hot_range_on_a("q", None, &["b", "c"]);
     driver.engine.balance_tick();
     driver.settle();
     let round = driver.engine.last_balance_round().expect("a round ran");
