@@ -78,8 +78,15 @@ const START_ATTEMPTS: usize = 3;
 /// is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Where agents' ports are drawn from: below Linux's ephemeral range (32768
-/// and up by default), above the well-known and most registered services.
-const PORT_RANGE: std::ops::Range<u16> = 20_000..32_768;
+/// and up by default), above the well-known and most registered services,
+/// and above the range the end-to-end tests draw their processes' ports from
+/// (`integration/src/ports.rs`: 20,000-26,399), so the two never collide.
+const PORT_RANGE: std::ops::Range<u16> = 26_400..32_768;
+
+/// Every port this process handed to an agent: one test's agent never gets a
+/// port another test's agent was given and has not bound yet.
+static HANDED_OUT: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<u16>>> =
+    std::sync::LazyLock::new(Default::default);
 /// Lines of the agent's log shown in errors.
 const LOG_TAIL_LINES: usize = 40;
 
@@ -245,6 +252,9 @@ impl Ports {
     /// still take a port between this check and Consul binding it; the caller
     /// retries when the agent then fails to start.
     fn free() -> std::io::Result<Self> {
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut ports = [0u16; 6];
         let mut found = 0;
         let mut tries = 0;
@@ -257,7 +267,7 @@ impl Ports {
                 ));
             }
             let port = rand::random_range(PORT_RANGE);
-            if ports[..found].contains(&port) {
+            if ports[..found].contains(&port) || handed_out.contains(&port) {
                 continue;
             }
             let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -267,6 +277,7 @@ impl Ports {
                 found += 1;
             }
         }
+        handed_out.extend(ports);
         let [http, grpc, dns, serf_lan, serf_wan, server] = ports;
         Ok(Self {
             http,
@@ -1017,6 +1028,18 @@ mod tests {
 
     use super::container::{classify, split_image};
     use super::*;
+
+    #[test]
+    fn agents_ports_lie_in_their_own_range_and_are_never_handed_out_twice() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10 {
+            let p = Ports::free().unwrap();
+            for port in [p.http, p.grpc, p.dns, p.serf_lan, p.serf_wan, p.server] {
+                assert!(PORT_RANGE.contains(&port), "{port}");
+                assert!(seen.insert(port), "port {port} handed out twice");
+            }
+        }
+    }
 
     #[test]
     fn the_mode_is_container_unless_process_is_asked_for() {
