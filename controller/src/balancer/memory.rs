@@ -48,11 +48,11 @@ pub struct BalancerMemory {
     pub hot_spans: Vec<HotSpan>,
     /// Moves planned within the cooldown.
     pub recent_moves: Vec<RecentMove>,
-    /// Nodes that shed load last round. They go on shedding while they are
-    /// above mean × (1 + tolerance / 2), inside the band or not: hysteresis
-    /// across rounds, not only within one. A node planned down to that mark
-    /// can land just inside the band (its load was still rising, or its
-    /// reports were noisy) and would otherwise sit at the band's edge.
+    /// Nodes that began last round above the band. They go on shedding while
+    /// they are above mean × (1 + tolerance / 2), inside the band or not:
+    /// hysteresis across rounds, not only within one. A node planned down to
+    /// that mark can land just inside the band (its load was still rising, or
+    /// its reports were noisy) and would otherwise sit at the band's edge.
     pub shedding: Vec<NodeId>,
     /// Nodes that began last round below the band: they go on taking load
     /// while below mean × (1 − tolerance / 2), the same hysteresis upwards.

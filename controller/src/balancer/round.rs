@@ -386,14 +386,14 @@ impl<'a> Round<'a> {
         None
     }
 
-    /// Whether node `n` shed load last round and is still above the mark it
-    /// sheds to (see [`BalancerMemory::shedding`]).
+    /// Whether node `n` began last round above the band and is still above
+    /// the mark it sheds to (see [`BalancerMemory::shedding`]).
     pub fn still_shedding(&self, n: usize) -> bool {
         let shed_to = self.mean * (1.0 + self.config.tolerance / 2.0);
         self.nodes[n].util() > shed_to && self.memory.shedding.contains(&self.nodes[n].snap.id)
     }
 
-    /// Notes that node `n` sheds load this round.
+    /// Notes that node `n` began this round above the band.
     pub fn note_shedding(&mut self, n: usize) {
         let id = self.nodes[n].snap.id.clone();
         if !self.next.shedding.contains(&id) {
@@ -408,7 +408,7 @@ impl<'a> Round<'a> {
         self.nodes[n].util() < fill_to && self.memory.filling.contains(&self.nodes[n].snap.id)
     }
 
-    /// Notes that node `n` takes load this round.
+    /// Notes that node `n` began this round below the band.
     pub fn note_filling(&mut self, n: usize) {
         let id = self.nodes[n].snap.id.clone();
         if !self.next.filling.contains(&id) {
