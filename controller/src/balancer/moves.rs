@@ -69,14 +69,6 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
         let (ua, ub) = (round.nodes[a].util(), round.nodes[b].util());
         ub.total_cmp(&ua).then(a.cmp(&b))
     });
-    // Every node that began the round above the band sheds, whether its
-    // sheds are moves planned here or pieces its splits sent already.
-    for n in round.eligible_nodes() {
-        let node = &round.nodes[n];
-        if node.load / node.capacity() > upper {
-            round.note_shedding(n);
-        }
-    }
     for s in sources {
         // A node inside the band that still sheds (see `still_shedding`)
         // only moves what fits: cutting ranges for its last few percent
@@ -84,6 +76,8 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
         let over = round.nodes[s].util() > upper;
         let excess = round.nodes[s].util() - shed_to;
         let min_delta = round.config.min_move_fraction * excess;
+        // Set for such a node, so that the too-big fallback below does not
+        // cut either.
         let mut split_one = !over;
         let cuts = if over {
             splits_to_make_moves_count(round, s, shed_to, fill_to)
@@ -314,12 +308,6 @@ pub(super) fn plan_fills(round: &mut Round<'_>) {
     let fill_to = round.mean * (1.0 - tol / 2.0);
     let shed_to = round.mean * (1.0 + tol / 2.0);
     let eligible = round.eligible_nodes();
-    for &n in &eligible {
-        let node = &round.nodes[n];
-        if node.load / node.capacity() < lower {
-            round.note_filling(n);
-        }
-    }
     let mut targets: Vec<usize> = eligible
         .iter()
         .copied()

@@ -32,6 +32,7 @@ pub fn plan(
         u > upper || u < lower || round.still_shedding(n) || round.still_filling(n)
     });
     if out_of_band {
+        round.note_out_of_band();
         moves::plan_sheds(&mut round);
         moves::plan_fills(&mut round);
     } else {

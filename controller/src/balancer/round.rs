@@ -393,14 +393,6 @@ impl<'a> Round<'a> {
         self.nodes[n].util() > shed_to && self.memory.shedding.contains(&self.nodes[n].snap.id)
     }
 
-    /// Notes that node `n` began this round above the band.
-    pub fn note_shedding(&mut self, n: usize) {
-        let id = self.nodes[n].snap.id.clone();
-        if !self.next.shedding.contains(&id) {
-            self.next.shedding.push(id);
-        }
-    }
-
     /// Whether node `n` began last round below the band and is still below
     /// the mark it fills to (see [`BalancerMemory::filling`]).
     pub fn still_filling(&self, n: usize) -> bool {
@@ -408,11 +400,20 @@ impl<'a> Round<'a> {
         self.nodes[n].util() < fill_to && self.memory.filling.contains(&self.nodes[n].snap.id)
     }
 
-    /// Notes that node `n` began this round below the band.
-    pub fn note_filling(&mut self, n: usize) {
-        let id = self.nodes[n].snap.id.clone();
-        if !self.next.filling.contains(&id) {
-            self.next.filling.push(id);
+    /// Remembers for next round the nodes that began this one outside the
+    /// band (see [`BalancerMemory::shedding`] and [`BalancerMemory::filling`]),
+    /// whether their load then moves by planned moves or with their splits.
+    pub fn note_out_of_band(&mut self) {
+        let tol = self.config.tolerance;
+        let (upper, lower) = (self.mean * (1.0 + tol), self.mean * (1.0 - tol));
+        for n in self.eligible_nodes() {
+            let node = &self.nodes[n];
+            let began = node.load / node.capacity();
+            if began > upper {
+                self.next.shedding.push(node.snap.id.clone());
+            } else if began < lower {
+                self.next.filling.push(node.snap.id.clone());
+            }
         }
     }
 
@@ -500,13 +501,15 @@ impl<'a> Round<'a> {
             let to = self.nodes[piece.to].snap.id.clone();
             let from = self.nodes[piece.from].snap.id.clone();
             let (start, end) = match piece.side {
-                Side::Left => (r.start.clone(), key.clone()),
-                Side::Right => (key.clone(), r.end.clone()),
+                Side::Left => {
+                    left = Some(to.clone());
+                    (r.start.clone(), key.clone())
+                }
+                Side::Right => {
+                    right = Some(to.clone());
+                    (key.clone(), r.end.clone())
+                }
             };
-            match piece.side {
-                Side::Left => left = Some(to.clone()),
-                Side::Right => right = Some(to.clone()),
-            }
             self.nodes[piece.from].planned -= piece.load;
             self.nodes[piece.to].planned += piece.load;
             self.nodes[piece.from].transfers_out += 1;
@@ -544,8 +547,8 @@ impl<'a> Round<'a> {
             return;
         }
         self.push_split(ri, cut.key, reason);
-        if let Some((t, piece)) = cut.room {
-            self.hold(t, piece);
+        if let Some(piece) = cut.send.filter(|_| cut.hold) {
+            self.hold(piece.to, piece.load);
         }
     }
 

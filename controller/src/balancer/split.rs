@@ -72,8 +72,8 @@ pub(super) fn plan_splits(round: &mut Round<'_>) {
             Some(s) if reason == Reason::SplitByLoad => carve(round, ri, s),
             _ => split_key(round, ri, reason).map(|key| Carve {
                 key,
-                room: None,
                 send: None,
+                hold: false,
             }),
         };
         let Some(cut) = cut else {
@@ -117,14 +117,14 @@ fn split_key(round: &Round<'_>, ri: usize, reason: Reason) -> Option<Key> {
 /// A cut that carves a piece off a range for one node's room.
 pub(super) struct Carve {
     pub key: Key,
-    /// The node whose room the piece is cut for, and the piece's load: held
-    /// for it (see [`Round::hold`]) so that the next cut this round aims at
-    /// the next room, and no smaller move takes this one before the piece
-    /// can move next round.
-    pub room: Option<(usize, f64)>,
     /// A side of the cut that fits another node's room: the split sends it
     /// there itself when the move limits allow (see [`Round::push_carve`]).
     pub send: Option<Piece>,
+    /// When the piece cannot go with the split, its node's room is held for
+    /// it (see [`Round::hold`]) so that the next cut this round aims at the
+    /// next room, and no smaller move takes this one before the piece can
+    /// move next round. Not for a plain half that happens to fit.
+    pub hold: bool,
 }
 
 /// One side of a cut, bound for another node.
@@ -153,8 +153,8 @@ pub(super) fn carve(round: &Round<'_>, ri: usize, s: usize) -> Option<Carve> {
     let halve = || {
         load_key(round, ri).map(|key| Carve {
             key,
-            room: None,
             send: None,
+            hold: false,
         })
     };
     let r = round.range(ri);
@@ -208,13 +208,13 @@ pub(super) fn carve(round: &Round<'_>, ri: usize, s: usize) -> Option<Carve> {
     match best {
         Some((piece, key, side)) => Some(Carve {
             key: key.clone(),
-            room: Some((t, piece)),
             send: Some(Piece {
                 from: s,
                 to: t,
                 load: piece,
                 side,
             }),
+            hold: true,
         }),
         None => halve(),
     }

@@ -722,7 +722,6 @@ impl TableSink<'_> {
                 .map_err(rocks("write a table file"))?;
             self.compression.raw_bytes += (key.len() + value.len()) as u64;
             if writer.file_size() >= self.compression.roll_at() {
-                self.compression.file_done(writer.file_size());
                 self.finish_behind()?;
             }
         }
@@ -733,15 +732,13 @@ impl TableSink<'_> {
     /// previous one is finished.
     fn finish_behind(&mut self) -> Result<(), StoreError> {
         self.wait_for_finishing()?;
-        let Some(writer) = self.writer.take() else {
+        let Some(mut writer) = self.writer.take() else {
             return Ok(());
         };
+        self.compression.file_done(writer.file_size());
         let spawned = std::thread::Builder::new()
             .name("copy-table-finish".into())
-            .spawn(move || {
-                let mut writer = writer;
-                writer.finish()
-            });
+            .spawn(move || writer.finish());
         match spawned {
             Ok(handle) => self.finishing = Some(handle),
             // No thread to be had: the copy fails (its staged files go with
