@@ -7,7 +7,9 @@
 //! (the split was presumably followed by a move that a join would undo). A join
 //! needs both ranges on the same nodes: if they are on different nodes, the
 //! smaller one is first moved next to the other (when that node has room), and
-//! the join happens in a later round.
+//! the join happens in a later round; never back to a node it left within the
+//! balancer's memory of moves (then the bigger one moves, or neither), since a
+//! join is not worth an A→B→A.
 //!
 //! Joins come last in a round: they save resources, they do not fix an imbalance.
 
@@ -64,12 +66,22 @@ pub(super) fn plan_joins(round: &mut Round<'_>) {
             round.skip(Candidate::Join, Some(a), None, SkipReason::NoTarget);
             continue;
         }
-        let (mover, stayer) = if ra.load.bytes <= rb.load.bytes {
+        // Never back to a node the mover left (see `RETURN_MEMORY_COOLDOWNS`):
+        // then the bigger one moves instead, if it did not come from there.
+        let (smaller, bigger) = if ra.load.bytes <= rb.load.bytes {
             (a, b)
         } else {
             (b, a)
         };
-        let (s, t) = (round.ranges[mover].nodes[0], round.ranges[stayer].nodes[0]);
+        let home = |ri: usize| round.ranges[ri].nodes[0];
+        let mover = [smaller, bigger]
+            .into_iter()
+            .find(|&m| !round.left_node(m, home(if m == a { b } else { a })));
+        let Some(mover) = mover else {
+            round.skip(Candidate::Join, Some(smaller), None, SkipReason::Cooldown);
+            continue;
+        };
+        let (s, t) = (home(mover), home(if mover == a { b } else { a }));
         match colocate(round, mover, s, t, shed_to) {
             Ok(()) => round.push_move(mover, s, t, Reason::MoveForJoin),
             Err(why) => round.skip(Candidate::Join, Some(mover), Some(t), why),

@@ -46,7 +46,8 @@ pub struct BalancerMemory {
     pub hot_rounds: HashMap<RangeId, u32>,
     /// Hot ranges split recently, for their children.
     pub hot_spans: Vec<HotSpan>,
-    /// Moves planned within the cooldown.
+    /// Moves planned within the last few cooldowns (see
+    /// [`super::round::RETURN_MEMORY_COOLDOWNS`]).
     pub recent_moves: Vec<RecentMove>,
     /// Nodes that began last round above the band. They go on shedding while
     /// they are above mean × (1 + tolerance / 2), inside the band or not:
@@ -57,6 +58,13 @@ pub struct BalancerMemory {
     /// Nodes that began last round below the band: they go on taking load
     /// while below mean × (1 − tolerance / 2), the same hysteresis upwards.
     pub filling: Vec<NodeId>,
+    /// Nodes that began last round inside the band but within a tenth of the
+    /// tolerance of one of its edges. A load figure is an estimate (smoothed
+    /// noisy reports): a node whose figure sits at the edge is outside the band
+    /// about as often as not, and would sit there for good, since nothing
+    /// moves within the band. A node still there a round later is treated as
+    /// outside: it sheds (or fills) to half the tolerance, with moves only.
+    pub at_edge: Vec<NodeId>,
 }
 
 /// Whether `[a_start, a_end)` and `[b_start, b_end)` share a key (empty end =

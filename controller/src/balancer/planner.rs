@@ -31,8 +31,8 @@ pub fn plan(
         let u = round.nodes[n].util();
         u > upper || u < lower || round.still_shedding(n) || round.still_filling(n)
     });
+    round.note_band();
     if out_of_band {
-        round.note_out_of_band();
         moves::plan_sheds(&mut round);
         moves::plan_fills(&mut round);
     } else {

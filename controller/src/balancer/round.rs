@@ -120,6 +120,19 @@ pub(super) struct Round<'a> {
     pub plan: Plan,
 }
 
+/// How many move cooldowns the balancer remembers a move for (three hours at
+/// the default cooldown). Within the cooldown, a range does not move at all;
+/// after it, only moves that fix an imbalance may take a range back where it
+/// came from: a join's move, which only saves resources, goes the other way
+/// or waits (a carved piece that cooled is joined on the node it was sent to,
+/// not sent home). The simulation's steady Zipf load saw a piece sent home
+/// for a join an hour after it was carved off.
+pub const RETURN_MEMORY_COOLDOWNS: u32 = 18;
+
+/// At most this many moves are remembered (the newest), whatever their age:
+/// the memory is checked for every candidate of every round.
+pub const MAX_REMEMBERED_MOVES: usize = 4096;
+
 impl<'a> Round<'a> {
     /// Indexes the snapshot, smooths the loads and projects the moves in flight.
     pub fn new(
@@ -304,9 +317,11 @@ impl<'a> Round<'a> {
         next.recent_moves = memory
             .recent_moves
             .iter()
-            .filter(|m| now.since(m.at) < config.move_cooldown)
+            .filter(|m| now.since(m.at) < config.move_cooldown * RETURN_MEMORY_COOLDOWNS)
             .cloned()
             .collect();
+        let excess = next.recent_moves.len().saturating_sub(MAX_REMEMBERED_MOVES);
+        next.recent_moves.drain(..excess);
 
         let excluded = snap
             .excluded
@@ -386,33 +401,54 @@ impl<'a> Round<'a> {
         None
     }
 
-    /// Whether node `n` began last round above the band and is still above
-    /// the mark it sheds to (see [`BalancerMemory::shedding`]).
+    /// Whether node `n`, inside the band, sheds all the same: it began last
+    /// round above the band and is still above the mark it sheds to (see
+    /// [`BalancerMemory::shedding`]), or it sits at the band's upper edge for
+    /// the second round in a row (see [`BalancerMemory::at_edge`]).
     pub fn still_shedding(&self, n: usize) -> bool {
-        let shed_to = self.mean * (1.0 + self.config.tolerance / 2.0);
-        self.nodes[n].util() > shed_to && self.memory.shedding.contains(&self.nodes[n].snap.id)
+        let tol = self.config.tolerance;
+        let util = self.nodes[n].util();
+        let id = &self.nodes[n].snap.id;
+        let shed_to = self.mean * (1.0 + tol / 2.0);
+        (util > shed_to && self.memory.shedding.contains(id))
+            || (util > self.mean * (1.0 + tol - self.edge()) && self.memory.at_edge.contains(id))
     }
 
-    /// Whether node `n` began last round below the band and is still below
-    /// the mark it fills to (see [`BalancerMemory::filling`]).
+    /// Whether node `n`, inside the band, takes load all the same: the
+    /// mirror of [`Round::still_shedding`] below the mean.
     pub fn still_filling(&self, n: usize) -> bool {
-        let fill_to = self.mean * (1.0 - self.config.tolerance / 2.0);
-        self.nodes[n].util() < fill_to && self.memory.filling.contains(&self.nodes[n].snap.id)
+        let tol = self.config.tolerance;
+        let util = self.nodes[n].util();
+        let id = &self.nodes[n].snap.id;
+        let fill_to = self.mean * (1.0 - tol / 2.0);
+        (util < fill_to && self.memory.filling.contains(id))
+            || (util < self.mean * (1.0 - tol + self.edge()) && self.memory.at_edge.contains(id))
+    }
+
+    /// The width of the band's edges, as a share of the mean.
+    fn edge(&self) -> f64 {
+        self.config.tolerance / 10.0
     }
 
     /// Remembers for next round the nodes that began this one outside the
     /// band (see [`BalancerMemory::shedding`] and [`BalancerMemory::filling`]),
-    /// whether their load then moves by planned moves or with their splits.
-    pub fn note_out_of_band(&mut self) {
+    /// whether their load then moves by planned moves or with their splits,
+    /// and those that began it at one of the band's edges (see
+    /// [`BalancerMemory::at_edge`]).
+    pub fn note_band(&mut self) {
         let tol = self.config.tolerance;
         let (upper, lower) = (self.mean * (1.0 + tol), self.mean * (1.0 - tol));
+        let edge = self.mean * self.edge();
         for n in self.eligible_nodes() {
             let node = &self.nodes[n];
             let began = node.load / node.capacity();
+            let id = node.snap.id.clone();
             if began > upper {
-                self.next.shedding.push(node.snap.id.clone());
+                self.next.shedding.push(id);
             } else if began < lower {
-                self.next.filling.push(node.snap.id.clone());
+                self.next.filling.push(id);
+            } else if began > upper - edge || began < lower + edge {
+                self.next.at_edge.push(id);
             }
         }
     }
@@ -427,6 +463,17 @@ impl<'a> Round<'a> {
             || self.memory.recent_moves.iter().any(|m| {
                 now.within(Some(m.at), window) && overlaps(&m.start, &m.end, &r.start, &r.end)
             })
+    }
+
+    /// Whether the range (or a range it came from) left node `t` within the
+    /// balancer's memory of moves (see [`RETURN_MEMORY_COOLDOWNS`]).
+    pub fn left_node(&self, ri: usize, t: usize) -> bool {
+        let r = self.range(ri);
+        let id = &self.nodes[t].snap.id;
+        self.memory
+            .recent_moves
+            .iter()
+            .any(|m| &m.from == id && overlaps(&m.start, &m.end, &r.start, &r.end))
     }
 
     /// Whether the range alone carries more than any node may hold within

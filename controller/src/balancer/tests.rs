@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ranger_proto::{Key, NodeId, RangeId};
 
+use super::memory::RecentMove;
 use super::*;
 
 fn node(name: &str) -> NodeId {
@@ -331,6 +332,48 @@ fn moves_the_smaller_of_two_cold_neighbours_on_different_nodes_next_to_the_other
     );
 }
 
+#[test]
+fn a_join_never_moves_a_range_back_to_a_node_it_left_and_moves_its_neighbour_instead() {
+    // As above, but range 10 came from a (a carved piece, say) two cooldowns
+    // ago: it may move again, yet not home for a join, which only saves
+    // resources. Range 9 goes to b instead.
+    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
+    c.config.split_bytes = 256 * MIB;
+    for (i, bytes) in [(9, 2 * MIB), (10, MIB)] {
+        c.range(i).load.bytes = bytes;
+        c.range(i).load.reads_per_second = 0.0;
+    }
+    let long_ago = Timestamp::from_millis(
+        c.snap.now.as_millis() - 2 * c.config.move_cooldown.as_millis() as u64,
+    );
+    let moved = |i: usize, from: &str, to: &str| RecentMove {
+        start: key(i),
+        end: key(i + 1),
+        from: node(from),
+        to: node(to),
+        at: long_ago,
+    };
+    let memory = BalancerMemory {
+        recent_moves: vec![moved(10, "a", "b")],
+        ..BalancerMemory::default()
+    };
+    let (p, _) = c.plan_with(&memory);
+    assert_eq!(
+        moves(&p),
+        vec![(c.id(9), "a".into(), "b".into(), Reason::MoveForJoin)],
+        "{:?}",
+        p.skipped
+    );
+    // Both came from the other's node: neither moves.
+    let memory = BalancerMemory {
+        recent_moves: vec![moved(10, "a", "b"), moved(9, "b", "a")],
+        ..BalancerMemory::default()
+    };
+    let (p, _) = c.plan_with(&memory);
+    assert!(moves(&p).is_empty(), "{:?}", p.actions);
+    assert!(p.skipped_for(SkipReason::Cooldown) >= 1, "{:?}", p.skipped);
+}
+
 // ---- moves ----
 
 #[test]
@@ -445,6 +488,35 @@ fn a_piece_cut_for_a_node_s_room_goes_there_with_the_split_itself() {
         p.actions
     );
     assert!(share(&p, "b") > 1.0 - c.config.tolerance, "{:?}", p.nodes);
+}
+
+#[test]
+fn a_carve_cuts_the_biggest_piece_that_fits_even_when_a_half_would_fit_too() {
+    // a (57.8) must shed ~11, b has ~17 of room; a may send two ranges this
+    // round, and its crumbs (4.2) are too small for that. Half of the 20
+    // (10) would fit b; the node's load cuts offer 10.6 below k00000d, which
+    // fits too and takes a closer to its mark in the same transfer.
+    let mut c = Cluster::new()
+        .node("a", &[20.0, 4.2, 4.2, 4.2, 4.2, 4.2, 4.2, 4.2, 4.2, 4.2])
+        .node("b", &even(3.0))
+        .node("c", &even(4.6));
+    c.config.weights.bytes = 0.0;
+    c.config.split_load_share = 10.0;
+    c.range(0).split_keys_by_load = vec![Key::from("k00000c")];
+    c.range(0).load_cuts = [("k00000b", 0.2), ("k00000d", 0.53), ("k00000m", 0.8)]
+        .into_iter()
+        .map(|(k, below)| ranger_proto::LoadCut {
+            key: Key::from(k),
+            below,
+        })
+        .collect();
+    let p = c.plan();
+    assert_eq!(
+        splits(&p),
+        vec![(c.id(0), Key::from("k00000d"), Reason::SplitToMove)]
+    );
+    let some = |n: &str| Some(n.to_string());
+    assert_eq!(split_halves(&p), vec![(c.id(0), some("b"), some("a"))]);
 }
 
 #[test]
@@ -601,6 +673,38 @@ fn a_node_that_shed_last_round_goes_on_shedding_inside_the_band_down_to_half_the
     );
     // Only a node above the band starts a run of shedding: a stops at 1.05.
     assert!(next.shedding.is_empty(), "{:?}", next.shedding);
+}
+
+#[test]
+fn nodes_that_sit_at_the_band_s_edges_two_rounds_in_a_row_are_brought_inside() {
+    // a at 1.095 of the mean and c at 0.905: inside the band by the figures,
+    // but within a tenth of the tolerance of its edges, where a noisy figure
+    // is on the wrong side about as often as not. One round there is noise;
+    // two in a row is where the node is.
+    let mut c = Cluster::new()
+        .node("a", &even(10.95))
+        .node("b", &even(10.0))
+        .node("c", &even(9.05));
+    c.config.weights.bytes = 0.0;
+    c.config.join_fraction = 0.0; // this test is about moves only
+    let (first, memory) = c.plan_with(&BalancerMemory::default());
+    assert!(first.actions.is_empty(), "{:?}", first.actions);
+    assert_eq!(memory.at_edge, [node("a"), node("c")]);
+    let (p, next) = c.plan_with(&memory);
+    let from_a: Vec<_> = moves(&p).into_iter().filter(|m| m.1 == "a").collect();
+    assert!(!from_a.is_empty(), "{:?}", p.actions);
+    assert!(share(&p, "a") <= 1.05, "{:?}", p.nodes);
+    assert!(share(&p, "c") >= 0.95, "{:?}", p.nodes);
+    assert!(splits(&p).is_empty(), "moves only: {:?}", p.actions);
+    assert!(next.shedding.is_empty() && next.filling.is_empty());
+    // A node just inside the edge zone's inner side is left alone, however long.
+    let mut calm = Cluster::new()
+        .node("a", &even(10.85))
+        .node("b", &even(10.0))
+        .node("c", &even(9.15));
+    calm.config.weights.bytes = 0.0;
+    let (_, memory) = calm.plan_with(&BalancerMemory::default());
+    assert!(memory.at_edge.is_empty(), "{:?}", memory.at_edge);
 }
 
 #[test]
