@@ -58,6 +58,14 @@ const CONVERGE_WITHIN: usize = 5;
 /// (`BalancerMemory::at_edge`).
 const FOLLOW_WITHIN: usize = 3;
 
+/// Rounds within which max/mean is back at 1.10 after a single key on a
+/// capacity-1 node gets more load than such a node may carry: the key is cut
+/// out level by level (a split waits for `split_hot_rounds`), the
+/// capacity-2 node makes room, takes it, and its old node fills again. Over
+/// seeds 1-100 (2026-11-30): 5 rounds for 35 seeds, 6 for 56, 7 for 9.
+/// Asserted at the worst seen, so that a regression shows.
+const CARRIED_WITHIN: usize = 7;
+
 /// The share of all requests the shifting hot spot's 1% of the keys gets on top
 /// of the Zipf load (spread evenly over its keys): a fixed extra, wherever it
 /// lands, so that every shift is the same size of event. 10% is a whole node's
@@ -729,6 +737,61 @@ fn a_single_hot_key_s_range_is_split_down_to_that_key_and_the_rest_moves_around_
         // No node has room for 0.6 of a fair share: the key stays (or moves once
         // if a node had room) and the rest of its node's load moves around it.
         assert!(last <= 1.10, "max/mean {last:.3}");
+    }
+}
+
+#[test]
+fn a_hot_key_too_big_for_its_node_is_split_down_to_and_moved_to_a_node_that_can_carry_it() {
+    for seed in seeds() {
+        let _report = SeedReporter("hot key, bigger node", seed);
+        let mut sim = Sim::new(seed, 10);
+        sim.nodes[0].capacity = 2.0;
+        sim.run(20);
+        // A key on a capacity-1 node gets 12% of all requests: 1.32 of a
+        // capacity-1 node's fair share (11 units of capacity), more than such
+        // a node may carry within the band whatever else it sheds, and 0.66
+        // of the capacity-2 node's.
+        let hot = loop {
+            let k = sim.rng.random_range(1..KEYS - 1);
+            let r = sim.ranges.iter().find(|r| r.start <= k && k < r.end);
+            if r.is_some_and(|r| r.node != 0) {
+                break k;
+            }
+        };
+        sim.hot_key = Some((hot, 0.12));
+        sim.rebuild_prefixes();
+        let before = sim.max_over_mean();
+        let first = sim.stats.len();
+        sim.run(40);
+        let holder = sim
+            .ranges
+            .iter()
+            .find(|r| r.start <= hot && hot < r.end)
+            .unwrap();
+        let back_in_band = sim.stats[first..]
+            .iter()
+            .position(|s| s.max_over_mean <= 1.10)
+            .map(|i| i + 1);
+        let last = sim.stats.last().unwrap().max_over_mean;
+        println!(
+            "hot key for the bigger node (seed {seed}): max/mean {before:.3} when it got hot; \
+             after 40 rounds its range is [{}, {}) on node {}, max/mean <= 1.10 after round \
+             {back_in_band:?}, {last:.3} at the end",
+            holder.start, holder.end, holder.node
+        );
+        assert_eq!(
+            (holder.start, holder.end),
+            (hot, hot + 1),
+            "the hot key's range is that key alone"
+        );
+        assert_eq!(holder.node, 0, "the key went to the node that can carry it");
+        let back_in_band = back_in_band.expect("max/mean never back at 1.10");
+        assert!(
+            back_in_band <= CARRIED_WITHIN,
+            "max/mean back at 1.10 only after round {back_in_band}"
+        );
+        assert!(last <= 1.10, "max/mean {last:.3}");
+        assert_eq!(sim.returns_within_cooldown, 0, "A→B→A within the cooldown");
     }
 }
 

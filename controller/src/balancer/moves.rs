@@ -17,7 +17,7 @@
 //! do not have been tried.
 
 use super::plan::{Candidate, Reason, SkipReason};
-use super::round::Round;
+use super::round::{Awaited, Round};
 use super::split::{self, Carve};
 
 /// Drains first: those moves are owed whatever the balance.
@@ -53,8 +53,84 @@ pub(super) fn plan_drains(round: &mut Round<'_>) {
     }
 }
 
+/// Finds a carrier for every range that holds its node above the band on its
+/// own and cannot be cut (a single hot key): a node whose capacity can carry it
+/// within the band, the biggest such node (then the least loaded). The carrier
+/// counts the range as its load already (see [`NodeWork::awaiting`]), so it
+/// sheds to make room for it and takes nothing meanwhile; the range moves
+/// there once that leaves the carrier below where the range's node is (see
+/// [`carry`]). Nothing else balances such a range: moving the rest of its node
+/// away leaves its node above the band with the range alone. Chosen afresh
+/// each round from the loads, so nothing is remembered; the same node stays
+/// the choice while it sheds, since it only gets emptier.
+///
+/// [`NodeWork::awaiting`]: super::round::NodeWork
+fn plan_carriers(round: &mut Round<'_>) {
+    let tol = round.config.tolerance;
+    let upper = round.mean * (1.0 + tol);
+    let shed_to = round.mean * (1.0 + tol / 2.0);
+    for s in round.eligible_nodes() {
+        if round.nodes[s].util() <= upper {
+            continue;
+        }
+        for ri in round.nodes[s].ranges.clone() {
+            let r = &round.ranges[ri];
+            if round.delta(ri, s) <= upper
+                || r.acted
+                || !r.nodes.contains(&s)
+                || round.blocked(ri).is_some()
+                || split::load_key(round, ri).is_some()
+            {
+                continue;
+            }
+            let carrier = round
+                .eligible_nodes()
+                .into_iter()
+                .filter(|&t| {
+                    t != s
+                        && !round.ranges[ri].nodes.contains(&t)
+                        && round.nodes[t].awaiting.is_none()
+                        && round.delta(ri, t) <= shed_to
+                        && !round.is_excluded(ri, t)
+                })
+                .max_by(|&a, &b| {
+                    let (na, nb) = (&round.nodes[a], &round.nodes[b]);
+                    na.capacity()
+                        .total_cmp(&nb.capacity())
+                        .then(nb.util().total_cmp(&na.util()))
+                        .then(b.cmp(&a))
+                });
+            if let Some(t) = carrier {
+                round.nodes[t].awaiting = Some(Awaited {
+                    range: ri,
+                    load: round.ranges[ri].figure,
+                });
+                round.ranges[ri].carrier = Some(t);
+            }
+        }
+    }
+}
+
+/// Moves `ri` from `s` to its carrier `t` once that makes progress: the
+/// carrier ends below where `s` is now, above its band or not (it goes on
+/// shedding; `s` can only get better). Until then, the carrier is making room.
+fn carry(round: &mut Round<'_>, ri: usize, s: usize, t: usize) -> Result<(), SkipReason> {
+    let after = round.nodes[t].util_without_awaited() + round.delta(ri, t);
+    if after >= round.nodes[s].util() {
+        return Err(SkipReason::WaitingForRoom);
+    }
+    if round.nodes[t].transfers_in >= round.config.max_transfers_in {
+        return Err(SkipReason::RateLimitTransfersIn);
+    }
+    round.nodes[t].awaiting = None;
+    round.ranges[ri].carrier = None;
+    round.push_move(ri, s, t, Reason::MoveToCarry);
+    Ok(())
+}
+
 /// Overloaded nodes shed load to the least loaded nodes that can take it.
 pub(super) fn plan_sheds(round: &mut Round<'_>) {
+    plan_carriers(round);
     let tol = round.config.tolerance;
     let upper = round.mean * (1.0 + tol);
     let shed_to = round.mean * (1.0 + tol / 2.0);
@@ -91,6 +167,25 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
             split_one = true;
             round.push_carve(ri, cut, Reason::SplitToMove);
         }
+        // A range with a carrier goes first: it is what holds `s` above the
+        // band, and would otherwise come last (it overshoots `s` below it).
+        let carried: Vec<(usize, usize)> = round.nodes[s]
+            .ranges
+            .iter()
+            .filter_map(|&ri| round.ranges[ri].carrier.map(|t| (ri, t)))
+            .collect();
+        for (ri, t) in carried {
+            match may_move(round, ri, s) {
+                Gate::Go => {}
+                Gate::NextRange => continue,
+                Gate::NextNode => break,
+            }
+            if round.in_move_cooldown(ri) {
+                round.skip(Candidate::Move, Some(ri), Some(s), SkipReason::Cooldown);
+            } else if let Err(why) = carry(round, ri, s, t) {
+                round.skip(Candidate::Move, Some(ri), Some(s), why);
+            }
+        }
         for ri in candidates(round, s, fill_to) {
             let util_s = round.nodes[s].util();
             if util_s <= shed_to {
@@ -114,6 +209,18 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
                 round.skip(Candidate::Move, Some(ri), Some(s), SkipReason::Cooldown);
                 continue;
             }
+            if round.ranges[ri].carrier.is_some() {
+                continue; // tried above
+            }
+            // A node making room for a range it is to carry sheds because of
+            // that range, not because of its own load.
+            let reason = if round.nodes[s].awaiting.is_some()
+                && round.nodes[s].util_without_awaited() <= upper
+            {
+                Reason::MoveMakingRoom
+            } else {
+                Reason::MoveOverloaded
+            };
             match best_target(round, ri, s, shed_to, util_s, Fit::Tightest) {
                 // An underloaded node (a new one) takes few transfers at a time:
                 // a move too small for its deficit is left to the fill rule,
@@ -129,7 +236,7 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
                         SkipReason::TooLittleLoad,
                     );
                 }
-                Ok(t) => round.push_move(ri, s, t, Reason::MoveOverloaded),
+                Ok(t) => round.push_move(ri, s, t, reason),
                 // Too big for any node's room: halve it, so that next round a half
                 // fits (one such split per source and round: the halves may fit).
                 // A hot range waits for the hot rule's rounds like any other, so

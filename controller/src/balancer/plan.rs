@@ -58,6 +58,11 @@ pub enum Reason {
     MoveDrain,
     /// Brings two cold neighbours onto one node, so that they can be joined.
     MoveForJoin,
+    /// Holds its node above the band on its own and cannot be cut (a single
+    /// hot key): moved to a node with the capacity to carry it.
+    MoveToCarry,
+    /// Makes room on a node for a range it is to carry (see `MoveToCarry`).
+    MoveMakingRoom,
 }
 
 /// A planned action with its reason.
@@ -92,6 +97,9 @@ pub enum SkipReason {
     /// Moving the range would take too little of its node's excess to be worth
     /// an operation.
     TooLittleLoad,
+    /// Only one node has the capacity to carry the range, and it is still
+    /// making room for it (see `Reason::MoveToCarry`).
+    WaitingForRoom,
     /// `max_in_flight` reached.
     RateLimitInFlight,
     /// The source has `max_transfers_out` transfers running.

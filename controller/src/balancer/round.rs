@@ -35,6 +35,10 @@ pub(super) struct NodeWork<'a> {
     /// its excess yet (its hot range is being split): its pieces get this room
     /// next round instead of finding it taken by smaller moves from elsewhere.
     pub reserved: f64,
+    /// A range this node is making room for (see [`super::moves::plan_carriers`]):
+    /// its load counts as this node's already, so that the node sheds enough
+    /// for it and takes nothing meanwhile.
+    pub awaiting: Option<Awaited>,
     /// Ranges with a placement here (moves in flight counted as done).
     pub ranges: Vec<usize>,
     pub transfers_out: usize,
@@ -52,24 +56,43 @@ impl NodeWork<'_> {
         self.fresh && self.snap.state == NodeState::Active && has_capacity(self.snap)
     }
 
-    /// Planned load per unit of capacity.
+    /// Planned load per unit of capacity, with the range it makes room for
+    /// counted as here.
     pub fn util(&self) -> f64 {
-        if has_capacity(self.snap) {
-            self.planned / self.snap.capacity
-        } else {
-            f64::INFINITY
-        }
+        self.per_capacity(self.planned + self.awaited_load())
     }
 
     /// Planned load per unit of capacity as a destination sees it: with the room
     /// reserved for others counted as taken.
     pub fn util_as_target(&self) -> f64 {
+        self.util() + self.per_capacity(self.reserved)
+    }
+
+    /// What [`NodeWork::util_as_target`] would be without the range it makes
+    /// room for: where that range's own move starts from.
+    pub fn util_without_awaited(&self) -> f64 {
+        self.per_capacity(self.planned + self.reserved)
+    }
+
+    fn awaited_load(&self) -> f64 {
+        self.awaiting.map_or(0.0, |a| a.load)
+    }
+
+    fn per_capacity(&self, load: f64) -> f64 {
         if has_capacity(self.snap) {
-            (self.planned + self.reserved) / self.snap.capacity
+            load / self.snap.capacity
         } else {
             f64::INFINITY
         }
     }
+}
+
+/// A range a node makes room for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Awaited {
+    pub range: usize,
+    /// Its load figure.
+    pub load: f64,
 }
 
 fn has_capacity(n: &NodeSnapshot) -> bool {
@@ -92,6 +115,9 @@ pub(super) struct RangeWork {
     pub acted: bool,
     /// Consecutive hot rounds, this one included (0: not hot now).
     pub hot_rounds: u32,
+    /// The node making room to carry it, if any (see
+    /// [`super::moves::plan_carriers`]).
+    pub carrier: Option<usize>,
 }
 
 /// The working state of one round.
@@ -151,6 +177,7 @@ impl<'a> Round<'a> {
                 load: 0.0,
                 planned: 0.0,
                 reserved: 0.0,
+                awaiting: None,
                 ranges: Vec::new(),
                 transfers_out: 0,
                 transfers_in: 0,
@@ -207,6 +234,7 @@ impl<'a> Round<'a> {
                 in_flight: false,
                 acted: false,
                 hot_rounds: 0,
+                carrier: None,
             });
         }
 

@@ -520,6 +520,89 @@ fn a_carve_cuts_the_biggest_piece_that_fits_even_when_a_half_would_fit_too() {
 }
 
 #[test]
+fn a_single_hot_key_too_big_for_its_node_goes_to_a_node_with_the_capacity_to_carry_it() {
+    // Range 0 is one key (no split key) with 15 of a's 19; b has capacity 2.
+    // Mean 12.25 per unit: 15 alone is 1.22 of it on a (above the band
+    // whatever a sheds), 0.61 on b. b takes it and sheds to make room.
+    let mut c = Cluster::new()
+        .node("a", &[15.0, 1.0, 1.0, 1.0, 1.0])
+        .node("b", &even(2.0))
+        .node("c", &even(1.0));
+    c.config.weights.bytes = 0.0;
+    c.config.join_fraction = 0.0; // this test is about moves only
+    c.node_mut("b").capacity = 2.0;
+    c.range(0).load.bytes = MIB; // one key
+    c.config.max_bytes_moved_share = 0.2;
+    let p = c.plan();
+    let m = moves(&p);
+    assert!(
+        m.contains(&(c.id(0), "a".into(), "b".into(), Reason::MoveToCarry)),
+        "{:?}",
+        p.actions
+    );
+    assert!(
+        m.iter().any(|m| m.1 == "b" && m.2 == "c"),
+        "b makes room: {:?}",
+        p.actions
+    );
+    assert!(
+        share(&p, "b") < share(&p, "a") + 15.0 / 12.25,
+        "{:?}",
+        p.nodes
+    );
+
+    // No node has the capacity: the key stays, and so does everything meant
+    // to make room for it.
+    c.node_mut("b").capacity = 1.0;
+    let p = c.plan();
+    assert!(!moves(&p).iter().any(|m| m.0 == c.id(0)), "{:?}", p.actions);
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a.reason, Reason::MoveToCarry | Reason::MoveMakingRoom)),
+        "{:?}",
+        p.actions
+    );
+}
+
+#[test]
+fn a_carrier_that_would_end_above_the_key_s_node_makes_room_first() {
+    // As above, but b is full of small ranges (24 over 2, 0.88 of the mean
+    // of 13.6: below the band, so without the key it would take load). Even
+    // after the two it may send this round, taking the key would leave it
+    // at (23 + 15) / 2 = 19, no better than a. So b makes room first (to c
+    // and d, at 0.92 of the mean), takes nothing, and the key waits.
+    let mut c = Cluster::new()
+        .node("a", &[15.0, 1.0, 1.0, 1.0, 1.0])
+        .node("b", &[0.5; 48])
+        .node("c", &even(1.252))
+        .node("d", &even(1.252));
+    c.config.weights.bytes = 0.0;
+    c.config.join_fraction = 0.0;
+    // b's ranges are small beside the excess the key gives it.
+    c.config.min_move_fraction = 0.0;
+    c.node_mut("b").capacity = 2.0;
+    c.range(0).load.bytes = MIB;
+    c.config.max_bytes_moved_share = 0.2;
+    let p = c.plan();
+    let m = moves(&p);
+    assert!(!m.iter().any(|m| m.0 == c.id(0)), "{:?}", p.actions);
+    assert!(
+        m.iter()
+            .any(|m| m.1 == "b" && m.3 == Reason::MoveMakingRoom),
+        "{:?}",
+        p.actions
+    );
+    assert!(!m.iter().any(|m| m.2 == "b"), "{:?}", p.actions);
+    assert_eq!(
+        p.skipped_for(SkipReason::WaitingForRoom),
+        1,
+        "{:?}",
+        p.skipped
+    );
+}
+
+#[test]
 fn a_piece_that_may_not_move_now_stays_with_its_range_and_its_room_is_held() {
     let mut c = one_big_range_with_load_cuts();
     // b takes no transfer this round: the piece waits on a for next round.
