@@ -576,6 +576,22 @@ impl Sim {
         eprintln!("  skipped {:?}", plan.skip_counts);
     }
 
+    /// Gives key `key` `share` of all requests from now on; returns max/mean
+    /// at that moment and the index of the next round's stats.
+    fn heat_key(&mut self, key: u64, share: f64) -> (f64, usize) {
+        self.hot_key = Some((key, share));
+        self.rebuild_prefixes();
+        (self.max_over_mean(), self.stats.len())
+    }
+
+    /// The range that holds `key`.
+    fn holder_of(&self, key: u64) -> &SimRange {
+        self.ranges
+            .iter()
+            .find(|r| r.start <= key && key < r.end)
+            .expect("the ranges cover the keyspace")
+    }
+
     fn run(&mut self, rounds: usize) {
         for _ in 0..rounds {
             self.step();
@@ -701,16 +717,9 @@ fn a_single_hot_key_s_range_is_split_down_to_that_key_and_the_rest_moves_around_
         sim.run(20);
         let hot = sim.rng.random_range(1..KEYS - 1);
         // A key alone carries 6% of all requests: 0.6 of a node's fair share.
-        sim.hot_key = Some((hot, 0.06));
-        sim.rebuild_prefixes();
-        let before = sim.max_over_mean();
-        let first = sim.stats.len();
+        let (before, first) = sim.heat_key(hot, 0.06);
         sim.run(30);
-        let holder = sim
-            .ranges
-            .iter()
-            .find(|r| r.start <= hot && hot < r.end)
-            .unwrap();
+        let holder = sim.holder_of(hot);
         // Moved on its own, or by the split that cut it (sent to another
         // node's room): either way a move of the key's span since it got hot.
         let moved_by_split = holder
@@ -758,16 +767,9 @@ fn a_hot_key_too_big_for_its_node_is_split_down_to_and_moved_to_a_node_that_can_
                 break k;
             }
         };
-        sim.hot_key = Some((hot, 0.12));
-        sim.rebuild_prefixes();
-        let before = sim.max_over_mean();
-        let first = sim.stats.len();
+        let (before, first) = sim.heat_key(hot, 0.12);
         sim.run(40);
-        let holder = sim
-            .ranges
-            .iter()
-            .find(|r| r.start <= hot && hot < r.end)
-            .unwrap();
+        let holder = sim.holder_of(hot);
         let back_in_band = sim.stats[first..]
             .iter()
             .position(|s| s.max_over_mean <= 1.10)

@@ -148,6 +148,34 @@ fn share(p: &Plan, name: &str) -> f64 {
         .planned_share_of_mean
 }
 
+/// A node's load cuts: (key, share of the range's requests below it).
+fn load_cuts(cuts: &[(&str, f64)]) -> Vec<ranger_proto::LoadCut> {
+    cuts.iter()
+        .map(|&(k, below)| ranger_proto::LoadCut {
+            key: Key::from(k),
+            below,
+        })
+        .collect()
+}
+
+/// Node a holds range 0, a single key (no split key, 1 MiB) with 15 reads/s,
+/// and four of 1; b, with capacity 2, and the other nodes as given. Loads
+/// only (no bytes in the figure), no joins, room in the byte budget.
+fn a_hot_key_and_a_bigger_node(b: &[f64], others: &[(&str, &[f64])]) -> Cluster {
+    let mut c = Cluster::new()
+        .node("a", &[15.0, 1.0, 1.0, 1.0, 1.0])
+        .node("b", b);
+    for &(name, reads) in others {
+        c = c.node(name, reads);
+    }
+    c.config.weights.bytes = 0.0;
+    c.config.join_fraction = 0.0;
+    c.config.max_bytes_moved_share = 0.2;
+    c.node_mut("b").capacity = 2.0;
+    c.range(0).load.bytes = MIB;
+    c
+}
+
 /// Ten ranges of `each` reads per second.
 fn even(each: f64) -> Vec<f64> {
     vec![each; 10]
@@ -448,13 +476,7 @@ fn a_range_too_big_for_any_room_is_cut_to_the_biggest_room_when_its_node_says_wh
     // b's room, where halving (30) would need two more rounds of halving
     // before a piece fits.
     let mut c = crumbs_and_one_big_range();
-    c.range(0).load_cuts = [("k00000b", 0.1), ("k00000d", 0.15), ("k00000m", 0.5)]
-        .into_iter()
-        .map(|(k, below)| ranger_proto::LoadCut {
-            key: Key::from(k),
-            below,
-        })
-        .collect();
+    c.range(0).load_cuts = load_cuts(&[("k00000b", 0.1), ("k00000d", 0.15), ("k00000m", 0.5)]);
     let p = c.plan();
     assert_eq!(
         splits(&p),
@@ -466,13 +488,7 @@ fn a_range_too_big_for_any_room_is_cut_to_the_biggest_room_when_its_node_says_wh
 /// lies: 9 of its 60 below k00000d, which fits b's room of ~12.
 fn one_big_range_with_load_cuts() -> Cluster {
     let mut c = crumbs_and_one_big_range();
-    c.range(0).load_cuts = [("k00000b", 0.1), ("k00000d", 0.15), ("k00000m", 0.5)]
-        .into_iter()
-        .map(|(k, below)| ranger_proto::LoadCut {
-            key: Key::from(k),
-            below,
-        })
-        .collect();
+    c.range(0).load_cuts = load_cuts(&[("k00000b", 0.1), ("k00000d", 0.15), ("k00000m", 0.5)]);
     c
 }
 
@@ -503,13 +519,7 @@ fn a_carve_cuts_the_biggest_piece_that_fits_even_when_a_half_would_fit_too() {
     c.config.weights.bytes = 0.0;
     c.config.split_load_share = 10.0;
     c.range(0).split_keys_by_load = vec![Key::from("k00000c")];
-    c.range(0).load_cuts = [("k00000b", 0.2), ("k00000d", 0.53), ("k00000m", 0.8)]
-        .into_iter()
-        .map(|(k, below)| ranger_proto::LoadCut {
-            key: Key::from(k),
-            below,
-        })
-        .collect();
+    c.range(0).load_cuts = load_cuts(&[("k00000b", 0.2), ("k00000d", 0.53), ("k00000m", 0.8)]);
     let p = c.plan();
     assert_eq!(
         splits(&p),
@@ -524,15 +534,7 @@ fn a_single_hot_key_too_big_for_its_node_goes_to_a_node_with_the_capacity_to_car
     // Range 0 is one key (no split key) with 15 of a's 19; b has capacity 2.
     // Mean 12.25 per unit: 15 alone is 1.22 of it on a (above the band
     // whatever a sheds), 0.61 on b. b takes it and sheds to make room.
-    let mut c = Cluster::new()
-        .node("a", &[15.0, 1.0, 1.0, 1.0, 1.0])
-        .node("b", &even(2.0))
-        .node("c", &even(1.0));
-    c.config.weights.bytes = 0.0;
-    c.config.join_fraction = 0.0; // this test is about moves only
-    c.node_mut("b").capacity = 2.0;
-    c.range(0).load.bytes = MIB; // one key
-    c.config.max_bytes_moved_share = 0.2;
+    let mut c = a_hot_key_and_a_bigger_node(&even(2.0), &[("c", &even(1.0))]);
     let p = c.plan();
     let m = moves(&p);
     assert!(
@@ -572,18 +574,10 @@ fn a_carrier_that_would_end_above_the_key_s_node_makes_room_first() {
     // after the two it may send this round, taking the key would leave it
     // at (23 + 15) / 2 = 19, no better than a. So b makes room first (to c
     // and d, at 0.92 of the mean), takes nothing, and the key waits.
-    let mut c = Cluster::new()
-        .node("a", &[15.0, 1.0, 1.0, 1.0, 1.0])
-        .node("b", &[0.5; 48])
-        .node("c", &even(1.252))
-        .node("d", &even(1.252));
-    c.config.weights.bytes = 0.0;
-    c.config.join_fraction = 0.0;
+    let mut c =
+        a_hot_key_and_a_bigger_node(&[0.5; 48], &[("c", &even(1.252)), ("d", &even(1.252))]);
     // b's ranges are small beside the excess the key gives it.
     c.config.min_move_fraction = 0.0;
-    c.node_mut("b").capacity = 2.0;
-    c.range(0).load.bytes = MIB;
-    c.config.max_bytes_moved_share = 0.2;
     let p = c.plan();
     let m = moves(&p);
     assert!(!m.iter().any(|m| m.0 == c.id(0)), "{:?}", p.actions);
