@@ -9,7 +9,9 @@
 //!   `mean × (1 − tolerance/2)` (that is how a new node fills up);
 //! - a destination never ends above `mean × (1 + tolerance/2)`, and always ends
 //!   below where its source started, so that every move makes progress and no
-//!   move creates a new overloaded node.
+//!   move creates a new overloaded node; the one exception is a range too hot
+//!   for its node that only a bigger node can carry (see [`plan_carriers`]):
+//!   it may leave its carrier above the band, still below where it was.
 //!
 //! Within a source, the range that removes the most load per byte moved goes
 //! first (moves cost bytes; load is what we want to shift), except that a range
@@ -61,8 +63,10 @@ pub(super) fn plan_drains(round: &mut Round<'_>) {
 /// there once that leaves the carrier below where the range's node is (see
 /// [`carry`]). Nothing else balances such a range: moving the rest of its node
 /// away leaves its node above the band with the range alone. Chosen afresh
-/// each round from the loads, so nothing is remembered; the same node stays
-/// the choice while it sheds, since it only gets emptier.
+/// each round from the loads, so nothing is remembered: a carrier that sheds
+/// only becomes a better choice, but among nodes of equal capacity a less
+/// loaded one may take over, and a range whose figure hovers at its node's
+/// band may get a carrier one round and not the next.
 ///
 /// [`NodeWork::awaiting`]: super::round::NodeWork
 fn plan_carriers(round: &mut Round<'_>) {
@@ -76,6 +80,7 @@ fn plan_carriers(round: &mut Round<'_>) {
         for ri in round.nodes[s].ranges.clone() {
             let r = &round.ranges[ri];
             if round.delta(ri, s) <= upper
+                || r.carrier.is_some()
                 || r.acted
                 || !r.nodes.contains(&s)
                 || round.blocked(ri).is_some()
@@ -146,29 +151,9 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
         ub.total_cmp(&ua).then(a.cmp(&b))
     });
     for s in sources {
-        // A node inside the band that still sheds (see `still_shedding`)
-        // only moves what fits: cutting ranges for its last few percent
-        // would fragment the keyspace for a mark, not for the band.
-        let over = round.nodes[s].util() > upper;
-        let excess = round.nodes[s].util() - shed_to;
-        let min_delta = round.config.min_move_fraction * excess;
-        // Set for such a node, so that the too-big fallback below does not
-        // cut either.
-        let mut split_one = !over;
-        let cuts = if over {
-            splits_to_make_moves_count(round, s, shed_to, fill_to)
-        } else {
-            Vec::new()
-        };
-        for (ri, cut) in cuts {
-            if round.slots == 0 {
-                break;
-            }
-            split_one = true;
-            round.push_carve(ri, cut, Reason::SplitToMove);
-        }
-        // A range with a carrier goes first: it is what holds `s` above the
-        // band, and would otherwise come last (it overshoots `s` below it).
+        // A range with a carrier goes first, before any cut takes the
+        // node's transfer slots: it is what holds `s` above the band, and
+        // would otherwise come last (it overshoots `s` below it).
         let carried: Vec<(usize, usize)> = round.nodes[s]
             .ranges
             .iter()
@@ -186,8 +171,36 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
                 round.skip(Candidate::Move, Some(ri), Some(s), why);
             }
         }
+        // A range still waiting for its carrier's room is as good as gone:
+        // `s` sheds only what it holds besides it (shedding the rest for
+        // it would only make `s` take load back once it leaves).
+        let waiting = waiting_for_carriers(round, s);
+        if waiting > 0.0 && round.nodes[s].util() - waiting <= shed_to {
+            continue;
+        }
+        // A node inside the band that still sheds (see `still_shedding`)
+        // only moves what fits: cutting ranges for its last few percent
+        // would fragment the keyspace for a mark, not for the band.
+        let over = round.nodes[s].util() - waiting > upper;
+        let excess = round.nodes[s].util() - waiting - shed_to;
+        let min_delta = round.config.min_move_fraction * excess;
+        // Set for such a node, so that the too-big fallback below does not
+        // cut either.
+        let mut split_one = !over;
+        let cuts = if over {
+            splits_to_make_moves_count(round, s, shed_to, fill_to, waiting)
+        } else {
+            Vec::new()
+        };
+        for (ri, cut) in cuts {
+            if round.slots == 0 {
+                break;
+            }
+            split_one = true;
+            round.push_carve(ri, cut, Reason::SplitToMove);
+        }
         for ri in candidates(round, s, fill_to) {
-            let util_s = round.nodes[s].util();
+            let util_s = round.nodes[s].util() - waiting;
             if util_s <= shed_to {
                 break;
             }
@@ -261,8 +274,19 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
                 Err(why) => round.skip(Candidate::Move, Some(ri), Some(s), why),
             }
         }
-        reserve_room(round, s, shed_to);
+        reserve_room(round, s, shed_to, waiting);
     }
+}
+
+/// The load of `s`'s ranges that wait for a carrier's room (see
+/// [`plan_carriers`]), per unit of `s`'s capacity.
+fn waiting_for_carriers(round: &Round<'_>, s: usize) -> f64 {
+    round.nodes[s]
+        .ranges
+        .iter()
+        .filter(|&&ri| round.ranges[ri].carrier.is_some() && round.ranges[ri].nodes.contains(&s))
+        .map(|&ri| round.delta(ri, s))
+        .sum()
 }
 
 /// Holds room on the least loaded nodes for what `s` could not shed this round
@@ -270,7 +294,7 @@ pub(super) fn plan_sheds(round: &mut Round<'_>) {
 /// planned after it do not take the room its pieces need next round (sources are
 /// planned most overloaded first). The fill rule ignores the hold: it takes from
 /// the most overloaded sources first anyway.
-fn reserve_room(round: &mut Round<'_>, s: usize, shed_to: f64) {
+fn reserve_room(round: &mut Round<'_>, s: usize, shed_to: f64, waiting: f64) {
     let pieces_coming = round.nodes[s].ranges.iter().any(|&ri| {
         let r = &round.ranges[ri];
         r.nodes.contains(&s) && (r.acted || r.hot_rounds > 0)
@@ -278,7 +302,7 @@ fn reserve_room(round: &mut Round<'_>, s: usize, shed_to: f64) {
     if !pieces_coming {
         return;
     }
-    let mut left = (round.nodes[s].util() - shed_to) * round.nodes[s].capacity();
+    let mut left = (round.nodes[s].util() - waiting - shed_to) * round.nodes[s].capacity();
     if left <= 0.0 {
         return;
     }
@@ -319,6 +343,7 @@ fn splits_to_make_moves_count(
     s: usize,
     shed_to: f64,
     fill_to: f64,
+    waiting: f64,
 ) -> Vec<(usize, Carve)> {
     let slots = round.slots.min(
         round
@@ -329,7 +354,7 @@ fn splits_to_make_moves_count(
     if round.slots == 0 {
         return Vec::new();
     }
-    let util_s = round.nodes[s].util();
+    let util_s = round.nodes[s].util() - waiting;
     let excess = util_s - shed_to;
     let least = round
         .eligible_nodes()

@@ -97,8 +97,8 @@ pub enum SkipReason {
     /// Moving the range would take too little of its node's excess to be worth
     /// an operation.
     TooLittleLoad,
-    /// Only one node has the capacity to carry the range, and it is still
-    /// making room for it (see `Reason::MoveToCarry`).
+    /// The node chosen to carry the range (see `Reason::MoveToCarry`) is
+    /// still making room for it.
     WaitingForRoom,
     /// `max_in_flight` reached.
     RateLimitInFlight,

@@ -142,6 +142,9 @@ pub(super) struct Round<'a> {
     pub bytes_budget: u64,
     pub bytes_moved: u64,
     memory: &'a BalancerMemory,
+    /// The remembered moves (indices into `memory.recent_moves`) by the node
+    /// they left: [`Round::left_node`] is asked for many pairs of ranges.
+    departures: HashMap<&'a NodeId, Vec<usize>>,
     next: BalancerMemory,
     pub plan: Plan,
 }
@@ -155,8 +158,9 @@ pub(super) struct Round<'a> {
 /// for a join an hour after it was carved off.
 pub const RETURN_MEMORY_COOLDOWNS: u32 = 18;
 
-/// At most this many moves are remembered (the newest), whatever their age:
-/// the memory is checked for every candidate of every round.
+/// At most this many moves of earlier rounds are remembered (the newest),
+/// whatever their age, besides those of the round being planned: the memory
+/// is checked for many candidates of every round.
 pub const MAX_REMEMBERED_MOVES: usize = 4096;
 
 impl<'a> Round<'a> {
@@ -360,6 +364,10 @@ impl<'a> Round<'a> {
         let keyspace_bytes: u64 = snap.ranges.iter().map(|r| r.load.bytes).sum();
         let bytes_budget = (keyspace_bytes as f64 * config.max_bytes_moved_share) as u64;
         let slots = config.max_in_flight.saturating_sub(snap.in_flight.len());
+        let mut departures: HashMap<&NodeId, Vec<usize>> = HashMap::new();
+        for (i, m) in memory.recent_moves.iter().enumerate() {
+            departures.entry(&m.from).or_default().push(i);
+        }
 
         Round {
             snap,
@@ -375,6 +383,7 @@ impl<'a> Round<'a> {
             bytes_budget,
             bytes_moved: 0,
             memory,
+            departures,
             next,
             plan: Plan {
                 now,
@@ -487,21 +496,30 @@ impl<'a> Round<'a> {
         let r = self.range(ri);
         let now = self.snap.now;
         let window = self.config.move_cooldown;
+        // Newest first, and only as far back as the window: the memory holds
+        // moves in the order they were planned, for many cooldowns.
         now.within(r.last_moved, window)
-            || self.memory.recent_moves.iter().any(|m| {
-                now.within(Some(m.at), window) && overlaps(&m.start, &m.end, &r.start, &r.end)
-            })
+            || self
+                .memory
+                .recent_moves
+                .iter()
+                .rev()
+                .take_while(|m| now.within(Some(m.at), window))
+                .any(|m| overlaps(&m.start, &m.end, &r.start, &r.end))
     }
 
     /// Whether the range (or a range it came from) left node `t` within the
     /// balancer's memory of moves (see [`RETURN_MEMORY_COOLDOWNS`]).
     pub fn left_node(&self, ri: usize, t: usize) -> bool {
         let r = self.range(ri);
-        let id = &self.nodes[t].snap.id;
-        self.memory
-            .recent_moves
-            .iter()
-            .any(|m| &m.from == id && overlaps(&m.start, &m.end, &r.start, &r.end))
+        self.departures
+            .get(&self.nodes[t].snap.id)
+            .is_some_and(|moves| {
+                moves.iter().any(|&i| {
+                    let m = &self.memory.recent_moves[i];
+                    overlaps(&m.start, &m.end, &r.start, &r.end)
+                })
+            })
     }
 
     /// Whether the range alone carries more than any node may hold within

@@ -594,6 +594,10 @@ fn a_carrier_that_would_end_above_the_key_s_node_makes_room_first() {
         "{:?}",
         p.skipped
     );
+    // a keeps the rest of its ranges: without the key it is far below the
+    // band, and what it sent now it would take back once the key leaves.
+    assert!(!m.iter().any(|m| m.1 == "a"), "{:?}", p.actions);
+    assert!(splits(&p).is_empty(), "{:?}", p.actions);
 }
 
 #[test]
