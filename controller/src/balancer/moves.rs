@@ -57,7 +57,8 @@ pub(super) fn plan_drains(round: &mut Round<'_>) {
 
 /// Finds a carrier for every range that holds its node above the band on its
 /// own and cannot be cut (a single hot key): a node whose capacity can carry it
-/// within the band, the biggest such node (then the least loaded). The carrier
+/// within the band, the biggest such node (then the least loaded); none while
+/// the range is in its move cooldown, since it may not move yet. The carrier
 /// counts the range as its load already (see [`NodeWork::awaiting`]), so it
 /// sheds to make room for it and takes nothing meanwhile; the range moves
 /// there once that leaves the carrier below where the range's node is (see
@@ -84,6 +85,7 @@ fn plan_carriers(round: &mut Round<'_>) {
                 || r.acted
                 || !r.nodes.contains(&s)
                 || round.blocked(ri).is_some()
+                || round.in_move_cooldown(ri)
                 || split::load_key(round, ri).is_some()
             {
                 continue;

@@ -553,6 +553,20 @@ fn a_single_hot_key_too_big_for_its_node_goes_to_a_node_with_the_capacity_to_car
         p.nodes
     );
 
+    // The key moved within the cooldown: it may not move now, so no node
+    // makes room for it.
+    let now = c.snap.now.as_millis();
+    c.range(0).last_moved = Some(Timestamp::from_millis(now - 60_000));
+    let p = c.plan();
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a.reason, Reason::MoveToCarry | Reason::MoveMakingRoom)),
+        "{:?}",
+        p.actions
+    );
+    c.range(0).last_moved = None;
+
     // No node has the capacity: the key stays, and so does everything meant
     // to make room for it.
     c.node_mut("b").capacity = 1.0;
