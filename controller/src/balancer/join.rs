@@ -74,14 +74,15 @@ pub(super) fn plan_joins(round: &mut Round<'_>) {
             (b, a)
         };
         let home = |ri: usize| round.ranges[ri].nodes[0];
+        let other = |ri: usize| if ri == a { b } else { a };
         let mover = [smaller, bigger]
             .into_iter()
-            .find(|&m| !round.left_node(m, home(if m == a { b } else { a })));
+            .find(|&m| !round.left_node(m, home(other(m))));
         let Some(mover) = mover else {
             round.skip(Candidate::Join, Some(smaller), None, SkipReason::Cooldown);
             continue;
         };
-        let (s, t) = (home(mover), home(if mover == a { b } else { a }));
+        let (s, t) = (home(mover), home(other(mover)));
         match colocate(round, mover, s, t, shed_to) {
             Ok(()) => round.push_move(mover, s, t, Reason::MoveForJoin),
             Err(why) => round.skip(Candidate::Join, Some(mover), Some(t), why),

@@ -592,7 +592,6 @@ impl<'a> Round<'a> {
         let (mut left, mut right) = (stay.clone(), stay);
         if let Some(piece) = send {
             let to = self.nodes[piece.to].snap.id.clone();
-            let from = self.nodes[piece.from].snap.id.clone();
             let (start, end) = match piece.side {
                 Side::Left => {
                     left = Some(to.clone());
@@ -603,20 +602,8 @@ impl<'a> Round<'a> {
                     (key.clone(), r.end.clone())
                 }
             };
-            self.nodes[piece.from].planned -= piece.load;
-            self.nodes[piece.to].planned += piece.load;
-            self.nodes[piece.from].transfers_out += 1;
-            self.nodes[piece.to].transfers_in += 1;
-            self.bytes_moved = self
-                .bytes_moved
-                .saturating_add(self.piece_bytes(ri, &piece));
-            self.next.recent_moves.push(RecentMove {
-                start,
-                end,
-                from,
-                to,
-                at: self.snap.now,
-            });
+            let bytes = self.piece_bytes(ri, &piece);
+            self.note_transfer(piece.from, piece.to, piece.load, bytes, start, end);
         }
         self.ranges[ri].acted = true;
         self.slots = self.slots.saturating_sub(1);
@@ -691,36 +678,47 @@ impl<'a> Round<'a> {
     /// Plans moving the placement of `ri` on `from` to `to`, and counts it in the
     /// projected loads and the limits.
     pub fn push_move(&mut self, ri: usize, from: usize, to: usize, reason: Reason) {
-        let figure = self.ranges[ri].figure;
-        self.nodes[from].planned -= figure;
-        self.nodes[to].planned += figure;
-        self.nodes[from].transfers_out += 1;
-        self.nodes[to].transfers_in += 1;
+        let r = self.range(ri);
+        let (bytes, start, end, range) = (r.load.bytes, r.start.clone(), r.end.clone(), r.id);
+        self.note_transfer(from, to, self.ranges[ri].figure, bytes, start, end);
         if let Some(slot) = self.ranges[ri].nodes.iter().position(|&n| n == from) {
             self.ranges[ri].nodes[slot] = to;
         }
         self.ranges[ri].acted = true;
         self.slots = self.slots.saturating_sub(1);
-        let r = self.range(ri);
-        self.bytes_moved = self.bytes_moved.saturating_add(r.load.bytes);
-        let (from_id, to_id) = (
-            self.nodes[from].snap.id.clone(),
-            self.nodes[to].snap.id.clone(),
-        );
-        self.next.recent_moves.push(RecentMove {
-            start: r.start.clone(),
-            end: r.end.clone(),
-            from: from_id.clone(),
-            to: to_id.clone(),
-            at: self.snap.now,
-        });
         self.plan.actions.push(PlannedAction {
             action: Action::Move {
-                range: r.id,
-                from: from_id,
-                to: to_id,
+                range,
+                from: self.nodes[from].snap.id.clone(),
+                to: self.nodes[to].snap.id.clone(),
             },
             reason,
+        });
+    }
+
+    /// Counts `load` and `bytes` of keys `[start, end)` going from `from` to
+    /// `to` in the projected loads, the transfer limits, the byte budget and
+    /// the memory of moves: what a move and a split that sends a piece share.
+    fn note_transfer(
+        &mut self,
+        from: usize,
+        to: usize,
+        load: f64,
+        bytes: u64,
+        start: Key,
+        end: Key,
+    ) {
+        self.nodes[from].planned -= load;
+        self.nodes[to].planned += load;
+        self.nodes[from].transfers_out += 1;
+        self.nodes[to].transfers_in += 1;
+        self.bytes_moved = self.bytes_moved.saturating_add(bytes);
+        self.next.recent_moves.push(RecentMove {
+            start,
+            end,
+            from: self.nodes[from].snap.id.clone(),
+            to: self.nodes[to].snap.id.clone(),
+            at: self.snap.now,
         });
     }
 

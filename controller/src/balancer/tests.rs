@@ -341,16 +341,21 @@ fn never_joins_within_the_cooldown_after_a_split() {
     assert_eq!(joins(&p).len(), 1, "{:?}", p.actions);
 }
 
-#[test]
-fn moves_the_smaller_of_two_cold_neighbours_on_different_nodes_next_to_the_other() {
-    // Ranges 9 (on a) and 10 (on b) are neighbours across the node boundary.
+/// Ranges 9 (on a, 2 MiB) and 10 (on b, 1 MiB) are neighbours across the node
+/// boundary, cold, and the only ranges small enough to join.
+fn cold_neighbours_across_nodes() -> Cluster {
     let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
-    // Only ranges 9 and 10 are small enough to join.
     c.config.split_bytes = 256 * MIB;
     for (i, bytes) in [(9, 2 * MIB), (10, MIB)] {
         c.range(i).load.bytes = bytes;
         c.range(i).load.reads_per_second = 0.0;
     }
+    c
+}
+
+#[test]
+fn moves_the_smaller_of_two_cold_neighbours_on_different_nodes_next_to_the_other() {
+    let c = cold_neighbours_across_nodes();
     let p = c.plan();
     assert_eq!(
         moves(&p),
@@ -365,12 +370,7 @@ fn a_join_never_moves_a_range_back_to_a_node_it_left_and_moves_its_neighbour_ins
     // As above, but range 10 came from a (a carved piece, say) two cooldowns
     // ago: it may move again, yet not home for a join, which only saves
     // resources. Range 9 goes to b instead.
-    let mut c = Cluster::new().node("a", &even(10.0)).node("b", &even(10.0));
-    c.config.split_bytes = 256 * MIB;
-    for (i, bytes) in [(9, 2 * MIB), (10, MIB)] {
-        c.range(i).load.bytes = bytes;
-        c.range(i).load.reads_per_second = 0.0;
-    }
+    let c = cold_neighbours_across_nodes();
     let long_ago = Timestamp::from_millis(
         c.snap.now.as_millis() - 2 * c.config.move_cooldown.as_millis() as u64,
     );

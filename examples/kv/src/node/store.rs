@@ -769,13 +769,10 @@ impl TableSink<'_> {
         }
     }
 
+    /// Finishes the file being written, and waits until every file is.
     fn finish_file(&mut self) -> Result<(), StoreError> {
-        self.wait_for_finishing()?;
-        if let Some(mut writer) = self.writer.take() {
-            self.compression.file_done(writer.file_size());
-            writer.finish().map_err(rocks("finish a table file"))?;
-        }
-        Ok(())
+        self.finish_behind()?;
+        self.wait_for_finishing()
     }
 
     /// Ingests every file written (moved into the database, not copied): the
@@ -950,12 +947,7 @@ mod tests {
         // Incompressible values (a seeded random stream), so that the files
         // reach their size: 1.5 table files' worth.
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
-        let mut value = vec![0u8; 1000];
-        let pairs = (TABLE_FILE_BYTES as usize * 3 / 2) / value.len();
-        for i in 0..pairs {
-            rand::RngCore::fill_bytes(&mut rng, &mut value);
-            sink.put(format!("k{i:08}").as_bytes(), &value).unwrap();
-        }
+        let (pairs, value) = fill_sink(&mut sink, 1.5, |v| rand::RngCore::fill_bytes(&mut rng, v));
         assert!(
             sink.files.len() == 3 && sink.writer.is_some(),
             "a probe and a full file finished, a third being written: {sink:?}"
@@ -970,14 +962,20 @@ mod tests {
         assert_eq!(staged_files(&store), 0, "staged files left behind");
     }
 
-    /// Puts `files` table files' worth of 1000-byte values from `value_of`.
-    fn fill_sink(sink: &mut TableSink<'_>, files: f64, mut value_of: impl FnMut(&mut [u8])) {
+    /// Puts `files` table files' worth of 1000-byte values from `value_of`
+    /// under keys `k00000000`, `k00000001`, ...: how many, and the last value.
+    fn fill_sink(
+        sink: &mut TableSink<'_>,
+        files: f64,
+        mut value_of: impl FnMut(&mut [u8]),
+    ) -> (usize, Vec<u8>) {
         let mut value = vec![0u8; 1000];
         let pairs = (TABLE_FILE_BYTES as f64 * files) as usize / value.len();
         for i in 0..pairs {
             value_of(&mut value);
             sink.put(format!("k{i:08}").as_bytes(), &value).unwrap();
         }
+        (pairs, value)
     }
 
     #[test]
