@@ -8,6 +8,11 @@
 //! proxy. A write that arrives while the range is frozen waits in the proxy, so
 //! the longest write of a move is that move's write-unavailable window.
 //!
+//! The raw copy it is compared with runs twice before each move: on an idle
+//! machine, and under the same hammer the move runs under (the hammer, the
+//! proxy and the node serving it take much of the two cores a move shares
+//! with them; the second ratio compares like with like).
+//!
 //! Run: `cargo run --release -p ranger-kv --example bench_handoff -- [SIZES_MB] [MOVES]`
 //! e.g. `-- 100,1000 5`.
 
@@ -177,13 +182,15 @@ async fn main() -> anyhow::Result<()> {
         "move of range 1 under a hammer through the proxy (4 workers, 10 hot keys each, 100-byte values); {VALUE_SIZE}-byte incompressible values in bulk"
     );
     println!(
-        "{:>7} {:>6} {:>10} {:>10} {:>9} {:>12} {:>9} {:>14} {:>14} {:>14} {:>7}",
+        "{:>7} {:>6} {:>10} {:>10} {:>9} {:>12} {:>9} {:>13} {:>9} {:>14} {:>14} {:>14} {:>7}",
         "size",
         "moves",
         "xfer MB/s",
         "raw MB/s",
         "ratio",
         "synced MB/s",
+        "ratio",
+        "loaded MB/s",
         "ratio",
         "window p50 ms",
         "window p99 ms",
@@ -211,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
         let mut errors = 0;
         let mut raw_rates = Vec::new();
         let mut synced_rates = Vec::new();
+        let mut loaded_rates = Vec::new();
         for _ in 0..moves {
             // The raw copy: the source's database files, as they are on disk now.
             let source_dir = dirs[if holder.as_str() == "a" { 0 } else { 1 }].path();
@@ -251,6 +259,19 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             anyhow::ensure!(quiet.passed(), "the hammer lost writes: {quiet}");
+            // The synced raw copy again, under the same hammer as the move.
+            let loaded_dir = tempfile::tempdir()?;
+            let (source, target) = (source_dir.to_owned(), loaded_dir.path().to_owned());
+            let (stop_loaded, loaded_stopped) = tokio::sync::oneshot::channel::<()>();
+            let loading = tokio::spawn(hammer::run(config.clone(), loaded_stopped));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (loaded_bytes, loaded_time) =
+                tokio::task::spawn_blocking(move || raw_copy(&source, &target, true)).await??;
+            let _ = stop_loaded.send(());
+            let loaded = loading.await??;
+            anyhow::ensure!(loaded.passed(), "the hammer lost writes: {loaded}");
+            loaded_rates.push(loaded_bytes as f64 / 1e6 / loaded_time.as_secs_f64());
+            drop(loaded_dir);
             let q = &quiet.latency;
             floors.push(q.update.max_ms.max(q.create.max_ms));
             let _ = proxy.take_longest_handoff_wait();
@@ -342,8 +363,9 @@ async fn main() -> anyhow::Result<()> {
         };
         let (rate, raw) = (median(&mut rates), median(&mut raw_rates));
         let synced = median(&mut synced_rates);
+        let loaded = median(&mut loaded_rates);
         println!(
-            "{:>5}MB {:>6} {:>10.1} {:>10.1} {:>8.0}% {:>12.1} {:>8.0}% {:>14.1} {:>14.1} {:>14.1} {:>7}",
+            "{:>5}MB {:>6} {:>10.1} {:>10.1} {:>8.0}% {:>12.1} {:>8.0}% {:>13.1} {:>8.0}% {:>14.1} {:>14.1} {:>14.1} {:>7}",
             size_mb,
             moves,
             rate,
@@ -351,6 +373,8 @@ async fn main() -> anyhow::Result<()> {
             100.0 * rate / raw,
             synced,
             100.0 * rate / synced,
+            loaded,
+            100.0 * rate / loaded,
             percentile(&windows, 0.5),
             percentile(&windows, 0.99),
             windows[windows.len() - 1],
@@ -359,7 +383,7 @@ async fn main() -> anyhow::Result<()> {
         breakdowns.push((size_mb, breakdown, window_parts, floors, proxy_waits));
     }
     println!(
-        "xfer: the snapshot copy (bytes of keys and values / time, median of the moves); raw: copying the source's RocksDB files (median); synced: the same copy with each file synced to disk, as a move syncs its table files"
+        "xfer: the snapshot copy (bytes of keys and values / time, median of the moves, each under the hammer); raw: copying the source's RocksDB files (median); synced: the same copy with each file synced to disk, as a move syncs its table files; loaded: the synced copy under the same hammer as the moves"
     );
     println!(
         "copy time at the destination, per move (ms): waiting for the source's chunks (its reading, the network, decoding) / checking and writing them into table files / ingesting those"

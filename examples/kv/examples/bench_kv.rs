@@ -11,6 +11,13 @@
 //!
 //! Prints each path's figures and the ratios between them.
 //!
+//! The three network paths (1, 2 and 5) take turns in one-second slices,
+//! `SECONDS` slices each, so that a slow spell of this shared machine (another
+//! process, a disk stall, a compaction) falls on all of them alike instead of on
+//! whichever path ran then; a path's throughput is its operations over its
+//! slices' time, its latencies the median of its slices'. The proxy/direct ratio
+//! of each pair of neighbouring slices is printed too, so the spread is seen.
+//!
 //! Run: `cargo run --release -p ranger-kv --example bench_kv -- [SECONDS] [WORKERS]`
 
 use std::collections::BTreeMap;
@@ -31,6 +38,7 @@ const VALUE_SIZE: usize = 100;
 const KEYS_PER_WORKER: usize = 1000;
 
 /// One path's outcome.
+#[derive(Clone, Copy)]
 struct Figures {
     ops_per_sec: f64,
     get_p50_ms: f64,
@@ -48,6 +56,7 @@ fn mix() -> anyhow::Result<OpMix> {
     Ok(OpMix::new(10, 50, 40, 0)?)
 }
 
+/// One slice of a network path: `seconds` of the mix through `target`.
 async fn hammer(target: String, seconds: u64, workers: usize) -> anyhow::Result<Figures> {
     let mut config = HammerConfig::new(target);
     config.workers = workers;
@@ -66,13 +75,38 @@ async fn hammer(target: String, seconds: u64, workers: usize) -> anyhow::Result<
         let total: u64 = puts.iter().map(|l| l.count).sum();
         puts.iter().map(|l| f(l) * l.count as f64).sum::<f64>() / total.max(1) as f64
     };
+    anyhow::ensure!(report.elapsed_secs > 0.0, "the hammer ran for no time");
     Ok(Figures {
-        ops_per_sec: report.throughput,
+        ops_per_sec: report.ops as f64 / report.elapsed_secs,
         get_p50_ms: report.latency.read.p50_ms,
         get_p99_ms: report.latency.read.p99_ms,
         put_p50_ms: weighted(|l| l.p50_ms),
         put_p99_ms: weighted(|l| l.p99_ms),
     })
+}
+
+/// The slices one network path got, pooled: operations over time for the
+/// throughput, the median slice for each latency figure.
+#[derive(Default)]
+struct Slices(Vec<Figures>);
+
+impl Slices {
+    fn pooled(&self) -> Figures {
+        let median = |f: fn(&Figures) -> f64| {
+            let mut values: Vec<f64> = self.0.iter().map(f).collect();
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or_default()
+        };
+        // Equal slices: the mean of the rates is operations over time.
+        let rate = self.0.iter().map(|f| f.ops_per_sec).sum::<f64>() / self.0.len().max(1) as f64;
+        Figures {
+            ops_per_sec: rate,
+            get_p50_ms: median(|f| f.get_p50_ms),
+            get_p99_ms: median(|f| f.get_p99_ms),
+            put_p50_ms: median(|f| f.put_p50_ms),
+            put_p99_ms: median(|f| f.put_p99_ms),
+        }
+    }
 }
 
 /// Reads and writes of one in-process path.
@@ -215,18 +249,25 @@ async fn main() -> anyhow::Result<()> {
     let (_single, single_addr) = start_proxy(&node.addr.to_string(), single_calls).await?;
 
     println!(
-        "Get/Put, {workers} workers, {KEYS_PER_WORKER} keys each, {VALUE_SIZE}-byte values, 50% reads, {seconds} s per path"
+        "Get/Put, {workers} workers, {KEYS_PER_WORKER} keys each, {VALUE_SIZE}-byte values, 50% reads, {seconds} s per path (network paths in turns, 1 s slices)"
     );
+    // The network paths in turns, one-second slices (see the module doc).
+    let (mut direct, mut proxied, mut single) =
+        (Slices::default(), Slices::default(), Slices::default());
+    let mut slice_ratios = Vec::new();
+    for _ in 0..seconds {
+        let d = hammer(node.addr.to_string(), 1, workers).await?;
+        let p = hammer(proxy_addr.clone(), 1, workers).await?;
+        let s = hammer(single_addr.clone(), 1, workers).await?;
+        slice_ratios.push(p.ops_per_sec / d.ops_per_sec);
+        direct.0.push(d);
+        proxied.0.push(p);
+        single.0.push(s);
+    }
     let mut figures = BTreeMap::new();
-    figures.insert(
-        "2 direct",
-        hammer(node.addr.to_string(), seconds, workers).await?,
-    );
-    figures.insert("1 proxy", hammer(proxy_addr, seconds, workers).await?);
-    figures.insert(
-        "5 proxy, single",
-        hammer(single_addr, seconds, workers).await?,
-    );
+    figures.insert("2 direct", direct.pooled());
+    figures.insert("1 proxy", proxied.pooled());
+    figures.insert("5 proxy, single", single.pooled());
     let store = node.store().clone();
     let in_proc = tokio::task::spawn_blocking(move || in_process(store.as_ref(), seconds, workers))
         .await
@@ -274,6 +315,16 @@ async fn main() -> anyhow::Result<()> {
         proxy.ops_per_sec / direct.ops_per_sec,
         direct.ops_per_sec / local.ops_per_sec,
         proxy.ops_per_sec / local.ops_per_sec
+    );
+    let mut sorted = slice_ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    let shown: Vec<String> = slice_ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!(
+        "proxy/direct per slice (each proxy slice against the direct slice just before it): {} (min {:.2}, median {:.2}, max {:.2})",
+        shown.join(" "),
+        sorted.first().copied().unwrap_or_default(),
+        sorted.get(sorted.len() / 2).copied().unwrap_or_default(),
+        sorted.last().copied().unwrap_or_default()
     );
     println!(
         "batching in the proxy: proxy/direct {:.2} with it, {:.2} with single calls",
