@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use ranger_consul::discovery::ServiceRegistration;
-use ranger_consul::{ClientConfig, RegistrationConfig};
+use ranger_consul::{CheckStatus, ClientConfig, RegistrationConfig};
 use ranger_kv::node::KvNodeConfig;
 use ranger_kv::node::server::NodeServer;
 use ranger_node_sdk::metrics::serve_metrics;
@@ -55,6 +55,12 @@ struct Args {
     /// The Consul service name to register under (PROTOCOL.md: `node`).
     #[arg(long, env = "KV_NODE_CONSUL_SERVICE", default_value = "node")]
     consul_service: String,
+    /// Time between Consul's health checks of this node, in milliseconds. A
+    /// node whose check failed (a partition that healed, a Consul that was
+    /// down) is back in the passing set, and so in the controller's view and
+    /// the proxies', only at the next check: this bounds that wait.
+    #[arg(long, env = "KV_NODE_CONSUL_CHECK_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    consul_check_interval_ms: u64,
     /// How much load this node can carry relative to others (e.g. 2 on a machine
     /// twice as big); the balancer divides its load by it.
     #[arg(long, env = "KV_NODE_CAPACITY", default_value_t = 1.0, value_parser = positive)]
@@ -74,6 +80,20 @@ struct Args {
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+/// What this node registers in Consul. The node registers only once it serves
+/// (`main` starts the server first), so its check starts passing: left at
+/// Consul's default, critical until the first check, a restarted node would
+/// wait up to a whole check interval before the controller saw it again and
+/// reactivated its ranges. Passing here grants nothing by itself: the
+/// controller still gives a node leases and ranges only after probing it.
+fn consul_registration(args: &Args, host: &str, port: u16) -> RegistrationConfig {
+    let mut registration =
+        RegistrationConfig::new(host, port).with_service_name(&args.consul_service);
+    registration.check_interval = Duration::from_millis(args.consul_check_interval_ms);
+    registration.initial_status = Some(CheckStatus::Passing);
+    registration
 }
 
 /// A finite number above zero (the balancer divides by it).
@@ -178,9 +198,42 @@ fn register_in_consul(
         config = config.with_token(token.clone());
     }
     let client = ranger_consul::Client::new(config).context("--consul")?;
-    let registration = RegistrationConfig::new(host, port).with_service_name(&args.consul_service);
+    let registration = consul_registration(args, host, port);
     let registration =
         ServiceRegistration::spawn(client, registration).context("registering in Consul")?;
     tracing::info!(consul = %address, service_id = registration.service_id(), "registering in Consul");
     Ok(registration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_registers_in_consul_as_passing_with_a_one_second_check_by_default() {
+        let args = Args::try_parse_from(["kv-node", "--consul", "http://127.0.0.1:8500"])
+            .expect("valid arguments");
+        let registration = consul_registration(&args, "127.0.0.1", 7001);
+        assert_eq!(registration.initial_status, Some(CheckStatus::Passing));
+        assert_eq!(registration.check_interval, Duration::from_secs(1));
+        assert_eq!(registration.service_name, "node");
+    }
+
+    #[test]
+    fn the_check_interval_is_a_flag_and_zero_is_refused() {
+        let args = Args::try_parse_from([
+            "kv-node",
+            "--consul",
+            "http://127.0.0.1:8500",
+            "--consul-check-interval-ms",
+            "250",
+        ])
+        .expect("valid arguments");
+        let registration = consul_registration(&args, "127.0.0.1", 7001);
+        assert_eq!(registration.check_interval, Duration::from_millis(250));
+        assert!(
+            Args::try_parse_from(["kv-node", "--consul-check-interval-ms", "0"]).is_err(),
+            "a zero interval is refused"
+        );
+    }
 }
