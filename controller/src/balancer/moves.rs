@@ -19,7 +19,7 @@
 //! do not have been tried.
 
 use super::plan::{Candidate, Reason, SkipReason};
-use super::round::{Awaited, Round};
+use super::round::Round;
 use super::split::{self, Carve};
 
 /// Drains first: those moves are owed whatever the balance.
@@ -108,10 +108,7 @@ fn plan_carriers(round: &mut Round<'_>) {
                         .then(b.cmp(&a))
                 });
             if let Some(t) = carrier {
-                round.nodes[t].awaiting = Some(Awaited {
-                    range: ri,
-                    load: round.ranges[ri].figure,
-                });
+                round.nodes[t].awaiting = Some(round.ranges[ri].figure);
                 round.ranges[ri].carrier = Some(t);
             }
         }

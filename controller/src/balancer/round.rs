@@ -35,10 +35,11 @@ pub(super) struct NodeWork<'a> {
     /// its excess yet (its hot range is being split): its pieces get this room
     /// next round instead of finding it taken by smaller moves from elsewhere.
     pub reserved: f64,
-    /// A range this node is making room for (see [`super::moves::plan_carriers`]):
-    /// its load counts as this node's already, so that the node sheds enough
+    /// The load figure of a range this node is making room for (see
+    /// [`super::moves::plan_carriers`]; the range names it as its carrier):
+    /// it counts as this node's load already, so that the node sheds enough
     /// for it and takes nothing meanwhile.
-    pub awaiting: Option<Awaited>,
+    pub awaiting: Option<f64>,
     /// Ranges with a placement here (moves in flight counted as done).
     pub ranges: Vec<usize>,
     pub transfers_out: usize,
@@ -75,7 +76,7 @@ impl NodeWork<'_> {
     }
 
     fn awaited_load(&self) -> f64 {
-        self.awaiting.map_or(0.0, |a| a.load)
+        self.awaiting.unwrap_or(0.0)
     }
 
     fn per_capacity(&self, load: f64) -> f64 {
@@ -85,14 +86,6 @@ impl NodeWork<'_> {
             f64::INFINITY
         }
     }
-}
-
-/// A range a node makes room for.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct Awaited {
-    pub range: usize,
-    /// Its load figure.
-    pub load: f64,
 }
 
 fn has_capacity(n: &NodeSnapshot) -> bool {
