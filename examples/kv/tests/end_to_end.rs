@@ -414,11 +414,19 @@ async fn forgetting_a_lost_node_recreates_its_range_empty_on_a_kv_node() {
     let ServedNode { server, dir, .. } = a;
     server.shutdown().await.unwrap();
     drop(dir);
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let waiting = handle
-        .inspect(move |e| e.unavailable(range).is_some())
-        .await
-        .unwrap();
+    // Declared lost after lease + margin (2 s here) past its last probe:
+    // polled, not slept for, so that a slow machine does not fail the test.
+    let mut waiting = false;
+    for _ in 0..150 {
+        waiting = handle
+            .inspect(move |e| e.unavailable(range).is_some())
+            .await
+            .unwrap();
+        if waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(waiting, "range 1 waits for a");
     let report = handle.forget_node(a_id).await.unwrap();
     assert_eq!(report.ranges_lost, vec![range, halves[1].0]);
