@@ -96,7 +96,11 @@ fn raw_copy(from: &Path, to: &Path, sync: bool) -> anyhow::Result<(u64, Duration
         let entry = entry?;
         if entry.file_type()?.is_file() {
             let target = to.join(entry.file_name());
-            bytes += std::fs::copy(entry.path(), &target)?;
+            // The store is live: a compaction may delete a file meanwhile.
+            let Some(copied) = vanished_is_none(std::fs::copy(entry.path(), &target))? else {
+                continue;
+            };
+            bytes += copied;
             if sync {
                 std::fs::File::open(&target)?.sync_all()?;
             }
@@ -108,16 +112,25 @@ fn raw_copy(from: &Path, to: &Path, sync: bool) -> anyhow::Result<(u64, Duration
     Ok((bytes, began.elapsed()))
 }
 
+/// A file of the live store that a compaction deleted between listing the
+/// directory and opening it is not an error: it is no longer part of the store.
+fn vanished_is_none<T>(result: std::io::Result<T>) -> std::io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads every file of `dir` once, so that the copies timed next find it in
 /// the page cache.
 fn warm_up(dir: &Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::io::copy(
-                &mut std::fs::File::open(entry.path())?,
-                &mut std::io::sink(),
-            )?;
+        if entry.file_type()?.is_file()
+            && let Some(mut file) = vanished_is_none(std::fs::File::open(entry.path()))?
+        {
+            std::io::copy(&mut file, &mut std::io::sink())?;
         }
     }
     Ok(())

@@ -29,12 +29,14 @@ pub mod load;
 pub mod metrics;
 pub mod packed;
 mod recent;
+pub mod reclaim;
 pub mod server;
 pub mod service;
 pub mod sources;
 pub mod spans;
 pub mod store;
 pub mod transfer;
+pub mod writeback;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -18,7 +18,9 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::reclaim::Reclaimer;
 use super::spans::Span;
+use super::writeback::Writeback;
 
 const RANGER_CF: &str = "ranger";
 const RANGE_PREFIX: &[u8] = b"range/";
@@ -44,6 +46,12 @@ pub enum StoreError {
     Task { reason: String },
     #[error("staging a copy's table files under {dir}: {source}")]
     Staging {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting up the reclaim directory {dir}: {source}")]
+    Reclaim {
         dir: PathBuf,
         #[source]
         source: std::io::Error,
@@ -120,10 +128,15 @@ pub struct Store {
     /// inside the database's directory, so that ingesting links them instead
     /// of copying them.
     incoming: PathBuf,
+    /// Frees the space of the table files a cleared span leaves, gently.
+    reclaimer: Reclaimer,
 }
 
 /// The directory under the database's in which copies stage table files.
 const INCOMING_DIR: &str = "incoming";
+/// The directory under the database's through which a cleared span's table
+/// files are freed (see [`Reclaimer`]).
+const RECLAIM_DIR: &str = "reclaim";
 
 /// Table files a copy builds are rolled over at this size. Small, because each
 /// file is synced to disk when it is finished, and while one sync flushes the
@@ -148,6 +161,9 @@ impl Store {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Flushes and compactions write their files back in small steps
+        // (RocksDB's own), for the reason `writeback` gives for a copy's.
+        options.set_bytes_per_sync(super::writeback::WRITEBACK_STEP_BYTES);
         let cfs = [
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, Options::default()),
             ColumnFamilyDescriptor::new(RANGER_CF, Options::default()),
@@ -164,7 +180,17 @@ impl Store {
             std::fs::remove_dir_all(&incoming).map_err(staging)?;
         }
         std::fs::create_dir_all(&incoming).map_err(staging)?;
-        Ok(Arc::new(Store { db, incoming }))
+        let reclaim = path.join(RECLAIM_DIR);
+        let reclaimer =
+            Reclaimer::start(reclaim.clone()).map_err(|source| StoreError::Reclaim {
+                dir: reclaim,
+                source,
+            })?;
+        Ok(Arc::new(Store {
+            db,
+            incoming,
+            reclaimer,
+        }))
     }
 
     /// Options for the table files a [`TableSink`] writes: the data column
@@ -188,13 +214,8 @@ impl Store {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_size(16 << 10);
         options.set_block_based_table_factory(&table);
-        // The file is written back to disk a megabyte at a time while it
-        // fills, instead of all at its final sync: the clients' WAL syncs
-        // queue behind a shorter flush. Four alternating runs of
-        // `bench_handoff 100 5` against the same build without it: copy
-        // 526-587 MB/s against 510-547, longest write of a move p50 18-24 ms
-        // against 21-27.
-        options.set_bytes_per_sync(1 << 20);
+        // Not `bytes_per_sync`: an `SstFileWriter` made through the `rocksdb`
+        // crate ignores it (see `writeback`, which does its work instead).
         options
     }
 
@@ -214,6 +235,7 @@ impl Store {
             finishing: None,
             files: Vec::new(),
             compression: Compression::default(),
+            writeback: Writeback::start(),
         })
     }
 
@@ -334,7 +356,8 @@ impl Store {
         Ok(checksum)
     }
 
-    /// Deletes every key of `span` and compacts it away, freeing the space.
+    /// Deletes every key of `span` and compacts it away, freeing the space
+    /// (gradually: see [`Reclaimer`]).
     pub fn clear(&self, span: &Span) -> Result<(), StoreError> {
         let end = match &span.end {
             Some(end) => end.clone(),
@@ -364,9 +387,39 @@ impl Store {
             self.db
                 .delete_range_cf_opt(cf, &span.start, &end, &Self::sync_write())
                 .map_err(rocks("delete range"))?;
+            let doomed = self.table_files_within(&span.start, &end)?;
+            for file in &doomed {
+                if let Err(error) = self.reclaimer.keep(file) {
+                    // Only slower: RocksDB then frees it in one go.
+                    tracing::debug!(file = %file.display(), %error, "could not link a table file for reclaiming");
+                }
+            }
             self.db.compact_range(Some(&span.start), Some(&end));
+            // The compaction kept these (it had nothing to drop from them).
+            for file in self.table_files_within(&span.start, &end)? {
+                if doomed.contains(&file)
+                    && let Err(error) = self.reclaimer.release(&file)
+                {
+                    tracing::debug!(file = %file.display(), %error, "could not unlink a reclaim link");
+                }
+            }
+            self.reclaimer.wake();
         }
         Ok(())
+    }
+
+    /// The table files holding keys in `[start, end]`.
+    fn table_files_within(&self, start: &[u8], end: &[u8]) -> Result<Vec<PathBuf>, StoreError> {
+        let files = self.db.live_files().map_err(rocks("list table files"))?;
+        Ok(files
+            .into_iter()
+            .filter(|file| {
+                let first = file.start_key.as_deref().unwrap_or_default();
+                let last = file.end_key.as_deref().unwrap_or_default();
+                first <= end && last >= start
+            })
+            .map(|file| self.db.path().join(file.name.trim_start_matches('/')))
+            .collect())
     }
 
     /// Writes the memtables out to SST files (tests and operators: RocksDB's
@@ -626,6 +679,9 @@ pub struct TableSink<'a> {
     finishing: Option<std::thread::JoinHandle<Result<(), rocksdb::Error>>>,
     files: Vec<PathBuf>,
     compression: Compression,
+    /// Syncs the file being written in small steps, so that the WAL
+    /// syncs of the node's clients never wait behind a whole file's.
+    writeback: Writeback,
 }
 
 /// Whether a copy's table files are compressed. RocksDB keeps a block
@@ -720,6 +776,7 @@ impl TableSink<'_> {
             let path = self.dir.path().join(format!("{:06}.sst", self.files.len()));
             let writer = SstFileWriter::create(Store::table_options(self.compression.current));
             writer.open(&path).map_err(rocks("open a table file"))?;
+            self.writeback.begin(&path);
             self.files.push(path);
             self.writer = Some(writer);
         }
@@ -728,6 +785,7 @@ impl TableSink<'_> {
                 .put(key, value)
                 .map_err(rocks("write a table file"))?;
             self.compression.raw_bytes += (key.len() + value.len()) as u64;
+            self.writeback.grew(writer.file_size());
             if writer.file_size() >= self.compression.roll_at() {
                 self.finish_behind()?;
             }
@@ -960,6 +1018,72 @@ mod tests {
         let last = format!("k{:08}", pairs - 1);
         assert_eq!(store.get(last.as_bytes()).unwrap(), Some(value));
         assert_eq!(staged_files(&store), 0, "staged files left behind");
+    }
+
+    fn reclaim_links(store: &Store) -> usize {
+        walk(store.reclaimer.dir())
+    }
+
+    #[test]
+    fn clearing_a_span_frees_its_table_files_through_the_reclaimer_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Two table files: one of `a` keys, one of `b` keys.
+        for prefix in ["a", "b"] {
+            let mut batch = WriteBatch::default();
+            for i in 0..2_000u32 {
+                batch.put(format!("{prefix}{i:05}"), [prefix.as_bytes()[0]; 1000]);
+            }
+            store.write(batch).unwrap();
+            store.flush().unwrap();
+        }
+        store
+            .clear(&Span::new(b"a".to_vec(), Some(b"b".to_vec())))
+            .unwrap();
+        assert_eq!(
+            store.reclaimer.linked(),
+            1,
+            "the `a` file went through the reclaimer"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while reclaim_links(&store) > 0 {
+            assert!(std::time::Instant::now() < deadline, "never reclaimed");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let check = |store: &Store| {
+            assert_eq!(store.get(b"a00042").unwrap(), None);
+            for i in 0..2_000u32 {
+                let key = format!("b{i:05}");
+                assert_eq!(
+                    store.get(key.as_bytes()).unwrap(),
+                    Some(vec![b'b'; 1000]),
+                    "{key}"
+                );
+            }
+        };
+        check(&store);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        check(&store);
+    }
+
+    #[test]
+    fn a_table_sink_asks_for_its_file_to_be_synced_in_steps_as_it_fills() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sink = store.table_sink().unwrap();
+        // 1.5 files of incompressible values: 24 MB written in all, in a
+        // 4 MB probe, a 16 MB file and 4 MB of a third: a step per
+        // `WRITEBACK_STEP_BYTES` of each, give or take the last of each.
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+        fill_sink(&mut sink, 1.5, |v| rand::RngCore::fill_bytes(&mut rng, v));
+        let per_mb = (1 << 20) / crate::node::writeback::WRITEBACK_STEP_BYTES;
+        let asked = sink.writeback.asked();
+        assert!(
+            (21 * per_mb..=24 * per_mb).contains(&asked),
+            "{asked} steps asked"
+        );
+        sink.ingest().unwrap();
     }
 
     /// Puts `files` table files' worth of 1000-byte values from `value_of`

@@ -333,26 +333,76 @@ pub async fn open_snapshot(
     })
 }
 
+/// Chunks received but not yet written, at most: the stream's flow control
+/// holds the source back beyond that, so memory stays bounded.
+const CHUNKS_AHEAD: usize = 4;
+
 /// Receives an opened snapshot into `store`; the copy is durable once this
 /// returns.
+///
+/// The chunks are checked and written into table files on a thread of their
+/// own while the next ones arrive. Written here, on the runtime, that work
+/// (the table files' checksums, a file's final sync, the ingest) held one of
+/// the runtime's worker threads for milliseconds at a time, and the node's
+/// client requests waited behind it.
 pub async fn receive_snapshot(
     peer: &Peer,
     open: OpenSnapshot,
-    store: &Store,
+    store: Arc<Store>,
     span: &Span,
 ) -> Result<SnapshotCopied, TransferError> {
     let (addr, timeout) = (peer.addr.as_str(), peer.timeout);
     let mut stream = open.stream;
+    let (chunks, inbox) = mpsc::channel::<pb::SnapshotChunk>(CHUNKS_AHEAD);
+    let writer = {
+        let (addr, span) = (addr.to_owned(), span.clone());
+        tokio::task::spawn_blocking(move || write_snapshot(&addr, &store, &span, inbox))
+    };
+    let mut waiting = Duration::ZERO;
+    let received = loop {
+        let asked = std::time::Instant::now();
+        let chunk = answer(addr, timeout, "snapshot stream", stream.message()).await;
+        waiting += asked.elapsed();
+        match chunk {
+            Ok(Some(chunk)) => {
+                let last = chunk.last;
+                // A writer that stopped has its error to tell.
+                if chunks.send(chunk).await.is_err() || last {
+                    break Ok(());
+                }
+            }
+            // The writer finds the stream ended without its last chunk.
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    drop(chunks);
+    let written = writer.await.map_err(|e| StoreError::Task {
+        reason: format!("the thread writing a snapshot failed: {e}"),
+    })?;
+    received?;
+    let mut copied = written?;
+    copied.times.waiting = waiting;
+    Ok(copied)
+}
+
+/// The writing side of [`receive_snapshot`]: checks each chunk's pairs,
+/// writes them into table files, and on the last chunk verifies the totals
+/// and ingests the files. Blocking.
+fn write_snapshot(
+    addr: &str,
+    store: &Store,
+    span: &Span,
+    mut inbox: mpsc::Receiver<pb::SnapshotChunk>,
+) -> Result<SnapshotCopied, TransferError> {
     let mut checksum = PairChecksum::default();
     let mut bytes = 0u64;
     // Table files, ingested once the stream is complete and verified (no
     // memtable, no WAL: what a transfer's speed was lost to).
     let mut sink = store.table_sink()?;
     let mut times = CopyTimes::default();
-    let mut lap = std::time::Instant::now();
-    while let Some(chunk) = answer(addr, timeout, "snapshot stream", stream.message()).await? {
-        times.waiting += lap.elapsed();
-        lap = std::time::Instant::now();
+    while let Some(chunk) = inbox.blocking_recv() {
+        let began = std::time::Instant::now();
         // A source that packs sends `packed`, one that does not (an older
         // node) `pairs`: each is read, checked and written the same way.
         let mut absorb = |key: &[u8], value: &[u8]| -> Result<(), TransferError> {
@@ -376,7 +426,7 @@ pub async fn receive_snapshot(
             })?;
             absorb(key, value)?;
         }
-        times.writing += lap.elapsed();
+        times.writing += began.elapsed();
         if chunk.last {
             verify(addr, &checksum, chunk.total_pairs, chunk.checksum)?;
             let ingest = std::time::Instant::now();
@@ -389,7 +439,6 @@ pub async fn receive_snapshot(
                 times,
             });
         }
-        lap = std::time::Instant::now();
     }
     Err(TransferError::Truncated {
         addr: addr.to_owned(),
@@ -663,7 +712,7 @@ impl KvNode {
                 // now: the source is known not to be this node itself.)
                 touched.push(span.clone());
                 match self.clear(span).await {
-                    Ok(()) => receive_snapshot(&peer, open, &self.inner.store, span).await,
+                    Ok(()) => receive_snapshot(&peer, open, self.inner.store.clone(), span).await,
                     Err(e) => Err(e.into()),
                 }
             }
