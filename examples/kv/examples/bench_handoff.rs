@@ -232,6 +232,10 @@ async fn main() -> anyhow::Result<()> {
         let mut raw_rates = Vec::new();
         let mut synced_rates = Vec::new();
         let mut loaded_rates = Vec::new();
+        // The raw copies' directories are removed only after the last move:
+        // removing a gigabyte stalls every WAL sync on the disk for 100-200 ms
+        // (ext4 with discard), which fell on the hammers timed next.
+        let mut copies = Vec::new();
         for _ in 0..moves {
             // The raw copy: the source's database files, as they are on disk now.
             let source_dir = dirs[if holder.as_str() == "a" { 0 } else { 1 }].path();
@@ -244,13 +248,13 @@ async fn main() -> anyhow::Result<()> {
             let (raw_bytes, raw_time) =
                 tokio::task::spawn_blocking(move || raw_copy(&source, &target, false)).await??;
             raw_rates.push(raw_bytes as f64 / 1e6 / raw_time.as_secs_f64());
-            drop(copy_dir);
+            copies.push(copy_dir);
             let synced_dir = tempfile::tempdir()?;
             let (source, target) = (source_dir.to_owned(), synced_dir.path().to_owned());
             let (synced_bytes, synced_time) =
                 tokio::task::spawn_blocking(move || raw_copy(&source, &target, true)).await??;
             synced_rates.push(synced_bytes as f64 / 1e6 / synced_time.as_secs_f64());
-            drop(synced_dir);
+            copies.push(synced_dir);
 
             let to = nodes
                 .keys()
@@ -284,7 +288,7 @@ async fn main() -> anyhow::Result<()> {
             let loaded = loading.await??;
             anyhow::ensure!(loaded.passed(), "the hammer lost writes: {loaded}");
             loaded_rates.push(loaded_bytes as f64 / 1e6 / loaded_time.as_secs_f64());
-            drop(loaded_dir);
+            copies.push(loaded_dir);
             let q = &quiet.latency;
             floors.push(q.update.max_ms.max(q.create.max_ms));
             let _ = proxy.take_longest_handoff_wait();
@@ -393,6 +397,7 @@ async fn main() -> anyhow::Result<()> {
             windows[windows.len() - 1],
             errors
         );
+        drop(copies);
         breakdowns.push((size_mb, breakdown, window_parts, floors, proxy_waits));
     }
     println!(
