@@ -40,7 +40,7 @@ impl KvNodeMetrics {
         self.requests.register(registry, "served by this node");
         registry.register(
             "store_bytes",
-            "Bytes of the node's RocksDB by part: sst (rocksdb.total-sst-files-size) and memtables (rocksdb.size-all-mem-tables), summed over its column families, sampled at scrape time",
+            "Bytes of the node's RocksDB by part: sst (rocksdb.total-sst-files-size) and memtables (rocksdb.size-all-mem-tables), summed over its column families, and reclaiming (deleted table files of dropped ranges not freed yet, see node/reclaim.rs), sampled at scrape time",
             self.store_bytes.clone(),
         );
     }
@@ -53,6 +53,7 @@ impl KvNodeMetrics {
                 for (part, bytes) in [
                     ("sst", usage.sst_bytes),
                     ("memtables", usage.memtable_bytes),
+                    ("reclaiming", usage.reclaiming_bytes),
                 ] {
                     self.store_bytes
                         .get_or_create(&PartLabels { part })
@@ -89,6 +90,7 @@ mod tests {
 
         metrics.sample_store(&store);
         assert_eq!(store_bytes(&registry, "sst"), 0);
+        assert_eq!(store_bytes(&registry, "reclaiming"), 0);
         let empty_memtables = store_bytes(&registry, "memtables");
 
         let value = vec![7u8; 64 << 10];

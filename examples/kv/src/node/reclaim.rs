@@ -188,6 +188,28 @@ impl Reclaimer {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Bytes of deleted table files not freed yet (see [`pending_bytes`]).
+    pub fn pending_bytes(&self) -> io::Result<u64> {
+        pending_bytes(&self.dir)
+    }
+}
+
+/// Bytes that the files in the reclaim directory `dir` still hold and that
+/// only the reclaimer will free: files RocksDB has deleted (their link here is
+/// their last name). Links to files RocksDB still has free nothing and do not
+/// count. What a dropped range still takes on disk, for the node's metrics.
+pub fn pending_bytes(dir: &Path) -> io::Result<u64> {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        match entry?.metadata() {
+            Ok(meta) if meta.is_file() && meta.nlink() == 1 => bytes += meta.len(),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(bytes)
 }
 
 impl Drop for Reclaimer {
@@ -255,6 +277,22 @@ mod tests {
         }
         assert_eq!(sizes, [10, 6, 2, 0], "4 MB per step, then removed");
         assert_eq!(trash.pass(now).expect("pass"), Pass::Empty);
+    }
+
+    #[test]
+    fn only_files_rocksdb_deleted_count_as_pending() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = reclaim_dir(root.path());
+        assert_eq!(pending_bytes(&dir).expect("pending"), 0);
+        let (deleted, kept) = (root.path().join("1.sst"), root.path().join("2.sst"));
+        file_of(&deleted, 3);
+        file_of(&kept, 5);
+        for table in [&deleted, &kept] {
+            let name = table.file_name().expect("a name");
+            std::fs::hard_link(table, dir.join(name)).expect("link");
+        }
+        std::fs::remove_file(&deleted).expect("RocksDB deletes one");
+        assert_eq!(pending_bytes(&dir).expect("pending"), 3 << 20);
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 pub struct Usage {
     pub sst_bytes: u64,
     pub memtable_bytes: u64,
+    /// Table files RocksDB deleted that the reclaimer has not freed yet.
+    pub reclaiming_bytes: u64,
 }
 
 /// One RocksDB per node.
@@ -448,6 +450,13 @@ impl Store {
             usage.sst_bytes += property("rocksdb.total-sst-files-size")?;
             usage.memtable_bytes += property("rocksdb.size-all-mem-tables")?;
         }
+        usage.reclaiming_bytes =
+            self.reclaimer
+                .pending_bytes()
+                .map_err(|source| StoreError::Reclaim {
+                    dir: self.reclaimer.dir().to_owned(),
+                    source,
+                })?;
         Ok(usage)
     }
 
