@@ -25,11 +25,11 @@
 //! ranged sync from one), so the sink does it here, by hand. The syncs run on a
 //! thread of their own, so that the copy writes the next step meanwhile.
 //!
-//! `sync_file_range` with its wait flags (what RocksDB uses) would do the
-//! same without a journal commit per step: 311-337 MB/s against 265-271 with
-//! `fdatasync` per 512 KB, the same WAL syncs (a C `ctypes` test on this
-//! machine). No well-kept crate wraps it safely, and this workspace forbids
-//! `unsafe`, so it is not used.
+//! `sync_file_range` (the call behind RocksDB's `bytes_per_sync`), with its
+//! wait flags, would do the same without a journal commit per step: 311-337
+//! MB/s against 265-271 with `fdatasync` per 512 KB, for the same WAL syncs (a
+//! Python test calling libc through `ctypes`, on this machine). No well-kept
+//! crate wraps it safely, and this workspace forbids `unsafe`: not used.
 //!
 //! A failed step is only logged: the table file's final sync (in
 //! `SstFileWriter::finish`) is what makes it durable, and it reports failure.
