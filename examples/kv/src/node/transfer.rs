@@ -104,6 +104,8 @@ pub enum TransferError {
     },
     #[error("source {addr} went away mid-transfer (the stream ended without its last chunk)")]
     Truncated { addr: String },
+    #[error("the copy from {addr} was abandoned (its prepare was cancelled) before it landed")]
+    Abandoned { addr: String },
     #[error("source {addr} sent key {key:?} outside the requested span")]
     OutOfSpan { addr: String, key: String },
     #[error("source {addr} sent a chunk that does not parse: {error}")]
@@ -354,9 +356,10 @@ pub async fn receive_snapshot(
     let (addr, timeout) = (peer.addr.as_str(), peer.timeout);
     let mut stream = open.stream;
     let (chunks, inbox) = mpsc::channel::<pb::SnapshotChunk>(CHUNKS_AHEAD);
+    let abandoned = AbandonOnDrop(Arc::new(Mutex::new(false)));
     let writer = {
-        let (addr, span) = (addr.to_owned(), span.clone());
-        tokio::task::spawn_blocking(move || write_snapshot(&addr, &store, &span, inbox))
+        let (addr, span, abandoned) = (addr.to_owned(), span.clone(), abandoned.0.clone());
+        tokio::task::spawn_blocking(move || write_snapshot(&addr, &store, &span, inbox, &abandoned))
     };
     let mut waiting = Duration::ZERO;
     let received = loop {
@@ -386,14 +389,31 @@ pub async fn receive_snapshot(
     Ok(copied)
 }
 
+/// Marks a receive abandoned when its future is dropped (the rangelet
+/// cancels a prepare that a Drop overtook, and then clears the range): from
+/// then on its writer ingests nothing. The writer ingests while holding the
+/// lock, so once `drop` returns the copy has either landed already (and the
+/// clear that follows removes it) or never will: it cannot land after the
+/// clear, or after the next prepare of the span has cleared it and begun
+/// copying anew (older values would then shadow newer ones). `drop` may wait
+/// out an ingest in progress: tens of milliseconds, only on cancellation.
+struct AbandonOnDrop(Arc<Mutex<bool>>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        *lock(&self.0) = true;
+    }
+}
+
 /// The writing side of [`receive_snapshot`]: checks each chunk's pairs,
 /// writes them into table files, and on the last chunk verifies the totals
-/// and ingests the files. Blocking.
+/// and ingests the files, unless the receive was `abandoned`. Blocking.
 fn write_snapshot(
     addr: &str,
     store: &Store,
     span: &Span,
     mut inbox: mpsc::Receiver<pb::SnapshotChunk>,
+    abandoned: &Mutex<bool>,
 ) -> Result<SnapshotCopied, TransferError> {
     let mut checksum = PairChecksum::default();
     let mut bytes = 0u64;
@@ -429,9 +449,16 @@ fn write_snapshot(
         times.writing += began.elapsed();
         if chunk.last {
             verify(addr, &checksum, chunk.total_pairs, chunk.checksum)?;
+            let landing = lock(abandoned);
+            if *landing {
+                return Err(TransferError::Abandoned {
+                    addr: addr.to_owned(),
+                });
+            }
             let ingest = std::time::Instant::now();
             sink.ingest()?;
             times.ingesting = ingest.elapsed();
+            drop(landing);
             return Ok(SnapshotCopied {
                 transfer: chunk.transfer,
                 pairs: checksum.count(),
@@ -954,5 +981,59 @@ impl KvNode {
             }));
         });
         ReceiverStream::new(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A whole one-pair snapshot stream, as a source sends it, in a channel.
+    fn one_pair_stream() -> mpsc::Receiver<pb::SnapshotChunk> {
+        let mut checksum = PairChecksum::default();
+        checksum.add(b"k1", b"v1", false);
+        let (chunks, inbox) = mpsc::channel(2);
+        let sent = chunks.try_send(pb::SnapshotChunk {
+            pairs: vec![pb::RawPair {
+                key: b"k1".to_vec(),
+                value: b"v1".to_vec(),
+            }],
+            transfer: 7,
+            last: true,
+            total_pairs: checksum.count(),
+            checksum: checksum.value(),
+            ..Default::default()
+        });
+        assert!(sent.is_ok());
+        inbox
+    }
+
+    #[test]
+    fn a_complete_snapshot_lands() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("store");
+        let span = Span::new(b"k".to_vec(), Some(b"l".to_vec()));
+        let copied = write_snapshot("peer", &store, &span, one_pair_stream(), &Mutex::new(false))
+            .expect("copied");
+        assert_eq!((copied.transfer, copied.pairs), (7, 1));
+        assert_eq!(store.get(b"k1").expect("get"), Some(b"v1".to_vec()));
+    }
+
+    #[test]
+    fn an_abandoned_snapshot_never_lands_even_when_complete() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("store");
+        let span = Span::new(b"k".to_vec(), Some(b"l".to_vec()));
+        // The receive's future is dropped (its prepare cancelled) before its
+        // writer reaches the ingest.
+        let guard = AbandonOnDrop(Arc::new(Mutex::new(false)));
+        let abandoned = guard.0.clone();
+        drop(guard);
+        let result = write_snapshot("peer", &store, &span, one_pair_stream(), &abandoned);
+        assert!(
+            matches!(result, Err(TransferError::Abandoned { .. })),
+            "{result:?}"
+        );
+        assert_eq!(store.get(b"k1").expect("get"), None, "it landed");
     }
 }
