@@ -20,7 +20,7 @@
 //! nothing ([`Reclaimer::release`], or after [`GIVE_UP_AFTER`]). Links a crash
 //! left behind are reclaimed the same way when the store opens again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -51,6 +51,13 @@ pub enum Pass {
     Empty,
 }
 
+/// What [`Trash::look_at`] did with one link.
+enum Look {
+    Cut,
+    Shared,
+    Skipped,
+}
+
 /// The reclaim directory and what a pass over it knows (pure of timing: the
 /// caller says what time it is, so tests run passes one by one).
 #[derive(Debug)]
@@ -58,6 +65,8 @@ pub struct Trash {
     dir: PathBuf,
     /// When each link was first seen still shared with RocksDB.
     shared_since: HashMap<PathBuf, Instant>,
+    /// Links that could be neither cut nor removed: skipped from then on.
+    stuck: HashSet<PathBuf>,
 }
 
 impl Trash {
@@ -65,43 +74,79 @@ impl Trash {
         Trash {
             dir,
             shared_since: HashMap::new(),
+            stuck: HashSet::new(),
         }
     }
 
     /// Cuts one file down by a step (or removes it once empty), or finds that
-    /// nothing can be cut now.
+    /// nothing can be cut now. A file that cannot be cut does not hold up the
+    /// others: its link is removed (its space then goes in one piece), and a
+    /// link that cannot even be removed is left alone from then on.
     pub fn pass(&mut self, now: Instant) -> io::Result<Pass> {
-        let mut waiting = false;
+        let mut shared = HashSet::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            if !meta.is_file() {
+            if self.stuck.contains(&path) {
                 continue;
             }
-            if meta.nlink() > 1 {
-                let since = *self.shared_since.entry(path.clone()).or_insert(now);
-                if now.saturating_duration_since(since) < GIVE_UP_AFTER {
-                    waiting = true;
-                    continue;
+            match self.look_at(&path, now) {
+                Ok(Look::Cut) => return Ok(Pass::Working),
+                Ok(Look::Shared) => {
+                    shared.insert(path);
                 }
-                tracing::debug!(path = %path.display(), "RocksDB still has this table file; its reclaim link goes");
-                self.forget(&path)?;
-                return Ok(Pass::Working);
+                Ok(Look::Skipped) => {}
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "could not cut a reclaimed table file down; removing its link whole");
+                    if let Err(error) = self.forget(&path) {
+                        tracing::warn!(path = %path.display(), %error, "could not remove a reclaim link either; leaving it");
+                        self.stuck.insert(path);
+                    }
+                    return Ok(Pass::Working);
+                }
             }
-            // The last name of a file RocksDB deleted: ours to free.
-            if meta.len() == 0 {
-                self.forget(&path)?;
-            } else {
-                let file = OpenOptions::new().write(true).open(&path)?;
-                file.set_len(meta.len().saturating_sub(STEP_BYTES))?;
-            }
-            return Ok(Pass::Working);
         }
-        Ok(if waiting { Pass::Waiting } else { Pass::Empty })
+        // A full pass: forget links that went since (released, or removed).
+        self.shared_since.retain(|path, _| shared.contains(path));
+        Ok(if shared.is_empty() {
+            Pass::Empty
+        } else {
+            Pass::Waiting
+        })
+    }
+
+    /// One link: cut down (or removed), still shared with RocksDB, or not a
+    /// regular file (never touched: only links [`Reclaimer::keep`] made are).
+    fn look_at(&mut self, path: &Path, now: Instant) -> io::Result<Look> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Ok(Look::Skipped),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Look::Skipped),
+            Err(e) => return Err(e),
+        }
+        // Judged by the open file, and cut through it: a name checked first
+        // and opened after could name another file by then.
+        let file = match OpenOptions::new().write(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Look::Skipped),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        if meta.nlink() > 1 {
+            let since = *self.shared_since.entry(path.to_owned()).or_insert(now);
+            if now.saturating_duration_since(since) < GIVE_UP_AFTER {
+                return Ok(Look::Shared);
+            }
+            tracing::debug!(path = %path.display(), "RocksDB still has this table file; its reclaim link goes");
+            self.forget(path)?;
+            return Ok(Look::Cut);
+        }
+        // The last name of a file RocksDB deleted: ours to free.
+        if meta.len() == 0 {
+            self.forget(path)?;
+        } else {
+            file.set_len(meta.len().saturating_sub(STEP_BYTES))?;
+        }
+        Ok(Look::Cut)
     }
 
     fn forget(&mut self, path: &Path) -> io::Result<()> {
@@ -122,6 +167,8 @@ pub struct Reclaimer {
     thread: Option<JoinHandle<()>>,
     /// Files linked so far (tests: a clear went through here).
     linked: AtomicU64,
+    /// Links removed by [`Reclaimer::release`] (tests).
+    released: AtomicU64,
 }
 
 impl Reclaimer {
@@ -139,6 +186,7 @@ impl Reclaimer {
             wake: Some(wake),
             thread: Some(thread),
             linked: AtomicU64::new(0),
+            released: AtomicU64::new(0),
         })
     }
 
@@ -165,14 +213,32 @@ impl Reclaimer {
     }
 
     /// Removes the link to `file`, which RocksDB keeps: nothing is freed.
+    /// Unless RocksDB has deleted it meanwhile (the link is its last name):
+    /// then the link stays, for the thread to cut the file down.
     pub fn release(&self, file: &Path) -> io::Result<()> {
         let Some(name) = file.file_name() else {
             return Ok(());
         };
-        match std::fs::remove_file(self.dir.join(name)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let link = self.dir.join(name);
+        match std::fs::symlink_metadata(&link) {
+            Ok(meta) if meta.nlink() > 1 => {}
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
         }
+        match std::fs::remove_file(&link) {
+            Ok(()) => {
+                self.released.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Links removed by [`Reclaimer::release`] so far.
+    pub fn released(&self) -> u64 {
+        self.released.load(Ordering::Relaxed)
     }
 
     /// Has the thread look at the directory now (RocksDB just deleted files).
@@ -329,10 +395,53 @@ mod tests {
         reclaimer.release(&table).expect("release");
         assert!(!reclaimer.dir().join("000014.sst").exists());
         assert_eq!(std::fs::metadata(&table).expect("table").len(), 3 << 20);
+        assert_eq!(reclaimer.released(), 1);
         // A file already deleted cannot be kept, and that is no error.
         reclaimer
             .keep(&root.path().join("000015.sst"))
             .expect("gone already");
+    }
+
+    #[test]
+    fn a_release_after_rocksdb_deleted_the_file_leaves_it_to_be_cut_down() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = reclaim_dir(root.path());
+        let table = root.path().join("000017.sst");
+        file_of(&table, 3);
+        std::fs::hard_link(&table, dir.join("000017.sst")).expect("link");
+        std::fs::remove_file(&table).expect("RocksDB deletes it");
+        // Not through a running thread: the link must still be there after.
+        let reclaimer = Reclaimer {
+            dir: dir.clone(),
+            wake: None,
+            thread: None,
+            linked: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+        };
+        reclaimer.release(&table).expect("release");
+        assert_eq!(reclaimer.released(), 0);
+        assert_eq!(pending_bytes(&dir).expect("pending"), 3 << 20);
+    }
+
+    #[test]
+    fn what_is_not_a_regular_file_is_skipped_and_holds_nothing_up() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = reclaim_dir(root.path());
+        // A directory and a symlink to a live file: neither is touched.
+        std::fs::create_dir(dir.join("odd")).expect("dir");
+        let live = root.path().join("live.sst");
+        file_of(&live, 5);
+        std::os::unix::fs::symlink(&live, dir.join("000001.sst")).expect("symlink");
+        file_of(&dir.join("000002.sst"), 1);
+        let mut trash = Trash::new(dir.clone());
+        let now = Instant::now();
+        while trash.pass(now).expect("pass") == Pass::Working {}
+        assert!(
+            !dir.join("000002.sst").exists(),
+            "the real leftover was reclaimed"
+        );
+        assert_eq!(std::fs::metadata(&live).expect("live").len(), 5 << 20);
+        assert!(dir.join("odd").is_dir());
     }
 
     #[test]
