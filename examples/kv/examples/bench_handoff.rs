@@ -112,6 +112,21 @@ fn raw_copy(from: &Path, to: &Path, sync: bool) -> anyhow::Result<(u64, Duration
     Ok((bytes, began.elapsed()))
 }
 
+/// Copies the database files of `source` into a new directory (kept in
+/// `copies`, removed later: see where the caller removes them), synced or not;
+/// the rate in MB/s.
+async fn timed_copy(
+    source: &Path,
+    sync: bool,
+    copies: &mut Vec<tempfile::TempDir>,
+) -> anyhow::Result<f64> {
+    let target = tempfile::tempdir()?;
+    let (from, to) = (source.to_owned(), target.path().to_owned());
+    let (bytes, time) = tokio::task::spawn_blocking(move || raw_copy(&from, &to, sync)).await??;
+    copies.push(target);
+    Ok(bytes as f64 / 1e6 / time.as_secs_f64())
+}
+
 /// A file of the live store that a compaction deleted between listing the
 /// directory and opening it is not an error: it is no longer part of the store.
 fn vanished_is_none<T>(result: std::io::Result<T>) -> std::io::Result<Option<T>> {
@@ -239,22 +254,12 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..moves {
             // The raw copy: the source's database files, as they are on disk now.
             let source_dir = dirs[if holder.as_str() == "a" { 0 } else { 1 }].path();
-            let copy_dir = tempfile::tempdir()?;
             // Both copies read the source from the page cache, as the move does
             // (its data was just written): read it once first.
             let warm = source_dir.to_owned();
             tokio::task::spawn_blocking(move || warm_up(&warm)).await??;
-            let (source, target) = (source_dir.to_owned(), copy_dir.path().to_owned());
-            let (raw_bytes, raw_time) =
-                tokio::task::spawn_blocking(move || raw_copy(&source, &target, false)).await??;
-            raw_rates.push(raw_bytes as f64 / 1e6 / raw_time.as_secs_f64());
-            copies.push(copy_dir);
-            let synced_dir = tempfile::tempdir()?;
-            let (source, target) = (source_dir.to_owned(), synced_dir.path().to_owned());
-            let (synced_bytes, synced_time) =
-                tokio::task::spawn_blocking(move || raw_copy(&source, &target, true)).await??;
-            synced_rates.push(synced_bytes as f64 / 1e6 / synced_time.as_secs_f64());
-            copies.push(synced_dir);
+            raw_rates.push(timed_copy(source_dir, false, &mut copies).await?);
+            synced_rates.push(timed_copy(source_dir, true, &mut copies).await?);
 
             let to = nodes
                 .keys()
@@ -277,18 +282,14 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             anyhow::ensure!(quiet.passed(), "the hammer lost writes: {quiet}");
             // The synced raw copy again, under the same hammer as the move.
-            let loaded_dir = tempfile::tempdir()?;
-            let (source, target) = (source_dir.to_owned(), loaded_dir.path().to_owned());
             let (stop_loaded, loaded_stopped) = tokio::sync::oneshot::channel::<()>();
             let loading = tokio::spawn(hammer::run(config.clone(), loaded_stopped));
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let (loaded_bytes, loaded_time) =
-                tokio::task::spawn_blocking(move || raw_copy(&source, &target, true)).await??;
+            let loaded_rate = timed_copy(source_dir, true, &mut copies).await?;
             let _ = stop_loaded.send(());
             let loaded = loading.await??;
             anyhow::ensure!(loaded.passed(), "the hammer lost writes: {loaded}");
-            loaded_rates.push(loaded_bytes as f64 / 1e6 / loaded_time.as_secs_f64());
-            copies.push(loaded_dir);
+            loaded_rates.push(loaded_rate);
             let q = &quiet.latency;
             floors.push(q.update.max_ms.max(q.create.max_ms));
             let _ = proxy.take_longest_handoff_wait();

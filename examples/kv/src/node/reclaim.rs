@@ -26,7 +26,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -151,10 +151,16 @@ impl Trash {
 
     fn forget(&mut self, path: &Path) -> io::Result<()> {
         self.shared_since.remove(path);
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_if_present(path).map(drop)
+    }
+}
+
+/// Removes `path`; whether it was there (gone already is no error).
+fn remove_if_present(path: &Path) -> io::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -193,10 +199,10 @@ impl Reclaimer {
     /// Links `file` (a table file RocksDB is about to delete) into the reclaim
     /// directory. A file already gone is fine: RocksDB deleted it first.
     pub fn keep(&self, file: &Path) -> io::Result<()> {
-        let Some(name) = file.file_name() else {
+        let Some(link) = self.link_of(file) else {
             return Ok(());
         };
-        match std::fs::hard_link(file, self.dir.join(name)) {
+        match std::fs::hard_link(file, link) {
             Ok(()) => {
                 self.linked.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -216,24 +222,24 @@ impl Reclaimer {
     /// Unless RocksDB has deleted it meanwhile (the link is its last name):
     /// then the link stays, for the thread to cut the file down.
     pub fn release(&self, file: &Path) -> io::Result<()> {
-        let Some(name) = file.file_name() else {
+        let Some(link) = self.link_of(file) else {
             return Ok(());
         };
-        let link = self.dir.join(name);
         match std::fs::symlink_metadata(&link) {
             Ok(meta) if meta.nlink() > 1 => {}
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         }
-        match std::fs::remove_file(&link) {
-            Ok(()) => {
-                self.released.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+        if remove_if_present(&link)? {
+            self.released.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    /// Where `file`'s link in the reclaim directory is (by its name).
+    fn link_of(&self, file: &Path) -> Option<PathBuf> {
+        file.file_name().map(|name| self.dir.join(name))
     }
 
     /// Links removed by [`Reclaimer::release`] so far.
@@ -244,9 +250,8 @@ impl Reclaimer {
     /// Has the thread look at the directory now (RocksDB just deleted files).
     pub fn wake(&self) {
         if let Some(wake) = &self.wake {
-            match wake.try_send(()) {
-                Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
-            }
+            // Full: a wake-up is pending already. Disconnected: no thread.
+            let _ = wake.try_send(());
         }
     }
 

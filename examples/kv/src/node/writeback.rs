@@ -35,7 +35,7 @@
 //! `SstFileWriter::finish`) is what makes it durable, and it reports failure.
 
 use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -49,37 +49,43 @@ pub const WRITEBACK_STEP_BYTES: u64 = 512 << 10;
 pub struct Writeback {
     /// A rendezvous channel: asking for a step waits until the thread has
     /// finished the one before.
-    requests: Option<SyncSender<PathBuf>>,
-    /// The file being written.
-    file: Option<PathBuf>,
+    requests: Option<SyncSender<Arc<File>>>,
+    /// The file being written, opened once for all its steps (a sync covers
+    /// the file, whichever descriptor asks).
+    file: Option<Arc<File>>,
     /// Its size at which the next step is due.
     due: u64,
     /// Steps asked for (whether or not one was waiting already).
     asked: u64,
-    /// Steps the thread took, and those that failed.
-    outcomes: Arc<[AtomicU64; 2]>,
+    steps: Arc<Steps>,
+}
+
+/// What the thread did, for tests and logs.
+#[derive(Debug, Default)]
+struct Steps {
+    taken: AtomicU64,
+    /// Failed steps, and files that could not be opened for steps.
+    failed: AtomicU64,
 }
 
 impl Writeback {
     /// Starts the thread. Without one (the system refused it), writes are
     /// still correct, only their syncs come in bigger pieces: logged, not fatal.
     pub fn start() -> Writeback {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<PathBuf>(0);
-        let outcomes = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-        let counted = outcomes.clone();
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Arc<File>>(0);
+        let steps = Arc::new(Steps::default());
+        let counted = steps.clone();
         let spawned = std::thread::Builder::new()
             .name("copy-writeback".into())
             .spawn(move || {
-                for path in receiver {
-                    let outcome = sync_data(&path);
-                    if let Err(error) = &outcome {
-                        tracing::debug!(
-                            path = %path.display(),
-                            %error,
-                            "a writeback step failed; the file's final sync still decides"
-                        );
-                    }
-                    counted[usize::from(outcome.is_err())].fetch_add(1, Ordering::Relaxed);
+                for file in receiver {
+                    match file.sync_data() {
+                        Ok(()) => counted.taken.fetch_add(1, Ordering::Relaxed),
+                        Err(error) => {
+                            tracing::debug!(%error, "a writeback step failed; the file's final sync still decides");
+                            counted.failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
                 }
             });
         let requests = match spawned {
@@ -94,14 +100,22 @@ impl Writeback {
             file: None,
             due: WRITEBACK_STEP_BYTES,
             asked: 0,
-            outcomes,
+            steps,
         }
     }
 
-    /// The copy has started writing the (new, empty) file at `path`.
+    /// The copy has started writing the (new, empty) file at `path`. A file
+    /// that cannot be opened for steps gets none (logged, counted as failed).
     pub fn begin(&mut self, path: &Path) {
-        self.file = Some(path.to_owned());
         self.due = WRITEBACK_STEP_BYTES;
+        self.file = match OpenOptions::new().write(true).open(path) {
+            Ok(file) => Some(Arc::new(file)),
+            Err(error) => {
+                tracing::debug!(path = %path.display(), %error, "no writeback for this table file; its final sync still decides");
+                self.steps.failed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
     }
 
     /// The file being written has grown to `size` bytes: asks for a step once
@@ -128,20 +142,13 @@ impl Writeback {
 
     /// Steps taken so far (tests: the file was synced while it filled).
     pub fn taken(&self) -> u64 {
-        self.outcomes[0].load(Ordering::Relaxed)
+        self.steps.taken.load(Ordering::Relaxed)
     }
 
     /// Steps that failed so far (logged; the final sync decides).
     pub fn failed(&self) -> u64 {
-        self.outcomes[1].load(Ordering::Relaxed)
+        self.steps.failed.load(Ordering::Relaxed)
     }
-}
-
-/// Flushes the file's written pages to disk through a descriptor of its own
-/// (a sync covers the file, whichever descriptor asks).
-fn sync_data(path: &Path) -> std::io::Result<()> {
-    let file: File = OpenOptions::new().write(true).open(path)?;
-    file.sync_data()
 }
 
 #[cfg(test)]
