@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta};
+use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta, ReplicaGroup};
 
 /// Why a storage system's callback failed. The rangelet reports the message to the
 /// controller (and rolls the range back to its previous state), so make it say what
@@ -68,4 +68,20 @@ pub trait Node: Send + Sync + 'static {
         &self,
         id: RangeId,
     ) -> impl Future<Output = Result<LoadInfo, CallbackError>> + Send;
+
+    /// The replica groups of this node's replicated ranges (more than one
+    /// active copy wanted), as every probe from the controller carries them:
+    /// which copy takes writes and which copies it must forward them to.
+    ///
+    /// Only a storage system that replicates writes between a range's copies
+    /// needs it; the default ignores it, so the five callbacks above stay the
+    /// whole interface for the others. It is called once the probe's term has
+    /// been checked (a deposed controller's groups never arrive), before the
+    /// probe is answered: return quickly and run long work in a task of your
+    /// own. Groups may repeat and arrive in any order across probes; compare
+    /// their epochs.
+    fn replica_groups(&self, groups: Vec<ReplicaGroup>) -> impl Future<Output = ()> + Send {
+        let _ = groups;
+        async {}
+    }
 }

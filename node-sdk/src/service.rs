@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use futures::Stream;
 use ranger_proto::pb::ranger as pb;
-use ranger_proto::{ConversionError, Parent, RangeId, RangeMeta, RemoteState, convert};
+use ranger_proto::{
+    ConversionError, Parent, RangeId, RangeMeta, RemoteState, ReplicaGroup, convert,
+};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -187,7 +189,17 @@ impl<N: Node> pb::node_server::Node for NodeService<N> {
         let request = request.into_inner();
         let lease_millis = request.lease_millis;
         let lease = (lease_millis > 0).then(|| Duration::from_millis(lease_millis));
+        // Checked before anything changes: a bad group refuses the whole probe.
+        let groups = request
+            .groups
+            .into_iter()
+            .map(ReplicaGroup::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ranges = self.rangelet.info_in_term(request.term, lease).await?;
+        if !groups.is_empty() {
+            self.rangelet.node().replica_groups(groups).await;
+        }
         Ok(Response::new(pb::InfoResponse {
             ranges: ranges.iter().map(pb::RangeInfo::from).collect(),
             want_drain: self.rangelet.wants_drain(),

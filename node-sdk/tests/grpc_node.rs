@@ -511,6 +511,7 @@ fn info_request(lease_millis: u64) -> pb::InfoRequest {
     pb::InfoRequest {
         lease_millis,
         term: 0,
+        groups: vec![],
     }
 }
 
@@ -629,6 +630,7 @@ async fn commands_and_probes_from_an_older_controller_term_are_refused_as_stale(
         c.info(pb::InfoRequest {
             lease_millis: 60_000,
             term: 4,
+            groups: vec![],
         })
         .await,
         "info",
@@ -659,6 +661,7 @@ async fn commands_and_probes_from_an_older_controller_term_are_refused_as_stale(
         c.info(pb::InfoRequest {
             lease_millis: 0,
             term: 5,
+            groups: vec![],
         })
         .await,
         "info after term 6",

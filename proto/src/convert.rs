@@ -6,6 +6,7 @@
 use crate::pb::ranger as pb;
 use crate::{
     InvalidBounds, Key, LoadCut, LoadInfo, PlacementState, RangeId, RangeMeta, RemoteState,
+    ReplicaGroup,
 };
 
 /// Why wire data could not become a domain value.
@@ -33,6 +34,8 @@ pub enum ConversionError {
     /// The value as text: an f64 (NaN among them) has no `Eq`.
     #[error("capacity must be a positive number, not {0}")]
     BadCapacity(String),
+    #[error("bad replica group of range {range}: {reason}")]
+    BadReplicaGroup { range: u64, reason: &'static str },
 }
 
 /// A node's declared capacity from the wire: 0 (unset, as the reference sends)
@@ -246,6 +249,49 @@ impl From<&Parent> for pb::Parent {
     }
 }
 
+impl TryFrom<pb::ReplicaGroup> for ReplicaGroup {
+    type Error = ConversionError;
+
+    fn try_from(value: pb::ReplicaGroup) -> Result<Self, Self::Error> {
+        let range = RangeId::new(value.range)?;
+        if value.members.iter().any(String::is_empty) {
+            return Err(ConversionError::BadReplicaGroup {
+                range: value.range,
+                reason: "a member without an address",
+            });
+        }
+        let primary = (!value.primary.is_empty()).then_some(value.primary);
+        if let Some(primary) = &primary
+            && !value.members.contains(primary)
+        {
+            return Err(ConversionError::BadReplicaGroup {
+                range: value.range,
+                reason: "the primary is not a member",
+            });
+        }
+        let mut members = value.members;
+        members.sort();
+        members.dedup();
+        Ok(ReplicaGroup {
+            range,
+            epoch: value.epoch,
+            primary,
+            members,
+        })
+    }
+}
+
+impl From<&ReplicaGroup> for pb::ReplicaGroup {
+    fn from(value: &ReplicaGroup) -> Self {
+        pb::ReplicaGroup {
+            range: value.range.get(),
+            epoch: value.epoch,
+            primary: value.primary.clone().unwrap_or_default(),
+            members: value.members.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +452,47 @@ mod tests {
         ] {
             assert_eq!(with(bad.clone()), 0, "{bad:?}");
         }
+    }
+
+    fn wire_group(primary: &str, members: &[&str]) -> pb::ReplicaGroup {
+        pb::ReplicaGroup {
+            range: 7,
+            epoch: ReplicaGroup::epoch_of(2, 5),
+            primary: primary.into(),
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_replica_group_round_trips_with_its_members_sorted() {
+        let group = ReplicaGroup::try_from(wire_group("b:1", &["c:1", "b:1", "a:1"])).unwrap();
+        assert_eq!(group.members, vec!["a:1", "b:1", "c:1"]);
+        assert_eq!(group.primary.as_deref(), Some("b:1"));
+        let back = ReplicaGroup::try_from(pb::ReplicaGroup::from(&group)).unwrap();
+        assert_eq!(back, group);
+    }
+
+    #[test]
+    fn a_replica_group_without_primary_is_fine_and_one_with_a_stranger_primary_is_refused() {
+        assert_eq!(
+            ReplicaGroup::try_from(wire_group("", &["a:1"]))
+                .unwrap()
+                .primary,
+            None
+        );
+        assert!(matches!(
+            ReplicaGroup::try_from(wire_group("z:1", &["a:1"])),
+            Err(ConversionError::BadReplicaGroup { .. })
+        ));
+        assert!(matches!(
+            ReplicaGroup::try_from(wire_group("", &["a:1", ""])),
+            Err(ConversionError::BadReplicaGroup { .. })
+        ));
+        let mut zero = wire_group("", &["a:1"]);
+        zero.range = 0;
+        assert_eq!(
+            ReplicaGroup::try_from(zero),
+            Err(ConversionError::ZeroRangeId)
+        );
     }
 }

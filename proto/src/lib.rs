@@ -15,6 +15,7 @@ mod key;
 mod load;
 mod membership;
 mod meta;
+mod replica;
 mod state;
 
 pub use command::{Command, Outcome};
@@ -24,6 +25,7 @@ pub use key::{Key, KeyParseError};
 pub use load::{LoadCut, LoadInfo};
 pub use membership::{Membership, parse_node_list};
 pub use meta::{InvalidBounds, RangeMeta};
+pub use replica::ReplicaGroup;
 pub use state::{PlacementState, RangeState, RemoteState};
 
 /// The gRPC metadata entry in which the controller names the operation a

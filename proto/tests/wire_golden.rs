@@ -186,6 +186,7 @@ fn info_and_ranges() {
         pb::InfoRequest {
             lease_millis: 0,
             term: 0,
+            groups: vec![],
         },
         &[],
     );
@@ -193,6 +194,7 @@ fn info_and_ranges() {
         pb::InfoRequest {
             lease_millis: 300,
             term: 0,
+            groups: vec![],
         },
         &[0x08, 0xac, 0x02],
     );
@@ -258,6 +260,7 @@ fn every_command_and_the_probe_carry_the_controller_term_in_field_16() {
         pb::InfoRequest {
             lease_millis: 300,
             term: 7,
+            groups: vec![],
         },
         &with_term(&[0x08, 0xac, 0x02]),
     );
@@ -266,8 +269,26 @@ fn every_command_and_the_probe_carry_the_controller_term_in_field_16() {
         pb::InfoRequest {
             lease_millis: 0,
             term: 300,
+            groups: vec![],
         },
         &[0x80, 0x01, 0xac, 0x02],
+    );
+    // Our replica groups (field 17, tag 0x8a 0x01): range 7, epoch 5,
+    // primary "a", members ["a"].
+    assert_wire(
+        pb::InfoRequest {
+            lease_millis: 0,
+            term: 0,
+            groups: vec![pb::ReplicaGroup {
+                range: 7,
+                epoch: 5,
+                primary: "a".into(),
+                members: vec!["a".into()],
+            }],
+        },
+        &[
+            0x8a, 0x01, 10, 0x08, 7, 0x10, 5, 0x1a, 1, b'a', 0x22, 1, b'a',
+        ],
     );
 }
 

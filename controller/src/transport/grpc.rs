@@ -168,12 +168,18 @@ impl NodeTransport for GrpcTransport {
     ) -> ProbeAnswer {
         let mut client = self.client(addr).map_err(|e| e.to_string())?;
         let lease_millis = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-        let response =
-            tokio::time::timeout(timeout, client.info(pb::InfoRequest { lease_millis, term }))
-                .await
-                .map_err(|_| format!("no answer within {timeout:?}"))?
-                .map_err(|s| call_error(s, None).to_string())?
-                .into_inner();
+        let response = tokio::time::timeout(
+            timeout,
+            client.info(pb::InfoRequest {
+                lease_millis,
+                term,
+                groups: vec![],
+            }),
+        )
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|s| call_error(s, None).to_string())?
+        .into_inner();
         let ranges = response
             .ranges
             .into_iter()
