@@ -124,6 +124,20 @@ impl Kv for Fake {
     ) -> Result<Response<EndTransferResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn replicate(
+        &self,
+        _: Request<ReplicateRequest>,
+    ) -> Result<Response<ReplicateResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn take_over(
+        &self,
+        _: Request<TakeOverRequest>,
+    ) -> Result<Response<TakeOverResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 async fn serve() -> (SocketAddr, Arc<Fake>) {

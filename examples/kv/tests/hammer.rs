@@ -150,6 +150,20 @@ impl Kv for Fake {
     ) -> Result<Response<EndTransferResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn replicate(
+        &self,
+        _: Request<ReplicateRequest>,
+    ) -> Result<Response<ReplicateResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn take_over(
+        &self,
+        _: Request<TakeOverRequest>,
+    ) -> Result<Response<TakeOverResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// Serves a fake on 127.0.0.1:0 for the rest of the test.

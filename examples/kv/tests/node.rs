@@ -1154,6 +1154,20 @@ impl pb::kv_server::Kv for ReferenceKv {
     ) -> Result<tonic::Response<pb::EndTransferResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("kv.KV/EndTransfer"))
     }
+
+    async fn replicate(
+        &self,
+        _: tonic::Request<pb::ReplicateRequest>,
+    ) -> Result<tonic::Response<pb::ReplicateResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+
+    async fn take_over(
+        &self,
+        _: tonic::Request<pb::TakeOverRequest>,
+    ) -> Result<tonic::Response<pb::TakeOverResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
 }
 
 async fn serve_reference_kv(stub: ReferenceKv) -> SocketAddr {

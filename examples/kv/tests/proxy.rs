@@ -253,6 +253,20 @@ impl Kv for FakeKv {
     ) -> Result<Response<kv::EndTransferResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn replicate(
+        &self,
+        _request: Request<kv::ReplicateRequest>,
+    ) -> Result<Response<kv::ReplicateResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn take_over(
+        &self,
+        _request: Request<kv::TakeOverRequest>,
+    ) -> Result<Response<kv::TakeOverResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A running fake node: its address, its rangelet (to drive ranges) and its data.

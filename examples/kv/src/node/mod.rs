@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod packed;
 mod recent;
 pub mod reclaim;
+pub mod replica;
 pub mod server;
 pub mod service;
 pub mod sources;
@@ -43,7 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ranger_node_sdk::{CallbackError, Node, NodeMetrics, StateStore};
-use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta};
+use ranger_proto::{LoadInfo, Parent, PlacementState, RangeId, RangeMeta, ReplicaGroup};
 use tokio::sync::RwLock;
 use tonic::transport::Channel;
 
@@ -150,6 +151,8 @@ struct Inner {
     acks: Option<ack_log::AckLog>,
     /// Requests and store size (the SDK's metrics are in `config.metrics`).
     metrics: KvNodeMetrics,
+    /// Write replication of replicated ranges (R3; see [`replica`]).
+    replicas: replica::Replicas,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -199,6 +202,7 @@ impl KvNode {
                 instance: rand::random(),
                 acks,
                 metrics: KvNodeMetrics::default(),
+                replicas: replica::Replicas::default(),
             }),
         })
     }
@@ -257,11 +261,14 @@ impl Node for KvNode {
     async fn prepare(&self, meta: RangeMeta, parents: Vec<Parent>) -> Result<(), CallbackError> {
         let id = meta.id();
         lock(&self.inner.held).insert(id, meta.clone());
+        let joining = copies_a_serving_range(&meta, &parents, &self.inner.config.self_addr);
+        self.inner.replicas.set_joining(id, joining);
         match self.copy_in(&meta, &parents).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::warn!(range = %id, error = %e, "prepare failed; what was copied is cleared");
                 lock(&self.inner.held).remove(&id);
+                self.inner.replicas.set_joining(id, false);
                 Err(e)
             }
         }
@@ -313,6 +320,13 @@ impl Node for KvNode {
                 self.clear(&part).await.map_err(failed)?;
             }
         }
+        // The copy no longer follows any log: if the range comes back here,
+        // it is copied (and attached) again.
+        self.inner
+            .store
+            .set_replica_record(id, None)
+            .map_err(failed)?;
+        self.inner.replicas.forget(id);
         lock(&self.inner.held).remove(&id);
         self.inner.trackers.forget_range(id);
         lock(&self.inner.gates).remove(&id);
@@ -336,4 +350,21 @@ impl Node for KvNode {
             .await
             .map_err(failed)
     }
+
+    async fn replica_groups(&self, groups: Vec<ReplicaGroup>) {
+        self.apply_replica_groups(groups);
+    }
+}
+
+/// Whether a prepare of `meta` copies the range itself from a copy that serves
+/// it (a move, or a replica added to a replicated range), rather than from
+/// frozen parents or nothing: such a copy joins the range's replica log, if it
+/// has one, at its delta.
+fn copies_a_serving_range(meta: &RangeMeta, parents: &[Parent], self_addr: &str) -> bool {
+    parents.iter().any(|p| {
+        p.meta.id() == meta.id()
+            && p.placements
+                .iter()
+                .any(|pl| pl.state == PlacementState::Active && pl.node_addr != self_addr)
+    })
 }

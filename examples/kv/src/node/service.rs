@@ -281,6 +281,24 @@ impl pb::kv_server::Kv for KvService {
                 let request = request.into_inner();
                 let source = range_id(request.source_range)?;
                 let range_span = self.held_span(source)?;
+                // A serving replicated range is copied from its primary only:
+                // the copy's delta needs the primary's write tracking.
+                if self.rangelet.state(source) == RemoteState::Active
+                    && let Err(not_primary) = self.node.check_replicated_client(source)
+                {
+                    let mut status = Status::failed_precondition(format!(
+                        "range {source} is replicated and this copy is not its primary; copy from the primary"
+                    ));
+                    if let Some(primary) = not_primary
+                        .primary
+                        .and_then(|p| tonic::metadata::MetadataValue::try_from(p).ok())
+                    {
+                        status
+                            .metadata_mut()
+                            .insert(super::transfer::PRIMARY_HEADER, primary);
+                    }
+                    return Err(status);
+                }
                 let span = Span::from_wire(request.start, request.end);
                 if !span.within(&range_span) {
                     return Err(Status::invalid_argument(format!(
@@ -307,21 +325,35 @@ impl pb::kv_server::Kv for KvService {
         let requests = &self.node.metrics().requests;
         requests
             .observe("Delta", async move {
-                let transfer = request.into_inner().transfer;
+                let request = request.into_inner();
+                let transfer = request.transfer;
                 let unknown = || {
                     Status::not_found(format!(
                         "transfer {transfer} is unknown here (the source restarted or dropped the range)"
                     ))
                 };
-                let (source, _span, keys) =
+                let (source, _span, _keys) =
                     self.node.trackers().changes(transfer).ok_or_else(unknown)?;
                 let state = self.rangelet.state(source);
+                let joins = state == RemoteState::Active
+                    && !request.joiner.is_empty()
+                    && self.node.serves_as_primary(source);
+                if joins {
+                    let stream = self.node.join_delta(source, transfer, request.joiner).await?;
+                    let stream: Self::DeltaStream = Box::pin(stream);
+                    return Ok(Response::new(stream));
+                }
                 if state != RemoteState::Inactive {
                     return Err(Status::failed_precondition(format!(
                         "range {source} is {state} here: the delta is final only once it is Inactive"
                     )));
                 }
-                let stream: Self::DeltaStream = Box::pin(self.node.stream_delta(keys));
+                // Where a replicated range's log stands, read before the keys:
+                // every entry up to it is among them.
+                let tail = self.node.replica_tail(source).await;
+                let (_, _, keys) = self.node.trackers().changes(transfer).ok_or_else(unknown)?;
+                let stream: Self::DeltaStream =
+                    Box::pin(self.node.stream_delta(keys, tail, Box::new(|_| {})));
                 Ok(Response::new(stream))
             })
             .await
@@ -336,6 +368,49 @@ impl pb::kv_server::Kv for KvService {
             .observe("EndTransfer", async move {
                 self.node.trackers().end(request.into_inner().transfer);
                 Ok(Response::new(pb::EndTransferResponse {}))
+            })
+            .await
+    }
+
+    async fn replicate(
+        &self,
+        request: Request<pb::ReplicateRequest>,
+    ) -> Result<Response<pb::ReplicateResponse>, Status> {
+        let requests = &self.node.metrics().requests;
+        requests
+            .observe("Replicate", async move {
+                let request = request.into_inner();
+                let range = range_id(request.range)?;
+                let entry = request
+                    .entry
+                    .ok_or_else(|| Status::invalid_argument("a Replicate without an entry"))?;
+                if entry.seq == 0 {
+                    return Err(Status::invalid_argument(
+                        "entry sequence numbers start at 1",
+                    ));
+                }
+                self.node
+                    .apply_replicated(range, request.epoch, entry)
+                    .await?;
+                Ok(Response::new(pb::ReplicateResponse {}))
+            })
+            .await
+    }
+
+    async fn take_over(
+        &self,
+        request: Request<pb::TakeOverRequest>,
+    ) -> Result<Response<pb::TakeOverResponse>, Status> {
+        let requests = &self.node.metrics().requests;
+        requests
+            .observe("TakeOver", async move {
+                let request = request.into_inner();
+                let range = range_id(request.range)?;
+                if request.epoch == 0 {
+                    return Err(Status::invalid_argument("epoch 0 is no controller's"));
+                }
+                let answer = self.node.answer_take_over(range, request.epoch).await?;
+                Ok(Response::new(answer))
             })
             .await
     }

@@ -28,6 +28,9 @@ const RANGE_PREFIX: &[u8] = b"range/";
 /// restarted node still refuses a deposed controller's late commands.
 const TERM_KEY: &[u8] = b"controller-term";
 const PENDING_PREFIX: &[u8] = b"pending/";
+/// Per replicated range: how far this copy follows the replica log (see
+/// `node::replica`), written in the same batch as the data it describes.
+const REPLICA_PREFIX: &[u8] = b"replica/";
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,10 @@ pub struct PendingTransfer {
     pub source_addr: String,
     /// The source's transfer id (unused with `dump`).
     pub transfer: u64,
+    /// A copy of the range itself from a copy that was serving it: if the
+    /// range is replicated, this copy joins its replica log at the delta.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
     /// Copy this part with `Dump` at activation, once the source is frozen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump: Option<DumpFrom>,
@@ -270,6 +277,38 @@ impl Store {
         self.db
             .write_opt(batch, &Self::sync_write())
             .map_err(rocks("write batch"))
+    }
+
+    /// Writes `batch` and `range`'s replica record (see `node::replica`)
+    /// atomically; returns once both are in the synced WAL. Blocking.
+    pub fn write_with_replica_record(
+        &self,
+        mut batch: WriteBatch,
+        range: RangeId,
+        record: &[u8],
+    ) -> Result<(), StoreError> {
+        batch.put_cf(self.ranger_cf()?, Self::key(REPLICA_PREFIX, range), record);
+        self.write(batch)
+    }
+
+    /// `range`'s replica record, if this copy follows a replica log.
+    pub fn replica_record(&self, range: RangeId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get_cf(self.ranger_cf()?, Self::key(REPLICA_PREFIX, range))
+            .map_err(rocks("get replica record"))
+    }
+
+    /// Replaces (or, with `None`, removes) `range`'s replica record, synced.
+    pub fn set_replica_record(
+        &self,
+        range: RangeId,
+        record: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let key = Self::key(REPLICA_PREFIX, range);
+        match record {
+            Some(record) => self.put_meta(&key, record),
+            None => self.delete_meta(&key),
+        }
     }
 
     /// Writes `batch` atomically without waiting for the WAL sync: for transfer

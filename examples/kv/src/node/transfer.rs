@@ -282,7 +282,24 @@ pub struct Applied {
     pub changes: u64,
     /// Key and value bytes received.
     pub bytes: u64,
+    /// Where the source's replica log stood at the delta's end, if the source
+    /// range is replicated (see [`super::replica`]).
+    pub replica: Option<ReplicaTail>,
 }
+
+/// A replicated source's log position at the end of a delta.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaTail {
+    pub epoch: u64,
+    pub seq: u64,
+    /// The source (its serving primary) made the destination a member.
+    pub joined: bool,
+}
+
+/// The metadata entry in which a copy of a replicated range that is not its
+/// primary names the primary when it refuses a snapshot: a copy joining the
+/// range must copy from the primary, whose write tracking its delta needs.
+pub const PRIMARY_HEADER: &str = "ranger-kv-primary";
 
 /// The response header in which a node names its running instance, so that a
 /// destination recognises itself behind an address it does not know as its own.
@@ -512,6 +529,7 @@ pub async fn fetch_delta(
     peer: &mut Peer,
     store: &Store,
     transfer: u64,
+    joiner: &str,
 ) -> Result<Applied, TransferError> {
     let Peer {
         client,
@@ -523,7 +541,10 @@ pub async fn fetch_delta(
         addr,
         timeout,
         "delta",
-        client.delta(pb::DeltaRequest { transfer }),
+        client.delta(pb::DeltaRequest {
+            transfer,
+            joiner: joiner.to_owned(),
+        }),
     )
     .await?
     .into_inner();
@@ -546,6 +567,11 @@ pub async fn fetch_delta(
             return Ok(Applied {
                 changes: checksum.count(),
                 bytes,
+                replica: chunk.replicated.then_some(ReplicaTail {
+                    epoch: chunk.replica_epoch,
+                    seq: chunk.replica_seq,
+                    joined: chunk.joined,
+                }),
             });
         }
     }
@@ -628,6 +654,13 @@ impl KvNode {
     /// call through it is bounded (see [`Peer`]); HTTP/2 keepalive
     /// pings find a dead connection even while no call is in flight.
     fn peer(&self, addr: &str) -> Result<Peer, CallbackError> {
+        let client = self.peer_client(addr)?;
+        Ok(Peer::new(client, addr, self.inner.config.peer_timeout))
+    }
+
+    /// The bare client behind [`KvNode::peer`] (replication bounds its calls
+    /// itself).
+    pub(super) fn peer_client(&self, addr: &str) -> Result<KvClient<Channel>, CallbackError> {
         let timeout = self.inner.config.peer_timeout;
         let mut peers = lock(&self.inner.peers);
         let channel = match peers.get(addr) {
@@ -647,10 +680,9 @@ impl KvNode {
                 channel
             }
         };
-        let client = KvClient::new(channel)
+        Ok(KvClient::new(channel)
             .max_decoding_message_size(super::service::MESSAGE_LIMIT)
-            .max_encoding_message_size(super::service::MESSAGE_LIMIT);
-        Ok(Peer::new(client, addr, timeout))
+            .max_encoding_message_size(super::service::MESSAGE_LIMIT))
     }
 
     /// Where `meta`'s data is now (see [`sources`]).
@@ -730,9 +762,12 @@ impl KvNode {
         span: &Span,
         touched: &mut Vec<Span>,
     ) -> Result<PendingTransfer, CallbackError> {
-        let mut peer = self.peer(addr)?;
         let began = std::time::Instant::now();
-        let opened = open_snapshot(&mut peer, source_range, span, self.inner.instance).await;
+        let (addr, peer, opened) = self.open_at_primary(addr, source_range, span).await?;
+        let addr = addr.as_str();
+        // A copy of the range itself from a copy that serves it: the delta
+        // joins it to the range's replica log, if there is one.
+        let join = source_range == id && self.inner.replicas.is_joining(id);
         let copied = match opened {
             Ok(open) => {
                 // Nothing this node held under the span survives the copy. (Only
@@ -755,6 +790,7 @@ impl KvNode {
                 return Ok(PendingTransfer {
                     source_addr: addr.to_owned(),
                     transfer: 0,
+                    join: false,
                     dump: Some(DumpFrom {
                         source_range: source_range.get(),
                         span: span.clone(),
@@ -791,8 +827,42 @@ impl KvNode {
         Ok(PendingTransfer {
             source_addr: addr.to_owned(),
             transfer: copied.transfer,
+            join,
             dump: None,
         })
+    }
+
+    /// Opens a snapshot of `span` of `source_range` at `addr`, or, when that
+    /// copy refuses because the range is replicated and it is not the primary,
+    /// at the primary it names (once: a second refusal fails the copy).
+    async fn open_at_primary(
+        &self,
+        addr: &str,
+        source_range: RangeId,
+        span: &Span,
+    ) -> Result<(String, Peer, Result<OpenSnapshot, TransferError>), CallbackError> {
+        let mut peer = self.peer(addr)?;
+        let opened = open_snapshot(&mut peer, source_range, span, self.inner.instance).await;
+        let primary = match &opened {
+            Err(TransferError::Rpc { status, .. })
+                if status.code() == tonic::Code::FailedPrecondition =>
+            {
+                status
+                    .metadata()
+                    .get(PRIMARY_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|p| !p.is_empty() && *p != addr)
+                    .map(str::to_owned)
+            }
+            _ => None,
+        };
+        let Some(primary) = primary else {
+            return Ok((addr.to_owned(), peer, opened));
+        };
+        tracing::info!(%source_range, %addr, %primary, "not the primary of a replicated range; copying from the primary");
+        let mut peer = self.peer(&primary)?;
+        let opened = open_snapshot(&mut peer, source_range, span, self.inner.instance).await;
+        Ok((primary, peer, opened))
     }
 
     /// Reports one transfer into this node (a snapshot, a delta or a dump)
@@ -819,13 +889,37 @@ impl KvNode {
     /// Completes the copies into `id` that `prepare` began, now that their
     /// sources are frozen: the delta since each snapshot, or the whole part with
     /// `Dump` from a source without Snapshot. Durable once this returns.
+    ///
+    /// A copy joining a replicated range holds its log's lock from before the
+    /// delta until it has attached: the primary forwards its next write the
+    /// moment the delta is sent, and that entry must wait for the attach.
     pub(super) async fn fetch_pending(&self, id: RangeId) -> Result<(), CallbackError> {
         let pending = self.inner.store.pending(id).map_err(failed)?;
+        let mut joining = match pending.iter().any(|p| p.join) {
+            true => {
+                let log = self
+                    .inner
+                    .replicas
+                    .log(&self.inner.store, id)
+                    .map_err(failed)?;
+                let state = log.lock_state().await;
+                Some((log, state))
+            }
+            false => None,
+        };
         for p in &pending {
             let mut peer = self.peer(&p.source_addr)?;
             let began = std::time::Instant::now();
             let fetched = match &p.dump {
-                None => fetch_delta(&mut peer, &self.inner.store, p.transfer).await,
+                None => {
+                    fetch_delta(
+                        &mut peer,
+                        &self.inner.store,
+                        p.transfer,
+                        &self.inner.config.self_addr,
+                    )
+                    .await
+                }
                 Some(from) => {
                     let source_range = RangeId::new(from.source_range).map_err(failed)?;
                     fetch_dump(&mut peer, &self.inner.store, source_range, &from.span).await
@@ -845,9 +939,17 @@ impl KvNode {
                 "delta applied"
             };
             tracing::info!(range = %id, addr = %p.source_addr, changes = applied.changes, bytes = applied.bytes, "{what}");
+            if p.join
+                && let (Some(tail), Some((log, state))) = (applied.replica, joining.as_mut())
+            {
+                self.attach_from_delta(log, state, id, &p.source_addr, tail)
+                    .map_err(failed)?;
+            }
         }
         self.end_transfers(&pending).await;
-        self.inner.store.set_pending(id, &[]).map_err(failed)
+        self.inner.store.set_pending(id, &[]).map_err(failed)?;
+        self.inner.replicas.set_joining(id, false);
+        Ok(())
     }
 
     /// Gives up the copies into `id` that `prepare` began (the range is being
@@ -939,49 +1041,79 @@ impl KvNode {
     }
 
     /// Streams the current value (or deletion) of each of `keys`, the keys a
-    /// transfer saw written since its snapshot, with the count and checksum last.
-    pub(super) fn stream_delta(&self, keys: Vec<Vec<u8>>) -> ChunkStream<pb::DeltaChunk> {
+    /// transfer saw written since its snapshot, with the count and checksum last
+    /// (and, for a replicated range, where its log stood: `tail`). `on_end` runs
+    /// once the stream is over, told whether its last chunk was sent.
+    pub(super) fn stream_delta(
+        &self,
+        keys: Vec<Vec<u8>>,
+        tail: Option<ReplicaTail>,
+        on_end: DeltaEnd,
+    ) -> ChunkStream<pb::DeltaChunk> {
         let node = self.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
-            let mut checksum = PairChecksum::default();
-            for batch in keys.chunks(1000) {
-                let mut changes = Vec::with_capacity(batch.len());
-                for key in batch {
-                    match node.store().get(key) {
-                        Ok(value) => {
-                            let deleted = value.is_none();
-                            let value = value.unwrap_or_default();
-                            checksum.add(key, &value, deleted);
-                            changes.push(pb::Change {
-                                key: key.clone(),
-                                value,
-                                deleted,
-                            });
-                        }
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(tonic::Status::internal(e.to_string())));
-                            return;
-                        }
-                    }
-                }
-                let chunk = pb::DeltaChunk {
-                    changes,
-                    ..Default::default()
-                };
-                if tx.blocking_send(Ok(chunk)).is_err() {
-                    return;
-                }
-            }
-            let _ = tx.blocking_send(Ok(pb::DeltaChunk {
-                changes: Vec::new(),
-                last: true,
-                total_changes: checksum.count(),
-                checksum: checksum.value(),
-            }));
+            let sent = send_delta(&node, &keys, tail, &tx);
+            on_end(sent);
         });
         ReceiverStream::new(rx)
     }
+}
+
+/// What runs when a delta stream is over, told whether its last chunk went out
+/// (a join's primary makes the destination a member then, and lets its writes
+/// go on).
+pub(super) type DeltaEnd = Box<dyn FnOnce(bool) + Send>;
+
+/// Sends the delta of `keys` on `tx`; true once its last chunk is sent.
+fn send_delta(
+    node: &KvNode,
+    keys: &[Vec<u8>],
+    tail: Option<ReplicaTail>,
+    tx: &mpsc::Sender<Result<pb::DeltaChunk, tonic::Status>>,
+) -> bool {
+    let mut checksum = PairChecksum::default();
+    for batch in keys.chunks(1000) {
+        let mut changes = Vec::with_capacity(batch.len());
+        for key in batch {
+            match node.store().get(key) {
+                Ok(value) => {
+                    let deleted = value.is_none();
+                    let value = value.unwrap_or_default();
+                    checksum.add(key, &value, deleted);
+                    changes.push(pb::Change {
+                        key: key.clone(),
+                        value,
+                        deleted,
+                    });
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(tonic::Status::internal(e.to_string())));
+                    return false;
+                }
+            }
+        }
+        let chunk = pb::DeltaChunk {
+            changes,
+            ..Default::default()
+        };
+        if tx.blocking_send(Ok(chunk)).is_err() {
+            return false;
+        }
+    }
+    let replicated = tail.is_some();
+    let tail = tail.unwrap_or_default();
+    tx.blocking_send(Ok(pb::DeltaChunk {
+        changes: Vec::new(),
+        last: true,
+        total_changes: checksum.count(),
+        checksum: checksum.value(),
+        replicated,
+        replica_epoch: tail.epoch,
+        replica_seq: tail.seq,
+        joined: tail.joined,
+    }))
+    .is_ok()
 }
 
 #[cfg(test)]

@@ -197,4 +197,24 @@ impl Kv for ProxyService {
             )
             .await
     }
+
+    async fn replicate(
+        &self,
+        _request: Request<pb::ReplicateRequest>,
+    ) -> Result<Response<pb::ReplicateResponse>, Status> {
+        let requests = &self.forwarder.metrics().requests;
+        requests
+            .observe("Replicate", async move { Err(node_to_node("Replicate")) })
+            .await
+    }
+
+    async fn take_over(
+        &self,
+        _request: Request<pb::TakeOverRequest>,
+    ) -> Result<Response<pb::TakeOverResponse>, Status> {
+        let requests = &self.forwarder.metrics().requests;
+        requests
+            .observe("TakeOver", async move { Err(node_to_node("TakeOver")) })
+            .await
+    }
 }
