@@ -55,12 +55,22 @@ struct Calls {
     /// While set, a `Batch` waits before it is served, so that requests pile
     /// up in the proxy.
     hold_batches: Arc<tokio::sync::RwLock<()>>,
+    /// Refuse every key FAILED_PRECONDITION, as a member of a replicated range
+    /// that is not its primary does (and count the refusals).
+    not_primary: Arc<AtomicBool>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeKv {
     fn check(&self, key: &str) -> Result<(), Status> {
         if key.is_empty() {
             return Err(Status::invalid_argument("empty key"));
+        }
+        if self.calls.not_primary.load(Ordering::SeqCst) {
+            self.calls.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(Status::failed_precondition(
+                "range 1 is replicated and served by its primary",
+            ));
         }
         self.rangelet
             .serving_range(key.as_bytes())
@@ -555,6 +565,29 @@ async fn clients_see_no_error_while_a_range_moves() {
     }
     assert_eq!(b.rangelet.state(id(1)), RemoteState::Active);
     assert_eq!(a.rangelet.state(id(1)), RemoteState::NotFound);
+}
+
+#[tokio::test]
+async fn with_several_active_copies_requests_go_to_the_one_that_serves_after_one_refusal() {
+    // A replicated range: both copies report it Active, only the primary
+    // serves clients. The member is the one the proxy would try first.
+    let mut nodes = [TestNode::start().await, TestNode::start().await];
+    nodes.sort_by(|x, y| x.addr.cmp(&y.addr));
+    let [member, primary] = nodes;
+    member.serve(meta(1, "", "")).await;
+    primary.serve(meta(1, "", "")).await;
+    member.calls.not_primary.store(true, Ordering::SeqCst);
+    let proxy = Proxy::new(config(Duration::from_secs(5)));
+    proxy.set_nodes([member.addr.clone(), primary.addr.clone()]);
+    let mut client = serve_proxy(&proxy).await;
+    for i in 0..20 {
+        let key = format!("k{i:02}");
+        put(&mut client, &key, key.as_bytes()).await.unwrap();
+        assert_eq!(get(&mut client, &key).await.unwrap(), key.as_bytes());
+    }
+    assert_eq!(primary.keys().len(), 20);
+    // Once: the first request; the proxy then goes where the range was served.
+    assert_eq!(member.calls.refused.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

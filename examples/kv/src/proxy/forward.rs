@@ -2,8 +2,9 @@
 //! for the routing table to move (or a short pause) and try again, until the
 //! request's deadline.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Mutex;
 
 use ranger_node_sdk::{Route, RoutingTable};
 use ranger_proto::{Key, RangeId, RemoteState};
@@ -23,6 +24,10 @@ pub(crate) struct Forwarder {
     pool: ChannelPool,
     policy: RetryPolicy,
     metrics: ProxyMetrics,
+    /// Per range with several Active copies (a replicated range), the copy
+    /// that last served it: only its primary serves clients, so requests go
+    /// there first instead of being refused by a member on every call.
+    served_by: Mutex<HashMap<RangeId, String>>,
 }
 
 impl Forwarder {
@@ -37,6 +42,7 @@ impl Forwarder {
             pool,
             policy,
             metrics,
+            served_by: Mutex::new(HashMap::new()),
         }
     }
 
@@ -87,15 +93,20 @@ impl Forwarder {
                 self.metrics.handoff_waited(outcome, first.elapsed());
             }
         };
+        // Refusals since the last pause: with several Active copies (a
+        // replicated range, whose members refuse clients), the next copy is
+        // tried at once, and the pause comes only once each was tried.
+        let mut refused_in_round = 0usize;
         loop {
             // Seen before the lookup, so a change that lands after it wakes us.
             changes.borrow_and_update();
-            let routes = active_routes(&self.table, key);
+            let routes = self.active_routes(key);
             if routes.is_empty() {
                 last = LastFailure::NoActiveRange;
             } else {
                 // Usually one route. Should several nodes report the key Active,
-                // rotate, so that one dead node does not hide a live one.
+                // rotate (from the one that last served the range), so that one
+                // dead node or refusing member does not hide a live primary.
                 let route = &routes[attempts as usize % routes.len()];
                 attempts += 1;
                 match self.pool.node(&route.addr) {
@@ -108,6 +119,9 @@ impl Forwarder {
                     Ok(client) => match tokio::time::timeout_at(deadline, call(client)).await {
                         Ok(Ok(response)) => {
                             waited("served", first_failure);
+                            if routes.len() > 1 {
+                                self.note_served(route);
+                            }
                             return Ok(response);
                         }
                         Ok(Err(status)) if !is_retryable(status.code()) => {
@@ -125,6 +139,12 @@ impl Forwarder {
                                 code: status.code(),
                                 message: status.message().to_owned(),
                             };
+                            refused_in_round += 1;
+                            if refused_in_round < routes.len() {
+                                first_failure.get_or_insert_with(Instant::now);
+                                self.metrics.retried(&last);
+                                continue;
+                            }
                         }
                         Err(_elapsed) => {
                             last = LastFailure::TimedOut {
@@ -136,6 +156,7 @@ impl Forwarder {
                 }
             }
             first_failure.get_or_insert_with(Instant::now);
+            refused_in_round = 0;
             let pause = (Instant::now() + backoff.next_delay()).min(deadline);
             tokio::select! {
                 // A closed channel cannot happen while the table lives; if it
@@ -212,9 +233,31 @@ impl Forwarder {
     }
 }
 
-/// The routes for `key` that are Active, in a stable order.
-fn active_routes(table: &RoutingTable, key: &[u8]) -> Vec<Route> {
-    let mut routes = table.lookup(key, RemoteState::Active);
-    routes.sort_by(|a, b| a.addr.cmp(&b.addr));
-    routes
+impl Forwarder {
+    /// The routes for `key` that are Active, in a stable order, starting from
+    /// the copy that last served the range (see `served_by`).
+    fn active_routes(&self, key: &[u8]) -> Vec<Route> {
+        let mut routes = self.table.lookup(key, RemoteState::Active);
+        routes.sort_by(|a, b| a.addr.cmp(&b.addr));
+        if routes.len() > 1 {
+            let served = self.served_by();
+            if let Some(at) = routes
+                .iter()
+                .position(|r| served.get(&r.meta.id()).is_some_and(|addr| *addr == r.addr))
+            {
+                routes.rotate_left(at);
+            }
+        }
+        routes
+    }
+
+    fn note_served(&self, route: &Route) {
+        self.served_by().insert(route.meta.id(), route.addr.clone());
+    }
+
+    fn served_by(&self) -> std::sync::MutexGuard<'_, HashMap<RangeId, String>> {
+        self.served_by
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
