@@ -237,9 +237,22 @@ pub fn range(ranges: &[RangeView], id: u64) -> Option<&RangeView> {
 /// `Ok` when every current range has exactly one placement, Active, and none
 /// is unavailable (R1's steady state); else what is not.
 pub fn settled(ranges: &[RangeView]) -> Result<(), String> {
+    settled_at(ranges, 1)
+}
+
+/// [`settled`] for `copies` Active placements per range (R3: three, and no
+/// other placement).
+pub fn settled_at(ranges: &[RangeView], copies: usize) -> Result<(), String> {
     let unsettled: Vec<String> = current(ranges)
         .into_iter()
-        .filter(|r| r.served_by().is_none() || r.unavailable.is_some())
+        .filter(|r| {
+            let served = if copies == 1 {
+                r.served_by().is_some()
+            } else {
+                r.active_nodes().len() == copies && r.placements.len() == copies
+            };
+            !served || r.unavailable.is_some()
+        })
         .map(|r| format!("range {}: {}", r.id, Layout::describe(r)))
         .collect();
     if unsettled.is_empty() {

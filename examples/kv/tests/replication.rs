@@ -156,6 +156,11 @@ async fn a_write_is_acknowledged_only_once_every_member_has_it_and_only_the_prim
     // Acknowledged, so already on both members: no waiting.
     assert_eq!(pairs(&b.node), want);
     assert_eq!(pairs(&c.node), want);
+    assert_eq!(
+        [&a, &b, &c].map(|n| n.node.primary_ranges()),
+        [1, 0, 0],
+        "only a serves as primary"
+    );
     // The members refuse clients, reads included, and name the primary.
     let mut at_b = client(&b).await;
     let refused = put(&mut at_b, "k3", "v3").await.unwrap_err();

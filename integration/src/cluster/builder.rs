@@ -31,6 +31,7 @@ pub struct ClusterBuilder {
     pub(super) advertise: Option<AdvertiseFn>,
     pub(super) ack_logs: bool,
     pub(super) proxy_direct: bool,
+    pub(super) replication: usize,
 }
 
 impl fmt::Debug for ClusterBuilder {
@@ -46,6 +47,15 @@ impl fmt::Debug for ClusterBuilder {
 }
 
 impl ClusterBuilder {
+    /// Active copies per range (`rangerd --replication`); the cluster counts
+    /// as settled once every range has exactly this many, all Active.
+    pub fn replication(mut self, copies: usize) -> Self {
+        self.replication = copies.max(1);
+        self.rangerd_flags
+            .push(("--replication".to_owned(), self.replication.to_string()));
+        self
+    }
+
     /// Controllers (2 needs Consul: the embedded backend has no election).
     pub fn controllers(mut self, n: usize) -> Self {
         self.controllers = n;
@@ -159,6 +169,7 @@ impl ClusterBuilder {
             nodes: Vec::new(),
             proxy: None,
             consul,
+            replication: self.replication,
             dir: Some(dir),
         };
         // A cluster that fails to start says why from its processes' logs (a

@@ -27,7 +27,7 @@ use crate::ctl::Ctl;
 use crate::hammer::{HammerOptions, HammerRun};
 use crate::kv::Kv;
 use crate::process::Process;
-use crate::views::{RangeView, settled};
+use crate::views::{RangeView, settled_at};
 use crate::wait::{self, PATIENCE};
 
 pub use builder::{AdvertiseFn, ClusterBuilder};
@@ -66,6 +66,8 @@ pub struct Cluster {
     /// The proxy, if started.
     pub proxy: Option<Proxy>,
     pub(super) consul: Option<TestAgent>,
+    /// Active copies per range once settled (1 unless the builder said).
+    pub(super) replication: usize,
     // Last: removed after every process is gone (kept when a test fails).
     pub(super) dir: Option<tempfile::TempDir>,
 }
@@ -95,6 +97,7 @@ impl Cluster {
             advertise: None,
             ack_logs: false,
             proxy_direct: false,
+            replication: 1,
         }
     }
 
@@ -381,7 +384,7 @@ impl Cluster {
     ) -> anyhow::Result<Vec<RangeView>> {
         wait::until(what, PATIENCE, async || {
             let (ctl, ranges) = self.leader_ranges().await?;
-            settled(&ranges)?;
+            settled_at(&ranges, self.replication)?;
             check(&ranges)?;
             let ops = ctl.ops().await.map_err(|e| format!("{e:#}"))?;
             if !ops.is_empty() {

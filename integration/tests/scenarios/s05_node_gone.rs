@@ -6,18 +6,19 @@
 //! meanwhile loads a range the dead node did not hold: the rest of the
 //! cluster serves on, without an error or a lost write.
 //!
-//! The issue's R3 variant (survivors serve, a new replica is built) does not
-//! run here: the example KV store copies a range only as a handoff (its delta
-//! is final once the source is Inactive) and does not replicate client writes
-//! between replicas, so `rangerd --replication 3` over it never gets a third
-//! replica Active ("range 1 is Active here: the delta is final only once it is
-//! Inactive"). The controller's R3 behaviour is proved in-process
-//! (`controller/tests/`); end to end it needs a storage system that replicates.
+//! The R3 variant: four nodes, three copies of each range, the KV store
+//! replicating writes from each range's primary (`node/replica`). The node
+//! killed is the hammered range's primary, the hardest case: writes wait for
+//! its loss to be declared and a survivor to take over; then a new copy is
+//! built on the fourth node while the hammer goes on. No acknowledged write
+//! may be lost, and every copy must end with the same data.
 
 use std::time::{Duration, Instant};
 
-use ranger_integration::views::{ForgetView, current, range};
+use ranger_integration::views::{ForgetView, RangeView, current, range};
 use ranger_integration::{Backend, Cluster, HammerOptions, Summary};
+use ranger_kv::pb;
+use ranger_kv::pb::kv_client::KvClient;
 
 use crate::common::{self, Markers, busiest_node, holding, ok_if, ranges_on, waiting_for};
 
@@ -140,6 +141,139 @@ async fn run(cluster: &mut Cluster, backend: Backend, name: &str) -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s05_a_node_gone_for_good_keeps_its_ranges_unavailable_until_forget_reports_the_loss() {
     node_gone(Backend::Consul, "s05 node gone, forget")
+        .await
+        .unwrap();
+}
+
+/// The R3 variant (see the module doc).
+async fn node_gone_r3(backend: Backend, name: &str) -> anyhow::Result<()> {
+    let mut cluster = Cluster::builder(backend)
+        .nodes(4)
+        .replication(3)
+        .start()
+        .await?;
+    let outcome = run_r3(&mut cluster, backend, name).await;
+    cluster.conclude(outcome)
+}
+
+async fn run_r3(cluster: &mut Cluster, backend: Backend, name: &str) -> anyhow::Result<()> {
+    let markers = Markers::write(cluster).await?;
+    let hammer = common::hammer(cluster, 515).await?;
+    let (_, ranges) = cluster.leader_ranges().await.map_err(anyhow::Error::msg)?;
+    let [range] = current(&ranges)[..] else {
+        anyhow::bail!("expected the one range of a fresh cluster: {ranges:?}");
+    };
+    let (id, holders) = (range.id, range.active_nodes());
+    anyhow::ensure!(holders.len() == 3, "range {id} on {holders:?}");
+    let victim = primary_among(cluster, &holders).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let index = cluster.node_index(&victim)?;
+    cluster.kill_node(index)?;
+    let killed = Instant::now();
+    let after = cluster
+        .wait_settled_where(
+            "three active copies again, none on the dead node",
+            |r| {
+                for range in current(r) {
+                    ok_if(
+                        range.placements.iter().all(|p| p.node != victim),
+                        format!("range {} still lists {victim}", range.id),
+                    )?;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    let recovered = killed.elapsed();
+    let new_primary = primary_among(cluster, &current(&after)[0].active_nodes()).await?;
+    // The hammer goes on over the rebuilt group for a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = hammer.stop().await?;
+    report.check_no_loss()?;
+
+    let kv = cluster.kv()?;
+    for (key, value) in markers.pairs() {
+        let got = kv.get(key).await?;
+        anyhow::ensure!(
+            got.as_deref() == Some(value.as_str()),
+            "marker {key:?}: {got:?} after the primary died"
+        );
+    }
+    let copies = same_on_every_copy(cluster, &after).await?;
+    let added: Vec<String> = current(&after)[0]
+        .active_nodes()
+        .into_iter()
+        .filter(|n| !holders.contains(n))
+        .collect();
+    Summary::new(name, backend, &report)
+        .recovered_in(recovered)
+        .note(format!(
+            "R3 on 4 nodes: killed {victim}, the primary of range {id}; {new_primary} took over, a new copy was built on {added:?}; \
+             the three copies hold the same {copies} pairs; recovery: from the kill to three active copies again"
+        ))
+        .print();
+    Ok(())
+}
+
+/// The node among `nodes` that serves a range as its primary (the KV node's
+/// `ranger_kv_node_primary_ranges` gauge).
+async fn primary_among(cluster: &Cluster, nodes: &[String]) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for node in nodes {
+            let samples = ranger_integration::metrics::scrape(cluster.node_metrics(node)?).await?;
+            if samples.sum("ranger_kv_node_primary_ranges", &[]) >= 1.0 {
+                return Ok(node.clone());
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "none of {nodes:?} serves as primary"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Dumps every current range from each of its Active copies directly (Dump
+/// is not refused by a member) and checks that they agree; returns the pairs
+/// counted over the ranges.
+async fn same_on_every_copy(cluster: &Cluster, ranges: &[RangeView]) -> anyhow::Result<usize> {
+    let mut total = 0;
+    for range in current(ranges) {
+        let mut dumps = Vec::new();
+        for node in range.active_nodes() {
+            let addr = cluster.nodes[cluster.node_index(&node)?].listen;
+            let mut client = KvClient::connect(format!("http://{addr}")).await?;
+            let pairs = client
+                .dump(pb::DumpRequest {
+                    range_ident: range.id,
+                })
+                .await?
+                .into_inner()
+                .pairs;
+            dumps.push((node, pairs));
+        }
+        let Some((first, want)) = dumps.first() else {
+            anyhow::bail!("range {} has no active copy", range.id);
+        };
+        for (node, pairs) in &dumps[1..] {
+            anyhow::ensure!(
+                pairs == want,
+                "range {}: {node} holds {} pairs, {first} {}",
+                range.id,
+                pairs.len(),
+                want.len()
+            );
+        }
+        total += want.len();
+    }
+    Ok(total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s05_r3_the_primary_gone_for_good_the_survivors_serve_and_a_new_copy_is_built() {
+    node_gone_r3(Backend::Consul, "s05 R3 primary gone")
         .await
         .unwrap();
 }

@@ -31,6 +31,7 @@ pub struct KvNodeMetrics {
     /// `kv.KV` requests served by this node.
     pub requests: RequestMetrics,
     store_bytes: Family<PartLabels, Gauge>,
+    primary_ranges: Gauge,
 }
 
 impl KvNodeMetrics {
@@ -43,6 +44,17 @@ impl KvNodeMetrics {
             "Bytes of the node's RocksDB by part: sst (rocksdb.total-sst-files-size) and memtables (rocksdb.size-all-mem-tables), summed over its column families, and reclaiming (deleted table files of dropped ranges not freed yet, see node/reclaim.rs), sampled at scrape time",
             self.store_bytes.clone(),
         );
+        registry.register(
+            "primary_ranges",
+            "Replicated ranges this node serves as their primary (takes and forwards their writes; see node/replica), sampled at scrape time",
+            self.primary_ranges.clone(),
+        );
+    }
+
+    /// Samples how many replicated ranges the node serves as primary.
+    pub fn sample_primaries(&self, count: usize) {
+        self.primary_ranges
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Samples the store's size. A property RocksDB cannot read is logged and

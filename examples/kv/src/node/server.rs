@@ -116,6 +116,7 @@ impl NodeServer {
                 // RocksDB's properties are read under its own locks: off the runtime.
                 let sampled = tokio::task::spawn_blocking(move || {
                     node.metrics().sample_store(node.store());
+                    node.metrics().sample_primaries(node.primary_ranges());
                 })
                 .await;
                 if let Err(error) = sampled {

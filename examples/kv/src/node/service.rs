@@ -284,7 +284,7 @@ impl pb::kv_server::Kv for KvService {
                 // A serving replicated range is copied from its primary only:
                 // the copy's delta needs the primary's write tracking.
                 if self.rangelet.state(source) == RemoteState::Active
-                    && let Err(not_primary) = self.node.check_replicated_client(source)
+                    && let Some(not_primary) = self.node.snapshot_refusal(source)
                 {
                     let mut status = Status::failed_precondition(format!(
                         "range {source} is replicated and this copy is not its primary; copy from the primary"

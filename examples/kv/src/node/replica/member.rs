@@ -41,10 +41,28 @@ impl KvNode {
             .map_err(|e| Status::internal(e.to_string()))
     }
 
-    /// Whether clients may use this copy of `range` as far as replication is
-    /// concerned (see [`super::Replicas::check_client`]).
-    pub fn check_replicated_client(&self, range: RangeId) -> Result<(), super::NotPrimary> {
-        self.inner.replicas.check_client(&self.inner.store, range)
+    /// Why this copy of `range` (Active here) must not be the source of a
+    /// snapshot: the range is replicated and another copy is, or will be, its
+    /// primary. A copy joining the range copies from the primary, because its
+    /// delta comes from the primary's write tracking. The primary named by the
+    /// newest group may be still taking over: its snapshot is good (it tracks
+    /// every write it applies from then on, as member or primary).
+    pub fn snapshot_refusal(&self, range: RangeId) -> Option<super::NotPrimary> {
+        let replicas = &self.inner.replicas;
+        if replicas.is_serving(range) || !replicas.is_replicated(&self.inner.store, range) {
+            return None;
+        }
+        let primary = replicas.group(range).and_then(|g| g.primary);
+        if primary.as_deref() == Some(self.inner.config.self_addr.as_str()) {
+            return None;
+        }
+        Some(super::NotPrimary { range, primary })
+    }
+
+    /// How many ranges this node serves as primary (a gauge: after a
+    /// failover, where the primaries went).
+    pub fn primary_ranges(&self) -> usize {
+        self.inner.replicas.serving_count()
     }
 
     /// Whether this copy serves `range` as its primary now.

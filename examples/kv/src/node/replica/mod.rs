@@ -235,6 +235,14 @@ impl Replicas {
                 .map_or(true, |log| log.attached.load(Ordering::SeqCst))
     }
 
+    /// How many ranges this node serves as primary now.
+    pub fn serving_count(&self) -> usize {
+        lock(&self.logs)
+            .values()
+            .filter(|log| log.serving() != 0)
+            .count()
+    }
+
     /// Whether this node serves `range` as its primary now.
     pub fn is_serving(&self, range: RangeId) -> bool {
         lock(&self.logs)
