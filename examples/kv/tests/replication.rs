@@ -339,3 +339,21 @@ async fn a_copy_added_while_writes_go_on_joins_through_the_primary_and_misses_no
         Some("join")
     );
 }
+
+#[tokio::test]
+async fn a_primary_whose_group_a_probe_no_longer_carries_stops_serving_at_once() {
+    // Cut off from the controller, the primary was declared lost and
+    // replaced; the first probe that reaches it again lists no group for the
+    // range (it is no longer a member).
+    let dirs = dirs::<3>();
+    let [a, b, c] = three(&dirs).await;
+    let mut at_a = client(&a).await;
+    put_when_serving(&mut at_a, "k1", "v1").await;
+    a.node.replica_groups(vec![]).await;
+    let refused = put(&mut at_a, "k2", "v2").await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(a.node.primary_ranges(), 0);
+    for node in [&a, &b, &c] {
+        assert!(!pairs(&node.node).contains_key("k2"));
+    }
+}

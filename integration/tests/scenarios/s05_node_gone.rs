@@ -172,18 +172,15 @@ async fn run_r3(cluster: &mut Cluster, backend: Backend, name: &str) -> anyhow::
     cluster.kill_node(index)?;
     let killed = Instant::now();
     let after = cluster
-        .wait_settled_where(
-            "three active copies again, none on the dead node",
-            |r| {
-                for range in current(r) {
-                    ok_if(
-                        range.placements.iter().all(|p| p.node != victim),
-                        format!("range {} still lists {victim}", range.id),
-                    )?;
-                }
-                Ok(())
-            },
-        )
+        .wait_settled_where("three active copies again, none on the dead node", |r| {
+            for range in current(r) {
+                ok_if(
+                    range.placements.iter().all(|p| p.node != victim),
+                    format!("range {} still lists {victim}", range.id),
+                )?;
+            }
+            Ok(())
+        })
         .await?;
     let recovered = killed.elapsed();
     let new_primary = primary_among(cluster, &current(&after)[0].active_nodes()).await?;

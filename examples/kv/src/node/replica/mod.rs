@@ -235,6 +235,20 @@ impl Replicas {
                 .map_or(true, |log| log.attached.load(Ordering::SeqCst))
     }
 
+    /// The logs of the ranges this node serves as primary now.
+    fn serving_logs(&self) -> Vec<(RangeId, Arc<RangeLog>)> {
+        lock(&self.logs)
+            .iter()
+            .filter(|(_, log)| log.serving() != 0)
+            .map(|(range, log)| (*range, Arc::clone(log)))
+            .collect()
+    }
+
+    /// Drops the group held for `range` (this copy left it).
+    fn forget_group(&self, range: RangeId) {
+        lock(&self.groups).remove(&range);
+    }
+
     /// How many ranges this node serves as primary now.
     pub fn serving_count(&self) -> usize {
         lock(&self.logs)

@@ -45,7 +45,21 @@ impl KvNode {
     /// Applies the groups a probe carried: for each one newer than what this
     /// node has, forwarding stops to copies that left the group, and a copy
     /// named primary of a new epoch takes over; any other stops serving.
+    ///
+    /// A probe carries the group of every replicated range this node is a
+    /// member of, so a range served here as primary whose group is missing
+    /// means the controller no longer counts this copy (it was declared lost
+    /// and replaced, while this node was cut off): it stops serving at once,
+    /// before the lease this same probe grants lets a client write reach it.
     pub(crate) fn apply_replica_groups(&self, groups: Vec<ReplicaGroup>) {
+        let listed: std::collections::HashSet<RangeId> = groups.iter().map(|g| g.range).collect();
+        for (range, log) in self.inner.replicas.serving_logs() {
+            if !listed.contains(&range) {
+                tracing::warn!(%range, "this copy is no longer a member of its range's group: no longer the primary");
+                log.serving.store(0, Ordering::SeqCst);
+                self.inner.replicas.forget_group(range);
+            }
+        }
         for group in groups {
             let Some(group) = self.inner.replicas.accept(group) else {
                 continue;
