@@ -18,6 +18,9 @@
 //!   over a sliding window, and two split keys: by size (a median key) and by
 //!   load (the median of recently accessed keys), see [`load`].
 //!
+//! At R3 the copies of a range replicate its writes from the one the controller
+//! names primary (see [`replica`]).
+//!
 //! Keys are stored as they are, so a split or join whose parent and child share a
 //! node copies nothing. [`service::KvService`] serves `kv.KV`; what a client read
 //! or write checks is in [`access`], both sides of a transfer in [`transfer`].
@@ -263,6 +266,11 @@ impl Node for KvNode {
         lock(&self.inner.held).insert(id, meta.clone());
         let joining = copies_a_serving_range(&meta, &parents, &self.inner.config.self_addr);
         self.inner.replicas.set_joining(id, joining);
+        self.inner
+            .replicas
+            .detach(&self.inner.store, id)
+            .await
+            .map_err(failed)?;
         match self.copy_in(&meta, &parents).await {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -279,6 +279,21 @@ impl Replicas {
         lock(&self.joining).contains(&range)
     }
 
+    /// Makes this node's copy of `range` follow no log (it is being copied in
+    /// anew): a record left from an earlier copy would claim a place in the
+    /// log that the new data does not have.
+    pub async fn detach(&self, store: &Store, range: RangeId) -> Result<(), StoreError> {
+        let log = self.log(store, range)?;
+        let mut state = log.state.lock().await;
+        if state.record.is_some() {
+            store.set_replica_record(range, None)?;
+            state.record = None;
+            log.attached.store(false, Ordering::SeqCst);
+        }
+        log.serving.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Forgets everything about `range` (it was dropped here).
     pub fn forget(&self, range: RangeId) {
         lock(&self.logs).remove(&range);
