@@ -444,6 +444,11 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
             // the next step comes back empty and ends the loop.
             self.execute(effects);
         }
+        // The last step may have made nodes due (a replica group changed, its
+        // members must hear of it): they are probed now, not after the next
+        // event.
+        let probes = self.engine.take_probes(Instant::now());
+        self.execute(probes);
     }
 
     /// Executes effects in order; none waits (saves, probes and commands each
@@ -486,7 +491,13 @@ impl<P: Persister + 'static, T: NodeTransport> Runtime<P, T> {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let result = transport
-                .probe(&probe.addr, probe.term, probe.lease, probe.timeout)
+                .probe(
+                    &probe.addr,
+                    probe.term,
+                    probe.lease,
+                    &probe.groups,
+                    probe.timeout,
+                )
                 .await;
             let _ = tx.send(Internal::Probe(probe.node, probe.sent_at, result));
         });

@@ -16,7 +16,7 @@ use ranger_controller::config::{OrchestratorConfig, Replication};
 use ranger_controller::keyspace::Keyspace;
 use ranger_controller::orchestrator::{CallError, Effect, Engine, OpError, Persisted};
 use ranger_controller::transport::NodeReport;
-use ranger_proto::{Key, NodeId, PlacementState, RangeId};
+use ranger_proto::{Key, NodeId, PlacementState, RangeId, ReplicaGroup};
 use tokio::time::Instant;
 
 mod support;
@@ -650,4 +650,361 @@ fn a_handoffs_commands_name_their_operation_and_a_first_placement_names_none() {
         [Some(op); 4],
         "the source's drop after the move ended is the move's too"
     );
+}
+
+// ---- replica groups (InfoRequest.groups) ----
+
+/// The scenario tests' timings at R3.
+fn r3() -> OrchestratorConfig {
+    support::config(Replication::R3)
+}
+
+fn addr(name: &str) -> String {
+    support::addr(name)
+}
+
+/// The group the engine keeps for a range (panics if it has none).
+fn group(driver: &Driver, n: u64) -> ReplicaGroup {
+    driver
+        .engine
+        .replica_group(range(n))
+        .cloned()
+        .unwrap_or_else(|| panic!("range {n} has no replica group"))
+}
+
+/// The name of the node at `address` (`a` for `a:7000`).
+fn name_at(address: &str) -> String {
+    address.trim_end_matches(":7000").to_owned()
+}
+
+/// The contract nodes rely on, checked on every group the engine keeps:
+/// members are the range's Loading, Inactive and Active placements (sorted),
+/// and the primary is one of them that the controller records Active.
+fn assert_groups_follow_the_placements(driver: &Driver) {
+    let engine = &driver.engine;
+    let lost = |n: &NodeId| {
+        engine
+            .roster()
+            .get(n)
+            .is_none_or(|s| s.is_lost(driver.now, engine.config().node_loss_after()))
+    };
+    for r in engine.keyspace().ranges() {
+        let Some(group) = engine.replica_group(r.id()) else {
+            continue;
+        };
+        let mut holders: Vec<String> = r
+            .placements()
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.state(),
+                    PlacementState::Loading | PlacementState::Inactive | PlacementState::Active
+                ) && !lost(p.node())
+            })
+            .map(|p| addr(p.node().as_str()))
+            .collect();
+        holders.sort();
+        holders.dedup();
+        assert_eq!(group.members, holders, "members of {}", r.id());
+        if let Some(primary) = &group.primary {
+            let active = r.placements().iter().any(|p| {
+                p.node().as_str() == name_at(primary)
+                    && p.state() == PlacementState::Active
+                    && !lost(p.node())
+            });
+            assert!(active, "primary {primary} of {} is not Active", r.id());
+        }
+    }
+}
+
+/// Steps (probing on every tick) until `done` holds, checking the groups'
+/// contract after every step; panics after `max` steps.
+fn step_until(driver: &mut Driver, max: usize, done: impl Fn(&Driver) -> bool) {
+    for _ in 0..max {
+        driver.engine.probe_tick();
+        let probes = driver.engine.take_probes(driver.now);
+        driver.execute(probes);
+        let effects = driver.engine.step(driver.now);
+        driver.execute(effects);
+        assert_groups_follow_the_placements(driver);
+        if done(driver) {
+            return;
+        }
+        driver.now += Duration::from_millis(100);
+    }
+    panic!("not reached in {max} steps: {:?}", driver.placements(1));
+}
+
+fn active_on(driver: &Driver, n: u64) -> Vec<String> {
+    driver
+        .placements(n)
+        .into_iter()
+        .filter(|(_, s)| *s == PlacementState::Active)
+        .map(|(node, _)| node)
+        .collect()
+}
+
+/// Range 1 Active on a, b and c at R3 (d, if named, holds nothing), with
+/// every node probed since.
+fn r3_on_abc(names: &[&str]) -> Driver {
+    let mut driver = Driver::start_with(names, r3());
+    driver.settle();
+    let mut active = active_on(&driver, 1);
+    active.sort();
+    assert_eq!(active, strings(&["a", "b", "c"]));
+    driver.commands();
+    driver
+}
+
+#[test]
+fn at_r1_no_range_has_a_group_and_probes_carry_none() {
+    let mut driver = Driver::start(&["a", "b"]);
+    driver.settle();
+    assert!(driver.engine.replica_group(range(1)).is_none());
+    assert_eq!(driver.received.len(), 2, "both nodes were probed");
+    assert!(
+        driver.received.values().all(Vec::is_empty),
+        "{:?}",
+        driver.received
+    );
+    driver.engine.probe_tick();
+    for effect in driver.engine.take_probes(driver.now) {
+        let Effect::Probe(probe) = effect else {
+            continue;
+        };
+        assert!(probe.groups.is_empty(), "{probe:?}");
+    }
+}
+
+#[test]
+fn at_r3_every_members_probe_carries_the_group_of_three_with_one_active_primary() {
+    let mut driver = r3_on_abc(&["a", "b", "c", "d"]);
+    let g = group(&driver, 1);
+    assert_eq!(g.members, [addr("a"), addr("b"), addr("c")]);
+    let primary = g.primary.clone().expect("a primary");
+    assert!(g.members.contains(&primary));
+    assert_groups_follow_the_placements(&driver);
+
+    driver.engine.probe_tick();
+    let probes = driver.engine.take_probes(driver.now);
+    let mut carried: Vec<(String, Vec<ReplicaGroup>)> = probes
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Probe(p) => Some((p.node.to_string(), p.groups)),
+            _ => None,
+        })
+        .collect();
+    carried.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        carried,
+        [
+            ("a".to_owned(), vec![g.clone()]),
+            ("b".to_owned(), vec![g.clone()]),
+            ("c".to_owned(), vec![g.clone()]),
+            ("d".to_owned(), vec![]),
+        ],
+        "members get the group, the node holding nothing gets none"
+    );
+}
+
+#[test]
+fn the_primary_and_the_epoch_stay_while_nothing_changes_and_the_primary_survives_another_members_move()
+ {
+    let mut driver = r3_on_abc(&["a", "b", "c", "d"]);
+    let before = group(&driver, 1);
+    driver.settle();
+    assert_eq!(group(&driver, 1), before, "steps that change nothing");
+
+    // A copy that is not the primary moves to d.
+    let primary = before.primary.clone().unwrap();
+    let mover = ["a", "b", "c"]
+        .into_iter()
+        .find(|n| addr(n) != primary)
+        .unwrap();
+    driver.engine.drain(&node(mover), true).unwrap();
+    step_until(&mut driver, 200, |d| {
+        group(d, 1).members.contains(&addr("d")) && !group(d, 1).members.contains(&addr(mover))
+    });
+    let after = group(&driver, 1);
+    assert_eq!(
+        after.primary,
+        Some(primary),
+        "the primary stays while Active"
+    );
+    assert!(after.epoch > before.epoch);
+}
+
+#[test]
+fn a_deactivated_primary_stays_a_member_but_another_active_copy_becomes_primary() {
+    let mut driver = r3_on_abc(&["a", "b", "c", "d"]);
+    let before = group(&driver, 1);
+    let primary = before.primary.clone().unwrap();
+    let old = name_at(&primary);
+    // Draining the primary's node: d activates, then the old copy is
+    // deactivated (Inactive, retiring) before it is dropped.
+    driver.engine.drain(&node(&old), true).unwrap();
+    step_until(&mut driver, 200, |d| {
+        d.placements(1)
+            .iter()
+            .any(|(n, s)| *n == old && *s == PlacementState::Inactive)
+    });
+    let after = group(&driver, 1);
+    assert!(
+        after.members.contains(&primary),
+        "a deactivated copy is still a member: {after:?}"
+    );
+    let new_primary = after.primary.clone().expect("another copy is Active");
+    assert_ne!(new_primary, primary);
+    assert!(active_on(&driver, 1).contains(&name_at(&new_primary)));
+    assert!(after.epoch > before.epoch);
+}
+
+#[test]
+fn a_lost_primary_leaves_the_group_and_an_active_survivor_becomes_primary_with_a_higher_epoch() {
+    let mut driver = r3_on_abc(&["a", "b", "c", "d"]);
+    let before = group(&driver, 1);
+    let primary = before.primary.clone().unwrap();
+    let lost = name_at(&primary);
+    driver.nodes.down.insert(node(&lost));
+    step_until(&mut driver, 100, |d| {
+        !d.placements(1)
+            .iter()
+            .any(|(n, s)| *n == lost && *s == PlacementState::Active)
+    });
+    let after = group(&driver, 1);
+    assert!(!after.members.contains(&primary), "{after:?}");
+    let new_primary = after.primary.clone().expect("two copies are Active");
+    assert!(active_on(&driver, 1).contains(&name_at(&new_primary)));
+    assert!(after.epoch > before.epoch);
+    // The replacement on d joins, the primary stays, the epoch grows again.
+    step_until(&mut driver, 100, |d| active_on(d, 1).len() == 3);
+    let replaced = group(&driver, 1);
+    assert!(replaced.members.contains(&addr("d")), "{replaced:?}");
+    assert_eq!(replaced.primary, Some(new_primary));
+    assert!(replaced.epoch > after.epoch);
+    // The survivors hear of it; the lost node does not.
+    driver.settle();
+    assert_eq!(group(&driver, 1), replaced);
+    for n in ["a", "b", "c", "d"].into_iter().filter(|n| *n != lost) {
+        assert_eq!(
+            driver.received[&node(n)],
+            std::slice::from_ref(&replaced),
+            "{n}"
+        );
+    }
+    assert_eq!(driver.received[&node(&lost)], [before]);
+}
+
+#[test]
+fn a_copy_still_loading_is_a_member_but_never_the_primary() {
+    let mut driver = Driver::start_with(&["a", "b", "c"], r3());
+    for n in ["a", "b", "c"] {
+        driver.nodes.slow_prepares.insert(node(n));
+    }
+    step_until(&mut driver, 50, |d| {
+        d.placements(1)
+            .iter()
+            .filter(|(_, s)| *s == PlacementState::Loading)
+            .count()
+            == 3
+    });
+    let loading = group(&driver, 1);
+    assert_eq!(loading.members, [addr("a"), addr("b"), addr("c")]);
+    assert_eq!(loading.primary, None, "no copy is Active yet");
+
+    // b finishes first: it is activated and becomes the primary; a and c, still
+    // loading, stay members only.
+    driver.nodes.finish_preparing(&node("b"));
+    step_until(&mut driver, 50, |d| active_on(d, 1) == ["b"]);
+    let one = group(&driver, 1);
+    assert_eq!(one.members, loading.members);
+    assert_eq!(one.primary, Some(addr("b")));
+    assert!(one.epoch > loading.epoch);
+    // The others finish: b stays the primary.
+    driver.nodes.finish_preparing(&node("a"));
+    driver.nodes.finish_preparing(&node("c"));
+    step_until(&mut driver, 50, |d| active_on(d, 1).len() == 3);
+    assert_eq!(group(&driver, 1).primary, Some(addr("b")));
+}
+
+#[test]
+fn a_group_change_makes_its_members_due_for_a_probe_before_the_next_round() {
+    let mut driver = r3_on_abc(&["a", "b", "c", "d"]);
+    let before = group(&driver, 1);
+    let mover = ["a", "b", "c"]
+        .into_iter()
+        .find(|n| Some(addr(n)) != before.primary)
+        .unwrap();
+    driver.engine.drain(&node(mover), true).unwrap();
+    // Steps with commands answered but no probe round, until the group changes
+    // (d's copy is prepared: a new member).
+    for _ in 0..20 {
+        let effects = driver.engine.step(driver.now);
+        driver.execute(effects);
+        if group(&driver, 1) != before {
+            break;
+        }
+        driver.now += Duration::from_millis(10);
+    }
+    let changed = group(&driver, 1);
+    assert_ne!(changed, before, "the group never changed");
+    let mut due: Vec<(String, Vec<ReplicaGroup>)> = driver
+        .engine
+        .take_probes(driver.now)
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Probe(p) => Some((addr(p.node.as_str()), p.groups)),
+            _ => None,
+        })
+        .collect();
+    due.sort_by(|x, y| x.0.cmp(&y.0));
+    let expected: Vec<(String, Vec<ReplicaGroup>)> = changed
+        .members
+        .iter()
+        .map(|m| (m.clone(), vec![changed.clone()]))
+        .collect();
+    assert_eq!(due, expected, "every member, at once, with the new group");
+}
+
+#[test]
+fn epochs_carry_the_term_so_a_new_leaders_groups_are_newer() {
+    let mut driver = r3_on_abc(&["a", "b", "c"]);
+    let old = group(&driver, 1);
+    let old_term = driver.engine.term();
+    assert_eq!(old.epoch >> 32, old_term);
+    driver.fail_over(&["a", "b", "c"]);
+    driver.settle();
+    let new = group(&driver, 1);
+    assert!(driver.engine.term() > old_term);
+    assert_eq!(new.epoch >> 32, driver.engine.term());
+    assert!(new.epoch > old.epoch);
+    assert_eq!(new.members, old.members);
+    assert!(new.primary.is_some());
+    assert_eq!(driver.received[&node("a")], [new]);
+}
+
+#[test]
+fn a_split_forgets_the_parents_group_and_gives_each_child_its_own() {
+    let mut driver = r3_on_abc(&["a", "b", "c"]);
+    let parent = group(&driver, 1);
+    let op = driver
+        .engine
+        .request_split(range(1), Key::from("m"), None, None, driver.now)
+        .unwrap();
+    driver.settle();
+    assert_eq!(driver.finished.get(&op), Some(&Ok(())));
+    assert!(driver.engine.replica_group(range(1)).is_none());
+    let mut carried: Vec<u64> = driver.received[&node("a")]
+        .iter()
+        .map(|g| g.range.get())
+        .collect();
+    carried.sort_unstable();
+    assert_eq!(carried, [2, 3], "the children's groups, not the parent's");
+    for child in [2, 3] {
+        let g = group(&driver, child);
+        assert_eq!(g.members, parent.members);
+        assert!(g.epoch > parent.epoch);
+        assert!(g.primary.is_some());
+    }
+    assert_groups_follow_the_placements(&driver);
 }

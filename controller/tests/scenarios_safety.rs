@@ -18,10 +18,11 @@ mod support;
 use std::time::Duration;
 
 use ranger_controller::config::Replication;
+use ranger_controller::orchestrator::Engine;
 use ranger_controller::runtime::{Completion, OpRequest};
 use ranger_controller::transport::Lost;
 use ranger_node_sdk::Command;
-use ranger_node_sdk::testing::Behaviour;
+use ranger_node_sdk::testing::{Behaviour, ScriptedNode};
 use ranger_proto::{Key, PlacementState, RangeState};
 use support::*;
 
@@ -355,6 +356,100 @@ async fn s31_r3_survivors_serve_and_a_new_replica_replaces_the_lost_one() {
                 && p.iter().all(|(n, _)| *n != lost)
         })
         .await;
+    cluster.assert_one_writer();
+}
+
+/// Whether every node named holds, as the last group of range 1 it received,
+/// exactly the group the controller keeps now.
+fn nodes_hold_the_current_group(e: &Engine, nodes: &[ScriptedNode]) -> bool {
+    let Some(current) = e.replica_group(id(1)) else {
+        return false;
+    };
+    nodes
+        .iter()
+        .all(|n| n.received_group(id(1)).as_ref() == Some(current))
+}
+
+#[tokio::test(start_paused = true)]
+async fn s31_r3_after_the_primary_is_lost_and_replaced_every_member_holds_a_newer_group_without_it()
+{
+    // A storage system replicating at R3 learns its groups from probes: after
+    // a loss, the survivors must stop forwarding to the lost copy, a new
+    // primary must take writes, and the replacement must join.
+    let cluster = Cluster::start(&["a", "b", "c", "d"], Replication::R3).await;
+    let holders = |e: &Engine| -> Vec<String> {
+        placements_of(e, id(1))
+            .into_iter()
+            .filter(|(_, s)| *s == PlacementState::Active)
+            .map(|(n, _)| n)
+            .collect()
+    };
+    cluster
+        .wait_for("3 active", move |e| holders(e).len() == 3)
+        .await;
+    let members: Vec<ScriptedNode> = cluster
+        .handle
+        .inspect(move |e| holders(e))
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| cluster.node(n).clone())
+        .collect();
+    cluster
+        .wait_for("the holders hold the group", move |e| {
+            nodes_hold_the_current_group(e, &members)
+        })
+        .await;
+    let before = cluster
+        .handle
+        .inspect(|e| e.replica_group(id(1)).cloned())
+        .await
+        .unwrap()
+        .unwrap();
+    let primary = before.primary.clone().expect("a primary among 3 active");
+    let lost = primary.trim_end_matches(":7000").to_owned();
+    cluster.transport.set_reachable(&primary, false);
+
+    let gone = lost.clone();
+    cluster
+        .wait_for("3 active without the lost node", move |e| {
+            let active = holders(e);
+            active.len() == 3 && !active.contains(&gone)
+        })
+        .await;
+    let survivors: Vec<String> = ["a", "b", "c", "d"]
+        .into_iter()
+        .filter(|n| *n != lost)
+        .map(str::to_owned)
+        .collect();
+    let nodes: Vec<ScriptedNode> = survivors.iter().map(|n| cluster.node(n).clone()).collect();
+    cluster
+        .wait_for(
+            "the survivors and the replacement hold the new group",
+            move |e| nodes_hold_the_current_group(e, &nodes),
+        )
+        .await;
+    let after = cluster
+        .handle
+        .inspect(|e| e.replica_group(id(1)).cloned())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(after.epoch > before.epoch, "{before:?} then {after:?}");
+    let expected: Vec<String> = survivors.iter().map(|n| addr(n)).collect();
+    assert_eq!(
+        after.members, expected,
+        "without {lost}, with the replacement"
+    );
+    let new_primary = after.primary.clone().expect("a primary among 3 active");
+    assert_ne!(new_primary, primary);
+    let active = cluster.handle.inspect(holders).await.unwrap();
+    assert!(
+        active.contains(&new_primary.trim_end_matches(":7000").to_owned()),
+        "the primary {new_primary} is Active: {active:?}"
+    );
+    // The lost node heard nothing newer.
+    assert_eq!(cluster.node(&lost).received_group(id(1)), Some(before));
     cluster.assert_one_writer();
 }
 

@@ -667,3 +667,90 @@ async fn commands_and_probes_from_an_older_controller_term_are_refused_as_stale(
         "info after term 6",
     );
 }
+
+// --- Replica groups on probes (InfoRequest.groups, our extension) ----------------------
+
+fn wire_group(range: u64, epoch: u64, primary: &str, members: &[&str]) -> pb::ReplicaGroup {
+    pb::ReplicaGroup {
+        range,
+        epoch,
+        primary: primary.to_owned(),
+        members: members.iter().map(|m| (*m).to_owned()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_probes_replica_groups_reach_the_node_unless_its_term_is_stale_or_a_group_is_malformed() {
+    let (node, rangelet) = open_rangelet(MemoryStateStore::new(), config()).await;
+    let addr = serve(&rangelet, TcpListener::bind("127.0.0.1:0").await.unwrap()).await;
+    let mut c = client(addr).await;
+    prepare(&mut c, 1, "", "").await;
+    c.activate(pb::ActivateRequest {
+        range: 1,
+        force: false,
+        term: 5,
+    })
+    .await
+    .unwrap();
+
+    // Term 5's groups arrive, as domain values (members sorted, primary set),
+    // with a short lease.
+    c.info(pb::InfoRequest {
+        lease_millis: 200,
+        term: 5,
+        groups: vec![
+            wire_group(1, 5 << 32, "b:1", &["c:1", "b:1"]),
+            wire_group(2, (5 << 32) | 1, "", &["b:1"]),
+        ],
+    })
+    .await
+    .unwrap();
+    assert_eq!(node.group_deliveries(), 1);
+    let one = node.received_group(id(1)).unwrap();
+    assert_eq!(
+        (one.epoch, one.primary.as_deref(), one.members.as_slice()),
+        (
+            5 << 32,
+            Some("b:1"),
+            ["b:1".to_owned(), "c:1".to_owned()].as_slice()
+        )
+    );
+    assert_eq!(node.received_group(id(2)).unwrap().primary, None);
+
+    // A deposed controller's groups never arrive.
+    assert_stale_term(
+        c.info(pb::InfoRequest {
+            lease_millis: 0,
+            term: 4,
+            groups: vec![wire_group(1, 4 << 32, "", &["a:1"])],
+        })
+        .await,
+        "info with groups from term 4",
+    );
+    assert_eq!(node.group_deliveries(), 1);
+
+    // A primary that is not a member refuses the whole probe: no group
+    // delivered (not even the good one beside it), and its long lease is not
+    // granted, so the short one lapses.
+    let malformed = c
+        .info(pb::InfoRequest {
+            lease_millis: 60_000,
+            term: 5,
+            groups: vec![
+                wire_group(2, (5 << 32) | 2, "b:1", &["b:1"]),
+                wire_group(1, (5 << 32) | 3, "a:1", &["b:1"]),
+            ],
+        })
+        .await;
+    let status = malformed.expect_err("a malformed group");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("not a member"), "{status:?}");
+    assert_eq!(node.group_deliveries(), 1);
+    assert_eq!(node.received_group(id(1)).unwrap(), one);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !rangelet.lease_valid(),
+        "the refused probe granted no lease"
+    );
+    assert!(!rangelet.may_write(id(1)));
+}

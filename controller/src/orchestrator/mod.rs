@@ -35,11 +35,13 @@
 //!
 //! Files: `output.rs` (the step's output: saves before commands, probes),
 //! `reconcile.rs` (reconciliation, per range), `operations.rs`, `placement.rs`
-//! (node choice), `ownership.rs` (who holds the newest data), `attempts.rs`
-//! (in flight, failures, backoff), `types.rs` (what goes in and out).
+//! (node choice), `ownership.rs` (who holds the newest data), `groups.rs`
+//! (replica groups probes carry at R3), `attempts.rs` (in flight, failures,
+//! backoff), `types.rs` (what goes in and out).
 
 mod attempts;
 mod balancing;
+mod groups;
 pub mod history;
 mod operations;
 mod output;
@@ -147,6 +149,8 @@ pub struct Engine {
     balancing: balancing::Balancing,
     /// Operations that ended: the latest, and totals for metrics.
     history: history::OpHistory,
+    /// The replica group of each replicated range, as probes carry them.
+    groups: groups::Groups,
 }
 
 /// How many ranges of the tiling the background sweep re-checks per step.
@@ -193,6 +197,7 @@ impl Engine {
             effects: Vec::new(),
             output: Output::default(),
             balancing: balancing::Balancing::default(),
+            groups: groups::Groups::new(),
         };
         engine.resume_operations(now);
         engine

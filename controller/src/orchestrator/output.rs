@@ -47,7 +47,8 @@ pub(super) struct Output {
     probe_round_due: bool,
     /// Nodes to probe as soon as possible whatever the tick (just registered,
     /// so they are eligible for placements within one round trip, SCENARIOS.md
-    /// #33). Kept while the node's previous probe is still out.
+    /// #33; or members of a replica group that changed, so a failover reaches
+    /// them at once). Kept while the node's previous probe is still out.
     probe_soon: BTreeSet<NodeId>,
 }
 
@@ -140,7 +141,8 @@ impl Engine {
         self.output.probe_round_due = true;
     }
 
-    /// A node was registered: probe it as soon as possible.
+    /// A node was registered, or a replica group it is in changed: probe it as
+    /// soon as possible.
     pub(super) fn probe_soon(&mut self, node: NodeId) {
         self.output.probe_soon.insert(node);
     }
@@ -190,7 +192,8 @@ impl Engine {
             }
             self.output.probing.insert(node.clone(), addr.clone());
             let lease = self.roster.begin_probe(&node, self.config.lease, now);
-            tracing::trace!(%node, %addr, ?lease, "probing");
+            let groups = self.groups.for_member(&addr);
+            tracing::trace!(%node, %addr, ?lease, groups = groups.len(), "probing");
             probes.push(Effect::Probe(Probe {
                 node,
                 addr,
@@ -198,6 +201,7 @@ impl Engine {
                 lease,
                 timeout,
                 sent_at: now,
+                groups,
             }));
         }
         probes

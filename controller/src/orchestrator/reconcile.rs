@@ -72,13 +72,16 @@ impl Engine {
         self.drive_operations(now);
         self.start_drain_moves(now);
         let mut load = None;
-        for id in self.ranges_to_reconcile(now) {
-            let settled = self.reconcile_range(id, now, &mut load);
+        let ids = self.ranges_to_reconcile(now);
+        for id in &ids {
+            let settled = self.reconcile_range(*id, now, &mut load);
             if !settled {
-                self.dirty.insert(id);
+                self.dirty.insert(*id);
             }
         }
         self.drop_orphans(now);
+        // Last: the groups follow what this step decided.
+        self.refresh_groups(&ids, now);
     }
 
     /// Nodes that just became lost (or came back) concern all their ranges: look

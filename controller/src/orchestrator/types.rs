@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use ranger_proto::{Command, Outcome};
-use ranger_proto::{Key, NodeId, Parent, RangeId, RangeMeta};
+use ranger_proto::{Key, NodeId, Parent, RangeId, RangeMeta, ReplicaGroup};
 use tokio::time::Instant;
 
 use super::attempts::Subject;
@@ -70,6 +70,9 @@ pub struct Probe {
     /// answer ([`super::Engine::on_probe`]). The runtime must send the probe
     /// right away: the time until it leaves is taken from the lease margin.
     pub sent_at: Instant,
+    /// The replica group of every replicated range the node is a member of
+    /// (`InfoRequest.groups`; see `groups.rs`), in range order. Empty at R1.
+    pub groups: Vec<ReplicaGroup>,
 }
 
 /// How saving an [`Effect::Persist`] ended, told back to the engine.

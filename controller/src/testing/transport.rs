@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ranger_node_sdk::RangeletConfig;
 use ranger_node_sdk::testing::{Behaviour, ScriptedNode};
-use ranger_proto::{Command, RangeId, RangeMeta, RemoteState};
+use ranger_proto::{Command, RangeId, RangeMeta, RemoteState, ReplicaGroup};
 
 use crate::orchestrator::{Answer, Call, CallError};
 use crate::transport::NodeTransport;
@@ -60,7 +60,7 @@ async fn call<H: TransportHarness>(h: &H, addr: &str, call: Call) -> Answer {
 async fn probe_state<H: TransportHarness>(h: &H, addr: &str) -> Option<RemoteState> {
     let report = h
         .transport()
-        .probe(addr, TERM, LEASE, TIMEOUT)
+        .probe(addr, TERM, LEASE, &[], TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("probe of {addr} failed: {e}"));
     report
@@ -90,6 +90,68 @@ pub async fn run_all<H: TransportHarness>(h: &mut H) {
     a_stalled_callback_is_unreachable_once_the_timeout_passes(h).await;
     an_address_where_nothing_listens_is_unreachable(h).await;
     a_probe_carries_the_capacity_the_node_declares(h).await;
+    a_probe_delivers_its_replica_groups_once_its_term_is_checked(h).await;
+}
+
+/// A replica group as a controller would send it.
+fn group(range: RangeId, epoch: u64, primary: Option<&str>, members: &[&str]) -> ReplicaGroup {
+    ReplicaGroup {
+        range,
+        epoch,
+        primary: primary.map(str::to_owned),
+        members: members.iter().map(|m| (*m).to_owned()).collect(),
+    }
+}
+
+/// A probe's replica groups reach the storage system (`Node::replica_groups`)
+/// as sent; a probe from an older term delivers none; a malformed group (its
+/// primary not a member) refuses the whole probe before anything changes.
+pub async fn a_probe_delivers_its_replica_groups_once_its_term_is_checked<H: TransportHarness>(
+    h: &mut H,
+) {
+    let node = ScriptedNode::new();
+    let addr = h.serve(node.clone(), RangeletConfig::default()).await;
+    let sent = vec![
+        group(RangeId::FIRST, 5, Some(&addr), &[&addr, "other:7000"]),
+        group(RangeId::MAX, 6, None, &[&addr]),
+    ];
+    h.transport()
+        .probe(&addr, TERM, LEASE, &sent, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("probe with groups: {e}"));
+    assert_eq!(node.group_deliveries(), 1);
+    for g in &sent {
+        assert_eq!(
+            node.received_group(g.range).as_ref(),
+            Some(g),
+            "delivered as sent"
+        );
+    }
+
+    let newer = [group(RangeId::FIRST, 9, None, &[&addr])];
+    let stale = h
+        .transport()
+        .probe(&addr, TERM - 1, LEASE, &newer, TIMEOUT)
+        .await;
+    assert!(stale.is_err(), "a probe from an older term: {stale:?}");
+    let malformed = [group(RangeId::FIRST, 9, Some("other:7000"), &[&addr])];
+    let refused = h
+        .transport()
+        .probe(&addr, TERM, LEASE, &malformed, TIMEOUT)
+        .await;
+    match refused {
+        Err(message) => assert!(message.contains("not a member"), "says why: {message}"),
+        Ok(report) => panic!("a malformed group was accepted: {report:?}"),
+    }
+    assert_eq!(node.group_deliveries(), 1, "neither delivered anything");
+    assert_eq!(node.received_group(sent[0].range).as_ref(), Some(&sent[0]));
+
+    // A probe with no group (R1, or the reference controller) calls nothing.
+    h.transport()
+        .probe(&addr, TERM, LEASE, &[], TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("probe without groups: {e}"));
+    assert_eq!(node.group_deliveries(), 1);
 }
 
 /// The balancer divides a node's load by the capacity it declares; a node
@@ -106,7 +168,7 @@ pub async fn a_probe_carries_the_capacity_the_node_declares<H: TransportHarness>
     for (addr, capacity) in [(plain, 1.0), (big, 2.5)] {
         let report = h
             .transport()
-            .probe(&addr, TERM, LEASE, TIMEOUT)
+            .probe(&addr, TERM, LEASE, &[], TIMEOUT)
             .await
             .unwrap_or_else(|e| panic!("probe of {addr} failed: {e}"));
         assert_eq!(report.capacity, capacity, "capacity of {addr}");
@@ -175,7 +237,7 @@ pub async fn activating_a_range_the_node_does_not_hold_is_invalid<H: TransportHa
         .serve(ScriptedNode::new(), RangeletConfig::default())
         .await;
     h.transport()
-        .probe(&addr, TERM, LEASE, TIMEOUT)
+        .probe(&addr, TERM, LEASE, &[], TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("probe: {e}"));
     for command in [Call::Activate, Call::Deactivate] {
@@ -214,7 +276,10 @@ pub async fn a_command_or_probe_from_an_older_term_is_refused<H: TransportHarnes
         }
         other => panic!("a command from an older term: {other:?}"),
     }
-    let probe = h.transport().probe(&addr, TERM - 1, LEASE, TIMEOUT).await;
+    let probe = h
+        .transport()
+        .probe(&addr, TERM - 1, LEASE, &[], TIMEOUT)
+        .await;
     assert!(probe.is_err(), "a probe from an older term: {probe:?}");
     assert_eq!(
         probe_state(h, &addr).await,
@@ -256,6 +321,6 @@ pub async fn an_address_where_nothing_listens_is_unreachable<H: TransportHarness
         matches!(answer, Err(CallError::Unreachable(_))),
         "a command to {addr}: {answer:?}"
     );
-    let probe = h.transport().probe(&addr, TERM, LEASE, TIMEOUT).await;
+    let probe = h.transport().probe(&addr, TERM, LEASE, &[], TIMEOUT).await;
     assert!(probe.is_err(), "a probe to {addr}: {probe:?}");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ranger_proto::pb::ranger as pb;
 use ranger_proto::pb::ranger::node_client::NodeClient;
 use ranger_proto::{Command, Outcome};
-use ranger_proto::{RangeId, RangeInfo, RemoteState};
+use ranger_proto::{RangeId, RangeInfo, RemoteState, ReplicaGroup};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -164,6 +164,7 @@ impl NodeTransport for GrpcTransport {
         addr: &str,
         term: u64,
         lease: Duration,
+        groups: &[ReplicaGroup],
         timeout: Duration,
     ) -> ProbeAnswer {
         let mut client = self.client(addr).map_err(|e| e.to_string())?;
@@ -173,7 +174,7 @@ impl NodeTransport for GrpcTransport {
             client.info(pb::InfoRequest {
                 lease_millis,
                 term,
-                groups: vec![],
+                groups: groups.iter().map(pb::ReplicaGroup::from).collect(),
             }),
         )
         .await

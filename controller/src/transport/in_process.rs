@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ranger_node_sdk::{Command, CommandError, Node, Rangelet};
-use ranger_proto::RangeId;
+use ranger_proto::pb::ranger as pb;
+use ranger_proto::{RangeId, ReplicaGroup};
 
 use super::{NodeReport, NodeTransport, ProbeAnswer};
 use crate::orchestrator::{Answer, Call, CallError};
@@ -196,6 +197,21 @@ fn call_error(e: CommandError, command: Command) -> CallError {
     super::grpc::call_error(tonic::Status::from(e), Some(command))
 }
 
+/// The groups as a node behind gRPC receives them: through the wire's
+/// message and its checks (a primary must be a member; no empty address), so
+/// a malformed group refuses the probe whole, before anything changes, with
+/// the error a gRPC caller would see (the node's INVALID_ARGUMENT).
+fn groups_as_received(groups: &[ReplicaGroup]) -> Result<Vec<ReplicaGroup>, String> {
+    groups
+        .iter()
+        .map(|g| ReplicaGroup::try_from(pb::ReplicaGroup::from(g)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            super::grpc::call_error(tonic::Status::invalid_argument(e.to_string()), None)
+                .to_string()
+        })
+}
+
 impl<N: Node> NodeTransport for InProcessTransport<N> {
     async fn call(
         &self,
@@ -241,11 +257,13 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
         addr: &str,
         term: u64,
         lease: Duration,
+        groups: &[ReplicaGroup],
         timeout: Duration,
     ) -> ProbeAnswer {
         let rangelet = self.rangelet(addr).map_err(|e| e.to_string())?;
         let faults = self.faults_for(addr, Lost::Probe);
         self.deliver(&faults, timeout).await?;
+        let groups = groups_as_received(groups)?;
         // Lease 0 grants nothing (the wire's `lease_millis = 0`); a probe from
         // an older term is refused and grants nothing either.
         let grant = (!lease.is_zero()).then_some(lease);
@@ -253,6 +271,10 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
             .info_in_term(term, grant)
             .await
             .map_err(|e| e.to_string())?;
+        // As the gRPC service does: only once the term is checked.
+        if !groups.is_empty() {
+            rangelet.node().replica_groups(groups).await;
+        }
         if faults.contains(&Fault::DropReply) {
             return Err(format!("probe reply from {addr} lost"));
         }
@@ -313,7 +335,7 @@ mod tests {
         // Probes are other traffic: untouched.
         assert!(
             transport
-                .probe("n:1", 0, Duration::ZERO, TIMEOUT)
+                .probe("n:1", 0, Duration::ZERO, &[], TIMEOUT)
                 .await
                 .is_ok()
         );
@@ -333,14 +355,14 @@ mod tests {
         assert_eq!(rangelet.state(RangeId::FIRST), RemoteState::Inactive);
         assert!(
             transport
-                .probe("n:1", 0, Duration::ZERO, TIMEOUT)
+                .probe("n:1", 0, Duration::ZERO, &[], TIMEOUT)
                 .await
                 .is_err()
         );
         transport.heal("n:1");
         assert!(
             transport
-                .probe("n:1", 0, Duration::ZERO, TIMEOUT)
+                .probe("n:1", 0, Duration::ZERO, &[], TIMEOUT)
                 .await
                 .is_ok()
         );

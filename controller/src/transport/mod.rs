@@ -12,7 +12,7 @@ mod in_process;
 use std::future::Future;
 use std::time::Duration;
 
-use ranger_proto::{RangeId, RangeInfo};
+use ranger_proto::{RangeId, RangeInfo, ReplicaGroup};
 
 pub use grpc::GrpcTransport;
 #[cfg(any(test, feature = "testing"))]
@@ -60,12 +60,14 @@ pub trait NodeTransport: Send + Sync + 'static {
     ) -> impl Future<Output = Answer> + Send;
 
     /// Probes the node at `addr` with `Info`, granting it a write lease (none
-    /// if `lease` is zero).
+    /// if `lease` is zero) and telling it the replica `groups` it is a member
+    /// of (none at R1). A node refuses a probe with a malformed group whole.
     fn probe(
         &self,
         addr: &str,
         term: u64,
         lease: Duration,
+        groups: &[ReplicaGroup],
         timeout: Duration,
     ) -> impl Future<Output = ProbeAnswer> + Send;
 }

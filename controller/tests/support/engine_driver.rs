@@ -2,15 +2,18 @@
 //! and commands are answered at once by model nodes), for the engine-level
 //! tests (`engine.rs`, `balancing.rs`): no runtime, no rangelets, no clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ranger_controller::config::{OrchestratorConfig, Replication};
 use ranger_controller::keyspace::Keyspace;
-use ranger_controller::orchestrator::{Call, Dispatch, Effect, Engine, OpError, OpId, Persisted};
+use ranger_controller::orchestrator::{
+    Call, CallError, Dispatch, Effect, Engine, OpError, OpId, Persisted, Probe,
+};
 use ranger_controller::transport::NodeReport;
 use ranger_proto::{
     LoadInfo, NodeId, Outcome, PlacementState, RangeId, RangeInfo, RangeMeta, RemoteState,
+    ReplicaGroup,
 };
 use tokio::time::Instant;
 
@@ -27,6 +30,12 @@ pub struct Nodes {
     pub failing: Vec<(String, &'static str)>,
     /// Capacities the nodes declare (1 if absent).
     pub capacities: BTreeMap<NodeId, f64>,
+    /// Nodes that are unreachable: their probes fail and their commands go
+    /// unanswered (a crash or a partition).
+    pub down: BTreeSet<NodeId>,
+    /// Nodes whose copies stay Preparing (still loading) until the test
+    /// finishes them ([`Nodes::finish_preparing`]).
+    pub slow_prepares: BTreeSet<NodeId>,
 }
 
 impl Nodes {
@@ -45,10 +54,17 @@ impl Nodes {
             };
         }
         let state = match &dispatch.call {
+            Call::Prepare { .. } if current == Some(RemoteState::Preparing) => {
+                RemoteState::Preparing
+            }
             Call::Prepare { meta, .. } => {
-                self.ranges
-                    .insert(key, (meta.clone(), RemoteState::Inactive));
-                RemoteState::Inactive
+                let state = if self.slow_prepares.contains(&dispatch.node) {
+                    RemoteState::Preparing
+                } else {
+                    RemoteState::Inactive
+                };
+                self.ranges.insert(key, (meta.clone(), state));
+                state
             }
             Call::Activate => self.set(&key, RemoteState::Active),
             Call::Deactivate => self.set(&key, RemoteState::Inactive),
@@ -60,6 +76,16 @@ impl Nodes {
         Outcome {
             state,
             failure: None,
+        }
+    }
+
+    /// `node`'s copies still loading are loaded: Inactive from now on.
+    pub fn finish_preparing(&mut self, node: &NodeId) {
+        self.slow_prepares.remove(node);
+        for ((n, _), (_, state)) in self.ranges.iter_mut() {
+            if n == node && *state == RemoteState::Preparing {
+                *state = RemoteState::Inactive;
+            }
         }
     }
 
@@ -125,6 +151,8 @@ pub struct Driver {
     pub sent_for: Vec<Option<OpId>>,
     /// Operations that ended, with their results.
     pub finished: BTreeMap<OpId, Result<(), OpError>>,
+    /// The replica groups each node's latest probe carried.
+    pub received: BTreeMap<NodeId, Vec<ReplicaGroup>>,
 }
 
 impl Driver {
@@ -145,6 +173,7 @@ impl Driver {
             sent: Vec::new(),
             sent_for: Vec::new(),
             finished: BTreeMap::new(),
+            received: BTreeMap::new(),
         };
         let effects = driver.engine.step(now);
         assert!(
@@ -203,18 +232,16 @@ impl Driver {
         while let Some(effect) = queue.pop_front() {
             match effect {
                 Effect::Persist(_) => queue.extend(self.engine.persisted(Persisted::Saved)),
-                Effect::Probe(probe) => {
-                    self.engine.on_probe(
-                        &probe.node,
-                        probe.sent_at,
-                        Ok(self.nodes.answer(&probe.node)),
-                    );
-                }
+                Effect::Probe(probe) => self.answer_probe(probe),
                 Effect::Send(dispatch) => {
                     self.sent.push(describe(&dispatch));
                     self.sent_for.push(dispatch.op);
-                    let outcome = self.nodes.apply(&dispatch);
-                    self.engine.on_answer(&dispatch, Ok(outcome), self.now);
+                    let answer = if self.nodes.down.contains(&dispatch.node) {
+                        Err(CallError::Unreachable("node is down".into()))
+                    } else {
+                        Ok(self.nodes.apply(&dispatch))
+                    };
+                    self.engine.on_answer(&dispatch, answer, self.now);
                 }
                 Effect::Finished { op, result } => {
                     self.finished.insert(op, result);
@@ -266,13 +293,25 @@ impl Driver {
     pub fn answer_probes(&mut self, effects: &[Effect]) {
         for effect in effects {
             if let Effect::Probe(probe) = effect {
-                self.engine.on_probe(
-                    &probe.node,
-                    probe.sent_at,
-                    Ok(self.nodes.answer(&probe.node)),
-                );
+                self.answer_probe(probe.clone());
             }
         }
+    }
+
+    /// A model node receives a probe (recording the groups it carried) and
+    /// answers it, unless it is down.
+    fn answer_probe(&mut self, probe: Probe) {
+        if self.nodes.down.contains(&probe.node) {
+            self.engine
+                .on_probe(&probe.node, probe.sent_at, Err("node is down".into()));
+            return;
+        }
+        self.received.insert(probe.node.clone(), probe.groups);
+        self.engine.on_probe(
+            &probe.node,
+            probe.sent_at,
+            Ok(self.nodes.answer(&probe.node)),
+        );
     }
 
     pub fn settle(&mut self) {

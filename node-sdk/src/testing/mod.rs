@@ -2,8 +2,9 @@
 //!
 //! [`ScriptedNode`] is a storage system for tests: every callback can be scripted
 //! to succeed, fail, take a while, or never finish, per command and per range, and
-//! every call is recorded. The controller's tests run real rangelets over it, so
-//! they exercise the same state machine as production nodes.
+//! every call is recorded, as are the replica groups probes deliver. The
+//! controller's tests run real rangelets over it, so they exercise the same state
+//! machine as production nodes.
 //!
 //! [`StateStoreSuite`] checks a [`crate::StateStore`] against the contract the
 //! rangelet relies on, so that a storage system keeping its range states in its own
@@ -13,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta};
+use ranger_proto::{LoadInfo, Parent, RangeId, RangeMeta, ReplicaGroup};
 
 use crate::node::{CallbackError, Node};
 use crate::rangelet::Command;
@@ -93,6 +94,11 @@ struct Script {
     rules: HashMap<(Command, Option<RangeId>), Behaviour>,
     calls: Vec<Call>,
     loads: HashMap<RangeId, LoadInfo>,
+    /// Per range, the group the latest delivery carried (whatever its epoch:
+    /// tests check what the controller sent, not what a node would keep).
+    groups: HashMap<RangeId, ReplicaGroup>,
+    /// How many times [`Node::replica_groups`] was called.
+    group_deliveries: usize,
 }
 
 /// A scriptable [`Node`]. Clones share the script, so a test keeps one handle to
@@ -138,6 +144,18 @@ impl ScriptedNode {
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         lock(&self.script).calls.clone()
+    }
+
+    /// The replica group of `range` as the latest probe that carried one
+    /// delivered it.
+    pub fn received_group(&self, range: RangeId) -> Option<ReplicaGroup> {
+        lock(&self.script).groups.get(&range).cloned()
+    }
+
+    /// How many probes delivered replica groups (a probe with none, or one
+    /// refused, delivers nothing).
+    pub fn group_deliveries(&self) -> usize {
+        lock(&self.script).group_deliveries
     }
 
     /// How many times `command` was called for `range`.
@@ -211,6 +229,14 @@ impl Node for ScriptedNode {
             .get(&id)
             .cloned()
             .unwrap_or_default())
+    }
+
+    async fn replica_groups(&self, groups: Vec<ReplicaGroup>) {
+        let mut script = lock(&self.script);
+        script.group_deliveries += 1;
+        for group in groups {
+            script.groups.insert(group.range, group);
+        }
     }
 }
 
