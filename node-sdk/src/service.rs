@@ -196,10 +196,7 @@ impl<N: Node> pb::node_server::Node for NodeService<N> {
             .map(ReplicaGroup::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let ranges = self.rangelet.info_in_term(request.term, lease).await?;
-        if !groups.is_empty() {
-            self.rangelet.node().replica_groups(groups).await;
-        }
+        let ranges = self.rangelet.probe(request.term, lease, groups).await?;
         Ok(Response::new(pb::InfoResponse {
             ranges: ranges.iter().map(pb::RangeInfo::from).collect(),
             want_drain: self.rangelet.wants_drain(),

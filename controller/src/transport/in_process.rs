@@ -267,14 +267,12 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
         // Lease 0 grants nothing (the wire's `lease_millis = 0`); a probe from
         // an older term is refused and grants nothing either.
         let grant = (!lease.is_zero()).then_some(lease);
+        // As the gRPC service does: the groups once the term is checked,
+        // before the lease.
         let ranges = rangelet
-            .info_in_term(term, grant)
+            .probe(term, grant, groups)
             .await
             .map_err(|e| e.to_string())?;
-        // As the gRPC service does: only once the term is checked.
-        if !groups.is_empty() {
-            rangelet.node().replica_groups(groups).await;
-        }
         if faults.contains(&Fault::DropReply) {
             return Err(format!("probe reply from {addr} lost"));
         }

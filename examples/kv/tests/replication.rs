@@ -281,10 +281,11 @@ async fn a_copy_added_while_writes_go_on_joins_through_the_primary_and_misses_no
         tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                put(&mut at_a, &format!("pre{:04}", i % 500), &format!("new{i}"))
-                    .await
-                    .unwrap();
-                put(&mut at_a, &format!("during{i:05}"), "x").await.unwrap();
+                // A new group pauses the primary's writes for its takeover:
+                // retry refusals, as the proxy does.
+                put_when_serving(&mut at_a, &format!("pre{:04}", i % 500), &format!("new{i}"))
+                    .await;
+                put_when_serving(&mut at_a, &format!("during{i:05}"), "x").await;
                 i += 1;
                 written.store(i, Ordering::SeqCst);
             }

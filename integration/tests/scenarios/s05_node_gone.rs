@@ -207,7 +207,9 @@ async fn run_r3(cluster: &mut Cluster, backend: Backend, name: &str) -> anyhow::
         .recovered_in(recovered)
         .note(format!(
             "R3 on 4 nodes: killed {victim}, the primary of range {id}; {new_primary} took over, a new copy was built on {added:?}; \
-             the three copies hold the same {copies} pairs; recovery: from the kill to three active copies again"
+             the three copies hold the same {copies} pairs; recovery: from the kill to three active copies again; \
+             errors by kind {:?}; {} ops",
+            report.errors, report.ops
         ))
         .print();
     Ok(())

@@ -13,7 +13,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ranger_proto::{LoadInfo, RangeId, RangeInfo, RemoteState};
+use ranger_proto::{LoadInfo, RangeId, RangeInfo, RemoteState, ReplicaGroup};
 use tokio::time::Instant;
 
 use super::errors::CommandError;
@@ -76,6 +76,22 @@ impl<N: Node> Rangelet<N> {
         };
         self.after_grant(granted);
         Ok(self.report().await)
+    }
+
+    /// [`Rangelet::info_in_term`] for a probe that carries replica groups:
+    /// they reach the storage system ([`Node::replica_groups`], every probe,
+    /// the list empty at R1) once the term is checked and *before* the lease
+    /// is granted, so that a copy the controller no longer counts stops taking
+    /// writes before the new lease could let one in.
+    pub async fn probe(
+        &self,
+        term: u64,
+        lease: Option<Duration>,
+        groups: Vec<ReplicaGroup>,
+    ) -> Result<Vec<RangeInfo>, CommandError> {
+        self.check_term(&mut lock(&self.inner.table), term)?;
+        self.inner.node.replica_groups(groups).await;
+        self.info_in_term(term, lease).await
     }
 
     /// Every range with its state and load.

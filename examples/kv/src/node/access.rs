@@ -42,6 +42,10 @@ pub enum AccessError {
     /// A deactivation began while the write waited for the range's gate.
     #[error("range {range} stopped serving writes")]
     StoppedWriting { range: RangeId },
+    /// A replicated write was cut short by a change of the range's primary;
+    /// it may have landed, and writes are idempotent: worth retrying.
+    #[error("{0}")]
+    Interrupted(String),
     /// The range is replicated and this copy is not its serving primary (it
     /// may lag): clients go to the primary.
     #[error("range {range} is replicated and served by its primary{}", primary_hint(.primary))]
@@ -65,6 +69,7 @@ impl From<AccessError> for Status {
             | AccessError::Fenced { .. }
             | AccessError::StoppedWriting { .. }
             | AccessError::NotPrimary { .. } => Status::failed_precondition(message),
+            AccessError::Interrupted(_) => Status::aborted(message),
             AccessError::WriteFailed(_) => Status::internal(message),
         }
     }
@@ -311,6 +316,9 @@ impl KvNode {
         let outcome = match landed {
             Ok(Ok(())) => Ok(()),
             Ok(Err(ReplicaWriteError::NotPrimary(e))) => Err(AccessError::from(e)),
+            Ok(Err(e @ ReplicaWriteError::Interrupted { .. })) => {
+                Err(AccessError::Interrupted(e.to_string()))
+            }
             Ok(Err(e)) => Err(AccessError::WriteFailed(e.to_string())),
             Err(join) => Err(AccessError::WriteFailed(format!(
                 "the write task failed: {join}"

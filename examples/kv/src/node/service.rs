@@ -337,7 +337,10 @@ impl pb::kv_server::Kv for KvService {
                 let state = self.rangelet.state(source);
                 let joins = state == RemoteState::Active
                     && !request.joiner.is_empty()
-                    && self.node.serves_as_primary(source);
+                    && self
+                        .node
+                        .serves_as_primary(source, self.node.config().peer_timeout / 4)
+                        .await;
                 if joins {
                     let stream = self.node.join_delta(source, transfer, request.joiner).await?;
                     let stream: Self::DeltaStream = Box::pin(stream);

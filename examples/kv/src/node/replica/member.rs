@@ -65,9 +65,23 @@ impl KvNode {
         self.inner.replicas.serving_count()
     }
 
-    /// Whether this copy serves `range` as its primary now.
-    pub fn serves_as_primary(&self, range: RangeId) -> bool {
-        self.inner.replicas.is_serving(range)
+    /// Whether this copy serves `range` as its primary now; if the newest
+    /// group names it primary and its takeover is still running, waits up to
+    /// `patience` for it (a copy's delta at activation then goes on, instead
+    /// of failing the activation for the controller to retry a second later).
+    pub async fn serves_as_primary(&self, range: RangeId, patience: std::time::Duration) -> bool {
+        let replicas = &self.inner.replicas;
+        let named = || {
+            replicas.group(range).and_then(|g| g.primary).as_deref()
+                == Some(self.inner.config.self_addr.as_str())
+        };
+        let deadline = tokio::time::Instant::now() + patience;
+        // Polled: a takeover is one round of calls to the members, so this
+        // rarely waits more than a few polls.
+        while !replicas.is_serving(range) && named() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        replicas.is_serving(range)
     }
 
     /// Where this copy's replica log of `range` stands, if it follows one
@@ -100,6 +114,14 @@ impl KvNode {
             ));
         }
         let log = self.range_log(range)?;
+        if epoch < log.seen_epoch.load(Ordering::SeqCst) {
+            return Err(Status::new(
+                refusal::STALE_EPOCH,
+                format!(
+                    "range {range}: entry of epoch {epoch}, but this copy took part in a newer one"
+                ),
+            ));
+        }
         let mut state = log.state.lock().await;
         let Some(record) = &state.record else {
             return Err(Status::new(
@@ -196,6 +218,12 @@ impl KvNode {
         log.seen_epoch.fetch_max(epoch, Ordering::SeqCst);
         // A primary of an older epoch stops here: it may no longer write.
         self.stop_serving(range, &log, epoch);
+        // A copy being prepared or joining answers without its log's lock: it
+        // holds that lock while it fetches its delta from the primary, which
+        // may be the very copy asking.
+        if !log.attached.load(Ordering::SeqCst) && self.is_joining(range) {
+            return Ok(standing(Standing::Joining, None));
+        }
         let mut state = log.state.lock().await;
         if state.record.is_none() {
             if self.is_joining(range) {
@@ -312,5 +340,73 @@ fn standing(standing: Standing, record: Option<Record>) -> pb::TakeOverResponse 
         standing: standing as i32,
         seq,
         last,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{KvNode, KvNodeConfig};
+    use ranger_proto::{Key, RangeMeta};
+    use std::time::Duration;
+
+    fn node_holding(dir: &std::path::Path, range: RangeId) -> KvNode {
+        let store = crate::node::store::Store::open(dir).expect("store");
+        let node = KvNode::open(store, KvNodeConfig::new("127.0.0.1:1")).expect("node");
+        let meta = RangeMeta::new(range, Key::from(""), Key::from("")).expect("meta");
+        lock(&node.inner.held).insert(range, meta);
+        node
+    }
+
+    #[tokio::test]
+    async fn a_joining_copy_answers_a_takeover_while_its_log_is_locked() {
+        // A copy joining holds its log's lock while it fetches its delta from
+        // the primary; that primary may be taking over a new epoch and asking
+        // this copy where it stands. Waiting for the lock would deadlock them.
+        let dir = tempfile::tempdir().expect("dir");
+        let range = RangeId::new(1).expect("id");
+        let node = node_holding(dir.path(), range);
+        node.inner.replicas.set_joining(range, true);
+        let log = node.range_log(range).expect("log");
+        let _fetching = log.lock_state().await;
+        let answer = tokio::time::timeout(Duration::from_secs(5), node.answer_take_over(range, 7))
+            .await
+            .expect("answered without waiting for the lock")
+            .expect("an answer");
+        assert_eq!(answer.standing, Standing::Joining as i32);
+    }
+
+    #[tokio::test]
+    async fn an_entry_of_an_older_epoch_than_one_taken_part_in_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let range = RangeId::new(1).expect("id");
+        let node = node_holding(dir.path(), range);
+        // A complete fresh copy attaches at the takeover of epoch 9.
+        let answer = node.answer_take_over(range, 9).await.expect("answer");
+        assert_eq!(answer.standing, Standing::Attached as i32);
+        let entry = pb::Entry {
+            seq: 1,
+            changes: vec![],
+        };
+        let stale = node
+            .apply_replicated(range, 8, entry.clone())
+            .await
+            .expect_err("epoch 8 is over");
+        assert_eq!(stale.code(), refusal::STALE_EPOCH);
+        node.apply_replicated(range, 9, entry)
+            .await
+            .expect("epoch 9 is current");
+        let gap = node
+            .apply_replicated(
+                range,
+                9,
+                pb::Entry {
+                    seq: 3,
+                    changes: vec![],
+                },
+            )
+            .await
+            .expect_err("entry 2 is missing");
+        assert_eq!(gap.code(), refusal::GAP);
     }
 }

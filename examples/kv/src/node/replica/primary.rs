@@ -20,6 +20,13 @@ use super::{NotPrimary, RangeLog, Record};
 pub enum ReplicaWriteError {
     #[error("range {}: this copy is not its serving primary", .0.range)]
     NotPrimary(NotPrimary),
+    /// The range's group changed while the entry was being forwarded: the
+    /// next primary's takeover settles it (the write may well have landed), so
+    /// the client may retry.
+    #[error(
+        "range {range}: the write was interrupted by a change of primary and may have landed: {reason}"
+    )]
+    Interrupted { range: RangeId, reason: String },
     #[error("range {range}: {reason}")]
     Failed { range: RangeId, reason: String },
 }
@@ -75,6 +82,9 @@ impl KvNode {
             super::lock(&log.targets).retain(|t| group.members.contains(t));
             let me = &self.inner.config.self_addr;
             if group.primary.as_deref() == Some(me.as_str()) {
+                // No write of an older epoch from here on: the takeover
+                // serves the new one once every member has adopted it.
+                log.serving.store(0, Ordering::SeqCst);
                 tracing::info!(%range, epoch = group.epoch, members = ?group.members, "named primary; taking over");
                 let node = self.clone();
                 tokio::spawn(async move { node.take_over(group).await });
@@ -115,29 +125,39 @@ impl KvNode {
     /// One try: every other member adopts the epoch and says how far it got;
     /// the highest entry is brought to everyone; then this copy serves.
     /// Returns the sequence number it serves from.
+    ///
+    /// The log's lock is never held while a peer is asked anything: a member
+    /// answering may itself wait for a lock (a copy joining holds its own
+    /// while it fetches from this one), and two copies taking over at once
+    /// must not wait on each other. Nothing writes meanwhile: this copy serves
+    /// no epoch until the end, and it refuses older epochs' entries.
     async fn try_take_over(&self, group: &ReplicaGroup) -> Result<u64, TakeOverError> {
         let range = group.range;
         let epoch = group.epoch;
+        let not_yet = |e: &dyn std::fmt::Display| TakeOverError::NotYet(e.to_string());
         let log = self
             .inner
             .replicas
             .log(&self.inner.store, range)
-            .map_err(|e| TakeOverError::NotYet(e.to_string()))?;
+            .map_err(|e| not_yet(&e))?;
         log.seen_epoch.fetch_max(epoch, Ordering::SeqCst);
-        let mut state = log.state.lock().await;
-        if state.record.is_none() {
-            // A fresh copy (a new range, a child) starts the log; a copy
-            // that should have joined one never serves.
-            if !self.is_complete(range) {
-                return Err(TakeOverError::NotYet(
-                    "this copy does not hold the range's data yet".into(),
-                ));
+        let mine = {
+            let mut state = log.state.lock().await;
+            if state.record.is_none() {
+                // A fresh copy (a new range, a child) starts the log; a copy
+                // that should have joined one never serves.
+                if !self.is_complete(range) {
+                    return Err(TakeOverError::NotYet(
+                        "this copy does not hold the range's data yet".into(),
+                    ));
+                }
+                self.attach(&log, &mut state, range, Record::start(epoch, 0))
+                    .map_err(|e| not_yet(&e))?;
             }
-            self.attach(&log, &mut state, range, Record::start(epoch, 0))
-                .map_err(|e| TakeOverError::NotYet(e.to_string()))?;
-        }
-        let Some(mine) = state.record.clone() else {
-            return Err(TakeOverError::NotYet("no record".into()));
+            state
+                .record
+                .clone()
+                .ok_or_else(|| TakeOverError::NotYet("no record".into()))?
         };
         let me = self.inner.config.self_addr.clone();
         let others: Vec<String> = group
@@ -209,19 +229,27 @@ impl KvNode {
         for (member, seq, _) in &lagging {
             tracing::error!(%range, %member, seq, highest, "member lags by more than one entry: not forwarded to; it must be copied again");
         }
-        if highest == mine.seq + 1
-            && let Some(entry) = newest.clone()
         {
-            self.apply_entry(&log, &mut state, range, Record::after(epoch, entry))
-                .await
-                .map_err(|e| TakeOverError::NotYet(e.to_string()))?;
-        } else if mine.epoch != epoch {
-            let mut adopted = mine.clone();
-            adopted.epoch = epoch;
-            adopted
-                .save(&self.inner.store, range)
-                .map_err(|e| TakeOverError::NotYet(e.to_string()))?;
-            log.set_record(&mut state, adopted);
+            let mut state = log.state.lock().await;
+            if state.record.as_ref().map(|r| r.seq) != Some(mine.seq) {
+                return Err(TakeOverError::NotYet(
+                    "this copy's log moved during the takeover".into(),
+                ));
+            }
+            if highest == mine.seq + 1
+                && let Some(entry) = newest.clone()
+            {
+                self.apply_entry(&log, &mut state, range, Record::after(epoch, entry))
+                    .await
+                    .map_err(|e| not_yet(&e))?;
+            } else if mine.epoch != epoch {
+                let mut adopted = mine.clone();
+                adopted.epoch = epoch;
+                adopted
+                    .save(&self.inner.store, range)
+                    .map_err(|e| not_yet(&e))?;
+                log.set_record(&mut state, adopted);
+            }
         }
         if let Some(entry) = &newest {
             for (member, seq, _) in current.iter().filter(|(_, seq, _)| *seq < highest) {
@@ -235,10 +263,11 @@ impl KvNode {
                     })?;
             }
         }
-        *super::lock(&log.targets) = current.into_iter().map(|(member, ..)| member).collect();
+        let _state = log.state.lock().await;
         if !self.inner.replicas.is_current(group) {
             return Err(TakeOverError::NotYet("a newer group arrived".into()));
         }
+        *super::lock(&log.targets) = current.into_iter().map(|(member, ..)| member).collect();
         log.serving.store(epoch, Ordering::SeqCst);
         Ok(highest)
     }
@@ -378,14 +407,19 @@ impl KvNode {
         .await;
         for (target, outcome) in targets.iter().zip(forwarded) {
             if let Err(reason) = outcome {
-                return Err(failed(format!("member {target}: {reason}")));
+                return Err(ReplicaWriteError::Interrupted {
+                    range,
+                    reason: format!("member {target}: {reason}"),
+                });
             }
         }
         Ok(entry.seq)
     }
 
     /// Sends `entry` to `target` until it has it, the group drops the target,
-    /// or the target shows this copy is no longer primary.
+    /// or the target shows this copy is no longer primary. Once a newer epoch
+    /// reached this copy, a failed send is not retried: that epoch's takeover
+    /// brings every member to the same last entry, this one included.
     async fn forward_to(
         &self,
         log: &RangeLog,
@@ -399,9 +433,6 @@ impl KvNode {
         loop {
             if !log.is_target(target) {
                 return Ok(()); // It left the group: it no longer counts.
-            }
-            if log.serving() != epoch {
-                return Err("this copy stopped being the primary".into());
             }
             let status = match self.send_entry(target, range, epoch, entry).await {
                 Ok(()) => return Ok(()),
@@ -422,6 +453,12 @@ impl KvNode {
                     tracing::warn!(%range, %target, code = ?code, message = status.message(), "member no longer forwarded to");
                     log.drop_target(target);
                     return Ok(());
+                }
+                _ if log.seen_epoch.load(Ordering::SeqCst) > epoch => {
+                    return Err(format!(
+                        "a newer epoch began while the entry was out: {}",
+                        status.message()
+                    ));
                 }
                 _ => {
                     tries += 1;
