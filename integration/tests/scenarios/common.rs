@@ -8,6 +8,8 @@ use anyhow::{Context, bail};
 use ranger_integration::events::{Events, is_command_answer};
 use ranger_integration::views::{RangeView, current, range};
 use ranger_integration::{Backend, Cluster, HammerOptions, HammerRun};
+use ranger_kv::pb;
+use ranger_kv::pb::kv_client::KvClient;
 
 /// Where the scenarios cut the keyspace: between the hammer's workers
 /// (`h0-...` to `h3-...`), so that every range holds keys under load.
@@ -85,6 +87,11 @@ impl Markers {
                 .into_iter()
                 .find(|r| r.contains(key.as_bytes()))
                 .with_context(|| format!("no current range holds {key:?}"))?;
+            // A replicated range: its members refuse clients; that its copies
+            // agree is checked apart (`same_on_every_copy`).
+            if range.active_nodes().len() > 1 {
+                continue;
+            }
             let node = range
                 .served_by()
                 .with_context(|| format!("range {} is not served: {range:?}", range.id))?;
@@ -272,4 +279,59 @@ pub async fn kill_controller_after_answer(
         .await
         .context("rangerctl did not end after its controller was killed")???;
     Ok(killed)
+}
+
+/// The node among `nodes` that serves a range as its primary (the KV node's
+/// `ranger_kv_node_primary_ranges` gauge).
+pub async fn primary_among(cluster: &Cluster, nodes: &[String]) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for node in nodes {
+            let samples = ranger_integration::metrics::scrape(cluster.node_metrics(node)?).await?;
+            if samples.sum("ranger_kv_node_primary_ranges", &[]) >= 1.0 {
+                return Ok(node.clone());
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "none of {nodes:?} serves as primary"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Dumps every current range from each of its Active copies directly (Dump
+/// is not refused by a member) and checks that they agree; returns the pairs
+/// counted over the ranges.
+pub async fn same_on_every_copy(cluster: &Cluster, ranges: &[RangeView]) -> anyhow::Result<usize> {
+    let mut total = 0;
+    for range in current(ranges) {
+        let mut dumps = Vec::new();
+        for node in range.active_nodes() {
+            let addr = cluster.nodes[cluster.node_index(&node)?].listen;
+            let mut client = KvClient::connect(format!("http://{addr}")).await?;
+            let pairs = client
+                .dump(pb::DumpRequest {
+                    range_ident: range.id,
+                })
+                .await?
+                .into_inner()
+                .pairs;
+            dumps.push((node, pairs));
+        }
+        let Some((first, want)) = dumps.first() else {
+            anyhow::bail!("range {} has no active copy", range.id);
+        };
+        for (node, pairs) in &dumps[1..] {
+            anyhow::ensure!(
+                pairs == want,
+                "range {}: {node} holds {} pairs, {first} {}",
+                range.id,
+                pairs.len(),
+                want.len()
+            );
+        }
+        total += want.len();
+    }
+    Ok(total)
 }

@@ -2,10 +2,15 @@
 //! runs through the proxy; after each operation the marker keys on both
 //! sides of every boundary are read back, through the proxy and from the
 //! node that serves them. Planned operations cost clients no error.
+//!
+//! At R3 too (four nodes, three copies of each range, the KV store
+//! replicating from each range's primary): a split, a move of one copy and a
+//! join, after which every range's three copies must hold the same data.
 
+use ranger_integration::views::current;
 use ranger_integration::{Backend, Cluster, Summary};
 
-use crate::common::{self, Markers};
+use crate::common::{self, Markers, holding, same_on_every_copy};
 
 async fn place_move_split_and_join(backend: Backend, name: &str) -> anyhow::Result<()> {
     let cluster = common::cluster(backend).await?;
@@ -74,6 +79,64 @@ async fn s01_place_move_split_and_join_keep_the_keys_on_both_sides_of_every_boun
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s10_on_the_embedded_default_place_move_split_and_join_keep_every_key() {
     place_move_split_and_join(Backend::Embedded, "s10/s01 place/move/split/join")
+        .await
+        .unwrap();
+}
+
+async fn operations_r3(backend: Backend, name: &str) -> anyhow::Result<()> {
+    let cluster = Cluster::builder(backend)
+        .nodes(4)
+        .replication(3)
+        .start()
+        .await?;
+    let result = r3(&cluster, backend, name).await;
+    cluster.conclude(result)
+}
+
+async fn r3(cluster: &Cluster, backend: Backend, name: &str) -> anyhow::Result<()> {
+    let markers = Markers::write(cluster).await?;
+    let hammer = common::hammer(cluster, 103).await?;
+    common::split_at(cluster, "h2").await?;
+    markers.check(cluster).await?;
+    // Move one copy of the range holding h2 to the node that has none.
+    let (ctl, ranges) = cluster.leader_ranges().await.map_err(anyhow::Error::msg)?;
+    let range = holding(&ranges, "h2")?;
+    let holders = range.active_nodes();
+    let to = cluster
+        .node_ids()
+        .into_iter()
+        .find(|n| !holders.contains(n))
+        .ok_or_else(|| anyhow::anyhow!("every node holds range {}", range.id))?;
+    ctl.operation_ok(&["move", &range.id.to_string(), &to])
+        .await?;
+    let moved = cluster.wait_settled().await?;
+    anyhow::ensure!(
+        holding(&moved, "h2")?.active_nodes().contains(&to),
+        "range holding h2 not on {to}: {moved:?}"
+    );
+    markers.check(cluster).await?;
+    let joined = common::join_at(cluster, "h2").await?;
+    markers.check(cluster).await?;
+    let report = hammer.stop().await?;
+    report.check_no_loss()?;
+    let pairs = same_on_every_copy(cluster, &joined).await?;
+    Summary::new(name, backend, &report)
+        .note(format!(
+            "R3 on 4 nodes: split, a copy moved to {to}, join; {} range(s), every copy equal ({pairs} pairs)",
+            current(&joined).len()
+        ))
+        .print();
+    anyhow::ensure!(
+        report.client_errors() == 0,
+        "planned operations cost clients errors: {:?}",
+        report.errors
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s01_r3_split_move_and_join_keep_every_copy_equal_and_cost_no_error() {
+    operations_r3(Backend::Consul, "s01 R3 operations")
         .await
         .unwrap();
 }

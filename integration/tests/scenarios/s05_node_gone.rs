@@ -15,12 +15,13 @@
 
 use std::time::{Duration, Instant};
 
-use ranger_integration::views::{ForgetView, RangeView, current, range};
+use ranger_integration::views::{ForgetView, current, range};
 use ranger_integration::{Backend, Cluster, HammerOptions, Summary};
-use ranger_kv::pb;
-use ranger_kv::pb::kv_client::KvClient;
 
-use crate::common::{self, Markers, busiest_node, holding, ok_if, ranges_on, waiting_for};
+use crate::common::{
+    self, Markers, busiest_node, holding, ok_if, primary_among, ranges_on, same_on_every_copy,
+    waiting_for,
+};
 
 /// How long past being declared lost the scenario checks that nothing was
 /// re-created: several lease periods.
@@ -213,61 +214,6 @@ async fn run_r3(cluster: &mut Cluster, backend: Backend, name: &str) -> anyhow::
         ))
         .print();
     Ok(())
-}
-
-/// The node among `nodes` that serves a range as its primary (the KV node's
-/// `ranger_kv_node_primary_ranges` gauge).
-async fn primary_among(cluster: &Cluster, nodes: &[String]) -> anyhow::Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        for node in nodes {
-            let samples = ranger_integration::metrics::scrape(cluster.node_metrics(node)?).await?;
-            if samples.sum("ranger_kv_node_primary_ranges", &[]) >= 1.0 {
-                return Ok(node.clone());
-            }
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "none of {nodes:?} serves as primary"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Dumps every current range from each of its Active copies directly (Dump
-/// is not refused by a member) and checks that they agree; returns the pairs
-/// counted over the ranges.
-async fn same_on_every_copy(cluster: &Cluster, ranges: &[RangeView]) -> anyhow::Result<usize> {
-    let mut total = 0;
-    for range in current(ranges) {
-        let mut dumps = Vec::new();
-        for node in range.active_nodes() {
-            let addr = cluster.nodes[cluster.node_index(&node)?].listen;
-            let mut client = KvClient::connect(format!("http://{addr}")).await?;
-            let pairs = client
-                .dump(pb::DumpRequest {
-                    range_ident: range.id,
-                })
-                .await?
-                .into_inner()
-                .pairs;
-            dumps.push((node, pairs));
-        }
-        let Some((first, want)) = dumps.first() else {
-            anyhow::bail!("range {} has no active copy", range.id);
-        };
-        for (node, pairs) in &dumps[1..] {
-            anyhow::ensure!(
-                pairs == want,
-                "range {}: {node} holds {} pairs, {first} {}",
-                range.id,
-                pairs.len(),
-                want.len()
-            );
-        }
-        total += want.len();
-    }
-    Ok(total)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
