@@ -358,3 +358,87 @@ async fn a_primary_whose_group_a_probe_no_longer_carries_stops_serving_at_once()
         assert!(!pairs(&node.node).contains_key("k2"));
     }
 }
+
+/// `a` and `b` serve range 1 (`a` primary, epoch `e1`) with one write done; `d`
+/// prepares a copy that joins (it copies from the serving primary).
+async fn joining_d(dirs: &[tempfile::TempDir; 3]) -> [NodeServer; 3] {
+    let a = start(dirs[0].path()).await;
+    let b = start(dirs[1].path()).await;
+    for node in [&a, &b] {
+        own(node, &whole(1), vec![]).await;
+    }
+    announce(
+        &group(1, ReplicaGroup::epoch_of(1, 1), &a, &[&a, &b]),
+        &[&a, &b],
+    )
+    .await;
+    put_when_serving(&mut client(&a).await, "k0", "v0").await;
+    let d = start(dirs[2].path()).await;
+    let parents = vec![Parent {
+        meta: whole(1),
+        parents: vec![],
+        placements: vec![ParentPlacement {
+            node_addr: addr(&a),
+            state: PlacementState::Active,
+        }],
+    }];
+    let prepared = d.rangelet.prepare(whole(1), parents).await.unwrap();
+    assert!(prepared.failure.is_none(), "{prepared:?}");
+    [a, b, d]
+}
+
+#[tokio::test]
+async fn a_copy_that_joined_and_saw_no_write_since_can_take_over_as_primary() {
+    let dirs = dirs::<3>();
+    let [a, b, d] = joining_d(&dirs).await;
+    announce(
+        &group(1, ReplicaGroup::epoch_of(1, 2), &a, &[&a, &b, &d]),
+        &[&a, &b, &d],
+    )
+    .await;
+    let active = d.rangelet.activate(id(1)).await.unwrap();
+    assert!(active.failure.is_none(), "{active:?}");
+    // No write since the join: d is at the log's last entry without having
+    // applied it itself. The primary goes; d is named.
+    a.shutdown().await.unwrap();
+    announce(
+        &group(1, ReplicaGroup::epoch_of(1, 3), &d, &[&b, &d]),
+        &[&b, &d],
+    )
+    .await;
+    let mut at_d = client(&d).await;
+    put_when_serving(&mut at_d, "k1", "v1").await;
+    assert_eq!(pairs(&b.node).get("k1").map(String::as_str), Some("v1"));
+    assert_eq!(pairs(&d.node).get("k0").map(String::as_str), Some("v0"));
+}
+
+#[tokio::test]
+async fn a_join_whose_source_stopped_serving_as_primary_fails_instead_of_attaching() {
+    let dirs = dirs::<3>();
+    let [a, b, d] = joining_d(&dirs).await;
+    // The primary moves to b, and a is deactivated: a's delta is of a copy
+    // that no longer orders the range's writes.
+    let e2 = ReplicaGroup::epoch_of(1, 2);
+    announce(&group(1, e2, &b, &[&a, &b, &d]), &[&a, &b, &d]).await;
+    put_when_serving(&mut client(&b).await, "k1", "v1").await;
+    let deactivated = a.rangelet.deactivate(id(1)).await.unwrap();
+    assert!(deactivated.failure.is_none(), "{deactivated:?}");
+    let active = d.rangelet.activate(id(1)).await.unwrap();
+    let failure = active.failure.expect("the activation fails");
+    assert!(failure.contains("no longer serves"), "{failure}");
+    // d follows no log: asked by a primary, it is still joining.
+    let answer = client(&d)
+        .await
+        .take_over(pb::TakeOverRequest {
+            range: 1,
+            epoch: ReplicaGroup::epoch_of(1, 3),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.standing,
+        pb::take_over_response::Standing::Joining as i32
+    );
+    drop(b);
+}

@@ -320,22 +320,19 @@ impl Node for KvNode {
     }
 
     async fn drop(&self, id: RangeId) -> Result<(), CallbackError> {
-        let meta = lock(&self.inner.held).get(&id).cloned();
         self.abandon_pending(id).await?;
-        if let Some(meta) = meta {
-            // Only this range's keys: another range here may share the span.
-            for part in Span::of(&meta).subtract(&self.other_spans(id)) {
-                self.clear(&part).await.map_err(failed)?;
-            }
+        // No longer held: no replicated entry or takeover starts on it from
+        // here on; then the copy leaves its log, once an entry being applied
+        // has landed (its keys are cleared below with the rest).
+        let meta = lock(&self.inner.held).remove(&id);
+        let cleared = self.clear_dropped(id, meta.as_ref()).await;
+        if let (Err(_), Some(meta)) = (&cleared, meta) {
+            // Held again, so that the retried drop clears what this one
+            // could not.
+            lock(&self.inner.held).insert(id, meta);
         }
-        // The copy no longer follows any log: if the range comes back here,
-        // it is copied (and attached) again.
-        self.inner
-            .store
-            .set_replica_record(id, None)
-            .map_err(failed)?;
+        cleared?;
         self.inner.replicas.forget(id);
-        lock(&self.inner.held).remove(&id);
         self.inner.trackers.forget_range(id);
         lock(&self.inner.gates).remove(&id);
         self.inner.loads.forget(id);
@@ -361,6 +358,30 @@ impl Node for KvNode {
 
     async fn replica_groups(&self, groups: Vec<ReplicaGroup>) {
         self.apply_replica_groups(groups);
+    }
+}
+
+impl KvNode {
+    /// What a drop deletes: the copy's place in its replica log (waiting for
+    /// an entry being applied), then the range's keys, leaving those of other
+    /// ranges held here.
+    async fn clear_dropped(
+        &self,
+        id: RangeId,
+        meta: Option<&RangeMeta>,
+    ) -> Result<(), CallbackError> {
+        self.inner
+            .replicas
+            .detach(&self.inner.store, id)
+            .await
+            .map_err(failed)?;
+        if let Some(meta) = meta {
+            // Only this range's keys: another range here may share the span.
+            for part in Span::of(meta).subtract(&self.other_spans(id)) {
+                self.clear(&part).await.map_err(failed)?;
+            }
+        }
+        Ok(())
     }
 }
 

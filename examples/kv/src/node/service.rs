@@ -392,9 +392,16 @@ impl pb::kv_server::Kv for KvService {
                         "entry sequence numbers start at 1",
                     ));
                 }
-                self.node
-                    .apply_replicated(range, request.epoch, entry)
-                    .await?;
+                // In a task of its own: a primary that goes away mid-call must
+                // not leave the entry durable here but unrecorded in memory
+                // (this copy would then answer a takeover one entry short).
+                let node = self.node.clone();
+                let epoch = request.epoch;
+                tokio::spawn(async move { node.apply_replicated(range, epoch, entry).await })
+                    .await
+                    .map_err(|join| {
+                        Status::internal(format!("applying the entry failed: {join}"))
+                    })??;
                 Ok(Response::new(pb::ReplicateResponse {}))
             })
             .await

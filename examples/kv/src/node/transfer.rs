@@ -942,6 +942,15 @@ impl KvNode {
             if p.join
                 && let (Some(tail), Some((log, state))) = (applied.replica, joining.as_mut())
             {
+                if !tail.joined {
+                    // A replicated source that did not make this copy a member
+                    // (it no longer serves as primary): its delta is no final
+                    // state, and no primary forwards to this copy.
+                    return Err(failed(format!(
+                        "range {id}: {} no longer serves the replicated range as its primary; the copy must be prepared again",
+                        p.source_addr
+                    )));
+                }
                 self.attach_from_delta(log, state, id, &p.source_addr, tail)
                     .map_err(failed)?;
             }

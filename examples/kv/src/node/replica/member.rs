@@ -220,7 +220,10 @@ impl KvNode {
         self.stop_serving(range, &log, epoch);
         // A copy being prepared or joining answers without its log's lock: it
         // holds that lock while it fetches its delta from the primary, which
-        // may be the very copy asking.
+        // may be the very copy asking. The epoch was raised above, before this
+        // look: a join that attaches after it sees the raise and undoes itself
+        // (`attach_from_delta`), so a copy answered Joining never follows the
+        // older primary's log unseen.
         if !log.attached.load(Ordering::SeqCst) && self.is_joining(range) {
             return Ok(standing(Standing::Joining, None));
         }
@@ -285,6 +288,22 @@ impl KvNode {
         }
         self.attach(log, state, range, Record::start(tail.epoch, tail.seq))
             .map_err(|e| e.to_string())?;
+        // A takeover may have asked between the check above and the attach,
+        // found this copy not attached and left it out. It raised the epoch
+        // before it looked (see `answer_take_over`), so it shows here: undo.
+        let seen = log.seen_epoch.load(Ordering::SeqCst);
+        if seen > tail.epoch {
+            self.inner
+                .store
+                .set_replica_record(range, None)
+                .map_err(|e| e.to_string())?;
+            state.record = None;
+            log.attached.store(false, Ordering::SeqCst);
+            return Err(format!(
+                "range {range}: the primary changed while this copy joined from {source} (epoch {} < {seen}); it must be prepared again",
+                tail.epoch
+            ));
+        }
         tracing::info!(%range, %source, joined = tail.joined, "copy follows the range's replica log");
         Ok(())
     }

@@ -183,16 +183,35 @@ impl Replicas {
             .is_some_and(|g| g.epoch == group.epoch)
     }
 
-    /// Records `group` if it is newer than the one held; returns it if so.
-    fn accept(&self, group: ReplicaGroup) -> Option<ReplicaGroup> {
+    /// Records `group` if it is newer than the one held, and returns it if
+    /// so; in the same step (under the groups' lock, which a takeover also
+    /// holds when it starts serving) `log` stops serving any older epoch.
+    fn accept(&self, group: ReplicaGroup, log: &RangeLog) -> Option<ReplicaGroup> {
         let mut groups = lock(&self.groups);
         match groups.get(&group.range) {
             Some(held) if held.epoch >= group.epoch => None,
             _ => {
+                let serving = log.serving();
+                if serving != 0 && serving < group.epoch {
+                    log.serving.store(0, Ordering::SeqCst);
+                }
                 groups.insert(group.range, group.clone());
                 Some(group)
             }
         }
+    }
+
+    /// Makes `log` serve `group`'s epoch, unless a newer group arrived
+    /// meanwhile (checked under the groups' lock, see [`Replicas::accept`]).
+    fn serve_if_current(&self, group: &ReplicaGroup, log: &RangeLog) -> bool {
+        let groups = lock(&self.groups);
+        let current = groups
+            .get(&group.range)
+            .is_some_and(|g| g.epoch == group.epoch);
+        if current {
+            log.serving.store(group.epoch, Ordering::SeqCst);
+        }
+        current
     }
 
     /// Whether clients may read and write `range` here, as far as replication

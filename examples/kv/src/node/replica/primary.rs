@@ -68,10 +68,9 @@ impl KvNode {
             }
         }
         for group in groups {
-            let Some(group) = self.inner.replicas.accept(group) else {
-                continue;
-            };
             let range = group.range;
+            // Read first: a group accepted but never applied would not be
+            // applied again (the next probe's has the same epoch).
             let log = match self.inner.replicas.log(&self.inner.store, range) {
                 Ok(log) => log,
                 Err(e) => {
@@ -79,17 +78,21 @@ impl KvNode {
                     continue;
                 }
             };
+            let was_serving = log.serving();
+            let Some(group) = self.inner.replicas.accept(group, &log) else {
+                continue;
+            };
+            if was_serving != 0 && log.serving() == 0 {
+                tracing::info!(%range, serving = was_serving, epoch = group.epoch, "stopped serving the older epoch");
+            }
             super::lock(&log.targets).retain(|t| group.members.contains(t));
             let me = &self.inner.config.self_addr;
             if group.primary.as_deref() == Some(me.as_str()) {
-                // No write of an older epoch from here on: the takeover
+                // `accept` stopped any older epoch's writes: the takeover
                 // serves the new one once every member has adopted it.
-                log.serving.store(0, Ordering::SeqCst);
                 tracing::info!(%range, epoch = group.epoch, members = ?group.members, "named primary; taking over");
                 let node = self.clone();
                 tokio::spawn(async move { node.take_over(group).await });
-            } else {
-                self.stop_serving(range, &log, group.epoch);
             }
         }
     }
@@ -209,23 +212,25 @@ impl KvNode {
                 mine.seq
             )));
         }
-        // The entry at `highest`, from whoever has it.
-        let newest: Option<pb::Entry> = if highest == mine.seq {
-            mine.last.clone()
-        } else {
-            attached
-                .iter()
-                .find(|(_, seq, _)| *seq == highest)
-                .and_then(|(_, _, last)| last.clone())
-        };
-        if highest > 0 && newest.as_ref().map(|e| e.seq) != Some(highest) {
+        // The entry at `highest`, from whoever kept it. A copy that joined
+        // at `highest` (from a delta) or a restarted one may not have the
+        // entry itself; any copy at `highest` that kept it will do.
+        let newest: Option<pb::Entry> = mine
+            .last
+            .iter()
+            .chain(attached.iter().filter_map(|(_, _, last)| last.as_ref()))
+            .find(|entry| entry.seq == highest)
+            .cloned();
+        if highest == mine.seq + 1 && newest.is_none() {
             return Err(TakeOverError::Diverged(format!(
-                "no member has entry {highest} itself"
+                "a member is at entry {highest}, one past this copy, and none kept that entry"
             )));
         }
+        // Members one entry behind need `newest`; without it they lag like
+        // the others further behind.
         let (current, lagging): (Vec<_>, Vec<_>) = attached
             .into_iter()
-            .partition(|(_, seq, _)| *seq + 1 >= highest);
+            .partition(|(_, seq, _)| *seq == highest || (*seq + 1 == highest && newest.is_some()));
         for (member, seq, _) in &lagging {
             tracing::error!(%range, %member, seq, highest, "member lags by more than one entry: not forwarded to; it must be copied again");
         }
@@ -264,11 +269,10 @@ impl KvNode {
             }
         }
         let _state = log.state.lock().await;
-        if !self.inner.replicas.is_current(group) {
+        *super::lock(&log.targets) = current.into_iter().map(|(member, ..)| member).collect();
+        if !self.inner.replicas.serve_if_current(group, &log) {
             return Err(TakeOverError::NotYet("a newer group arrived".into()));
         }
-        *super::lock(&log.targets) = current.into_iter().map(|(member, ..)| member).collect();
-        log.serving.store(epoch, Ordering::SeqCst);
         Ok(highest)
     }
 
