@@ -896,6 +896,30 @@ fn a_lost_primary_leaves_the_group_and_an_active_survivor_becomes_primary_with_a
 }
 
 #[test]
+fn at_r3_no_copy_is_told_to_activate_before_a_probe_told_its_node_the_range_is_replicated() {
+    // Placing, adding a copy (a drain moves one) and splitting: every Activate
+    // of a replicated range goes to a node whose last answered probe carried
+    // a group of that range listing it. A copy activated unaware would take
+    // client writes as the only copy (R1), on it alone.
+    let mut driver = Driver::start_with(&["a", "b", "c", "d"], r3());
+    driver.settle();
+    assert_eq!(active_on(&driver, 1).len(), 3);
+    let mover = active_on(&driver, 1)[0].clone();
+    driver.engine.drain(&node(&mover), true).unwrap();
+    driver.settle();
+    assert!(!active_on(&driver, 1).contains(&mover));
+    assert!(
+        driver.activated_unaware.is_empty(),
+        "{:?}",
+        driver.activated_unaware
+    );
+    assert!(
+        driver.commands().iter().any(|c| c.starts_with("activate ")),
+        "activations were sent"
+    );
+}
+
+#[test]
 fn a_copy_still_loading_is_a_member_but_never_the_primary() {
     let mut driver = Driver::start_with(&["a", "b", "c"], r3());
     for n in ["a", "b", "c"] {

@@ -145,6 +145,12 @@ impl Groups {
         Decision::Changed(group)
     }
 
+    /// The epoch the next decision in `term` would get: a probe built now
+    /// carries every group whose epoch is below it.
+    pub(super) fn next_epoch(&self, term: u64) -> u64 {
+        ReplicaGroup::epoch_of(term, self.decisions.unwrap_or(u32::MAX))
+    }
+
     /// Forgets `range`'s group (the range is gone, or nothing holds it).
     pub(super) fn forget(&mut self, range: RangeId) {
         let Some(old) = self.by_range.remove(&range) else {
@@ -193,6 +199,30 @@ impl Engine {
     /// is wanted.
     fn replicated(&self) -> bool {
         self.config.replication.target > 1
+    }
+
+    /// Whether placement `p` of `range` may be told to activate as far as
+    /// replication is concerned: at R1 always; at R3 only once a probe of
+    /// its node that carried the range's current group has answered. The group (which lists `p`: a loading or prepared copy is a
+    /// member) is how the node learns that the range is replicated; a copy
+    /// activated before it knew would take client writes as if it were the
+    /// only one, and those would be on it alone.
+    pub(super) fn group_reached(&self, range: RangeId, p: &crate::keyspace::Placement) -> bool {
+        if !self.replicated() {
+            return true;
+        }
+        let Some(addr) = self.roster.get(p.node()).map(|n| n.addr.as_str()) else {
+            return false;
+        };
+        let Some(group) = self.groups.get(range) else {
+            return false;
+        };
+        let listed = group.members.iter().any(|m| m == addr);
+        let delivered = self
+            .groups_delivered
+            .get(p.node())
+            .is_some_and(|below| group.epoch < *below);
+        listed && delivered
     }
 
     /// The replica group of `range`, if it has one (only at a replication

@@ -109,6 +109,16 @@ pub struct Engine {
     /// operation, or not settled yet. A settled range is left alone, so a step
     /// costs what changed, not the size of the keyspace.
     dirty: HashSet<RangeId>,
+    /// Per node, the replicated ranges whose Activate waits until a probe of
+    /// that node carried their current group (see
+    /// [`Engine::group_reached`]): looked at again when its next probe answers.
+    activations_held: HashMap<NodeId, HashSet<RangeId>>,
+    /// Per node with a probe out: the epoch below which that probe carries
+    /// every group of the node ([`groups::Groups::next_epoch`] when built).
+    groups_carried: HashMap<NodeId, u64>,
+    /// Per node: the same, for the newest probe it answered. Groups with a
+    /// lower epoch have reached it.
+    groups_delivered: HashMap<NodeId, u64>,
     /// Look at every range in the next step (start-up, a node appearing, leaving,
     /// being lost or draining: events that concern many ranges at once).
     full_sweep: bool,
@@ -184,6 +194,9 @@ impl Engine {
             history: history::OpHistory::default(),
             subsuming,
             dirty: HashSet::new(),
+            activations_held: HashMap::new(),
+            groups_carried: HashMap::new(),
+            groups_delivered: HashMap::new(),
             full_sweep: true,
             sweep_cursor: Key::empty(),
             lost_nodes: HashSet::new(),
@@ -405,11 +418,19 @@ impl Engine {
                     .roster
                     .probe_ok(node, sent_at, ranges, wants_drain, capacity);
                 self.dirty.extend(changed);
+                if let Some(carried) = self.groups_carried.remove(node) {
+                    let delivered = self.groups_delivered.entry(node.clone()).or_default();
+                    *delivered = (*delivered).max(carried);
+                }
+                if let Some(held) = self.activations_held.remove(node) {
+                    self.dirty.extend(held);
+                }
                 if was_draining != self.roster.get(node).map(|n| n.draining()) {
                     self.full_sweep = true;
                 }
             }
             Err(error) => {
+                self.groups_carried.remove(node);
                 tracing::debug!(%node, %error, "probe failed");
                 self.roster.probe_failed(node, error);
             }

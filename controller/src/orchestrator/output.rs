@@ -193,6 +193,8 @@ impl Engine {
             self.output.probing.insert(node.clone(), addr.clone());
             let lease = self.roster.begin_probe(&node, self.config.lease, now);
             let groups = self.groups.for_member(&addr);
+            self.groups_carried
+                .insert(node.clone(), self.groups.next_epoch(self.keyspace.term()));
             tracing::trace!(%node, %addr, ?lease, groups = groups.len(), "probing");
             probes.push(Effect::Probe(Probe {
                 node,

@@ -499,6 +499,15 @@ impl Engine {
                 self.notes.insert(id, why);
             }
         }
+        if !self.group_reached(id, p) {
+            // Held: see `group_reached`. Looked at again when the node's
+            // next probe (due soon: the group's change asked for it) answers.
+            self.activations_held
+                .entry(p.node().clone())
+                .or_default()
+                .insert(id);
+            return;
+        }
         if self.send(id, p, Call::Activate, now) {
             // Persisted with this step, before the runtime sends the command.
             self.activation_refused.remove(&p.id());

@@ -153,6 +153,10 @@ pub struct Driver {
     pub finished: BTreeMap<OpId, Result<(), OpError>>,
     /// The replica groups each node's latest probe carried.
     pub received: BTreeMap<NodeId, Vec<ReplicaGroup>>,
+    /// Activates of a replicated range sent to a node whose latest answered
+    /// probe carried no group of that range listing it (how the node learns
+    /// the range is replicated): `range@node`.
+    pub activated_unaware: Vec<String>,
 }
 
 impl Driver {
@@ -174,6 +178,7 @@ impl Driver {
             sent_for: Vec::new(),
             finished: BTreeMap::new(),
             received: BTreeMap::new(),
+            activated_unaware: Vec::new(),
         };
         let effects = driver.engine.step(now);
         assert!(
@@ -234,6 +239,22 @@ impl Driver {
                 Effect::Persist(_) => queue.extend(self.engine.persisted(Persisted::Saved)),
                 Effect::Probe(probe) => self.answer_probe(probe),
                 Effect::Send(dispatch) => {
+                    if matches!(
+                        dispatch.call,
+                        ranger_controller::orchestrator::Call::Activate
+                    ) && self.engine.replica_group(dispatch.range).is_some()
+                    {
+                        let me = super::addr(dispatch.node.as_str());
+                        let aware = self.received.get(&dispatch.node).is_some_and(|groups| {
+                            groups
+                                .iter()
+                                .any(|g| g.range == dispatch.range && g.members.contains(&me))
+                        });
+                        if !aware {
+                            self.activated_unaware
+                                .push(format!("{}@{}", dispatch.range, dispatch.node));
+                        }
+                    }
                     self.sent.push(describe(&dispatch));
                     self.sent_for.push(dispatch.op);
                     let answer = if self.nodes.down.contains(&dispatch.node) {

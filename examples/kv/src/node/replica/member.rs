@@ -266,9 +266,9 @@ impl KvNode {
         Ok(())
     }
 
-    /// Attaches a copy that just applied the delta of a replicated source at
-    /// the source's position: a join (the primary made it a member), or a
-    /// copy of a range frozen everywhere. Refused if a newer epoch than the
+    /// Attaches a copy that just applied the join delta of the range's
+    /// serving primary, at the primary's position (the primary made it a
+    /// member at the delta's end). Refused if a newer epoch than the
     /// source's already reached this copy: its primary changed during the
     /// join, and the new one does not forward to it.
     pub(crate) fn attach_from_delta(

@@ -15,8 +15,10 @@
 //!   reads a copy that may lag. The primary orders a range's writes one at a
 //!   time: the next sequence number, applied locally together with the copy's
 //!   [`Record`], then forwarded to every attached member, and acknowledged only
-//!   once all of them applied it. So members differ by at most the one entry in
-//!   flight, and every acknowledged write is on every member.
+//!   once all of them applied it. So the attached members differ by at most the
+//!   one entry in flight, and every acknowledged write is on each of them. (A
+//!   member that left the group, answered that it holds no copy or no log, or
+//!   is still joining is not waited for.)
 //! - **Takeover.** A primary of a new epoch serves only after it sent
 //!   `TakeOver` to every member: each adopts the epoch (from then on it refuses
 //!   the older primary's entries, so a deposed primary can acknowledge nothing)
@@ -30,10 +32,19 @@
 //!   at activation it fetches the delta from the primary, which holds its writes
 //!   meanwhile and makes the new copy a member at the delta's end.
 //!
+//! The controller activates a copy of a replicated range only once a probe has
+//! told its node the range's group (a copy activated unaware would serve as if
+//! it were alone).
+//!
 //! Members that fall behind by more than one entry (a copy that was away while
 //! others moved on) are never forwarded to and never made current: they are
-//! reported, and a takeover by such a copy refuses to serve rather than serve
-//! stale data.
+//! logged at ERROR, and a takeover by such a copy refuses to serve rather than
+//! serve stale data. Not done yet: telling the controller, so that it replaces
+//! such a copy; bounding how long a write waits for a member the primary
+//! cannot reach but the controller still counts (it waits until the member is
+//! declared lost); and tagging entries with their epoch (a takeover compares
+//! sequence numbers only, which is enough while every entry at one number
+//! comes from one primary).
 
 mod member;
 mod primary;

@@ -38,7 +38,8 @@ enum TakeOverError {
     #[error("{0}")]
     NotYet(String),
     /// The copies disagree by more than one entry: serving would risk
-    /// acknowledged writes. Loud, and retried slowly (the group may change).
+    /// acknowledged writes. Loud, and retried slowly until the controller
+    /// names another primary (the range waits meanwhile).
     #[error("{0}")]
     Diverged(String),
 }
