@@ -257,18 +257,8 @@ async fn a_member_restarted_keeps_refusing_clients_and_keeps_its_place_in_the_lo
 #[tokio::test]
 async fn a_copy_added_while_writes_go_on_joins_through_the_primary_and_misses_none() {
     let dirs = dirs::<3>();
-    let a = start(dirs[0].path()).await;
-    let b = start(dirs[1].path()).await;
-    for node in [&a, &b] {
-        own(node, &whole(1), vec![]).await;
-    }
-    announce(
-        &group(1, ReplicaGroup::epoch_of(1, 1), &a, &[&a, &b]),
-        &[&a, &b],
-    )
-    .await;
+    let [a, b] = two_serving(&dirs).await;
     let mut at_a = client(&a).await;
-    put_when_serving(&mut at_a, "k0", "v0").await;
     for i in 0..500 {
         put(&mut at_a, &format!("pre{i:04}"), "old").await.unwrap();
     }
@@ -359,9 +349,9 @@ async fn a_primary_whose_group_a_probe_no_longer_carries_stops_serving_at_once()
     }
 }
 
-/// `a` and `b` serve range 1 (`a` primary, epoch `e1`) with one write done; `d`
-/// prepares a copy that joins (it copies from the serving primary).
-async fn joining_d(dirs: &[tempfile::TempDir; 3]) -> [NodeServer; 3] {
+/// `a` and `b` (in the first two of `dirs`) serve range 1, `a` primary in
+/// epoch (1, 1), `k0` written.
+async fn two_serving(dirs: &[tempfile::TempDir]) -> [NodeServer; 2] {
     let a = start(dirs[0].path()).await;
     let b = start(dirs[1].path()).await;
     for node in [&a, &b] {
@@ -373,6 +363,13 @@ async fn joining_d(dirs: &[tempfile::TempDir; 3]) -> [NodeServer; 3] {
     )
     .await;
     put_when_serving(&mut client(&a).await, "k0", "v0").await;
+    [a, b]
+}
+
+/// `a` and `b` serve range 1 (`a` primary, epoch `e1`) with one write done; `d`
+/// prepares a copy that joins (it copies from the serving primary).
+async fn joining_d(dirs: &[tempfile::TempDir; 3]) -> [NodeServer; 3] {
+    let [a, b] = two_serving(dirs).await;
     let d = start(dirs[2].path()).await;
     let parents = vec![Parent {
         meta: whole(1),
