@@ -167,6 +167,8 @@ async fn run_r3(cluster: &mut Cluster, backend: Backend, name: &str) -> anyhow::
     let (id, holders) = (range.id, range.active_nodes());
     anyhow::ensure!(holders.len() == 3, "range {id} on {holders:?}");
     let victim = primary_among(cluster, &holders).await?;
+    // The hammer writes through the whole group for a moment first, so the
+    // killed primary has acknowledged writes the survivors must keep.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let index = cluster.node_index(&victim)?;

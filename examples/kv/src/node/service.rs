@@ -332,8 +332,7 @@ impl pb::kv_server::Kv for KvService {
                         "transfer {transfer} is unknown here (the source restarted or dropped the range)"
                     ))
                 };
-                let (source, _span, _keys) =
-                    self.node.trackers().changes(transfer).ok_or_else(unknown)?;
+                let source = self.node.trackers().source(transfer).ok_or_else(unknown)?;
                 let state = self.rangelet.state(source);
                 let joins = state == RemoteState::Active
                     && !request.joiner.is_empty()

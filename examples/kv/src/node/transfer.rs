@@ -191,6 +191,11 @@ impl Trackers {
     }
 
     /// The keys changed since the snapshot, and the source range and span.
+    /// The range `transfer` copies, without its keys.
+    pub fn source(&self, transfer: u64) -> Option<RangeId> {
+        self.lock().get(&transfer).map(|t| t.source_range)
+    }
+
     pub fn changes(&self, transfer: u64) -> Option<(RangeId, Span, Vec<Vec<u8>>)> {
         self.lock().get(&transfer).map(|t| {
             (

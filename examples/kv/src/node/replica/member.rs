@@ -48,15 +48,12 @@ impl KvNode {
     /// newest group may be still taking over: its snapshot is good (it tracks
     /// every write it applies from then on, as member or primary).
     pub fn snapshot_refusal(&self, range: RangeId) -> Option<super::NotPrimary> {
-        let replicas = &self.inner.replicas;
-        if replicas.is_serving(range) || !replicas.is_replicated(&self.inner.store, range) {
-            return None;
-        }
-        let primary = replicas.group(range).and_then(|g| g.primary);
-        if primary.as_deref() == Some(self.inner.config.self_addr.as_str()) {
-            return None;
-        }
-        Some(super::NotPrimary { range, primary })
+        let me = self.inner.config.self_addr.as_str();
+        self.inner
+            .replicas
+            .check_client(&self.inner.store, range)
+            .err()
+            .filter(|refused| refused.primary.as_deref() != Some(me))
     }
 
     /// How many ranges this node serves as primary (a gauge: after a

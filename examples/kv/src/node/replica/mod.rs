@@ -229,29 +229,12 @@ impl Replicas {
     /// is concerned: yes for a range that is not replicated (R1), else only at
     /// its serving primary.
     pub fn check_client(&self, store: &Store, range: RangeId) -> Result<(), NotPrimary> {
-        let replicated_group = self.group(range);
-        let log = match self.log(store, range) {
-            Ok(log) => log,
-            // A record that cannot be read: refuse rather than risk serving a
-            // copy that may lag.
-            Err(e) => {
-                tracing::error!(%range, error = %e, "cannot read the replica record; refusing clients");
-                return Err(NotPrimary {
-                    range,
-                    primary: replicated_group.and_then(|g| g.primary),
-                });
-            }
-        };
-        let serving = log.serving();
-        if serving != 0 {
-            return Ok(());
-        }
-        if replicated_group.is_none() && !log.attached.load(Ordering::SeqCst) {
+        if self.is_serving(range) || !self.is_replicated(store, range) {
             return Ok(());
         }
         Err(NotPrimary {
             range,
-            primary: replicated_group.and_then(|g| g.primary),
+            primary: self.group(range).and_then(|g| g.primary),
         })
     }
 
@@ -259,10 +242,16 @@ impl Replicas {
     /// a group for it, or this copy follows a log. (An unreadable record
     /// counts as replicated: the log path refuses rather than guess.)
     pub fn is_replicated(&self, store: &Store, range: RangeId) -> bool {
-        self.group(range).is_some()
-            || self
-                .log(store, range)
-                .map_or(true, |log| log.attached.load(Ordering::SeqCst))
+        if lock(&self.groups).contains_key(&range) {
+            return true;
+        }
+        match self.log(store, range) {
+            Ok(log) => log.attached.load(Ordering::SeqCst),
+            Err(e) => {
+                tracing::error!(%range, error = %e, "cannot read the replica record; refusing clients");
+                true
+            }
+        }
     }
 
     /// The logs of the ranges this node serves as primary now.
