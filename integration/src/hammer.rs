@@ -248,6 +248,15 @@ impl HammerReport {
         self.errors.values().sum()
     }
 
+    /// `Ok` when no client saw an error; else `Err` saying what `cost` them
+    /// errors (the scenario's words) and which.
+    pub fn check_no_client_errors(&self, cost: &str) -> anyhow::Result<()> {
+        if self.client_errors() > 0 {
+            bail!("{cost} cost clients errors: {:?}", self.errors);
+        }
+        Ok(())
+    }
+
     /// The longest time writes were unavailable to a client, in milliseconds.
     pub fn longest_unavailable_ms(&self) -> f64 {
         self.write_unavailable

@@ -107,13 +107,10 @@ impl Groups {
         primary: Option<&str>,
         members: &[&str],
     ) -> Decision {
-        if let Some(current) = self.by_range.get(&range)
-            && current.primary.as_deref() == primary
-            && current
-                .members
-                .iter()
-                .map(String::as_str)
-                .eq(members.iter().copied())
+        if self
+            .by_range
+            .get(&range)
+            .is_some_and(|current| names(current, primary, members.iter().copied()))
         {
             return Decision::Unchanged;
         }
@@ -187,6 +184,16 @@ enum Wanted {
     },
 }
 
+/// Whether `group` already names `primary` and exactly `members`, in order:
+/// then nothing changed and no epoch is spent.
+fn names<'a>(
+    group: &ReplicaGroup,
+    primary: Option<&str>,
+    members: impl Iterator<Item = &'a str>,
+) -> bool {
+    group.primary.as_deref() == primary && group.members.iter().map(String::as_str).eq(members)
+}
+
 /// One copy of a range as a group sees it.
 struct Replica<'a> {
     addr: &'a str,
@@ -202,11 +209,12 @@ impl Engine {
     }
 
     /// Whether placement `p` of `range` may be told to activate as far as
-    /// replication is concerned: at R1 always; at R3 only once a probe of
-    /// its node that carried the range's current group has answered. The group (which lists `p`: a loading or prepared copy is a
-    /// member) is how the node learns that the range is replicated; a copy
-    /// activated before it knew would take client writes as if it were the
-    /// only one, and those would be on it alone.
+    /// replication is concerned: at R1 always; at R3 only once a probe of its
+    /// node that carried the range's current group has answered. The group
+    /// (which lists `p`: a loading or prepared copy is a member) is how the
+    /// node learns that the range is replicated; a copy activated before it
+    /// knew would take client writes as if it were the only one, and those
+    /// would be on it alone.
     pub(super) fn group_reached(&self, range: RangeId, p: &crate::keyspace::Placement) -> bool {
         if !self.replicated() {
             return true;
@@ -291,14 +299,7 @@ impl Engine {
             .and_then(|g| g.primary.as_deref())
             .filter(|p| copies.iter().any(|c| c.active && c.addr == *p));
         let primary = kept.or_else(|| copies.iter().filter(|c| c.active).map(|c| c.addr).min());
-        let same = current.is_some_and(|g| {
-            g.primary.as_deref() == primary
-                && g.members
-                    .iter()
-                    .map(String::as_str)
-                    .eq(copies.iter().map(|c| c.addr))
-        });
-        if same {
+        if current.is_some_and(|g| names(g, primary, copies.iter().map(|c| c.addr))) {
             return Wanted::Same;
         }
         Wanted::Group {

@@ -51,11 +51,7 @@ async fn operations(cluster: &Cluster, backend: Backend, name: &str) -> anyhow::
     Summary::new(name, backend, &report)
         .note(format!("{operations} operations"))
         .print();
-    anyhow::ensure!(
-        report.client_errors() == 0,
-        "planned operations cost clients errors: {:?}",
-        report.errors
-    );
+    report.check_no_client_errors("planned operations")?;
     Ok(())
 }
 
@@ -126,11 +122,7 @@ async fn r3(cluster: &Cluster, backend: Backend, name: &str) -> anyhow::Result<(
             current(&joined).len()
         ))
         .print();
-    anyhow::ensure!(
-        report.client_errors() == 0,
-        "planned operations cost clients errors: {:?}",
-        report.errors
-    );
+    report.check_no_client_errors("planned operations")?;
     Ok(())
 }
 

@@ -118,10 +118,7 @@ async fn run(cluster: &mut Cluster, backend: Backend, name: &str) -> anyhow::Res
     }
     let report = hammer.stop().await?;
     report.check_no_loss()?;
-    anyhow::ensure!(
-        report.client_errors() == 0,
-        "the survivors' range saw errors: {report:?}"
-    );
+    report.check_no_client_errors("losing a node that did not hold the hammered range")?;
 
     Summary::new(name, backend, &report)
         .recovered_in(recovered)

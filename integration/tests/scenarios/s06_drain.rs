@@ -38,11 +38,7 @@ async fn drain(cluster: &Cluster, backend: Backend, name: &str) -> anyhow::Resul
     Summary::new(name, backend, &report)
         .note(format!("{} ranges drained off {victim}", held.len()))
         .print();
-    anyhow::ensure!(
-        report.client_errors() == 0,
-        "a drain cost clients errors: {:?}",
-        report.errors
-    );
+    report.check_no_client_errors("a drain")?;
     Ok(())
 }
 

@@ -221,11 +221,7 @@ async fn all_bad_input(cluster: &Cluster, backend: Backend, name: &str) -> anyho
             findings.problems.join("\n  ")
         );
     }
-    anyhow::ensure!(
-        report.client_errors() == 0,
-        "bad input disturbed other clients: {:?}",
-        report.errors
-    );
+    report.check_no_client_errors("bad input sent by others")?;
     Ok(())
 }
 

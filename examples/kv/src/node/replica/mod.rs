@@ -56,16 +56,11 @@ use std::sync::{Arc, Mutex};
 
 use ranger_proto::{RangeId, ReplicaGroup};
 
+use super::lock;
 use super::store::{Store, StoreError};
 
 pub use primary::ReplicaWriteError;
 pub use record::Record;
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// The replication state of every range on this node.
 #[derive(Debug, Default)]
