@@ -22,9 +22,7 @@ impl Keyspace {
     /// the ranges' states. O(n log n): called from tests (loading runs the same
     /// checks, see [`Keyspace::from_records`]).
     pub fn check_invariants(&self) -> Result<()> {
-        let mut ids: Vec<RangeId> = self.ranges.keys().copied().collect();
-        ids.sort_unstable();
-        self.check_records_in_order(&ids)?;
+        self.check_records_in_order()?;
         self.check_full_cover()?;
         let mut current = 0usize;
         for r in self.ranges.values() {
@@ -50,27 +48,26 @@ impl Keyspace {
         Ok(())
     }
 
-    /// Every check that does not need the index, over `ids`: every range id, in
-    /// ascending order. O(n) with a sort of the placement ids (linear when they
-    /// rise with the range ids, as they do in a keyspace that grew by splits).
-    pub(super) fn check_records_in_order(&self, ids: &[RangeId]) -> Result<()> {
+    /// Every check that does not need the index, over the ranges in ascending id
+    /// order. O(n) with a sort of the placement ids (linear when they rise with
+    /// the range ids, as they do in a keyspace that grew by splits).
+    pub(super) fn check_records_in_order(&self) -> Result<()> {
         if self.ranges.is_empty() {
             return Err(KeyspaceError::Empty);
         }
         // In id order and in passes (links, then groups, then placements), so that
         // the error names the root problem and is the same from run to run.
-        let ranges: Vec<&Range> = ids.iter().filter_map(|id| self.ranges.get(id)).collect();
-        for r in &ranges {
+        for r in self.ranges.values() {
             self.check_references(r)?;
         }
-        for r in &ranges {
+        for r in self.ranges.values() {
             self.check_links(r)?;
         }
-        for r in ranges.iter().filter(|r| !r.children.is_empty()) {
+        for r in self.ranges.values().filter(|r| !r.children.is_empty()) {
             self.check_group(r)?;
         }
-        let mut owners: Vec<(PlacementId, RangeId)> = Vec::with_capacity(ranges.len());
-        for r in &ranges {
+        let mut owners: Vec<(PlacementId, RangeId)> = Vec::with_capacity(self.ranges.len());
+        for r in self.ranges.values() {
             self.check_placements(r)?;
             owners.extend(r.placements.iter().map(|p| (p.id, r.id())));
         }
@@ -91,13 +88,13 @@ impl Keyspace {
 
     /// Fills the index from the ranges' states, reporting two current ranges that
     /// start at the same key. Gaps and other overlaps are found by the cover check.
-    /// `ids` are every range id in ascending order, so that the outcome does not
-    /// depend on the map's order. O(n) plus a sort by start key, which is
-    /// linear when the ranges' keys rise with their ids.
-    pub(super) fn build_index(&mut self, ids: &[RangeId]) -> Result<()> {
-        let mut starts: Vec<(&[u8], RangeId)> = ids
-            .iter()
-            .filter_map(|id| self.ranges.get(id))
+    /// The ranges are taken in id order, so that the outcome is the same from run
+    /// to run. O(n) plus a sort by start key, which is linear when the ranges'
+    /// keys rise with their ids.
+    pub(super) fn build_index(&mut self) -> Result<()> {
+        let mut starts: Vec<(&[u8], RangeId)> = self
+            .ranges
+            .values()
             .filter(|r| self.computes_current(r))
             .map(|r| (r.meta.start().as_bytes(), r.id()))
             .collect();
@@ -423,7 +420,7 @@ fn overlap(first: RangeId, second: RangeId) -> KeyspaceError {
     KeyspaceError::Overlap { first, second }
 }
 
-fn below_counter(kind: &'static str, id: u64, next: u64) -> Result<()> {
+pub(super) fn below_counter(kind: &'static str, id: u64, next: u64) -> Result<()> {
     if id < next {
         Ok(())
     } else {

@@ -37,19 +37,22 @@ mod placements;
 mod range;
 mod record;
 mod subsume;
+mod table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use ranger_proto::{PlacementState, RangeId, RangeMeta, RangeState};
 
 pub use error::KeyspaceError;
+use invariants::below_counter;
 pub use range::{Placement, PlacementId, Range, RangeHistory, placement_transition_allowed};
 pub use record::{
     ChangeSet, Counters, READABLE_RECORD_VERSIONS, RECORD_VERSION, RangeRecord, RecordError,
 };
+use table::RangeTable;
 
 type Result<T, E = KeyspaceError> = std::result::Result<T, E>;
 
@@ -61,7 +64,8 @@ type Result<T, E = KeyspaceError> = std::result::Result<T, E>;
 /// the ranges it touched, and panics if they broke, because that is a bug here.
 #[derive(Debug, Clone)]
 pub struct Keyspace {
-    ranges: HashMap<RangeId, Range>,
+    /// Every range, current and historical, by id (see the `table` module).
+    ranges: RangeTable,
     /// The current tiling, by start key.
     index: BTreeMap<Vec<u8>, RangeId>,
     next_range_id: u64,
@@ -95,8 +99,10 @@ impl Keyspace {
             history: RangeHistory::default(),
             current: true,
         };
+        let mut ranges = RangeTable::default();
+        ranges.insert(first);
         let mut keyspace = Keyspace {
-            ranges: HashMap::from([(RangeId::FIRST, first)]),
+            ranges,
             index: BTreeMap::from([(Vec::new(), RangeId::FIRST)]),
             next_range_id: RangeId::FIRST.get() + 1,
             next_placement_id: 1,
@@ -115,13 +121,26 @@ impl Keyspace {
     ///
     /// O(n) apart from sorting the current ranges by start key for the index
     /// (linear when they come in key order), so a million ranges load in about
-    /// a second: the records' id order is kept from the store instead of being
-    /// sorted again, each check runs once, and the cover is walked along the
-    /// index rather than searched for.
+    /// a second: the ranges are checked in id order, which is the order they
+    /// lie in memory (see the `table` module), each check runs once, and the
+    /// cover is walked along the index rather than searched for.
     pub fn from_records(counters: Counters, records: Vec<RangeRecord>) -> Result<Self> {
-        let mut ranges = HashMap::with_capacity(records.len());
-        // Stores hand records out in id order; the checks need that order.
-        let mut ids = Vec::with_capacity(records.len());
+        let highest = records.iter().map(|r| r.id).max();
+        if let Some(highest) = highest
+            && !RangeTable::slots_for(records.len(), highest.get())
+        {
+            // Refused before the table allocates a slot for every id below it.
+            below_counter("range", highest.get(), counters.next_range_id)?;
+            return Err(KeyspaceError::Malformed {
+                range: highest,
+                detail: format!(
+                    "range ids are far sparser than the store's {} records (ids are \
+                     handed out densely, so the store is corrupt)",
+                    records.len()
+                ),
+            });
+        }
+        let mut ranges = RangeTable::with_highest_id(highest.map_or(0, RangeId::get));
         for record in records {
             if !READABLE_RECORD_VERSIONS.contains(&record.v) {
                 return Err(KeyspaceError::Malformed {
@@ -140,13 +159,9 @@ impl Keyspace {
                 history: record.history,
                 current: false,
             };
-            if ranges.insert(record.id, range).is_some() {
+            if ranges.insert(range).is_some() {
                 return Err(KeyspaceError::DuplicateRange(record.id));
             }
-            ids.push(record.id);
-        }
-        if !ids.is_sorted() {
-            ids.sort_unstable();
         }
         let mut keyspace = Keyspace {
             ranges,
@@ -157,10 +172,10 @@ impl Keyspace {
             dirty: BTreeSet::new(),
             transitions: BTreeMap::new(),
         };
-        keyspace.check_records_in_order(&ids)?;
+        keyspace.check_records_in_order()?;
         // The index is built from the ranges' states, so it matches them by
         // construction; what is left to check is that it tiles the keyspace.
-        keyspace.build_index(&ids)?;
+        keyspace.build_index()?;
         keyspace.check_full_cover()?;
         tracing::info!(
             ranges = keyspace.ranges.len(),
@@ -197,7 +212,7 @@ impl Keyspace {
         self.ranges.get(&id).ok_or(KeyspaceError::UnknownRange(id))
     }
 
-    /// Every range, current and historical, in no particular order.
+    /// Every range, current and historical, in ascending id order.
     pub fn ranges(&self) -> impl Iterator<Item = &Range> {
         self.ranges.values()
     }
@@ -217,11 +232,10 @@ impl Keyspace {
         self.index.values().filter_map(|id| self.ranges.get(id))
     }
 
-    /// The current tiling in no particular order: a walk in the order the ranges
-    /// lie in memory, for the callers that sort or count what they find
-    /// anyway. At a million ranges it is several times cheaper than
-    /// [`Keyspace::current_ranges`], whose every step is a lookup that misses
-    /// the cache.
+    /// The current tiling in range id order rather than key order: a walk in the
+    /// order the ranges lie in memory, for the callers that sort or count what
+    /// they find anyway. At a million ranges it is several times cheaper than
+    /// [`Keyspace::current_ranges`], whose every step is an index lookup.
     pub fn current_ranges_unordered(&self) -> impl Iterator<Item = &Range> {
         self.ranges.values().filter(|r| r.current)
     }
@@ -286,9 +300,7 @@ impl Keyspace {
     /// The records of every range, in id order: a full snapshot, for a first save
     /// to a new store or a dump. Does not touch the change set.
     pub fn to_records(&self) -> Vec<RangeRecord> {
-        let mut records: Vec<RangeRecord> = self.ranges.values().map(to_record).collect();
-        records.sort_by_key(|r| r.id);
-        records
+        self.ranges.values().map(to_record).collect()
     }
 
     /// Updates when `id` last split, moved or joined (see [`RangeHistory`]);

@@ -178,7 +178,7 @@ impl Keyspace {
             },
             current: false,
         };
-        self.ranges.insert(range.id(), range);
+        self.ranges.insert(range);
     }
 
     /// Every child of the given parents, checking that the parents are Subsuming and

@@ -768,6 +768,46 @@ fn load_reports_other_corruption() {
     assert!(matches!(err, KeyspaceError::Malformed { .. }), "{err}");
 }
 
+#[test]
+fn load_refuses_range_ids_far_sparser_than_the_records_before_allocating_for_them() {
+    // A store whose one range id is a trillion: the table would need a slot for
+    // every id below it. Above its counter, the counter error names it first.
+    let err = load_with(|_, records| record(records, 3).id = id(1_000_000_000_000));
+    assert_eq!(
+        err,
+        KeyspaceError::IdNotBelowCounter {
+            kind: "range",
+            id: 1_000_000_000_000,
+            next: 4
+        }
+    );
+    // Below a counter that is as corrupt, it is named as too sparse.
+    let err = load_with(|counters, records| {
+        counters.next_range_id = u64::MAX;
+        record(records, 3).id = id(1_000_000_000_000);
+    });
+    match err {
+        KeyspaceError::Malformed { range, detail } => {
+            assert_eq!(range, id(1_000_000_000_000));
+            assert!(detail.contains("sparser"), "{detail}");
+        }
+        other => panic!("expected Malformed, got {other}"),
+    }
+}
+
+#[test]
+fn records_loaded_out_of_id_order_give_the_same_keyspace() {
+    let (counters, records) = sample();
+    let in_order = Keyspace::from_records(counters, records.clone()).unwrap();
+    let mut reversed = records;
+    reversed.reverse();
+    let loaded = Keyspace::from_records(counters, reversed).unwrap();
+    assert_eq!(loaded.to_records(), in_order.to_records());
+    assert_eq!(current_ids(&loaded), current_ids(&in_order));
+    let ids: Vec<u64> = loaded.ranges().map(|r| r.id().get()).collect();
+    assert!(ids.is_sorted(), "ranges() walks ids in order: {ids:?}");
+}
+
 // ---- a long random run ----
 
 /// Splits, joins, hand-overs, finishes and rollbacks at random for 10,000 steps.
