@@ -24,6 +24,49 @@ pub(super) fn encode_all(changes: &ChangeSet) -> Result<Vec<(u64, Vec<u8>)>, Per
         .collect()
 }
 
+/// Decodes `parts` of a store's records, each on a thread of its own
+/// (scoped, so that a part may borrow what the backend read), and joins their
+/// records in the parts' order. Decoding is most of a big load's time, and
+/// each record decodes on its own. The error is the first part's, so with
+/// parts in id order it is the one a single thread would have reported.
+pub(super) fn decode_on_threads<P: Send>(
+    parts: Vec<P>,
+    decode: impl Fn(P) -> Result<Vec<RangeRecord>, PersistError> + Sync,
+) -> Result<Vec<RangeRecord>, PersistError> {
+    let decode = &decode;
+    let decoded: Vec<Result<Vec<RangeRecord>, PersistError>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || decode(part)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| {
+                thread.join().unwrap_or_else(|_| {
+                    Err(PersistError::backend(
+                        "decoding the keyspace",
+                        "a decoder thread panicked",
+                    ))
+                })
+            })
+            .collect()
+    });
+    let total = decoded
+        .iter()
+        .map(|part| part.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut records = Vec::with_capacity(total);
+    for part in decoded {
+        records.extend(part?);
+    }
+    Ok(records)
+}
+
+/// How many threads a big load may decode on: one per core, up to 8.
+pub(super) fn decoder_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
 /// Decodes the record stored under range id `key`, checking that it is the
 /// record of that range.
 pub(super) fn decode(key: u64, bytes: &[u8]) -> Result<RangeRecord, PersistError> {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use super::{Loaded, PersistError, Persister, codec};
-use crate::keyspace::{ChangeSet, Counters};
+use crate::keyspace::{ChangeSet, Counters, RangeRecord};
 
 const RANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("ranges");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -149,16 +149,70 @@ fn load_blocking(db: &Database) -> Result<Option<Loaded>, PersistError> {
         },
         e => PersistError::backend("opening the ranges table", e),
     })?;
+    let records = decode_ranges(&ranges, codec::decoder_threads() as u64)?;
+    tracing::debug!(records = records.len(), "keyspace store loaded");
+    Ok(Some((counters, records)))
+}
+
+/// Fewest record ids a decoding thread is given: below that, starting one
+/// costs more than it saves.
+#[cfg(not(test))]
+const RECORDS_PER_DECODER: u64 = 50_000;
+/// Small in tests, so that a small store takes the threaded path.
+#[cfg(test)]
+const RECORDS_PER_DECODER: u64 = 4;
+
+/// Every record of the table, in id order. Decoding is most of a restart's
+/// load (JSON, and the pages a million records are decoded into), so a big
+/// table is read in up to `decoders` id spans of at least
+/// [`RECORDS_PER_DECODER`] ids, each decoded on a thread of its own (see
+/// [`codec::decode_on_threads`]).
+fn decode_ranges(
+    ranges: &redb::ReadOnlyTable<u64, &[u8]>,
+    decoders: u64,
+) -> Result<Vec<RangeRecord>, PersistError> {
+    let read_error = |e| PersistError::backend("reading the ranges table", e);
+    let first = ranges
+        .first()
+        .map_err(read_error)?
+        .map(|(id, _)| id.value());
+    let last = ranges.last().map_err(read_error)?.map(|(id, _)| id.value());
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(Vec::new());
+    };
+    // Range ids are dense (one counter, never freed), so equal id spans hold
+    // about equal numbers of records.
+    let ids = (last - first).saturating_add(1);
+    let decoders = (ids / RECORDS_PER_DECODER).clamp(1, decoders.max(1));
+    if decoders == 1 {
+        return decode_span(ranges, first..=last);
+    }
+    let step = (last - first) / decoders + 1;
+    let spans: Vec<_> = (0..decoders)
+        .map(|i| {
+            let start = first.saturating_add(i.saturating_mul(step));
+            start..=start.saturating_add(step - 1).min(last)
+        })
+        // Rounding up the step may leave the last spans past the last id.
+        .filter(|span| !span.is_empty())
+        .collect();
+    codec::decode_on_threads(spans, |span| decode_span(ranges, span))
+}
+
+/// The records whose ids are in `span`, decoded in id order.
+fn decode_span(
+    ranges: &redb::ReadOnlyTable<u64, &[u8]>,
+    span: std::ops::RangeInclusive<u64>,
+) -> Result<Vec<RangeRecord>, PersistError> {
     let mut records = Vec::new();
     for entry in ranges
-        .iter()
+        .range(span)
         .map_err(|e| PersistError::backend("reading the ranges table", e))?
     {
         let (key, value) = entry.map_err(|e| PersistError::backend("reading a range record", e))?;
         records.push(codec::decode(key.value(), value.value())?);
     }
-    tracing::debug!(records = records.len(), "keyspace store loaded");
-    Ok(Some((counters, records)))
+    Ok(records)
 }
 
 /// Writes a change set in one transaction; returns how many records it wrote.
@@ -255,6 +309,51 @@ mod tests {
     }
 
     crate::persistence_suite!(fresh_store);
+
+    /// A store of `n` settled ranges (ids 1 to n), saved through the persister.
+    async fn store_of(n: u64) -> (RedbPersister, tempfile::TempDir, Vec<RangeRecord>) {
+        let changes =
+            crate::testing::synthetic::settled_keyspace(n, 3, crate::keyspace::RECORD_VERSION)
+                .unwrap();
+        let (p, dir) = fresh();
+        p.save(&changes).await.unwrap();
+        (p, dir, changes.upserts)
+    }
+
+    fn decode_with(p: &RedbPersister, decoders: u64) -> Result<Vec<RangeRecord>, PersistError> {
+        let txn = p.db.begin_read().unwrap();
+        let table = txn.open_table(RANGES).unwrap();
+        decode_ranges(&table, decoders)
+    }
+
+    #[tokio::test]
+    async fn a_load_decoded_on_several_threads_gives_every_record_in_id_order() {
+        let (p, _dir, saved) = store_of(50).await;
+        for decoders in [1, 2, 3, 7, 64] {
+            assert_eq!(
+                decode_with(&p, decoders).unwrap(),
+                saved,
+                "{decoders} decoders"
+            );
+        }
+        let (_, loaded) = p.load().await.unwrap().unwrap();
+        assert_eq!(loaded, saved);
+    }
+
+    #[tokio::test]
+    async fn a_load_on_several_threads_reports_the_first_corrupt_record_in_id_order() {
+        let (p, _dir, _) = store_of(50).await;
+        // Corrupt records in the second and the last of three spans.
+        p.put_raw(30, b"{").await;
+        p.put_raw(45, b"[]").await;
+        for decoders in [1, 3] {
+            let err = decode_with(&p, decoders).unwrap_err();
+            assert!(
+                matches!(&err, PersistError::Corrupt { key, .. } if key == "range 30"),
+                "{decoders} decoders: {err}"
+            );
+        }
+    }
 
     #[test]
     fn opening_creates_a_missing_file_but_not_a_missing_directory() {

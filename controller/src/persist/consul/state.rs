@@ -245,34 +245,13 @@ pub(super) fn decode_listing(
             })
             .collect::<Result<Vec<_>, _>>()
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let threads = codec::decoder_threads();
     let records = if threads < 2 || chosen.len() < PARALLEL_DECODE_MIN {
         decode(&chosen)?
     } else {
         let chunk = chosen.len().div_ceil(threads);
-        let parts = std::thread::scope(|scope| {
-            let handles: Vec<_> = chosen
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || decode(part)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|handle| {
-                    handle.join().unwrap_or_else(|_| {
-                        Err(PersistError::backend(
-                            "decoding the keyspace",
-                            "a decoder thread panicked",
-                        ))
-                    })
-                })
-                .collect::<Vec<_>>()
-        });
-        let mut records = Vec::with_capacity(chosen.len());
         // In id order, so that the error reported is the first range's.
-        for part in parts {
-            records.extend(part?);
-        }
-        records
+        codec::decode_on_threads(chosen.chunks(chunk).collect(), decode)?
     };
     Ok((state, Some((counters, records))))
 }
