@@ -140,29 +140,29 @@ impl Keyspace {
                 ),
             });
         }
-        let mut ranges = RangeTable::with_highest_id(highest.map_or(0, RangeId::get));
-        for record in records {
-            if !READABLE_RECORD_VERSIONS.contains(&record.v) {
-                return Err(KeyspaceError::Malformed {
-                    range: record.id,
-                    detail: format!("record schema version {} is not supported", record.v),
-                });
+        // What a store written by this controller holds: ids 1 to n, in order.
+        // Then the records become the table's slots in place, without a
+        // second allocation of a million entries for them to move into.
+        let ids_one_to_n = records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.id.get() == i as u64 + 1);
+        let ranges = if ids_one_to_n {
+            let slots = records
+                .into_iter()
+                .map(|record| range_from_record(record).map(Some))
+                .collect::<Result<Vec<_>>>()?;
+            RangeTable::from_slots(slots)
+        } else {
+            let mut ranges = RangeTable::with_highest_id(highest.map_or(0, RangeId::get));
+            for record in records {
+                let id = record.id;
+                if ranges.insert(range_from_record(record)?).is_some() {
+                    return Err(KeyspaceError::DuplicateRange(id));
+                }
             }
-            let meta = RangeMeta::new(record.id, record.start, record.end)?;
-            let range = Range {
-                meta,
-                state: record.state,
-                parents: record.parents,
-                children: record.children,
-                placements: record.placements,
-                ever_activated: record.ever_activated,
-                history: record.history,
-                current: false,
-            };
-            if ranges.insert(range).is_some() {
-                return Err(KeyspaceError::DuplicateRange(record.id));
-            }
-        }
+            ranges
+        };
         let mut keyspace = Keyspace {
             ranges,
             index: BTreeMap::new(),
@@ -409,6 +409,27 @@ impl Keyspace {
             panic!("keyspace invariant broken by a mutation of {ids:?}: {error}");
         }
     }
+}
+
+/// The range a loaded record describes, with its version and bounds checked
+/// (the rest is checked on the whole keyspace).
+fn range_from_record(record: RangeRecord) -> Result<Range> {
+    if !READABLE_RECORD_VERSIONS.contains(&record.v) {
+        return Err(KeyspaceError::Malformed {
+            range: record.id,
+            detail: format!("record schema version {} is not supported", record.v),
+        });
+    }
+    Ok(Range {
+        meta: RangeMeta::new(record.id, record.start, record.end)?,
+        state: record.state,
+        parents: record.parents,
+        children: record.children,
+        placements: record.placements,
+        ever_activated: record.ever_activated,
+        history: record.history,
+        current: false,
+    })
 }
 
 fn to_record(r: &Range) -> RangeRecord {

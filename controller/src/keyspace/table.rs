@@ -43,6 +43,20 @@ impl RangeTable {
         }
     }
 
+    /// A table of these slots: `slots[i]` must be the range with id `i + 1`
+    /// or none.
+    pub(super) fn from_slots(slots: Vec<Option<Range>>) -> Self {
+        debug_assert!(
+            slots
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r.as_ref().is_none_or(|r| r.id().get() == i as u64 + 1)),
+            "a range in the wrong slot"
+        );
+        let len = slots.iter().filter(|slot| slot.is_some()).count();
+        RangeTable { slots, len }
+    }
+
     /// Whether a store of `ranges` records whose highest id is `highest` fits
     /// in a table without more than the allowed empty slots (module docs).
     pub(super) fn slots_for(ranges: usize, highest: u64) -> bool {
