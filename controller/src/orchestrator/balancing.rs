@@ -575,7 +575,11 @@ impl Engine {
             now: self.timestamp(now),
             ranges,
             nodes,
-            excluded: self.exclusions.keys().cloned().collect(),
+            excluded: self
+                .exclusions
+                .pairs()
+                .map(|(range, node)| (range, node.clone()))
+                .collect(),
             in_flight,
         }
     }

@@ -41,6 +41,7 @@
 
 mod attempts;
 mod balancing;
+mod exclusions;
 mod groups;
 pub mod history;
 mod operations;
@@ -99,7 +100,7 @@ pub struct Engine {
     ops: BTreeMap<OpId, Operation>,
     next_op: u64,
     /// (range, node) pairs not to choose again until the instant given.
-    exclusions: HashMap<(RangeId, NodeId), Instant>,
+    exclusions: exclusions::Exclusions,
     /// The latest problem per range, for operators ("why is it unplaced?").
     notes: HashMap<RangeId, String>,
     /// Parents of splits and joins in progress: they stay in play even after they
@@ -189,7 +190,7 @@ impl Engine {
             attempts: Attempts::default(),
             ops: BTreeMap::new(),
             next_op: 1,
-            exclusions: HashMap::new(),
+            exclusions: exclusions::Exclusions::default(),
             notes: HashMap::new(),
             history: history::OpHistory::default(),
             subsuming,

@@ -63,7 +63,7 @@ impl Engine {
     /// (the step in `output.rs` orders it for the runtime).
     pub(super) fn reconcile_all(&mut self, now: Instant) {
         let loss_after = self.config.node_loss_after();
-        self.exclusions.retain(|_, until| *until > now);
+        self.exclusions.expire(now);
         let stall = self.config.prepare_stall;
         self.prepare_progress
             .retain(|_, at| now.saturating_duration_since(*at) < stall);
@@ -529,7 +529,7 @@ impl Engine {
     ) {
         tracing::warn!(range = %id, placement = %p.id(), node = %p.node(), %why, "giving up on placement");
         self.exclusions
-            .insert((id, p.node().clone()), now + self.config.exclusion);
+            .exclude(id, p.node(), now + self.config.exclusion);
         self.notes.insert(id, why.clone());
         if state == PlacementState::GiveUp {
             self.set_state(id, p.id(), p.node(), PlacementState::GiveUp);
