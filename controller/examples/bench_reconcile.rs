@@ -19,8 +19,9 @@
 //!    draining (so 1% of the ranges are not steady), each followed by one more pass;
 //! 5. **restart**: every record saved to a `RedbPersister` in one change set, then
 //!    what a restarted controller does: open the file, `load()`,
-//!    `Keyspace::from_records`, `Engine::new`, and its first `step` (before any
-//!    node has answered a probe).
+//!    `Keyspace::from_records`, `Engine::new`, its first `step` and the next
+//!    (before any node has answered a probe), then every node's first answer
+//!    in ten waves with a step after each (until every range is confirmed).
 //!
 //! Nodes are simulated: probe answers are fed straight into the engine, nothing
 //! touches the network. The engine never reads the clock, so every step is given
@@ -96,6 +97,10 @@ struct Row {
     save_ms: f64,
     restart_ms: f64,
     first_step_ms: f64,
+    /// A step after the first, still before any node answered.
+    second_step_ms: f64,
+    /// Ingesting every node's first answer, in waves, and a step after each.
+    first_answers_ms: f64,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -264,7 +269,7 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
     );
     drop(engine);
 
-    // 5b. Restart: open the store, load, validate, resume, first step.
+    // 5b. Restart: open the store, load, validate, resume, first steps, first answers.
     let started = Instant::now();
     let persister = RedbPersister::open(&path)?;
     let (counters, records) = persister.load().await?.context("store is empty")?;
@@ -276,8 +281,10 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
     for i in 0..nodes {
         engine.node_registered(node_id(i)?, format!("sim://n{i}"), t0);
     }
+    // The new term's save, as the runtime does first.
     run_step(&mut engine, t0);
     let ((effects, _), first_step) = timed(|| run_step(&mut engine, t0));
+    let ((more, _), second_step) = timed(|| run_step(&mut engine, t0));
     println!(
         "restart          {} (open+load {}, from_records {}, Engine::new {})",
         ms(restart),
@@ -289,6 +296,37 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
         "first step       {} (before any probe answered; {} effects)",
         ms(first_step),
         effects.len()
+    );
+    println!(
+        "next step        {} (still before any probe answered; {} effects)",
+        ms(second_step),
+        more.len()
+    );
+    // The nodes' first answers, in ten waves with a step after each, as they
+    // reach a restarted controller over its first probe round.
+    let reports = node_reports(engine.keyspace(), nodes);
+    let mut waves = Vec::new();
+    let wave = nodes.div_ceil(10);
+    let mut answered_effects = 0;
+    for first in (0..nodes).step_by(wave) {
+        let mut took = Duration::ZERO;
+        for node in first..(first + wave).min(nodes) {
+            let ranges = reports.get(&node).cloned().unwrap_or_default();
+            let started = Instant::now();
+            engine.on_probe(&node_id(node)?, t0, Ok(NodeReport::of(ranges)));
+            took += started.elapsed();
+        }
+        let ((effects, _), step) = timed(|| run_step(&mut engine, t0));
+        answered_effects += effects.len();
+        waves.push(took + step);
+    }
+    let answers: Duration = waves.iter().sum();
+    println!(
+        "first answers    {} (every node's first answer, in {} waves each followed by a step; slowest wave {}; {} effects)",
+        ms(answers),
+        waves.len(),
+        ms(waves.iter().max().copied().unwrap_or_default()),
+        answered_effects
     );
 
     // 4b. 1% of the nodes draining: their ranges are no longer steady.
@@ -331,6 +369,8 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
         save_ms: millis(save),
         restart_ms: millis(restart),
         first_step_ms: millis(first_step),
+        second_step_ms: millis(second_step),
+        first_answers_ms: millis(answers),
     })
 }
 
@@ -439,7 +479,7 @@ fn print_table(rows: &[Row], nodes: usize) {
          1% columns: slower of two passes)"
     );
     println!(
-        "{:>9} {:>8} {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} | {:>8} {:>8} {:>8}",
+        "{:>9} {:>8} {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8}",
         "ranges",
         "build",
         "rss ks",
@@ -453,11 +493,13 @@ fn print_table(rows: &[Row], nodes: usize) {
         "1% drain",
         "save",
         "restart",
-        "1st step"
+        "1st step",
+        "2nd step",
+        "answers"
     );
     for r in rows {
         println!(
-            "{:>9} {:>8.1} {:>7.1} {:>7.1} {:>7.0} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>8.2} {:>8.2} | {:>8.1} {:>8.1} {:>8.1}",
+            "{:>9} {:>8.1} {:>7.1} {:>7.1} {:>7.0} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>8.2} {:>8.2} | {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
             r.ranges,
             r.build_ms,
             r.rss_keyspace_mb,
@@ -471,7 +513,9 @@ fn print_table(rows: &[Row], nodes: usize) {
             r.drain_pass_ms,
             r.save_ms,
             r.restart_ms,
-            r.first_step_ms
+            r.first_step_ms,
+            r.second_step_ms,
+            r.first_answers_ms
         );
     }
     println!(

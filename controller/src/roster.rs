@@ -270,6 +270,19 @@ impl Roster {
         }
     }
 
+    /// Records that the node's answer to the probe sent at `sent_at` did not
+    /// list `range`, which it was never heard to hold or drop: NotFound as of
+    /// then, unless the node said something about it since.
+    pub fn note_unlisted(&mut self, id: &NodeId, range: RangeId, sent_at: Instant) {
+        if let Some(node) = self.nodes.get_mut(id) {
+            node.ranges.entry(range).or_insert(RemoteView {
+                state: RemoteState::NotFound,
+                load: LoadInfo::default(),
+                as_of: sent_at,
+            });
+        }
+    }
+
     /// Forgets what the node said about `range` (a new placement starts fresh).
     pub fn forget_range(&mut self, id: &NodeId, range: RangeId) {
         if let Some(node) = self.nodes.get_mut(id) {

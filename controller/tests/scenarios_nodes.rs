@@ -258,3 +258,52 @@ async fn s34_controller_killed_after_each_command_of_a_join() {
         .await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn s30_a_node_that_forgot_a_range_while_the_controller_restarted_gets_it_placed_again() {
+    // A restarted controller has no earlier report of the node's to compare
+    // with: the node's first answer, which does not list the range, is what
+    // says the copy is gone (a copy never listed was once left Active for ever).
+    let mut cluster = Cluster::start(&["a"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.restart_node_empty("a").await;
+    cluster.restart_controller().await;
+    cluster.log.clear();
+    cluster
+        .wait_for("placement missing then replaced", |e| {
+            e.note(id(1))
+                .is_some_and(|n| n.contains("lost its placement"))
+        })
+        .await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    assert_eq!(cluster.calls(), vec!["P(a,1)", "A(a,1)"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn s31_a_lost_node_forgotten_by_the_roster_that_returns_empty_gets_its_range_placed_again() {
+    // The node leaves discovery and goes silent: its copy is Missing and, at
+    // R1, waited for. Once the roster has forgotten it, the node comes back
+    // as a new process without the range: its first answer is what says the
+    // copy will not return.
+    let mut cluster = Cluster::start(&["a"], Replication::R1).await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    cluster.deregister_node("a");
+    cluster.transport.set_reachable(&addr("a"), false);
+    cluster
+        .wait_for("a's copy missing and a forgotten", |e| {
+            placements_of(e, id(1)) == vec![("a".to_owned(), PlacementState::Missing)]
+                && e.roster().get(&node_id("a")).is_none()
+        })
+        .await;
+    cluster.add_node("a").await;
+    cluster.transport.set_reachable(&addr("a"), true);
+    cluster.log.clear();
+    cluster
+        .wait_for("placement dropped then replaced", |e| {
+            e.note(id(1))
+                .is_some_and(|n| n.contains("lost its placement"))
+        })
+        .await;
+    cluster.wait_active_on(id(1), &["a"]).await;
+    assert_eq!(cluster.calls(), vec!["P(a,1)", "A(a,1)"]);
+}

@@ -42,6 +42,7 @@
 mod attempts;
 mod balancing;
 mod exclusions;
+mod first_answers;
 mod groups;
 pub mod history;
 mod operations;
@@ -126,6 +127,14 @@ pub struct Engine {
     /// Where the background sweep resumes: each step also re-checks a chunk of
     /// the tiling in key order, so nothing is missed for long even if an event was.
     sweep_cursor: Key,
+    /// Nodes whose first answer since the roster took them in came since the
+    /// last step, with when that probe was sent: what they hold is checked
+    /// against the keyspace at the next step (`first_answers.rs`).
+    first_answers: Vec<(NodeId, Instant)>,
+    /// Per node not heard from since the roster took it in: settled ranges
+    /// that wait only for such nodes, left out of the dirty set until one of
+    /// them answers (`first_answers.rs`). Cleared by a full sweep.
+    parked: HashMap<NodeId, Vec<RangeId>>,
     /// Nodes known to be lost, to notice the moment one becomes lost.
     lost_nodes: HashSet<NodeId>,
     /// Whether placements on nodes this controller never heard from are lost yet.
@@ -200,6 +209,8 @@ impl Engine {
             groups_delivered: HashMap::new(),
             full_sweep: true,
             sweep_cursor: Key::empty(),
+            first_answers: Vec::new(),
+            parked: HashMap::new(),
             lost_nodes: HashSet::new(),
             unknown_nodes_lost: false,
             orphans: HashSet::new(),
@@ -414,6 +425,7 @@ impl Engine {
                     tracing::info!(%node, "forgotten node answers again");
                 }
                 self.note_prepare_progress(node, sent_at, &ranges);
+                self.note_if_first_answer(node, sent_at);
                 let was_draining = self.roster.get(node).map(|n| n.draining());
                 let changed = self
                     .roster

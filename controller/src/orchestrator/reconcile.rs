@@ -69,11 +69,16 @@ impl Engine {
             .retain(|_, at| now.saturating_duration_since(*at) < stall);
         self.roster.forget_lost(now, loss_after);
         self.notice_lost_nodes(now);
+        self.account_for_first_answers();
         self.drive_operations(now);
         self.start_drain_moves(now);
         let mut load = None;
         let ids = self.ranges_to_reconcile(now);
         for id in &ids {
+            // Looked at again when a node it waits for answers or is lost.
+            if self.park_if_waiting_for_first_answers(*id, now) {
+                continue;
+            }
             let settled = self.reconcile_range(*id, now, &mut load);
             if !settled {
                 self.dirty.insert(*id);
@@ -110,6 +115,7 @@ impl Engine {
     pub(super) fn ranges_to_reconcile(&mut self, now: Instant) -> Vec<RangeId> {
         if std::mem::take(&mut self.full_sweep) {
             self.dirty.clear();
+            self.parked.clear();
             return self.unsettled_in_play(now);
         }
         let mut ids: Vec<RangeId> = self.dirty.drain().collect();
@@ -223,7 +229,7 @@ impl Engine {
     /// The half of [`Engine::is_steady`] the keyspace answers alone: the range
     /// and every placement Active, as many as the replication wants, none on
     /// its way out or replacing another.
-    fn steady_here(&self, range: &Range) -> bool {
+    pub(super) fn steady_here(&self, range: &Range) -> bool {
         range.state() == RangeState::Active
             && range.placements().len() == self.config.replication.target
             && range.placements().iter().all(|p| {
@@ -233,7 +239,7 @@ impl Engine {
 
     /// The half the node answers: it may hold the range (neither draining nor
     /// lost) and said it is Active there.
-    fn node_confirms(&self, node: &NodeStatus, range: RangeId, now: Instant) -> bool {
+    pub(super) fn node_confirms(&self, node: &NodeStatus, range: RangeId, now: Instant) -> bool {
         !node.draining()
             && !node.is_lost(now, self.config.node_loss_after())
             && node.ranges.get(&range).map(|v| v.state) == Some(RemoteState::Active)
