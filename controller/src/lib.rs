@@ -20,6 +20,7 @@ pub mod keyspace;
 pub mod metrics;
 pub mod orchestrator;
 pub mod persist;
+pub mod range_maps;
 pub mod roster;
 pub mod runtime;
 pub mod service;

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ranger_proto::{LoadInfo, NodeId, RangeId, RangeInfo, RemoteState};
+
+use crate::range_maps::RangeMap;
 use tokio::time::Instant;
 
 /// What a node last said about one of its ranges.
@@ -46,7 +48,7 @@ pub struct NodeStatus {
     pub operator_drain: bool,
     /// The load it can carry relative to others, as it last declared.
     pub capacity: f64,
-    pub ranges: HashMap<RangeId, RemoteView>,
+    pub ranges: RangeMap<RemoteView>,
     /// Total bytes reported by the last probe.
     bytes: u64,
 }
@@ -122,7 +124,7 @@ impl Roster {
                         wants_drain: false,
                         operator_drain: false,
                         capacity: 1.0,
-                        ranges: HashMap::new(),
+                        ranges: RangeMap::default(),
                         bytes: 0,
                     },
                 );
@@ -198,8 +200,7 @@ impl Roster {
             tracing::info!(node = %id, wants_drain, "node drain wish changed");
         }
         node.wants_drain = wants_drain;
-        let reported: HashMap<RangeId, RangeInfo> =
-            ranges.into_iter().map(|r| (r.meta.id(), r)).collect();
+        let reported: RangeMap<RangeInfo> = ranges.into_iter().map(|r| (r.meta.id(), r)).collect();
         // Ranges the node no longer lists are NotFound as of this probe.
         for (id, view) in node.ranges.iter_mut() {
             if !reported.contains_key(id) && view.as_of <= sent_at {

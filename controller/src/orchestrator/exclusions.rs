@@ -7,15 +7,15 @@
 //! `Engine::choose_node`): one lookup, then a handful of nodes, instead of a
 //! lookup per candidate node that each needed an owned `(range, node)` key.
 
-use std::collections::HashMap;
-
 use ranger_proto::{NodeId, RangeId};
 use tokio::time::Instant;
+
+use crate::range_maps::RangeMap;
 
 /// The excluded (range, node) pairs, each until an instant.
 #[derive(Debug, Default)]
 pub(super) struct Exclusions {
-    by_range: HashMap<RangeId, Vec<(NodeId, Instant)>>,
+    by_range: RangeMap<Vec<(NodeId, Instant)>>,
 }
 
 impl Exclusions {

@@ -57,6 +57,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use ranger_proto::{Key, NodeId, RangeId, RangeInfo, RangeState};
 use tokio::time::Instant;
 
+use crate::range_maps::{RangeMap, RangeSet};
+
 pub use attempts::{Attempt, Subject};
 pub use balancing::{
     BalanceRound, BalanceStatus, BalanceTotals, describe as describe_action, wall_clock_now,
@@ -110,7 +112,7 @@ pub struct Engine {
     /// Ranges to look at in the next step: touched by an answer, a probe, an
     /// operation, or not settled yet. A settled range is left alone, so a step
     /// costs what changed, not the size of the keyspace.
-    dirty: HashSet<RangeId>,
+    dirty: RangeSet,
     /// Per node, the replicated ranges whose Activate waits until a probe of
     /// that node carried their current group (see
     /// [`Engine::group_reached`]): looked at again when its next probe answers.
@@ -153,7 +155,7 @@ pub struct Engine {
     activation_may_have_taken: HashSet<PlacementId>,
     /// Ranges waiting for a lost node that holds their only newest copy (R1):
     /// shown loudly until the node returns or an operator forgets it.
-    unavailable: HashMap<RangeId, Unavailable>,
+    unavailable: RangeMap<Unavailable>,
     /// When each (node, range) being prepared last showed progress: its copy's
     /// keys or bytes grew between two probes. Deadlines wait for a prepare that
     /// keeps making progress.
@@ -203,7 +205,7 @@ impl Engine {
             notes: HashMap::new(),
             history: history::OpHistory::default(),
             subsuming,
-            dirty: HashSet::new(),
+            dirty: RangeSet::default(),
             activations_held: HashMap::new(),
             groups_carried: HashMap::new(),
             groups_delivered: HashMap::new(),
@@ -216,7 +218,7 @@ impl Engine {
             orphans: HashSet::new(),
             activation_refused: HashSet::new(),
             activation_may_have_taken: HashSet::new(),
-            unavailable: HashMap::new(),
+            unavailable: RangeMap::default(),
             prepare_progress: HashMap::new(),
             forgotten: HashSet::new(),
             effects: Vec::new(),
