@@ -9,6 +9,8 @@
 //!    built from records with `Keyspace::from_records`;
 //! 2. **memory**: process RSS (`VmRSS`) after the keyspace is built, and again once
 //!    the engine's roster knows every node's report, in MB and bytes per range;
+//!    and the time to take in a probe round in which nothing changed (the
+//!    controller spends it every `probe_interval`);
 //! 3. **steady state**: `Engine::step` over a keyspace where every node reported
 //!    its ranges Active (no effects expected), two ways: a *full pass* that looks
 //!    at every range (what start-up and node-level events trigger), and the
@@ -95,6 +97,8 @@ struct Row {
     /// The slower of the two passes after 1% of the nodes started draining.
     drain_pass_ms: f64,
     save_ms: f64,
+    /// Taking in a probe round in which nothing changed.
+    probe_round_ms: f64,
     restart_ms: f64,
     first_step_ms: f64,
     /// A step after the first, still before any node answered.
@@ -193,6 +197,21 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
     let ingest = register_and_probe(&mut engine, nodes, t0)?;
     let rss_engine = rss_bytes()?;
     println!("probe ingest     {} ({nodes} probes)", ms(ingest));
+    // Every probe round after that: each node lists the same ranges again.
+    // The controller probes every node each `probe_interval` (500 ms by
+    // default), so this is CPU it spends that often.
+    let reports = node_reports(engine.keyspace(), nodes);
+    let mut round = Duration::ZERO;
+    for (node, ranges) in reports {
+        let id = node_id(node)?;
+        let started = Instant::now();
+        engine.on_probe(&id, t0, Ok(NodeReport::of(ranges)));
+        round += started.elapsed();
+    }
+    println!(
+        "probe round      {} (every node answers again, nothing changed)",
+        ms(round)
+    );
     println!(
         "rss engine       {:.1} MB ({:.0} B/range with the roster's views)",
         mb(rss_engine),
@@ -367,6 +386,7 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
         lost_pass_ms: millis(lost1.took.max(lost2.took)),
         drain_pass_ms: millis(drain1.took.max(drain2.took)),
         save_ms: millis(save),
+        probe_round_ms: millis(round),
         restart_ms: millis(restart),
         first_step_ms: millis(first_step),
         second_step_ms: millis(second_step),
@@ -479,7 +499,7 @@ fn print_table(rows: &[Row], nodes: usize) {
          1% columns: slower of two passes)"
     );
     println!(
-        "{:>9} {:>8} {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:>9} {:>8} {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8}",
         "ranges",
         "build",
         "rss ks",
@@ -491,6 +511,7 @@ fn print_table(rows: &[Row], nodes: usize) {
         "incr",
         "1% lost",
         "1% drain",
+        "round",
         "save",
         "restart",
         "1st step",
@@ -499,7 +520,7 @@ fn print_table(rows: &[Row], nodes: usize) {
     );
     for r in rows {
         println!(
-            "{:>9} {:>8.1} {:>7.1} {:>7.1} {:>7.0} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>8.2} {:>8.2} | {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+            "{:>9} {:>8.1} {:>7.1} {:>7.1} {:>7.0} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>8.2} {:>8.2} {:>8.1} | {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
             r.ranges,
             r.build_ms,
             r.rss_keyspace_mb,
@@ -511,6 +532,7 @@ fn print_table(rows: &[Row], nodes: usize) {
             r.incremental_median_ms,
             r.lost_pass_ms,
             r.drain_pass_ms,
+            r.probe_round_ms,
             r.save_ms,
             r.restart_ms,
             r.first_step_ms,

@@ -403,4 +403,72 @@ mod tests {
         assert_eq!(roster.begin_probe(&node("a"), lease, t3), lease);
         assert!(!roster.get(&node("a")).unwrap().is_lost(t3 + loss, loss));
     }
+
+    fn with_bytes(id: u64, state: RemoteState, bytes: u64) -> RangeInfo {
+        let mut info = info(id, state);
+        info.load.bytes = bytes;
+        info
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_changes_only_what_it_lists_differently_and_sums_each_range_once() {
+        let mut roster = Roster::new();
+        let t0 = Instant::now();
+        roster.register(node("a"), "a:1".into(), t0);
+        let id = |n| RangeId::new(n).unwrap();
+        let first = vec![
+            with_bytes(1, RemoteState::Active, 10),
+            with_bytes(2, RemoteState::Active, 20),
+            with_bytes(3, RemoteState::Inactive, 30),
+        ];
+        let mut changed = roster.probe_ok(&node("a"), t0, first, false, 1.0);
+        changed.sort_unstable();
+        assert_eq!(changed, vec![id(1), id(2), id(3)], "all new");
+        assert_eq!(roster.get(&node("a")).unwrap().reported_bytes(), 60);
+
+        // The next report: 1 the same, 2 gone, 3 activated, 4 new, and 3
+        // listed twice (the last one counts, once).
+        let t1 = t0 + Duration::from_millis(500);
+        let second = vec![
+            with_bytes(1, RemoteState::Active, 11),
+            with_bytes(3, RemoteState::Inactive, 1000),
+            with_bytes(4, RemoteState::Preparing, 40),
+            with_bytes(3, RemoteState::Active, 33),
+        ];
+        let mut changed = roster.probe_ok(&node("a"), t1, second, false, 1.0);
+        changed.sort_unstable();
+        changed.dedup();
+        assert_eq!(changed, vec![id(2), id(3), id(4)]);
+        assert_eq!(roster.remote(&node("a"), id(1)), Some(RemoteState::Active));
+        assert_eq!(
+            roster.remote(&node("a"), id(2)),
+            Some(RemoteState::NotFound)
+        );
+        assert_eq!(roster.remote(&node("a"), id(3)), Some(RemoteState::Active));
+        assert_eq!(
+            roster.remote(&node("a"), id(4)),
+            Some(RemoteState::Preparing)
+        );
+        assert_eq!(
+            roster.get(&node("a")).unwrap().reported_bytes(),
+            11 + 33 + 40
+        );
+
+        // Nothing changed: nothing to look at again.
+        let t2 = t1 + Duration::from_millis(500);
+        let third = vec![
+            with_bytes(1, RemoteState::Active, 11),
+            with_bytes(3, RemoteState::Active, 33),
+            with_bytes(4, RemoteState::Preparing, 40),
+        ];
+        assert!(
+            roster
+                .probe_ok(&node("a"), t2, third, false, 1.0)
+                .is_empty()
+        );
+        assert_eq!(
+            roster.remote(&node("a"), id(2)),
+            Some(RemoteState::NotFound)
+        );
+    }
 }

@@ -37,7 +37,9 @@
 //! `reconcile.rs` (reconciliation, per range), `operations.rs`, `placement.rs`
 //! (node choice), `ownership.rs` (who holds the newest data), `groups.rs`
 //! (replica groups probes carry at R3), `attempts.rs` (in flight, failures,
-//! backoff), `types.rs` (what goes in and out).
+//! backoff), `exclusions.rs` (nodes not to choose again for a range),
+//! `first_answers.rs` (what a node's first answer tells, and the ranges that
+//! wait for it), `types.rs` (what goes in and out).
 
 mod attempts;
 mod balancing;
