@@ -104,7 +104,11 @@ impl Roster {
                 if node.addr != addr {
                     tracing::info!(node = %id, old = %node.addr, new = %addr, "node moved");
                     node.addr = addr;
+                    // A process at a new address: nothing it said before
+                    // stands, and its next answer is its first (what it does
+                    // not list then, it does not hold).
                     node.ranges.clear();
+                    node.last_ok = None;
                 }
                 node.registered = true;
             }
@@ -470,5 +474,42 @@ mod tests {
             roster.remote(&node("a"), id(2)),
             Some(RemoteState::NotFound)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unlisted_copy_is_not_found_unless_the_node_said_something_of_it_since() {
+        let mut roster = Roster::new();
+        let t0 = Instant::now();
+        roster.register(node("a"), "a:1".into(), t0);
+        let (r1, r2) = (RangeId::new(1).unwrap(), RangeId::new(2).unwrap());
+        tokio::time::advance(Duration::from_millis(10)).await;
+        roster.command_answered(&node("a"), r1, RemoteState::Active, Instant::now());
+        roster.note_unlisted(&node("a"), r1, t0);
+        roster.note_unlisted(&node("a"), r2, t0);
+        assert_eq!(roster.remote(&node("a"), r1), Some(RemoteState::Active));
+        assert_eq!(roster.remote(&node("a"), r2), Some(RemoteState::NotFound));
+    }
+
+    #[test]
+    fn a_node_at_a_new_address_is_a_new_process_not_yet_heard_from() {
+        let mut roster = Roster::new();
+        let t0 = Instant::now();
+        roster.register(node("a"), "a:1".into(), t0);
+        roster.probe_ok(
+            &node("a"),
+            t0,
+            vec![info(1, RemoteState::Active)],
+            false,
+            1.0,
+        );
+        roster.register(node("a"), "a:1".into(), t0);
+        assert!(
+            roster.get(&node("a")).unwrap().last_ok.is_some(),
+            "same address"
+        );
+        roster.register(node("a"), "a:2".into(), t0);
+        let status = roster.get(&node("a")).unwrap();
+        assert!(status.last_ok.is_none());
+        assert!(status.ranges.is_empty());
     }
 }

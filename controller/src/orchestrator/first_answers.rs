@@ -3,13 +3,18 @@
 //! The roster learns that a node lost a range by comparing two of its reports:
 //! a range it listed before and no longer lists is NotFound (`Roster::probe_ok`).
 //! A node's *first* answer to this controller has no report before it: after a
-//! controller restart (every node), or when a node the roster had forgotten
-//! comes back as a new process. So the comparison is made with the keyspace
-//! instead: a copy the keyspace says the node holds (its placement Inactive,
-//! Active or Missing), that the node does not list and that no command in
-//! flight may be creating, is NotFound as of that probe. Without this, a node
+//! controller restart (every node), when a node the roster had forgotten comes
+//! back as a new process, or when a node comes back at a new address (the
+//! roster forgets what it said at the old one). So the comparison is made with
+//! the keyspace instead: a copy the keyspace says the node holds (its
+//! placement Inactive, Active or Missing), that the node does not list and that
+//! no command in flight may be creating, is NotFound as of that probe. Without this, a node
 //! that lost a range while the controller restarted left it Active in the
-//! keyspace, unserved, for ever (SCENARIOS.md #30, #31).
+//! keyspace, unserved, for ever (SCENARIOS.md #30, #31). A first answer is
+//! checked at the next step, against what the roster then knows of the node;
+//! if the roster forgets the node's reports before that (it moved, or was
+//! forgotten and came back), the answer is dropped unchecked
+//! (`Engine::node_registered`), and the node's next answer is its first.
 //!
 //! Until a node answers, nothing can be decided about a range that is settled
 //! in the keyspace and waits only for such nodes to confirm it: reconciling it
@@ -32,6 +37,7 @@ use ranger_proto::{NodeId, PlacementState, RangeId};
 use tokio::time::Instant;
 
 use super::Engine;
+use crate::range_maps::RangeSet;
 
 impl Engine {
     /// Notes the first answer since the roster took the node in (`sent_at`:
@@ -112,13 +118,15 @@ impl Engine {
             {
                 continue;
             }
-            // Parked again by each sweep that passes before the node answers
-            // or is lost (a thousand a step at most): duplicates are harmless,
-            // and cost less than a set per node at a million ranges.
+            // A set: the background sweep passes a parked range again each
+            // time round until its node answers or is lost.
             match self.parked.get_mut(p.node()) {
-                Some(ranges) => ranges.push(id),
+                Some(ranges) => {
+                    ranges.insert(id);
+                }
                 None => {
-                    self.parked.insert(p.node().clone(), vec![id]);
+                    self.parked
+                        .insert(p.node().clone(), RangeSet::from_iter([id]));
                 }
             }
         }
@@ -223,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn ranges_waiting_for_unheard_nodes_are_not_looked_at_again_until_a_node_answers() {
+    fn ranges_waiting_for_unheard_nodes_leave_the_dirty_set_until_a_node_answers() {
         let t0 = Instant::now();
         let mut engine = restarted(40, t0);
         assert!(step_saving(&mut engine, t0).is_empty());
@@ -312,34 +320,118 @@ mod tests {
         assert_eq!(live, vec![PlacementState::Pending], "placed again");
     }
 
+    /// The live placements of a range: (node, state).
+    fn placements(engine: &Engine, range: u64) -> Vec<(String, PlacementState)> {
+        engine
+            .keyspace()
+            .range(id(range))
+            .unwrap()
+            .placements()
+            .iter()
+            .filter(|p| p.is_live())
+            .map(|p| (p.node().to_string(), p.state()))
+            .collect()
+    }
+
+    fn on(node: &str, state: PlacementState) -> Vec<(String, PlacementState)> {
+        vec![(node.to_owned(), state)]
+    }
+
     #[test]
     fn a_node_unheard_until_it_is_lost_has_its_copies_counted_missing() {
         let t0 = Instant::now();
         let mut engine = restarted(8, t0);
         step_saving(&mut engine, t0);
+        // Every node is probed (each probe grants a lease); n0 never answers.
+        assert_eq!(engine.take_probes(t0).len(), NODES as usize);
         for i in 1..NODES {
             answer(&mut engine, i, &[], t0);
         }
         step_saving(&mut engine, t0);
-        let later = t0 + engine.config().node_loss_after() + std::time::Duration::from_secs(1);
-        for i in 1..NODES {
-            answer(&mut engine, i, &[], later);
+        // The next rounds reach n1-n3 only (n0's first probe is still out),
+        // until n0's lease and margin have run out.
+        let round = engine.config().probe_interval;
+        let later = t0 + engine.config().node_loss_after() + round;
+        let mut now = t0;
+        while now < later {
+            now += round;
+            engine.probe_tick();
+            let probed = engine.take_probes(now).len();
+            assert_eq!(probed, NODES as usize - 1, "n0's probe is still out");
+            for i in 1..NODES {
+                answer(&mut engine, i, &[], now);
+            }
+            step_saving(&mut engine, now);
         }
-        step_saving(&mut engine, later);
         for range in [4, 8] {
-            let states: Vec<_> = engine
-                .keyspace()
-                .range(id(range))
-                .unwrap()
-                .placements()
-                .iter()
-                .map(|p| (p.node().to_string(), p.state()))
-                .collect();
             assert_eq!(
-                states,
-                vec![("n0".to_owned(), PlacementState::Missing)],
-                "range {range}"
+                placements(&engine, range),
+                on("n0", PlacementState::Missing)
             );
         }
+        for range in [1, 5] {
+            assert_eq!(placements(&engine, range), on("n1", PlacementState::Active));
+        }
+    }
+
+    #[test]
+    fn a_first_answer_before_the_first_sweep_is_checked_against_the_whole_keyspace() {
+        let t0 = Instant::now();
+        let mut engine = restarted(8, t0);
+        assert!(engine.full_sweep, "no step has looked at the ranges yet");
+        answer(&mut engine, 3, &[7], t0);
+        step_saving(&mut engine, t0);
+        assert_eq!(engine.note(id(7)), Some("7 lost its placement on n3"));
+        assert_eq!(placements(&engine, 3), on("n3", PlacementState::Active));
+    }
+
+    #[test]
+    fn a_copy_a_command_in_flight_may_be_creating_is_not_taken_for_gone() {
+        // Range 2's copy on n2 is Inactive: the first step sends Activate. n2's
+        // first answer, from a probe sent before that landed, does not list it.
+        let t0 = Instant::now();
+        let mut engine = restarted(8, t0);
+        let placement = engine.keyspace().range(id(2)).unwrap().placements()[0].id();
+        engine
+            .keyspace
+            .set_placement_state(id(2), placement, PlacementState::Inactive)
+            .unwrap();
+        let sent = step_saving(&mut engine, t0);
+        assert!(
+            matches!(&sent[..], [Effect::Send(d)] if d.range == id(2)),
+            "{sent:?}"
+        );
+        answer(&mut engine, 2, &[2], t0);
+        step_saving(&mut engine, t0);
+        assert_eq!(placements(&engine, 2), on("n2", PlacementState::Inactive));
+        assert_eq!(engine.roster().remote(&node(2), id(2)), None);
+    }
+
+    #[test]
+    fn a_node_that_moves_before_its_first_answer_is_checked_is_asked_again() {
+        // Range 2's copy on n2 is Missing and waited for. n2 answers listing
+        // everything; before the step that would check the answer, it comes
+        // back at a new address and the roster forgets what it said: nothing
+        // it listed may be taken for gone (range 2, not parked, is looked at
+        // in that step).
+        let t0 = Instant::now();
+        let mut engine = restarted(8, t0);
+        let placement = engine.keyspace().range(id(2)).unwrap().placements()[0].id();
+        engine
+            .keyspace
+            .set_placement_state(id(2), placement, PlacementState::Missing)
+            .unwrap();
+        step_saving(&mut engine, t0);
+        answer(&mut engine, 2, &[], t0);
+        engine.node_registered(node(2), "sim://n2-moved".into(), t0);
+        step_saving(&mut engine, t0);
+        assert_eq!(placements(&engine, 2), on("n2", PlacementState::Missing));
+        assert_eq!(placements(&engine, 6), on("n2", PlacementState::Active));
+        // Its first answer at the new address is checked: range 2 is back
+        // with its copy, range 6 is gone.
+        answer(&mut engine, 2, &[6], t0);
+        step_saving(&mut engine, t0);
+        assert_eq!(placements(&engine, 2), on("n2", PlacementState::Inactive));
+        assert_eq!(engine.note(id(6)), Some("6 lost its placement on n2"));
     }
 }

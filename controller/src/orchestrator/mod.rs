@@ -138,7 +138,7 @@ pub struct Engine {
     /// Per node not heard from since the roster took it in: settled ranges
     /// that wait only for such nodes, left out of the dirty set until one of
     /// them answers (`first_answers.rs`). Cleared by a full sweep.
-    parked: HashMap<NodeId, Vec<RangeId>>,
+    parked: HashMap<NodeId, RangeSet>,
     /// Nodes known to be lost, to notice the moment one becomes lost.
     lost_nodes: HashSet<NodeId>,
     /// Whether placements on nodes this controller never heard from are lost yet.
@@ -387,6 +387,11 @@ impl Engine {
     /// Discovery lists a node (new, or at a new address): it is probed at the
     /// next step.
     pub fn node_registered(&mut self, id: NodeId, addr: String, now: Instant) {
+        if self.roster.get(&id).is_none_or(|n| n.addr != addr) {
+            // What the roster knew of it is gone: a first answer not yet
+            // checked no longer says what the node holds.
+            self.first_answers.retain(|(node, _)| *node != id);
+        }
         self.roster.register(id.clone(), addr, now);
         self.probe_soon(id);
         self.full_sweep = true;
