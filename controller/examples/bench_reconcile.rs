@@ -200,14 +200,7 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
     // Every probe round after that: each node lists the same ranges again.
     // The controller probes every node each `probe_interval` (500 ms by
     // default), so this is CPU it spends that often.
-    let reports = node_reports(engine.keyspace(), nodes);
-    let mut round = Duration::ZERO;
-    for (node, ranges) in reports {
-        let id = node_id(node)?;
-        let started = Instant::now();
-        engine.on_probe(&id, t0, Ok(NodeReport::of(ranges)));
-        round += started.elapsed();
-    }
+    let round = answer_all(&mut engine, nodes, t0)?;
     println!(
         "probe round      {} (every node answers again, nothing changed)",
         ms(round)
@@ -427,12 +420,19 @@ fn register_and_probe(engine: &mut Engine, nodes: usize, now: Instant) -> Result
     for i in 0..nodes {
         engine.node_registered(node_id(i)?, format!("sim://n{i}"), now);
     }
+    answer_all(engine, nodes, now)
+}
+
+/// Feeds every node's successful probe answer, listing its ranges Active;
+/// returns the time the engine took to take them in (building the reports is
+/// not counted).
+fn answer_all(engine: &mut Engine, nodes: usize, sent_at: Instant) -> Result<Duration> {
     let reports = node_reports(engine.keyspace(), nodes);
     let mut took = Duration::ZERO;
     for (node, ranges) in reports {
         let id = node_id(node)?;
         let started = Instant::now();
-        engine.on_probe(&id, now, Ok(NodeReport::of(ranges)));
+        engine.on_probe(&id, sent_at, Ok(NodeReport::of(ranges)));
         took += started.elapsed();
     }
     Ok(took)

@@ -230,6 +230,32 @@ mod tests {
         RangeId::new(n).unwrap()
     }
 
+    /// The live placements of a range: (node, state).
+    fn placements(engine: &Engine, range: u64) -> Vec<(String, PlacementState)> {
+        engine
+            .keyspace()
+            .range(id(range))
+            .unwrap()
+            .placements()
+            .iter()
+            .filter(|p| p.is_live())
+            .map(|p| (p.node().to_string(), p.state()))
+            .collect()
+    }
+
+    fn on(node: &str, state: PlacementState) -> Vec<(String, PlacementState)> {
+        vec![(node.to_owned(), state)]
+    }
+
+    /// Sets the state of the one placement of `range` (its node's copy).
+    fn set_copy_state(engine: &mut Engine, range: u64, state: PlacementState) {
+        let placement = engine.keyspace().range(id(range)).unwrap().placements()[0].id();
+        engine
+            .keyspace
+            .set_placement_state(id(range), placement, state)
+            .unwrap();
+    }
+
     #[test]
     fn ranges_waiting_for_unheard_nodes_leave_the_dirty_set_until_a_node_answers() {
         let t0 = Instant::now();
@@ -264,16 +290,11 @@ mod tests {
             Some("6 lost its placement on n2"),
             "range 6's copy on n2 is gone"
         );
-        let placements: Vec<_> = engine
-            .keyspace()
-            .range(id(6))
-            .unwrap()
-            .placements()
-            .iter()
-            .filter(|p| p.is_live())
-            .map(|p| p.state())
-            .collect();
-        assert_eq!(placements, vec![PlacementState::Pending], "placed again");
+        let again = placements(&engine, 6);
+        assert!(
+            matches!(&again[..], [(_, PlacementState::Pending)]),
+            "placed again: {again:?}"
+        );
         let mut sent = sent;
         sent.extend(step_saving(&mut engine, t0));
         assert_eq!(sent.len(), 1, "one prepare for range 6: {sent:?}");
@@ -282,9 +303,10 @@ mod tests {
             "{sent:?}"
         );
         for other in (1..=40).filter(|i| *i != 6) {
-            assert!(
-                engine.keyspace().range(id(other)).unwrap().placements()[0].state()
-                    == PlacementState::Active
+            let node = format!("n{}", other % NODES);
+            assert_eq!(
+                placements(&engine, other),
+                on(&node, PlacementState::Active)
             );
         }
     }
@@ -296,11 +318,7 @@ mod tests {
         // rather than parked when n2 first answers, without it.
         let t0 = Instant::now();
         let mut engine = restarted(8, t0);
-        let placement = engine.keyspace().range(id(2)).unwrap().placements()[0].id();
-        engine
-            .keyspace
-            .set_placement_state(id(2), placement, PlacementState::Missing)
-            .unwrap();
+        set_copy_state(&mut engine, 2, PlacementState::Missing);
         assert!(step_saving(&mut engine, t0).is_empty());
         assert!(engine.dirty.contains(&id(2)), "waited for, not parked");
         for i in 0..NODES {
@@ -308,33 +326,11 @@ mod tests {
         }
         step_saving(&mut engine, t0);
         assert_eq!(engine.note(id(2)), Some("2 lost its placement on n2"));
-        let live: Vec<_> = engine
-            .keyspace()
-            .range(id(2))
-            .unwrap()
-            .placements()
-            .iter()
-            .filter(|p| p.is_live())
-            .map(|p| p.state())
-            .collect();
-        assert_eq!(live, vec![PlacementState::Pending], "placed again");
-    }
-
-    /// The live placements of a range: (node, state).
-    fn placements(engine: &Engine, range: u64) -> Vec<(String, PlacementState)> {
-        engine
-            .keyspace()
-            .range(id(range))
-            .unwrap()
-            .placements()
-            .iter()
-            .filter(|p| p.is_live())
-            .map(|p| (p.node().to_string(), p.state()))
-            .collect()
-    }
-
-    fn on(node: &str, state: PlacementState) -> Vec<(String, PlacementState)> {
-        vec![(node.to_owned(), state)]
+        let again = placements(&engine, 2);
+        assert!(
+            matches!(&again[..], [(_, PlacementState::Pending)]),
+            "placed again: {again:?}"
+        );
     }
 
     #[test]
@@ -391,11 +387,7 @@ mod tests {
         // first answer, from a probe sent before that landed, does not list it.
         let t0 = Instant::now();
         let mut engine = restarted(8, t0);
-        let placement = engine.keyspace().range(id(2)).unwrap().placements()[0].id();
-        engine
-            .keyspace
-            .set_placement_state(id(2), placement, PlacementState::Inactive)
-            .unwrap();
+        set_copy_state(&mut engine, 2, PlacementState::Inactive);
         let sent = step_saving(&mut engine, t0);
         assert!(
             matches!(&sent[..], [Effect::Send(d)] if d.range == id(2)),
@@ -416,11 +408,7 @@ mod tests {
         // in that step).
         let t0 = Instant::now();
         let mut engine = restarted(8, t0);
-        let placement = engine.keyspace().range(id(2)).unwrap().placements()[0].id();
-        engine
-            .keyspace
-            .set_placement_state(id(2), placement, PlacementState::Missing)
-            .unwrap();
+        set_copy_state(&mut engine, 2, PlacementState::Missing);
         step_saving(&mut engine, t0);
         answer(&mut engine, 2, &[], t0);
         engine.node_registered(node(2), "sim://n2-moved".into(), t0);
