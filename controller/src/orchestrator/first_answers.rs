@@ -55,11 +55,9 @@ impl Engine {
         if self.first_answers.is_empty() {
             return;
         }
-        let mut answered: HashMap<NodeId, Instant> = HashMap::new();
-        for (node, sent_at) in self.first_answers.drain(..) {
-            let at = answered.entry(node).or_insert(sent_at);
-            *at = (*at).min(sent_at);
-        }
+        // A node answers a first time once until the roster forgets it, which
+        // drops that answer (`Engine::node_registered`): one entry per node.
+        let answered: HashMap<NodeId, Instant> = self.first_answers.drain(..).collect();
         // The ranges that may have a copy on those nodes: before the full
         // sweep that starts an engine, any; after it, the dirty and the parked.
         let candidates: Vec<RangeId> = if self.full_sweep {

@@ -67,6 +67,21 @@ pub(super) fn decoder_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
 
+/// Fewest records a decoding thread is given: below that, starting one costs
+/// more than it saves (a few milliseconds of decoding).
+#[cfg(not(test))]
+const RECORDS_PER_DECODER: u64 = 4096;
+/// Small in tests, so that a small store takes the threaded path.
+#[cfg(test)]
+const RECORDS_PER_DECODER: u64 = 4;
+
+/// How many threads to decode `records` records on, at most `most`: the one
+/// rule both backends' loads follow.
+pub(super) fn decoders_for(records: u64, most: usize) -> usize {
+    let most = most.max(1) as u64;
+    (records / RECORDS_PER_DECODER).clamp(1, most) as usize
+}
+
 /// Decodes the record stored under range id `key`, checking that it is the
 /// record of that range.
 pub(super) fn decode(key: u64, bytes: &[u8]) -> Result<RangeRecord, PersistError> {

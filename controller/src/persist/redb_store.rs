@@ -149,29 +149,19 @@ fn load_blocking(db: &Database) -> Result<Option<Loaded>, PersistError> {
         },
         e => PersistError::backend("opening the ranges table", e),
     })?;
-    let records = decode_ranges(&ranges, codec::decoder_threads() as u64)?;
+    let records = decode_ranges(&ranges, codec::decoder_threads())?;
     tracing::debug!(records = records.len(), "keyspace store loaded");
     Ok(Some((counters, records)))
 }
 
-/// Fewest record ids a decoding thread is given: below that, starting one
-/// costs more than it saves.
-#[cfg(not(test))]
-const RECORDS_PER_DECODER: u64 = 50_000;
-/// Small in tests, so that a small store takes the threaded path.
-#[cfg(test)]
-const RECORDS_PER_DECODER: u64 = 4;
-
 /// Every record of the table, in id order. Decoding is most of a restart's
 /// load (JSON, and the pages a million records are decoded into), so a big
-/// table is read in up to `decoders` id spans of at least
-/// [`RECORDS_PER_DECODER`] ids, each decoded on a thread of its own (see
-/// [`codec::decode_on_threads`]).
+/// table is read in up to `decoders` id spans ([`codec::decoders_for`]), each
+/// decoded on a thread of its own (see [`codec::decode_on_threads`]).
 fn decode_ranges(
     ranges: &redb::ReadOnlyTable<u64, &[u8]>,
-    decoders: u64,
+    decoders: usize,
 ) -> Result<Vec<RangeRecord>, PersistError> {
-    let read_error = |e| PersistError::backend("reading the ranges table", e);
     let first = ranges
         .first()
         .map_err(read_error)?
@@ -183,7 +173,7 @@ fn decode_ranges(
     // Range ids are dense (one counter, never freed), so equal id spans hold
     // about equal numbers of records.
     let ids = (last - first).saturating_add(1);
-    let decoders = (ids / RECORDS_PER_DECODER).clamp(1, decoders.max(1));
+    let decoders = codec::decoders_for(ids, decoders) as u64;
     if decoders == 1 {
         return decode_span(ranges, first..=last);
     }
@@ -199,16 +189,17 @@ fn decode_ranges(
     codec::decode_on_threads(spans, |span| decode_span(ranges, span))
 }
 
+fn read_error(e: redb::StorageError) -> PersistError {
+    PersistError::backend("reading the ranges table", e)
+}
+
 /// The records whose ids are in `span`, decoded in id order.
 fn decode_span(
     ranges: &redb::ReadOnlyTable<u64, &[u8]>,
     span: std::ops::RangeInclusive<u64>,
 ) -> Result<Vec<RangeRecord>, PersistError> {
     let mut records = Vec::new();
-    for entry in ranges
-        .range(span)
-        .map_err(|e| PersistError::backend("reading the ranges table", e))?
-    {
+    for entry in ranges.range(span).map_err(read_error)? {
         let (key, value) = entry.map_err(|e| PersistError::backend("reading a range record", e))?;
         records.push(codec::decode(key.value(), value.value())?);
     }
@@ -320,7 +311,7 @@ mod tests {
         (p, dir, changes.upserts)
     }
 
-    fn decode_with(p: &RedbPersister, decoders: u64) -> Result<Vec<RangeRecord>, PersistError> {
+    fn decode_with(p: &RedbPersister, decoders: usize) -> Result<Vec<RangeRecord>, PersistError> {
         let txn = p.db.begin_read().unwrap();
         let table = txn.open_table(RANGES).unwrap();
         decode_ranges(&table, decoders)

@@ -140,9 +140,6 @@ impl Inner {
     }
 }
 
-/// Below this many records, decoding on one thread is fast enough.
-pub(super) const PARALLEL_DECODE_MIN: usize = 4096;
-
 /// Reads a listing of the prefix: what the persister must remember (every key's
 /// index, the leftovers of interrupted saves) and the committed keyspace, if any.
 /// The records are decoded on every core: at 100k ranges that is a good part of a
@@ -245,8 +242,8 @@ pub(super) fn decode_listing(
             })
             .collect::<Result<Vec<_>, _>>()
     };
-    let threads = codec::decoder_threads();
-    let records = if threads < 2 || chosen.len() < PARALLEL_DECODE_MIN {
+    let threads = codec::decoders_for(chosen.len() as u64, codec::decoder_threads());
+    let records = if threads < 2 {
         decode(&chosen)?
     } else {
         let chunk = chosen.len().div_ceil(threads);
