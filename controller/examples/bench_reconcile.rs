@@ -10,7 +10,10 @@
 //! 2. **memory**: process RSS (`VmRSS`) after the keyspace is built, and again once
 //!    the engine's roster knows every node's report, in MB and bytes per range;
 //!    and the time to take in a probe round in which nothing changed (the
-//!    controller spends it every `probe_interval`);
+//!    controller spends it every `probe_interval`): each node's answer is
+//!    encoded as the wire carries it beforehand, then decoded and checked as
+//!    the runtime's probe tasks do (`NodeReport::from_wire`) and fed to the
+//!    engine, the two parts timed apart (they run on different tasks);
 //! 3. **steady state**: `Engine::step` over a keyspace where every node reported
 //!    its ranges Active (no effects expected), two ways: a *full pass* that looks
 //!    at every range (what start-up and node-level events trigger), and the
@@ -49,12 +52,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
+use prost::Message;
 use ranger_controller::config::OrchestratorConfig;
 use ranger_controller::keyspace::{ChangeSet, Keyspace, RECORD_VERSION};
 use ranger_controller::orchestrator::{Effect, Engine, Persisted};
 use ranger_controller::persist::{Persister, RedbPersister};
 use ranger_controller::testing::synthetic::settled_keyspace;
 use ranger_controller::transport::NodeReport;
+use ranger_proto::pb::ranger as pb;
 use ranger_proto::{LoadInfo, NodeId, RangeInfo, RemoteState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -97,8 +102,10 @@ struct Row {
     /// The slower of the two passes after 1% of the nodes started draining.
     drain_pass_ms: f64,
     save_ms: f64,
-    /// Taking in a probe round in which nothing changed.
+    /// Decoding and taking in a probe round in which nothing changed.
     probe_round_ms: f64,
+    /// The engine's part of that round (the rest is decoding).
+    probe_round_engine_ms: f64,
     restart_ms: f64,
     first_step_ms: f64,
     /// A step after the first, still before any node answered.
@@ -196,14 +203,21 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
     run_step(&mut engine, t0);
     let ingest = register_and_probe(&mut engine, nodes, t0)?;
     let rss_engine = rss_bytes()?;
-    println!("probe ingest     {} ({nodes} probes)", ms(ingest));
+    println!(
+        "probe ingest     {} ({nodes} probes; decode {}, engine {})",
+        ms(ingest.total()),
+        ms(ingest.decode),
+        ms(ingest.engine)
+    );
     // Every probe round after that: each node lists the same ranges again.
     // The controller probes every node each `probe_interval` (500 ms by
     // default), so this is CPU it spends that often.
     let round = answer_all(&mut engine, nodes, t0)?;
     println!(
-        "probe round      {} (every node answers again, nothing changed)",
-        ms(round)
+        "probe round      {} (every node answers again, nothing changed; decode {}, engine {})",
+        ms(round.total()),
+        ms(round.decode),
+        ms(round.engine)
     );
     println!(
         "rss engine       {:.1} MB ({:.0} B/range with the roster's views)",
@@ -316,21 +330,14 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
     );
     // The nodes' first answers, in ten waves with a step after each, as they
     // reach a restarted controller over its first probe round.
-    let reports = node_reports(engine.keyspace(), nodes);
+    let reports = wire_reports(engine.keyspace(), nodes)?;
     let mut waves = Vec::new();
-    let wave = nodes.div_ceil(10);
     let mut answered_effects = 0;
-    for first in (0..nodes).step_by(wave) {
-        let mut took = Duration::ZERO;
-        for node in first..(first + wave).min(nodes) {
-            let ranges = reports.get(&node).cloned().unwrap_or_default();
-            let started = Instant::now();
-            engine.on_probe(&node_id(node)?, t0, Ok(NodeReport::of(ranges)));
-            took += started.elapsed();
-        }
+    for wave in reports.chunks(nodes.div_ceil(10)) {
+        let took = answer_from_wire(&mut engine, wave, t0)?;
         let ((effects, _), step) = timed(|| run_step(&mut engine, t0));
         answered_effects += effects.len();
-        waves.push(took + step);
+        waves.push(took.total() + step);
     }
     let answers: Duration = waves.iter().sum();
     println!(
@@ -379,7 +386,8 @@ async fn measure(n: usize, nodes: usize, passes: usize) -> Result<Row> {
         lost_pass_ms: millis(lost1.took.max(lost2.took)),
         drain_pass_ms: millis(drain1.took.max(drain2.took)),
         save_ms: millis(save),
-        probe_round_ms: millis(round),
+        probe_round_ms: millis(round.total()),
+        probe_round_engine_ms: millis(round.engine),
         restart_ms: millis(restart),
         first_step_ms: millis(first_step),
         second_step_ms: millis(second_step),
@@ -416,26 +424,76 @@ fn node_reports(keyspace: &Keyspace, nodes: usize) -> HashMap<usize, Vec<RangeIn
 
 /// Registers every node and feeds it one successful probe; returns the time the
 /// engine took to ingest the probes (building the reports is not counted).
-fn register_and_probe(engine: &mut Engine, nodes: usize, now: Instant) -> Result<Duration> {
+fn register_and_probe(engine: &mut Engine, nodes: usize, now: Instant) -> Result<RoundTime> {
     for i in 0..nodes {
         engine.node_registered(node_id(i)?, format!("sim://n{i}"), now);
     }
     answer_all(engine, nodes, now)
 }
 
-/// Feeds every node's successful probe answer, listing its ranges Active;
-/// returns the time the engine took to take them in (building the reports is
-/// not counted).
-fn answer_all(engine: &mut Engine, nodes: usize, sent_at: Instant) -> Result<Duration> {
-    let reports = node_reports(engine.keyspace(), nodes);
-    let mut took = Duration::ZERO;
-    for (node, ranges) in reports {
-        let id = node_id(node)?;
+/// Each node's answer to a probe as the wire carries it: an encoded
+/// `InfoResponse` listing its live placements, Active. Encoding is not timed.
+fn wire_reports(keyspace: &Keyspace, nodes: usize) -> Result<Vec<(NodeId, Vec<u8>)>> {
+    let mut reports: Vec<_> = node_reports(keyspace, nodes).into_iter().collect();
+    reports.sort_unstable_by_key(|(node, _)| *node);
+    reports
+        .into_iter()
+        .map(|(node, ranges)| {
+            let response = pb::InfoResponse {
+                ranges: ranges.iter().map(pb::RangeInfo::from).collect(),
+                want_drain: false,
+                capacity: 1.0,
+            };
+            Ok((node_id(node)?, response.encode_to_vec()))
+        })
+        .collect()
+}
+
+/// The time a probe round took: decoding the answers (the runtime's probe
+/// tasks do that, `NodeReport::from_wire`) and the engine taking them in.
+#[derive(Debug, Default, Clone, Copy)]
+struct RoundTime {
+    decode: Duration,
+    engine: Duration,
+}
+
+impl RoundTime {
+    fn total(&self) -> Duration {
+        self.decode + self.engine
+    }
+}
+
+impl std::ops::AddAssign for RoundTime {
+    fn add_assign(&mut self, other: Self) {
+        self.decode += other.decode;
+        self.engine += other.engine;
+    }
+}
+
+/// Decodes each answer as the runtime does and feeds it to the engine, timing both.
+fn answer_from_wire(
+    engine: &mut Engine,
+    reports: &[(NodeId, Vec<u8>)],
+    sent_at: Instant,
+) -> Result<RoundTime> {
+    let mut took = RoundTime::default();
+    for (node, bytes) in reports {
         let started = Instant::now();
-        engine.on_probe(&id, sent_at, Ok(NodeReport::of(ranges)));
-        took += started.elapsed();
+        let response = pb::InfoResponse::decode(bytes.as_slice())?;
+        let answer = NodeReport::from_wire(response);
+        ensure!(answer.is_ok(), "a report failed to decode: {answer:?}");
+        let decoded = Instant::now();
+        engine.on_probe(node, sent_at, answer);
+        took.engine += decoded.elapsed();
+        took.decode += decoded - started;
     }
     Ok(took)
+}
+
+/// One probe round: every node answers with its live placements.
+fn answer_all(engine: &mut Engine, nodes: usize, sent_at: Instant) -> Result<RoundTime> {
+    let reports = wire_reports(engine.keyspace(), nodes)?;
+    answer_from_wire(engine, &reports, sent_at)
 }
 
 /// One engine step as the runtime runs it, every save succeeding at once (its
@@ -499,7 +557,7 @@ fn print_table(rows: &[Row], nodes: usize) {
          1% columns: slower of two passes)"
     );
     println!(
-        "{:>9} {:>8} {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:>9} {:>8} {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>8}",
         "ranges",
         "build",
         "rss ks",
@@ -512,6 +570,7 @@ fn print_table(rows: &[Row], nodes: usize) {
         "1% lost",
         "1% drain",
         "round",
+        "engine",
         "save",
         "restart",
         "1st step",
@@ -520,7 +579,7 @@ fn print_table(rows: &[Row], nodes: usize) {
     );
     for r in rows {
         println!(
-            "{:>9} {:>8.1} {:>7.1} {:>7.1} {:>7.0} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>8.2} {:>8.2} {:>8.1} | {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+            "{:>9} {:>8.1} {:>7.1} {:>7.1} {:>7.0} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>8.2} {:>8.2} {:>8.1} {:>8.1} | {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
             r.ranges,
             r.build_ms,
             r.rss_keyspace_mb,
@@ -533,6 +592,7 @@ fn print_table(rows: &[Row], nodes: usize) {
             r.lost_pass_ms,
             r.drain_pass_ms,
             r.probe_round_ms,
+            r.probe_round_engine_ms,
             r.save_ms,
             r.restart_ms,
             r.first_step_ms,
@@ -541,7 +601,7 @@ fn print_table(rows: &[Row], nodes: usize) {
         );
     }
     println!(
-        "targets (DESIGN.md §10): a reconcile pass over 100k ranges < 100 ms; restart < 2000 ms at 100k"
+        "round: a probe round decoded and taken in (engine: its part), due every probe_interval (500 ms)\ntargets (DESIGN.md §10): a reconcile pass over 100k ranges < 100 ms; restart < 2000 ms at 100k"
     );
 }
 

@@ -4,6 +4,7 @@
 //! Pure data and rules, no I/O: the runtime feeds it and the orchestrator reads it.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::time::Duration;
 
 use ranger_proto::{LoadInfo, NodeId, RangeId, RangeInfo, RemoteState};
@@ -20,6 +21,9 @@ pub struct RemoteView {
     /// command, the request's departure for a probe (conservative, so that an old
     /// probe answer never overrides a newer command answer).
     pub as_of: Instant,
+    /// The number of the node's last report that listed the range (0: none
+    /// did), so [`Roster::probe_ok`] finds what a report left out in one pass.
+    listed_in: u64,
 }
 
 /// One node as the controller knows it.
@@ -51,6 +55,9 @@ pub struct NodeStatus {
     pub ranges: RangeMap<RemoteView>,
     /// Total bytes reported by the last probe.
     bytes: u64,
+    /// How many reports [`Roster::probe_ok`] has taken in: the number of the
+    /// last one, which the views it listed carry.
+    reports: u64,
 }
 
 impl NodeStatus {
@@ -130,6 +137,7 @@ impl Roster {
                         capacity: 1.0,
                         ranges: RangeMap::default(),
                         bytes: 0,
+                        reports: 0,
                     },
                 );
             }
@@ -204,10 +212,50 @@ impl Roster {
             tracing::info!(node = %id, wants_drain, "node drain wish changed");
         }
         node.wants_drain = wants_drain;
-        let reported: RangeMap<RangeInfo> = ranges.into_iter().map(|r| (r.meta.id(), r)).collect();
+        // One pass over the report, one hash lookup per range: each report gets
+        // a number, and a view it lists is stamped with it, so the views it left
+        // out are the unstamped ones (a probe round at a million ranges is this
+        // loop a million times every probe interval; DESIGN.md §10).
+        node.reports += 1;
+        let report = node.reports;
+        let mut bytes = 0u64;
+        for info in ranges {
+            let id = info.meta.id();
+            match node.ranges.entry(id) {
+                Entry::Occupied(mut entry) => {
+                    let view = entry.get_mut();
+                    if view.listed_in == report {
+                        // Listed twice: the last listing counts, once.
+                        bytes = bytes.saturating_sub(view.load.bytes);
+                    }
+                    view.listed_in = report;
+                    // A command answer newer than the probe keeps its state.
+                    if view.as_of <= sent_at {
+                        if view.state != info.state {
+                            changed.push(id);
+                        }
+                        view.state = info.state;
+                        view.as_of = sent_at;
+                    }
+                    bytes = bytes.saturating_add(info.load.bytes);
+                    view.load = info.load;
+                }
+                Entry::Vacant(entry) => {
+                    changed.push(id);
+                    bytes = bytes.saturating_add(info.load.bytes);
+                    entry.insert(RemoteView {
+                        state: info.state,
+                        load: info.load,
+                        as_of: sent_at,
+                        listed_in: report,
+                    });
+                }
+            }
+        }
+        node.bytes = bytes;
         // Ranges the node no longer lists are NotFound as of this probe.
         for (id, view) in node.ranges.iter_mut() {
-            if !reported.contains_key(id) && view.as_of <= sent_at {
+            if view.listed_in != report && view.as_of <= sent_at {
                 if view.state != RemoteState::NotFound {
                     changed.push(*id);
                 }
@@ -215,28 +263,6 @@ impl Roster {
                 view.as_of = sent_at;
             }
         }
-        node.bytes = reported.values().map(|r| r.load.bytes).sum();
-        for (id, info) in reported {
-            let previous = node.ranges.get(&id);
-            let newer = previous.is_none_or(|v| v.as_of <= sent_at);
-            if newer {
-                if previous.is_none_or(|v| v.state != info.state) {
-                    changed.push(id);
-                }
-                node.ranges.insert(
-                    id,
-                    RemoteView {
-                        state: info.state,
-                        load: info.load,
-                        as_of: sent_at,
-                    },
-                );
-            } else if let Some(view) = node.ranges.get_mut(&id) {
-                view.load = info.load;
-            }
-        }
-        node.ranges
-            .retain(|_, v| v.state != RemoteState::NotFound || v.as_of >= sent_at);
         changed
     }
 
@@ -270,6 +296,7 @@ impl Roster {
                     state,
                     load,
                     as_of: now,
+                    listed_in: 0,
                 },
             );
         }
@@ -284,6 +311,7 @@ impl Roster {
                 state: RemoteState::NotFound,
                 load: LoadInfo::default(),
                 as_of: sent_at,
+                listed_in: 0,
             });
         }
     }

@@ -135,6 +135,8 @@ pub enum KeyspaceError {
     Overlap { first: RangeId, second: RangeId },
     #[error("the key index disagrees with range {0}")]
     IndexMismatch(RangeId),
+    #[error("the index of live placements by node disagrees with range {range} on node {node}")]
+    LiveIndexMismatch { range: RangeId, node: NodeId },
 }
 
 fn bound(key: &Key, infinity: &'static str) -> String {

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 #[cfg(debug_assertions)]
 use std::ops::Bound;
 
-use ranger_proto::{Key, PlacementState, RangeId, RangeMeta, RangeState};
+use ranger_proto::{Key, NodeId, PlacementState, RangeId, RangeMeta, RangeState};
 
+use super::by_node::LiveByNode;
 use super::{Keyspace, KeyspaceError, PlacementId, Range, Result};
 
 impl Keyspace {
@@ -34,6 +35,13 @@ impl Keyspace {
                 if self.index.get(r.meta.start().as_bytes()) != Some(&r.id()) {
                     return Err(KeyspaceError::IndexMismatch(r.id()));
                 }
+            }
+        }
+        if self.live_by_node != LiveByNode::build(self.ranges.values()) {
+            // Name the first range that disagrees (O(nodes) per range: only
+            // once the cheap comparison found something).
+            for r in self.ranges.values() {
+                self.check_live_index(r)?;
             }
         }
         if current != self.index.len() {
@@ -175,6 +183,29 @@ impl Keyspace {
                 return Err(KeyspaceError::IndexMismatch(*id));
             }
             self.check_cover_between(r.meta.start(), r.meta.end())?;
+            self.check_live_index(r)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that the index of live placements by node lists `r` under
+    /// exactly the nodes that hold a live placement of it. O(nodes).
+    fn check_live_index(&self, r: &Range) -> Result<()> {
+        let id = r.id();
+        let mismatch = |node: &NodeId| KeyspaceError::LiveIndexMismatch {
+            range: id,
+            node: node.clone(),
+        };
+        for p in r.placements.iter().filter(|p| p.is_live()) {
+            if !self.is_live_on(id, &p.node) {
+                return Err(mismatch(&p.node));
+            }
+        }
+        for (node, ranges) in self.live_by_node.iter() {
+            let holds = r.placements.iter().any(|p| p.is_live() && &p.node == node);
+            if ranges.contains(&id) && !holds {
+                return Err(mismatch(node));
+            }
         }
         Ok(())
     }

@@ -31,6 +31,7 @@
 //! hands their full records to a persister. Loading goes through
 //! [`Keyspace::from_records`], which validates everything and names what is wrong.
 
+mod by_node;
 mod error;
 mod invariants;
 mod placements;
@@ -44,7 +45,10 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use ranger_proto::{PlacementState, RangeId, RangeMeta, RangeState};
+use ranger_proto::{NodeId, PlacementState, RangeId, RangeMeta, RangeState};
+
+use crate::range_maps::RangeSet;
+use by_node::LiveByNode;
 
 pub use error::KeyspaceError;
 use invariants::below_counter;
@@ -68,6 +72,8 @@ pub struct Keyspace {
     ranges: RangeTable,
     /// The current tiling, by start key.
     index: BTreeMap<Vec<u8>, RangeId>,
+    /// The ranges each node holds a live placement of (see the `by_node` module).
+    live_by_node: LiveByNode,
     next_range_id: u64,
     next_placement_id: u64,
     /// The controller term last persisted or begun (see [`Counters::term`]).
@@ -104,6 +110,7 @@ impl Keyspace {
         let mut keyspace = Keyspace {
             ranges,
             index: BTreeMap::from([(Vec::new(), RangeId::FIRST)]),
+            live_by_node: LiveByNode::default(),
             next_range_id: RangeId::FIRST.get() + 1,
             next_placement_id: 1,
             term: 0,
@@ -163,9 +170,11 @@ impl Keyspace {
             }
             ranges
         };
+        let live_by_node = LiveByNode::build(ranges.values());
         let mut keyspace = Keyspace {
             ranges,
             index: BTreeMap::new(),
+            live_by_node,
             next_range_id: counters.next_range_id,
             next_placement_id: counters.next_placement_id,
             term: counters.term,
@@ -210,6 +219,18 @@ impl Keyspace {
     /// The range with this id, current or historical.
     pub fn range(&self, id: RangeId) -> Result<&Range> {
         self.ranges.get(&id).ok_or(KeyspaceError::UnknownRange(id))
+    }
+
+    /// The ranges `node` holds a live placement of, if any: what a probe
+    /// answer from the node is checked against (see the `by_node` module).
+    pub fn live_on(&self, node: &NodeId) -> Option<&RangeSet> {
+        self.live_by_node.on(node)
+    }
+
+    /// Whether `node` holds a live placement of `range`.
+    pub fn is_live_on(&self, range: RangeId, node: &NodeId) -> bool {
+        self.live_on(node)
+            .is_some_and(|ranges| ranges.contains(&range))
     }
 
     /// Every range, current and historical, in ascending id order.

@@ -39,6 +39,7 @@ impl Keyspace {
             .checked_add(1)
             .ok_or(KeyspaceError::IdsExhausted("placement"))?;
         tracing::debug!(%range, placement = %id, %node, ?replaces, "placement added");
+        self.live_by_node.placed(&node, range);
         self.range_mut(range)?.placements.push(Placement {
             id,
             node,
@@ -82,13 +83,25 @@ impl Keyspace {
                 to: state,
             });
         }
+        let was_live = p.is_live();
         p.state = state;
         p.served |= state == PlacementState::Active;
+        // The node of a placement that just stopped being live, for the index.
+        let unplaced = (was_live && !p.is_live()).then(|| p.node.clone());
         tracing::debug!(%range, %placement, %from, to = %state, "placement state");
         let first_activation = state == PlacementState::Active && !r.ever_activated;
         r.ever_activated |= state == PlacementState::Active;
-        if first_activation && !r.parents.is_empty() {
-            let parents = r.parents.clone();
+        let parents = if first_activation {
+            r.parents.clone()
+        } else {
+            Vec::new()
+        };
+        if let Some(node) = unplaced {
+            self.live_by_node.unplaced(&node, range);
+        }
+        if parents.is_empty() {
+            self.touched(&[range]);
+        } else {
             let mut affected = parents.clone();
             for parent in &parents {
                 if let Some(p) = self.ranges.get(parent) {
@@ -97,8 +110,6 @@ impl Keyspace {
             }
             self.reindex(&affected);
             self.touched(&affected);
-        } else {
-            self.touched(&[range]);
         }
         *self.transitions.entry(state).or_default() += 1;
         Ok(())

@@ -183,6 +183,74 @@ fn placement_lifecycle_and_errors() {
     reload(&ks).check_invariants().unwrap();
 }
 
+/// The ranges `on` holds a live placement of, sorted.
+fn live_on(ks: &Keyspace, on: &str) -> Vec<u64> {
+    let mut ids: Vec<u64> = ks
+        .live_on(&node(on))
+        .map(|ranges| ranges.iter().map(|r| r.get()).collect())
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn the_index_of_live_placements_follows_every_placement_change_and_a_reload() {
+    let mut ks = Keyspace::new();
+    let (left, right) = ks.split(id(1), Key::from("m")).unwrap();
+    ks.finish_subsume(&[id(1)]).unwrap();
+    let on_left = ks.add_placement(left, node("a"), None).unwrap();
+    assert_eq!(live_on(&ks, "a"), vec![left.get()], "Pending is live");
+    place_active(&mut ks, right, "a");
+    let moved = ks.add_placement(left, node("b"), Some(on_left)).unwrap();
+    assert_eq!(live_on(&ks, "a"), vec![left.get(), right.get()]);
+    assert_eq!(live_on(&ks, "b"), vec![left.get()]);
+    assert!(ks.is_live_on(left, &node("b")) && !ks.is_live_on(right, &node("b")));
+    assert_eq!(current_ids(&reload(&ks)), current_ids(&ks));
+    assert_eq!(reload(&ks).live_by_node, ks.live_by_node);
+
+    // Leaving the live states takes a placement out; what is left stays.
+    drop_placement(&mut ks, left, on_left);
+    assert_eq!(live_on(&ks, "a"), vec![right.get()]);
+    ks.remove_placement(left, on_left).unwrap();
+    assert_eq!(live_on(&ks, "a"), vec![right.get()]);
+    drop_placement(&mut ks, left, moved);
+    assert_eq!(live_on(&ks, "b"), Vec::<u64>::new());
+    assert!(
+        ks.live_on(&node("b")).is_none(),
+        "a node with none has no entry"
+    );
+    // A refused mutation changes nothing.
+    assert!(ks.add_placement(right, node("a"), None).is_err());
+    assert_eq!(live_on(&ks, "a"), vec![right.get()]);
+    assert_eq!(reload(&ks).live_by_node, ks.live_by_node);
+    ks.check_invariants().unwrap();
+}
+
+#[test]
+fn the_full_check_names_a_range_the_live_index_disagrees_with() {
+    let mut ks = Keyspace::new();
+    place_active(&mut ks, id(1), "a");
+    ks.check_invariants().unwrap();
+    let mut missing = ks.clone();
+    missing.live_by_node.unplaced(&node("a"), id(1));
+    assert_eq!(
+        missing.check_invariants(),
+        Err(KeyspaceError::LiveIndexMismatch {
+            range: id(1),
+            node: node("a")
+        })
+    );
+    let mut extra = ks.clone();
+    extra.live_by_node.placed(&node("b"), id(1));
+    assert_eq!(
+        extra.check_invariants(),
+        Err(KeyspaceError::LiveIndexMismatch {
+            range: id(1),
+            node: node("b")
+        })
+    );
+}
+
 #[test]
 fn every_placement_path_of_the_state_machine_is_reachable() {
     let paths: [&[PlacementState]; 6] = [
@@ -939,4 +1007,8 @@ fn random_operations_keep_the_invariants() {
     let reloaded = reload(&ks);
     assert_eq!(current_ids(&reloaded), current_ids(&ks));
     assert_eq!(reloaded.to_records(), ks.to_records());
+    assert_eq!(
+        reloaded.live_by_node, ks.live_by_node,
+        "the live index kept up to date equals the one built at load"
+    );
 }

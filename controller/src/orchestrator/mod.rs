@@ -420,12 +420,9 @@ impl Engine {
                 wants_drain,
                 capacity,
             }) => {
+                let live = self.keyspace.live_on(node);
                 for info in &ranges {
-                    let accounted = self.keyspace.range(info.meta.id()).is_ok_and(|r| {
-                        r.placements()
-                            .iter()
-                            .any(|p| p.is_live() && p.node() == node)
-                    });
+                    let accounted = live.is_some_and(|ranges| ranges.contains(&info.meta.id()));
                     if !accounted && info.state != ranger_proto::RemoteState::NotFound {
                         self.orphans.insert((node.clone(), info.meta.id()));
                     }

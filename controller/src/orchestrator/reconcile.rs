@@ -827,11 +827,7 @@ impl Engine {
                 .roster
                 .remote(&node, range)
                 .is_some_and(|s| s != RemoteState::NotFound);
-            let accounted = self.keyspace.range(range).is_ok_and(|r| {
-                r.placements()
-                    .iter()
-                    .any(|p| p.is_live() && p.node() == &node)
-            });
+            let accounted = self.keyspace.is_live_on(range, &node);
             if !reachable || !held || accounted {
                 self.orphans.remove(&(node, range));
                 continue;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ranger_proto::pb::ranger as pb;
 use ranger_proto::pb::ranger::node_client::NodeClient;
 use ranger_proto::{Command, Outcome};
-use ranger_proto::{RangeId, RangeInfo, RemoteState, ReplicaGroup};
+use ranger_proto::{RangeId, RemoteState, ReplicaGroup};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -181,19 +181,7 @@ impl NodeTransport for GrpcTransport {
         .map_err(|_| format!("no answer within {timeout:?}"))?
         .map_err(|s| call_error(s, None).to_string())?
         .into_inner();
-        let ranges = response
-            .ranges
-            .into_iter()
-            .map(RangeInfo::try_from)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("node sent a bad range: {e}"))?;
-        let capacity = ranger_proto::capacity_from_wire(response.capacity)
-            .map_err(|e| format!("node sent a bad capacity: {e}"))?;
-        Ok(NodeReport {
-            ranges,
-            wants_drain: response.want_drain,
-            capacity,
-        })
+        NodeReport::from_wire(response)
     }
 }
 

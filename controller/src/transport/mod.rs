@@ -43,6 +43,28 @@ impl NodeReport {
     }
 }
 
+impl NodeReport {
+    /// Checks a node's answer to `Info` as it came off the wire: every range
+    /// must be well formed and the capacity usable, or the whole answer is
+    /// refused (the probe counts as failed, so nothing half-read reaches the
+    /// roster).
+    pub fn from_wire(response: ranger_proto::pb::ranger::InfoResponse) -> ProbeAnswer {
+        let ranges = response
+            .ranges
+            .into_iter()
+            .map(RangeInfo::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("node sent a bad range: {e}"))?;
+        let capacity = ranger_proto::capacity_from_wire(response.capacity)
+            .map_err(|e| format!("node sent a bad capacity: {e}"))?;
+        Ok(NodeReport {
+            ranges,
+            wants_drain: response.want_drain,
+            capacity,
+        })
+    }
+}
+
 /// A node's answer to a probe, or why there was none.
 pub type ProbeAnswer = Result<NodeReport, String>;
 
