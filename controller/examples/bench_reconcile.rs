@@ -51,6 +51,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use bytes::Bytes;
 use clap::Parser;
 use prost::Message;
 use ranger_controller::config::OrchestratorConfig;
@@ -433,7 +434,9 @@ fn register_and_probe(engine: &mut Engine, nodes: usize, now: Instant) -> Result
 
 /// Each node's answer to a probe as the wire carries it: an encoded
 /// `InfoResponse` listing its live placements, Active. Encoding is not timed.
-fn wire_reports(keyspace: &Keyspace, nodes: usize) -> Result<Vec<(NodeId, Vec<u8>)>> {
+/// Held as `Bytes`, the buffer type tonic decodes from, so that fields
+/// decoded as `Bytes` slice it as they do in the runtime.
+fn wire_reports(keyspace: &Keyspace, nodes: usize) -> Result<Vec<(NodeId, Bytes)>> {
     let mut reports: Vec<_> = node_reports(keyspace, nodes).into_iter().collect();
     reports.sort_unstable_by_key(|(node, _)| *node);
     reports
@@ -444,7 +447,7 @@ fn wire_reports(keyspace: &Keyspace, nodes: usize) -> Result<Vec<(NodeId, Vec<u8
                 want_drain: false,
                 capacity: 1.0,
             };
-            Ok((node_id(node)?, response.encode_to_vec()))
+            Ok((node_id(node)?, Bytes::from(response.encode_to_vec())))
         })
         .collect()
 }
@@ -473,13 +476,13 @@ impl std::ops::AddAssign for RoundTime {
 /// Decodes each answer as the runtime does and feeds it to the engine, timing both.
 fn answer_from_wire(
     engine: &mut Engine,
-    reports: &[(NodeId, Vec<u8>)],
+    reports: &[(NodeId, Bytes)],
     sent_at: Instant,
 ) -> Result<RoundTime> {
     let mut took = RoundTime::default();
     for (node, bytes) in reports {
         let started = Instant::now();
-        let response = pb::InfoResponse::decode(bytes.as_slice())?;
+        let response = pb::InfoResponse::decode(bytes.clone())?;
         let answer = NodeReport::from_wire(response);
         ensure!(answer.is_ok(), "a report failed to decode: {answer:?}");
         let decoded = Instant::now();

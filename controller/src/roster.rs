@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::time::Duration;
 
-use ranger_proto::{LoadInfo, NodeId, RangeId, RangeInfo, RemoteState};
+use ranger_proto::{LoadInfo, NodeId, RangeId, RemoteState, ReportedRange};
 
 use crate::range_maps::RangeMap;
 use tokio::time::Instant;
@@ -196,7 +196,7 @@ impl Roster {
         &mut self,
         id: &NodeId,
         sent_at: Instant,
-        ranges: Vec<RangeInfo>,
+        ranges: Vec<ReportedRange>,
         wants_drain: bool,
         capacity: f64,
     ) -> Vec<RangeId> {
@@ -220,7 +220,7 @@ impl Roster {
         let report = node.reports;
         let mut bytes = 0u64;
         for info in ranges {
-            let id = info.meta.id();
+            let id = info.id;
             match node.ranges.entry(id) {
                 Entry::Occupied(mut entry) => {
                     let view = entry.get_mut();
@@ -346,15 +346,14 @@ impl Roster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ranger_proto::RangeMeta;
 
     fn node(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
     }
 
-    fn info(id: u64, state: RemoteState) -> RangeInfo {
-        RangeInfo {
-            meta: RangeMeta::whole(RangeId::new(id).unwrap()),
+    fn info(id: u64, state: RemoteState) -> ReportedRange {
+        ReportedRange {
+            id: RangeId::new(id).unwrap(),
             state,
             load: LoadInfo::default(),
         }
@@ -436,7 +435,7 @@ mod tests {
         assert!(!roster.get(&node("a")).unwrap().is_lost(t3 + loss, loss));
     }
 
-    fn with_bytes(id: u64, state: RemoteState, bytes: u64) -> RangeInfo {
+    fn with_bytes(id: u64, state: RemoteState, bytes: u64) -> ReportedRange {
         let mut info = info(id, state);
         info.load.bytes = bytes;
         info

@@ -19,7 +19,9 @@ mod replica;
 mod state;
 
 pub use command::{Command, Outcome};
-pub use convert::{ConversionError, Parent, ParentPlacement, RangeInfo, capacity_from_wire};
+pub use convert::{
+    ConversionError, Parent, ParentPlacement, RangeInfo, ReportedRange, capacity_from_wire,
+};
 pub use ids::{NodeId, RangeId};
 pub use key::{Key, KeyParseError};
 pub use load::{LoadCut, LoadInfo};

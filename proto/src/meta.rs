@@ -29,10 +29,16 @@ pub struct InvalidBounds {
 impl RangeMeta {
     /// A range `[start, end)`; fails unless `start < end` (an empty end is +inf).
     pub fn new(id: RangeId, start: Key, end: Key) -> Result<Self, InvalidBounds> {
-        if !end.is_empty() && start >= end {
+        if !Self::bounds_valid(start.as_bytes(), end.as_bytes()) {
             return Err(InvalidBounds { id, start, end });
         }
         Ok(RangeMeta { id, start, end })
+    }
+
+    /// Whether `[start, end)` is a range: `start < end`, an empty end being
+    /// +inf. Lets bounds be checked where they are not kept.
+    pub fn bounds_valid(start: &[u8], end: &[u8]) -> bool {
+        end.is_empty() || start < end
     }
 
     /// The whole keyspace, `[-inf, +inf)`.

@@ -12,8 +12,8 @@ use ranger_proto::pb::ranger as pb;
 fn meta(ident: u64) -> Option<pb::RangeMeta> {
     Some(pb::RangeMeta {
         ident,
-        start: vec![],
-        end: vec![],
+        start: Default::default(),
+        end: Default::default(),
     })
 }
 
@@ -29,8 +29,8 @@ fn assert_wire<M: Message + Default + PartialEq + std::fmt::Debug>(message: M, g
 fn range_meta() {
     let m = pb::RangeMeta {
         ident: 5,
-        start: b"a".to_vec(),
-        end: b"b".to_vec(),
+        start: prost::bytes::Bytes::from_static(b"a"),
+        end: prost::bytes::Bytes::from_static(b"b"),
     };
     assert_wire(m, &[0x08, 5, 0x12, 1, b'a', 0x1a, 1, b'b']);
 }

@@ -56,7 +56,7 @@ mod types;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use ranger_proto::{Key, NodeId, RangeId, RangeInfo, RangeState};
+use ranger_proto::{Key, NodeId, RangeId, RangeState, ReportedRange};
 use tokio::time::Instant;
 
 use crate::range_maps::{RangeMap, RangeSet};
@@ -422,9 +422,9 @@ impl Engine {
             }) => {
                 let live = self.keyspace.live_on(node);
                 for info in &ranges {
-                    let accounted = live.is_some_and(|ranges| ranges.contains(&info.meta.id()));
+                    let accounted = live.is_some_and(|ranges| ranges.contains(&info.id));
                     if !accounted && info.state != ranger_proto::RemoteState::NotFound {
-                        self.orphans.insert((node.clone(), info.meta.id()));
+                        self.orphans.insert((node.clone(), info.id));
                     }
                 }
                 if self.forgotten.remove(node) {
@@ -457,7 +457,7 @@ impl Engine {
     }
 
     /// Records which prepares grew since the node's previous report.
-    fn note_prepare_progress(&mut self, node: &NodeId, sent_at: Instant, ranges: &[RangeInfo]) {
+    fn note_prepare_progress(&mut self, node: &NodeId, sent_at: Instant, ranges: &[ReportedRange]) {
         for info in ranges {
             if info.state != ranger_proto::RemoteState::Preparing {
                 continue;
@@ -465,13 +465,13 @@ impl Engine {
             let before = self
                 .roster
                 .get(node)
-                .and_then(|n| n.ranges.get(&info.meta.id()))
+                .and_then(|n| n.ranges.get(&info.id))
                 .map(|v| (v.load.keys, v.load.bytes));
             let grew = before
                 .is_some_and(|(keys, bytes)| info.load.keys > keys || info.load.bytes > bytes);
             if grew {
                 self.prepare_progress
-                    .insert((node.clone(), info.meta.id()), sent_at);
+                    .insert((node.clone(), info.id), sent_at);
             }
         }
     }

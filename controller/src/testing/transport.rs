@@ -66,7 +66,7 @@ async fn probe_state<H: TransportHarness>(h: &H, addr: &str) -> Option<RemoteSta
     report
         .ranges
         .iter()
-        .find(|r| r.meta.id() == first())
+        .find(|r| r.id == first())
         .map(|r| r.state)
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ranger_node_sdk::{Command, CommandError, Node, Rangelet};
 use ranger_proto::pb::ranger as pb;
-use ranger_proto::{RangeId, ReplicaGroup};
+use ranger_proto::{RangeId, ReplicaGroup, ReportedRange};
 
 use super::{NodeReport, NodeTransport, ProbeAnswer};
 use crate::orchestrator::{Answer, Call, CallError};
@@ -277,7 +277,7 @@ impl<N: Node> NodeTransport for InProcessTransport<N> {
             return Err(format!("probe reply from {addr} lost"));
         }
         Ok(NodeReport {
-            ranges,
+            ranges: ranges.into_iter().map(ReportedRange::from).collect(),
             wants_drain: rangelet.wants_drain(),
             capacity: rangelet.capacity(),
         })

@@ -12,7 +12,7 @@ mod in_process;
 use std::future::Future;
 use std::time::Duration;
 
-use ranger_proto::{RangeId, RangeInfo, ReplicaGroup};
+use ranger_proto::{RangeId, RangeInfo, ReplicaGroup, ReportedRange};
 
 pub use grpc::GrpcTransport;
 #[cfg(any(test, feature = "testing"))]
@@ -24,7 +24,7 @@ use crate::orchestrator::{Answer, Call};
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeReport {
     /// Its ranges, their states and loads.
-    pub ranges: Vec<RangeInfo>,
+    pub ranges: Vec<ReportedRange>,
     /// It asks to be drained (the storage system's own decision).
     pub wants_drain: bool,
     /// The load it can carry relative to others (1.0 unless it says otherwise).
@@ -36,7 +36,7 @@ impl NodeReport {
     /// tests and simulations mostly need.
     pub fn of(ranges: Vec<RangeInfo>) -> Self {
         NodeReport {
-            ranges,
+            ranges: ranges.into_iter().map(ReportedRange::from).collect(),
             wants_drain: false,
             capacity: 1.0,
         }
@@ -52,7 +52,7 @@ impl NodeReport {
         let ranges = response
             .ranges
             .into_iter()
-            .map(RangeInfo::try_from)
+            .map(ReportedRange::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("node sent a bad range: {e}"))?;
         let capacity = ranger_proto::capacity_from_wire(response.capacity)

@@ -394,8 +394,8 @@ async fn bad_boundaries(cluster: &Cluster, ids: &Ranges, f: &mut Findings) -> an
 fn meta(ident: u64, start: &[u8], end: &[u8]) -> pb::RangeMeta {
     pb::RangeMeta {
         ident,
-        start: start.to_vec(),
-        end: end.to_vec(),
+        start: start.to_vec().into(),
+        end: end.to_vec().into(),
     }
 }
 
