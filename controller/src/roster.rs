@@ -323,6 +323,19 @@ impl Roster {
         }
     }
 
+    /// Forgets that the node does not hold `range`, once no placement on the
+    /// node is left to need that answer: otherwise every range that ever
+    /// passed through a node would keep a view there for as long as the
+    /// controller runs. A view saying anything else stays: if the node still
+    /// lists the range, the orphan check needs it.
+    pub fn forget_if_not_found(&mut self, id: &NodeId, range: RangeId) {
+        if let Some(node) = self.nodes.get_mut(id)
+            && node.ranges.get(&range).map(|v| v.state) == Some(RemoteState::NotFound)
+        {
+            node.ranges.remove(&range);
+        }
+    }
+
     /// The range's state on the node, if the node said anything about it.
     pub fn remote(&self, id: &NodeId, range: RangeId) -> Option<RemoteState> {
         self.nodes

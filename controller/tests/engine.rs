@@ -287,6 +287,40 @@ fn a_move_prepares_the_destination_then_hands_over_and_drops_the_source() {
     assert_eq!(driver.placements(1), [("b".into(), PlacementState::Active)]);
 }
 
+/// A node's views are of ranges it holds or may hold: the view of a copy
+/// dropped and removed from the keyspace goes with it, so a long-lived
+/// controller's roster (and the pass each probe answer makes over it) does not
+/// grow with every range that ever passed through a node.
+#[test]
+fn a_moved_ranges_view_on_its_source_node_is_forgotten_once_the_copy_is_removed() {
+    let mut driver = Driver::with_range_on_a(&["a", "b"]);
+    let held = |driver: &Driver, on: &str| {
+        driver
+            .engine
+            .roster()
+            .get(&node(on))
+            .map(|n| n.ranges.keys().map(|r| r.get()).collect::<Vec<_>>())
+    };
+    assert_eq!(held(&driver, "a"), Some(vec![1]));
+    driver
+        .engine
+        .request_move(range(1), Some(node("b")), driver.now)
+        .unwrap();
+    driver.settle();
+    assert_eq!(driver.placements(1), [("b".into(), PlacementState::Active)]);
+    assert_eq!(held(&driver, "b"), Some(vec![1]));
+    assert_eq!(held(&driver, "a"), Some(vec![]), "the dropped copy's view");
+    // And back: the view on b goes, the one on a is new.
+    driver
+        .engine
+        .request_move(range(1), Some(node("a")), driver.now)
+        .unwrap();
+    driver.settle();
+    assert_eq!(driver.placements(1), [("a".into(), PlacementState::Active)]);
+    assert_eq!(held(&driver, "a"), Some(vec![1]));
+    assert_eq!(held(&driver, "b"), Some(vec![]));
+}
+
 #[test]
 fn a_split_prepares_both_children_then_hands_over_and_drops_the_parent() {
     let mut driver = Driver::with_range_on_a(&["a"]);

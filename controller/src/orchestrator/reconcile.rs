@@ -390,8 +390,11 @@ impl Engine {
             let subject = Subject::Placement(p.id());
             match p.state() {
                 PlacementState::Dropped => {
-                    if let Err(e) = self.keyspace.remove_placement(id, p.id()) {
-                        tracing::error!(range = %id, placement = %p.id(), error = %e, "could not remove placement");
+                    match self.keyspace.remove_placement(id, p.id()) {
+                        Ok(()) => self.roster.forget_if_not_found(p.node(), id),
+                        Err(e) => {
+                            tracing::error!(range = %id, placement = %p.id(), error = %e, "could not remove placement");
+                        }
                     }
                     self.attempts.forget(&subject);
                     self.activation_refused.remove(&p.id());
