@@ -190,6 +190,8 @@ impl Roster {
     }
 
     /// A probe answered. `sent_at` is when it was sent: its view is as of then.
+    /// `placed` says whether the keyspace has a live placement of a range on
+    /// the node (only such ranges' NotFound views are kept once confirmed).
     /// Returns the ranges whose state on the node changed (or appeared), so the
     /// orchestrator looks only at those.
     pub fn probe_ok(
@@ -199,6 +201,7 @@ impl Roster {
         ranges: Vec<ReportedRange>,
         wants_drain: bool,
         capacity: f64,
+        placed: impl Fn(RangeId) -> bool,
     ) -> Vec<RangeId> {
         let mut changed = Vec::new();
         let Some(node) = self.nodes.get_mut(id) else {
@@ -253,16 +256,26 @@ impl Roster {
             }
         }
         node.bytes = bytes;
-        // Ranges the node no longer lists are NotFound as of this probe.
-        for (id, view) in node.ranges.iter_mut() {
-            if view.listed_in != report && view.as_of <= sent_at {
-                if view.state != RemoteState::NotFound {
-                    changed.push(*id);
-                }
-                view.state = RemoteState::NotFound;
-                view.as_of = sent_at;
+        // Ranges the node no longer lists are NotFound as of this probe. A
+        // view that said so already, of a range the node is not meant to hold,
+        // goes: the answer it carries is the one no view gives, and keeping it
+        // would grow the node's views with every range that ever passed
+        // through it. One newer than this probe stays, so an answer to a
+        // probe sent before a Drop was answered cannot bring the range back.
+        node.ranges.retain(|id, view| {
+            if view.listed_in == report || view.as_of > sent_at {
+                return true;
             }
-        }
+            if view.state == RemoteState::NotFound && !placed(*id) {
+                return false;
+            }
+            if view.state != RemoteState::NotFound {
+                changed.push(*id);
+            }
+            view.state = RemoteState::NotFound;
+            view.as_of = sent_at;
+            true
+        });
         changed
     }
 
@@ -323,19 +336,6 @@ impl Roster {
         }
     }
 
-    /// Forgets that the node does not hold `range`, once no placement on the
-    /// node is left to need that answer: otherwise every range that ever
-    /// passed through a node would keep a view there for as long as the
-    /// controller runs. A view saying anything else stays: if the node still
-    /// lists the range, the orphan check needs it.
-    pub fn forget_if_not_found(&mut self, id: &NodeId, range: RangeId) {
-        if let Some(node) = self.nodes.get_mut(id)
-            && node.ranges.get(&range).map(|v| v.state) == Some(RemoteState::NotFound)
-        {
-            node.ranges.remove(&range);
-        }
-    }
-
     /// The range's state on the node, if the node said anything about it.
     pub fn remote(&self, id: &NodeId, range: RangeId) -> Option<RemoteState> {
         self.nodes
@@ -381,7 +381,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(10)).await;
         roster.command_answered(&node("a"), r1, RemoteState::Active, Instant::now());
         // A probe sent before the answer says the range is not there.
-        roster.probe_ok(&node("a"), t0, vec![], false, 1.0);
+        roster.probe_ok(&node("a"), t0, vec![], false, 1.0, |_| true);
         assert_eq!(roster.remote(&node("a"), r1), Some(RemoteState::Active));
         // A newer probe wins.
         roster.probe_ok(
@@ -390,11 +390,12 @@ mod tests {
             vec![info(1, RemoteState::Inactive)],
             false,
             1.0,
+            |_| true,
         );
         assert_eq!(roster.remote(&node("a"), r1), Some(RemoteState::Inactive));
         let later = Instant::now() + Duration::from_millis(1);
         tokio::time::advance(Duration::from_millis(1)).await;
-        roster.probe_ok(&node("a"), later, vec![], false, 1.0);
+        roster.probe_ok(&node("a"), later, vec![], false, 1.0, |_| true);
         assert_eq!(roster.remote(&node("a"), r1), Some(RemoteState::NotFound));
     }
 
@@ -413,7 +414,7 @@ mod tests {
         );
         // Only a probe that grants a lease pushes the loss back, counted from
         // its send time.
-        roster.probe_ok(&node("a"), t0 + loss, vec![], false, 1.0);
+        roster.probe_ok(&node("a"), t0 + loss, vec![], false, 1.0, |_| true);
         assert!(roster.get(&node("a")).unwrap().is_lost(t0 + loss * 2, loss));
         let grant = roster.begin_probe(&node("a"), Duration::from_secs(4), t0 + loss);
         assert_eq!(grant, Duration::from_secs(4));
@@ -442,7 +443,7 @@ mod tests {
         // One success lifts the suspension; the next probe grants again.
         let t2 = t0 + Duration::from_secs(2);
         assert_eq!(roster.begin_probe(&node("a"), lease, t2), Duration::ZERO);
-        roster.probe_ok(&node("a"), t2, vec![], false, 1.0);
+        roster.probe_ok(&node("a"), t2, vec![], false, 1.0, |_| true);
         let t3 = t2 + Duration::from_millis(200);
         assert_eq!(roster.begin_probe(&node("a"), lease, t3), lease);
         assert!(!roster.get(&node("a")).unwrap().is_lost(t3 + loss, loss));
@@ -465,7 +466,7 @@ mod tests {
             with_bytes(2, RemoteState::Active, 20),
             with_bytes(3, RemoteState::Inactive, 30),
         ];
-        let mut changed = roster.probe_ok(&node("a"), t0, first, false, 1.0);
+        let mut changed = roster.probe_ok(&node("a"), t0, first, false, 1.0, |_| true);
         changed.sort_unstable();
         assert_eq!(changed, vec![id(1), id(2), id(3)], "all new");
         assert_eq!(roster.get(&node("a")).unwrap().reported_bytes(), 60);
@@ -479,7 +480,7 @@ mod tests {
             with_bytes(4, RemoteState::Preparing, 40),
             with_bytes(3, RemoteState::Active, 33),
         ];
-        let mut changed = roster.probe_ok(&node("a"), t1, second, false, 1.0);
+        let mut changed = roster.probe_ok(&node("a"), t1, second, false, 1.0, |_| true);
         changed.sort_unstable();
         changed.dedup();
         assert_eq!(changed, vec![id(2), id(3), id(4)]);
@@ -507,7 +508,7 @@ mod tests {
         ];
         assert!(
             roster
-                .probe_ok(&node("a"), t2, third, false, 1.0)
+                .probe_ok(&node("a"), t2, third, false, 1.0, |_| true)
                 .is_empty()
         );
         assert_eq!(
@@ -530,6 +531,50 @@ mod tests {
         assert_eq!(roster.remote(&node("a"), r2), Some(RemoteState::NotFound));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_view_confirmed_not_found_goes_once_no_placement_needs_it_and_no_older_probe_brings_it_back()
+     {
+        let mut roster = Roster::new();
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let (moved, kept, gone) = (
+            RangeId::new(1).unwrap(),
+            RangeId::new(2).unwrap(),
+            RangeId::new(3).unwrap(),
+        );
+        let placed = |range: RangeId| range == kept;
+        roster.register(node("a"), "a:1".into(), t0);
+        let all = || {
+            vec![
+                info(1, RemoteState::Active),
+                info(2, RemoteState::Active),
+                info(3, RemoteState::Active),
+            ]
+        };
+        roster.probe_ok(&node("a"), t0, all(), false, 1.0, |_| true);
+        // The moved range's Drop is answered at 20 ms; a probe sent at 10 ms,
+        // before the node dropped it, still lists it when it arrives.
+        roster.command_answered(&node("a"), moved, RemoteState::NotFound, ms(20));
+        let stale = vec![info(1, RemoteState::Inactive), info(2, RemoteState::Active)];
+        roster.probe_ok(&node("a"), ms(10), stale, false, 1.0, placed);
+        assert_eq!(
+            roster.remote(&node("a"), moved),
+            Some(RemoteState::NotFound)
+        );
+        // The range the node stopped listing is NotFound first, whether placed or not.
+        assert_eq!(roster.remote(&node("a"), gone), Some(RemoteState::NotFound));
+
+        // The next probe lists none of the three: the views of the two ranges
+        // no placement on the node needs go; the placed one stays NotFound.
+        let changed = roster.probe_ok(&node("a"), ms(30), vec![], false, 1.0, placed);
+        assert_eq!(changed, vec![kept]);
+        assert_eq!(roster.remote(&node("a"), moved), None);
+        assert_eq!(roster.remote(&node("a"), gone), None);
+        assert_eq!(roster.remote(&node("a"), kept), Some(RemoteState::NotFound));
+        roster.probe_ok(&node("a"), ms(40), vec![], false, 1.0, placed);
+        assert_eq!(roster.remote(&node("a"), kept), Some(RemoteState::NotFound));
+    }
+
     #[test]
     fn a_node_at_a_new_address_is_a_new_process_not_yet_heard_from() {
         let mut roster = Roster::new();
@@ -541,6 +586,7 @@ mod tests {
             vec![info(1, RemoteState::Active)],
             false,
             1.0,
+            |_| true,
         );
         roster.register(node("a"), "a:1".into(), t0);
         assert!(

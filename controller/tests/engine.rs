@@ -287,12 +287,12 @@ fn a_move_prepares_the_destination_then_hands_over_and_drops_the_source() {
     assert_eq!(driver.placements(1), [("b".into(), PlacementState::Active)]);
 }
 
-/// A node's views are of ranges it holds or may hold: the view of a copy
-/// dropped and removed from the keyspace goes with it, so a long-lived
-/// controller's roster (and the pass each probe answer makes over it) does not
-/// grow with every range that ever passed through a node.
+/// A node's views are of ranges it holds or is meant to: the view of a
+/// dropped copy goes once a later probe confirms the node no longer holds it,
+/// so a long-lived controller's roster (and the pass each probe answer makes
+/// over it) does not grow with every range that ever passed through a node.
 #[test]
-fn a_moved_ranges_view_on_its_source_node_is_forgotten_once_the_copy_is_removed() {
+fn a_moved_ranges_view_on_its_source_node_goes_once_a_later_probe_confirms_the_drop() {
     let mut driver = Driver::with_range_on_a(&["a", "b"]);
     let held = |driver: &Driver, on: &str| {
         driver

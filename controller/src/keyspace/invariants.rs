@@ -43,6 +43,17 @@ impl Keyspace {
             for r in self.ranges.values() {
                 self.check_live_index(r)?;
             }
+            // Left: an entry naming a range the table does not hold. (All
+            // that could differ after that is a node with an empty set, which
+            // answers every lookup as no entry would.)
+            for (node, ranges) in self.live_by_node.iter() {
+                if let Some(range) = ranges.iter().find(|id| !self.ranges.contains_key(id)) {
+                    return Err(KeyspaceError::LiveIndexMismatch {
+                        range: *range,
+                        node: node.clone(),
+                    });
+                }
+            }
         }
         if current != self.index.len() {
             // Some index entry is a range that is not current.

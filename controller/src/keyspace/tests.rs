@@ -249,6 +249,15 @@ fn the_full_check_names_a_range_the_live_index_disagrees_with() {
             node: node("b")
         })
     );
+    let mut stray = ks.clone();
+    stray.live_by_node.placed(&node("a"), id(99));
+    assert_eq!(
+        stray.check_invariants(),
+        Err(KeyspaceError::LiveIndexMismatch {
+            range: id(99),
+            node: node("a")
+        })
+    );
 }
 
 #[test]

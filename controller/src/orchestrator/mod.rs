@@ -433,9 +433,12 @@ impl Engine {
                 self.note_prepare_progress(node, sent_at, &ranges);
                 self.note_if_first_answer(node, sent_at);
                 let was_draining = self.roster.get(node).map(|n| n.draining());
-                let changed = self
-                    .roster
-                    .probe_ok(node, sent_at, ranges, wants_drain, capacity);
+                let live = self.keyspace.live_on(node);
+                let changed =
+                    self.roster
+                        .probe_ok(node, sent_at, ranges, wants_drain, capacity, |range| {
+                            live.is_some_and(|ranges| ranges.contains(&range))
+                        });
                 self.dirty.extend(changed);
                 if let Some(carried) = self.groups_carried.remove(node) {
                     let delivered = self.groups_delivered.entry(node.clone()).or_default();

@@ -390,11 +390,8 @@ impl Engine {
             let subject = Subject::Placement(p.id());
             match p.state() {
                 PlacementState::Dropped => {
-                    match self.keyspace.remove_placement(id, p.id()) {
-                        Ok(()) => self.roster.forget_if_not_found(p.node(), id),
-                        Err(e) => {
-                            tracing::error!(range = %id, placement = %p.id(), error = %e, "could not remove placement");
-                        }
+                    if let Err(e) = self.keyspace.remove_placement(id, p.id()) {
+                        tracing::error!(range = %id, placement = %p.id(), error = %e, "could not remove placement");
                     }
                     self.attempts.forget(&subject);
                     self.activation_refused.remove(&p.id());
@@ -830,7 +827,14 @@ impl Engine {
                 .roster
                 .remote(&node, range)
                 .is_some_and(|s| s != RemoteState::NotFound);
-            let accounted = self.keyspace.is_live_on(range, &node);
+            // From the placements themselves, not the index by node that
+            // found the candidate: a drop destroys data, so it rests on the
+            // keyspace's record and nothing derived from it.
+            let accounted = self.keyspace.range(range).is_ok_and(|r| {
+                r.placements()
+                    .iter()
+                    .any(|p| p.is_live() && p.node() == &node)
+            });
             if !reachable || !held || accounted {
                 self.orphans.remove(&(node, range));
                 continue;
