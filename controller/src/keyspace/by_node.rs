@@ -13,36 +13,27 @@
 //! A node holds at most one live placement of a range
 //! ([`Keyspace::add_placement`](super::Keyspace::add_placement) refuses a
 //! second), so a set per node is exact. The keyspace updates the index
-//! where placements are added or leave the live states, and its invariant
-//! checks compare it with the placements themselves.
+//! where placements are added or leave the live states, builds it while it
+//! checks a loaded keyspace's placements, and its invariant checks compare it
+//! with the placements themselves.
 
 use std::collections::HashMap;
 
 use ranger_proto::{NodeId, RangeId};
 
-use super::Range;
-use crate::range_maps::RangeSet;
+use crate::range_maps::{RangeHasher, RangeSet};
 
 /// The live placements by node; see the module docs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct LiveByNode {
     /// Each node that holds a live placement, with the ranges it holds. A node
     /// with none has no entry, so the map does not grow with nodes long gone.
-    nodes: HashMap<NodeId, RangeSet>,
+    /// Hashed like the range maps: node ids are the operator's names, and a
+    /// load hashes one per placement.
+    nodes: HashMap<NodeId, RangeSet, RangeHasher>,
 }
 
 impl LiveByNode {
-    /// The index of these ranges' live placements.
-    pub(super) fn build<'a>(ranges: impl Iterator<Item = &'a Range>) -> Self {
-        let mut index = LiveByNode::default();
-        for range in ranges {
-            for p in range.placements.iter().filter(|p| p.is_live()) {
-                index.placed(&p.node, range.id());
-            }
-        }
-        index
-    }
-
     /// `node` holds a live placement of `range` from now on.
     pub(super) fn placed(&mut self, node: &NodeId, range: RangeId) {
         match self.nodes.get_mut(node) {

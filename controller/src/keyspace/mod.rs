@@ -170,18 +170,17 @@ impl Keyspace {
             }
             ranges
         };
-        let live_by_node = LiveByNode::build(ranges.values());
         let mut keyspace = Keyspace {
             ranges,
             index: BTreeMap::new(),
-            live_by_node,
+            live_by_node: LiveByNode::default(),
             next_range_id: counters.next_range_id,
             next_placement_id: counters.next_placement_id,
             term: counters.term,
             dirty: BTreeSet::new(),
             transitions: BTreeMap::new(),
         };
-        keyspace.check_records_in_order()?;
+        keyspace.live_by_node = keyspace.check_records_in_order()?;
         // The index is built from the ranges' states, so it matches them by
         // construction; what is left to check is that it tiles the keyspace.
         keyspace.build_index()?;
