@@ -302,23 +302,17 @@ fn a_moved_ranges_view_on_its_source_node_goes_once_a_later_probe_confirms_the_d
             .map(|n| n.ranges.keys().map(|r| r.get()).collect::<Vec<_>>())
     };
     assert_eq!(held(&driver, "a"), Some(vec![1]));
-    driver
-        .engine
-        .request_move(range(1), Some(node("b")), driver.now)
-        .unwrap();
-    driver.settle();
-    assert_eq!(driver.placements(1), [("b".into(), PlacementState::Active)]);
-    assert_eq!(held(&driver, "b"), Some(vec![1]));
-    assert_eq!(held(&driver, "a"), Some(vec![]), "the dropped copy's view");
-    // And back: the view on b goes, the one on a is new.
-    driver
-        .engine
-        .request_move(range(1), Some(node("a")), driver.now)
-        .unwrap();
-    driver.settle();
-    assert_eq!(driver.placements(1), [("a".into(), PlacementState::Active)]);
-    assert_eq!(held(&driver, "a"), Some(vec![1]));
-    assert_eq!(held(&driver, "b"), Some(vec![]));
+    // To b and back: each time the source's view goes, the destination's is new.
+    for (to, from) in [("b", "a"), ("a", "b")] {
+        driver
+            .engine
+            .request_move(range(1), Some(node(to)), driver.now)
+            .unwrap();
+        driver.settle();
+        assert_eq!(driver.placements(1), [(to.into(), PlacementState::Active)]);
+        assert_eq!(held(&driver, to), Some(vec![1]));
+        assert_eq!(held(&driver, from), Some(vec![]), "the dropped copy's view");
+    }
 }
 
 #[test]

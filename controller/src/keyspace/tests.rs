@@ -231,33 +231,39 @@ fn the_full_check_names_a_range_the_live_index_disagrees_with() {
     let mut ks = Keyspace::new();
     place_active(&mut ks, id(1), "a");
     ks.check_invariants().unwrap();
-    let mut missing = ks.clone();
-    missing.live_by_node.unplaced(&node("a"), id(1));
-    assert_eq!(
-        missing.check_invariants(),
-        Err(KeyspaceError::LiveIndexMismatch {
-            range: id(1),
-            node: node("a")
-        })
-    );
-    let mut extra = ks.clone();
-    extra.live_by_node.placed(&node("b"), id(1));
-    assert_eq!(
-        extra.check_invariants(),
-        Err(KeyspaceError::LiveIndexMismatch {
-            range: id(1),
-            node: node("b")
-        })
-    );
-    let mut stray = ks.clone();
-    stray.live_by_node.placed(&node("a"), id(99));
-    assert_eq!(
-        stray.check_invariants(),
-        Err(KeyspaceError::LiveIndexMismatch {
-            range: id(99),
-            node: node("a")
-        })
-    );
+    type Tamper = fn(&mut LiveByNode);
+    let cases: [(&str, Tamper, u64, &str); 3] = [
+        (
+            "a live placement left out",
+            |i| i.unplaced(&node("a"), id(1)),
+            1,
+            "a",
+        ),
+        (
+            "a node holding none listed",
+            |i| i.placed(&node("b"), id(1)),
+            1,
+            "b",
+        ),
+        (
+            "a range that does not exist",
+            |i| i.placed(&node("a"), id(99)),
+            99,
+            "a",
+        ),
+    ];
+    for (what, tamper, range, on) in cases {
+        let mut tampered = ks.clone();
+        tamper(&mut tampered.live_by_node);
+        assert_eq!(
+            tampered.check_invariants(),
+            Err(KeyspaceError::LiveIndexMismatch {
+                range: id(range),
+                node: node(on)
+            }),
+            "{what}"
+        );
+    }
 }
 
 #[test]
