@@ -103,8 +103,7 @@ async fn r3(cluster: &Cluster, backend: Backend, name: &str) -> anyhow::Result<(
         .into_iter()
         .find(|n| !holders.contains(n))
         .ok_or_else(|| anyhow::anyhow!("every node holds range {}", range.id))?;
-    ctl.operation_ok(&["move", &range.id.to_string(), &to])
-        .await?;
+    common::move_when_accepted(ctl, range.id, &to).await?;
     let moved = cluster.wait_settled().await?;
     anyhow::ensure!(
         holding(&moved, "h2")?.active_nodes().contains(&to),

@@ -10,7 +10,6 @@
 
 use std::time::{Duration, Instant};
 
-use ranger_integration::wait::{self, NotYet, PATIENCE};
 use ranger_integration::{Backend, Cluster, Summary};
 
 use crate::common::{self, Markers, holding, other_node};
@@ -113,24 +112,8 @@ async fn run(cluster: &mut Cluster, fault: ConsulFault, name: &str) -> anyhow::R
     let range = holding(&ranges, "h2x")?;
     let to = other_node(cluster, range)?;
     // A node is a destination again only once Consul lists it as passing:
-    // after a restart that waits for its next health check (CI saw a move
-    // refused as "cannot take range" once). Until then the refusal is the
-    // answer a user gets, so the move is asked again; any other error fails.
-    let ctl = cluster.ctl_at(leader_after);
-    let id = range.id.to_string();
-    let args = ["move", id.as_str(), to.as_str()];
-    wait::until_or_fail(
-        "the move is accepted and done",
-        PATIENCE,
-        async || match ctl.operation_ok(&args).await {
-            Ok(_) => Ok(()),
-            Err(e) if format!("{e:#}").contains("cannot take range") => {
-                Err(NotYet::Waiting(format!("{e:#}")))
-            }
-            Err(e) => Err(NotYet::Failed(format!("{e:#}"))),
-        },
-    )
-    .await?;
+    // after a restart that waits for its next health check.
+    common::move_when_accepted(cluster.ctl_at(leader_after), range.id, &to).await?;
     cluster.wait_settled().await?;
     let operable = back.elapsed();
     markers.check(cluster).await?;
