@@ -224,6 +224,7 @@ impl Roster {
         let mut bytes = 0u64;
         for info in ranges {
             let id = info.id;
+            bytes = bytes.saturating_add(info.load.bytes);
             match node.ranges.entry(id) {
                 Entry::Occupied(mut entry) => {
                     let view = entry.get_mut();
@@ -240,12 +241,10 @@ impl Roster {
                         view.state = info.state;
                         view.as_of = sent_at;
                     }
-                    bytes = bytes.saturating_add(info.load.bytes);
                     view.load = info.load;
                 }
                 Entry::Vacant(entry) => {
                     changed.push(id);
-                    bytes = bytes.saturating_add(info.load.bytes);
                     entry.insert(RemoteView {
                         state: info.state,
                         load: info.load,

@@ -198,14 +198,7 @@ impl TryFrom<pb::RangeInfo> for ReportedRange {
     fn try_from(value: pb::RangeInfo) -> Result<Self, Self::Error> {
         let meta = require(value.meta, "RangeInfo.meta")?;
         let id = RangeId::new(meta.ident)?;
-        if !RangeMeta::bounds_valid(&meta.start, &meta.end) {
-            return Err(InvalidBounds {
-                id,
-                start: Key::from(meta.start.as_ref()),
-                end: Key::from(meta.end.as_ref()),
-            }
-            .into());
-        }
+        RangeMeta::check_bounds(id, &meta.start, &meta.end)?;
         Ok(ReportedRange {
             id,
             state: RemoteState::try_from(value.state)?,

@@ -29,16 +29,22 @@ pub struct InvalidBounds {
 impl RangeMeta {
     /// A range `[start, end)`; fails unless `start < end` (an empty end is +inf).
     pub fn new(id: RangeId, start: Key, end: Key) -> Result<Self, InvalidBounds> {
-        if !Self::bounds_valid(start.as_bytes(), end.as_bytes()) {
-            return Err(InvalidBounds { id, start, end });
-        }
+        Self::check_bounds(id, start.as_bytes(), end.as_bytes())?;
         Ok(RangeMeta { id, start, end })
     }
 
-    /// Whether `[start, end)` is a range: `start < end`, an empty end being
-    /// +inf. Lets bounds be checked where they are not kept.
-    pub fn bounds_valid(start: &[u8], end: &[u8]) -> bool {
-        end.is_empty() || start < end
+    /// Checks that `[start, end)` is a range: `start < end`, an empty end
+    /// being +inf. Lets bounds be checked where they are not kept; the keys
+    /// are copied only into the error.
+    pub fn check_bounds(id: RangeId, start: &[u8], end: &[u8]) -> Result<(), InvalidBounds> {
+        if end.is_empty() || start < end {
+            return Ok(());
+        }
+        Err(InvalidBounds {
+            id,
+            start: Key::from(start),
+            end: Key::from(end),
+        })
     }
 
     /// The whole keyspace, `[-inf, +inf)`.

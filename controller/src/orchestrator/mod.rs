@@ -420,25 +420,26 @@ impl Engine {
                 wants_drain,
                 capacity,
             }) => {
-                let live = self.keyspace.live_on(node);
-                for info in &ranges {
-                    let accounted = live.is_some_and(|ranges| ranges.contains(&info.id));
-                    if !accounted && info.state != ranger_proto::RemoteState::NotFound {
-                        self.orphans.insert((node.clone(), info.id));
-                    }
-                }
                 if self.forgotten.remove(node) {
                     tracing::info!(%node, "forgotten node answers again");
                 }
                 self.note_prepare_progress(node, sent_at, &ranges);
                 self.note_if_first_answer(node, sent_at);
                 let was_draining = self.roster.get(node).map(|n| n.draining());
+                // The ranges the keyspace places on the node, looked up once:
+                // each listed range is checked against them twice, for an
+                // orphan here and for a view worth keeping in `probe_ok`.
                 let live = self.keyspace.live_on(node);
+                let placed_here =
+                    |range: RangeId| live.is_some_and(|ranges| ranges.contains(&range));
+                for info in &ranges {
+                    if !placed_here(info.id) && info.state != ranger_proto::RemoteState::NotFound {
+                        self.orphans.insert((node.clone(), info.id));
+                    }
+                }
                 let changed =
                     self.roster
-                        .probe_ok(node, sent_at, ranges, wants_drain, capacity, |range| {
-                            live.is_some_and(|ranges| ranges.contains(&range))
-                        });
+                        .probe_ok(node, sent_at, ranges, wants_drain, capacity, placed_here);
                 self.dirty.extend(changed);
                 if let Some(carried) = self.groups_carried.remove(node) {
                     let delivered = self.groups_delivered.entry(node.clone()).or_default();
