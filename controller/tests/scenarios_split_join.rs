@@ -505,3 +505,101 @@ async fn r3_split_child_prepare_fails_on_one_node_placed_elsewhere() {
             .await;
     }
 }
+
+/// A child's copy that is still activating may fetch its last writes from
+/// the parents' frozen copies (the KV store's delta does), so the parents
+/// stay until every copy of every child has been activated, not only one
+/// per child. Found in CI at R3: a parent dropped under a child copy's
+/// delta fetch failed that activation ("range 1 is Dropping here"), and the
+/// copy was given up and made again elsewhere.
+#[tokio::test(start_paused = true)]
+async fn r3_split_keeps_the_parents_until_every_child_copy_is_activated() {
+    let nodes = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    let cluster = Cluster::start(&nodes, Replication::R3).await;
+    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
+    // Six empty nodes for six child copies (s17): one of them is on i.
+    let slow = std::time::Duration::from_secs(3);
+    cluster
+        .node("i")
+        .on(Command::Activate, Behaviour::SucceedAfter(slow));
+    cluster.log.clear();
+    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
+    let started = tokio::time::Instant::now();
+    while !cluster.calls().iter().any(|c| c.starts_with("A(i,")) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "i was never told to activate: {:?}",
+            cluster.calls()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Most of i's activation later: the other five copies serve by now.
+    tokio::time::sleep(slow - std::time::Duration::from_millis(500)).await;
+    let on_i = |e: &ranger_controller::orchestrator::Engine| {
+        [2, 3].iter().any(|c| {
+            placements_of(e, id(*c))
+                .iter()
+                .any(|(n, s)| n == "i" && *s == ranger_proto::PlacementState::Active)
+        })
+    };
+    assert!(
+        !cluster.handle.inspect(on_i).await.unwrap(),
+        "i's copy should still be activating"
+    );
+    let calls = cluster.calls();
+    assert_eq!(
+        calls.iter().filter(|c| c.starts_with('A')).count(),
+        6,
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.starts_with('X')),
+        "a parent was dropped while a child copy was activating: {calls:?}"
+    );
+    // Once i's copy serves, the parents go as before.
+    cluster.wait_obsolete(&[1]).await;
+    let calls = cluster.calls();
+    let first_x = calls.iter().position(|c| c.starts_with('X')).unwrap();
+    let activates_before_x = calls[..first_x]
+        .iter()
+        .filter(|c| c.starts_with('A'))
+        .count();
+    assert_eq!(activates_before_x, 6, "{calls:?}");
+    cluster.assert_one_writer();
+}
+
+/// The wait above ends: a child copy that cannot activate is given up
+/// (after `max_attempts`), replaced from the child's serving copies, and the
+/// parents are dropped once the replacement serves.
+#[tokio::test(start_paused = true)]
+async fn r3_split_child_copy_that_cannot_activate_is_replaced_and_the_parents_still_go() {
+    let nodes = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    let cluster = Cluster::start(&nodes, Replication::R3).await;
+    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
+    // Six empty nodes for six child copies (s17): one of them is on i.
+    cluster
+        .node("i")
+        .on(Command::Activate, Behaviour::Fail("disk".into()));
+    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
+    cluster.wait_obsolete(&[1]).await;
+    for child in [2, 3] {
+        let held = cluster.placements(id(child)).await;
+        assert_eq!(held.len(), 3, "{held:?}");
+        assert!(
+            held.iter()
+                .all(|(n, s)| n != "i" && *s == ranger_proto::PlacementState::Active),
+            "{held:?}"
+        );
+    }
+    // i was asked until the controller gave up; the parents went after that.
+    let calls = cluster.calls();
+    let last_a_on_i = calls.iter().rposition(|c| c.starts_with("A(i,")).unwrap();
+    let first_x = calls.iter().position(|c| c.starts_with('X')).unwrap();
+    assert_eq!(
+        calls.iter().filter(|c| c.starts_with("A(i,")).count(),
+        3,
+        "{calls:?}"
+    );
+    assert!(last_a_on_i < first_x, "{calls:?}");
+    cluster.assert_one_writer();
+}

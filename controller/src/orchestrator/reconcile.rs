@@ -263,7 +263,7 @@ impl Engine {
             return true;
         }
         self.sync_placements(id, now);
-        self.hand_over(id);
+        self.hand_over(id, now);
         self.act_on_placements(id, now);
         self.clear_unavailable_if_no_longer_waiting(id, now);
         self.finish_subsume_if_done(id);
@@ -343,15 +343,19 @@ impl Engine {
         }
     }
 
-    /// A split or join whose children have all been activated hands over: the
-    /// parents' placements retire. A move whose destination is Active retires its
+    /// A split or join whose children have all been activated, and whose
+    /// children's copies no longer wait to be, hands over: the parents'
+    /// placements retire. A move whose destination is Active retires its
     /// source.
-    pub(super) fn hand_over(&mut self, id: RangeId) {
+    pub(super) fn hand_over(&mut self, id: RangeId, now: Instant) {
         let Ok(range) = self.keyspace.range(id) else {
             return;
         };
         let mut to_retire: Vec<(PlacementId, &'static str)> = Vec::new();
-        if range.state() == RangeState::Subsuming && self.children_all_activated(range) {
+        if range.state() == RangeState::Subsuming
+            && self.children_all_activated(range)
+            && !self.child_copy_activating(range, now)
+        {
             to_retire.extend(
                 range
                     .placements()
@@ -379,6 +383,27 @@ impl Engine {
                 .children()
                 .iter()
                 .all(|c| self.keyspace.range(*c).is_ok_and(Range::ever_activated))
+    }
+
+    /// Some child of a Subsuming range has a copy still to be activated. Such a
+    /// copy was prepared from the parents and may read from them once more as
+    /// it activates (the KV store fetches the writes made since its snapshot
+    /// from the frozen parent), so the parents must not be dropped under it.
+    /// At R3 a child's copies activate one by one, each once a probe has told
+    /// its node the range's group. Copies the child has no use for (surplus,
+    /// retiring, given up) do not count, so the wait ends: each activation
+    /// succeeds or is given up within `max_attempts`.
+    pub(super) fn child_copy_activating(&self, range: &Range, now: Instant) -> bool {
+        range.children().iter().any(|c| {
+            self.keyspace.range(*c).is_ok_and(|child| {
+                child.placements().iter().any(|p| {
+                    p.is_live()
+                        && !p.retiring()
+                        && p.state() == PlacementState::Inactive
+                        && self.wants_active(*c, p, now)
+                })
+            })
+        })
     }
 
     pub(super) fn act_on_placements(&mut self, id: RangeId, now: Instant) {
