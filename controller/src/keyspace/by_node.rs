@@ -62,7 +62,8 @@ impl LiveByNode {
         self.nodes.get(node)
     }
 
-    /// Every node with its ranges, for the invariant checks.
+    /// Every node with its ranges: for the invariant checks, and the counts
+    /// that placement balances on.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&NodeId, &RangeSet)> {
         self.nodes.iter()
     }

@@ -226,6 +226,14 @@ impl Keyspace {
         self.live_by_node.on(node)
     }
 
+    /// Each node that holds a live placement, with how many ranges it holds
+    /// one of (a node holds at most one per range). Costs one entry per node.
+    pub fn live_counts(&self) -> impl Iterator<Item = (&NodeId, usize)> {
+        self.live_by_node
+            .iter()
+            .map(|(node, ranges)| (node, ranges.len()))
+    }
+
     /// Whether `node` holds a live placement of `range`.
     pub fn is_live_on(&self, range: RangeId, node: &NodeId) -> bool {
         self.live_on(node)

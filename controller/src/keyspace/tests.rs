@@ -193,6 +193,16 @@ fn live_on(ks: &Keyspace, on: &str) -> Vec<u64> {
     ids
 }
 
+/// How many ranges each node holds a live placement of, by node name.
+fn live_counts(ks: &Keyspace) -> Vec<(&str, usize)> {
+    let mut counts: Vec<(&str, usize)> = ks
+        .live_counts()
+        .map(|(node, ranges)| (node.as_str(), ranges))
+        .collect();
+    counts.sort_unstable();
+    counts
+}
+
 #[test]
 fn the_index_of_live_placements_follows_every_placement_change_and_a_reload() {
     let mut ks = Keyspace::new();
@@ -205,6 +215,7 @@ fn the_index_of_live_placements_follows_every_placement_change_and_a_reload() {
     assert_eq!(live_on(&ks, "a"), vec![left.get(), right.get()]);
     assert_eq!(live_on(&ks, "b"), vec![left.get()]);
     assert!(ks.is_live_on(left, &node("b")) && !ks.is_live_on(right, &node("b")));
+    assert_eq!(live_counts(&ks), [("a", 2), ("b", 1)]);
     assert_eq!(current_ids(&reload(&ks)), current_ids(&ks));
     assert_eq!(reload(&ks).live_by_node, ks.live_by_node);
 
@@ -219,6 +230,7 @@ fn the_index_of_live_placements_follows_every_placement_change_and_a_reload() {
         ks.live_on(&node("b")).is_none(),
         "a node with none has no entry"
     );
+    assert_eq!(live_counts(&ks), [("a", 1)]);
     // A refused mutation changes nothing.
     assert!(ks.add_placement(right, node("a"), None).is_err());
     assert_eq!(live_on(&ks, "a"), vec![right.get()]);

@@ -147,29 +147,19 @@ impl Engine {
             .map(|n| n.id.clone())
     }
 
+    /// How many ranges each node holds a live copy of (every roster node
+    /// listed, with 0 if it holds none): what `choose_node` balances on.
+    /// Read from the keyspace's index by node, so it costs one entry per
+    /// node, not a walk of every range: a drain or a lost node asks for it
+    /// once per step, and each move asks again.
     pub(super) fn placements_per_node(&self) -> HashMap<NodeId, usize> {
-        let mut load: HashMap<NodeId, usize> = HashMap::new();
-        for node in self.roster.nodes() {
-            load.insert(node.id.clone(), 0);
-        }
-        // Current ranges, walked once without collecting their ids; then the
-        // subsuming parents and their children that are not current (a child
-        // may already be, and must not count twice).
-        let mut count = |range: &Range| {
-            for p in range.placements().iter().filter(|p| p.is_live()) {
-                *load.entry(p.node().clone()).or_default() += 1;
-            }
-        };
-        // Counting needs no key order: the walk in memory order is the cheap one.
-        for range in self.keyspace.current_ranges_unordered() {
-            count(range);
-        }
-        for id in self.subsuming_in_play() {
-            if !self.keyspace.is_current(id)
-                && let Ok(range) = self.keyspace.range(id)
-            {
-                count(range);
-            }
+        let mut load: HashMap<NodeId, usize> = self
+            .roster
+            .nodes()
+            .map(|node| (node.id.clone(), 0))
+            .collect();
+        for (node, ranges) in self.keyspace.live_counts() {
+            load.insert(node.clone(), ranges);
         }
         load
     }
