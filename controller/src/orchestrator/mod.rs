@@ -47,6 +47,7 @@ mod exclusions;
 mod first_answers;
 mod groups;
 pub mod history;
+mod node_loads;
 mod operations;
 mod output;
 mod ownership;

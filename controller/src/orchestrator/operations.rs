@@ -123,7 +123,7 @@ impl Engine {
             .placements()
             .iter()
             .filter(|p| p.is_live() && !p.retiring() && p.replaces().is_none());
-        let load = self.placements_per_node();
+        let load = self.node_loads();
         // Without a named source, move the copy on the busiest node (oldest first).
         let source = match &from {
             Some(node) => candidates.clone().rfind(|p| p.node() == node),
@@ -132,7 +132,7 @@ impl Engine {
                 .max_by_key(|p| {
                     (
                         p.state() == PlacementState::Active,
-                        load.get(p.node()).copied().unwrap_or(0),
+                        load.ranges_on(p.node()),
                         std::cmp::Reverse(p.id()),
                     )
                 }),

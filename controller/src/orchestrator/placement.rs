@@ -2,12 +2,11 @@
 //! (least loaded, eligible, honouring an operator's hint), and the per-node
 //! counts that choice reads. The balancer will plan on top of this.
 
-use std::collections::HashMap;
-
 use ranger_proto::{NodeId, PlacementState, RangeId, RangeState};
 use tokio::time::Instant;
 
 use super::Engine;
+use super::node_loads::NodeLoads;
 use super::types::{OpRequest, Progress};
 use crate::keyspace::Range;
 use crate::roster::NodeStatus;
@@ -18,7 +17,7 @@ impl Engine {
         &mut self,
         id: RangeId,
         now: Instant,
-        load: &mut Option<HashMap<NodeId, usize>>,
+        load: &mut Option<NodeLoads>,
     ) {
         let Ok(range) = self.keyspace.range(id) else {
             return;
@@ -55,7 +54,7 @@ impl Engine {
             return;
         }
         let hint = self.placement_hint(id);
-        let load = load.get_or_insert_with(|| self.placements_per_node());
+        let load = load.get_or_insert_with(|| self.node_loads());
         let Ok(range) = self.keyspace.range(id) else {
             return;
         };
@@ -70,7 +69,7 @@ impl Engine {
         match self.keyspace.add_placement(id, node.clone(), None) {
             Ok(placement) => {
                 self.roster.forget_range(&node, id);
-                *load.entry(node.clone()).or_default() += 1;
+                load.add_range(&node);
                 self.emit(id, format!("{placement} on {node}: placed (Pending)"));
             }
             Err(e) => tracing::error!(range = %id, error = %e, "could not add placement"),
@@ -112,7 +111,7 @@ impl Engine {
         hint: Option<&NodeId>,
         avoid: &[NodeId],
         now: Instant,
-        load: &HashMap<NodeId, usize>,
+        load: &NodeLoads,
     ) -> Option<NodeId> {
         let loss_after = self.config.node_loss_after();
         // Usually none: looked up once rather than per node.
@@ -134,33 +133,27 @@ impl Engine {
         {
             return Some(hint.clone());
         }
-        self.roster
-            .nodes()
-            .filter(|n| eligible(n))
-            .min_by_key(|n| {
-                (
-                    load.get(&n.id).copied().unwrap_or(0),
-                    n.reported_bytes(),
-                    &n.id,
-                )
-            })
+        // The first eligible node in preference order: the least loaded one.
+        load.least_loaded_first()
+            .filter_map(|id| self.roster.get(id))
+            .find(|n| eligible(n))
             .map(|n| n.id.clone())
     }
 
-    /// How many ranges each node holds a live copy of (every roster node
-    /// listed, with 0 if it holds none): what `choose_node` balances on.
-    /// Read from the keyspace's index by node, so it costs one entry per
-    /// node, not a walk of every range: a drain or a lost node asks for it
-    /// once per step, and each move asks again.
-    pub(super) fn placements_per_node(&self) -> HashMap<NodeId, usize> {
-        let mut load: HashMap<NodeId, usize> = self
+    /// Every node's load as placement weighs it: how many ranges it holds
+    /// a live copy of, then the bytes it reported (every roster node listed,
+    /// with 0 if it holds none). The counts come from the keyspace's index by
+    /// node, so this costs one entry per node, not a walk of every range: a
+    /// step that places copies builds it once, and each move again.
+    pub(super) fn node_loads(&self) -> NodeLoads {
+        let roster = self
             .roster
             .nodes()
-            .map(|node| (node.id.clone(), 0))
-            .collect();
-        for (node, ranges) in self.keyspace.live_counts() {
-            load.insert(node.clone(), ranges);
-        }
-        load
+            .map(|node| (node.id.clone(), 0, node.reported_bytes()));
+        let held = self.keyspace.live_counts().map(|(node, ranges)| {
+            let bytes = self.roster.get(node).map_or(0, |n| n.reported_bytes());
+            (node.clone(), ranges, bytes)
+        });
+        NodeLoads::new(roster.chain(held))
     }
 }

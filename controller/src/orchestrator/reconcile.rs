@@ -11,6 +11,7 @@ use ranger_proto::{
 };
 use tokio::time::Instant;
 
+use super::node_loads::NodeLoads;
 use super::types::{Call, Dispatch, Effect, OpPhase, OpRequest};
 use super::{Engine, SWEEP_CHUNK, Subject};
 use crate::keyspace::{Placement, PlacementId, Range};
@@ -251,7 +252,7 @@ impl Engine {
         &mut self,
         id: RangeId,
         now: Instant,
-        load: &mut Option<HashMap<NodeId, usize>>,
+        load: &mut Option<NodeLoads>,
     ) -> bool {
         let Ok(range) = self.keyspace.range(id) else {
             return true;
