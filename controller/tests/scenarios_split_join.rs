@@ -569,8 +569,8 @@ async fn r3_split_keeps_the_parents_until_every_child_copy_is_activated() {
 }
 
 /// The wait above ends: a child copy that cannot activate is given up
-/// (after `max_attempts`), replaced from the child's serving copies, and the
-/// parents are dropped once the replacement serves.
+/// (after `max_attempts`) and the parents go; a new copy of the child is made
+/// from the child's serving copies.
 #[tokio::test(start_paused = true)]
 async fn r3_split_child_copy_that_cannot_activate_is_replaced_and_the_parents_still_go() {
     let nodes = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
@@ -583,13 +583,15 @@ async fn r3_split_child_copy_that_cannot_activate_is_replaced_and_the_parents_st
     cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
     cluster.wait_obsolete(&[1]).await;
     for child in [2, 3] {
-        let held = cluster.placements(id(child)).await;
-        assert_eq!(held.len(), 3, "{held:?}");
-        assert!(
-            held.iter()
-                .all(|(n, s)| n != "i" && *s == ranger_proto::PlacementState::Active),
-            "{held:?}"
-        );
+        cluster
+            .wait_for("each child Active on three nodes, none on i", move |e| {
+                let held = placements_of(e, id(child));
+                held.len() == 3
+                    && held
+                        .iter()
+                        .all(|(n, s)| n != "i" && *s == ranger_proto::PlacementState::Active)
+            })
+            .await;
     }
     // i was asked until the controller gave up; the parents went after that.
     let calls = cluster.calls();
@@ -601,5 +603,81 @@ async fn r3_split_child_copy_that_cannot_activate_is_replaced_and_the_parents_st
         "{calls:?}"
     );
     assert!(last_a_on_i < first_x, "{calls:?}");
+    cluster.assert_one_writer();
+}
+
+/// Nor do the parents wait for ever for a copy stuck activating (one that
+/// never answers may have served, so it is never given up: SCENARIOS.md
+/// #37): they go once its activation has run for `activate_deadline`.
+#[tokio::test(start_paused = true)]
+async fn r3_split_parents_wait_for_a_stuck_child_copy_only_until_the_activate_deadline() {
+    let nodes = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    let cluster = Cluster::start(&nodes, Replication::R3).await;
+    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
+    cluster.node("i").on(Command::Activate, Behaviour::Stall);
+    cluster.log.clear();
+    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
+    let started = tokio::time::Instant::now();
+    while !cluster.calls().iter().any(|c| c.starts_with("A(i,")) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "i was never told to activate: {:?}",
+            cluster.calls()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let told_i = tokio::time::Instant::now();
+    let deadline = cluster.config.activate_deadline;
+    tokio::time::sleep(deadline - std::time::Duration::from_millis(500)).await;
+    let calls = cluster.calls();
+    assert!(
+        !calls.iter().any(|c| c.starts_with('X')),
+        "the parents went before the deadline: {calls:?}"
+    );
+    cluster.wait_obsolete(&[1]).await;
+    assert!(told_i.elapsed() >= deadline);
+    cluster.assert_one_writer();
+}
+
+/// The same for a join: the parents stay until every copy of the child is
+/// Active. Each node activates after a delay of its own, so the child's
+/// three copies become Active at different times, wherever they are.
+#[tokio::test(start_paused = true)]
+async fn r3_join_keeps_the_parents_until_every_child_copy_is_activated() {
+    let nodes = ["a", "b", "c", "d", "e", "f"];
+    let cluster = Cluster::start(&nodes, Replication::R3).await;
+    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
+    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
+    cluster.wait_obsolete(&[1]).await;
+    for (name, seconds) in [("a", 1), ("b", 2), ("c", 3), ("d", 1), ("e", 2), ("f", 3)] {
+        cluster.node(name).on(
+            Command::Activate,
+            Behaviour::SucceedAfter(std::time::Duration::from_secs(seconds)),
+        );
+    }
+    cluster.log.clear();
+    cluster.handle.run(join(None)).await.unwrap();
+    let started = tokio::time::Instant::now();
+    loop {
+        if cluster.calls().iter().any(|c| c.starts_with('X')) {
+            let child = cluster.placements(id(4)).await;
+            assert!(
+                child.len() == 3
+                    && child
+                        .iter()
+                        .all(|(_, s)| *s == ranger_proto::PlacementState::Active),
+                "a parent was dropped before every copy of the child was Active: {child:?} {:?}",
+                cluster.calls()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no parent was dropped: {:?}",
+            cluster.calls()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    cluster.wait_obsolete(&[2, 3]).await;
     cluster.assert_one_writer();
 }

@@ -13,8 +13,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use ranger_proto::NodeId;
 
-/// The nodes' loads for one step of the engine (counts move as the step
-/// places copies; reported bytes are the roster's as the step began).
+/// The nodes' loads for one step of the engine, or one move: built when
+/// the first copy is to be placed; counts move as copies are placed; the
+/// reported bytes stay as the roster had them then (they change only when a
+/// probe is answered, between steps).
 #[derive(Debug, Default)]
 pub(super) struct NodeLoads {
     /// Each node's sort key: the ranges it holds a live copy of, and the
@@ -88,6 +90,15 @@ mod tests {
             0,
             "a node not known holds none"
         );
+    }
+
+    #[test]
+    fn a_node_given_twice_counts_with_its_last_entry_and_appears_once() {
+        // What `Engine::node_loads` relies on: every roster node with 0, then
+        // the nodes holding ranges with their counts.
+        let loads = NodeLoads::new([(node("a"), 0, 10), (node("b"), 0, 0), (node("a"), 3, 10)]);
+        assert_eq!(order(&loads), ["b", "a"]);
+        assert_eq!(loads.ranges_on(&node("a")), 3);
     }
 
     #[test]

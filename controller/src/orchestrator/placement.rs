@@ -100,11 +100,11 @@ impl Engine {
     /// The least loaded eligible node for a new placement of `range`: registered,
     /// answering, not draining, not excluded for this range, not already holding it.
     ///
-    /// Runs once per placement and looks at every node, so re-placing the ranges
-    /// of a lost node on a thousand nodes is this times their count: each
-    /// node's check is a few comparisons, with no allocation or lookup by id
-    /// (it used to clone the node's id twice and hash it three times), and the
-    /// range's exclusions are one lookup (see `exclusions.rs`).
+    /// Runs once per placement, so re-placing the ranges of a lost node is
+    /// this times their count. It walks the nodes least loaded first (see
+    /// `node_loads.rs`) and stops at the first eligible one, which is
+    /// usually the first: a lookup of the node and a few comparisons (the
+    /// range's exclusions, usually none, are collected once).
     pub(super) fn choose_node(
         &self,
         range: &Range,

@@ -386,25 +386,57 @@ impl Engine {
                 .all(|c| self.keyspace.range(*c).is_ok_and(Range::ever_activated))
     }
 
-    /// Some child of a Subsuming range has a copy still to be activated. Such a
-    /// copy was prepared from the parents and may read from them once more as
-    /// it activates (the KV store fetches the writes made since its snapshot
-    /// from the frozen parent), so the parents must not be dropped under it.
-    /// At R3 a child's copies activate one by one, each once a probe has told
-    /// its node the range's group. Copies the child has no use for (surplus,
-    /// retiring, given up) do not count, so the wait ends: each activation
-    /// succeeds or is given up within `max_attempts`.
+    /// Some child of a Subsuming range has a copy on its way to serving that
+    /// may still read from the parents, so the parents must not be dropped
+    /// under it. At R3 a child's copies activate one by one (each once a probe
+    /// has told its node the range's group), and a copy prepared from the
+    /// frozen parents reads from them again as it activates (the KV store
+    /// fetches the writes made since its snapshot).
     pub(super) fn child_copy_activating(&self, range: &Range, now: Instant) -> bool {
         range.children().iter().any(|c| {
             self.keyspace.range(*c).is_ok_and(|child| {
-                child.placements().iter().any(|p| {
-                    p.is_live()
-                        && !p.retiring()
-                        && p.state() == PlacementState::Inactive
-                        && self.wants_active(*c, p, now)
-                })
+                child
+                    .placements()
+                    .iter()
+                    .any(|p| self.may_still_read_parents(*c, p, now))
             })
         })
+    }
+
+    /// A copy of `child` that may yet read from the child's parents: one being
+    /// prepared (placed before the child first served, its Prepare listed
+    /// them), or an Inactive one still to be activated. Copies the child has
+    /// no use for (surplus, retiring, given up, lost) do not count, nor does
+    /// one whose activation failed `max_attempts` times or has gone on for
+    /// `activate_deadline`: a copy that may have served is retried for as
+    /// long as it takes (SCENARIOS.md #37), and one stuck activating may never
+    /// answer, and the parents must not wait for those. So the wait ends:
+    /// every other copy succeeds or is given up within `max_attempts` or the
+    /// prepare deadline. (A copy placed after the child first served was
+    /// prepared from the child; it may hold the parents a little longer, no
+    /// more.)
+    fn may_still_read_parents(&self, child: RangeId, p: &Placement, now: Instant) -> bool {
+        if !p.is_live() || p.retiring() {
+            return false;
+        }
+        match p.state() {
+            PlacementState::Pending | PlacementState::Loading => true,
+            PlacementState::Inactive => {
+                let still_trying = self
+                    .attempts
+                    .get(&Subject::Placement(p.id()), Command::Activate)
+                    .is_none_or(|attempt| {
+                        attempt.failures < self.config.max_attempts
+                            && now.saturating_duration_since(attempt.first_sent)
+                                < self.config.activate_deadline
+                    });
+                still_trying && self.wants_active(child, p, now)
+            }
+            PlacementState::Active
+            | PlacementState::Missing
+            | PlacementState::GiveUp
+            | PlacementState::Dropped => false,
+        }
     }
 
     pub(super) fn act_on_placements(&mut self, id: RangeId, now: Instant) {
