@@ -506,6 +506,32 @@ async fn r3_split_child_prepare_fails_on_one_node_placed_elsewhere() {
     }
 }
 
+/// Range 1 on a, b, c at R3, split at m with `behaviour` for Activate on i;
+/// the log holds the split's calls only. Six empty nodes for six child
+/// copies (s17): one of them is on i.
+async fn r3_split_with_activate_on_i(behaviour: Behaviour) -> Cluster {
+    let nodes = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    let cluster = Cluster::start(&nodes, Replication::R3).await;
+    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
+    cluster.node("i").on(Command::Activate, behaviour);
+    cluster.log.clear();
+    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
+    cluster
+}
+
+/// Waits (paused time) until a call starting with `prefix` is in the log.
+async fn wait_for_call(cluster: &Cluster, prefix: &str) {
+    let started = tokio::time::Instant::now();
+    while !cluster.calls().iter().any(|c| c.starts_with(prefix)) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no call {prefix}...: {:?}",
+            cluster.calls()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// A child's copy that is still activating may fetch its last writes from
 /// the parents' frozen copies (the KV store's delta does), so the parents
 /// stay until every copy of every child has been activated, not only one
@@ -514,25 +540,9 @@ async fn r3_split_child_prepare_fails_on_one_node_placed_elsewhere() {
 /// copy was given up and made again elsewhere.
 #[tokio::test(start_paused = true)]
 async fn r3_split_keeps_the_parents_until_every_child_copy_is_activated() {
-    let nodes = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
-    let cluster = Cluster::start(&nodes, Replication::R3).await;
-    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
-    // Six empty nodes for six child copies (s17): one of them is on i.
     let slow = std::time::Duration::from_secs(3);
-    cluster
-        .node("i")
-        .on(Command::Activate, Behaviour::SucceedAfter(slow));
-    cluster.log.clear();
-    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
-    let started = tokio::time::Instant::now();
-    while !cluster.calls().iter().any(|c| c.starts_with("A(i,")) {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "i was never told to activate: {:?}",
-            cluster.calls()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let cluster = r3_split_with_activate_on_i(Behaviour::SucceedAfter(slow)).await;
+    wait_for_call(&cluster, "A(i,").await;
     // Most of i's activation later: the other five copies serve by now.
     tokio::time::sleep(slow - std::time::Duration::from_millis(500)).await;
     let on_i = |e: &ranger_controller::orchestrator::Engine| {
@@ -573,14 +583,7 @@ async fn r3_split_keeps_the_parents_until_every_child_copy_is_activated() {
 /// from the child's serving copies.
 #[tokio::test(start_paused = true)]
 async fn r3_split_child_copy_that_cannot_activate_is_replaced_and_the_parents_still_go() {
-    let nodes = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
-    let cluster = Cluster::start(&nodes, Replication::R3).await;
-    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
-    // Six empty nodes for six child copies (s17): one of them is on i.
-    cluster
-        .node("i")
-        .on(Command::Activate, Behaviour::Fail("disk".into()));
-    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
+    let cluster = r3_split_with_activate_on_i(Behaviour::Fail("disk".into())).await;
     cluster.wait_obsolete(&[1]).await;
     for child in [2, 3] {
         cluster
@@ -611,21 +614,8 @@ async fn r3_split_child_copy_that_cannot_activate_is_replaced_and_the_parents_st
 /// #37): they go once its activation has run for `activate_deadline`.
 #[tokio::test(start_paused = true)]
 async fn r3_split_parents_wait_for_a_stuck_child_copy_only_until_the_activate_deadline() {
-    let nodes = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
-    let cluster = Cluster::start(&nodes, Replication::R3).await;
-    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
-    cluster.node("i").on(Command::Activate, Behaviour::Stall);
-    cluster.log.clear();
-    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
-    let started = tokio::time::Instant::now();
-    while !cluster.calls().iter().any(|c| c.starts_with("A(i,")) {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "i was never told to activate: {:?}",
-            cluster.calls()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let cluster = r3_split_with_activate_on_i(Behaviour::Stall).await;
+    wait_for_call(&cluster, "A(i,").await;
     let told_i = tokio::time::Instant::now();
     let deadline = cluster.config.activate_deadline;
     tokio::time::sleep(deadline - std::time::Duration::from_millis(500)).await;
@@ -657,27 +647,17 @@ async fn r3_join_keeps_the_parents_until_every_child_copy_is_activated() {
     }
     cluster.log.clear();
     cluster.handle.run(join(None)).await.unwrap();
-    let started = tokio::time::Instant::now();
-    loop {
-        if cluster.calls().iter().any(|c| c.starts_with('X')) {
-            let child = cluster.placements(id(4)).await;
-            assert!(
-                child.len() == 3
-                    && child
-                        .iter()
-                        .all(|(_, s)| *s == ranger_proto::PlacementState::Active),
-                "a parent was dropped before every copy of the child was Active: {child:?} {:?}",
-                cluster.calls()
-            );
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "no parent was dropped: {:?}",
-            cluster.calls()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // Looked at in the same (paused) instant as the first parent's Drop.
+    wait_for_call(&cluster, "X(").await;
+    let child = cluster.placements(id(4)).await;
+    assert!(
+        child.len() == 3
+            && child
+                .iter()
+                .all(|(_, s)| *s == ranger_proto::PlacementState::Active),
+        "a parent was dropped before every copy of the child was Active: {child:?} {:?}",
+        cluster.calls()
+    );
     cluster.wait_obsolete(&[2, 3]).await;
     cluster.assert_one_writer();
 }
