@@ -212,6 +212,14 @@ async fn a_node_whose_health_server_stops_goes_critical_and_leaves() {
 
 #[tokio::test]
 async fn a_service_deregistered_behind_its_back_is_registered_again() {
+    // The registration's own account (its resyncs, the agent's errors and
+    // the backoff after them) goes with a failure: once, on a loaded machine,
+    // the service took 29 s to come back, and nothing said why.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ranger_consul=debug")
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
     let agent = ranger_consul::test_agent!();
     let client = agent.client();
     let server = HealthServer::start("127.0.0.1").await;
