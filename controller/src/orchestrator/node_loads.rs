@@ -94,8 +94,7 @@ mod tests {
 
     #[test]
     fn a_node_given_twice_counts_with_its_last_entry_and_appears_once() {
-        // What `Engine::node_loads` relies on: every roster node with 0, then
-        // the nodes holding ranges with their counts.
+        // A later entry corrects an earlier one rather than adding a node.
         let loads = NodeLoads::new([(node("a"), 0, 10), (node("b"), 0, 0), (node("a"), 3, 10)]);
         assert_eq!(order(&loads), ["b", "a"]);
         assert_eq!(loads.ranges_on(&node("a")), 3);

@@ -146,14 +146,17 @@ impl Engine {
     /// node, so this costs one entry per node, not a walk of every range: a
     /// step that places copies builds it once, and each move again.
     pub(super) fn node_loads(&self) -> NodeLoads {
-        let roster = self
-            .roster
-            .nodes()
-            .map(|node| (node.id.clone(), 0, node.reported_bytes()));
-        let held = self.keyspace.live_counts().map(|(node, ranges)| {
-            let bytes = self.roster.get(node).map_or(0, |n| n.reported_bytes());
-            (node.clone(), ranges, bytes)
+        let known = self.roster.nodes().map(|node| {
+            let ranges = self.keyspace.live_on(&node.id).map_or(0, |r| r.len());
+            (node.id.clone(), ranges, node.reported_bytes())
         });
-        NodeLoads::new(roster.chain(held))
+        // Copies on nodes the roster no longer knows still count for
+        // choosing which copy a move takes away.
+        let unknown = self
+            .keyspace
+            .live_counts()
+            .filter(|(node, _)| self.roster.get(node).is_none())
+            .map(|(node, ranges)| (node.clone(), ranges, 0));
+        NodeLoads::new(known.chain(unknown))
     }
 }

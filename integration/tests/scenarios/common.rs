@@ -148,8 +148,10 @@ pub async fn split_at(cluster: &Cluster, key: &str) -> anyhow::Result<Vec<RangeV
 /// Moves `range` to node `to`, asking again while the leader answers that
 /// the node cannot take it now, as a user would: a destination is refused
 /// until Consul lists it as passing again (after a restart), and for a while
-/// after a copy failed there (its exclusion; CI saw a split's extra copy fail
-/// to activate on the very node a scenario then chose). Any other error fails.
+/// after a copy failed there (its exclusion: CI once saw a split's extra copy
+/// fail to activate on the very node a scenario then chose, a cause since
+/// fixed, but any failed copy excludes its node a while). Any other error
+/// fails.
 pub async fn move_when_accepted(ctl: &Ctl, range: u64, to: &str) -> anyhow::Result<()> {
     let id = range.to_string();
     let args = ["move", id.as_str(), to];
