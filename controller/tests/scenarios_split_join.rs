@@ -629,6 +629,67 @@ async fn r3_split_parents_wait_for_a_stuck_child_copy_only_until_the_activate_de
     cluster.assert_one_writer();
 }
 
+/// A parent's copy lost while the parents are held for a child copy is no
+/// loss: every child has served, so the parents' data lives in the children.
+/// The lost copy is dropped, not waited for, and the range is not shown
+/// unavailable with a `rangerctl forget` hint (a review found it was: a frozen
+/// parent's copies are all Inactive, so none counted as a survivor).
+#[tokio::test(start_paused = true)]
+async fn r3_split_parent_copy_lost_while_held_for_a_child_copy_is_dropped_not_waited_for() {
+    let mut config = config(Replication::R3);
+    // Long enough that the hold outlasts a's loss (lease + margin).
+    config.activate_deadline = std::time::Duration::from_secs(30);
+    let nodes = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    let mut cluster = Cluster::start_with(&nodes, config).await;
+    cluster.wait_active_on(id(1), &["a", "b", "c"]).await;
+    cluster.node("i").on(Command::Activate, Behaviour::Stall);
+    cluster.log.clear();
+    cluster.handle.run(split_1_at_m(None, None)).await.unwrap();
+    wait_for_call(&cluster, "A(i,").await;
+    cluster
+        .wait_for("five child copies serve, none on a", |e| {
+            let serving = [2, 3]
+                .iter()
+                .flat_map(|c| placements_of(e, id(*c)))
+                .filter(|(n, s)| n != "a" && *s == ranger_proto::PlacementState::Active)
+                .count();
+            serving == 5
+        })
+        .await;
+    cluster.deregister_node("a");
+    cluster.transport.set_reachable(&addr("a"), false);
+    // Watched at every step until a's copy is gone: the range is never shown
+    // unavailable on the way.
+    let started = tokio::time::Instant::now();
+    loop {
+        let (unavailable, on_a) = cluster
+            .handle
+            .inspect(|e| {
+                (
+                    e.unavailable(id(1)).map(|u| u.reason.clone()),
+                    placements_of(e, id(1)).iter().any(|(n, _)| n == "a"),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(unavailable, None);
+        if !on_a {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "a's parent copy was never dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Still held for i's copy: b's and c's parent copies stay until then.
+    assert_eq!(cluster.range_state(id(1)).await, RangeState::Subsuming);
+    let calls = cluster.calls();
+    assert!(!calls.iter().any(|c| c.starts_with('X')), "{calls:?}");
+    cluster.wait_obsolete(&[1]).await;
+    cluster.assert_one_writer();
+}
+
 /// The same for a join: the parents stay until every copy of the child is
 /// Active. Each node activates after a delay of its own, so the child's
 /// three copies become Active at different times, wherever they are.

@@ -79,7 +79,12 @@ impl Engine {
     /// A copy is waited for unless the operator forgot its node, it is retiring
     /// (its data lives on elsewhere), it never held served data (a destination
     /// or child that was never told to activate: its source still has it), or a
-    /// survivor of the same range serves on a reachable node (R3).
+    /// survivor of the same range serves on a reachable node (R3). Nor is a
+    /// copy of a split's or join's parent once every child has served: the
+    /// children hold the data now, and the parents stay only for child copies
+    /// still activating (`child_copy_activating`), which are replaced from the
+    /// children if they cannot read from the parents. (A frozen parent's copies
+    /// are all Inactive, so none would count as a survivor.)
     pub(super) fn waits_for_lost_copy(&self, range: RangeId, p: &Placement, now: Instant) -> bool {
         if self.forgotten.contains(p.node()) || p.retiring() {
             return false;
@@ -87,7 +92,9 @@ impl Engine {
         let Ok(r) = self.keyspace.range(range) else {
             return false;
         };
-        if r.state() == RangeState::Obsolete {
+        if r.state() == RangeState::Obsolete
+            || (r.state() == RangeState::Subsuming && self.children_all_activated(r))
+        {
             return false;
         }
         let holds_served_data = self.may_have_served(p)
