@@ -43,10 +43,12 @@ ensure_build_prereqs() {
 #   RocksDB halved the local cluster's throughput) for what gcc spent not
 #   optimising it.
 # - behind ccache: the library is compiled again whenever its build script's own
-#   dependencies are built with other features, which happens between `cargo
-#   clippy --all-targets`, `cargo test` and `cargo build --bins` (dev-dependencies
-#   change how the build script's dependencies unify): three compiles on a fresh
-#   machine. ccache serves the second and third from the first.
+#   dependencies are built with other features. `cargo clippy --all-targets` and
+#   `cargo test` share one build (Cargo.toml's `build-override` says why), but
+#   `cargo build --bins` (bin/cluster) has no dev-dependencies, and one of them
+#   (testcontainers' parse-display-derive, a proc-macro) turns on regex's default
+#   features on the build side, where bindgen uses regex too: so a second
+#   compile after the tests. ccache serves it from the first (about a minute).
 #
 # An explicit CC/CXX from the caller is left alone.
 ensure_compiler_cache() {
