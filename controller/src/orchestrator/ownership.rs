@@ -84,7 +84,10 @@ impl Engine {
     /// children hold the data now, and the parents stay only for child copies
     /// still activating (`child_copy_activating`), which are replaced from the
     /// children if they cannot read from the parents. (A frozen parent's copies
-    /// are all Inactive, so none would count as a survivor.)
+    /// are all Inactive, so none would count as a survivor.) Such a split or
+    /// join never rolls back (once its children were told to activate it only
+    /// goes forward: SCENARIOS.md #37), so the parents never need the data
+    /// again.
     pub(super) fn waits_for_lost_copy(&self, range: RangeId, p: &Placement, now: Instant) -> bool {
         if self.forgotten.contains(p.node()) || p.retiring() {
             return false;
