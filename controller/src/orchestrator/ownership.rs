@@ -82,8 +82,10 @@ impl Engine {
     /// survivor of the same range serves on a reachable node (R3). Nor is a
     /// copy of a split's or join's parent once every child has served: the
     /// children hold the data now, and the parents stay only for child copies
-    /// still activating (`child_copy_activating`), which are replaced from the
-    /// children if they cannot read from the parents. (A frozen parent's copies
+    /// still activating (`child_copy_activating`); one that cannot read from
+    /// the parents fails its activation (the KV store's delta fetch errs), and
+    /// is given up and replaced from the children if its node proves it
+    /// refused, or retried if it may have served (SCENARIOS.md #37). (A frozen parent's copies
     /// are all Inactive, so none would count as a survivor.) Such a split or
     /// join never rolls back (once its children were told to activate it only
     /// goes forward: SCENARIOS.md #37), so the parents never need the data
