@@ -79,17 +79,16 @@ impl Engine {
     /// A copy is waited for unless the operator forgot its node, it is retiring
     /// (its data lives on elsewhere), it never held served data (a destination
     /// or child that was never told to activate: its source still has it), or a
-    /// survivor of the same range serves on a reachable node (R3). Nor is a
-    /// copy of a split's or join's parent once every child has served: the
-    /// children hold the data now, and the parents stay only for child copies
-    /// still activating (`child_copy_activating`); one that cannot read from
-    /// the parents fails its activation (the KV store's delta fetch errs), and
-    /// is given up and replaced from the children if its node proves it
-    /// refused, or retried if it may have served (SCENARIOS.md #37). (A frozen parent's copies
-    /// are all Inactive, so none would count as a survivor.) Such a split or
-    /// join never rolls back (once its children were told to activate it only
-    /// goes forward: SCENARIOS.md #37), so the parents never need the data
-    /// again.
+    /// survivor of the same range serves on a reachable node (R3).
+    ///
+    /// Nor is a copy of a split's or join's parent once every child has
+    /// served: the children hold the data now. Such a split or join only goes
+    /// forward (SCENARIOS.md #37), so the parents never need it again; they
+    /// stay only for child copies still activating (`child_copy_activating`).
+    /// One of those that cannot read from a lost parent fails its activation
+    /// and is replaced from the children if its node proves it refused, or is
+    /// retried if it may have served. (A frozen parent's copies are all
+    /// Inactive, so none would count as a survivor.)
     pub(super) fn waits_for_lost_copy(&self, range: RangeId, p: &Placement, now: Instant) -> bool {
         if self.forgotten.contains(p.node()) || p.retiring() {
             return false;
